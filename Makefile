@@ -1,0 +1,120 @@
+# deepseek — the DeepSeek LLM recipe in a few readable C++/CUDA files.
+#
+#   make            ./deepseek (CUDA + CPU when nvcc is on PATH, else CPU-only)
+#   make cpu        ./deepseek, CPU-only, with g++
+#   make test       build and run the whole test suite (last line: "N passed, N failed")
+#   make test-asan  the suite again, CPU-only, under AddressSanitizer + UBSan
+#   make demo       the main job: train a small DeepSeek model on the King James Bible
+#   make fixtures   regenerate tests/fixtures from PyTorch / transformers / tokenizers (venv from PyPI)
+#   make bench      speed, side by side with the peers
+#   make deps       install the Debian packages the build, tests and demo need
+#   make gpu-check  GPU validation + benchmarks (tests/gpu_check.sh)
+
+CXX        ?= g++
+NVCC       ?= nvcc
+ARCH       ?= native
+OPT        ?= -O3
+CUDA_HOME  ?= /usr/local/cuda
+CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+
+WARN      := -Wall -Wextra -Wno-unused-parameter -Wno-unused-function
+CXXFLAGS  := -std=c++17 $(OPT) -march=$(ARCH) -fopenmp -g $(WARN) $(EXTRA_CXXFLAGS)
+LDLIBS    := -lonig -fopenmp -lpthread
+NVCCFLAGS := -std=c++17 $(OPT) $(CUDA_ARCHS) -DDEEPSEEK_CUDA -Xcompiler "-march=$(ARCH) -fopenmp -g $(WARN)"
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt
+
+SRCS_CU   := deepseek.cu train.cu infer.cu
+TEST_SRCS := $(wildcard tests/*.cpp)
+HDRS      := deepseek.h
+
+HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
+ifeq ($(HAVE_NVCC),)
+VARIANT := cpu
+else
+VARIANT := cuda
+endif
+PYTHON ?= python3
+VENV   := .venv
+
+.PHONY: all cpu cuda test test-asan demo fixtures bench deps gpu-check clean FORCE
+all: deepseek
+
+# ./deepseek is a copy of the variant's binary; `make cpu` forces the CPU-only one.
+deepseek: build/$(VARIANT)/deepseek
+	@cp $< $@ && echo "built ./deepseek ($(VARIANT))"
+cpu: build/cpu/deepseek
+	@cp $< deepseek && echo "built ./deepseek (cpu)"
+cuda: build/cuda/deepseek
+	@cp $< deepseek && echo "built ./deepseek (cuda)"
+
+# ---- CPU-only objects: the .cu files are plain C++ to g++
+build/cpu/%.o: %.cu $(HDRS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -x c++ -c $< -o $@
+build/cpu/%.o: %.cpp $(HDRS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+build/cpu/deepseek_nomain.o: deepseek.cu $(HDRS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -DDEEPSEEK_TEST -x c++ -c $< -o $@
+build/cpu/deepseek: build/cpu/deepseek.o build/cpu/train.o build/cpu/infer.o build/cpu/tokenizer.o
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+build/cpu/test_deepseek: build/cpu/deepseek_nomain.o build/cpu/train.o build/cpu/infer.o build/cpu/tokenizer.o $(TEST_SRCS:%.cpp=build/cpu/%.o)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+# ---- CUDA objects: nvcc compiles the .cu files (host code through g++), tokenizer.cpp stays g++
+build/cuda/%.o: %.cu $(HDRS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+build/cuda/%.o: %.cpp $(HDRS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -DDEEPSEEK_CUDA -c $< -o $@
+build/cuda/deepseek_nomain.o: deepseek.cu $(HDRS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -DDEEPSEEK_TEST -c $< -o $@
+build/cuda/deepseek: build/cuda/deepseek.o build/cuda/train.o build/cuda/infer.o build/cuda/tokenizer.o
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
+build/cuda/test_deepseek: build/cuda/deepseek_nomain.o build/cuda/train.o build/cuda/infer.o build/cuda/tokenizer.o $(TEST_SRCS:%.cpp=build/cuda/%.o)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
+
+# ---- sanitizer build: CPU-only, -O1, ASan + UBSan
+ASAN_FLAGS := -std=c++17 -O1 -march=$(ARCH) -fopenmp -g $(WARN) -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+build/asan/%.o: %.cu $(HDRS)
+	@mkdir -p $(@D)
+	$(CXX) $(ASAN_FLAGS) -x c++ -c $< -o $@
+build/asan/%.o: %.cpp $(HDRS)
+	@mkdir -p $(@D)
+	$(CXX) $(ASAN_FLAGS) -c $< -o $@
+build/asan/deepseek_nomain.o: deepseek.cu $(HDRS)
+	@mkdir -p $(@D)
+	$(CXX) $(ASAN_FLAGS) -DDEEPSEEK_TEST -x c++ -c $< -o $@
+build/asan/deepseek: build/asan/deepseek.o build/asan/train.o build/asan/infer.o build/asan/tokenizer.o
+	$(CXX) $(ASAN_FLAGS) $^ -o $@ $(LDLIBS)
+build/asan/test_deepseek: build/asan/deepseek_nomain.o build/asan/train.o build/asan/infer.o build/asan/tokenizer.o $(TEST_SRCS:%.cpp=build/asan/%.o)
+	$(CXX) $(ASAN_FLAGS) $^ -o $@ $(LDLIBS)
+
+# The suite runs from the repository root; CLI tests run the binary named by DEEPSEEK_BIN.
+test: deepseek build/$(VARIANT)/test_deepseek
+	@DEEPSEEK_BIN=./deepseek OMP_NUM_THREADS=2 ./build/$(VARIANT)/test_deepseek $(TEST_ARGS)
+
+test-asan: build/asan/deepseek build/asan/test_deepseek
+	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 DEEPSEEK_BIN=./build/asan/deepseek \
+	  OMP_NUM_THREADS=2 DEEPSEEK_ASAN=1 ./build/asan/test_deepseek $(TEST_ARGS)
+
+deps:
+	@bash tests/install_deps.sh
+
+# Fixtures come from the peers (PyTorch, transformers, tokenizers), in a venv pinned by requirements.txt.
+$(VENV)/.done: tests/reference/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r tests/reference/requirements.txt
+	@touch $@
+fixtures: $(VENV)/.done deepseek
+	$(VENV)/bin/python tests/reference/make_fixtures.py
+
+gpu-check:
+	@bash tests/gpu_check.sh
+
+clean:
+	rm -rf build deepseek

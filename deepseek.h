@@ -1,0 +1,255 @@
+// deepseek.h — the declarations the four source files share (one header, not a tree of them).
+//
+//   deepseek.cu   the model: config/presets, parameters, every layer forward/backward, weights I/O, main()
+//   train.cu      data loader, AdamW, schedules, scaling-law planner, checkpoints, SFT/DPO objectives, MPI/NCCL
+//   infer.cu      KV cache, sampling, chat template, generate/chat/eval
+//   tokenizer.cpp byte-level BPE: tokenizer.json I/O, pre-tokenizer, encode/decode, training, GGUF import
+//
+// Shape legend used everywhere: B = batch, T = time (sequence), C = d_model (hidden_size),
+// H = attention heads, KV = key/value heads, D = head_dim, F = intermediate_size, V = vocab, L = layers.
+#pragma once
+#include <cstddef>   // size_t
+#include <cstdint>   // int32_t, uint16_t, uint64_t
+#include <string>    // std::string
+#include <vector>    // std::vector
+#include <map>       // std::map
+
+// ----------------------------------------------------------------------------
+// errors: one clear line on stderr and a non-zero exit
+
+[[noreturn]] void die(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+// Tests set this so that die() throws DeepseekError instead of exiting.
+extern bool g_die_throws;
+struct DeepseekError { std::string msg; };
+
+// ----------------------------------------------------------------------------
+// command-line flags: `--name value` pairs and `--switch`es, validated in one place
+
+struct Args {
+    std::string cmd;                              // e.g. "train", for messages
+    std::vector<std::string> positional;          // non-flag arguments, in order
+    std::map<std::string, std::string> values;    // --name value
+    std::map<std::string, bool> switches;         // --name (no value)
+    // Parses argv[first..argc). `value_flags` / `switch_flags` list the accepted names (without "--");
+    // anything else is a clear error. "-n" style short aliases may be given as "n".
+    Args(int argc, char** argv, int first, const std::string& cmd,
+         const std::vector<std::string>& value_flags, const std::vector<std::string>& switch_flags);
+    bool has(const std::string& name) const;
+    std::string str(const std::string& name, const std::string& dflt = "") const;
+    long long integer(const std::string& name, long long dflt, long long lo, long long hi) const;
+    double real(const std::string& name, double dflt, double lo, double hi) const;
+    bool flag(const std::string& name) const;     // a switch
+};
+bool is_help(int argc, char** argv, int first);  // -h / --help among the arguments
+
+// ----------------------------------------------------------------------------
+// model configuration (Hugging Face config.json of LlamaForCausalLM)
+
+struct Config {
+    int vocab_size = 0;        // V, embedding rows
+    int hidden_size = 0;       // C
+    int num_hidden_layers = 0; // L
+    int num_attention_heads = 0;   // H
+    int num_key_value_heads = 0;   // KV (GQA when KV < H)
+    int head_dim = 0;          // D = C / H
+    int intermediate_size = 0; // F
+    int max_position_embeddings = 0; // context
+    float rms_norm_eps = 1e-6f;
+    float rope_theta = 10000.0f;
+    int bos_token_id = 100000;
+    int eos_token_id = 100001;
+    std::string torch_dtype = "float32";
+};
+bool config_preset(const std::string& name, Config* cfg);    // false if unknown
+std::vector<std::string> config_preset_names();
+Config config_read_json(const std::string& path);             // dies with a clear message on bad input
+void config_write_json(const Config& cfg, const std::string& path);
+void config_validate(const Config& cfg, const std::string& where);
+size_t config_num_parameters(const Config& cfg);
+// the paper's model scale M: non-embedding FLOPs per token = 72·L·C² + 12·L·C·l_seq
+double config_flops_per_token(const Config& cfg, int seq_len);
+
+// ----------------------------------------------------------------------------
+// parameters: one flat buffer, a flat struct of pointers into it (llm.c style).
+// Per-layer tensors are stacked: q_proj is [L, H*D, C], i.e. L row-major [out, in] matrices.
+
+constexpr int NUM_PARAM_TENSORS = 12;
+struct ParameterTensors {
+    float* embed_tokens;              // [V, C]
+    float* input_layernorm;           // [L, C]
+    float* q_proj;                    // [L, H*D, C]
+    float* k_proj;                    // [L, KV*D, C]
+    float* v_proj;                    // [L, KV*D, C]
+    float* o_proj;                    // [L, C, H*D]
+    float* post_attention_layernorm;  // [L, C]
+    float* gate_proj;                 // [L, F, C]
+    float* up_proj;                   // [L, F, C]
+    float* down_proj;                 // [L, C, F]
+    float* norm;                      // [C]
+    float* lm_head;                   // [V, C]
+};
+// element counts of the 12 tensors, in struct order
+void param_sizes(const Config& cfg, size_t sizes[NUM_PARAM_TENSORS]);
+void param_point(ParameterTensors* p, float* memory, const size_t sizes[NUM_PARAM_TENSORS]);
+// one entry per Hugging Face tensor (a per-layer stack is split into L entries)
+struct ParamView {
+    std::string name;              // e.g. "model.layers.3.mlp.up_proj.weight"
+    size_t offset;                 // into the flat buffer, in elements
+    std::vector<int64_t> shape;    // HF shape, e.g. {F, C}
+    bool is_matrix;                // 2-D weights (weight decay applies); norms are 1-D
+};
+std::vector<ParamView> param_views(const Config& cfg);
+
+// activations for a forward/backward pass over B×T tokens (all fp32, CPU)
+struct ActivationTensors {
+    float* residual;   // [L+1, B, T, C]: the residual stream entering each layer, and the final one
+    float* ln1;        // [L, B, T, C]  input_layernorm output
+    float* ln1_rstd;   // [L, B, T]
+    float* q;          // [L, B, T, H*D]   after RoPE
+    float* k;          // [L, B, T, KV*D]  after RoPE
+    float* v;          // [L, B, T, KV*D]
+    float* att;        // [L, B, H, T, T]  softmax probabilities (reference path)
+    float* atty;       // [L, B, T, H*D]   attention output before o_proj
+    float* resid_mid;  // [L, B, T, C]     residual after the attention block
+    float* ln2;        // [L, B, T, C]
+    float* ln2_rstd;   // [L, B, T]
+    float* gate;       // [L, B, T, F]
+    float* up;         // [L, B, T, F]
+    float* act;        // [L, B, T, F]     silu(gate) * up
+    float* lnf;        // [B, T, C]
+    float* lnf_rstd;   // [B, T]
+    float* logits;     // [B, T, V]
+    float* probs;      // [B, T, V]  softmax (kept for backward)
+    float* losses;     // [B, T]     per-token negative log-likelihood (0 where masked)
+};
+
+struct Model {
+    Config cfg;
+    size_t param_sizes[NUM_PARAM_TENSORS];
+    size_t num_parameters = 0;
+    ParameterTensors params;
+    std::vector<float> params_memory;
+    ParameterTensors grads;
+    std::vector<float> grads_memory;      // allocated on first backward
+    ActivationTensors acts;
+    std::vector<float> acts_memory;
+    int B = 0, T = 0;                     // activation sizes currently allocated
+    // last forward: inputs kept for backward
+    std::vector<int> inputs, targets;
+};
+
+void model_build(Model* m, const Config& cfg);              // allocates (zeroed) parameters
+void model_init_random(Model* m, uint64_t seed, float std); // normal(0, std) matrices, ones for norms
+// Forward over tokens [B,T]. targets [B,T] (may be null): target id, or -1 for a masked token.
+// Returns the mean loss over unmasked tokens (0 if targets is null or all masked); logits in acts.logits.
+float model_forward(Model* m, const int* inputs, const int* targets, int B, int T);
+// Backward of L = Σ_t dlosses[t] · nll_t, accumulating (+=) into grads. Call model_zero_grad first.
+// For the mean loss, dlosses[t] = 1/N for the N unmasked tokens (model_mean_loss_weights).
+void model_backward(Model* m, const float* dlosses);
+void model_mean_loss_weights(const int* targets, int n, std::vector<float>* dlosses);
+void model_zero_grad(Model* m);
+
+// ----------------------------------------------------------------------------
+// layers (CPU fp32 reference), exposed for inference and tests. Shapes: N rows.
+
+void matmul_forward(float* out, const float* inp, const float* weight, int N, int in, int out_dim); // out[N,out] = inp[N,in] · weightᵀ
+void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                     int N, int in, int out_dim);  // accumulates into dinp and dweight (either may be null)
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
+void rope_forward(float* x, const int* pos, int N, int heads, int D, float theta);  // in place, HF rotate-half
+float silu(float x);
+
+// ----------------------------------------------------------------------------
+// safetensors and model directories (Hugging Face layout)
+
+enum class DType { F32, BF16, F16, I32, I64, U8 };
+const char* dtype_name(DType t);
+size_t dtype_size(DType t);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);   // round to nearest even
+float f16_to_f32(uint16_t h);
+
+struct TensorInfo {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;
+    const uint8_t* data = nullptr;   // into the memory map
+    size_t nbytes = 0;
+    size_t numel() const;
+};
+// A memory-mapped safetensors file (or all shards of a model directory). Validates the header fully.
+struct SafeTensors {
+    std::vector<std::pair<void*, size_t>> maps;   // mmap regions, unmapped in the destructor
+    std::map<std::string, TensorInfo> tensors;
+    std::map<std::string, std::string> metadata;
+    SafeTensors() = default;
+    SafeTensors(const SafeTensors&) = delete;
+    SafeTensors& operator=(const SafeTensors&) = delete;
+    ~SafeTensors();
+    void open_file(const std::string& path);      // adds one file's tensors
+    void open_dir(const std::string& dir);        // model.safetensors or the index's shards
+    const TensorInfo& get(const std::string& name) const;  // dies if missing
+    bool has(const std::string& name) const { return tensors.count(name) > 0; }
+    // copies a tensor into fp32, checking its shape
+    void read_f32(const std::string& name, const std::vector<int64_t>& shape, float* out) const;
+};
+struct TensorOut {
+    std::string name;
+    DType dtype;                 // of the data given
+    std::vector<int64_t> shape;
+    const void* data;
+};
+// Writes tensors to PATH via PATH.tmp + rename. Tensors given as F32 may be stored as BF16 (store_bf16).
+void safetensors_write(const std::string& path, const std::vector<TensorOut>& tensors, bool store_bf16 = false,
+                       const std::map<std::string, std::string>& metadata = {});
+
+void model_load_dir(Model* m, const std::string& dir);      // config.json + safetensors → fp32 params
+void model_save_dir(const Model& m, const std::string& dir, bool bf16); // config.json + model.safetensors (+ generation_config.json)
+// a model from --preset NAME or --model DIR (exactly one), for subcommands
+void model_from_args(Model* m, const Args& a, uint64_t seed);
+
+// file helpers
+bool file_exists(const std::string& path);
+bool dir_exists(const std::string& path);
+std::string read_file(const std::string& path);             // dies if unreadable
+void write_file_atomic(const std::string& path, const std::string& content);  // PATH.tmp then rename
+void make_dirs(const std::string& path);
+
+// ----------------------------------------------------------------------------
+// tokenizer (tokenizer.cpp): byte-level BPE with Hugging Face tokenizer.json interop
+
+struct Tokenizer;                                              // opaque
+Tokenizer* tokenizer_load(const std::string& path);            // tokenizer.json; dies with a clear line on bad input
+void tokenizer_free(Tokenizer* tok);
+std::vector<int> tokenizer_encode(const Tokenizer* tok, const std::string& text, bool add_bos);
+std::string tokenizer_decode(const Tokenizer* tok, const std::vector<int>& ids);   // dies on an unknown id
+std::string tokenizer_token_bytes(const Tokenizer* tok, int id);  // the raw bytes one token stands for
+int tokenizer_vocab_size(const Tokenizer* tok);                // highest id + 1, added tokens included
+int tokenizer_token_id(const Tokenizer* tok, const std::string& content);  // -1 if not a token (e.g. special tokens)
+int tokenizer_bos_id(const Tokenizer* tok);                    // -1 if none
+int tokenizer_eos_id(const Tokenizer* tok);                    // -1 if none
+// trains byte-level BPE with DeepSeek's pre-tokenizer on the files; writes tokenizer.json (atomically)
+void tokenizer_train_files(const std::vector<std::string>& files, int vocab_size, const std::string& out_path,
+                           bool verbose);
+
+// ----------------------------------------------------------------------------
+// backends
+
+enum class Device { CPU, CUDA };
+Device device_select(const std::string& flag);   // "auto" | "cpu" | "cuda"; dies with a clear line if cuda is unavailable
+int cuda_device_count();                          // 0 when built without CUDA or no device
+std::string cuda_device_name(int i);
+
+// ----------------------------------------------------------------------------
+// subcommands (each file implements its own)
+
+int cmd_info(int argc, char** argv);        // deepseek.cu
+int cmd_tokenizer(int argc, char** argv);   // tokenizer.cpp
+int cmd_plan(int argc, char** argv);        // train.cu
+int cmd_data(int argc, char** argv);        // train.cu
+int cmd_train(int argc, char** argv);       // train.cu
+int cmd_sft(int argc, char** argv);         // train.cu
+int cmd_dpo(int argc, char** argv);         // train.cu
+int cmd_eval(int argc, char** argv);        // infer.cu
+int cmd_generate(int argc, char** argv);    // infer.cu
+int cmd_chat(int argc, char** argv);        // infer.cu

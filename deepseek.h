@@ -54,8 +54,8 @@ struct Config {
     int head_dim = 0;          // D = C / H
     int intermediate_size = 0; // F
     int max_position_embeddings = 0; // context
-    float rms_norm_eps = 1e-6f;
-    float rope_theta = 10000.0f;
+    double rms_norm_eps = 1e-6;     // double so config.json round-trips exactly (1e-06, not 9.99999997e-07)
+    double rope_theta = 10000.0;
     int bos_token_id = 100000;
     int eos_token_id = 100001;
     std::string torch_dtype = "float32";
@@ -119,7 +119,6 @@ struct ActivationTensors {
     float* lnf;        // [B, T, C]
     float* lnf_rstd;   // [B, T]
     float* logits;     // [B, T, V]
-    float* probs;      // [B, T, V]  softmax (kept for backward)
     float* losses;     // [B, T]     per-token negative log-likelihood (0 where masked)
 };
 

@@ -1,0 +1,1207 @@
+// deepseek.cu — the DeepSeek LLM model: configuration and presets, the flat parameter layout, every layer's
+// forward and backward pass (the CPU fp32 reference, the oracle every fast path and CUDA kernel is tested
+// against), Hugging Face weights I/O (safetensors, config.json), the backends, and main().
+//
+// What it is: a plain, exact, readable implementation of a LLaMA-style decoder as DeepSeek LLM uses it —
+// RMSNorm, rotary position embeddings in the Hugging Face rotate-half layout, causal grouped-query attention,
+// SwiGLU MLP, untied lm_head, no biases. What it deliberately is not: fast. The CPU reference uses OpenMP
+// over independent rows and nothing cleverer; speed lives in fast paths beside it, tested against it.
+//
+// Every backward function ACCUMULATES (+=) into its gradient outputs; callers zero them first.
+// Shapes: B batch, T time, C d_model, H heads, KV key/value heads, D head_dim, F intermediate, V vocab, L layers.
+#include "deepseek.h"
+#include <algorithm>     // std::max, std::min
+#include <cerrno>        // errno
+#include <cmath>         // expf, sqrtf, logf, cos, sin, pow
+#include <cstdarg>       // va_list
+#include <cstdio>        // printf, fprintf, FILE
+#include <cstdlib>       // exit, strtoll, strtod
+#include <cstring>       // memcpy, strcmp, strerror
+#include <fcntl.h>       // open
+#include <sys/mman.h>    // mmap, munmap
+#include <sys/stat.h>    // stat, mkdir
+#include <unistd.h>      // close, getpid
+#include <nlohmann/json.hpp>  // nlohmann::json: config.json and safetensors headers
+#ifdef _OPENMP
+#include <omp.h>         // omp_get_max_threads, omp_set_num_threads
+#endif
+#ifdef DEEPSEEK_CUDA
+#include <cuda_runtime.h>  // cudaGetDeviceCount, cudaGetDeviceProperties
+#endif
+
+using json = nlohmann::json;
+
+// ============================================================================
+// errors and small file helpers
+
+bool g_die_throws = false;
+
+void die(const char* fmt, ...) {
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (g_die_throws) throw DeepseekError{buf};
+    fflush(stdout);
+    fprintf(stderr, "error: %s\n", buf);
+    exit(1);
+}
+
+bool file_exists(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+bool dir_exists(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+std::string read_file(const std::string& path) {
+    FILE* f = fopen(path.c_str(), "rb");
+    if (!f) die("cannot read %s: %s", path.c_str(), strerror(errno));
+    std::string s;
+    char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
+    bool bad = ferror(f);
+    fclose(f);
+    if (bad) die("error reading %s", path.c_str());
+    return s;
+}
+void write_file_atomic(const std::string& path, const std::string& content) {
+    std::string tmp = path + ".tmp";
+    FILE* f = fopen(tmp.c_str(), "wb");
+    if (!f) die("cannot write %s: %s", tmp.c_str(), strerror(errno));
+    bool ok = fwrite(content.data(), 1, content.size(), f) == content.size();
+    ok = (fflush(f) == 0) && ok;
+    ok = (fsync(fileno(f)) == 0) && ok;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok) die("error writing %s (disk full?)", tmp.c_str());
+    if (rename(tmp.c_str(), path.c_str()) != 0) die("cannot rename %s to %s: %s", tmp.c_str(), path.c_str(), strerror(errno));
+}
+void make_dirs(const std::string& path) {
+    if (path.empty() || dir_exists(path)) return;
+    size_t slash = path.find_last_of('/');
+    if (slash != std::string::npos && slash > 0) make_dirs(path.substr(0, slash));
+    if (mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) die("cannot create directory %s: %s", path.c_str(), strerror(errno));
+}
+
+// ============================================================================
+// command-line flags
+
+Args::Args(int argc, char** argv, int first, const std::string& cmd_, const std::vector<std::string>& value_flags,
+           const std::vector<std::string>& switch_flags) : cmd(cmd_) {
+    auto known = [](const std::vector<std::string>& v, const std::string& s) {
+        return std::find(v.begin(), v.end(), s) != v.end();
+    };
+    for (int i = first; i < argc; i++) {
+        std::string a = argv[i];
+        if (a.size() < 2 || a[0] != '-' || (a[1] >= '0' && a[1] <= '9')) { positional.push_back(a); continue; }
+        std::string name = a.substr(a[1] == '-' ? 2 : 1), value;
+        bool has_value = false;
+        size_t eq = name.find('=');
+        if (eq != std::string::npos) { value = name.substr(eq + 1); name = name.substr(0, eq); has_value = true; }
+        if (known(switch_flags, name)) {
+            if (has_value) die("%s: --%s takes no value", cmd.c_str(), name.c_str());
+            switches[name] = true;
+        } else if (known(value_flags, name)) {
+            if (!has_value) {
+                if (i + 1 >= argc) die("%s: --%s needs a value", cmd.c_str(), name.c_str());
+                value = argv[++i];
+            }
+            values[name] = value;
+        } else {
+            die("%s: unknown flag %s (see deepseek %s --help)", cmd.c_str(), a.c_str(), cmd.c_str());
+        }
+    }
+}
+bool Args::has(const std::string& name) const { return values.count(name) > 0; }
+std::string Args::str(const std::string& name, const std::string& dflt) const {
+    auto it = values.find(name);
+    return it == values.end() ? dflt : it->second;
+}
+long long Args::integer(const std::string& name, long long dflt, long long lo, long long hi) const {
+    auto it = values.find(name);
+    if (it == values.end()) return dflt;
+    const char* s = it->second.c_str();
+    char* end = nullptr;
+    errno = 0;
+    double d = strtod(s, &end);  // accepts 1e6 as well as 1000000
+    if (end == s || *end != '\0' || errno != 0 || d != (double)(long long)d || d < lo || d > hi)
+        die("%s: --%s must be an integer in [%lld, %lld], got '%s'", cmd.c_str(), name.c_str(), lo, hi, s);
+    return (long long)d;
+}
+double Args::real(const std::string& name, double dflt, double lo, double hi) const {
+    auto it = values.find(name);
+    if (it == values.end()) return dflt;
+    const char* s = it->second.c_str();
+    char* end = nullptr;
+    errno = 0;
+    double d = strtod(s, &end);
+    if (end == s || *end != '\0' || errno != 0 || !std::isfinite(d) || d < lo || d > hi)
+        die("%s: --%s must be a number in [%g, %g], got '%s'", cmd.c_str(), name.c_str(), lo, hi, s);
+    return d;
+}
+bool Args::flag(const std::string& name) const { return switches.count(name) > 0; }
+bool is_help(int argc, char** argv, int first) {
+    for (int i = first; i < argc; i++)
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return true;
+    return false;
+}
+
+// ============================================================================
+// configuration: presets, config.json, parameter count, the paper's FLOPs per token
+
+static Config make_config(int V, int C, int L, int H, int KV, int F, int ctx) {
+    Config c;
+    c.vocab_size = V; c.hidden_size = C; c.num_hidden_layers = L; c.num_attention_heads = H;
+    c.num_key_value_heads = KV; c.head_dim = C / H; c.intermediate_size = F; c.max_position_embeddings = ctx;
+    return c;
+}
+// The released shapes (shared/PAPER.md) and two small GQA shapes for CPU work.
+bool config_preset(const std::string& name, Config* cfg) {
+    if (name == "deepseek-llm-7b") *cfg = make_config(102400, 4096, 30, 32, 32, 11008, 4096);
+    else if (name == "deepseek-llm-67b") *cfg = make_config(102400, 8192, 95, 64, 8, 22016, 4096);
+    else if (name == "tiny") *cfg = make_config(4096, 128, 4, 4, 2, 384, 256);     // ~1.8M parameters
+    else if (name == "small") *cfg = make_config(8192, 512, 8, 8, 2, 1408, 512);   // ~31M parameters
+    else return false;
+    if (name == "tiny" || name == "small") { cfg->bos_token_id = 0; cfg->eos_token_id = 1; }
+    return true;
+}
+std::vector<std::string> config_preset_names() { return {"tiny", "small", "deepseek-llm-7b", "deepseek-llm-67b"}; }
+
+void config_validate(const Config& c, const std::string& where) {
+    auto check = [&](bool ok, const char* what, long long v) {
+        if (!ok) die("%s: %s has an invalid value %lld", where.c_str(), what, v);
+    };
+    check(c.vocab_size >= 1 && c.vocab_size <= 4000000, "vocab_size", c.vocab_size);
+    check(c.hidden_size >= 1 && c.hidden_size <= 65536, "hidden_size", c.hidden_size);
+    check(c.num_hidden_layers >= 1 && c.num_hidden_layers <= 1024, "num_hidden_layers", c.num_hidden_layers);
+    check(c.num_attention_heads >= 1 && c.num_attention_heads <= 4096, "num_attention_heads", c.num_attention_heads);
+    check(c.num_key_value_heads >= 1 && c.num_key_value_heads <= c.num_attention_heads, "num_key_value_heads", c.num_key_value_heads);
+    check(c.num_attention_heads % c.num_key_value_heads == 0, "num_key_value_heads (must divide num_attention_heads)", c.num_key_value_heads);
+    check(c.head_dim >= 2 && c.head_dim % 2 == 0 && c.head_dim <= 1024, "head_dim", c.head_dim);
+    check(c.intermediate_size >= 1 && c.intermediate_size <= 1048576, "intermediate_size", c.intermediate_size);
+    check(c.max_position_embeddings >= 1 && c.max_position_embeddings <= 10000000, "max_position_embeddings", c.max_position_embeddings);
+    if (!(c.rms_norm_eps > 0 && c.rms_norm_eps < 1)) die("%s: rms_norm_eps has an invalid value %g", where.c_str(), c.rms_norm_eps);
+    if (!(c.rope_theta > 1 && std::isfinite(c.rope_theta))) die("%s: rope_theta has an invalid value %g", where.c_str(), c.rope_theta);
+}
+
+Config config_read_json(const std::string& path) {
+    std::string text = read_file(path);
+    json j;
+    try { j = json::parse(text); } catch (const std::exception& e) { die("%s: malformed JSON (%s)", path.c_str(), e.what()); }
+    if (!j.is_object()) die("%s: expected a JSON object", path.c_str());
+    std::string mt = j.value("model_type", std::string("llama"));
+    if (mt != "llama") die("%s: unsupported model_type '%s' (only llama / LlamaForCausalLM)", path.c_str(), mt.c_str());
+    if (j.contains("architectures") && j["architectures"].is_array())
+        for (auto& a : j["architectures"])
+            if (!a.is_string() || a.get<std::string>() != "LlamaForCausalLM")
+                die("%s: unsupported architecture %s (only LlamaForCausalLM)", path.c_str(), a.dump().c_str());
+    auto get_int = [&](const char* key, bool required, int dflt) -> int {
+        if (!j.contains(key) || j[key].is_null()) {
+            if (required) die("%s: missing field '%s'", path.c_str(), key);
+            return dflt;
+        }
+        const json& v = j[key];
+        if (!v.is_number_integer() && !(v.is_number_float() && v.get<double>() == (double)(long long)v.get<double>()))
+            die("%s: field '%s' must be an integer, got %s", path.c_str(), key, v.dump().c_str());
+        double d = v.get<double>();
+        if (d < -2147483648.0 || d > 2147483647.0) die("%s: field '%s' is out of range: %s", path.c_str(), key, v.dump().c_str());
+        return (int)d;
+    };
+    auto get_float = [&](const json& obj, const char* key, double dflt) -> double {
+        if (!obj.contains(key) || obj[key].is_null()) return dflt;
+        if (!obj[key].is_number()) die("%s: field '%s' must be a number, got %s", path.c_str(), key, obj[key].dump().c_str());
+        return obj[key].get<double>();
+    };
+    Config c;
+    c.vocab_size = get_int("vocab_size", true, 0);
+    c.hidden_size = get_int("hidden_size", true, 0);
+    c.num_hidden_layers = get_int("num_hidden_layers", true, 0);
+    c.num_attention_heads = get_int("num_attention_heads", true, 0);
+    c.num_key_value_heads = get_int("num_key_value_heads", false, c.num_attention_heads);
+    c.intermediate_size = get_int("intermediate_size", true, 0);
+    c.max_position_embeddings = get_int("max_position_embeddings", false, 2048);
+    if (c.num_attention_heads <= 0) die("%s: num_attention_heads has an invalid value %d", path.c_str(), c.num_attention_heads);
+    c.head_dim = get_int("head_dim", false, c.hidden_size / c.num_attention_heads);
+    c.rms_norm_eps = get_float(j, "rms_norm_eps", 1e-6);
+    c.rope_theta = get_float(j, "rope_theta", 10000.0);
+    // transformers ≥ 5 writes rope_parameters {rope_theta, rope_type}; older files write rope_theta (+ rope_scaling)
+    if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+        const json& rp = j["rope_parameters"];
+        c.rope_theta = get_float(rp, "rope_theta", c.rope_theta);
+        std::string rt = rp.value("rope_type", std::string("default"));
+        if (rt != "default") die("%s: unsupported rope_type '%s' (only default RoPE)", path.c_str(), rt.c_str());
+    }
+    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) die("%s: rope_scaling is not supported", path.c_str());
+    if (j.value("tie_word_embeddings", false)) die("%s: tie_word_embeddings=true is not supported (DeepSeek LLM unties lm_head)", path.c_str());
+    if (j.value("attention_bias", false) || j.value("mlp_bias", false)) die("%s: attention/MLP biases are not supported", path.c_str());
+    std::string act = j.value("hidden_act", std::string("silu"));
+    if (act != "silu") die("%s: unsupported hidden_act '%s' (only silu)", path.c_str(), act.c_str());
+    c.bos_token_id = get_int("bos_token_id", false, c.bos_token_id);
+    c.eos_token_id = j.contains("eos_token_id") && j["eos_token_id"].is_array() ? c.eos_token_id : get_int("eos_token_id", false, c.eos_token_id);
+    if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) c.torch_dtype = j["torch_dtype"];
+    if (j.contains("dtype") && j["dtype"].is_string()) c.torch_dtype = j["dtype"];
+    if (c.hidden_size != c.num_attention_heads * c.head_dim && !j.contains("head_dim"))
+        die("%s: hidden_size %d is not divisible by num_attention_heads %d", path.c_str(), c.hidden_size, c.num_attention_heads);
+    config_validate(c, path);
+    return c;
+}
+
+void config_write_json(const Config& c, const std::string& path) {
+    json j;
+    j["architectures"] = {"LlamaForCausalLM"};
+    j["model_type"] = "llama";
+    j["attention_bias"] = false;
+    j["attention_dropout"] = 0.0;
+    j["bos_token_id"] = c.bos_token_id;
+    j["eos_token_id"] = c.eos_token_id;
+    j["head_dim"] = c.head_dim;
+    j["hidden_act"] = "silu";
+    j["hidden_size"] = c.hidden_size;
+    j["intermediate_size"] = c.intermediate_size;
+    j["max_position_embeddings"] = c.max_position_embeddings;
+    j["mlp_bias"] = false;
+    j["num_attention_heads"] = c.num_attention_heads;
+    j["num_hidden_layers"] = c.num_hidden_layers;
+    j["num_key_value_heads"] = c.num_key_value_heads;
+    j["pretraining_tp"] = 1;
+    j["rms_norm_eps"] = c.rms_norm_eps;
+    j["rope_theta"] = c.rope_theta;      // read by transformers 4.x
+    j["rope_scaling"] = nullptr;
+    j["tie_word_embeddings"] = false;
+    j["torch_dtype"] = c.torch_dtype;
+    j["use_cache"] = true;
+    j["vocab_size"] = c.vocab_size;
+    write_file_atomic(path, j.dump(2) + "\n");
+}
+
+void param_sizes(const Config& c, size_t s[NUM_PARAM_TENSORS]) {
+    size_t V = c.vocab_size, C = c.hidden_size, L = c.num_hidden_layers, F = c.intermediate_size;
+    size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
+    s[0] = V * C;          // embed_tokens
+    s[1] = L * C;          // input_layernorm
+    s[2] = L * QD * C;     // q_proj
+    s[3] = L * KVD * C;    // k_proj
+    s[4] = L * KVD * C;    // v_proj
+    s[5] = L * C * QD;     // o_proj
+    s[6] = L * C;          // post_attention_layernorm
+    s[7] = L * F * C;      // gate_proj
+    s[8] = L * F * C;      // up_proj
+    s[9] = L * C * F;      // down_proj
+    s[10] = C;             // norm
+    s[11] = V * C;         // lm_head
+}
+size_t config_num_parameters(const Config& c) {
+    size_t s[NUM_PARAM_TENSORS], n = 0;
+    param_sizes(c, s);
+    for (size_t x : s) n += x;
+    return n;
+}
+double config_flops_per_token(const Config& c, int seq_len) {
+    double L = c.num_hidden_layers, C = c.hidden_size;
+    return 72.0 * L * C * C + 12.0 * L * C * seq_len;
+}
+
+void param_point(ParameterTensors* p, float* mem, const size_t s[NUM_PARAM_TENSORS]) {
+    float** ptrs[NUM_PARAM_TENSORS] = {&p->embed_tokens, &p->input_layernorm, &p->q_proj, &p->k_proj, &p->v_proj,
+                                       &p->o_proj, &p->post_attention_layernorm, &p->gate_proj, &p->up_proj,
+                                       &p->down_proj, &p->norm, &p->lm_head};
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) { *ptrs[i] = mem; mem += s[i]; }
+}
+
+std::vector<ParamView> param_views(const Config& c) {
+    size_t s[NUM_PARAM_TENSORS], off[NUM_PARAM_TENSORS], o = 0;
+    param_sizes(c, s);
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) { off[i] = o; o += s[i]; }
+    int64_t V = c.vocab_size, C = c.hidden_size, F = c.intermediate_size;
+    int64_t QD = (int64_t)c.num_attention_heads * c.head_dim, KVD = (int64_t)c.num_key_value_heads * c.head_dim;
+    std::vector<ParamView> v;
+    v.push_back({"model.embed_tokens.weight", off[0], {V, C}, true});
+    struct PerLayer { int idx; const char* name; std::vector<int64_t> shape; bool matrix; };
+    std::vector<PerLayer> per = {
+        {1, "input_layernorm.weight", {C}, false},           {2, "self_attn.q_proj.weight", {QD, C}, true},
+        {3, "self_attn.k_proj.weight", {KVD, C}, true},       {4, "self_attn.v_proj.weight", {KVD, C}, true},
+        {5, "self_attn.o_proj.weight", {C, QD}, true},        {6, "post_attention_layernorm.weight", {C}, false},
+        {7, "mlp.gate_proj.weight", {F, C}, true},            {8, "mlp.up_proj.weight", {F, C}, true},
+        {9, "mlp.down_proj.weight", {C, F}, true}};
+    for (int l = 0; l < c.num_hidden_layers; l++)
+        for (auto& p : per) {
+            size_t n = s[p.idx] / c.num_hidden_layers;
+            v.push_back({"model.layers." + std::to_string(l) + "." + p.name, off[p.idx] + l * n, p.shape, p.matrix});
+        }
+    v.push_back({"model.norm.weight", off[10], {C}, false});
+    v.push_back({"lm_head.weight", off[11], {V, C}, true});
+    return v;
+}
+
+// ============================================================================
+// layers: the CPU fp32 reference. N = number of rows (B*T tokens).
+
+// matmul: out[n,o] = Σ_i inp[n,i] · weight[o,i]   (weight in PyTorch's [out_features, in_features] layout)
+void matmul_forward(float* out, const float* inp, const float* weight, int N, int in, int out_dim) {
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < out_dim; o++) {
+            const float* x = inp + (size_t)n * in;
+            const float* w = weight + (size_t)o * in;
+            float sum = 0.0f;
+            #pragma omp simd reduction(+ : sum)
+            for (int i = 0; i < in; i++) sum += x[i] * w[i];
+            out[(size_t)n * out_dim + o] = sum;
+        }
+}
+// dinp[n,i] += Σ_o dout[n,o] · weight[o,i];   dweight[o,i] += Σ_n dout[n,o] · inp[n,i]
+// Each output element is owned by one thread and summed in a fixed order: results do not depend on threads.
+void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                     int N, int in, int out_dim) {
+    if (dinp) {
+        #pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            float* dx = dinp + (size_t)n * in;
+            const float* g = dout + (size_t)n * out_dim;
+            for (int o = 0; o < out_dim; o++) {
+                const float* w = weight + (size_t)o * in;
+                float go = g[o];
+                #pragma omp simd
+                for (int i = 0; i < in; i++) dx[i] += go * w[i];
+            }
+        }
+    }
+    if (dweight) {
+        #pragma omp parallel for schedule(static)
+        for (int o = 0; o < out_dim; o++) {
+            float* dw = dweight + (size_t)o * in;
+            for (int n = 0; n < N; n++) {
+                float go = dout[(size_t)n * out_dim + o];
+                const float* x = inp + (size_t)n * in;
+                #pragma omp simd
+                for (int i = 0; i < in; i++) dw[i] += go * x[i];
+            }
+        }
+    }
+}
+
+// RMSNorm: y = w ⊙ x · rstd,  rstd = 1/sqrt(mean(x²) + eps)     (Hugging Face LlamaRMSNorm)
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (size_t)n * C;
+        float ss = 0.0f;
+        for (int i = 0; i < C; i++) ss += x[i] * x[i];
+        float r = 1.0f / sqrtf(ss / C + eps);
+        if (rstd) rstd[n] = r;
+        float* y = out + (size_t)n * C;
+        for (int i = 0; i < C; i++) y[i] = weight[i] * (x[i] * r);
+    }
+}
+// With x̂ = x·rstd and g = dy ⊙ w:  dx = rstd · (g − x̂ · mean(g ⊙ x̂)),  dw += Σ_n dy ⊙ x̂
+static void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                             const float* rstd, int N, int C) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (size_t)n * C;
+        const float* dy = dout + (size_t)n * C;
+        float r = rstd[n], dot = 0.0f;
+        for (int i = 0; i < C; i++) dot += dy[i] * weight[i] * x[i] * r;
+        dot /= C;
+        float* dx = dinp + (size_t)n * C;
+        for (int i = 0; i < C; i++) dx[i] += r * (dy[i] * weight[i] - x[i] * r * dot);
+    }
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < C; i++) {
+        float acc = 0.0f;
+        for (int n = 0; n < N; n++) acc += dout[(size_t)n * C + i] * inp[(size_t)n * C + i] * rstd[n];
+        dweight[i] += acc;
+    }
+}
+
+// RoPE, Hugging Face layout: dimension i pairs with i + D/2, angle = pos · θ^(−2i/D).
+//   (x1, x2) → (x1·cos − x2·sin, x2·cos + x1·sin)
+// inv_freq is computed in fp32 as transformers does; the rotation is linear, so backward rotates by −angle.
+static void rope_rotate(float* x, const int* pos, int N, int heads, int D, float theta, float sign) {
+    int half = D / 2;
+    std::vector<float> inv_freq(half);
+    for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)D);
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        for (int i = 0; i < half; i++) {
+            double angle = (double)pos[n] * (double)inv_freq[i];
+            float c = (float)cos(angle), s = sign * (float)sin(angle);
+            for (int h = 0; h < heads; h++) {
+                float* v = x + ((size_t)n * heads + h) * D;
+                float x1 = v[i], x2 = v[i + half];
+                v[i] = x1 * c - x2 * s;
+                v[i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+void rope_forward(float* x, const int* pos, int N, int heads, int D, float theta) { rope_rotate(x, pos, N, heads, D, theta, 1.0f); }
+static void rope_backward(float* dx, const int* pos, int N, int heads, int D, float theta) { rope_rotate(dx, pos, N, heads, D, theta, -1.0f); }
+
+// Causal grouped-query attention. q [B,T,H,D], k/v [B,T,KV,D]; query head h reads kv head h / (H/KV).
+//   att[b,h,t,s] = softmax_s≤t (q·k / sqrt(D)),   y[b,t,h] = Σ_s att · v[b,s,h/(H/KV)]
+// The reference keeps att [B,H,T,T] for backward (entries above the diagonal are zero).
+static void attention_forward(float* y, float* att, const float* q, const float* k, const float* v,
+                              int B, int T, int H, int KV, int D) {
+    int group = H / KV;
+    float scale = 1.0f / sqrtf((float)D);
+    #pragma omp parallel for collapse(3) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                int kh = h / group;
+                const float* qt = q + (((size_t)b * T + t) * H + h) * D;
+                float* a = att + (((size_t)b * H + h) * T + t) * T;
+                float maxv = -INFINITY;
+                for (int s = 0; s <= t; s++) {
+                    const float* ks = k + (((size_t)b * T + s) * KV + kh) * D;
+                    float dot = 0.0f;
+                    for (int i = 0; i < D; i++) dot += qt[i] * ks[i];
+                    a[s] = dot * scale;
+                    maxv = std::max(maxv, a[s]);
+                }
+                float sum = 0.0f;
+                for (int s = 0; s <= t; s++) { a[s] = expf(a[s] - maxv); sum += a[s]; }
+                for (int s = 0; s <= t; s++) a[s] /= sum;
+                for (int s = t + 1; s < T; s++) a[s] = 0.0f;
+                float* yt = y + (((size_t)b * T + t) * H + h) * D;
+                for (int i = 0; i < D; i++) yt[i] = 0.0f;
+                for (int s = 0; s <= t; s++) {
+                    const float* vs = v + (((size_t)b * T + s) * KV + kh) * D;
+                    for (int i = 0; i < D; i++) yt[i] += a[s] * vs[i];
+                }
+            }
+}
+// datt = dy·vᵀ;  dpre = att ⊙ (datt − Σ_s att·datt);  dq += dpre·k·scale;  dk += dpreᵀ·q·scale;  dv += attᵀ·dy
+// Parallel over (b, kv head): the query heads of one group write the same dk/dv rows, so they run in one thread.
+static void attention_backward(float* dq, float* dk, float* dv, const float* dy, const float* att, const float* q,
+                               const float* k, const float* v, int B, int T, int H, int KV, int D) {
+    int group = H / KV;
+    float scale = 1.0f / sqrtf((float)D);
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int kh = 0; kh < KV; kh++) {
+            std::vector<float> dpre(T);
+            for (int h = kh * group; h < (kh + 1) * group; h++)
+                for (int t = 0; t < T; t++) {
+                    const float* a = att + (((size_t)b * H + h) * T + t) * T;
+                    const float* dyt = dy + (((size_t)b * T + t) * H + h) * D;
+                    float dsum = 0.0f;
+                    for (int s = 0; s <= t; s++) {
+                        const float* vs = v + (((size_t)b * T + s) * KV + kh) * D;
+                        float* dvs = dv + (((size_t)b * T + s) * KV + kh) * D;
+                        float da = 0.0f;
+                        for (int i = 0; i < D; i++) { da += dyt[i] * vs[i]; dvs[i] += a[s] * dyt[i]; }
+                        dpre[s] = da;
+                        dsum += a[s] * da;
+                    }
+                    const float* qt = q + (((size_t)b * T + t) * H + h) * D;
+                    float* dqt = dq + (((size_t)b * T + t) * H + h) * D;
+                    for (int s = 0; s <= t; s++) {
+                        float g = a[s] * (dpre[s] - dsum) * scale;
+                        const float* ks = k + (((size_t)b * T + s) * KV + kh) * D;
+                        float* dks = dk + (((size_t)b * T + s) * KV + kh) * D;
+                        for (int i = 0; i < D; i++) { dqt[i] += g * ks[i]; dks[i] += g * qt[i]; }
+                    }
+                }
+        }
+}
+
+// SwiGLU: act = silu(gate) ⊙ up,  silu(x) = x·σ(x),  silu'(x) = σ(x)·(1 + x·(1 − σ(x)))
+float silu(float x) { return x / (1.0f + expf(-x)); }
+static void swiglu_forward(float* act, const float* gate, const float* up, size_t n) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) act[i] = silu(gate[i]) * up[i];
+}
+static void swiglu_backward(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i], sig = 1.0f / (1.0f + expf(-g));
+        dgate[i] += dact[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
+        dup[i] += dact[i] * g * sig;
+    }
+}
+
+// Cross-entropy per token: nll = logsumexp(logits) − logits[target]; masked tokens (target < 0) give 0.
+static void crossentropy_forward(float* losses, const float* logits, const int* targets, int N, int V) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        if (targets[n] < 0) { losses[n] = 0.0f; continue; }
+        const float* z = logits + (size_t)n * V;
+        float maxv = -INFINITY;
+        for (int i = 0; i < V; i++) maxv = std::max(maxv, z[i]);
+        double sum = 0.0;
+        for (int i = 0; i < V; i++) sum += exp((double)(z[i] - maxv));
+        losses[n] = (float)(log(sum) + maxv - z[targets[n]]);
+    }
+}
+// dlogits[n] = dloss[n] · (softmax(logits[n]) − onehot(target)); masked rows get exactly zero.
+static void crossentropy_backward(float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float* dz = dlogits + (size_t)n * V;
+        if (targets[n] < 0 || dlosses[n] == 0.0f) { for (int i = 0; i < V; i++) dz[i] = 0.0f; continue; }
+        const float* z = logits + (size_t)n * V;
+        float maxv = -INFINITY;
+        for (int i = 0; i < V; i++) maxv = std::max(maxv, z[i]);
+        double sum = 0.0;
+        for (int i = 0; i < V; i++) sum += exp((double)(z[i] - maxv));
+        float inv = (float)(1.0 / sum), w = dlosses[n];
+        for (int i = 0; i < V; i++) dz[i] = w * expf(z[i] - maxv) * inv;
+        dz[targets[n]] -= w;
+    }
+}
+
+// ============================================================================
+// the model
+
+static void model_alloc_acts(Model* m, int B, int T) {
+    if (m->B == B && m->T == T) return;
+    const Config& c = m->cfg;
+    size_t BT = (size_t)B * T, L = c.num_hidden_layers, C = c.hidden_size, F = c.intermediate_size;
+    size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
+    size_t sizes[] = {(L + 1) * BT * C, L * BT * C, L * BT, L * BT * QD, L * BT * KVD, L * BT * KVD,
+                      L * B * c.num_attention_heads * (size_t)T * T, L * BT * QD, L * BT * C, L * BT * C, L * BT,
+                      L * BT * F, L * BT * F, L * BT * F, BT * C, BT, BT * c.vocab_size, BT};
+    float** ptrs[] = {&m->acts.residual, &m->acts.ln1, &m->acts.ln1_rstd, &m->acts.q, &m->acts.k, &m->acts.v,
+                      &m->acts.att, &m->acts.atty, &m->acts.resid_mid, &m->acts.ln2, &m->acts.ln2_rstd,
+                      &m->acts.gate, &m->acts.up, &m->acts.act, &m->acts.lnf, &m->acts.lnf_rstd, &m->acts.logits,
+                      &m->acts.losses};
+    size_t total = 0;
+    for (size_t s : sizes) total += s;
+    m->acts_memory.assign(total, 0.0f);
+    float* p = m->acts_memory.data();
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) { *ptrs[i] = sizes[i] ? p : nullptr; p += sizes[i]; }
+    m->B = B;
+    m->T = T;
+}
+
+void model_build(Model* m, const Config& cfg) {
+    config_validate(cfg, "model");
+    m->cfg = cfg;
+    param_sizes(cfg, m->param_sizes);
+    m->num_parameters = config_num_parameters(cfg);
+    m->params_memory.assign(m->num_parameters, 0.0f);
+    param_point(&m->params, m->params_memory.data(), m->param_sizes);
+    m->grads_memory.clear();
+    m->B = m->T = 0;
+}
+
+// splitmix64 → uniform → Box–Muller: a small deterministic RNG so runs reproduce from the seed alone
+static uint64_t splitmix64(uint64_t* s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+void model_init_random(Model* m, uint64_t seed, float std) {
+    uint64_t s = seed;
+    for (const ParamView& pv : param_views(m->cfg)) {
+        size_t n = 1;
+        for (int64_t d : pv.shape) n *= (size_t)d;
+        float* w = m->params_memory.data() + pv.offset;
+        if (!pv.is_matrix) { for (size_t i = 0; i < n; i++) w[i] = 1.0f; continue; }  // RMSNorm weights start at 1
+        for (size_t i = 0; i < n; i += 2) {
+            double u1 = ((splitmix64(&s) >> 11) + 1.0) / 9007199254740993.0, u2 = (splitmix64(&s) >> 11) / 9007199254740992.0;
+            double r = sqrt(-2.0 * log(u1));
+            w[i] = (float)(std * r * cos(2 * M_PI * u2));
+            if (i + 1 < n) w[i + 1] = (float)(std * r * sin(2 * M_PI * u2));
+        }
+    }
+}
+
+float model_forward(Model* m, const int* inputs, const int* targets, int B, int T) {
+    const Config& c = m->cfg;
+    if (B < 1 || T < 1) die("forward: empty batch (B=%d, T=%d)", B, T);
+    if (T > c.max_position_embeddings) die("forward: sequence length %d exceeds the model's context %d", T, c.max_position_embeddings);
+    size_t BT = (size_t)B * T;
+    for (size_t i = 0; i < BT; i++) {
+        if (inputs[i] < 0 || inputs[i] >= c.vocab_size) die("forward: token id %d out of range [0, %d)", inputs[i], c.vocab_size);
+        if (targets && targets[i] >= c.vocab_size) die("forward: target id %d out of range [0, %d)", targets[i], c.vocab_size);
+    }
+    model_alloc_acts(m, B, T);
+    m->inputs.assign(inputs, inputs + BT);
+    if (targets) m->targets.assign(targets, targets + BT); else m->targets.assign(BT, -1);
+    int C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
+    int QD = H * D, KVD = KV * D, V = c.vocab_size;
+    ParameterTensors& p = m->params;
+    ActivationTensors& a = m->acts;
+    std::vector<int> pos(BT);
+    for (size_t i = 0; i < BT; i++) pos[i] = (int)(i % T);
+
+    // token embedding → residual stream
+    for (size_t i = 0; i < BT; i++) memcpy(a.residual + i * C, p.embed_tokens + (size_t)inputs[i] * C, C * sizeof(float));
+    for (int l = 0; l < c.num_hidden_layers; l++) {
+        float* x = a.residual + (size_t)l * BT * C;
+        float* ln1 = a.ln1 + (size_t)l * BT * C;
+        float* q = a.q + (size_t)l * BT * QD;
+        float* k = a.k + (size_t)l * BT * KVD;
+        float* v = a.v + (size_t)l * BT * KVD;
+        float* att = a.att + (size_t)l * B * H * T * T;
+        float* atty = a.atty + (size_t)l * BT * QD;
+        float* mid = a.resid_mid + (size_t)l * BT * C;
+        float* ln2 = a.ln2 + (size_t)l * BT * C;
+        float* gate = a.gate + (size_t)l * BT * F;
+        float* up = a.up + (size_t)l * BT * F;
+        float* act = a.act + (size_t)l * BT * F;
+        float* out = a.residual + (size_t)(l + 1) * BT * C;
+        // attention block: x + o_proj(attention(rope(q_proj(ln1)), rope(k_proj(ln1)), v_proj(ln1)))
+        rmsnorm_forward(ln1, a.ln1_rstd + (size_t)l * BT, x, p.input_layernorm + (size_t)l * C, BT, C, c.rms_norm_eps);
+        matmul_forward(q, ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
+        matmul_forward(k, ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
+        matmul_forward(v, ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
+        rope_forward(q, pos.data(), BT, H, D, c.rope_theta);
+        rope_forward(k, pos.data(), BT, KV, D, c.rope_theta);
+        attention_forward(atty, att, q, k, v, B, T, H, KV, D);
+        matmul_forward(mid, atty, p.o_proj + (size_t)l * C * QD, BT, QD, C);
+        for (size_t i = 0; i < BT * C; i++) mid[i] += x[i];
+        // MLP block: mid + down_proj(silu(gate_proj(ln2)) ⊙ up_proj(ln2))
+        rmsnorm_forward(ln2, a.ln2_rstd + (size_t)l * BT, mid, p.post_attention_layernorm + (size_t)l * C, BT, C, c.rms_norm_eps);
+        matmul_forward(gate, ln2, p.gate_proj + (size_t)l * F * C, BT, C, F);
+        matmul_forward(up, ln2, p.up_proj + (size_t)l * F * C, BT, C, F);
+        swiglu_forward(act, gate, up, BT * F);
+        matmul_forward(out, act, p.down_proj + (size_t)l * C * F, BT, F, C);
+        for (size_t i = 0; i < BT * C; i++) out[i] += mid[i];
+    }
+    rmsnorm_forward(a.lnf, a.lnf_rstd, a.residual + (size_t)c.num_hidden_layers * BT * C, p.norm, BT, C, c.rms_norm_eps);
+    matmul_forward(a.logits, a.lnf, p.lm_head, BT, C, V);
+    if (!targets) return 0.0f;
+    crossentropy_forward(a.losses, a.logits, targets, BT, V);
+    double sum = 0.0;
+    size_t count = 0;
+    for (size_t i = 0; i < BT; i++)
+        if (targets[i] >= 0) { sum += a.losses[i]; count++; }
+    return count ? (float)(sum / count) : 0.0f;
+}
+
+void model_mean_loss_weights(const int* targets, int n, std::vector<float>* w) {
+    int count = 0;
+    for (int i = 0; i < n; i++) count += targets[i] >= 0;
+    w->assign(n, 0.0f);
+    for (int i = 0; i < n; i++)
+        if (targets[i] >= 0) (*w)[i] = 1.0f / count;
+}
+
+void model_zero_grad(Model* m) {
+    if (m->grads_memory.size() != m->num_parameters) {
+        m->grads_memory.assign(m->num_parameters, 0.0f);
+        param_point(&m->grads, m->grads_memory.data(), m->param_sizes);
+    } else {
+        std::fill(m->grads_memory.begin(), m->grads_memory.end(), 0.0f);
+    }
+}
+
+void model_backward(Model* m, const float* dlosses) {
+    if (m->B == 0 || m->inputs.empty()) die("backward: call forward first");
+    if (m->grads_memory.size() != m->num_parameters) model_zero_grad(m);
+    const Config& c = m->cfg;
+    int B = m->B, T = m->T, BT = B * T;
+    int C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
+    int QD = H * D, KVD = KV * D, V = c.vocab_size, L = c.num_hidden_layers;
+    ParameterTensors& p = m->params;
+    ParameterTensors& g = m->grads;
+    ActivationTensors& a = m->acts;
+    std::vector<int> pos(BT);
+    for (int i = 0; i < BT; i++) pos[i] = i % T;
+    // scratch for the activation gradients of one layer at a time
+    std::vector<float> dlogits((size_t)BT * V), dres((size_t)BT * C, 0.0f), dmid((size_t)BT * C), dln((size_t)BT * C),
+        dq((size_t)BT * QD), dk((size_t)BT * KVD), dv((size_t)BT * KVD), datty((size_t)BT * QD), dact((size_t)BT * F),
+        dgate((size_t)BT * F), dup((size_t)BT * F);
+
+    crossentropy_backward(dlogits.data(), a.logits, m->targets.data(), dlosses, BT, V);
+    std::fill(dln.begin(), dln.end(), 0.0f);
+    matmul_backward(dln.data(), g.lm_head, dlogits.data(), a.lnf, p.lm_head, BT, C, V);
+    rmsnorm_backward(dres.data(), g.norm, dln.data(), a.residual + (size_t)L * BT * C, p.norm, a.lnf_rstd, BT, C);
+    for (int l = L - 1; l >= 0; l--) {
+        const float* x = a.residual + (size_t)l * BT * C;
+        const float* mid = a.resid_mid + (size_t)l * BT * C;
+        const float* gate = a.gate + (size_t)l * BT * F;
+        const float* up = a.up + (size_t)l * BT * F;
+        // MLP block: dres is the gradient of the layer's output; it flows to mid directly and through the MLP
+        std::fill(dact.begin(), dact.end(), 0.0f);
+        matmul_backward(dact.data(), g.down_proj + (size_t)l * C * F, dres.data(), a.act + (size_t)l * BT * F,
+                        p.down_proj + (size_t)l * C * F, BT, F, C);
+        std::fill(dgate.begin(), dgate.end(), 0.0f);
+        std::fill(dup.begin(), dup.end(), 0.0f);
+        swiglu_backward(dgate.data(), dup.data(), dact.data(), gate, up, (size_t)BT * F);
+        std::fill(dln.begin(), dln.end(), 0.0f);
+        matmul_backward(dln.data(), g.gate_proj + (size_t)l * F * C, dgate.data(), a.ln2 + (size_t)l * BT * C,
+                        p.gate_proj + (size_t)l * F * C, BT, C, F);
+        matmul_backward(dln.data(), g.up_proj + (size_t)l * F * C, dup.data(), a.ln2 + (size_t)l * BT * C,
+                        p.up_proj + (size_t)l * F * C, BT, C, F);
+        dmid = dres;
+        rmsnorm_backward(dmid.data(), g.post_attention_layernorm + (size_t)l * C, dln.data(), mid,
+                         p.post_attention_layernorm + (size_t)l * C, a.ln2_rstd + (size_t)l * BT, BT, C);
+        // attention block
+        std::fill(datty.begin(), datty.end(), 0.0f);
+        matmul_backward(datty.data(), g.o_proj + (size_t)l * C * QD, dmid.data(), a.atty + (size_t)l * BT * QD,
+                        p.o_proj + (size_t)l * C * QD, BT, QD, C);
+        std::fill(dq.begin(), dq.end(), 0.0f);
+        std::fill(dk.begin(), dk.end(), 0.0f);
+        std::fill(dv.begin(), dv.end(), 0.0f);
+        attention_backward(dq.data(), dk.data(), dv.data(), datty.data(), a.att + (size_t)l * B * H * T * T,
+                           a.q + (size_t)l * BT * QD, a.k + (size_t)l * BT * KVD, a.v + (size_t)l * BT * KVD, B, T, H, KV, D);
+        rope_backward(dq.data(), pos.data(), BT, H, D, c.rope_theta);
+        rope_backward(dk.data(), pos.data(), BT, KV, D, c.rope_theta);
+        const float* ln1 = a.ln1 + (size_t)l * BT * C;
+        std::fill(dln.begin(), dln.end(), 0.0f);
+        matmul_backward(dln.data(), g.q_proj + (size_t)l * QD * C, dq.data(), ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
+        matmul_backward(dln.data(), g.k_proj + (size_t)l * KVD * C, dk.data(), ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
+        matmul_backward(dln.data(), g.v_proj + (size_t)l * KVD * C, dv.data(), ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
+        dres = dmid;
+        rmsnorm_backward(dres.data(), g.input_layernorm + (size_t)l * C, dln.data(), x, p.input_layernorm + (size_t)l * C,
+                         a.ln1_rstd + (size_t)l * BT, BT, C);
+    }
+    // embedding: scatter-add, serial over tokens so repeated tokens add in a fixed order
+    for (int i = 0; i < BT; i++) {
+        float* dst = g.embed_tokens + (size_t)m->inputs[i] * C;
+        const float* src = dres.data() + (size_t)i * C;
+        for (int j = 0; j < C; j++) dst[j] += src[j];
+    }
+}
+
+// ============================================================================
+// number formats
+
+float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // NaN stays a (quiet) NaN
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
+    return (uint16_t)(u >> 16);
+}
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, u;
+    if (exp == 0) {
+        if (mant == 0) u = sign;
+        else {  // subnormal: normalise
+            int e = -1;
+            do { e++; mant <<= 1; } while (!(mant & 0x400));
+            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
+        }
+    } else if (exp == 31) u = sign | 0x7f800000u | (mant << 13);
+    else u = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// ============================================================================
+// safetensors: 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, the data
+
+const char* dtype_name(DType t) {
+    switch (t) {
+        case DType::F32: return "F32";
+        case DType::BF16: return "BF16";
+        case DType::F16: return "F16";
+        case DType::I32: return "I32";
+        case DType::I64: return "I64";
+        case DType::U8: return "U8";
+    }
+    return "?";
+}
+size_t dtype_size(DType t) {
+    switch (t) {
+        case DType::F32: case DType::I32: return 4;
+        case DType::BF16: case DType::F16: return 2;
+        case DType::I64: return 8;
+        case DType::U8: return 1;
+    }
+    return 0;
+}
+static bool dtype_parse(const std::string& s, DType* t) {
+    static const std::pair<const char*, DType> names[] = {{"F32", DType::F32}, {"BF16", DType::BF16}, {"F16", DType::F16},
+                                                          {"I32", DType::I32}, {"I64", DType::I64},  {"U8", DType::U8}};
+    for (auto& n : names)
+        if (s == n.first) { *t = n.second; return true; }
+    return false;
+}
+size_t TensorInfo::numel() const {
+    size_t n = 1;
+    for (int64_t d : shape) n *= (size_t)d;
+    return n;
+}
+static std::string shape_str(const std::vector<int64_t>& s) {
+    std::string r = "[";
+    for (size_t i = 0; i < s.size(); i++) r += (i ? ", " : "") + std::to_string(s[i]);
+    return r + "]";
+}
+
+SafeTensors::~SafeTensors() {
+    for (auto& m : maps) munmap(m.first, m.second);
+}
+
+void SafeTensors::open_file(const std::string& path) {
+    int fd = open(path.c_str(), O_RDONLY);
+    if (fd < 0) die("cannot open %s: %s", path.c_str(), strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) { close(fd); die("cannot stat %s", path.c_str()); }
+    size_t size = (size_t)st.st_size;
+    if (size < 8) { close(fd); die("%s: truncated safetensors file (%zu bytes)", path.c_str(), size); }
+    void* map = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) die("cannot map %s: %s", path.c_str(), strerror(errno));
+    maps.push_back({map, size});
+    const uint8_t* base = (const uint8_t*)map;
+    uint64_t hlen = 0;
+    for (int i = 0; i < 8; i++) hlen |= (uint64_t)base[i] << (8 * i);
+    if (hlen > size - 8) die("%s: truncated safetensors file (header says %llu bytes, file has %zu)", path.c_str(), (unsigned long long)hlen, size);
+    json h;
+    try { h = json::parse(base + 8, base + 8 + hlen); } catch (const std::exception& e) {
+        die("%s: malformed safetensors header (%s)", path.c_str(), e.what());
+    }
+    if (!h.is_object()) die("%s: safetensors header is not a JSON object", path.c_str());
+    const uint8_t* data = base + 8 + hlen;
+    size_t data_size = size - 8 - hlen;
+    for (auto it = h.begin(); it != h.end(); ++it) {
+        const std::string& name = it.key();
+        const json& t = it.value();
+        if (name == "__metadata__") {
+            if (t.is_object())
+                for (auto m = t.begin(); m != t.end(); ++m)
+                    if (m.value().is_string()) metadata[m.key()] = m.value();
+            continue;
+        }
+        TensorInfo ti;
+        ti.name = name;
+        if (!t.is_object() || !t.contains("dtype") || !t["dtype"].is_string() || !t.contains("shape") || !t["shape"].is_array() ||
+            !t.contains("data_offsets") || !t["data_offsets"].is_array() || t["data_offsets"].size() != 2)
+            die("%s: tensor '%s' has a malformed header entry", path.c_str(), name.c_str());
+        if (!dtype_parse(t["dtype"], &ti.dtype))
+            die("%s: tensor '%s' has unsupported dtype %s", path.c_str(), name.c_str(), t["dtype"].dump().c_str());
+        size_t numel = 1;
+        for (auto& d : t["shape"]) {
+            if (!d.is_number_unsigned() || d.get<uint64_t>() > (1ull << 40))
+                die("%s: tensor '%s' has an invalid shape %s", path.c_str(), name.c_str(), t["shape"].dump().c_str());
+            ti.shape.push_back(d.get<int64_t>());
+            numel *= d.get<size_t>();
+            if (numel > (1ull << 40)) die("%s: tensor '%s' is absurdly large", path.c_str(), name.c_str());
+        }
+        const json& off = t["data_offsets"];
+        if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+            die("%s: tensor '%s' has invalid data_offsets", path.c_str(), name.c_str());
+        uint64_t b = off[0], e = off[1];
+        if (b > e || e > data_size)
+            die("%s: tensor '%s' data_offsets [%llu, %llu] lie outside the %zu data bytes (truncated or corrupt file)",
+                path.c_str(), name.c_str(), (unsigned long long)b, (unsigned long long)e, data_size);
+        if (e - b != numel * dtype_size(ti.dtype))
+            die("%s: tensor '%s' has %llu bytes but shape %s of %s needs %zu", path.c_str(), name.c_str(),
+                (unsigned long long)(e - b), shape_str(ti.shape).c_str(), dtype_name(ti.dtype), numel * dtype_size(ti.dtype));
+        ti.data = data + b;
+        ti.nbytes = e - b;
+        if (tensors.count(name)) die("%s: tensor '%s' appears twice", path.c_str(), name.c_str());
+        tensors[name] = ti;
+    }
+}
+
+void SafeTensors::open_dir(const std::string& dir) {
+    std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
+    if (file_exists(index)) {
+        json j;
+        try { j = json::parse(read_file(index)); } catch (const std::exception& e) { die("%s: malformed JSON (%s)", index.c_str(), e.what()); }
+        if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+            die("%s: missing weight_map", index.c_str());
+        std::vector<std::string> shards;
+        for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+            if (!it.value().is_string()) die("%s: weight_map entries must be file names", index.c_str());
+            std::string f = it.value();
+            if (f.find('/') != std::string::npos) die("%s: shard name '%s' must be a plain file name", index.c_str(), f.c_str());
+            if (std::find(shards.begin(), shards.end(), f) == shards.end()) shards.push_back(f);
+        }
+        for (auto& f : shards) open_file(dir + "/" + f);
+        for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
+            if (!tensors.count(it.key())) die("%s: tensor '%s' is listed but missing from its shard", index.c_str(), it.key().c_str());
+    } else if (file_exists(single)) {
+        open_file(single);
+    } else {
+        die("%s: no model.safetensors or model.safetensors.index.json", dir.c_str());
+    }
+}
+
+const TensorInfo& SafeTensors::get(const std::string& name) const {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) die("missing tensor '%s' in safetensors", name.c_str());
+    return it->second;
+}
+
+void SafeTensors::read_f32(const std::string& name, const std::vector<int64_t>& shape, float* out) const {
+    const TensorInfo& t = get(name);
+    if (t.shape != shape)
+        die("tensor '%s' has shape %s, expected %s", name.c_str(), shape_str(t.shape).c_str(), shape_str(shape).c_str());
+    size_t n = t.numel();
+    switch (t.dtype) {
+        case DType::F32: memcpy(out, t.data, n * 4); break;
+        case DType::BF16:
+            #pragma omp parallel for schedule(static)
+            for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, t.data + 2 * i, 2); out[i] = bf16_to_f32(h); }
+            break;
+        case DType::F16:
+            #pragma omp parallel for schedule(static)
+            for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, t.data + 2 * i, 2); out[i] = f16_to_f32(h); }
+            break;
+        default: die("tensor '%s' has dtype %s; expected F32, BF16 or F16", name.c_str(), dtype_name(t.dtype));
+    }
+}
+
+void safetensors_write(const std::string& path, const std::vector<TensorOut>& tensors, bool store_bf16,
+                       const std::map<std::string, std::string>& metadata) {
+    json h = json::object();
+    if (!metadata.empty()) h["__metadata__"] = metadata;
+    size_t off = 0;
+    std::vector<DType> stored;
+    for (auto& t : tensors) {
+        DType d = (store_bf16 && t.dtype == DType::F32) ? DType::BF16 : t.dtype;
+        size_t n = 1;
+        for (int64_t x : t.shape) n *= (size_t)x;
+        h[t.name] = {{"dtype", dtype_name(d)}, {"shape", t.shape}, {"data_offsets", {off, off + n * dtype_size(d)}}};
+        off += n * dtype_size(d);
+        stored.push_back(d);
+    }
+    std::string hs = h.dump();
+    while ((hs.size() + 8) % 8) hs += ' ';  // align the data to 8 bytes, as the reference writer does
+    std::string tmp = path + ".tmp";
+    FILE* f = fopen(tmp.c_str(), "wb");
+    if (!f) die("cannot write %s: %s", tmp.c_str(), strerror(errno));
+    uint64_t hl = hs.size();
+    uint8_t le[8];
+    for (int i = 0; i < 8; i++) le[i] = (uint8_t)(hl >> (8 * i));
+    bool ok = fwrite(le, 1, 8, f) == 8 && fwrite(hs.data(), 1, hs.size(), f) == hs.size();
+    std::vector<uint16_t> buf;
+    for (size_t i = 0; i < tensors.size() && ok; i++) {
+        const TensorOut& t = tensors[i];
+        size_t n = 1;
+        for (int64_t x : t.shape) n *= (size_t)x;
+        if (stored[i] == t.dtype) {
+            ok = fwrite(t.data, dtype_size(t.dtype), n, f) == n;
+        } else {
+            buf.resize(n);
+            const float* src = (const float*)t.data;
+            for (size_t j = 0; j < n; j++) buf[j] = f32_to_bf16(src[j]);
+            ok = fwrite(buf.data(), 2, n, f) == n;
+        }
+    }
+    ok = (fflush(f) == 0) && ok;
+    ok = (fsync(fileno(f)) == 0) && ok;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok) die("error writing %s (disk full?)", tmp.c_str());
+    if (rename(tmp.c_str(), path.c_str()) != 0) die("cannot rename %s: %s", tmp.c_str(), strerror(errno));
+}
+
+// ============================================================================
+// model directories (Hugging Face layout)
+
+void model_load_dir(Model* m, const std::string& dir) {
+    if (!dir_exists(dir)) die("model directory %s does not exist", dir.c_str());
+    Config cfg = config_read_json(dir + "/config.json");
+    SafeTensors st;
+    st.open_dir(dir);
+    model_build(m, cfg);
+    for (const ParamView& pv : param_views(cfg)) st.read_f32(pv.name, pv.shape, m->params_memory.data() + pv.offset);
+}
+
+void model_save_dir(const Model& m, const std::string& dir, bool bf16) {
+    make_dirs(dir);
+    Config cfg = m.cfg;
+    cfg.torch_dtype = bf16 ? "bfloat16" : "float32";
+    std::vector<TensorOut> ts;
+    for (const ParamView& pv : param_views(cfg)) ts.push_back({pv.name, DType::F32, pv.shape, m.params_memory.data() + pv.offset});
+    safetensors_write(dir + "/model.safetensors", ts, bf16, {{"format", "pt"}});
+    config_write_json(cfg, dir + "/config.json");
+    json gen = {{"bos_token_id", cfg.bos_token_id}, {"eos_token_id", cfg.eos_token_id}, {"_from_model_config", false}};
+    write_file_atomic(dir + "/generation_config.json", gen.dump(2) + "\n");
+}
+
+void model_from_args(Model* m, const Args& a, uint64_t seed) {
+    if (a.has("preset") == a.has("model")) die("%s: give exactly one of --preset NAME or --model DIR", a.cmd.c_str());
+    if (a.has("model")) { model_load_dir(m, a.str("model")); return; }
+    Config cfg;
+    if (!config_preset(a.str("preset"), &cfg)) {
+        std::string names;
+        for (auto& n : config_preset_names()) names += (names.empty() ? "" : ", ") + n;
+        die("%s: unknown preset '%s' (known: %s)", a.cmd.c_str(), a.str("preset").c_str(), names.c_str());
+    }
+    model_build(m, cfg);
+    model_init_random(m, seed, 0.006f);
+}
+
+// ============================================================================
+// backends
+
+int cuda_device_count() {
+#ifdef DEEPSEEK_CUDA
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; }
+    return n;
+#else
+    return 0;
+#endif
+}
+std::string cuda_device_name(int i) {
+#ifdef DEEPSEEK_CUDA
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, i) == cudaSuccess) return p.name;
+#endif
+    return "";
+}
+Device device_select(const std::string& flag) {
+    if (flag == "cpu") return Device::CPU;
+    if (flag == "auto") return cuda_device_count() > 0 ? Device::CUDA : Device::CPU;
+    if (flag == "cuda") {
+#ifndef DEEPSEEK_CUDA
+        die("--device cuda: this binary was built without CUDA (run `make` with nvcc on PATH)");
+#else
+        if (cuda_device_count() == 0) die("--device cuda: no CUDA device is available");
+        return Device::CUDA;
+#endif
+    }
+    die("--device must be auto, cpu or cuda, got '%s'", flag.c_str());
+}
+static void set_threads(const Args& a) {
+#ifdef _OPENMP
+    if (a.has("threads")) omp_set_num_threads((int)a.integer("threads", 1, 1, 1024));
+#endif
+}
+static int num_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+// ============================================================================
+// subcommands: info, convert
+
+static void print_config(const Config& c) {
+    printf("vocab_size: %d\nhidden_size: %d\nnum_hidden_layers: %d\nnum_attention_heads: %d\nnum_key_value_heads: %d\n"
+           "head_dim: %d\nintermediate_size: %d\nmax_position_embeddings: %d\nrms_norm_eps: %g\nrope_theta: %g\n",
+           c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+           c.intermediate_size, c.max_position_embeddings, c.rms_norm_eps, c.rope_theta);
+}
+
+int cmd_info(int argc, char** argv) {
+    if (is_help(argc, argv, 2)) {
+        printf("usage: deepseek info (--preset NAME | --model DIR) [--seq-len T] [--device auto|cpu|cuda]\n"
+               "  prints the shapes, the exact parameter count, the paper's non-embedding FLOPs per token M\n"
+               "  (72·L·C² + 12·L·C·l_seq) and the memory for weights, gradients and AdamW state.\n"
+               "  presets: tiny, small, deepseek-llm-7b, deepseek-llm-67b\n");
+        return 0;
+    }
+    Args a(argc, argv, 2, "info", {"preset", "model", "seq-len", "device", "threads"}, {});
+    if (!a.positional.empty()) die("info: unexpected argument '%s'", a.positional[0].c_str());
+    set_threads(a);
+    Device dev = device_select(a.str("device", "auto"));
+    Config cfg;
+    if (a.has("preset") == a.has("model")) die("info: give exactly one of --preset NAME or --model DIR");
+    if (a.has("model")) cfg = config_read_json(a.str("model") + "/config.json");
+    else if (!config_preset(a.str("preset"), &cfg)) {
+        Model dummy;
+        model_from_args(&dummy, a, 0);  // dies with the list of presets
+    }
+    int seq = (int)a.integer("seq-len", cfg.max_position_embeddings, 1, 10000000);
+    size_t n = config_num_parameters(cfg);
+    size_t emb = 2 * (size_t)cfg.vocab_size * cfg.hidden_size;
+    printf("model: %s\n", a.has("model") ? a.str("model").c_str() : a.str("preset").c_str());
+    print_config(cfg);
+    printf("parameters: %zu\n", n);
+    printf("non_embedding_parameters: %zu\n", n - emb);
+    printf("flops_per_token: %.4g (non-embedding, context %d; 6N = %.4g)\n", config_flops_per_token(cfg, seq), seq, 6.0 * n);
+    double GiB = 1024.0 * 1024.0 * 1024.0;
+    printf("memory_weights: fp32 %.2f GiB, bf16 %.2f GiB\n", n * 4 / GiB, n * 2 / GiB);
+    printf("memory_gradients: fp32 %.2f GiB, bf16 %.2f GiB\n", n * 4 / GiB, n * 2 / GiB);
+    printf("memory_adamw_state: fp32 m+v %.2f GiB (+ fp32 master weights %.2f GiB when training in bf16)\n", n * 8 / GiB, n * 4 / GiB);
+    printf("memory_training: fp32 %.2f GiB (weights+grads+m+v), bf16 mixed precision %.2f GiB (bf16 weights, fp32 master+grads+m+v)\n",
+           n * 16 / GiB, n * 18 / GiB);
+    printf("device: %s", dev == Device::CUDA ? "cuda" : "cpu");
+    if (dev == Device::CUDA) printf(" (%s)", cuda_device_name(0).c_str());
+    else printf(" (%d threads)", num_threads());
+    printf("\n");
+    return 0;
+}
+
+// convert: a model directory from a preset, a config.json (random init) or another model directory (re-save)
+static int cmd_convert(int argc, char** argv) {
+    if (is_help(argc, argv, 2)) {
+        printf("usage: deepseek convert (--preset NAME | --config config.json | --model DIR) --out DIR\n"
+               "                        [--dtype f32|bf16] [--seed S] [--init-std X]\n"
+               "  writes a Hugging Face model directory (config.json, model.safetensors, generation_config.json);\n"
+               "  --preset/--config initialise randomly (normal(0, init-std), the paper's 0.006 by default).\n");
+        return 0;
+    }
+    Args a(argc, argv, 2, "convert", {"preset", "config", "model", "out", "dtype", "seed", "init-std", "threads"}, {});
+    set_threads(a);
+    if (!a.has("out")) die("convert: --out DIR is required");
+    std::string dt = a.str("dtype", "f32");
+    if (dt != "f32" && dt != "bf16") die("convert: --dtype must be f32 or bf16, got '%s'", dt.c_str());
+    int sources = a.has("preset") + a.has("config") + a.has("model");
+    if (sources != 1) die("convert: give exactly one of --preset, --config or --model");
+    uint64_t seed = (uint64_t)a.integer("seed", 1337, 0, (1ll << 62));
+    float std = (float)a.real("init-std", 0.006, 0.0, 10.0);
+    Model m;
+    if (a.has("model")) model_load_dir(&m, a.str("model"));
+    else {
+        Config cfg;
+        if (a.has("config")) cfg = config_read_json(a.str("config"));
+        else if (!config_preset(a.str("preset"), &cfg)) die("convert: unknown preset '%s'", a.str("preset").c_str());
+        model_build(&m, cfg);
+        model_init_random(&m, seed, std);
+    }
+    model_save_dir(m, a.str("out"), dt == "bf16");
+    printf("wrote %s (%zu parameters, %s)\n", a.str("out").c_str(), m.num_parameters, dt.c_str());
+    return 0;
+}
+
+// ============================================================================
+// main
+
+#ifndef DEEPSEEK_TEST
+static void usage() {
+    printf("deepseek — the DeepSeek LLM recipe (tokenizer, model, pre-training, SFT, DPO, generation) in one binary\n\n"
+           "usage: deepseek COMMAND [flags]   (deepseek COMMAND --help for each)\n\n"
+           "  info       shapes, parameter count, FLOPs per token, memory      (--preset NAME | --model DIR)\n"
+           "  convert    write a model directory (random init or re-save)\n"
+           "  plan       the paper's scaling laws for a compute budget         (--compute C)\n"
+           "  tokenizer  train | encode | decode | import-gguf | info\n"
+           "  data       prepare: text → token shards\n"
+           "  train      pre-training       sft   supervised fine-tuning      dpo   preference optimisation\n"
+           "  eval       loss, bits per byte, exact-match accuracy, repetition ratio\n"
+           "  generate   complete a prompt   chat  talk with a chat model\n\n"
+           "common flags: --device auto|cpu|cuda, --threads N, --seed S\n");
+}
+
+int main(int argc, char** argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage();
+        return argc < 2 ? 1 : 0;
+    }
+    std::string cmd = argv[1];
+    if (cmd == "--version") { printf("deepseek 0.1 (%s)\n", cuda_device_count() >= 0 ?
+#ifdef DEEPSEEK_CUDA
+        "cuda+cpu"
+#else
+        "cpu"
+#endif
+        : ""); return 0; }
+    if (cmd == "info") return cmd_info(argc, argv);
+    if (cmd == "convert") return cmd_convert(argc, argv);
+    if (cmd == "plan") return cmd_plan(argc, argv);
+    if (cmd == "tokenizer") return cmd_tokenizer(argc, argv);
+    if (cmd == "data") return cmd_data(argc, argv);
+    if (cmd == "train") return cmd_train(argc, argv);
+    if (cmd == "sft") return cmd_sft(argc, argv);
+    if (cmd == "dpo") return cmd_dpo(argc, argv);
+    if (cmd == "eval") return cmd_eval(argc, argv);
+    if (cmd == "generate") return cmd_generate(argc, argv);
+    if (cmd == "chat") return cmd_chat(argc, argv);
+    die("unknown command '%s' (see deepseek --help)", cmd.c_str());
+}
+#endif

@@ -40,8 +40,8 @@ VENV   := .venv
 all: deepseek
 
 # ./deepseek is a copy of the variant's binary; `make cpu` forces the CPU-only one.
-deepseek: build/$(VARIANT)/deepseek
-	@cp $< $@ && echo "built ./deepseek ($(VARIANT))"
+deepseek: build/$(VARIANT)/deepseek FORCE
+	@cmp -s $< $@ || { cp $< $@ && echo "built ./deepseek ($(VARIANT))"; }
 cpu: build/cpu/deepseek
 	@cp $< deepseek && echo "built ./deepseek (cpu)"
 cuda: build/cuda/deepseek

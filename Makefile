@@ -94,10 +94,15 @@ build/asan/test_deepseek: build/asan/deepseek_nomain.o build/asan/train.o build/
 	$(CXX) $(ASAN_FLAGS) $^ -o $@ $(LDLIBS)
 
 # The suite runs from the repository root; CLI tests run the binary named by DEEPSEEK_BIN.
-test: deepseek build/$(VARIANT)/test_deepseek
+# Both targets first install missing Debian packages (quiet when all are present), so they work on a fresh machine.
+test:
+	@bash tests/install_deps.sh
+	@$(MAKE) --no-print-directory deepseek build/$(VARIANT)/test_deepseek
 	@DEEPSEEK_BIN=./deepseek OMP_NUM_THREADS=2 ./build/$(VARIANT)/test_deepseek $(TEST_ARGS)
 
-test-asan: build/asan/deepseek build/asan/test_deepseek
+test-asan:
+	@bash tests/install_deps.sh
+	@$(MAKE) --no-print-directory build/asan/deepseek build/asan/test_deepseek
 	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 DEEPSEEK_BIN=./build/asan/deepseek \
 	  OMP_NUM_THREADS=2 DEEPSEEK_ASAN=1 ./build/asan/test_deepseek $(TEST_ARGS)
 

@@ -252,3 +252,97 @@ int cmd_dpo(int argc, char** argv);         // train.cu
 int cmd_eval(int argc, char** argv);        // infer.cu
 int cmd_generate(int argc, char** argv);    // infer.cu
 int cmd_chat(int argc, char** argv);        // infer.cu
+
+// ---- infer.cu: inference with a KV cache, sampling, the chat template, generation (reused by eval and SFT)
+
+// A weight matrix [out, in] as stored: fp32, or bf16 kept bf16 (memory-mapped; upcast inside the dot products).
+struct InferWeight {
+    const float* f32 = nullptr;
+    const uint16_t* bf16 = nullptr;
+};
+struct InferLayer {
+    const float* input_layernorm;            // [C]
+    const float* post_attention_layernorm;   // [C]
+    InferWeight q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj;
+};
+// The model for generation: weights pointed into (a memory map or a Model's fp32 buffer), never copied,
+// plus the KV cache [L, ctx, KV*D] for positions 0..pos-1 and scratch for a chunk of tokens.
+struct InferModel {
+    Config cfg;
+    SafeTensors st;                    // the memory-mapped weights (empty when built from a Model)
+    std::vector<float> owned;          // fp32 copies: norms, and any F16 / misaligned tensor
+    InferWeight embed_tokens, lm_head; // [V, C]
+    const float* norm = nullptr;       // [C]
+    std::vector<InferLayer> layers;
+    bool is_bf16 = false;              // the matrices are bf16
+    int ctx = 0;                       // cache capacity in tokens (≤ max_position_embeddings)
+    int pos = 0;                       // tokens in the cache
+    std::vector<int> cached;           // the token ids in the cache, [pos]
+    float* key_cache = nullptr;        // [L, ctx, KV*D]   (calloc: pages are touched only as the cache fills)
+    float* value_cache = nullptr;      // [L, ctx, KV*D]
+    std::vector<float> scratch;        // activations for one chunk of tokens
+    std::vector<float> logits;         // [V] for the last token (or [n, V] with all_logits)
+    InferModel() = default;
+    InferModel(const InferModel&) = delete;
+    InferModel& operator=(const InferModel&) = delete;
+    ~InferModel();
+};
+// Loads a Hugging Face model directory (config.json + safetensors, single or sharded); ctx ≤ 0: the model's context.
+void infer_load(InferModel* im, const std::string& dir, int ctx);
+// Views a Model's fp32 parameters (the Model must outlive im).
+void infer_from_model(InferModel* im, const Model& m, int ctx);
+// Appends tokens [n] at positions pos..pos+n-1 (prefill in chunks; decode is n = 1). Returns the logits of the
+// last token [V], or with all_logits those of all n tokens [n, V]. Dies if the cache would overflow.
+const float* infer_forward(InferModel* im, const int* tokens, int n, bool all_logits = false);
+// Keeps the first `keep` cached tokens (a shared prompt prefix) and drops the rest.
+void infer_rewind(InferModel* im, int keep);
+
+// Sampling, in transformers' order: repetition penalty over the tokens seen, temperature, top-k, top-p, then a
+// draw; temperature 0 is greedy (argmax after the repetition penalty).
+struct SamplerParams {
+    float temperature = 0.0f;
+    int top_k = 0;                      // 0: off
+    float top_p = 1.0f;                 // 1: off
+    float repetition_penalty = 1.0f;    // 1: off
+    uint64_t seed = 0;
+};
+struct Sampler {
+    SamplerParams p;
+    uint64_t rng = 0;
+    std::vector<std::pair<float, int>> work;   // candidates, reused between calls
+};
+void sampler_init(Sampler* s, const SamplerParams& p);
+// Picks the next token from logits [V] (modified in place by the penalty/temperature); `seen` = prompt + generated.
+int sampler_sample(Sampler* s, float* logits, int V, const std::vector<int>& seen);
+
+// Generation from token ids until EOS, max_new tokens, the context's end, or `on_token` returning false.
+struct GenerateStats {
+    int prompt_tokens = 0, prefill_tokens = 0, generated = 0;
+    double prefill_s = 0, decode_s = 0, first_token_s = 0;
+    std::string stop_reason;            // "eos", "length", "context", "stop"
+};
+std::vector<int> generate_tokens(InferModel* im, const std::vector<int>& prompt, int max_new, const SamplerParams& sp,
+                                 const std::vector<int>& eos_ids, GenerateStats* stats = nullptr,
+                                 bool (*on_token)(int id, void* ctx) = nullptr, void* on_token_ctx = nullptr);
+// Greedy continuation (temperature 0, no penalty), stopping at `eos` (-1: never): for eval.
+std::vector<int> generate_greedy(InferModel* im, const std::vector<int>& prompt, int max_new, int eos);
+
+// Streaming text: bytes in, only whole UTF-8 characters out (invalid bytes become U+FFFD), holding back text
+// that may be the start of a stop string. push() returns what may be printed now; finish() the rest.
+struct TextStream {
+    std::string stop;                   // "" = none
+    std::string pending;                // bytes not yet printed
+    bool stopped = false;               // the stop string was seen (nothing after it is printed)
+};
+std::string text_stream_push(TextStream* ts, const std::string& bytes);
+std::string text_stream_finish(TextStream* ts);
+
+// DeepSeek LLM's chat template (deepseek-llm-7b-chat's tokenizer_config.json):
+//   {bos}[{system}\n\n]User: {u1}\n\nAssistant: {a1}{eos}User: {u2}\n\n…[Assistant:]
+struct ChatMessage { std::string role, content; };   // role: "system" | "user" | "assistant"
+std::string chat_render(const std::vector<ChatMessage>& msgs, bool add_generation_prompt, const std::string& bos,
+                        const std::string& eos);
+// Tokens of the rendered conversation (exactly tokenizer_encode of chat_render, BOS as text) and a mask that is 1
+// on assistant tokens (the reply after "Assistant:", its EOS included): the SFT loss mask.
+void chat_tokens(const Tokenizer* tok, const std::vector<ChatMessage>& msgs, bool add_generation_prompt,
+                 std::vector<int>* ids, std::vector<uint8_t>* assistant_mask);

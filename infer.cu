@@ -1,6 +1,884 @@
-// infer.cu — generation: KV cache, sampling, chat template, REPL, evaluation. (Being written: see the issues.)
+// infer.cu — generation: the KV cache, fast CPU kernels for fp32 and bf16 weights, sampling, streaming text,
+// DeepSeek LLM's chat template, `deepseek generate` and `deepseek chat`.
+//
+// What it is: the inference path beside the reference model in deepseek.cu. The reference recomputes the whole
+// sequence; here each token's keys and values are cached, the prompt is prefilled in chunks and then one token
+// at a time is decoded. Weights are pointed into (the memory map of the safetensors files), never copied, so a
+// bf16 7B checkpoint (~14 GB) stays bf16 in memory; activations are fp32. Tests hold this path to the reference
+// (logits within 1e-5 at every position) and to transformers' greedy generate (token for token).
+// What it is not: a CUDA path (inference runs on the CPU), batched generation, or quantisation.
 #include "deepseek.h"
+#include <algorithm>     // std::sort, std::partial_sort, std::max
+#include <chrono>        // steady_clock for timings
+#include <cmath>         // expf, sqrtf, INFINITY
+#include <cstdio>        // printf, fprintf, fflush, fgets
+#include <cstdlib>       // calloc, free
+#include <cstring>       // memcpy, strcmp
+#include <ctime>         // time (the default seed)
+#include <unistd.h>      // isatty, getpid
+#include <nlohmann/json.hpp>  // nlohmann::json: generation_config.json
+#ifdef _OPENMP
+#include <omp.h>         // omp_set_num_threads, omp_get_max_threads
+#endif
+
+using json = nlohmann::json;
+
+static double now_s() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// ============================================================================
+// kernels. Shapes: N tokens in a chunk, C = hidden, H/KV heads, D = head_dim, F = intermediate, V = vocab.
+
+// bf16 → fp32 is a 16-bit shift; written inline so the compiler vectorises it inside the dot products
+static inline float bf16f(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// Four dot products of x[in] with four weight rows at once: four independent FMA chains hide the latency,
+// and x is loaded once for all four. fmaf makes the compiler emit FMAs under ISO C++'s fp-contract=off.
+static inline void dot4_f32(float out[4], const float* x, const float* w0, const float* w1, const float* w2,
+                            const float* w3, int in) {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    #pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int i = 0; i < in; i++) {
+        s0 = fmaf(x[i], w0[i], s0);
+        s1 = fmaf(x[i], w1[i], s1);
+        s2 = fmaf(x[i], w2[i], s2);
+        s3 = fmaf(x[i], w3[i], s3);
+    }
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+}
+static inline void dot4_bf16(float out[4], const float* x, const uint16_t* w0, const uint16_t* w1, const uint16_t* w2,
+                             const uint16_t* w3, int in) {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    #pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int i = 0; i < in; i++) {
+        s0 = fmaf(x[i], bf16f(w0[i]), s0);
+        s1 = fmaf(x[i], bf16f(w1[i]), s1);
+        s2 = fmaf(x[i], bf16f(w2[i]), s2);
+        s3 = fmaf(x[i], bf16f(w3[i]), s3);
+    }
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+}
+
+// linear: out[n,o] = Σ_i x[n,i] · W[o,i]   (W [out, in], fp32 or bf16; out may be accumulated into with `accumulate`)
+// Threads split the output rows, four at a time. Decode (N = 1) streams each weight row once: it is bound by
+// memory bandwidth, so bf16 weights are read as bf16. Prefill (N > 1) upcasts a bf16 block of four rows once
+// into a per-thread buffer and reuses it for all N tokens.
+static void linear_forward(float* out, const float* x, const InferWeight& W, int N, int in, int out_dim, bool accumulate) {
+    int blocks = (out_dim + 3) / 4;
+    #pragma omp parallel
+    {
+        std::vector<float> buf;
+        if (W.bf16 && N > 1) buf.resize((size_t)4 * in);
+        #pragma omp for schedule(static)
+        for (int b = 0; b < blocks; b++) {
+            int o0 = b * 4, rows = std::min(4, out_dim - o0);
+            int r[4];  // row indices; a short last block repeats its last row (computed, not stored)
+            for (int j = 0; j < 4; j++) r[j] = o0 + std::min(j, rows - 1);
+            const float* w[4];
+            if (W.f32) {
+                for (int j = 0; j < 4; j++) w[j] = W.f32 + (size_t)r[j] * in;
+            } else if (N > 1) {
+                for (int j = 0; j < 4; j++) {
+                    const uint16_t* src = W.bf16 + (size_t)r[j] * in;
+                    float* dst = buf.data() + (size_t)j * in;
+                    #pragma omp simd
+                    for (int i = 0; i < in; i++) dst[i] = bf16f(src[i]);
+                    w[j] = dst;
+                }
+            }
+            for (int n = 0; n < N; n++) {
+                float s[4];
+                const float* xn = x + (size_t)n * in;
+                if (W.f32 || N > 1) dot4_f32(s, xn, w[0], w[1], w[2], w[3], in);
+                else dot4_bf16(s, xn, W.bf16 + (size_t)r[0] * in, W.bf16 + (size_t)r[1] * in,
+                               W.bf16 + (size_t)r[2] * in, W.bf16 + (size_t)r[3] * in, in);
+                float* on = out + (size_t)n * out_dim + o0;
+                for (int j = 0; j < rows; j++) on[j] = accumulate ? on[j] + s[j] : s[j];
+            }
+        }
+    }
+}
+
+// Attention of N new tokens (positions pos0..pos0+N-1) over the cache, which already holds their keys/values.
+//   y[n,h] = Σ_{s ≤ pos0+n} softmax_s(q[n,h]·k[s,h/(H/KV)] / sqrt(D)) · v[s,h/(H/KV)]
+// q [N, H*D], kc/vc [ctx, KV*D] (this layer's cache), y [N, H*D]. att: per-thread scores of length pos0+N.
+static void attention_cached(float* y, const float* q, const float* kc, const float* vc, int N, int pos0,
+                             int H, int KV, int D) {
+    int group = H / KV, KVD = KV * D;
+    float scale = 1.0f / sqrtf((float)D);
+    #pragma omp parallel
+    {
+        std::vector<float> att(pos0 + N);
+        #pragma omp for collapse(2) schedule(static)
+        for (int n = 0; n < N; n++)
+            for (int h = 0; h < H; h++) {
+                int kh = h / group, T = pos0 + n + 1;
+                const float* qh = q + ((size_t)n * H + h) * D;
+                float maxv = -INFINITY;
+                for (int s = 0; s < T; s++) {
+                    const float* ks = kc + (size_t)s * KVD + (size_t)kh * D;
+                    float dot = 0.0f;
+                    for (int i = 0; i < D; i++) dot += qh[i] * ks[i];
+                    att[s] = dot * scale;
+                    maxv = std::max(maxv, att[s]);
+                }
+                float sum = 0.0f;
+                for (int s = 0; s < T; s++) { att[s] = expf(att[s] - maxv); sum += att[s]; }
+                float inv = 1.0f / sum;
+                float* yh = y + ((size_t)n * H + h) * D;
+                for (int i = 0; i < D; i++) yh[i] = 0.0f;
+                for (int s = 0; s < T; s++) {
+                    const float* vs = vc + (size_t)s * KVD + (size_t)kh * D;
+                    float a = att[s] * inv;
+                    for (int i = 0; i < D; i++) yh[i] += a * vs[i];
+                }
+            }
+    }
+}
+
+// ============================================================================
+// the inference model: weights from a model directory (memory-mapped) or from a Model, and the KV cache
+
+InferModel::~InferModel() {
+    free(key_cache);
+    free(value_cache);
+}
+
+static void infer_alloc_cache(InferModel* im, int ctx) {
+    const Config& c = im->cfg;
+    im->ctx = ctx <= 0 ? c.max_position_embeddings : std::min(ctx, c.max_position_embeddings);
+    size_t n = (size_t)c.num_hidden_layers * im->ctx * c.num_key_value_heads * c.head_dim;
+    free(im->key_cache);
+    free(im->value_cache);
+    // calloc of a large block maps fresh zero pages: memory is only committed as positions are written
+    im->key_cache = (float*)calloc(n, sizeof(float));
+    im->value_cache = (float*)calloc(n, sizeof(float));
+    if (!im->key_cache || !im->value_cache) die("cannot allocate the KV cache (%zu MiB)", 2 * n * 4 >> 20);
+    im->pos = 0;
+    im->cached.clear();
+}
+
+// A matrix as stored in the file: bf16 and fp32 are pointed into; f16 (or a misaligned tensor) is copied to fp32.
+// Returns the offset into im->owned to fix up after all copies, or -1 when pointed into the map.
+static long long infer_weight(InferModel* im, const std::string& name, const std::vector<int64_t>& shape, InferWeight* w) {
+    const TensorInfo& t = im->st.get(name);
+    if (t.shape != shape) {
+        std::string got, want;
+        for (auto d : t.shape) got += (got.empty() ? "" : ", ") + std::to_string(d);
+        for (auto d : shape) want += (want.empty() ? "" : ", ") + std::to_string(d);
+        die("tensor '%s' has shape [%s], expected [%s]", name.c_str(), got.c_str(), want.c_str());
+    }
+    uintptr_t addr = (uintptr_t)t.data;
+    if (t.dtype == DType::BF16 && addr % 2 == 0) { w->bf16 = (const uint16_t*)t.data; return -1; }
+    if (t.dtype == DType::F32 && addr % 4 == 0) { w->f32 = (const float*)t.data; return -1; }
+    size_t off = im->owned.size();
+    im->owned.resize(off + t.numel());
+    im->st.read_f32(name, shape, im->owned.data() + off);
+    return (long long)off;
+}
+
+void infer_load(InferModel* im, const std::string& dir, int ctx) {
+    if (!dir_exists(dir)) die("model directory %s does not exist", dir.c_str());
+    im->cfg = config_read_json(dir + "/config.json");
+    const Config& c = im->cfg;
+    im->st.open_dir(dir);
+    int L = c.num_hidden_layers;
+    int64_t C = c.hidden_size, QD = (int64_t)c.num_attention_heads * c.head_dim,
+            KVD = (int64_t)c.num_key_value_heads * c.head_dim, F = c.intermediate_size, V = c.vocab_size;
+    // fp32 copies of the norms first (small), then the matrices; `owned` offsets are resolved at the end
+    // because it may reallocate while growing
+    std::vector<std::pair<long long, const float**>> fix_norm;
+    std::vector<std::pair<long long, InferWeight*>> fix_w;
+    im->layers.assign(L, InferLayer{});
+    auto norm = [&](const std::string& name, const float** dst) {
+        size_t off = im->owned.size();
+        im->owned.resize(off + C);
+        im->st.read_f32(name, {C}, im->owned.data() + off);
+        fix_norm.push_back({(long long)off, dst});
+    };
+    auto mat = [&](const std::string& name, std::vector<int64_t> shape, InferWeight* w) {
+        long long off = infer_weight(im, name, shape, w);
+        if (off >= 0) fix_w.push_back({off, w});
+    };
+    mat("model.embed_tokens.weight", {V, C}, &im->embed_tokens);
+    mat("lm_head.weight", {V, C}, &im->lm_head);
+    norm("model.norm.weight", &im->norm);
+    for (int l = 0; l < L; l++) {
+        std::string p = "model.layers." + std::to_string(l) + ".";
+        InferLayer& ly = im->layers[l];
+        norm(p + "input_layernorm.weight", &ly.input_layernorm);
+        norm(p + "post_attention_layernorm.weight", &ly.post_attention_layernorm);
+        mat(p + "self_attn.q_proj.weight", {QD, C}, &ly.q_proj);
+        mat(p + "self_attn.k_proj.weight", {KVD, C}, &ly.k_proj);
+        mat(p + "self_attn.v_proj.weight", {KVD, C}, &ly.v_proj);
+        mat(p + "self_attn.o_proj.weight", {C, QD}, &ly.o_proj);
+        mat(p + "mlp.gate_proj.weight", {F, C}, &ly.gate_proj);
+        mat(p + "mlp.up_proj.weight", {F, C}, &ly.up_proj);
+        mat(p + "mlp.down_proj.weight", {C, F}, &ly.down_proj);
+    }
+    for (auto& f : fix_norm) *f.second = im->owned.data() + f.first;
+    for (auto& f : fix_w) f.second->f32 = im->owned.data() + f.first;
+    im->is_bf16 = im->layers[0].q_proj.bf16 != nullptr;
+    infer_alloc_cache(im, ctx);
+}
+
+void infer_from_model(InferModel* im, const Model& m, int ctx) {
+    im->cfg = m.cfg;
+    const Config& c = m.cfg;
+    const ParameterTensors& p = m.params;
+    size_t C = c.hidden_size, QD = (size_t)c.num_attention_heads * c.head_dim,
+           KVD = (size_t)c.num_key_value_heads * c.head_dim, F = c.intermediate_size;
+    im->embed_tokens.f32 = p.embed_tokens;
+    im->lm_head.f32 = p.lm_head;
+    im->norm = p.norm;
+    im->layers.assign(c.num_hidden_layers, InferLayer{});
+    for (int l = 0; l < c.num_hidden_layers; l++) {
+        InferLayer& ly = im->layers[l];
+        ly.input_layernorm = p.input_layernorm + l * C;
+        ly.post_attention_layernorm = p.post_attention_layernorm + l * C;
+        ly.q_proj.f32 = p.q_proj + l * QD * C;
+        ly.k_proj.f32 = p.k_proj + l * KVD * C;
+        ly.v_proj.f32 = p.v_proj + l * KVD * C;
+        ly.o_proj.f32 = p.o_proj + l * C * QD;
+        ly.gate_proj.f32 = p.gate_proj + l * F * C;
+        ly.up_proj.f32 = p.up_proj + l * F * C;
+        ly.down_proj.f32 = p.down_proj + l * C * F;
+    }
+    im->is_bf16 = false;
+    infer_alloc_cache(im, ctx);
+}
+
+void infer_rewind(InferModel* im, int keep) {
+    if (keep < 0 || keep > im->pos) die("infer: cannot rewind to %d (cache holds %d tokens)", keep, im->pos);
+    im->pos = keep;
+    im->cached.resize(keep);
+}
+
+// One chunk of N ≤ CHUNK tokens through the model, the same steps as model_forward in deepseek.cu:
+//   x = embed(tokens); per layer: x += o_proj(attn(rope(q), rope(k), v) over the cache); x += down(silu(gate)·up)
+// then the final norm and lm_head (for the last token only unless all_logits).
+static const int PREFILL_CHUNK = 64;
+static void infer_chunk(InferModel* im, const int* tokens, int N, float* logits_out) {
+    const Config& c = im->cfg;
+    int C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
+    int F = c.intermediate_size, V = c.vocab_size, QD = H * D, KVD = KV * D, pos0 = im->pos;
+    // scratch: x, xn [N,C]; q, y [N,QD]; gate, up [N,F]
+    size_t need = (size_t)N * (2 * C + 2 * QD + 2 * F);
+    if (im->scratch.size() < need) im->scratch.resize(need);
+    float* x = im->scratch.data();
+    float* xn = x + (size_t)N * C;
+    float* q = xn + (size_t)N * C;
+    float* y = q + (size_t)N * QD;
+    float* gate = y + (size_t)N * QD;
+    float* up = gate + (size_t)N * F;
+    std::vector<int> pos(N);
+    for (int n = 0; n < N; n++) pos[n] = pos0 + n;
+
+    for (int n = 0; n < N; n++) {
+        float* xr = x + (size_t)n * C;
+        if (im->embed_tokens.f32) memcpy(xr, im->embed_tokens.f32 + (size_t)tokens[n] * C, C * sizeof(float));
+        else for (int i = 0; i < C; i++) xr[i] = bf16f(im->embed_tokens.bf16[(size_t)tokens[n] * C + i]);
+    }
+    float eps = (float)c.rms_norm_eps;
+    for (int l = 0; l < c.num_hidden_layers; l++) {
+        const InferLayer& ly = im->layers[l];
+        float* kc = im->key_cache + (size_t)l * im->ctx * KVD;
+        float* vc = im->value_cache + (size_t)l * im->ctx * KVD;
+        // attention block: new keys/values go straight into the cache rows pos0..pos0+N-1
+        rmsnorm_forward(xn, nullptr, x, ly.input_layernorm, N, C, eps);
+        linear_forward(q, xn, ly.q_proj, N, C, QD, false);
+        linear_forward(kc + (size_t)pos0 * KVD, xn, ly.k_proj, N, C, KVD, false);
+        linear_forward(vc + (size_t)pos0 * KVD, xn, ly.v_proj, N, C, KVD, false);
+        rope_forward(q, pos.data(), N, H, D, (float)c.rope_theta);
+        rope_forward(kc + (size_t)pos0 * KVD, pos.data(), N, KV, D, (float)c.rope_theta);
+        attention_cached(y, q, kc, vc, N, pos0, H, KV, D);
+        linear_forward(x, y, ly.o_proj, N, QD, C, true);            // residual: x += o_proj(y)
+        // MLP block
+        rmsnorm_forward(xn, nullptr, x, ly.post_attention_layernorm, N, C, eps);
+        linear_forward(gate, xn, ly.gate_proj, N, C, F, false);
+        linear_forward(up, xn, ly.up_proj, N, C, F, false);
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < (size_t)N * F; i++) gate[i] = silu(gate[i]) * up[i];
+        linear_forward(x, gate, ly.down_proj, N, F, C, true);       // residual: x += down_proj(act)
+    }
+    if (logits_out) {
+        rmsnorm_forward(xn, nullptr, x, im->norm, N, C, eps);
+        linear_forward(logits_out, xn, im->lm_head, N, C, V, false);
+    } else {  // only the last token's logits are wanted
+        rmsnorm_forward(xn, nullptr, x + (size_t)(N - 1) * C, im->norm, 1, C, eps);
+        linear_forward(im->logits.data(), xn, im->lm_head, 1, C, V, false);
+    }
+    im->pos += N;
+    im->cached.insert(im->cached.end(), tokens, tokens + N);
+}
+
+const float* infer_forward(InferModel* im, const int* tokens, int n, bool all_logits) {
+    const Config& c = im->cfg;
+    if (n < 1) die("infer: no tokens to process");
+    if (im->pos + n > im->ctx)
+        die("context full: %d cached + %d new tokens exceed the context of %d tokens", im->pos, n, im->ctx);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c.vocab_size) die("token id %d out of range [0, %d)", tokens[i], c.vocab_size);
+    size_t V = c.vocab_size;
+    im->logits.resize(all_logits ? (size_t)n * V : V);
+    for (int i = 0; i < n; i += PREFILL_CHUNK) {
+        int m = std::min(PREFILL_CHUNK, n - i);
+        infer_chunk(im, tokens + i, m, all_logits ? im->logits.data() + (size_t)i * V : nullptr);
+    }
+    return im->logits.data();
+}
+
+// ============================================================================
+// sampling
+
+// xorshift64* from a splitmix64-mixed seed: deterministic draws from --seed alone
+static uint64_t rng_next(uint64_t* s) {
+    *s ^= *s >> 12; *s ^= *s << 25; *s ^= *s >> 27;
+    return *s * 0x2545F4914F6CDD1Dull;
+}
+static float rng_uniform(uint64_t* s) { return (rng_next(s) >> 40) / 16777216.0f; }  // [0, 1)
+
+void sampler_init(Sampler* s, const SamplerParams& p) {
+    s->p = p;
+    uint64_t z = p.seed + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    s->rng = (z ^ (z >> 31)) | 1;  // never zero
+}
+
+// repetition penalty (CTRL, as transformers): for every token seen, z → z/r if z > 0 else z·r
+// temperature: z → z/T; top-k: keep the k largest; top-p: keep the smallest prefix of the sorted distribution
+// whose probability reaches p (at least one token); then draw from the renormalised distribution.
+int sampler_sample(Sampler* s, float* z, int V, const std::vector<int>& seen) {
+    const SamplerParams& p = s->p;
+    if (p.repetition_penalty != 1.0f) {
+        std::vector<uint8_t> done(V, 0);
+        for (int id : seen)
+            if (id >= 0 && id < V && !done[id]) {
+                done[id] = 1;
+                z[id] = z[id] > 0 ? z[id] / p.repetition_penalty : z[id] * p.repetition_penalty;
+            }
+    }
+    if (p.temperature <= 0.0f) {  // greedy: the first maximum, as torch.argmax
+        int best = 0;
+        for (int i = 1; i < V; i++)
+            if (z[i] > z[best]) best = i;
+        return best;
+    }
+    auto& w = s->work;
+    w.resize(V);
+    for (int i = 0; i < V; i++) w[i] = {z[i] / p.temperature, i};
+    auto by_logit = [](const std::pair<float, int>& a, const std::pair<float, int>& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+    };
+    int n = V;
+    if (p.top_k > 0 && p.top_k < V) {
+        std::partial_sort(w.begin(), w.begin() + p.top_k, w.end(), by_logit);
+        n = p.top_k;
+    } else if (p.top_p < 1.0f) {
+        std::sort(w.begin(), w.end(), by_logit);
+    }
+    float maxv = -INFINITY;
+    for (int i = 0; i < n; i++) maxv = std::max(maxv, w[i].first);
+    double sum = 0;
+    for (int i = 0; i < n; i++) { w[i].first = expf(w[i].first - maxv); sum += w[i].first; }
+    if (p.top_p < 1.0f) {
+        if (n == V) {} // already sorted
+        else std::sort(w.begin(), w.begin() + n, by_logit);  // top-k's prefix is sorted already; cheap
+        double cum = 0;
+        int keep = n;
+        for (int i = 0; i < n; i++) {
+            cum += w[i].first / sum;
+            if (cum >= p.top_p) { keep = i + 1; break; }
+        }
+        n = keep;
+        sum = 0;
+        for (int i = 0; i < n; i++) sum += w[i].first;
+    }
+    double r = rng_uniform(&s->rng) * sum, acc = 0;
+    for (int i = 0; i < n; i++) {
+        acc += w[i].first;
+        if (r < acc) return w[i].second;
+    }
+    return w[n - 1].second;
+}
+
+// ============================================================================
+// generation
+
+std::vector<int> generate_tokens(InferModel* im, const std::vector<int>& prompt, int max_new, const SamplerParams& sp,
+                                 const std::vector<int>& eos_ids, GenerateStats* stats,
+                                 bool (*on_token)(int id, void* ctx), void* on_token_ctx) {
+    GenerateStats st;
+    if (prompt.empty()) die("generate: the prompt is empty");
+    if ((int)prompt.size() > im->ctx)
+        die("the prompt has %zu tokens but the context holds %d (max_position_embeddings %d)", prompt.size(), im->ctx,
+            im->cfg.max_position_embeddings);
+    // reuse the cached prefix the prompt shares (chat turns), but always recompute the last prompt token
+    int keep = 0;
+    while (keep < im->pos && keep + 1 < (int)prompt.size() && im->cached[keep] == prompt[keep]) keep++;
+    infer_rewind(im, keep);
+    st.prompt_tokens = (int)prompt.size();
+    st.prefill_tokens = (int)prompt.size() - keep;
+    Sampler s;
+    sampler_init(&s, sp);
+    std::vector<int> seen = prompt, out;
+    int V = im->cfg.vocab_size;
+    std::vector<float> z(V);
+    double t0 = now_s();
+    const float* logits = infer_forward(im, prompt.data() + keep, st.prefill_tokens);
+    double t1 = now_s();
+    st.prefill_s = t1 - t0;
+    st.stop_reason = "length";
+    for (int i = 0; i < max_new; i++) {
+        memcpy(z.data(), logits, V * sizeof(float));
+        int next = sampler_sample(&s, z.data(), V, seen);
+        if (i == 0) st.first_token_s = now_s() - t0;
+        if (std::find(eos_ids.begin(), eos_ids.end(), next) != eos_ids.end()) { st.stop_reason = "eos"; break; }
+        out.push_back(next);
+        seen.push_back(next);
+        st.generated++;
+        if (on_token && !on_token(next, on_token_ctx)) { st.stop_reason = "stop"; break; }
+        if (i + 1 == max_new) break;
+        if (im->pos >= im->ctx) { st.stop_reason = "context"; break; }
+        logits = infer_forward(im, &next, 1);
+    }
+    st.decode_s = now_s() - t1;
+    if (stats) *stats = st;
+    return out;
+}
+
+std::vector<int> generate_greedy(InferModel* im, const std::vector<int>& prompt, int max_new, int eos) {
+    SamplerParams sp;
+    std::vector<int> eos_ids;
+    if (eos >= 0) eos_ids.push_back(eos);
+    return generate_tokens(im, prompt, max_new, sp, eos_ids);
+}
+
+// ============================================================================
+// streaming text: whole UTF-8 characters only, stop strings held back until they can be ruled out
+
+// The UTF-8 sequence starting at s[i]: its length n > 0 if complete and valid; 0 if a valid but incomplete
+// prefix at the end of s; −k if invalid, k being the bytes of its maximal valid prefix (at least 1), which are
+// replaced by one U+FFFD (Unicode's "maximal subpart" practice, as Rust's from_utf8_lossy and Python's decode).
+static int utf8_seq(const std::string& s, size_t i) {
+    unsigned char c = (unsigned char)s[i];
+    int len;
+    if (c < 0x80) return 1;
+    else if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) len = 3;
+    else if (c >= 0xF0 && c <= 0xF4) len = 4;
+    else return -1;
+    for (int k = 1; k < len; k++) {
+        if (i + k >= s.size()) return 0;
+        unsigned char d = (unsigned char)s[i + k];
+        bool ok = (d & 0xC0) == 0x80;
+        // the second byte also rules out overlong forms, surrogates and code points above U+10FFFF
+        if (k == 1 && ((c == 0xE0 && d < 0xA0) || (c == 0xED && d > 0x9F) || (c == 0xF0 && d < 0x90) ||
+                       (c == 0xF4 && d > 0x8F)))
+            ok = false;
+        if (!ok) return -k;
+    }
+    return len;
+}
+
+// Splits ts->pending into printable text (whole characters, invalid bytes as U+FFFD) and a held tail
+// (an incomplete character at the end, or a possible start of the stop string).
+static std::string text_stream_drain(TextStream* ts, bool final) {
+    std::string text;  // valid UTF-8 from pending
+    size_t i = 0;
+    const std::string& p = ts->pending;
+    while (i < p.size()) {
+        int n = utf8_seq(p, i);
+        if (n == 0 && !final) break;      // wait for the rest of the character
+        if (n <= 0) { text += "\xEF\xBF\xBD"; i += n < 0 ? -n : p.size() - i; continue; }
+        text.append(p, i, n);
+        i += n;
+    }
+    std::string rest = p.substr(i);
+    if (!ts->stop.empty()) {
+        size_t at = text.find(ts->stop);
+        if (at != std::string::npos) {
+            ts->stopped = true;
+            ts->pending.clear();
+            return text.substr(0, at);
+        }
+        if (!final) {  // hold back the longest tail of text that is a prefix of the stop string
+            size_t hold = 0;
+            for (size_t k = std::min(text.size(), ts->stop.size() - 1); k > 0; k--)
+                if (text.compare(text.size() - k, k, ts->stop, 0, k) == 0) { hold = k; break; }
+            rest = text.substr(text.size() - hold) + rest;
+            text.resize(text.size() - hold);
+        }
+    }
+    ts->pending = final ? "" : rest;
+    return text;
+}
+std::string text_stream_push(TextStream* ts, const std::string& bytes) {
+    if (ts->stopped) return "";
+    ts->pending += bytes;
+    return text_stream_drain(ts, false);
+}
+std::string text_stream_finish(TextStream* ts) {
+    if (ts->stopped) return "";
+    return text_stream_drain(ts, true);
+}
+
+// ============================================================================
+// the chat template (shared/PAPER.md; deepseek-llm-7b-chat's tokenizer_config.json):
+//   {{ bos }} then per message: user → "User: " + c + "\n\n"; assistant → "Assistant: " + c + eos;
+//   system → c + "\n\n"; and with add_generation_prompt, "Assistant:" (no trailing space).
+
+// the rendered text and, for chat_tokens, the byte ranges of the assistant replies (" " + content + eos)
+static std::string chat_render_spans(const std::vector<ChatMessage>& msgs, bool add_generation_prompt,
+                                     const std::string& bos, const std::string& eos,
+                                     std::vector<std::pair<size_t, size_t>>* spans) {
+    std::string s = bos;
+    for (const ChatMessage& m : msgs) {
+        if (m.role == "user") s += "User: " + m.content + "\n\n";
+        else if (m.role == "assistant") {
+            s += "Assistant:";
+            size_t a = s.size();
+            s += " " + m.content + eos;
+            if (spans) spans->push_back({a, s.size()});
+        } else if (m.role == "system") s += m.content + "\n\n";
+        else die("chat: unknown role '%s' (system, user or assistant)", m.role.c_str());
+    }
+    if (add_generation_prompt) s += "Assistant:";
+    return s;
+}
+std::string chat_render(const std::vector<ChatMessage>& msgs, bool add_generation_prompt, const std::string& bos,
+                        const std::string& eos) {
+    return chat_render_spans(msgs, add_generation_prompt, bos, eos, nullptr);
+}
+
+void chat_tokens(const Tokenizer* tok, const std::vector<ChatMessage>& msgs, bool add_generation_prompt,
+                 std::vector<int>* ids, std::vector<uint8_t>* mask) {
+    int bos = tokenizer_bos_id(tok), eos = tokenizer_eos_id(tok);
+    if (bos < 0 || eos < 0) die("chat: the tokenizer has no BOS/EOS token, which the chat template needs");
+    std::vector<std::pair<size_t, size_t>> spans;
+    std::string text = chat_render_spans(msgs, add_generation_prompt, tokenizer_token_bytes(tok, bos),
+                                         tokenizer_token_bytes(tok, eos), &spans);
+    *ids = tokenizer_encode(tok, text, false);  // BOS is in the text, as transformers' apply_chat_template
+    if (!mask) return;
+    // a token is an assistant token when it starts inside a reply's byte range
+    mask->assign(ids->size(), 0);
+    size_t off = 0, k = 0;
+    for (size_t i = 0; i < ids->size(); i++) {
+        while (k < spans.size() && off >= spans[k].second) k++;
+        if (k < spans.size() && off >= spans[k].first) (*mask)[i] = 1;
+        off += tokenizer_token_bytes(tok, (*ids)[i]).size();
+    }
+}
+
+// ============================================================================
+// the command line: generate and chat
+
+// generation_config.json: the checkpoint's sampling defaults and EOS ids (an int or a list)
+struct GenDefaults {
+    bool do_sample = false, has_sampling = false;
+    float temperature = 1.0f, top_p = 1.0f, repetition_penalty = 1.0f;
+    int top_k = 0;
+    std::vector<int> eos;
+};
+static GenDefaults read_generation_config(const std::string& dir) {
+    GenDefaults g;
+    std::string path = dir + "/generation_config.json";
+    if (!file_exists(path)) return g;
+    json j;
+    try { j = json::parse(read_file(path)); } catch (const std::exception& e) { die("%s: malformed JSON (%s)", path.c_str(), e.what()); }
+    if (!j.is_object()) die("%s: expected a JSON object", path.c_str());
+    auto num = [&](const char* k, float* dst) {
+        if (!j.contains(k) || j[k].is_null()) return;
+        if (!j[k].is_number()) die("%s: '%s' must be a number", path.c_str(), k);
+        *dst = j[k].get<float>();
+        g.has_sampling = true;
+    };
+    if (j.contains("do_sample") && j["do_sample"].is_boolean()) { g.do_sample = j["do_sample"]; g.has_sampling = true; }
+    num("temperature", &g.temperature);
+    num("top_p", &g.top_p);
+    num("repetition_penalty", &g.repetition_penalty);
+    if (j.contains("top_k") && j["top_k"].is_number_integer()) g.top_k = j["top_k"];
+    if (j.contains("eos_token_id")) {
+        const json& e = j["eos_token_id"];
+        if (e.is_number_integer()) g.eos.push_back(e.get<int>());
+        else if (e.is_array())
+            for (auto& x : e)
+                if (x.is_number_integer()) g.eos.push_back(x.get<int>());
+    }
+    return g;
+}
+
+// Everything a generate/chat run needs, from the flags and the model directory.
+struct Session {
+    InferModel im;
+    Tokenizer* tok = nullptr;
+    SamplerParams sp;
+    std::vector<int> eos_ids;
+    int max_new = 256;
+    std::string stop;
+    bool ids_out = false, quiet = false;
+    std::string header;                 // the model/sampling line, printed to stderr once the input is validated
+    ~Session() { if (tok) tokenizer_free(tok); }
+};
+
+static const std::vector<std::string> GEN_VALUE_FLAGS = {"model", "prompt", "prompt-ids", "n", "max-new-tokens",
+    "temperature", "top-k", "top-p", "repetition-penalty", "seed", "stop", "threads", "device", "context", "system"};
+
+static void session_open(Session* s, const Args& a, bool chat, bool need_tokenizer) {
+#ifdef _OPENMP
+    if (a.has("threads")) omp_set_num_threads((int)a.integer("threads", 1, 1, 1024));
+#endif
+    // validate every flag before the (possibly slow) load
+    std::string dev = a.str("device", "auto");
+    if (dev != "auto" && dev != "cpu") {
+        device_select(dev);  // dies if CUDA is unavailable
+        die("%s: generation runs on the CPU for now (--device cpu or auto)", a.cmd.c_str());
+    }
+    if (!a.has("model")) die("%s: --model DIR is required", a.cmd.c_str());
+    std::string dir = a.str("model");
+    long long n = a.integer("n", 256, 0, 10000000);
+    s->max_new = (int)a.integer("max-new-tokens", n, 0, 10000000);
+    int ctx = (int)a.integer("context", 0, 0, 10000000);
+    float temperature = (float)a.real("temperature", -1, 0, 100);
+    int top_k = (int)a.integer("top-k", -1, 0, 100000000);
+    float top_p = (float)a.real("top-p", -1, 0, 1);
+    float rep = (float)a.real("repetition-penalty", -1, 1e-3, 1000);
+    uint64_t seed = a.has("seed") ? (uint64_t)a.integer("seed", 0, 0, (1ll << 62))
+                                  : ((uint64_t)time(nullptr) << 20) ^ (uint64_t)getpid();
+    s->stop = a.str("stop");
+    if (a.has("stop") && s->stop.empty()) die("%s: --stop needs a non-empty string", a.cmd.c_str());
+
+    if (!dir_exists(dir)) die("model directory %s does not exist", dir.c_str());
+    config_read_json(dir + "/config.json");  // an unsupported model type fails here, before anything is mapped
+    if (need_tokenizer && !file_exists(dir + "/tokenizer.json"))
+        die("%s: %s has no tokenizer.json (pass --prompt-ids for raw token ids)", a.cmd.c_str(), dir.c_str());
+    if (need_tokenizer) s->tok = tokenizer_load(dir + "/tokenizer.json");
+    GenDefaults g = read_generation_config(dir);
+    // defaults: the checkpoint's generation_config (greedy unless do_sample), for chat the paper's 0.7 / 0.95
+    // when the checkpoint says nothing; flags override
+    SamplerParams& sp = s->sp;
+    if (g.do_sample) { sp.temperature = g.temperature; sp.top_p = g.top_p; sp.top_k = g.top_k; }
+    else if (chat && !g.has_sampling) { sp.temperature = 0.7f; sp.top_p = 0.95f; }
+    sp.repetition_penalty = g.repetition_penalty;
+    if (temperature >= 0) sp.temperature = temperature;
+    if (top_k >= 0) sp.top_k = top_k;
+    if (top_p >= 0) sp.top_p = top_p;
+    if (rep > 0) sp.repetition_penalty = rep;
+    sp.seed = seed;
+
+    double t0 = now_s();
+    infer_load(&s->im, dir, ctx);
+    const Config& c = s->im.cfg;
+    s->eos_ids = g.eos;
+    if (s->tok && tokenizer_eos_id(s->tok) >= 0) s->eos_ids.push_back(tokenizer_eos_id(s->tok));
+    if (s->eos_ids.empty()) s->eos_ids.push_back(c.eos_token_id);
+    if (s->tok && tokenizer_vocab_size(s->tok) > c.vocab_size)
+        die("%s: tokenizer.json has %d tokens but the model only %d embedding rows", a.cmd.c_str(),
+            tokenizer_vocab_size(s->tok), c.vocab_size);
+    char line[1024];
+    snprintf(line, sizeof line, "[model %s: %d layers, d_model %d, %s weights, context %d, loaded in %.2f s; "
+             "temperature %g, top_k %d, top_p %g, repetition_penalty %g, seed %llu]\n",
+             dir.c_str(), c.num_hidden_layers, c.hidden_size, s->im.is_bf16 ? "bf16" : "fp32", s->im.ctx, now_s() - t0,
+             sp.temperature, sp.top_k, sp.top_p, sp.repetition_penalty, (unsigned long long)sp.seed);
+    s->header = line;
+}
+
+static void print_stats(const GenerateStats& st) {
+    double pf = st.prefill_s > 0 ? st.prefill_tokens / st.prefill_s : 0;
+    int decoded = std::max(0, st.generated - 1);   // the first token comes from the prefill's logits
+    double dc = st.decode_s > 0 && decoded > 0 ? decoded / st.decode_s : 0;
+    fprintf(stderr, "\n[prompt %d tokens (%d prefilled) at %.1f tokens/s | generated %d tokens at %.1f tokens/s | "
+            "time to first token %.1f ms | stop: %s]\n",
+            st.prompt_tokens, st.prefill_tokens, pf, st.generated, dc, st.first_token_s * 1e3, st.stop_reason.c_str());
+}
+
+// streaming callback state: prints each token's text as soon as it forms whole characters
+struct StreamCtx {
+    Session* s;
+    TextStream ts;
+    std::string text;    // everything printed (the chat history keeps it)
+};
+static bool stream_token(int id, void* p) {
+    StreamCtx* c = (StreamCtx*)p;
+    if (c->s->ids_out) return true;
+    // an id past the tokenizer (the embedding is padded, e.g. 102400 rows for 100015 tokens) decodes to nothing,
+    // as in tokenizers' decode
+    std::string bytes = id < tokenizer_vocab_size(c->s->tok) ? tokenizer_token_bytes(c->s->tok, id) : "";
+    std::string out = text_stream_push(&c->ts, bytes);
+    if (!out.empty()) { fwrite(out.data(), 1, out.size(), stdout); fflush(stdout); c->text += out; }
+    return !c->ts.stopped;
+}
+static void stream_finish(StreamCtx* c) {
+    std::string out = text_stream_finish(&c->ts);
+    if (!out.empty()) { fwrite(out.data(), 1, out.size(), stdout); c->text += out; }
+    fflush(stdout);
+}
+
+static std::vector<int> parse_ids(const std::string& s, const char* what) {
+    std::vector<int> ids;
+    const char* p = s.c_str();
+    while (*p) {
+        while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n') p++;
+        if (!*p) break;
+        char* end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v > 2147483647L) die("%s: expected token ids (non-negative integers), got '%s'", what, s.c_str());
+        ids.push_back((int)v);
+        p = end;
+    }
+    return ids;
+}
+
+static void generate_usage() {
+    printf("usage: deepseek generate --model DIR (--prompt TEXT | --prompt-ids \"ID ID …\") [flags]\n"
+           "  completes the prompt (BOS is prepended) and prints the completion to stdout as it is generated;\n"
+           "  timings go to stderr.\n"
+           "  -n, --max-new-tokens N   new tokens at most (256)\n"
+           "  --temperature T          0 = greedy; default from generation_config.json (greedy unless do_sample)\n"
+           "  --top-k K                keep the K most likely tokens (0 = off)\n"
+           "  --top-p P                keep the smallest set of tokens with probability ≥ P (1 = off)\n"
+           "  --repetition-penalty R   divide positive / multiply negative logits of seen tokens by R (1 = off)\n"
+           "  --seed S                 random seed for sampling (default: from the clock; printed)\n"
+           "  --stop STRING            stop when the output contains STRING (not printed)\n"
+           "  --ids                    print the generated token ids on one line instead of text\n"
+           "  --context N              KV cache size in tokens (default: the model's max_position_embeddings)\n"
+           "  --threads N, --device auto|cpu\n");
+}
+
+int cmd_generate(int argc, char** argv) {
+    if (is_help(argc, argv, 2)) { generate_usage(); return 0; }
+    Args a(argc, argv, 2, "generate", GEN_VALUE_FLAGS, {"ids", "quiet"});
+    if (!a.positional.empty()) die("generate: unexpected argument '%s'", a.positional[0].c_str());
+    if (a.has("system")) die("generate: --system is a chat flag");
+    if (a.has("prompt") == a.has("prompt-ids")) die("generate: give exactly one of --prompt TEXT or --prompt-ids IDS");
+    Session s;
+    s.ids_out = a.flag("ids");
+    bool need_tok = a.has("prompt") || !s.ids_out;
+    session_open(&s, a, false, need_tok);
+    std::vector<int> prompt;
+    if (a.has("prompt")) {
+        prompt = tokenizer_encode(s.tok, a.str("prompt"), false);
+        int bos = tokenizer_bos_id(s.tok) >= 0 ? tokenizer_bos_id(s.tok) : s.im.cfg.bos_token_id;
+        prompt.insert(prompt.begin(), bos);
+    } else {
+        prompt = parse_ids(a.str("prompt-ids"), "generate: --prompt-ids");
+        if (prompt.empty()) die("generate: --prompt-ids is empty");
+    }
+    if ((int)prompt.size() > s.im.ctx)
+        die("generate: the prompt has %zu tokens, more than the context of %d tokens", prompt.size(), s.im.ctx);
+    if (!s.quiet) fputs(s.header.c_str(), stderr);
+    StreamCtx sc{&s, TextStream{}, ""};
+    sc.ts.stop = s.stop;
+    GenerateStats st;
+    std::vector<int> out = generate_tokens(&s.im, prompt, s.max_new, s.sp, s.eos_ids, &st, stream_token, &sc);
+    if (s.ids_out) {
+        for (size_t i = 0; i < out.size(); i++) printf("%s%d", i ? " " : "", out[i]);
+        printf("\n");
+    } else {
+        stream_finish(&sc);
+        printf("\n");
+    }
+    fflush(stdout);
+    if (st.stop_reason == "context") fprintf(stderr, "[stopped: the context of %d tokens is full]\n", s.im.ctx);
+    if (!s.quiet) print_stats(st);
+    return 0;
+}
+
+static void chat_usage() {
+    printf("usage: deepseek chat --model DIR [--system TEXT] [--prompt TEXT] [flags]\n"
+           "  talks with a chat model using DeepSeek LLM's template:\n"
+           "    <bos>[system\\n\\n]User: …\\n\\nAssistant: …<eos>User: …\\n\\nAssistant:\n"
+           "  interactive on a terminal: type a message; /reset clears the history, /exit (or EOF) quits.\n"
+           "  with --prompt: one reply, then exit. With stdin not a terminal: one user message per line.\n"
+           "  the history is kept within the context; the oldest turns are dropped (with a notice) when full.\n"
+           "  -n, --max-new-tokens N   new tokens per reply at most (512)\n"
+           "  --temperature T, --top-k K, --top-p P, --repetition-penalty R, --seed S, --stop STRING\n"
+           "                           as for generate; defaults from generation_config.json, else temperature 0.7,\n"
+           "                           top_p 0.95 (the paper's chat defaults)\n"
+           "  --system TEXT            a system prompt (the release recommends none)\n"
+           "  --context N, --threads N, --device auto|cpu\n");
+}
+
+// One chat turn: render the history + the new user message (dropping the oldest turns until the prompt and a
+// reply of max_new tokens fit the context), stream the reply, append it to the history.
+static void chat_turn(Session* s, std::vector<ChatMessage>* history, const std::string& system, const std::string& user) {
+    history->push_back({"user", user});
+    std::vector<int> ids;
+    for (;;) {
+        std::vector<ChatMessage> msgs;
+        if (!system.empty()) msgs.push_back({"system", system});
+        msgs.insert(msgs.end(), history->begin(), history->end());
+        chat_tokens(s->tok, msgs, true, &ids, nullptr);
+        int room = s->im.ctx - (int)ids.size();
+        if (room >= std::min(s->max_new, std::max(1, s->im.ctx / 4)) || history->size() <= 1) break;
+        // drop the oldest user turn and the reply to it
+        size_t drop = history->size() >= 2 && (*history)[1].role == "assistant" ? 2 : 1;
+        history->erase(history->begin(), history->begin() + drop);
+        fprintf(stderr, "[context full: dropped the oldest turn]\n");
+    }
+    if ((int)ids.size() >= s->im.ctx) {
+        history->pop_back();
+        fprintf(stderr, "error: the message is too long: %zu tokens, the context holds %d\n", ids.size(), s->im.ctx);
+        return;
+    }
+    StreamCtx sc{s, TextStream{}, ""};
+    sc.ts.stop = s->stop;
+    GenerateStats st;
+    generate_tokens(&s->im, ids, s->max_new, s->sp, s->eos_ids, &st, stream_token, &sc);
+    stream_finish(&sc);
+    printf("\n");
+    fflush(stdout);
+    std::string reply = sc.text;
+    if (!reply.empty() && reply[0] == ' ') reply.erase(0, 1);   // "Assistant: " + content: the space is the template's
+    history->push_back({"assistant", reply});
+    if (st.stop_reason == "context") fprintf(stderr, "[stopped: the context of %d tokens is full]\n", s->im.ctx);
+    if (!s->quiet) print_stats(st);
+}
+
+int cmd_chat(int argc, char** argv) {
+    if (is_help(argc, argv, 2)) { chat_usage(); return 0; }
+    Args a(argc, argv, 2, "chat", GEN_VALUE_FLAGS, {"quiet"});
+    if (!a.positional.empty()) die("chat: unexpected argument '%s'", a.positional[0].c_str());
+    if (a.has("prompt-ids")) die("chat: --prompt-ids is a generate flag");
+    Session s;
+    s.quiet = a.flag("quiet");
+    session_open(&s, a, true, true);
+    if (!a.has("n") && !a.has("max-new-tokens")) s.max_new = 512;
+    std::string system = a.str("system");
+    std::vector<ChatMessage> history;
+    if (!s.quiet) fputs(s.header.c_str(), stderr);
+    if (a.has("prompt")) {
+        chat_turn(&s, &history, system, a.str("prompt"));
+        return 0;
+    }
+    bool tty = isatty(0);
+    if (tty) fprintf(stderr, "chat with %s — /reset clears the history, /exit quits\n", a.str("model").c_str());
+    std::string line;
+    char buf[4096];
+    for (;;) {
+        if (tty) { fprintf(stderr, "\n> "); fflush(stderr); }
+        line.clear();
+        bool got = false;
+        while (fgets(buf, sizeof buf, stdin)) {
+            got = true;
+            line += buf;
+            if (!line.empty() && line.back() == '\n') break;
+        }
+        if (!got) break;
+        while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+        if (line.empty()) continue;
+        if (line == "/exit" || line == "/quit") break;
+        if (line == "/reset") { history.clear(); fprintf(stderr, "[history cleared]\n"); continue; }
+        chat_turn(&s, &history, system, line);
+    }
+    return 0;
+}
 
 int cmd_eval(int, char**) { die("eval: not implemented yet"); }
-int cmd_generate(int, char**) { die("generate: not implemented yet"); }
-int cmd_chat(int, char**) { die("chat: not implemented yet"); }

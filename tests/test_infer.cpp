@@ -1,0 +1,426 @@
+// Generation tests: the KV cache against full recomputation, greedy generation and the chat template against
+// transformers' fixtures (tests/reference/fixtures_infer.py), sampling, streaming text, and the CLI's errors.
+#include <doctest/doctest.h>  // TEST_CASE, CHECK, REQUIRE
+#include <cmath>              // fabs
+#include <cstring>            // memcpy
+#include <map>                // std::map
+#include <random>             // std::mt19937 (random splits of test strings)
+#include <nlohmann/json.hpp>  // nlohmann::json: the fixtures
+#include "../deepseek.h"      // InferModel, generate_*, chat_*, sampler_*, text_stream_*
+#include "test_util.h"        // run_cmd, deepseek_bin
+
+using json = nlohmann::json;
+static const std::string FX = "tests/fixtures/infer/";
+
+// run_cmd captures stderr too: these keep only stdout (or only stderr)
+static CmdResult run_stdout(const std::string& cmd) { return run_cmd("( (" + cmd + ") 2>/dev/null )"); }
+static CmdResult run_stderr(const std::string& cmd) { return run_cmd("( (" + cmd + ") 2>&1 >/dev/null )"); }
+static json load_json(const std::string& path) { return json::parse(read_file(path)); }
+static std::string tmp_dir(const std::string& name) {
+    std::string d = "build/test_tmp/" + name;
+    run_cmd("rm -rf " + d);
+    make_dirs(d);
+    return d;
+}
+static std::string ids_str(const std::vector<int>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size(); i++) s += (i ? " " : "") + std::to_string(v[i]);
+    return s;
+}
+// max |a − b| / max |b|: the error relative to the logits' scale
+static double rel_to_scale(const float* a, const float* b, size_t n) {
+    double d = 0, m = 1e-30;
+    for (size_t i = 0; i < n; i++) { d = std::max(d, (double)fabs(a[i] - b[i])); m = std::max(m, (double)fabs(b[i])); }
+    return d / m;
+}
+static bool valid_utf8(const std::string& s) {
+    size_t i = 0;
+    while (i < s.size()) {
+        unsigned char c = s[i];
+        int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (!n || i + n > s.size()) return false;
+        for (int k = 1; k < n; k++) if (((unsigned char)s[i + k] & 0xC0) != 0x80) return false;
+        i += n;
+    }
+    return true;
+}
+
+// ---------------------------------------------------------------------------- the KV cache
+
+// Prefill a prefix (crossing the 64-token chunk boundary), then decode one token at a time; every position's
+// logits must equal the reference model's full recomputation (deepseek.cu, itself within 1e-4 of transformers).
+// Both are fp32 with different summation orders (FMA, four-row blocks): ~1e-7 of the scale, well under 1e-5.
+static void check_cache_vs_recompute(Model& m, int T, int prefill) {
+    const Config& c = m.cfg;
+    std::vector<int> toks(T);
+    uint64_t s = 12345;
+    for (int t = 0; t < T; t++) { s = s * 6364136223846793005ull + 1442695040888963407ull; toks[t] = (int)((s >> 33) % c.vocab_size); }
+    model_forward(&m, toks.data(), nullptr, 1, T);
+    InferModel im;
+    infer_from_model(&im, m, T);
+    size_t V = c.vocab_size;
+    const float* pre = infer_forward(&im, toks.data(), prefill, true);
+    double worst = rel_to_scale(pre, m.acts.logits, (size_t)prefill * V);
+    for (int t = prefill; t < T; t++) {
+        const float* z = infer_forward(&im, &toks[t], 1);
+        worst = std::max(worst, rel_to_scale(z, m.acts.logits + (size_t)t * V, V));
+    }
+    MESSAGE("KV cache vs recomputation over " << T << " positions (prefill " << prefill << "): max rel err " << worst);
+    CHECK(worst < 1e-5);
+    CHECK(im.pos == T);
+}
+
+TEST_CASE("logits with the KV cache equal full recomputation at every position within 1e-5 (GQA fixture model)") {
+    Model m;
+    model_load_dir(&m, FX + "gen_gqa");
+    check_cache_vs_recompute(m, 100, 70);
+}
+
+TEST_CASE("logits with the KV cache equal full recomputation at every position within 1e-5 (random MHA, 3 layers)") {
+    Config c;
+    c.vocab_size = 97; c.hidden_size = 40; c.num_hidden_layers = 3; c.num_attention_heads = 5; c.num_key_value_heads = 5;
+    c.head_dim = 8; c.intermediate_size = 70; c.max_position_embeddings = 90; c.rope_theta = 500000.0;
+    Model m;
+    model_build(&m, c);
+    model_init_random(&m, 7, 0.2f);
+    check_cache_vs_recompute(m, 90, 1);
+}
+
+TEST_CASE("bf16 weights: the cached path equals the reference on the same bf16-rounded weights within 1e-5") {
+    InferModel bf;
+    infer_load(&bf, FX + "gen_bf16", 0);
+    REQUIRE(bf.is_bf16);
+    REQUIRE(bf.layers[0].q_proj.bf16 != nullptr);  // kept bf16, pointed into the map
+    Model m;
+    model_load_dir(&m, FX + "gen_bf16");            // the reference upcasts the same bf16 values to fp32
+    int T = 80;
+    std::vector<int> toks(T);
+    for (int t = 0; t < T; t++) toks[t] = (t * 37 + 11) % m.cfg.vocab_size;
+    model_forward(&m, toks.data(), nullptr, 1, T);
+    const float* z = infer_forward(&bf, toks.data(), T, true);
+    double e = rel_to_scale(z, m.acts.logits, (size_t)T * m.cfg.vocab_size);
+    MESSAGE("bf16 prefill vs reference: max rel err " << e);
+    CHECK(e < 1e-5);
+}
+
+TEST_CASE("the cache rewinds to a shared prefix and the context limit is enforced") {
+    Model m;
+    model_load_dir(&m, FX + "gen_gqa");
+    InferModel im;
+    infer_from_model(&im, m, 20);
+    std::vector<int> a = {3, 4, 5, 6, 7, 8}, b = {3, 4, 5, 9, 10};
+    std::vector<float> want(m.cfg.vocab_size);
+    const float* z = infer_forward(&im, b.data(), (int)b.size());
+    memcpy(want.data(), z, want.size() * 4);
+    infer_rewind(&im, 0);
+    infer_forward(&im, a.data(), (int)a.size());
+    infer_rewind(&im, 3);
+    z = infer_forward(&im, b.data() + 3, 2);
+    CHECK(rel_to_scale(z, want.data(), want.size()) == 0.0);  // same computation, same order: bitwise
+    std::vector<int> many(16, 5);
+    CHECK_THROWS_AS(infer_forward(&im, many.data(), 16), DeepseekError);  // 5 + 16 > 20
+}
+
+// ---------------------------------------------------------------------------- greedy vs transformers
+
+static void check_greedy(const std::string& name) {
+    json g = load_json(FX + "greedy.json");
+    const json& mj = g["models"][name];
+    InferModel im;
+    infer_load(&im, FX + name, 0);
+    int eos = load_json(FX + name + "/generation_config.json")["eos_token_id"];
+    int n_new = g["n_new"];
+    for (const json& r : mj["runs"]) {
+        std::vector<int> prompt = r["prompt_ids"], want = r["generated_ids"];
+        std::vector<int> got = generate_greedy(&im, prompt, n_new, eos);
+        MESSAGE(name << " '" << r["prompt"].get<std::string>() << "': " << got.size() << " tokens, transformers "
+                     << want.size() << ", fp64 margin " << r["min_margin_fp64"].get<double>());
+        CHECK(got == want);
+        if (r.contains("transformers_bf16_ids"))
+            MESSAGE("  transformers in bf16 (bf16 activations) agrees for the first " << r["transformers_bf16_agrees_for"]
+                    << " tokens");
+    }
+}
+
+TEST_CASE("greedy generation of 64 tokens equals transformers' generate token for token (GQA)") { check_greedy("gen_gqa"); }
+TEST_CASE("greedy generation of 64 tokens equals transformers' generate token for token (MHA, rope_theta 5e5)") {
+    check_greedy("gen_mha");
+}
+TEST_CASE("a bf16 sharded checkpoint gives transformers' greedy tokens (bf16 weights, fp32 activations)") {
+    json g = load_json(FX + "greedy.json");
+    REQUIRE(g["models"]["gen_bf16"]["computation"] == "bf16_weights_fp32_compute");
+    REQUIRE(file_exists(FX + "gen_bf16/model.safetensors.index.json"));
+    check_greedy("gen_bf16");
+}
+
+TEST_CASE("generate --prompt --ids on the CLI prints transformers' greedy ids, and the text its decode") {
+    json g = load_json(FX + "greedy.json");
+    for (const char* name : {"gen_gqa", "gen_bf16"}) {
+        const json& r = g["models"][name]["runs"][0];
+        std::string base = deepseek_bin() + " generate --model " + FX + name + " --prompt '" +
+                           r["prompt"].get<std::string>() + "' -n 64 --temperature 0 --threads 2";
+        auto ids = run_stdout(base + " --ids");
+        REQUIRE(ids.rc == 0);
+        CHECK(ids.out == ids_str(r["generated_ids"]) + "\n");
+        if (r.contains("generated_text")) {
+            auto text = run_stdout(base);
+            REQUIRE(text.rc == 0);
+            CHECK(text.out == r["generated_text"].get<std::string>() + "\n");
+        }
+        auto err = run_stderr(base + " -n 5 --ids");
+        CHECK(err.out.find("tokens/s") != std::string::npos);              // timings on stderr
+        CHECK(err.out.find("time to first token") != std::string::npos);
+    }
+}
+
+// ---------------------------------------------------------------------------- chat template
+
+TEST_CASE("the chat template renders and tokenizes exactly like transformers' apply_chat_template") {
+    json fx = load_json(FX + "chat_template.json");
+    Tokenizer* tok = tokenizer_load(FX + "tokenizer.json");
+    std::string bos = fx["bos_token"], eos = fx["eos_token"];
+    int n = 0, with_system = 0, with_prompt = 0;
+    for (const json& c : fx["cases"]) {
+        std::vector<ChatMessage> msgs;
+        for (const json& m : c["messages"]) {
+            msgs.push_back({m["role"], m["content"]});
+            with_system += m["role"] == "system";
+        }
+        bool gp = c["add_generation_prompt"];
+        with_prompt += gp;
+        CHECK(chat_render(msgs, gp, bos, eos) == c["text"].get<std::string>());
+        std::vector<int> ids;
+        std::vector<uint8_t> mask;
+        chat_tokens(tok, msgs, gp, &ids, &mask);
+        CHECK(ids == c["ids"].get<std::vector<int>>());
+        CHECK(std::vector<int>(mask.begin(), mask.end()) == c["assistant_masks"].get<std::vector<int>>());
+        n++;
+    }
+    CHECK(n >= 8);
+    CHECK(with_system > 0);
+    CHECK(with_prompt > 0);
+    tokenizer_free(tok);
+}
+
+// ---------------------------------------------------------------------------- sampling
+
+static std::vector<float> toy_logits() { return {1.0f, 3.0f, 2.0f, -1.0f, 2.5f, 0.0f}; }
+
+TEST_CASE("temperature 0 is the argmax; top-k 1 is greedy at any temperature") {
+    Sampler s;
+    SamplerParams p;
+    sampler_init(&s, p);
+    auto z = toy_logits();
+    CHECK(sampler_sample(&s, z.data(), 6, {}) == 1);
+    p.temperature = 5.0f; p.top_k = 1; p.seed = 3;
+    sampler_init(&s, p);
+    for (int i = 0; i < 50; i++) { z = toy_logits(); CHECK(sampler_sample(&s, z.data(), 6, {}) == 1); }
+}
+
+TEST_CASE("sampling draws from softmax(z / T), restricted by top-k and top-p, reproducibly from the seed") {
+    auto freq = [](SamplerParams p, int draws) {
+        Sampler s;
+        sampler_init(&s, p);
+        std::vector<double> f(6, 0);
+        for (int i = 0; i < draws; i++) { auto z = toy_logits(); f[sampler_sample(&s, z.data(), 6, {})] += 1.0 / draws; }
+        return f;
+    };
+    auto softmax = [](std::vector<int> keep, float T) {
+        auto z = toy_logits();
+        std::vector<double> p(6, 0);
+        double sum = 0;
+        for (int i : keep) { p[i] = exp(z[i] / T); sum += p[i]; }
+        for (double& x : p) x /= sum;
+        return p;
+    };
+    const int N = 20000;  // binomial std ≤ 0.0036 per frequency: 0.015 is > 4 sigma
+    SamplerParams p;
+    p.temperature = 1.5f; p.seed = 11;
+    auto f = freq(p, N), want = softmax({0, 1, 2, 3, 4, 5}, 1.5f);
+    for (int i = 0; i < 6; i++) CHECK(fabs(f[i] - want[i]) < 0.015);
+    p.top_k = 3;  // the three largest logits: ids 1, 4, 2
+    f = freq(p, N); want = softmax({1, 4, 2}, 1.5f);
+    for (int i = 0; i < 6; i++) CHECK(fabs(f[i] - want[i]) < 0.015);
+    p.top_k = 0; p.temperature = 1.0f; p.top_p = 0.8f;
+    // softmax(z) sorted: id1 0.459, id4 0.278, id2 0.169, … → the smallest prefix reaching 0.8 is {1, 4, 2}
+    auto full = softmax({0, 1, 2, 3, 4, 5}, 1.0f);
+    REQUIRE(full[1] + full[4] < 0.8);
+    REQUIRE(full[1] + full[4] + full[2] >= 0.8);
+    f = freq(p, N); want = softmax({1, 4, 2}, 1.0f);
+    for (int i = 0; i < 6; i++) CHECK(fabs(f[i] - want[i]) < 0.015);
+    // the same seed gives the same draws; another seed other draws
+    p.seed = 5;
+    auto seq = [](SamplerParams p) {
+        Sampler s;
+        sampler_init(&s, p);
+        std::vector<int> out;
+        for (int i = 0; i < 64; i++) { auto z = toy_logits(); out.push_back(sampler_sample(&s, z.data(), 6, {})); }
+        return out;
+    };
+    CHECK(seq(p) == seq(p));
+    SamplerParams q = p;
+    q.seed = 6;
+    CHECK(seq(p) != seq(q));
+}
+
+TEST_CASE("repetition penalty divides positive and multiplies negative logits of seen tokens, once each") {
+    Sampler s;
+    SamplerParams p;
+    p.repetition_penalty = 2.0f;
+    sampler_init(&s, p);
+    auto z = toy_logits();
+    int pick = sampler_sample(&s, z.data(), 6, {1, 1, 3, 4});
+    auto z0 = toy_logits();
+    CHECK(z[1] == z0[1] / 2.0f);   // seen twice, penalised once
+    CHECK(z[3] == z0[3] * 2.0f);   // negative: pushed further down
+    CHECK(z[4] == z0[4] / 2.0f);
+    CHECK(z[2] == z0[2]);          // unseen
+    CHECK(pick == 2);              // 3/2 = 1.5 and 2.5/2 = 1.25 now lose to 2.0
+}
+
+TEST_CASE("sampled generation with a seed is reproducible on the CLI") {
+    std::string cmd = deepseek_bin() + " generate --model " + FX + "gen_gqa --prompt 'The quick' -n 20 --temperature 0.9"
+                      " --top-p 0.9 --top-k 40 --repetition-penalty 1.1 --ids";
+    auto a = run_stdout(cmd + " --seed 1"), b = run_stdout(cmd + " --seed 1"), c = run_stdout(cmd + " --seed 2");
+    REQUIRE(a.rc == 0);
+    CHECK(a.out == b.out);
+    CHECK(a.out != c.out);
+}
+
+// ---------------------------------------------------------------------------- streaming text
+
+TEST_CASE("streamed text never splits a UTF-8 character and concatenates to the whole") {
+    std::string text = "Grüße, 中文 🙂 café — déjà vu! 𝄞 end";
+    std::mt19937 rng(1);
+    for (int trial = 0; trial < 200; trial++) {
+        TextStream ts;
+        std::string out;
+        size_t i = 0;
+        while (i < text.size()) {
+            size_t k = 1 + rng() % 4;
+            std::string piece = text.substr(i, k);
+            i += piece.size();
+            std::string o = text_stream_push(&ts, piece);
+            REQUIRE(valid_utf8(o));
+            out += o;
+        }
+        out += text_stream_finish(&ts);
+        REQUIRE(out == text);
+    }
+}
+
+TEST_CASE("invalid bytes stream as U+FFFD per maximal subpart, as Unicode (and Python's decode) prescribe") {
+    auto run = [](const std::vector<std::string>& pieces) {
+        TextStream ts;
+        std::string out;
+        for (auto& p : pieces) out += text_stream_push(&ts, p);
+        out += text_stream_finish(&ts);
+        return out;
+    };
+    const std::string R = "\xEF\xBF\xBD";
+    CHECK(run({"a\xE4", "\xB8", "b"}) == "a" + R + "b");      // truncated 3-byte sequence: one U+FFFD
+    CHECK(run({"\xFF", "x"}) == R + "x");                     // never a UTF-8 byte
+    CHECK(run({"\xED\xA0\x80"}) == R + R + R);                // a surrogate: each byte replaced
+    CHECK(run({"ok\xF0\x9F"}) == "ok" + R);                    // cut off at the end
+}
+
+TEST_CASE("a stop string ends the output before it, even when it spans tokens, and nothing after it prints") {
+    std::string text = "alpha beta\nUser: gamma";
+    std::mt19937 rng(2);
+    for (int trial = 0; trial < 100; trial++) {
+        TextStream ts;
+        ts.stop = "\nUser:";
+        std::string out;
+        size_t i = 0;
+        while (i < text.size() && !ts.stopped) {
+            std::string piece = text.substr(i, 1 + rng() % 3);
+            i += piece.size();
+            out += text_stream_push(&ts, piece);
+        }
+        out += text_stream_finish(&ts);
+        REQUIRE(ts.stopped);
+        REQUIRE(out == "alpha beta");
+    }
+    TextStream ts;
+    ts.stop = "xyz";
+    std::string out = text_stream_push(&ts, "abc xy");
+    CHECK(out == "abc ");    // "xy" may begin the stop string: held
+    out += text_stream_finish(&ts);
+    CHECK(out == "abc xy");  // a held partial match is printed when the text ends
+}
+
+// ---------------------------------------------------------------------------- chat on the CLI
+
+TEST_CASE("chat answers a --prompt and, from stdin, one message per line with /reset") {
+    std::string base = deepseek_bin() + " chat --model " + FX + "gen_gqa --temperature 0 -n 8 --threads 2";
+    auto one = run_stdout(base + " --prompt 'Who are you?'");
+    REQUIRE(one.rc == 0);
+    CHECK(count_lines(one.out) >= 1);
+    // the first reply from stdin equals the --prompt reply (same history, greedy); after /reset again
+    auto two = run_stdout("printf 'Who are you?\\n/reset\\nWho are you?\\n/exit\\n' | " + base);
+    REQUIRE(two.rc == 0);
+    CHECK(two.out == one.out + one.out);
+}
+
+TEST_CASE("chat drops the oldest turns with a notice when the history outgrows the context") {
+    std::string cmd = "printf 'The quick brown fox jumps\\nover the lazy dog in the beginning\\nwas the word and light\\n"
+                      "and the water and the spirit\\n' | " + deepseek_bin() + " chat --model " + FX +
+                      "gen_gqa --temperature 0 -n 16 --context 48 --threads 2 --quiet 2>&1";
+    auto r = run_cmd(cmd);
+    REQUIRE(r.rc == 0);
+    CHECK(r.out.find("dropped the oldest turn") != std::string::npos);
+}
+
+// ---------------------------------------------------------------------------- errors
+
+TEST_CASE("generate and chat report bad input in one clear line with exit 1") {
+    std::string g = deepseek_bin() + " generate --model " + FX + "gen_gqa ";
+    auto expect_error = [](const std::string& cmd, const std::string& words) {
+        auto r = run_cmd(cmd);
+        INFO(cmd << "\n" << r.out);
+        CHECK(r.rc == 1);
+        CHECK(r.out.rfind("error: ", 0) == 0);
+        CHECK(count_lines(r.out) == 1);
+        CHECK(r.out.find(words) != std::string::npos);
+    };
+    // a prompt longer than the context (gen_gqa: 160 positions)
+    std::string longp;
+    for (int i = 0; i < 120; i++) longp += "the quick brown ";
+    expect_error(g + "--prompt '" + longp + "'", "context");
+    expect_error(g + "--prompt 'the quick brown fox' --context 3", "context");
+    // non-numeric and out-of-range flags
+    expect_error(g + "--prompt hi -n ten", "-n");
+    expect_error(g + "--prompt hi --temperature hot", "--temperature");
+    expect_error(g + "--prompt hi --top-p 1.5", "--top-p");
+    expect_error(g + "--prompt hi --seed x", "--seed");
+    expect_error(g + "--prompt-ids '1 two'", "token ids");
+    expect_error(g + "--prompt hi --bogus 1", "unknown flag");
+    expect_error(deepseek_bin() + " generate --prompt hi", "--model");
+    expect_error(g, "--prompt");
+    // an unsupported model type, a missing tokenizer.json, a missing directory
+    std::string d = tmp_dir("infer_badtype");
+    run_cmd("cp " + FX + "gen_gqa/* " + d + "/");
+    json cfg = load_json(d + "/config.json");
+    cfg["model_type"] = "mistral";
+    cfg["architectures"] = {"MistralForCausalLM"};
+    write_file_atomic(d + "/config.json", cfg.dump());
+    expect_error(deepseek_bin() + " generate --model " + d + " --prompt hi", "unsupported");
+    std::string nt = tmp_dir("infer_notok");
+    run_cmd("cp " + FX + "gen_gqa/config.json " + FX + "gen_gqa/model.safetensors " + nt + "/");
+    expect_error(deepseek_bin() + " generate --model " + nt + " --prompt hi", "tokenizer.json");
+    expect_error(deepseek_bin() + " chat --model " + nt + " --prompt hi", "tokenizer.json");
+    expect_error(deepseek_bin() + " generate --model build/test_tmp/no_such_model --prompt hi", "does not exist");
+    // without a tokenizer, raw ids still work
+    auto raw = run_stdout(deepseek_bin() + " generate --model " + nt + " --prompt-ids '0 5 6' -n 3 --temperature 0 --ids");
+    CHECK(raw.rc == 0);
+    CHECK(count_lines(raw.out) == 1);
+}
+
+TEST_CASE("generate --help and chat --help describe the flags") {
+    for (const char* sub : {"generate", "chat"}) {
+        auto r = run_cmd(deepseek_bin() + " " + sub + " --help");
+        CHECK(r.rc == 0);
+        CHECK(r.out.find("--temperature") != std::string::npos);
+        CHECK(r.out.find("--top-p") != std::string::npos);
+    }
+}

@@ -16,12 +16,16 @@
 #include <cstdarg>       // va_list
 #include <cstdio>        // printf, fprintf, FILE
 #include <cstdlib>       // exit, strtoll, strtod
-#include <cstring>       // memcpy, strcmp, strerror
+#include <cstring>       // memcpy, memset, strcmp, strerror
+#include <cstdint>       // int32_t, uintptr_t
 #include <fcntl.h>       // open
 #include <sys/mman.h>    // mmap, munmap
 #include <sys/stat.h>    // stat, mkdir
 #include <unistd.h>      // close, getpid
 #include <nlohmann/json.hpp>  // nlohmann::json: config.json and safetensors headers
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>  // _mm512_* / _mm256_*: the GEMM microkernels (fast CPU paths)
+#endif
 #ifdef _OPENMP
 #include <omp.h>         // omp_get_max_threads, omp_set_num_threads
 #endif
@@ -340,7 +344,7 @@ std::vector<ParamView> param_views(const Config& c) {
 // layers: the CPU fp32 reference. N = number of rows (B*T tokens).
 
 // matmul: out[n,o] = Σ_i inp[n,i] · weight[o,i]   (weight in PyTorch's [out_features, in_features] layout)
-void matmul_forward(float* out, const float* inp, const float* weight, int N, int in, int out_dim) {
+void matmul_forward_ref(float* out, const float* inp, const float* weight, int N, int in, int out_dim) {
     #pragma omp parallel for collapse(2) schedule(static)
     for (int n = 0; n < N; n++)
         for (int o = 0; o < out_dim; o++) {
@@ -354,8 +358,8 @@ void matmul_forward(float* out, const float* inp, const float* weight, int N, in
 }
 // dinp[n,i] += Σ_o dout[n,o] · weight[o,i];   dweight[o,i] += Σ_n dout[n,o] · inp[n,i]
 // Each output element is owned by one thread and summed in a fixed order: results do not depend on threads.
-void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                     int N, int in, int out_dim) {
+void matmul_backward_ref(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                         int N, int in, int out_dim) {
     if (dinp) {
         #pragma omp parallel for schedule(static)
         for (int n = 0; n < N; n++) {
@@ -384,7 +388,7 @@ void matmul_backward(float* dinp, float* dweight, const float* dout, const float
 }
 
 // RMSNorm: y = w ⊙ x · rstd,  rstd = 1/sqrt(mean(x²) + eps)     (Hugging Face LlamaRMSNorm)
-void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps) {
+void rmsnorm_forward_ref(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float* x = inp + (size_t)n * C;
@@ -397,7 +401,7 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* wei
     }
 }
 // With x̂ = x·rstd and g = dy ⊙ w:  dx = rstd · (g − x̂ · mean(g ⊙ x̂)),  dw += Σ_n dy ⊙ x̂
-static void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
                              const float* rstd, int N, int C) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -439,12 +443,12 @@ static void rope_rotate(float* x, const int* pos, int N, int heads, int D, float
     }
 }
 void rope_forward(float* x, const int* pos, int N, int heads, int D, float theta) { rope_rotate(x, pos, N, heads, D, theta, 1.0f); }
-static void rope_backward(float* dx, const int* pos, int N, int heads, int D, float theta) { rope_rotate(dx, pos, N, heads, D, theta, -1.0f); }
+void rope_backward(float* dx, const int* pos, int N, int heads, int D, float theta) { rope_rotate(dx, pos, N, heads, D, theta, -1.0f); }
 
 // Causal grouped-query attention. q [B,T,H,D], k/v [B,T,KV,D]; query head h reads kv head h / (H/KV).
 //   att[b,h,t,s] = softmax_s≤t (q·k / sqrt(D)),   y[b,t,h] = Σ_s att · v[b,s,h/(H/KV)]
 // The reference keeps att [B,H,T,T] for backward (entries above the diagonal are zero).
-static void attention_forward(float* y, float* att, const float* q, const float* k, const float* v,
+void attention_forward(float* y, float* att, const float* q, const float* k, const float* v,
                               int B, int T, int H, int KV, int D) {
     int group = H / KV;
     float scale = 1.0f / sqrtf((float)D);
@@ -477,7 +481,7 @@ static void attention_forward(float* y, float* att, const float* q, const float*
 }
 // datt = dy·vᵀ;  dpre = att ⊙ (datt − Σ_s att·datt);  dq += dpre·k·scale;  dk += dpreᵀ·q·scale;  dv += attᵀ·dy
 // Parallel over (b, kv head): the query heads of one group write the same dk/dv rows, so they run in one thread.
-static void attention_backward(float* dq, float* dk, float* dv, const float* dy, const float* att, const float* q,
+void attention_backward(float* dq, float* dk, float* dv, const float* dy, const float* att, const float* q,
                                const float* k, const float* v, int B, int T, int H, int KV, int D) {
     int group = H / KV;
     float scale = 1.0f / sqrtf((float)D);
@@ -512,11 +516,11 @@ static void attention_backward(float* dq, float* dk, float* dv, const float* dy,
 
 // SwiGLU: act = silu(gate) ⊙ up,  silu(x) = x·σ(x),  silu'(x) = σ(x)·(1 + x·(1 − σ(x)))
 float silu(float x) { return x / (1.0f + expf(-x)); }
-static void swiglu_forward(float* act, const float* gate, const float* up, size_t n) {
+void swiglu_forward(float* act, const float* gate, const float* up, size_t n) {
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) act[i] = silu(gate[i]) * up[i];
 }
-static void swiglu_backward(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n) {
+void swiglu_backward(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n) {
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i], sig = 1.0f / (1.0f + expf(-g));
@@ -526,7 +530,7 @@ static void swiglu_backward(float* dgate, float* dup, const float* dact, const f
 }
 
 // Cross-entropy per token: nll = logsumexp(logits) − logits[target]; masked tokens (target < 0) give 0.
-static void crossentropy_forward(float* losses, const float* logits, const int* targets, int N, int V) {
+void crossentropy_forward(float* losses, const float* logits, const int* targets, int N, int V) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         if (targets[n] < 0) { losses[n] = 0.0f; continue; }
@@ -539,7 +543,7 @@ static void crossentropy_forward(float* losses, const float* logits, const int* 
     }
 }
 // dlogits[n] = dloss[n] · (softmax(logits[n]) − onehot(target)); masked rows get exactly zero.
-static void crossentropy_backward(float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V) {
+void crossentropy_backward(float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float* dz = dlogits + (size_t)n * V;
@@ -556,15 +560,613 @@ static void crossentropy_backward(float* dlogits, const float* logits, const int
 }
 
 // ============================================================================
+// fast CPU paths
+//
+// The layers above are the oracle; the functions below compute the same things faster and are tested against
+// them in tests/test_fastpath.cpp. model_forward/model_backward use them unless g_cpu_reference is set.
+// Plain C++ with OpenMP; intrinsics only inside the GEMM microkernel (and chosen at build time by -march).
+//
+// Determinism: every output element is computed by one thread, summing in an order that depends only on the
+// shapes — never on the thread count or the OpenMP schedule. Results are bit-identical for any --threads.
+
+bool g_cpu_reference = false;
+
+static int omp_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+// e^x in fp32 without libm, so `omp simd` loops vectorise it: e^x = 2^n · e^r, n = round(x·log2 e),
+// r = x − n·ln 2 (ln 2 split in two so r is exact to fp32), e^r ≈ 1 + r + r²·P(r) with P the degree-5
+// minimax polynomial Cephes' expf uses on |r| ≤ ln2/2: relative error ≤ 8e-8 (about 1 ulp, like expf).
+// Inputs are clamped to [−87.3, 88.3]: e^−87.3 ≈ 1e-38, not 0, so callers that need an exact 0 (masked
+// positions) must not call it for them.
+static inline float exp_fast(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187e-6f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+// ----------------------------------------------------------------------------
+// GEMM: C[M,N] (+)= op(A)[M,K] · op(B)[K,N], fp32, row-major storage.
+//   op(A)[m,k] = A[m·lda + k]  (a_trans false)  or  A[k·lda + m]  (a_trans true)
+//   op(B)[k,n] = B[k·ldb + n]  (b_trans false)  or  B[n·ldb + k]  (b_trans true)
+// The model's three products are all of this form (W is [out, in], X is [N, in], dY is [N, out]):
+//   forward   Y  = X · Wᵀ      M=N,   N=out, K=in    B transposed
+//   backward  dX += dY · W     M=N,   N=in,  K=out
+//   backward  dW += dYᵀ · X    M=out, N=in,  K=N     A transposed
+//
+// Blocking (Goto/BLIS): the loops, outermost first, and where their operands live on this machine
+// (Xeon, Sapphire Rapids class: L1d 48 KiB and L2 2 MiB per core, L3 260 MiB shared):
+//   jc: NC columns of op(B)  ┐ pack op(B)[KC×NC] into NR-wide panels, shared by the threads: 256·1024·4 B = 1 MiB,
+//   pc: KC of the K axis     ┘   it stays in L2 (and L3) while every block of rows of A streams past it
+//   ic: MC rows of op(A)     — pack op(A)[MC×KC] into MR-tall panels, per thread: 336·256·4 B = 336 KiB in L2
+//   jr: NR columns           — one B panel, KC×NR = 256·32·4 B = 32 KiB, sits in L1 for the whole ir loop
+//   ir: MR rows              — the microkernel: an MR×NR tile of C in registers, KC rank-1 updates
+// The AVX-512 microkernel keeps a 14×32 tile in 28 zmm registers; each k step loads two vectors of B,
+// broadcasts 14 scalars of A (folded into the FMAs as memory operands) and issues 28 FMAs — 14 cycles on
+// two FMA ports, far more arithmetic than loads, so the kernel runs at the FMA units' peak.
+// Threads split the rows (whole MR panels) of each block evenly, or the columns when there are few rows.
+// Each C element is one FMA chain over k in increasing order, started from C itself when accumulating —
+// the same chain whatever the blocking or the thread count, so results do not depend on either.
+
+#if defined(__AVX512F__)
+static const int GEMM_MR = 14, GEMM_NR = 32;
+static const char* GEMM_KERNEL = "avx512 14x32";
+#elif defined(__AVX2__) && defined(__FMA__)
+static const int GEMM_MR = 6, GEMM_NR = 16;
+static const char* GEMM_KERNEL = "avx2 6x16";
+#else
+static const int GEMM_MR = 4, GEMM_NR = 16;
+static const char* GEMM_KERNEL = "portable 4x16";
+#endif
+static const int GEMM_KC = 256, GEMM_MC = 24 * GEMM_MR, GEMM_NC = 1024;
+const char* gemm_kernel_name() { return GEMM_KERNEL; }
+
+// pack op(A)[m0.., k0..k0+kc) into panels of MR rows: panel p holds A[m0+p·MR+r, k0+k] at [p·MR·kc + k·MR + r],
+// rows past M are zero (the microkernel always computes a whole tile; the extra rows are never stored)
+static void gemm_pack_a(float* ap, const float* A, int lda, bool trans, int m0, int mc, int k0, int kc) {
+    for (int p = 0; p < mc; p += GEMM_MR) {
+        float* dst = ap + (size_t)p * kc;
+        int rows = std::min(GEMM_MR, mc - p);
+        if (trans) {
+            for (int k = 0; k < kc; k++) {
+                const float* src = A + (size_t)(k0 + k) * lda + m0 + p;
+                for (int r = 0; r < rows; r++) dst[k * GEMM_MR + r] = src[r];
+                for (int r = rows; r < GEMM_MR; r++) dst[k * GEMM_MR + r] = 0.0f;
+            }
+        } else {
+            for (int r = 0; r < GEMM_MR; r++) {
+                if (r >= rows) { for (int k = 0; k < kc; k++) dst[k * GEMM_MR + r] = 0.0f; continue; }
+                const float* src = A + (size_t)(m0 + p + r) * lda + k0;
+                for (int k = 0; k < kc; k++) dst[k * GEMM_MR + r] = src[k];
+            }
+        }
+    }
+}
+// pack one NR-wide panel of op(B)[k0..k0+kc, n0..n0+cols): [k·NR + c], columns past `cols` zero
+static void gemm_pack_b(float* bp, const float* B, int ldb, bool trans, int k0, int kc, int n0, int cols) {
+    if (trans) {
+        for (int c = 0; c < GEMM_NR; c++) {
+            if (c >= cols) { for (int k = 0; k < kc; k++) bp[k * GEMM_NR + c] = 0.0f; continue; }
+            const float* src = B + (size_t)(n0 + c) * ldb + k0;
+            for (int k = 0; k < kc; k++) bp[k * GEMM_NR + c] = src[k];
+        }
+    } else {
+        for (int k = 0; k < kc; k++) {
+            const float* src = B + (size_t)(k0 + k) * ldb + n0;
+            float* dst = bp + k * GEMM_NR;
+            for (int c = 0; c < cols; c++) dst[c] = src[c];
+            for (int c = cols; c < GEMM_NR; c++) dst[c] = 0.0f;
+        }
+    }
+}
+
+// the microkernel: C[MR×NR] (ldc) = (load ? C : 0) + Σ_k a[k·MR + r] · b[k·NR + c], as one FMA chain per element
+#if defined(__AVX512F__)
+static void gemm_kernel(int kc, const float* a, const float* b, float* C, int ldc, bool load) {
+    __m512 c0[GEMM_MR], c1[GEMM_MR];
+    #pragma GCC unroll 14
+    for (int r = 0; r < GEMM_MR; r++) {
+        c0[r] = load ? _mm512_loadu_ps(C + (size_t)r * ldc) : _mm512_setzero_ps();
+        c1[r] = load ? _mm512_loadu_ps(C + (size_t)r * ldc + 16) : _mm512_setzero_ps();
+    }
+    for (int k = 0; k < kc; k++, a += GEMM_MR, b += GEMM_NR) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        #pragma GCC unroll 14
+        for (int r = 0; r < GEMM_MR; r++) {
+            __m512 ar = _mm512_set1_ps(a[r]);
+            c0[r] = _mm512_fmadd_ps(ar, b0, c0[r]);
+            c1[r] = _mm512_fmadd_ps(ar, b1, c1[r]);
+        }
+    }
+    #pragma GCC unroll 14
+    for (int r = 0; r < GEMM_MR; r++) {
+        _mm512_storeu_ps(C + (size_t)r * ldc, c0[r]);
+        _mm512_storeu_ps(C + (size_t)r * ldc + 16, c1[r]);
+    }
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+static void gemm_kernel(int kc, const float* a, const float* b, float* C, int ldc, bool load) {
+    __m256 c0[GEMM_MR], c1[GEMM_MR];
+    #pragma GCC unroll 6
+    for (int r = 0; r < GEMM_MR; r++) {
+        c0[r] = load ? _mm256_loadu_ps(C + (size_t)r * ldc) : _mm256_setzero_ps();
+        c1[r] = load ? _mm256_loadu_ps(C + (size_t)r * ldc + 8) : _mm256_setzero_ps();
+    }
+    for (int k = 0; k < kc; k++, a += GEMM_MR, b += GEMM_NR) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+        #pragma GCC unroll 6
+        for (int r = 0; r < GEMM_MR; r++) {
+            __m256 ar = _mm256_broadcast_ss(a + r);
+            c0[r] = _mm256_fmadd_ps(ar, b0, c0[r]);
+            c1[r] = _mm256_fmadd_ps(ar, b1, c1[r]);
+        }
+    }
+    #pragma GCC unroll 6
+    for (int r = 0; r < GEMM_MR; r++) {
+        _mm256_storeu_ps(C + (size_t)r * ldc, c0[r]);
+        _mm256_storeu_ps(C + (size_t)r * ldc + 8, c1[r]);
+    }
+}
+#else
+static void gemm_kernel(int kc, const float* a, const float* b, float* C, int ldc, bool load) {
+    float acc[GEMM_MR][GEMM_NR];
+    for (int r = 0; r < GEMM_MR; r++)
+        for (int c = 0; c < GEMM_NR; c++) acc[r][c] = load ? C[(size_t)r * ldc + c] : 0.0f;
+    for (int k = 0; k < kc; k++, a += GEMM_MR, b += GEMM_NR)
+        for (int r = 0; r < GEMM_MR; r++)
+            for (int c = 0; c < GEMM_NR; c++) acc[r][c] = fmaf(a[r], b[c], acc[r][c]);
+    for (int r = 0; r < GEMM_MR; r++)
+        for (int c = 0; c < GEMM_NR; c++) C[(size_t)r * ldc + c] = acc[r][c];
+}
+#endif
+
+// a tile at the edge of C (fewer than MR rows or NR columns): run the kernel on a full tile in scratch
+static void gemm_kernel_edge(int kc, const float* a, const float* b, float* C, int ldc, bool load, int rows, int cols) {
+    alignas(64) float tile[GEMM_MR * GEMM_NR];
+    for (int r = 0; r < GEMM_MR; r++)
+        for (int c = 0; c < GEMM_NR; c++) tile[r * GEMM_NR + c] = (load && r < rows && c < cols) ? C[(size_t)r * ldc + c] : 0.0f;
+    gemm_kernel(kc, a, b, tile, GEMM_NR, load);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) C[(size_t)r * ldc + c] = tile[r * GEMM_NR + c];
+}
+
+// aligned scratch that lives as long as the thread and only grows (the packed panels)
+static float* gemm_scratch(std::vector<float>* v, size_t n) {
+    if (v->size() < n + 16) v->resize(n + 16);
+    return (float*)(((uintptr_t)v->data() + 63) & ~(uintptr_t)63);
+}
+
+void gemm_f32(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
+              float* C, int ldc, bool accumulate) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {  // an empty sum
+        if (!accumulate)
+            for (int m = 0; m < M; m++) memset(C + (size_t)m * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    static std::vector<float> bpack_buf;
+    int nc_max = std::min(GEMM_NC, (N + GEMM_NR - 1) / GEMM_NR * GEMM_NR);
+    float* bpack = gemm_scratch(&bpack_buf, (size_t)GEMM_KC * nc_max);
+    int P = omp_threads();
+    int m_panels = (M + GEMM_MR - 1) / GEMM_MR;
+    bool split_rows = m_panels >= 2 * P || N <= GEMM_NR;
+    #pragma omp parallel num_threads(P)
+    {
+        static thread_local std::vector<float> apack_buf;
+        int t = 0, nt = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        // this thread's rows [m_lo, m_hi) (whole MR panels) or, with few rows, its share of each block's NR panels
+        int m_lo = 0, m_hi = M;
+        if (split_rows) {
+            m_lo = std::min(M, (int)((long long)m_panels * t / nt) * GEMM_MR);
+            m_hi = std::min(M, (int)((long long)m_panels * (t + 1) / nt) * GEMM_MR);
+        }
+        int mc_max = std::min(GEMM_MC, (m_hi - m_lo + GEMM_MR - 1) / GEMM_MR * GEMM_MR);
+        float* apack = gemm_scratch(&apack_buf, (size_t)GEMM_KC * std::max(mc_max, GEMM_MR));
+        for (int jc = 0; jc < N; jc += GEMM_NC) {
+            int nc = std::min(GEMM_NC, N - jc), n_panels = (nc + GEMM_NR - 1) / GEMM_NR;
+            int j_lo = split_rows ? 0 : (int)((long long)n_panels * t / nt);
+            int j_hi = split_rows ? n_panels : (int)((long long)n_panels * (t + 1) / nt);
+            for (int pc = 0; pc < K; pc += GEMM_KC) {
+                int kc = std::min(GEMM_KC, K - pc);
+                bool load = accumulate || pc > 0;
+                #pragma omp for schedule(static)
+                for (int j = 0; j < n_panels; j++)
+                    gemm_pack_b(bpack + (size_t)j * GEMM_NR * kc, B, ldb, b_trans, pc, kc, jc + j * GEMM_NR,
+                                std::min(GEMM_NR, nc - j * GEMM_NR));
+                // (implicit barrier: the packed B block is complete)
+                for (int ic = m_lo; ic < m_hi; ic += GEMM_MC) {
+                    int mc = std::min(GEMM_MC, m_hi - ic);
+                    gemm_pack_a(apack, A, lda, a_trans, ic, mc, pc, kc);
+                    for (int j = j_lo; j < j_hi; j++) {
+                        int n0 = jc + j * GEMM_NR, cols = std::min(GEMM_NR, N - n0);
+                        const float* bp = bpack + (size_t)j * GEMM_NR * kc;
+                        for (int ir = 0; ir < mc; ir += GEMM_MR) {
+                            int rows = std::min(GEMM_MR, mc - ir);
+                            float* c = C + (size_t)(ic + ir) * ldc + n0;
+                            if (rows == GEMM_MR && cols == GEMM_NR) gemm_kernel(kc, apack + (size_t)ir * kc, bp, c, ldc, load);
+                            else gemm_kernel_edge(kc, apack + (size_t)ir * kc, bp, c, ldc, load, rows, cols);
+                        }
+                    }
+                }
+                #pragma omp barrier
+            }
+        }
+    }
+}
+
+// matmul, fast: the reference's contract (forward writes out; backward accumulates) on gemm_f32.
+// A handful of rows (generation: one token at a time) is a matrix-vector product, bound by reading the
+// weights once: dot products straight from W beat packing it.
+void matmul_forward(float* out, const float* inp, const float* weight, int N, int in, int out_dim) {
+    if (N <= 4) {
+        #pragma omp parallel for schedule(static)
+        for (int o = 0; o < out_dim; o++) {
+            const float* w = weight + (size_t)o * in;
+            for (int n = 0; n < N; n++) {
+                const float* x = inp + (size_t)n * in;
+                float sum = 0.0f;
+                #pragma omp simd reduction(+ : sum)
+                for (int i = 0; i < in; i++) sum += x[i] * w[i];
+                out[(size_t)n * out_dim + o] = sum;
+            }
+        }
+        return;
+    }
+    gemm_f32(N, out_dim, in, inp, in, false, weight, in, true, out, out_dim, false);
+}
+void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                     int N, int in, int out_dim) {
+    if (dinp) gemm_f32(N, in, out_dim, dout, out_dim, false, weight, in, false, dinp, in, true);
+    if (dweight) gemm_f32(out_dim, in, N, dout, out_dim, true, inp, in, false, dweight, in, true);
+}
+
+// ----------------------------------------------------------------------------
+// RMSNorm, fast: vectorised, and fused with the residual add that precedes it in the model.
+
+// out = rmsnorm(inp) · w, as rmsnorm_forward_ref but summing x² in vector lanes
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (size_t)n * C;
+        float ss = 0.0f;
+        #pragma omp simd reduction(+ : ss)
+        for (int i = 0; i < C; i++) ss += x[i] * x[i];
+        float r = 1.0f / sqrtf(ss / C + eps);
+        if (rstd) rstd[n] = r;
+        float* y = out + (size_t)n * C;
+        #pragma omp simd
+        for (int i = 0; i < C; i++) y[i] = weight[i] * (x[i] * r);
+    }
+}
+// res += skip, then out = rmsnorm(res) · w — one pass over the row instead of two (the model's
+// "h = x + attention(x); rmsnorm(h)" and "x' = h + mlp(h); rmsnorm(x')")
+void residual_rmsnorm_forward(float* res, float* out, float* rstd, const float* skip, const float* weight, int N, int C, float eps) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float* x = res + (size_t)n * C;
+        const float* s = skip + (size_t)n * C;
+        float ss = 0.0f;
+        #pragma omp simd reduction(+ : ss)
+        for (int i = 0; i < C; i++) { x[i] += s[i]; ss += x[i] * x[i]; }
+        float r = 1.0f / sqrtf(ss / C + eps);
+        rstd[n] = r;
+        float* y = out + (size_t)n * C;
+        #pragma omp simd
+        for (int i = 0; i < C; i++) y[i] = weight[i] * (x[i] * r);
+    }
+}
+// dinp = dskip + rstd·(g − x̂·mean(g ⊙ x̂)) with g = dy ⊙ w (dskip: the gradient arriving around the norm
+// through the residual connection; may equal dinp, i.e. accumulate, or be null); dw += Σ_n dy ⊙ x̂.
+// The dw sum runs over rows in order inside each thread's block of columns: no atomics, fixed order.
+void rmsnorm_backward_fast(float* dinp, const float* dskip, float* dweight, const float* dout, const float* inp,
+                           const float* weight, const float* rstd, int N, int C) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (size_t)n * C;
+        const float* dy = dout + (size_t)n * C;
+        float r = rstd[n], dot = 0.0f;
+        #pragma omp simd reduction(+ : dot)
+        for (int i = 0; i < C; i++) dot += dy[i] * weight[i] * x[i];
+        dot *= r / C;
+        float* dx = dinp + (size_t)n * C;
+        const float* ds = dskip ? dskip + (size_t)n * C : nullptr;
+        #pragma omp simd
+        for (int i = 0; i < C; i++) dx[i] = (ds ? ds[i] : 0.0f) + r * (dy[i] * weight[i] - x[i] * r * dot);
+    }
+    const int CB = 64;  // columns per task
+    #pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += CB) {
+        int cw = std::min(CB, C - c0);
+        float acc[CB] = {0};
+        for (int n = 0; n < N; n++) {
+            const float* dy = dout + (size_t)n * C + c0;
+            const float* x = inp + (size_t)n * C + c0;
+            float r = rstd[n];
+            #pragma omp simd
+            for (int i = 0; i < cw; i++) acc[i] += dy[i] * x[i] * r;
+        }
+        for (int i = 0; i < cw; i++) dweight[c0 + i] += acc[i];
+    }
+}
+
+// ----------------------------------------------------------------------------
+// RoPE, fast: the angles depend only on (position, i), so a table of cos/sin for positions 0..T−1 is
+// computed once per forward (exactly as the reference computes them) and applied in place to q, k and,
+// rotated back, to their gradients. Bit-identical to rope_rotate.
+
+void rope_table(float* cosv, float* sinv, int T, int D, float theta) {  // cosv, sinv: [T, D/2]
+    int half = D / 2;
+    std::vector<float> inv_freq(half);
+    for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)D);
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            double angle = (double)t * (double)inv_freq[i];
+            cosv[(size_t)t * half + i] = (float)cos(angle);
+            sinv[(size_t)t * half + i] = (float)sin(angle);
+        }
+}
+// x [N, heads, D] in place, row n at position pos[n]; sign −1 applies the inverse rotation (backward)
+void rope_apply(float* x, const float* cosv, const float* sinv, const int* pos, int N, int heads, int D, float sign) {
+    int half = D / 2;
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float* cs = cosv + (size_t)pos[n] * half;
+        const float* sn = sinv + (size_t)pos[n] * half;
+        for (int h = 0; h < heads; h++) {
+            float* v = x + ((size_t)n * heads + h) * D;
+            #pragma omp simd
+            for (int i = 0; i < half; i++) {
+                float c = cs[i], s = sign * sn[i], x1 = v[i], x2 = v[i + half];
+                v[i] = x1 * c - x2 * s;
+                v[i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// SwiGLU, fast: vectorised exp; backward computes σ once for both gradients. Backward WRITES (=) dgate, dup.
+
+void swiglu_forward_fast(float* act, const float* gate, const float* up, size_t n) {
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) act[i] = gate[i] / (1.0f + exp_fast(-gate[i])) * up[i];
+}
+void swiglu_backward_fast(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n) {
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i], sig = 1.0f / (1.0f + exp_fast(-g));
+        dgate[i] = dact[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
+        dup[i] = dact[i] * g * sig;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Cross-entropy fused with the softmax. Forward: one pass per row for max, one for Σe^(z−max), with vector
+// lanes; nll = lse − z[target]. Backward WRITES (=) dlogits = w·(e^(z − lse) − onehot) in a single pass: the
+// log-sum-exp is not recomputed but recovered as lse = nll + z[target] (exact up to one rounding, ~1e-7).
+
+void crossentropy_forward_fast(float* losses, const float* logits, const int* targets, int N, int V) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        if (targets[n] < 0) { losses[n] = 0.0f; continue; }
+        const float* z = logits + (size_t)n * V;
+        float maxv = -INFINITY;
+        #pragma omp simd reduction(max : maxv)
+        for (int i = 0; i < V; i++) maxv = std::max(maxv, z[i]);
+        float sum = 0.0f;
+        #pragma omp simd reduction(+ : sum)
+        for (int i = 0; i < V; i++) sum += exp_fast(z[i] - maxv);
+        losses[n] = logf(sum) + maxv - z[targets[n]];
+    }
+}
+void crossentropy_backward_fast(float* dlogits, const float* logits, const float* losses, const int* targets,
+                                const float* dlosses, int N, int V) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float* dz = dlogits + (size_t)n * V;
+        if (targets[n] < 0 || dlosses[n] == 0.0f) { memset(dz, 0, (size_t)V * sizeof(float)); continue; }
+        const float* z = logits + (size_t)n * V;
+        float lse = losses[n] + z[targets[n]], w = dlosses[n];
+        #pragma omp simd
+        for (int i = 0; i < V; i++) dz[i] = w * exp_fast(z[i] - lse);
+        dz[targets[n]] -= w;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Attention, fast: blockwise causal GQA attention with an online softmax (the FlashAttention recurrence);
+// no T×T matrix is stored, only each row's log-sum-exp for backward, which recomputes the probabilities.
+// For query row t and key blocks of ATT_BK, with running max mx, sum l and output o:
+//   S_s = q_t·k_s/√D;  mx' = max(mx, max_s S_s);  l' = l·e^(mx−mx') + Σ_s e^(S_s−mx');
+//   o' = o·e^(mx−mx') + Σ_s e^(S_s−mx')·v_s;   finally y_t = o/l, lse_t = mx + log l.
+// A task is (b, kv head, block of ATT_BQ query rows): the key block, packed transposed [D, ATT_BK] so the
+// scores vectorise over keys, serves every query head of the group. Each row is summed over keys in order.
+
+static const int ATT_BQ = 32, ATT_BK = 64;
+
+// q [B,T,H,D], k/v [B,T,KV,D] → y [B,T,H,D], lse [B,H,T]
+void attention_forward_fast(float* y, float* lse, const float* q, const float* k, const float* v,
+                            int B, int T, int H, int KV, int D) {
+    int group = H / KV, nqb = (T + ATT_BQ - 1) / ATT_BQ;
+    float scale = 1.0f / sqrtf((float)D);
+    #pragma omp parallel
+    {
+        std::vector<float> kt((size_t)D * ATT_BK), s(ATT_BK), o(D);
+        std::vector<float> mx((size_t)group * ATT_BQ), l((size_t)group * ATT_BQ), acc((size_t)group * ATT_BQ * D);
+        #pragma omp for collapse(3) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int kh = 0; kh < KV; kh++)
+                for (int qb = 0; qb < nqb; qb++) {
+                    int t0 = qb * ATT_BQ, t1 = std::min(T, t0 + ATT_BQ);
+                    std::fill(mx.begin(), mx.end(), -INFINITY);
+                    std::fill(l.begin(), l.end(), 0.0f);
+                    std::fill(acc.begin(), acc.end(), 0.0f);
+                    for (int s0 = 0; s0 < t1; s0 += ATT_BK) {
+                        int nk = std::min(ATT_BK, T - s0);
+                        for (int j = 0; j < nk; j++) {
+                            const float* ks = k + (((size_t)b * T + s0 + j) * KV + kh) * D;
+                            for (int d = 0; d < D; d++) kt[(size_t)d * ATT_BK + j] = ks[d];
+                        }
+                        for (int h = kh * group; h < (kh + 1) * group; h++)
+                            for (int t = std::max(t0, s0); t < t1; t++) {
+                                int nv = std::min(nk, t - s0 + 1);  // causal: keys s0 .. t
+                                const float* qt = q + (((size_t)b * T + t) * H + h) * D;
+                                float* sp = s.data();
+                                for (int j = 0; j < ATT_BK; j++) sp[j] = 0.0f;
+                                for (int d = 0; d < D; d++) {
+                                    float qd = qt[d];
+                                    const float* kd = kt.data() + (size_t)d * ATT_BK;
+                                    #pragma omp simd
+                                    for (int j = 0; j < ATT_BK; j++) sp[j] += qd * kd[j];
+                                }
+                                size_t r = (size_t)(h - kh * group) * ATT_BQ + (t - t0);
+                                float m_old = mx[r], m_new = m_old;
+                                for (int j = 0; j < nv; j++) { sp[j] *= scale; m_new = std::max(m_new, sp[j]); }
+                                float corr = exp_fast(m_old - m_new), sum = 0.0f;  // m_old = −inf → clamped → ~0, times 0
+                                #pragma omp simd reduction(+ : sum)
+                                for (int j = 0; j < nv; j++) { sp[j] = exp_fast(sp[j] - m_new); sum += sp[j]; }
+                                mx[r] = m_new;
+                                l[r] = l[r] * corr + sum;
+                                float* ar = acc.data() + r * D;
+                                #pragma omp simd
+                                for (int d = 0; d < D; d++) ar[d] *= corr;
+                                for (int j = 0; j < nv; j++) {
+                                    const float* vs = v + (((size_t)b * T + s0 + j) * KV + kh) * D;
+                                    float p = sp[j];
+                                    #pragma omp simd
+                                    for (int d = 0; d < D; d++) ar[d] += p * vs[d];
+                                }
+                            }
+                    }
+                    for (int h = kh * group; h < (kh + 1) * group; h++)
+                        for (int t = t0; t < t1; t++) {
+                            size_t r = (size_t)(h - kh * group) * ATT_BQ + (t - t0);
+                            float inv = 1.0f / l[r];
+                            float* yt = y + (((size_t)b * T + t) * H + h) * D;
+                            const float* ar = acc.data() + r * D;
+                            #pragma omp simd
+                            for (int d = 0; d < D; d++) yt[d] = ar[d] * inv;
+                            lse[((size_t)b * H + h) * T + t] = mx[r] + logf(l[r]);
+                        }
+                }
+    }
+}
+
+// Backward, recomputing P = e^(S − lse) blockwise. With δ_t = dy_t·y_t (= Σ_s P_ts dP_ts):
+//   dP = dy·vᵀ;  dS = P ⊙ (dP − δ)/√D;  dq += dS·k;  dk += dSᵀ·q;  dv += Pᵀ·dy      (all ACCUMULATE)
+// A task is (b, kv head): it owns the dk/dv rows of its kv head and the dq rows of its query heads, so
+// nothing is shared; within it, key blocks go in order, and queries t ≥ block start in order.
+void attention_backward_fast(float* dq, float* dk, float* dv, const float* dy, const float* y, const float* lse,
+                             const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D) {
+    int group = H / KV;
+    float scale = 1.0f / sqrtf((float)D);
+    #pragma omp parallel
+    {
+        std::vector<float> kt((size_t)D * ATT_BK), vt((size_t)D * ATT_BK), p(ATT_BK), dp(ATT_BK),
+            dkb((size_t)ATT_BK * D), dvb((size_t)ATT_BK * D), delta((size_t)group * T);
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int kh = 0; kh < KV; kh++) {
+                for (int h = kh * group; h < (kh + 1) * group; h++)
+                    for (int t = 0; t < T; t++) {
+                        const float* dyt = dy + (((size_t)b * T + t) * H + h) * D;
+                        const float* yt = y + (((size_t)b * T + t) * H + h) * D;
+                        float sum = 0.0f;
+                        #pragma omp simd reduction(+ : sum)
+                        for (int d = 0; d < D; d++) sum += dyt[d] * yt[d];
+                        delta[(size_t)(h - kh * group) * T + t] = sum;
+                    }
+                for (int s0 = 0; s0 < T; s0 += ATT_BK) {
+                    int nk = std::min(ATT_BK, T - s0);
+                    for (int j = 0; j < ATT_BK; j++) {
+                        for (int d = 0; d < D; d++) {
+                            bool in = j < nk;
+                            kt[(size_t)d * ATT_BK + j] = in ? k[(((size_t)b * T + s0 + j) * KV + kh) * D + d] : 0.0f;
+                            vt[(size_t)d * ATT_BK + j] = in ? v[(((size_t)b * T + s0 + j) * KV + kh) * D + d] : 0.0f;
+                        }
+                    }
+                    std::fill(dkb.begin(), dkb.end(), 0.0f);
+                    std::fill(dvb.begin(), dvb.end(), 0.0f);
+                    for (int h = kh * group; h < (kh + 1) * group; h++)
+                        for (int t = s0; t < T; t++) {
+                            int nv = std::min(nk, t - s0 + 1);
+                            const float* qt = q + (((size_t)b * T + t) * H + h) * D;
+                            const float* dyt = dy + (((size_t)b * T + t) * H + h) * D;
+                            float* dqt = dq + (((size_t)b * T + t) * H + h) * D;
+                            float L = lse[((size_t)b * H + h) * T + t], dl = delta[(size_t)(h - kh * group) * T + t];
+                            for (int j = 0; j < ATT_BK; j++) { p[j] = 0.0f; dp[j] = 0.0f; }
+                            for (int d = 0; d < D; d++) {
+                                float qd = qt[d], gd = dyt[d];
+                                const float* kd = kt.data() + (size_t)d * ATT_BK;
+                                const float* vd = vt.data() + (size_t)d * ATT_BK;
+                                #pragma omp simd
+                                for (int j = 0; j < ATT_BK; j++) { p[j] += qd * kd[j]; dp[j] += gd * vd[j]; }
+                            }
+                            #pragma omp simd
+                            for (int j = 0; j < nv; j++) {
+                                p[j] = exp_fast(p[j] * scale - L);
+                                dp[j] = p[j] * (dp[j] - dl) * scale;  // dS
+                            }
+                            for (int j = 0; j < nv; j++) {
+                                float pj = p[j], dsj = dp[j];
+                                const float* ks = k + (((size_t)b * T + s0 + j) * KV + kh) * D;
+                                float* dkj = dkb.data() + (size_t)j * D;
+                                float* dvj = dvb.data() + (size_t)j * D;
+                                #pragma omp simd
+                                for (int d = 0; d < D; d++) {
+                                    dvj[d] += pj * dyt[d];
+                                    dkj[d] += dsj * qt[d];
+                                    dqt[d] += dsj * ks[d];
+                                }
+                            }
+                        }
+                    for (int j = 0; j < nk; j++) {
+                        float* dks = dk + (((size_t)b * T + s0 + j) * KV + kh) * D;
+                        float* dvs = dv + (((size_t)b * T + s0 + j) * KV + kh) * D;
+                        const float* dkj = dkb.data() + (size_t)j * D;
+                        const float* dvj = dvb.data() + (size_t)j * D;
+                        #pragma omp simd
+                        for (int d = 0; d < D; d++) { dks[d] += dkj[d]; dvs[d] += dvj[d]; }
+                    }
+                }
+            }
+    }
+}
+
+// ============================================================================
 // the model
 
+// acts.att is the reference's softmax [L,B,H,T,T], or the fast path's row log-sum-exp [L,B,H,T]
+static size_t att_row_size(int T) { return g_cpu_reference ? (size_t)T : 1; }
+
 static void model_alloc_acts(Model* m, int B, int T) {
-    if (m->B == B && m->T == T) return;
     const Config& c = m->cfg;
     size_t BT = (size_t)B * T, L = c.num_hidden_layers, C = c.hidden_size, F = c.intermediate_size;
     size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
     size_t sizes[] = {(L + 1) * BT * C, L * BT * C, L * BT, L * BT * QD, L * BT * KVD, L * BT * KVD,
-                      L * B * c.num_attention_heads * (size_t)T * T, L * BT * QD, L * BT * C, L * BT * C, L * BT,
+                      L * B * c.num_attention_heads * (size_t)T * att_row_size(T), L * BT * QD, L * BT * C, L * BT * C, L * BT,
                       L * BT * F, L * BT * F, L * BT * F, BT * C, BT, BT * c.vocab_size, BT};
     float** ptrs[] = {&m->acts.residual, &m->acts.ln1, &m->acts.ln1_rstd, &m->acts.q, &m->acts.k, &m->acts.v,
                       &m->acts.att, &m->acts.atty, &m->acts.resid_mid, &m->acts.ln2, &m->acts.ln2_rstd,
@@ -572,6 +1174,7 @@ static void model_alloc_acts(Model* m, int B, int T) {
                       &m->acts.losses};
     size_t total = 0;
     for (size_t s : sizes) total += s;
+    if (m->B == B && m->T == T && m->acts_memory.size() == total) return;
     m->acts_memory.assign(total, 0.0f);
     float* p = m->acts_memory.data();
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) { *ptrs[i] = sizes[i] ? p : nullptr; p += sizes[i]; }
@@ -634,13 +1237,21 @@ float model_forward(Model* m, const int* inputs, const int* targets, int B, int 
 
     // token embedding → residual stream
     for (size_t i = 0; i < BT; i++) memcpy(a.residual + i * C, p.embed_tokens + (size_t)inputs[i] * C, C * sizeof(float));
+    const bool ref = g_cpu_reference;
+    std::vector<float> rope_cos, rope_sin;  // fast path: the RoPE table for positions 0..T-1
+    if (!ref) {
+        rope_cos.resize((size_t)T * (D / 2));
+        rope_sin.resize((size_t)T * (D / 2));
+        rope_table(rope_cos.data(), rope_sin.data(), T, D, c.rope_theta);
+        rmsnorm_forward(a.ln1, a.ln1_rstd, a.residual, p.input_layernorm, BT, C, c.rms_norm_eps);
+    }
     for (int l = 0; l < c.num_hidden_layers; l++) {
         float* x = a.residual + (size_t)l * BT * C;
         float* ln1 = a.ln1 + (size_t)l * BT * C;
         float* q = a.q + (size_t)l * BT * QD;
         float* k = a.k + (size_t)l * BT * KVD;
         float* v = a.v + (size_t)l * BT * KVD;
-        float* att = a.att + (size_t)l * B * H * T * T;
+        float* att = a.att + (size_t)l * B * H * T * att_row_size(T);
         float* atty = a.atty + (size_t)l * BT * QD;
         float* mid = a.resid_mid + (size_t)l * BT * C;
         float* ln2 = a.ln2 + (size_t)l * BT * C;
@@ -648,28 +1259,49 @@ float model_forward(Model* m, const int* inputs, const int* targets, int B, int 
         float* up = a.up + (size_t)l * BT * F;
         float* act = a.act + (size_t)l * BT * F;
         float* out = a.residual + (size_t)(l + 1) * BT * C;
-        // attention block: x + o_proj(attention(rope(q_proj(ln1)), rope(k_proj(ln1)), v_proj(ln1)))
-        rmsnorm_forward(ln1, a.ln1_rstd + (size_t)l * BT, x, p.input_layernorm + (size_t)l * C, BT, C, c.rms_norm_eps);
+        if (ref) {
+            // attention block: x + o_proj(attention(rope(q_proj(ln1)), rope(k_proj(ln1)), v_proj(ln1)))
+            rmsnorm_forward_ref(ln1, a.ln1_rstd + (size_t)l * BT, x, p.input_layernorm + (size_t)l * C, BT, C, c.rms_norm_eps);
+            matmul_forward_ref(q, ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
+            matmul_forward_ref(k, ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
+            matmul_forward_ref(v, ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
+            rope_forward(q, pos.data(), BT, H, D, c.rope_theta);
+            rope_forward(k, pos.data(), BT, KV, D, c.rope_theta);
+            attention_forward(atty, att, q, k, v, B, T, H, KV, D);
+            matmul_forward_ref(mid, atty, p.o_proj + (size_t)l * C * QD, BT, QD, C);
+            for (size_t i = 0; i < BT * C; i++) mid[i] += x[i];
+            // MLP block: mid + down_proj(silu(gate_proj(ln2)) ⊙ up_proj(ln2))
+            rmsnorm_forward_ref(ln2, a.ln2_rstd + (size_t)l * BT, mid, p.post_attention_layernorm + (size_t)l * C, BT, C, c.rms_norm_eps);
+            matmul_forward_ref(gate, ln2, p.gate_proj + (size_t)l * F * C, BT, C, F);
+            matmul_forward_ref(up, ln2, p.up_proj + (size_t)l * F * C, BT, C, F);
+            swiglu_forward(act, gate, up, BT * F);
+            matmul_forward_ref(out, act, p.down_proj + (size_t)l * C * F, BT, F, C);
+            for (size_t i = 0; i < BT * C; i++) out[i] += mid[i];
+            continue;
+        }
+        // the same on the fast paths; ln1 of this layer was made by the fused residual+norm that ended the last
         matmul_forward(q, ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
         matmul_forward(k, ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
         matmul_forward(v, ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
-        rope_forward(q, pos.data(), BT, H, D, c.rope_theta);
-        rope_forward(k, pos.data(), BT, KV, D, c.rope_theta);
-        attention_forward(atty, att, q, k, v, B, T, H, KV, D);
+        rope_apply(q, rope_cos.data(), rope_sin.data(), pos.data(), BT, H, D, 1.0f);
+        rope_apply(k, rope_cos.data(), rope_sin.data(), pos.data(), BT, KV, D, 1.0f);
+        attention_forward_fast(atty, att, q, k, v, B, T, H, KV, D);
         matmul_forward(mid, atty, p.o_proj + (size_t)l * C * QD, BT, QD, C);
-        for (size_t i = 0; i < BT * C; i++) mid[i] += x[i];
-        // MLP block: mid + down_proj(silu(gate_proj(ln2)) ⊙ up_proj(ln2))
-        rmsnorm_forward(ln2, a.ln2_rstd + (size_t)l * BT, mid, p.post_attention_layernorm + (size_t)l * C, BT, C, c.rms_norm_eps);
+        residual_rmsnorm_forward(mid, ln2, a.ln2_rstd + (size_t)l * BT, x, p.post_attention_layernorm + (size_t)l * C, BT, C, c.rms_norm_eps);
         matmul_forward(gate, ln2, p.gate_proj + (size_t)l * F * C, BT, C, F);
         matmul_forward(up, ln2, p.up_proj + (size_t)l * F * C, BT, C, F);
-        swiglu_forward(act, gate, up, BT * F);
+        swiglu_forward_fast(act, gate, up, BT * F);
         matmul_forward(out, act, p.down_proj + (size_t)l * C * F, BT, F, C);
-        for (size_t i = 0; i < BT * C; i++) out[i] += mid[i];
+        bool last = l + 1 == c.num_hidden_layers;  // the next norm: the next layer's input_layernorm, or the final norm
+        residual_rmsnorm_forward(out, last ? a.lnf : a.ln1 + (size_t)(l + 1) * BT * C, last ? a.lnf_rstd : a.ln1_rstd + (size_t)(l + 1) * BT,
+                                 mid, last ? p.norm : p.input_layernorm + (size_t)(l + 1) * C, BT, C, c.rms_norm_eps);
     }
-    rmsnorm_forward(a.lnf, a.lnf_rstd, a.residual + (size_t)c.num_hidden_layers * BT * C, p.norm, BT, C, c.rms_norm_eps);
-    matmul_forward(a.logits, a.lnf, p.lm_head, BT, C, V);
+    if (ref) rmsnorm_forward_ref(a.lnf, a.lnf_rstd, a.residual + (size_t)c.num_hidden_layers * BT * C, p.norm, BT, C, c.rms_norm_eps);
+    if (ref) matmul_forward_ref(a.logits, a.lnf, p.lm_head, BT, C, V);
+    else matmul_forward(a.logits, a.lnf, p.lm_head, BT, C, V);
     if (!targets) return 0.0f;
-    crossentropy_forward(a.losses, a.logits, targets, BT, V);
+    if (ref) crossentropy_forward(a.losses, a.logits, targets, BT, V);
+    else crossentropy_forward_fast(a.losses, a.logits, targets, BT, V);
     double sum = 0.0;
     size_t count = 0;
     for (size_t i = 0; i < BT; i++)
@@ -694,9 +1326,8 @@ void model_zero_grad(Model* m) {
     }
 }
 
-void model_backward(Model* m, const float* dlosses) {
-    if (m->B == 0 || m->inputs.empty()) die("backward: call forward first");
-    if (m->grads_memory.size() != m->num_parameters) model_zero_grad(m);
+// the reference backward: every layer's _ref / reference function, in the order of the math
+static void model_backward_ref(Model* m, const float* dlosses) {
     const Config& c = m->cfg;
     int B = m->B, T = m->T, BT = B * T;
     int C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
@@ -713,7 +1344,7 @@ void model_backward(Model* m, const float* dlosses) {
 
     crossentropy_backward(dlogits.data(), a.logits, m->targets.data(), dlosses, BT, V);
     std::fill(dln.begin(), dln.end(), 0.0f);
-    matmul_backward(dln.data(), g.lm_head, dlogits.data(), a.lnf, p.lm_head, BT, C, V);
+    matmul_backward_ref(dln.data(), g.lm_head, dlogits.data(), a.lnf, p.lm_head, BT, C, V);
     rmsnorm_backward(dres.data(), g.norm, dln.data(), a.residual + (size_t)L * BT * C, p.norm, a.lnf_rstd, BT, C);
     for (int l = L - 1; l >= 0; l--) {
         const float* x = a.residual + (size_t)l * BT * C;
@@ -722,23 +1353,23 @@ void model_backward(Model* m, const float* dlosses) {
         const float* up = a.up + (size_t)l * BT * F;
         // MLP block: dres is the gradient of the layer's output; it flows to mid directly and through the MLP
         std::fill(dact.begin(), dact.end(), 0.0f);
-        matmul_backward(dact.data(), g.down_proj + (size_t)l * C * F, dres.data(), a.act + (size_t)l * BT * F,
-                        p.down_proj + (size_t)l * C * F, BT, F, C);
+        matmul_backward_ref(dact.data(), g.down_proj + (size_t)l * C * F, dres.data(), a.act + (size_t)l * BT * F,
+                            p.down_proj + (size_t)l * C * F, BT, F, C);
         std::fill(dgate.begin(), dgate.end(), 0.0f);
         std::fill(dup.begin(), dup.end(), 0.0f);
         swiglu_backward(dgate.data(), dup.data(), dact.data(), gate, up, (size_t)BT * F);
         std::fill(dln.begin(), dln.end(), 0.0f);
-        matmul_backward(dln.data(), g.gate_proj + (size_t)l * F * C, dgate.data(), a.ln2 + (size_t)l * BT * C,
-                        p.gate_proj + (size_t)l * F * C, BT, C, F);
-        matmul_backward(dln.data(), g.up_proj + (size_t)l * F * C, dup.data(), a.ln2 + (size_t)l * BT * C,
-                        p.up_proj + (size_t)l * F * C, BT, C, F);
+        matmul_backward_ref(dln.data(), g.gate_proj + (size_t)l * F * C, dgate.data(), a.ln2 + (size_t)l * BT * C,
+                            p.gate_proj + (size_t)l * F * C, BT, C, F);
+        matmul_backward_ref(dln.data(), g.up_proj + (size_t)l * F * C, dup.data(), a.ln2 + (size_t)l * BT * C,
+                            p.up_proj + (size_t)l * F * C, BT, C, F);
         dmid = dres;
         rmsnorm_backward(dmid.data(), g.post_attention_layernorm + (size_t)l * C, dln.data(), mid,
                          p.post_attention_layernorm + (size_t)l * C, a.ln2_rstd + (size_t)l * BT, BT, C);
         // attention block
         std::fill(datty.begin(), datty.end(), 0.0f);
-        matmul_backward(datty.data(), g.o_proj + (size_t)l * C * QD, dmid.data(), a.atty + (size_t)l * BT * QD,
-                        p.o_proj + (size_t)l * C * QD, BT, QD, C);
+        matmul_backward_ref(datty.data(), g.o_proj + (size_t)l * C * QD, dmid.data(), a.atty + (size_t)l * BT * QD,
+                            p.o_proj + (size_t)l * C * QD, BT, QD, C);
         std::fill(dq.begin(), dq.end(), 0.0f);
         std::fill(dk.begin(), dk.end(), 0.0f);
         std::fill(dv.begin(), dv.end(), 0.0f);
@@ -748,9 +1379,9 @@ void model_backward(Model* m, const float* dlosses) {
         rope_backward(dk.data(), pos.data(), BT, KV, D, c.rope_theta);
         const float* ln1 = a.ln1 + (size_t)l * BT * C;
         std::fill(dln.begin(), dln.end(), 0.0f);
-        matmul_backward(dln.data(), g.q_proj + (size_t)l * QD * C, dq.data(), ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
-        matmul_backward(dln.data(), g.k_proj + (size_t)l * KVD * C, dk.data(), ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
-        matmul_backward(dln.data(), g.v_proj + (size_t)l * KVD * C, dv.data(), ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
+        matmul_backward_ref(dln.data(), g.q_proj + (size_t)l * QD * C, dq.data(), ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
+        matmul_backward_ref(dln.data(), g.k_proj + (size_t)l * KVD * C, dk.data(), ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
+        matmul_backward_ref(dln.data(), g.v_proj + (size_t)l * KVD * C, dv.data(), ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
         dres = dmid;
         rmsnorm_backward(dres.data(), g.input_layernorm + (size_t)l * C, dln.data(), x, p.input_layernorm + (size_t)l * C,
                          a.ln1_rstd + (size_t)l * BT, BT, C);
@@ -759,6 +1390,74 @@ void model_backward(Model* m, const float* dlosses) {
     for (int i = 0; i < BT; i++) {
         float* dst = g.embed_tokens + (size_t)m->inputs[i] * C;
         const float* src = dres.data() + (size_t)i * C;
+        for (int j = 0; j < C; j++) dst[j] += src[j];
+    }
+}
+
+// dX = dY·W overwrites (accumulate=false) or adds; dW += dYᵀ·X always adds (gradients accumulate)
+static void matmul_backward_fast(float* dinp, bool dinp_add, float* dweight, const float* dout, const float* inp,
+                                 const float* weight, int N, int in, int out_dim) {
+    gemm_f32(N, in, out_dim, dout, out_dim, false, weight, in, false, dinp, in, dinp_add);
+    gemm_f32(out_dim, in, N, dout, out_dim, true, inp, in, false, dweight, in, true);
+}
+
+void model_backward(Model* m, const float* dlosses) {
+    if (m->B == 0 || m->inputs.empty()) die("backward: call forward first");
+    if (m->grads_memory.size() != m->num_parameters) model_zero_grad(m);
+    if (g_cpu_reference) { model_backward_ref(m, dlosses); return; }
+    const Config& c = m->cfg;
+    int B = m->B, T = m->T, BT = B * T;
+    int C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
+    int QD = H * D, KVD = KV * D, V = c.vocab_size, L = c.num_hidden_layers;
+    ParameterTensors& p = m->params;
+    ParameterTensors& g = m->grads;
+    ActivationTensors& a = m->acts;
+    std::vector<int> pos(BT);
+    for (int i = 0; i < BT; i++) pos[i] = i % T;
+    std::vector<float> rope_cos((size_t)T * (D / 2)), rope_sin((size_t)T * (D / 2));
+    rope_table(rope_cos.data(), rope_sin.data(), T, D, c.rope_theta);
+    // scratch for the activation gradients of one layer at a time (each is overwritten before it is read)
+    std::vector<float> dlogits((size_t)BT * V), dres((size_t)BT * C), dmid((size_t)BT * C), dln((size_t)BT * C),
+        dq((size_t)BT * QD), dk((size_t)BT * KVD), dv((size_t)BT * KVD), datty((size_t)BT * QD), dact((size_t)BT * F),
+        dgate((size_t)BT * F), dup((size_t)BT * F);
+
+    crossentropy_backward_fast(dlogits.data(), a.logits, a.losses, m->targets.data(), dlosses, BT, V);
+    matmul_backward_fast(dln.data(), false, g.lm_head, dlogits.data(), a.lnf, p.lm_head, BT, C, V);
+    rmsnorm_backward_fast(dres.data(), nullptr, g.norm, dln.data(), a.residual + (size_t)L * BT * C, p.norm, a.lnf_rstd, BT, C);
+    for (int l = L - 1; l >= 0; l--) {
+        const float* x = a.residual + (size_t)l * BT * C;
+        const float* ln1 = a.ln1 + (size_t)l * BT * C;
+        const float* ln2 = a.ln2 + (size_t)l * BT * C;
+        // MLP block: dres is the gradient of the layer's output; it flows to mid directly and through the MLP
+        matmul_backward_fast(dact.data(), false, g.down_proj + (size_t)l * C * F, dres.data(), a.act + (size_t)l * BT * F,
+                             p.down_proj + (size_t)l * C * F, BT, F, C);
+        swiglu_backward_fast(dgate.data(), dup.data(), dact.data(), a.gate + (size_t)l * BT * F, a.up + (size_t)l * BT * F, (size_t)BT * F);
+        matmul_backward_fast(dln.data(), false, g.gate_proj + (size_t)l * F * C, dgate.data(), ln2, p.gate_proj + (size_t)l * F * C, BT, C, F);
+        matmul_backward_fast(dln.data(), true, g.up_proj + (size_t)l * F * C, dup.data(), ln2, p.up_proj + (size_t)l * F * C, BT, C, F);
+        rmsnorm_backward_fast(dmid.data(), dres.data(), g.post_attention_layernorm + (size_t)l * C, dln.data(),
+                              a.resid_mid + (size_t)l * BT * C, p.post_attention_layernorm + (size_t)l * C, a.ln2_rstd + (size_t)l * BT, BT, C);
+        // attention block
+        matmul_backward_fast(datty.data(), false, g.o_proj + (size_t)l * C * QD, dmid.data(), a.atty + (size_t)l * BT * QD,
+                             p.o_proj + (size_t)l * C * QD, BT, QD, C);
+        std::fill(dq.begin(), dq.end(), 0.0f);
+        std::fill(dk.begin(), dk.end(), 0.0f);
+        std::fill(dv.begin(), dv.end(), 0.0f);
+        attention_backward_fast(dq.data(), dk.data(), dv.data(), datty.data(), a.atty + (size_t)l * BT * QD,
+                                a.att + (size_t)l * B * H * T, a.q + (size_t)l * BT * QD, a.k + (size_t)l * BT * KVD,
+                                a.v + (size_t)l * BT * KVD, B, T, H, KV, D);
+        rope_apply(dq.data(), rope_cos.data(), rope_sin.data(), pos.data(), BT, H, D, -1.0f);
+        rope_apply(dk.data(), rope_cos.data(), rope_sin.data(), pos.data(), BT, KV, D, -1.0f);
+        matmul_backward_fast(dln.data(), false, g.q_proj + (size_t)l * QD * C, dq.data(), ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
+        matmul_backward_fast(dln.data(), true, g.k_proj + (size_t)l * KVD * C, dk.data(), ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
+        matmul_backward_fast(dln.data(), true, g.v_proj + (size_t)l * KVD * C, dv.data(), ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
+        rmsnorm_backward_fast(dres.data(), dmid.data(), g.input_layernorm + (size_t)l * C, dln.data(), x,
+                              p.input_layernorm + (size_t)l * C, a.ln1_rstd + (size_t)l * BT, BT, C);
+    }
+    // embedding: scatter-add, serial over tokens so repeated tokens add in a fixed order
+    for (int i = 0; i < BT; i++) {
+        float* dst = g.embed_tokens + (size_t)m->inputs[i] * C;
+        const float* src = dres.data() + (size_t)i * C;
+        #pragma omp simd
         for (int j = 0; j < C; j++) dst[j] += src[j];
     }
 }

@@ -108,7 +108,7 @@ struct ActivationTensors {
     float* q;          // [L, B, T, H*D]   after RoPE
     float* k;          // [L, B, T, KV*D]  after RoPE
     float* v;          // [L, B, T, KV*D]
-    float* att;        // [L, B, H, T, T]  softmax probabilities (reference path)
+    float* att;        // [L, B, H, T, T]  softmax probabilities (reference path); fast path: [L, B, H, T] row log-sum-exp
     float* atty;       // [L, B, T, H*D]   attention output before o_proj
     float* resid_mid;  // [L, B, T, C]     residual after the attention block
     float* ln2;        // [L, B, T, C]
@@ -157,6 +157,48 @@ void matmul_backward(float* dinp, float* dweight, const float* dout, const float
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
 void rope_forward(float* x, const int* pos, int N, int heads, int D, float theta);  // in place, HF rotate-half
 float silu(float x);
+
+// ----------------------------------------------------------------------------
+// fast CPU paths (deepseek.cu, section "fast CPU paths"): the functions the model runs on a CPU, each tested
+// against its reference (tests/test_fastpath.cpp). matmul_forward, matmul_backward and rmsnorm_forward above are
+// the fast versions; their references keep the _ref names. All are deterministic and independent of the thread
+// count (each output element is summed by one thread, in an order fixed by the shapes).
+
+extern bool g_cpu_reference;   // true: model_forward/model_backward run the reference layers (the oracle)
+const char* gemm_kernel_name(); // the microkernel chosen at build time, e.g. "avx512 14x32"
+// C[M,N] = (accumulate ? C : 0) + op(A)·op(B); op(A)[m,k] = A[m*lda+k], or A[k*lda+m] if a_trans; B likewise
+void gemm_f32(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
+              float* C, int ldc, bool accumulate);
+void residual_rmsnorm_forward(float* res, float* out, float* rstd, const float* skip, const float* weight, int N, int C, float eps);
+void rmsnorm_backward_fast(float* dinp, const float* dskip, float* dweight, const float* dout, const float* inp,
+                           const float* weight, const float* rstd, int N, int C);
+void rope_table(float* cosv, float* sinv, int T, int D, float theta);
+void rope_apply(float* x, const float* cosv, const float* sinv, const int* pos, int N, int heads, int D, float sign);
+void swiglu_forward_fast(float* act, const float* gate, const float* up, size_t n);
+void swiglu_backward_fast(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n);
+void crossentropy_forward_fast(float* losses, const float* logits, const int* targets, int N, int V);
+void crossentropy_backward_fast(float* dlogits, const float* logits, const float* losses, const int* targets,
+                                const float* dlosses, int N, int V);
+void attention_forward_fast(float* y, float* lse, const float* q, const float* k, const float* v,
+                            int B, int T, int H, int KV, int D);
+void attention_backward_fast(float* dq, float* dk, float* dv, const float* dy, const float* y, const float* lse,
+                             const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
+// the references (the oracle), for tests
+void matmul_forward_ref(float* out, const float* inp, const float* weight, int N, int in, int out_dim);
+void matmul_backward_ref(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                         int N, int in, int out_dim);
+void rmsnorm_forward_ref(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                      const float* rstd, int N, int C);
+void rope_backward(float* dx, const int* pos, int N, int heads, int D, float theta);
+void attention_forward(float* y, float* att, const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
+void attention_backward(float* dq, float* dk, float* dv, const float* dy, const float* att, const float* q,
+                        const float* k, const float* v, int B, int T, int H, int KV, int D);
+void swiglu_forward(float* act, const float* gate, const float* up, size_t n);
+void swiglu_backward(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n);
+void crossentropy_forward(float* losses, const float* logits, const int* targets, int N, int V);
+void crossentropy_backward(float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V);
+// (end of fast CPU paths)
 
 // ----------------------------------------------------------------------------
 // safetensors and model directories (Hugging Face layout)
@@ -238,6 +280,67 @@ enum class Device { CPU, CUDA };
 Device device_select(const std::string& flag);   // "auto" | "cpu" | "cuda"; dies with a clear line if cuda is unavailable
 int cuda_device_count();                          // 0 when built without CUDA or no device
 std::string cuda_device_name(int i);
+
+// ---- train.cu: token shards, data loader, AdamW, clipping, schedules, scaling laws, checkpoints (pre-training)
+
+// token shard: a 256 × int32 header (magic 20240102, version 1, vocab size, token count lo/hi) then uint32 tokens
+void shard_write(const std::string& path, const std::vector<uint32_t>& tokens, int vocab_size);
+struct Shard {                        // a memory-mapped, fully validated shard
+    const uint32_t* tokens = nullptr;
+    size_t n = 0;                     // tokens
+    int vocab_size = 0;               // from the header
+    void* map = nullptr;
+    size_t map_size = 0;
+    Shard() = default;
+    Shard(const Shard&) = delete;
+    Shard& operator=(const Shard&) = delete;
+    ~Shard();
+};
+// dies (one clear line) on a bad magic/version, a truncated file, a vocabulary above max_vocab (if > 0), a bad token
+void shard_open(Shard* s, const std::string& path, int max_vocab);
+double unigram_entropy_bits(const std::vector<uint32_t>& tokens, int vocab_size);   // bits per token
+// blank-line documents; document i goes to val iff floor((i+1)·F) > floor(i·F)
+void split_train_val(const std::string& text, double val_fraction, std::string* train, std::string* val);
+
+// windows of T+1 tokens, shuffled per epoch from (seed, epoch), rank r of `world` reads permutation positions ≡ r
+struct DataLoader {
+    Shard shard;
+    int B = 0, T = 0, rank = 0, world = 1;
+    uint64_t seed = 0;
+    bool shuffle = true;
+    size_t num_windows = 0, per_rank = 0;
+    uint64_t epoch = 0;               // cursor: the epoch and the windows this rank has read in it
+    size_t index = 0;
+    std::vector<uint32_t> perm;       // this epoch's window order
+};
+void loader_init(DataLoader* d, const std::string& path, int B, int T, int rank, int world, uint64_t seed, int max_vocab,
+                 bool shuffle);
+void loader_seek(DataLoader* d, uint64_t epoch, size_t index);
+void loader_next(DataLoader* d, int* inputs, int* targets);   // [B, T] each
+
+// AdamW with torch.optim.AdamW's arithmetic (β1 0.9, β2 0.95, ε 1e-8); t = update count starting at 1
+void adamw_step(float* p, const float* g, float* m, float* v, size_t n, float lr, float weight_decay, long t);
+struct AdamW { std::vector<float> m, v; long t = 0; };
+void adamw_update(Model* model, AdamW* opt, float lr);        // weight decay 0.1 on matrices, none on norm weights
+double grad_global_norm(const float* g, size_t n);            // deterministic: independent of the thread count
+double clip_grad_norm(float* g, size_t n, double max_norm);   // torch.nn.utils.clip_grad_norm_; returns the norm
+
+enum class LRSchedule { MULTISTEP, COSINE };
+long default_warmup_steps(long total_steps);
+double lr_at(LRSchedule sched, double peak, long step, long total, long warmup);   // step = 0-based update index
+
+struct ScalingPlan { double compute, batch_tokens, learning_rate, flops_per_token, tokens; };
+ScalingPlan scaling_plan(double compute);
+Config plan_shape(double flops_per_token, int seq_len, int vocab_size);
+
+// pre-training objective: forward + per-token loss weights (the plug-in point for SFT/DPO)
+float pretrain_objective(Model* m, const int* inputs, const int* targets, int B, int T, std::vector<float>* dlosses);
+struct EvalResult { double loss = 0, bits_per_byte = 0; size_t tokens = 0; };
+EvalResult evaluate(Model* m, DataLoader* val, int max_windows, const std::vector<int>& token_bytes, double mean_bytes_per_token);
+std::vector<int> sample_greedy(Model* m, std::vector<int> ids, int n_new, int limit);
+// checkpoints: DIR = HF model directory + optimizer.safetensors (exp_avg.*, exp_avg_sq.*) + trainer_state.json
+long checkpoint_read(const std::string& dir, Model* m, AdamW* opt);   // returns the step; dies on a bad checkpoint
+std::string checkpoint_latest(const std::string& dir);   // newest complete checkpoint of a run dir ("" if none)
 
 // ----------------------------------------------------------------------------
 // subcommands (each file implements its own)

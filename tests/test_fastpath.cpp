@@ -1,0 +1,297 @@
+// Fast CPU paths (deepseek.cu, "fast CPU paths") against the CPU fp32 reference they replace: every fast
+// function on shapes that are not multiples of its tile sizes, single rows included, and the whole model.
+// Tolerances: both sides are fp32 and differ only in summation order (and the fast exp, ≤ 1 ulp). A K-term
+// fp32 sum carries a rounding error of up to ~K·2^-24 of its partial sums' size (a random walk, ~√K, in
+// practice); errors are measured relative to each element with an absolute floor of 1% of the tensor's largest
+// magnitude, so for K ≤ 600 random terms they reach a few 1e-5: the bound is 1e-4 (a wrong index or a lost
+// block gives errors of order 1). Elementwise layers with no long sums are held to 1e-5 or tighter.
+#include <doctest/doctest.h>  // TEST_CASE, CHECK, REQUIRE, MESSAGE
+#include <algorithm>          // std::max({...})
+#include <cmath>              // fabs
+#include <cstdlib>            // getenv
+#include <cstring>            // memcmp
+#include <vector>             // std::vector
+#include <omp.h>              // omp_set_num_threads, omp_get_max_threads
+#include "../deepseek.h"      // the fast paths and their references
+#include "test_util.h"        // max_rel_err
+
+static bool under_asan() { return getenv("DEEPSEEK_ASAN") != nullptr; }
+
+// deterministic, varied test data in about [-scale, scale]
+static std::vector<float> test_data(size_t n, uint32_t seed, float scale = 1.0f) {
+    std::vector<float> v(n);
+    uint32_t s = seed * 2654435761u + 12345u;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 1664525u + 1013904223u;
+        v[i] = scale * ((float)(s >> 8) / 8388608.0f - 1.0f);
+    }
+    return v;
+}
+static double floor_of(const std::vector<float>& ref) {
+    double mx = 0;
+    for (float x : ref) mx = std::max(mx, (double)fabs(x));
+    return std::max(1e-2 * mx, 1e-30);
+}
+static double rel_err(const std::vector<float>& got, const std::vector<float>& ref) {
+    REQUIRE(got.size() == ref.size());
+    return max_rel_err(got.data(), ref.data(), got.size(), floor_of(ref));
+}
+// runs f with n OpenMP threads, restoring the previous count
+template <class F> static void with_threads(int n, F f) {
+    int old = omp_get_max_threads();
+    omp_set_num_threads(n);
+    f();
+    omp_set_num_threads(old);
+}
+
+// ---------------------------------------------------------------------------- GEMM
+
+// (N rows, in, out): single rows, sizes off the 14×32 / 6×16 / 4×16 tiles, and K past one 256 block
+static const int kMatShapes[][3] = {{1, 7, 5}, {2, 33, 17}, {4, 64, 40}, {5, 16, 32}, {13, 48, 31}, {15, 257, 33},
+                                    {29, 300, 70}, {64, 129, 96}, {97, 520, 65}, {200, 64, 1100}};
+
+TEST_CASE("the fast matmul (forward, dX and dW) matches the reference on shapes off the tile sizes, single rows included") {
+    double worst = 0;
+    for (auto& s : kMatShapes) {
+        int N = s[0], in = s[1], out = s[2];
+        auto x = test_data((size_t)N * in, 1 + N), w = test_data((size_t)out * in, 2 + in), dy = test_data((size_t)N * out, 3 + out);
+        std::vector<float> y((size_t)N * out), y_ref(y.size());
+        matmul_forward(y.data(), x.data(), w.data(), N, in, out);
+        matmul_forward_ref(y_ref.data(), x.data(), w.data(), N, in, out);
+        // backward accumulates: start both from the same non-zero gradients
+        auto dx = test_data((size_t)N * in, 4), dw = test_data((size_t)out * in, 5);
+        auto dx_ref = dx, dw_ref = dw;
+        matmul_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), N, in, out);
+        matmul_backward_ref(dx_ref.data(), dw_ref.data(), dy.data(), x.data(), w.data(), N, in, out);
+        double e = std::max({rel_err(y, y_ref), rel_err(dx, dx_ref), rel_err(dw, dw_ref)});
+        if (e > 1e-4) MESSAGE("N=" << N << " in=" << in << " out=" << out << ": rel err " << e);
+        worst = std::max(worst, e);
+    }
+    MESSAGE("matmul fast vs reference (" << gemm_kernel_name() << "): max rel err " << worst);
+    CHECK(worst < 1e-4);
+}
+
+TEST_CASE("gemm_f32 computes op(A)·op(B) for all four transpositions, overwriting or accumulating, with leading dimensions") {
+    const int shapes[][3] = {{1, 1, 1}, {3, 45, 7}, {17, 33, 300}, {30, 64, 513}};  // M, N, K
+    double worst = 0;
+    for (auto& s : shapes)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int acc = 0; acc < 2; acc++) {
+                    int M = s[0], N = s[1], K = s[2];
+                    int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 2;  // padded rows
+                    auto A = test_data((size_t)(ta ? K : M) * lda, 7), B = test_data((size_t)(tb ? N : K) * ldb, 8);
+                    auto C = test_data((size_t)M * ldc, 9);
+                    auto want = C;
+                    for (int m = 0; m < M; m++)  // the definition, in double
+                        for (int n = 0; n < N; n++) {
+                            double sum = acc ? C[(size_t)m * ldc + n] : 0.0;
+                            for (int k = 0; k < K; k++)
+                                sum += (double)(ta ? A[(size_t)k * lda + m] : A[(size_t)m * lda + k]) *
+                                       (tb ? B[(size_t)n * ldb + k] : B[(size_t)k * ldb + n]);
+                            want[(size_t)m * ldc + n] = (float)sum;
+                        }
+                    gemm_f32(M, N, K, A.data(), lda, ta, B.data(), ldb, tb, C.data(), ldc, acc);
+                    worst = std::max(worst, rel_err(C, want));  // padding columns: untouched on both sides
+                }
+    MESSAGE("gemm_f32 vs double definition: max rel err " << worst);
+    CHECK(worst < 1e-4);
+}
+
+TEST_CASE("gemm results are bit-identical for 1, 2 and 3 threads") {
+    int M = 61, N = 130, K = 600;
+    auto A = test_data((size_t)M * K, 11), B = test_data((size_t)N * K, 12);
+    std::vector<float> c1((size_t)M * N), c2(c1.size()), c3(c1.size());
+    with_threads(1, [&] { gemm_f32(M, N, K, A.data(), K, false, B.data(), K, true, c1.data(), N, false); });
+    with_threads(2, [&] { gemm_f32(M, N, K, A.data(), K, false, B.data(), K, true, c2.data(), N, false); });
+    with_threads(3, [&] { gemm_f32(M, N, K, A.data(), K, false, B.data(), K, true, c3.data(), N, false); });
+    CHECK(memcmp(c1.data(), c2.data(), c1.size() * 4) == 0);
+    CHECK(memcmp(c1.data(), c3.data(), c1.size() * 4) == 0);
+}
+
+// ---------------------------------------------------------------------------- elementwise layers
+
+TEST_CASE("fast RMSNorm, the fused residual+RMSNorm and its backward match the reference") {
+    for (int C : {1, 17, 64, 130}) {
+        int N = 9;
+        auto x = test_data((size_t)N * C, 21), skip = test_data((size_t)N * C, 22), w = test_data(C, 23), dy = test_data((size_t)N * C, 24);
+        float eps = 1e-5f;
+        std::vector<float> y((size_t)N * C), y_ref(y.size()), r(N), r_ref(N);
+        rmsnorm_forward(y.data(), r.data(), x.data(), w.data(), N, C, eps);
+        rmsnorm_forward_ref(y_ref.data(), r_ref.data(), x.data(), w.data(), N, C, eps);
+        CHECK(rel_err(y, y_ref) < 1e-5);
+        CHECK(rel_err(r, r_ref) < 1e-5);
+        // fused: res = x + skip, normed
+        auto res = x;
+        std::vector<float> sum_ref((size_t)N * C);
+        for (size_t i = 0; i < sum_ref.size(); i++) sum_ref[i] = x[i] + skip[i];
+        rmsnorm_forward_ref(y_ref.data(), r_ref.data(), sum_ref.data(), w.data(), N, C, eps);
+        residual_rmsnorm_forward(res.data(), y.data(), r.data(), skip.data(), w.data(), N, C, eps);
+        CHECK(memcmp(res.data(), sum_ref.data(), res.size() * 4) == 0);  // the add is the same single rounding
+        CHECK(rel_err(y, y_ref) < 1e-5);
+        CHECK(rel_err(r, r_ref) < 1e-5);
+        // backward, accumulating (dskip = dinp) and with a separate skip gradient
+        auto dx = test_data((size_t)N * C, 25), dw = test_data(C, 26);
+        auto dx_ref = dx, dw_ref = dw;
+        rmsnorm_backward(dx_ref.data(), dw_ref.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
+        rmsnorm_backward_fast(dx.data(), dx.data(), dw.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
+        CHECK(rel_err(dx, dx_ref) < 1e-5);
+        CHECK(rel_err(dw, dw_ref) < 1e-5);
+        auto dskip = test_data((size_t)N * C, 27);
+        std::vector<float> dx2((size_t)N * C, 123.0f), dw2(C, 0.0f), dx2_ref = dskip, dw2_ref(C, 0.0f);
+        rmsnorm_backward(dx2_ref.data(), dw2_ref.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
+        rmsnorm_backward_fast(dx2.data(), dskip.data(), dw2.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
+        CHECK(rel_err(dx2, dx2_ref) < 1e-5);
+        CHECK(rel_err(dw2, dw2_ref) < 1e-5);
+    }
+}
+
+TEST_CASE("RoPE from the table is bit-identical to the reference rotation, forward and backward") {
+    int T = 37, heads = 3, D = 10;
+    std::vector<int> pos(2 * T);
+    for (int i = 0; i < 2 * T; i++) pos[i] = (i * 7) % T;  // positions in any order
+    auto x = test_data((size_t)2 * T * heads * D, 31);
+    std::vector<float> cs((size_t)T * D / 2), sn(cs.size());
+    for (float theta : {10000.0f, 500000.0f}) {
+        rope_table(cs.data(), sn.data(), T, D, theta);
+        auto a = x, b = x;
+        rope_apply(a.data(), cs.data(), sn.data(), pos.data(), 2 * T, heads, D, 1.0f);
+        rope_forward(b.data(), pos.data(), 2 * T, heads, D, theta);
+        CHECK(memcmp(a.data(), b.data(), a.size() * 4) == 0);
+        rope_apply(a.data(), cs.data(), sn.data(), pos.data(), 2 * T, heads, D, -1.0f);
+        rope_backward(b.data(), pos.data(), 2 * T, heads, D, theta);
+        CHECK(memcmp(a.data(), b.data(), a.size() * 4) == 0);
+    }
+}
+
+TEST_CASE("fast SwiGLU forward and backward match the reference") {
+    size_t n = 1003;
+    auto g = test_data(n, 41, 12.0f), u = test_data(n, 42), da = test_data(n, 43);
+    std::vector<float> a(n), a_ref(n), dg(n), du(n), dg_ref(n, 0.0f), du_ref(n, 0.0f);
+    swiglu_forward_fast(a.data(), g.data(), u.data(), n);
+    swiglu_forward(a_ref.data(), g.data(), u.data(), n);
+    swiglu_backward_fast(dg.data(), du.data(), da.data(), g.data(), u.data(), n);  // writes
+    swiglu_backward(dg_ref.data(), du_ref.data(), da.data(), g.data(), u.data(), n);  // accumulates onto 0
+    double e = std::max({rel_err(a, a_ref), rel_err(dg, dg_ref), rel_err(du, du_ref)});
+    MESSAGE("swiglu fast vs reference: max rel err " << e);
+    CHECK(e < 2e-6);
+}
+
+TEST_CASE("fused cross-entropy matches the reference loss and gradient; masked rows are exactly zero") {
+    for (int V : {1, 5, 100, 1031}) {
+        int N = 7;
+        auto z = test_data((size_t)N * V, 51, 8.0f), dl = test_data(N, 52);
+        std::vector<int> tg(N);
+        for (int i = 0; i < N; i++) tg[i] = (i * 13) % V;
+        tg[2] = -1;
+        dl[4] = 0.0f;
+        std::vector<float> loss(N), loss_ref(N), dz((size_t)N * V, 7.0f), dz_ref((size_t)N * V);
+        crossentropy_forward_fast(loss.data(), z.data(), tg.data(), N, V);
+        crossentropy_forward(loss_ref.data(), z.data(), tg.data(), N, V);
+        crossentropy_backward_fast(dz.data(), z.data(), loss.data(), tg.data(), dl.data(), N, V);
+        crossentropy_backward(dz_ref.data(), z.data(), tg.data(), dl.data(), N, V);
+        CHECK(rel_err(loss, loss_ref) < 1e-5);
+        CHECK(rel_err(dz, dz_ref) < 1e-5);
+        CHECK(loss[2] == 0.0f);
+        for (int i = 0; i < V; i++) {
+            REQUIRE(dz[(size_t)2 * V + i] == 0.0f);
+            REQUIRE(dz[(size_t)4 * V + i] == 0.0f);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- attention
+
+TEST_CASE("blockwise online-softmax attention matches the reference (GQA and MHA, T off the block sizes, T = 1)") {
+    struct S { int B, T, H, KV, D; };
+    std::vector<S> shapes = {{1, 1, 2, 1, 4}, {2, 13, 6, 2, 8}, {1, 70, 4, 4, 10}, {2, 131, 4, 2, 16}};
+    if (!under_asan()) shapes.push_back({1, 260, 8, 2, 64});
+    double worst = 0;
+    for (auto s : shapes) {
+        size_t nq = (size_t)s.B * s.T * s.H * s.D, nk = (size_t)s.B * s.T * s.KV * s.D;
+        auto q = test_data(nq, 61, 2.0f), k = test_data(nk, 62, 2.0f), v = test_data(nk, 63), dy = test_data(nq, 64);
+        std::vector<float> y(nq), y_ref(nq), lse((size_t)s.B * s.H * s.T), att((size_t)s.B * s.H * s.T * s.T);
+        attention_forward_fast(y.data(), lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.KV, s.D);
+        attention_forward(y_ref.data(), att.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.KV, s.D);
+        // backward accumulates: both start from the same gradients
+        auto dq = test_data(nq, 65), dk = test_data(nk, 66), dv = test_data(nk, 67);
+        auto dq_ref = dq, dk_ref = dk, dv_ref = dv;
+        attention_backward_fast(dq.data(), dk.data(), dv.data(), dy.data(), y.data(), lse.data(), q.data(), k.data(), v.data(),
+                                s.B, s.T, s.H, s.KV, s.D);
+        attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dy.data(), att.data(), q.data(), k.data(), v.data(),
+                           s.B, s.T, s.H, s.KV, s.D);
+        double e = std::max({rel_err(y, y_ref), rel_err(dq, dq_ref), rel_err(dk, dk_ref), rel_err(dv, dv_ref)});
+        MESSAGE("attention B=" << s.B << " T=" << s.T << " H=" << s.H << " KV=" << s.KV << " D=" << s.D << ": max rel err " << e);
+        worst = std::max(worst, e);
+    }
+    CHECK(worst < 1e-4);
+}
+
+// ---------------------------------------------------------------------------- the model
+
+static Config fast_test_config() {
+    Config c;
+    c.vocab_size = 301; c.hidden_size = 96; c.num_hidden_layers = 2; c.num_attention_heads = 6; c.num_key_value_heads = 2;
+    c.head_dim = 16; c.intermediate_size = 200; c.max_position_embeddings = 128;
+    return c;
+}
+struct ModelRun { float loss; std::vector<float> logits, grads; };
+static ModelRun run_model(const Config& c, bool reference, int B, int T) {
+    Model m;
+    model_build(&m, c);
+    model_init_random(&m, 5, 0.08f);
+    std::vector<int> in(B * T), tg(B * T);
+    for (int i = 0; i < B * T; i++) { in[i] = (i * 37 + 11) % c.vocab_size; tg[i] = (i * 53 + 7) % c.vocab_size; }
+    tg[3] = -1;
+    tg[B * T - 2] = -1;
+    std::vector<float> w;
+    model_mean_loss_weights(tg.data(), B * T, &w);
+    bool old = g_cpu_reference;
+    g_cpu_reference = reference;
+    ModelRun r;
+    r.loss = model_forward(&m, in.data(), tg.data(), B, T);
+    model_zero_grad(&m);
+    model_backward(&m, w.data());
+    g_cpu_reference = old;
+    r.logits.assign(m.acts.logits, m.acts.logits + (size_t)B * T * c.vocab_size);
+    r.grads = m.grads_memory;
+    return r;
+}
+
+// Each side is within ~5e-5 of float64 transformers on the fixtures (test_model.cpp), so they may differ by the
+// sum of their errors: 2e-4. (A fast path that is wrong, not just rounded differently, misses by orders more.)
+TEST_CASE("the model on the fast paths matches the reference model: logits, loss and every gradient") {
+    Config c = fast_test_config();
+    int B = 2, T = under_asan() ? 37 : 75;  // T crosses attention blocks and is no multiple of a tile
+    ModelRun fast = run_model(c, false, B, T), ref = run_model(c, true, B, T);
+    double el = rel_err(fast.logits, ref.logits);
+    MESSAGE("model fast vs reference: logits " << el << ", loss " << fast.loss << " vs " << ref.loss);
+    CHECK(el < 2e-4);
+    CHECK(fabs(fast.loss - ref.loss) / fabs(ref.loss) < 1e-5);
+    double worst = 0;
+    std::string worst_name;
+    for (const ParamView& pv : param_views(c)) {
+        size_t n = 1;
+        for (auto d : pv.shape) n *= (size_t)d;
+        std::vector<float> g(fast.grads.begin() + pv.offset, fast.grads.begin() + pv.offset + n),
+            gr(ref.grads.begin() + pv.offset, ref.grads.begin() + pv.offset + n);
+        double e = rel_err(g, gr);
+        if (e > worst) { worst = e; worst_name = pv.name; }
+    }
+    MESSAGE("model fast vs reference: gradients max rel err " << worst << " (" << worst_name << ")");
+    CHECK(worst < 2e-4);
+}
+
+TEST_CASE("training steps on the fast paths are bit-identical for 1, 2 and 3 threads") {
+    Config c = fast_test_config();
+    ModelRun r1, r2, r3;
+    with_threads(1, [&] { r1 = run_model(c, false, 2, 33); });
+    with_threads(2, [&] { r2 = run_model(c, false, 2, 33); });
+    with_threads(3, [&] { r3 = run_model(c, false, 2, 33); });
+    CHECK(r1.loss == r2.loss);
+    CHECK(r1.loss == r3.loss);
+    CHECK(memcmp(r1.logits.data(), r2.logits.data(), r1.logits.size() * 4) == 0);
+    CHECK(memcmp(r1.logits.data(), r3.logits.data(), r1.logits.size() * 4) == 0);
+    CHECK(memcmp(r1.grads.data(), r2.grads.data(), r1.grads.size() * 4) == 0);
+    CHECK(memcmp(r1.grads.data(), r3.grads.data(), r1.grads.size() * 4) == 0);
+}

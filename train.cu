@@ -1,9 +1,1112 @@
-// train.cu — training: data loader, AdamW, learning-rate schedules, scaling-law planner, checkpoints,
-// SFT and DPO objectives, data parallelism. (Being written: see the issues.)
+// train.cu — pre-training the DeepSeek LLM recipe: token shards, the data loader, AdamW, the multi-step
+// learning-rate schedule, the paper's scaling laws, gradient clipping and accumulation, checkpoints that resume
+// bit-exactly, validation in bits per byte, metrics, the loss-curve picture. SFT and DPO plug into the same loop
+// through an objective (a function that turns a micro-batch into per-token loss weights); data parallelism plugs in
+// through the loader's rank/world and one gradient all-reduce point.
+//
+// What it is: the plain fp32 CPU training loop, deterministic to the bit (a run stopped and resumed gives the same
+// weights as a run that never stopped). What it is not: fast — the speed is the model's forward/backward.
+//
+// Shapes: B sequences per micro-batch, T tokens per sequence; a step = accum micro-batches × world ranks.
 #include "deepseek.h"
+#include <algorithm>     // std::sort, std::min, std::max
+#include <chrono>        // steady_clock: tokens/s, ETA
+#include <cerrno>        // errno
+#include <cmath>         // pow, cos, log, sqrt, isfinite
+#include <csignal>       // sigaction: SIGINT/SIGTERM finish the step and checkpoint
+#include <cstdio>        // printf, FILE
+#include <cstring>       // memcpy, strerror
+#include <dirent.h>      // opendir: listing checkpoints
+#include <fcntl.h>       // open (fsync of directories)
+#include <sys/mman.h>    // mmap: token shards
+#include <sys/stat.h>    // stat
+#include <unistd.h>      // fsync, unlink, rmdir
+#include <nlohmann/json.hpp>  // nlohmann::json: data.json, trainer_state.json, metrics.jsonl
+#ifdef _OPENMP
+#include <omp.h>         // omp_set_num_threads, omp_get_max_threads
+#endif
 
-int cmd_plan(int, char**) { die("plan: not implemented yet"); }
-int cmd_data(int, char**) { die("data: not implemented yet"); }
-int cmd_train(int, char**) { die("train: not implemented yet"); }
+using json = nlohmann::json;
+
+// ============================================================================
+// the paper's constants (DeepSeek LLM, arXiv 2401.02954, §2.3 and §3)
+
+constexpr double ADAMW_BETA1 = 0.9;
+constexpr double ADAMW_BETA2 = 0.95;
+constexpr double ADAMW_EPS = 1e-8;           // not stated in the paper: PyTorch's default
+constexpr double WEIGHT_DECAY = 0.1;
+constexpr double CLIP_GRAD_NORM = 1.0;
+constexpr long PAPER_WARMUP_STEPS = 2000;
+constexpr double MULTISTEP_AT_1 = 0.8, MULTISTEP_FACTOR_1 = 0.316;  // after 80% of the tokens: 31.6% of the peak
+constexpr double MULTISTEP_AT_2 = 0.9, MULTISTEP_FACTOR_2 = 0.1;    // after 90%: 10%
+// scaling laws, C in FLOPs:  B_opt = 0.2920·C^0.3271,  η_opt = 0.3118·C^−0.1250,
+//                            M_opt = 0.1715·C^0.5243,  D_opt = 5.8316·C^0.4757
+constexpr double BOPT_K = 0.2920, BOPT_E = 0.3271, LROPT_K = 0.3118, LROPT_E = -0.1250;
+constexpr double MOPT_K = 0.1715, MOPT_E = 0.5243, DOPT_K = 5.8316, DOPT_E = 0.4757;
+
+// ============================================================================
+// small helpers
+
+static double now_s() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+static std::string hms(double s) {
+    long t = (long)(s + 0.5);
+    char b[32];
+    if (t >= 3600) snprintf(b, sizeof b, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(b, sizeof b, "%ld:%02ld", t / 60, t % 60);
+    return b;
+}
+static void set_threads(const Args& a) {
+#ifdef _OPENMP
+    if (a.has("threads")) omp_set_num_threads((int)a.integer("threads", 1, 1, 1024));
+#endif
+}
+static int num_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+static json parse_json_file(const std::string& path) {
+    std::string text = read_file(path);
+    try { return json::parse(text); } catch (const std::exception& e) { die("%s: malformed JSON (%s)", path.c_str(), e.what()); }
+}
+// removes a directory tree (checkpoints are flat directories of plain files)
+static void remove_tree(const std::string& path) {
+    DIR* d = opendir(path.c_str());
+    if (!d) { unlink(path.c_str()); return; }
+    while (struct dirent* e = readdir(d)) {
+        std::string n = e->d_name;
+        if (n == "." || n == "..") continue;
+        std::string p = path + "/" + n;
+        if (dir_exists(p)) remove_tree(p); else unlink(p.c_str());
+    }
+    closedir(d);
+    rmdir(path.c_str());
+}
+static void fsync_dir(const std::string& path) {
+    int fd = open(path.c_str(), O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) { fsync(fd); close(fd); }
+}
+static std::string parent_dir(const std::string& path) {
+    std::string p = path;
+    while (p.size() > 1 && p.back() == '/') p.pop_back();
+    size_t s = p.find_last_of('/');
+    return s == std::string::npos ? "." : (s == 0 ? "/" : p.substr(0, s));
+}
+static void copy_file(const std::string& from, const std::string& to) { write_file_atomic(to, read_file(from)); }
+
+// ============================================================================
+// token shards: a 256 × int32 header, then the tokens as uint32 (DeepSeek's vocabulary needs more than 16 bits)
+//   header[0] magic, [1] version, [2] vocabulary size, [3] token count (low 32 bits), [4] (high 32 bits)
+
+constexpr int32_t SHARD_MAGIC = 20240102;   // the paper's arXiv number, 2401.02954
+constexpr int32_t SHARD_VERSION = 1;
+constexpr int SHARD_HEADER_INTS = 256;
+
+void shard_write(const std::string& path, const std::vector<uint32_t>& tokens, int vocab_size) {
+    std::vector<int32_t> h(SHARD_HEADER_INTS, 0);
+    h[0] = SHARD_MAGIC;
+    h[1] = SHARD_VERSION;
+    h[2] = vocab_size;
+    h[3] = (int32_t)(uint32_t)(tokens.size() & 0xffffffffu);
+    h[4] = (int32_t)(uint32_t)((uint64_t)tokens.size() >> 32);
+    std::string bytes((const char*)h.data(), h.size() * 4);
+    bytes.append((const char*)tokens.data(), tokens.size() * 4);
+    write_file_atomic(path, bytes);
+}
+
+Shard::~Shard() { if (map) munmap(map, map_size); }
+
+// Maps a shard and validates it fully: header, size, and every token below the vocabulary size.
+void shard_open(Shard* s, const std::string& path, int max_vocab) {
+    int fd = open(path.c_str(), O_RDONLY);
+    if (fd < 0) die("cannot open token shard %s: %s", path.c_str(), strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) { close(fd); die("cannot stat %s", path.c_str()); }
+    size_t size = (size_t)st.st_size;
+    if (size < SHARD_HEADER_INTS * 4) { close(fd); die("%s: not a token shard (only %zu bytes)", path.c_str(), size); }
+    void* map = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) die("cannot map %s: %s", path.c_str(), strerror(errno));
+    s->map = map;
+    s->map_size = size;
+    const int32_t* h = (const int32_t*)map;
+    if (h[0] != SHARD_MAGIC) die("%s: not a token shard (magic %d, expected %d)", path.c_str(), h[0], SHARD_MAGIC);
+    if (h[1] != SHARD_VERSION) die("%s: unsupported token shard version %d (expected %d)", path.c_str(), h[1], SHARD_VERSION);
+    s->vocab_size = h[2];
+    s->n = (size_t)(uint32_t)h[3] | ((size_t)(uint32_t)h[4] << 32);
+    if (s->vocab_size < 1) die("%s: invalid vocabulary size %d in the shard header", path.c_str(), s->vocab_size);
+    if (max_vocab > 0 && s->vocab_size > max_vocab)
+        die("%s: the shard's vocabulary (%d) is larger than the model's (%d)", path.c_str(), s->vocab_size, max_vocab);
+    if (size != SHARD_HEADER_INTS * 4 + s->n * 4)
+        die("%s: truncated or corrupt token shard (header says %zu tokens, file has %zu bytes)", path.c_str(), s->n, size);
+    s->tokens = (const uint32_t*)((const char*)map + SHARD_HEADER_INTS * 4);
+    for (size_t i = 0; i < s->n; i++)
+        if (s->tokens[i] >= (uint32_t)s->vocab_size)
+            die("%s: token %zu has id %u, outside the shard's vocabulary %d", path.c_str(), i, s->tokens[i], s->vocab_size);
+}
+
+// ============================================================================
+// data prepare: text files → train/val token shards + data.json
+
+// Unigram entropy of a token sequence in bits per token: H = −Σ p·log2 p over the sequence's own frequencies.
+// The floor a model that ignores context could reach; the demo's validation bits per byte must fall well below it.
+double unigram_entropy_bits(const std::vector<uint32_t>& tokens, int vocab_size) {
+    std::vector<double> count(vocab_size, 0.0);
+    for (uint32_t t : tokens) count[t] += 1.0;
+    double n = (double)tokens.size(), h = 0.0;
+    for (double c : count)
+        if (c > 0) h -= c / n * log2(c / n);
+    return h;
+}
+
+// Splits a text into documents at blank lines and sends every ⌈1/F⌉-th one (exactly a fraction F of them, spread
+// evenly, no RNG) to validation. Document i goes to validation iff ⌊(i+1)·F⌋ > ⌊i·F⌋.
+void split_train_val(const std::string& text, double val_fraction, std::string* train, std::string* val) {
+    size_t pos = 0;
+    long i = 0;
+    while (pos < text.size()) {
+        size_t end = text.find("\n\n", pos);
+        end = end == std::string::npos ? text.size() : end + 2;
+        while (end < text.size() && text[end] == '\n') end++;  // a run of blank lines ends the document
+        bool to_val = floor((double)(i + 1) * val_fraction) > floor((double)i * val_fraction);
+        (to_val ? val : train)->append(text, pos, end - pos);
+        pos = end;
+        i++;
+    }
+}
+
+static int cmd_data_prepare(int argc, char** argv) {
+    if (is_help(argc, argv, 3)) {
+        printf("usage: deepseek data prepare --input FILE [FILE...] (--tokenizer tokenizer.json | --vocab-size N) --out DIR\n"
+               "                            [--val-fraction F]\n"
+               "  --vocab-size N trains a byte-level BPE tokenizer of N tokens on the training split only.\n"
+               "  splits each text into documents at blank lines, sends a fraction F (default 0.05) of them, evenly\n"
+               "  spread, to validation, encodes both splits (BOS at the start of each file's part) and writes\n"
+               "  DIR/train.bin, DIR/val.bin (a 256 × int32 header: magic %d, version, vocab size, token count; then\n"
+               "  uint32 tokens), DIR/tokenizer.json (a copy) and DIR/data.json (tokens, bytes, unigram entropy).\n",
+               SHARD_MAGIC);
+        return 0;
+    }
+    // --input takes several files: gather the positionals that follow it
+    std::vector<std::string> inputs;
+    std::vector<char*> rest = {argv[0], argv[1], argv[2]};
+    for (int i = 3; i < argc; i++) {
+        if (!strcmp(argv[i], "--input")) {
+            int j = i + 1;
+            while (j < argc && strncmp(argv[j], "--", 2) != 0) inputs.push_back(argv[j++]);
+            if (j == i + 1) die("data prepare: --input needs at least one file");
+            i = j - 1;
+        } else rest.push_back(argv[i]);
+    }
+    Args a((int)rest.size(), rest.data(), 3, "data prepare", {"tokenizer", "vocab-size", "out", "val-fraction", "threads"}, {});
+    set_threads(a);
+    if (!a.positional.empty()) die("data prepare: unexpected argument '%s'", a.positional[0].c_str());
+    if (inputs.empty()) die("data prepare: --input FILE... is required");
+    if (a.has("tokenizer") == a.has("vocab-size"))
+        die("data prepare: give --tokenizer FILE, or --vocab-size N to train one on the training split");
+    if (!a.has("out")) die("data prepare: --out DIR is required");
+    double vf = a.real("val-fraction", 0.05, 0.0, 0.5);
+    for (auto& f : inputs)
+        if (!file_exists(f)) die("data prepare: input file %s does not exist", f.c_str());
+    std::string out = a.str("out");
+    make_dirs(out);
+    std::vector<std::string> parts[2];   // [split][file]
+    for (auto& f : inputs) {
+        std::string text = read_file(f), part[2];
+        split_train_val(text, vf, &part[0], &part[1]);
+        for (int s = 0; s < 2; s++) parts[s].push_back(std::move(part[s]));
+    }
+    std::string tok_path = a.str("tokenizer");
+    if (a.has("vocab-size")) {   // a tokenizer of our own, trained on the training split only
+        int vocab = (int)a.integer("vocab-size", 0, 300, 4000000);
+        std::string train_txt = out + "/train.txt";
+        std::string all;
+        for (auto& p : parts[0]) all += p;
+        write_file_atomic(train_txt, all);
+        tok_path = out + "/tokenizer.json";
+        printf("data prepare: training a %d-token BPE tokenizer on the training split (%.2f MB)\n", vocab, all.size() / 1e6);
+        fflush(stdout);
+        tokenizer_train_files({train_txt}, vocab, tok_path, false);
+        unlink(train_txt.c_str());
+    }
+    Tokenizer* tok = tokenizer_load(tok_path);
+    int V = tokenizer_vocab_size(tok);
+    std::vector<uint32_t> split_tokens[2];
+    size_t split_bytes[2] = {0, 0};
+    long docs_done = 0;
+    for (size_t fi = 0; fi < inputs.size(); fi++) {
+        const std::string& f = inputs[fi];
+        std::string part[2] = {parts[0][fi], parts[1][fi]};
+        for (int s = 0; s < 2; s++) {
+            if (part[s].empty()) continue;
+            printf("data prepare: %s: encoding %s split (%.2f MB)\n", f.c_str(), s ? "val" : "train", part[s].size() / 1e6);
+            fflush(stdout);
+            std::vector<int> ids = tokenizer_encode(tok, part[s], true);
+            for (int id : ids) split_tokens[s].push_back((uint32_t)id);
+            split_bytes[s] += part[s].size();
+        }
+        docs_done++;
+    }
+    if (split_tokens[0].empty()) die("data prepare: the inputs hold no text for training");
+    if (vf > 0 && split_tokens[1].empty()) die("data prepare: the inputs are too short to hold out a validation split");
+    json j;
+    j["tokenizer"] = "tokenizer.json";
+    j["vocab_size"] = V;
+    j["bos_token_id"] = tokenizer_bos_id(tok);
+    j["eos_token_id"] = tokenizer_eos_id(tok);
+    j["val_fraction"] = vf;
+    j["inputs"] = inputs;
+    const char* names[2] = {"train", "val"};
+    for (int s = 0; s < 2; s++) {
+        if (split_tokens[s].empty()) continue;
+        shard_write(out + "/" + names[s] + ".bin", split_tokens[s], V);
+        double h = unigram_entropy_bits(split_tokens[s], V);
+        double tpb = (double)split_tokens[s].size() / split_bytes[s];
+        j[names[s]] = {{"file", std::string(names[s]) + ".bin"}, {"tokens", split_tokens[s].size()}, {"bytes", split_bytes[s]},
+                       {"bytes_per_token", 1.0 / tpb}, {"unigram_bits_per_token", h}, {"unigram_bits_per_byte", h * tpb}};
+        printf("data prepare: %s: %zu tokens, %zu bytes (%.3f bytes/token), unigram entropy %.3f bits/token = %.4f bits/byte\n",
+               names[s], split_tokens[s].size(), split_bytes[s], 1.0 / tpb, h, h * tpb);
+    }
+    if (tok_path != out + "/tokenizer.json") copy_file(tok_path, out + "/tokenizer.json");
+    write_file_atomic(out + "/data.json", j.dump(2) + "\n");
+    tokenizer_free(tok);
+    printf("data prepare: wrote %s/{train.bin,val.bin,data.json,tokenizer.json} from %ld file(s)\n", out.c_str(), docs_done);
+    return 0;
+}
+
+int cmd_data(int argc, char** argv) {
+    if (argc < 3 || !strcmp(argv[2], "-h") || !strcmp(argv[2], "--help")) {
+        printf("usage: deepseek data prepare --input FILE... (--tokenizer FILE | --vocab-size N) --out DIR [--val-fraction F]\n"
+               "  (deepseek data prepare --help for details)\n");
+        return argc < 3 ? 1 : 0;
+    }
+    if (!strcmp(argv[2], "prepare")) return cmd_data_prepare(argc, argv);
+    die("data: unknown subcommand '%s' (only: prepare)", argv[2]);
+}
+
+// ============================================================================
+// the data loader: windows of T+1 tokens, shuffled per epoch from the seed, sharded by rank, resumable
+//
+// The shard is cut into ⌊(n−1)/T⌋ windows; window w covers tokens [w·T, w·T + T] (inputs are the first T, targets
+// the last T). Each epoch visits the windows in a permutation drawn from (seed, epoch); rank r of N reads the
+// permutation positions p ≡ r (mod N), so the ranks' windows are disjoint. The cursor (epoch, index) is all the
+// state there is: saving it and seeking back to it resumes the stream exactly.
+
+static uint64_t splitmix64(uint64_t* s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void loader_shuffle(DataLoader* d) {
+    d->perm.resize(d->num_windows);
+    for (size_t i = 0; i < d->num_windows; i++) d->perm[i] = i;
+    uint64_t s = d->seed * 0x2545F4914F6CDD1Dull + d->epoch;  // Fisher–Yates from (seed, epoch)
+    for (size_t i = d->num_windows - 1; i > 0; i--) std::swap(d->perm[i], d->perm[splitmix64(&s) % (i + 1)]);
+}
+
+void loader_init(DataLoader* d, const std::string& path, int B, int T, int rank, int world, uint64_t seed, int max_vocab,
+                 bool shuffle) {
+    if (world < 1 || rank < 0 || rank >= world) die("loader: invalid rank %d of %d", rank, world);
+    shard_open(&d->shard, path, max_vocab);
+    d->B = B; d->T = T; d->rank = rank; d->world = world; d->seed = seed; d->shuffle = shuffle;
+    d->num_windows = d->shard.n > 0 ? (d->shard.n - 1) / T : 0;
+    d->per_rank = d->num_windows / world;   // every rank reads the same count; the few leftover windows are skipped
+    if (d->per_rank < (size_t)B)
+        die("%s: %zu tokens make %zu windows of %d+1 tokens, fewer than one micro-batch (%d sequences × %d rank(s))",
+            path.c_str(), d->shard.n, d->num_windows, T, B, world);
+    loader_seek(d, 0, 0);
+}
+
+void loader_seek(DataLoader* d, uint64_t epoch, size_t index) {
+    if (index > d->per_rank) die("loader: cursor %zu is beyond the %zu windows of this rank", index, d->per_rank);
+    d->epoch = epoch;
+    d->index = index;
+    if (d->shuffle) loader_shuffle(d);
+    else { d->perm.resize(d->num_windows); for (size_t i = 0; i < d->num_windows; i++) d->perm[i] = i; }
+}
+
+// Fills inputs and targets [B, T] with the next B windows of this rank.
+void loader_next(DataLoader* d, int* inputs, int* targets) {
+    for (int b = 0; b < d->B; b++) {
+        if (d->index >= d->per_rank) loader_seek(d, d->epoch + 1, 0);
+        size_t w = d->perm[d->index * d->world + d->rank];
+        const uint32_t* src = d->shard.tokens + w * d->T;
+        for (int t = 0; t < d->T; t++) {
+            inputs[b * d->T + t] = (int)src[t];
+            targets[b * d->T + t] = (int)src[t + 1];
+        }
+        d->index++;
+    }
+}
+
+// ============================================================================
+// AdamW (Loshchilov & Hutter; torch.optim.AdamW's arithmetic), β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1
+//   p ← p·(1 − lr·wd);  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
+//   p ← p − (lr / (1−β1ᵗ)) · m / (sqrt(v) / sqrt(1−β2ᵗ) + ε)          (t = 1, 2, … the update count)
+// Weight decay applies to the matrices (embeddings and lm_head included, as transformers' default parameter groups
+// do) and not to the RMSNorm weights: decaying a norm weight pulls the layer's gain toward 0, not toward "simple".
+
+void adamw_step(float* p, const float* g, float* m, float* v, size_t n, float lr, float weight_decay, long t) {
+    float b1 = (float)ADAMW_BETA1, b2 = (float)ADAMW_BETA2, eps = (float)ADAMW_EPS;
+    double bc1 = 1.0 - pow(ADAMW_BETA1, (double)t), bc2 = 1.0 - pow(ADAMW_BETA2, (double)t);
+    float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2), decay = 1.0f - lr * weight_decay;
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i];
+        float mi = m[i] + (1.0f - b1) * (gi - m[i]);   // torch: exp_avg.lerp_(grad, 1 − β1)
+        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    }
+}
+
+void adamw_update(Model* model, AdamW* opt, float lr) {
+    if (opt->m.size() != model->num_parameters) {
+        opt->m.assign(model->num_parameters, 0.0f);
+        opt->v.assign(model->num_parameters, 0.0f);
+    }
+    opt->t++;
+    for (const ParamView& pv : param_views(model->cfg)) {
+        size_t n = 1;
+        for (int64_t d : pv.shape) n *= (size_t)d;
+        adamw_step(model->params_memory.data() + pv.offset, model->grads_memory.data() + pv.offset, opt->m.data() + pv.offset,
+                   opt->v.data() + pv.offset, n, lr, pv.is_matrix ? (float)WEIGHT_DECAY : 0.0f, opt->t);
+    }
+}
+
+// ============================================================================
+// gradient clipping at global norm 1.0 (torch.nn.utils.clip_grad_norm_):
+//   norm = sqrt(Σ g²) over every parameter;  g ← g · min(1, max_norm / (norm + 1e-6))
+// The sum runs in fixed 64K-element chunks added in order, so the result does not depend on the thread count.
+
+double grad_global_norm(const float* g, size_t n) {
+    const size_t CHUNK = 65536;
+    size_t nchunks = (n + CHUNK - 1) / CHUNK;
+    std::vector<double> part(nchunks, 0.0);
+    #pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nchunks; c++) {
+        double s = 0.0;
+        for (size_t i = c * CHUNK; i < std::min(n, (c + 1) * CHUNK); i++) s += (double)g[i] * g[i];
+        part[c] = s;
+    }
+    double s = 0.0;
+    for (double x : part) s += x;
+    return sqrt(s);
+}
+
+double clip_grad_norm(float* g, size_t n, double max_norm) {
+    double norm = grad_global_norm(g, n);
+    double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) {
+        float c = (float)coef;
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) g[i] *= c;
+    }
+    return norm;
+}
+
+// ============================================================================
+// learning-rate schedules. step = 0, 1, … the update about to be taken, of total; warmup linear to the peak:
+//   lr = peak · (step+1)/warmup                       while step < warmup
+//   multistep (the paper's): peak, then 31.6% of the peak once 80% of the training tokens are seen, 10% after 90%
+//   cosine (for comparison): peak · (0.1 + 0.9 · ½(1 + cos(π · progress))), decaying to the same 10%
+// With a constant batch, "tokens seen" is proportional to steps: the drop is at the first step ≥ 0.8·total.
+
+long default_warmup_steps(long total_steps) {
+    // the paper warms up over 2000 of its ~212k steps; a short run keeps a proportion of 5% (at least 1 step)
+    return std::max(1L, std::min(PAPER_WARMUP_STEPS, total_steps / 20));
+}
+
+double lr_at(LRSchedule sched, double peak, long step, long total, long warmup) {
+    if (step < warmup) return peak * (double)(step + 1) / (double)warmup;
+    if (sched == LRSchedule::MULTISTEP) {
+        if ((double)step >= MULTISTEP_AT_2 * (double)total) return peak * MULTISTEP_FACTOR_2;
+        if ((double)step >= MULTISTEP_AT_1 * (double)total) return peak * MULTISTEP_FACTOR_1;
+        return peak;
+    }
+    double progress = total > warmup ? (double)(step - warmup) / (double)(total - warmup) : 1.0;
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + cos(M_PI * std::min(1.0, progress))));
+}
+
+// ============================================================================
+// scaling laws: the paper's fits, and a concrete shape whose M is near M_opt
+
+ScalingPlan scaling_plan(double C) {
+    ScalingPlan p;
+    p.compute = C;
+    p.batch_tokens = BOPT_K * pow(C, BOPT_E);
+    p.learning_rate = LROPT_K * pow(C, LROPT_E);
+    p.flops_per_token = MOPT_K * pow(C, MOPT_E);
+    p.tokens = DOPT_K * pow(C, DOPT_E);
+    return p;
+}
+
+// A shape for M_target: head_dim 64 (128 from d_model 2048 up, as the released models), MHA, FFN 8/3·C rounded up
+// to a multiple of 256 (PAPER.md), and the depth L whose width C (a multiple of the head_dim) makes M closest to the
+// target while keeping the aspect ratio C/L nearest to 100 — between the 7B's 137 and the 67B's 86.
+Config plan_shape(double M_target, int seq_len, int vocab_size) {
+    Config best;
+    double best_score = 1e300;
+    for (int L = 1; L <= 160; L++) {
+        for (int C = 64; C <= 16384; C += 64) {
+            int D = C >= 2048 ? 128 : 64;
+            if (C % D) continue;
+            double M = 72.0 * L * (double)C * C + 12.0 * L * (double)C * seq_len;
+            double score = fabs(log(M / M_target)) * 4.0 + fabs(log((double)C / L / 100.0));
+            if (score < best_score) {
+                best_score = score;
+                best = Config();
+                best.vocab_size = vocab_size; best.hidden_size = C; best.num_hidden_layers = L;
+                best.head_dim = D; best.num_attention_heads = C / D; best.num_key_value_heads = C / D;
+                best.intermediate_size = (int)((8.0 * C / 3.0 + 255.0) / 256.0) * 256;
+                best.max_position_embeddings = std::max(seq_len, 256);
+            }
+        }
+    }
+    return best;
+}
+
+int cmd_plan(int argc, char** argv) {
+    if (is_help(argc, argv, 2)) {
+        printf("usage: deepseek plan (--compute C | --flops-per-token M --tokens D) [--seq-len T] [--vocab-size V]\n"
+               "  the paper's scaling laws for a compute budget C = M·D (FLOPs):\n"
+               "    batch_tokens  B_opt = 0.2920·C^0.3271      learning_rate  η_opt = 0.3118·C^-0.1250\n"
+               "    flops_per_token M_opt = 0.1715·C^0.5243   tokens         D_opt = 5.8316·C^0.4757\n"
+               "  and a concrete shape (layers, hidden_size, heads) whose M = 72·L·C² + 12·L·C·T is near M_opt\n"
+               "  (T = --seq-len, default 4096 as in the paper).\n");
+        return 0;
+    }
+    Args a(argc, argv, 2, "plan", {"compute", "flops-per-token", "tokens", "seq-len", "vocab-size"}, {});
+    if (!a.positional.empty()) die("plan: unexpected argument '%s'", a.positional[0].c_str());
+    double C;
+    if (a.has("compute")) {
+        if (a.has("flops-per-token") || a.has("tokens")) die("plan: give --compute C or --flops-per-token M --tokens D, not both");
+        C = a.real("compute", 0, 1e6, 1e30);
+    } else if (a.has("flops-per-token") && a.has("tokens")) {
+        C = a.real("flops-per-token", 0, 1, 1e20) * a.real("tokens", 0, 1, 1e20);
+    } else die("plan: give --compute C (FLOPs) or both --flops-per-token M and --tokens D");
+    int T = (int)a.integer("seq-len", 4096, 1, 1 << 20);
+    int V = (int)a.integer("vocab-size", 102400, 1, 4000000);
+    ScalingPlan p = scaling_plan(C);
+    Config s = plan_shape(p.flops_per_token, T, V);
+    printf("compute: %.4g\n", C);
+    printf("batch_tokens: %.0f\n", p.batch_tokens);
+    printf("batch_sequences: %.1f (of %d tokens)\n", p.batch_tokens / T, T);
+    printf("learning_rate: %.4g\n", p.learning_rate);
+    printf("flops_per_token: %.4g\n", p.flops_per_token);
+    printf("tokens: %.4g\n", p.tokens);
+    printf("steps: %.0f\n", ceil(p.tokens / p.batch_tokens));
+    printf("shape: layers %d, hidden_size %d, heads %d (head_dim %d), intermediate_size %d, vocab_size %d\n",
+           s.num_hidden_layers, s.hidden_size, s.num_attention_heads, s.head_dim, s.intermediate_size, V);
+    printf("shape_flops_per_token: %.4g (%.1f%% of M_opt, context %d)\n", config_flops_per_token(s, T),
+           100.0 * config_flops_per_token(s, T) / p.flops_per_token, T);
+    printf("shape_parameters: %zu\n", config_num_parameters(s));
+    return 0;
+}
+
+// ============================================================================
+// objectives: a micro-batch → its loss and per-token loss weights
+//
+// The loop is the same for every training stage; only the objective differs. It runs the forward pass, returns the
+// micro-batch's loss (for the log) and fills dlosses[B·T] with ∂(loss)/∂(nll of each token), so that
+// model_backward(dlosses) gives the gradient. Pre-training: the mean next-token cross-entropy (1/N per token).
+// SFT masks the prompt tokens (target −1); DPO fills per-sequence weights ±β·σ(…) from the sequences' log-probs.
+
+float pretrain_objective(Model* m, const int* inputs, const int* targets, int B, int T, std::vector<float>* dlosses) {
+    float loss = model_forward(m, inputs, targets, B, T);
+    model_mean_loss_weights(targets, B * T, dlosses);
+    return loss;
+}
+
+// ============================================================================
+// evaluation: validation loss and bits per byte; a short greedy sample
+
+// Bits per byte = Σ nll / ln 2 / Σ bytes of the target tokens: independent of the tokenizer, as in the paper.
+// token_bytes[id] is the byte length of each token (0 for special tokens such as BOS); without a tokenizer (empty
+// table) the split's mean bytes per token stands in.
+EvalResult evaluate(Model* m, DataLoader* val, int max_windows, const std::vector<int>& token_bytes, double mean_bytes_per_token) {
+    EvalResult r;
+    int B = val->B, T = val->T;
+    std::vector<int> in((size_t)B * T), tg((size_t)B * T);
+    loader_seek(val, 0, 0);
+    size_t windows = std::min((size_t)std::max(max_windows, B), val->per_rank) / B * B;
+    double nll = 0, bytes = 0;
+    size_t tokens = 0;
+    for (size_t w = 0; w < windows; w += B) {
+        loader_next(val, in.data(), tg.data());
+        model_forward(m, in.data(), tg.data(), B, T);
+        for (size_t i = 0; i < (size_t)B * T; i++) {
+            nll += m->acts.losses[i];
+            bytes += token_bytes.empty() ? mean_bytes_per_token : tg[i] < (int)token_bytes.size() ? token_bytes[tg[i]] : 0;
+        }
+        tokens += (size_t)B * T;
+    }
+    r.loss = nll / std::max<size_t>(tokens, 1);
+    r.bits_per_byte = bytes > 0 ? nll / log(2.0) / bytes : 0;
+    r.tokens = tokens;
+    return r;
+}
+
+// Greedy decoding by full recomputation (the KV-cache sampler lives in infer.cu): argmax over the ids below limit.
+std::vector<int> sample_greedy(Model* m, std::vector<int> ids, int n_new, int limit) {
+    int ctx = m->cfg.max_position_embeddings;
+    for (int i = 0; i < n_new; i++) {
+        int start = std::max(0, (int)ids.size() - ctx), T = (int)ids.size() - start;
+        model_forward(m, ids.data() + start, nullptr, 1, T);
+        const float* z = m->acts.logits + (size_t)(T - 1) * m->cfg.vocab_size;
+        int best = 0;
+        for (int v = 1; v < std::min(limit, m->cfg.vocab_size); v++)
+            if (z[v] > z[best]) best = v;
+        ids.push_back(best);
+    }
+    return ids;
+}
+
+// ============================================================================
+// checkpoints: a Hugging Face model directory + optimizer.safetensors (AdamW m and v per tensor) + trainer_state.json
+//
+// Written to OUT/step_NNNNNN.tmp, every file fsynced, then renamed to OUT/step_NNNNNN: a checkpoint directory
+// without the .tmp suffix is always complete, whatever moment the process is killed at. trainer_state.json is the
+// last file written. Old checkpoints are renamed to .del before removal, for the same reason.
+
+static std::string step_name(long step) {
+    char b[32];
+    snprintf(b, sizeof b, "step_%06ld", step);
+    return b;
+}
+
+void checkpoint_save(const std::string& dir, const Model& m, const AdamW& opt, const json& state, const std::string& tokenizer) {
+    std::string tmp = dir + ".tmp";
+    remove_tree(tmp);
+    make_dirs(tmp);
+    model_save_dir(m, tmp, false);
+    std::vector<TensorOut> ts;
+    for (const ParamView& pv : param_views(m.cfg)) {
+        ts.push_back({"exp_avg." + pv.name, DType::F32, pv.shape, opt.m.data() + pv.offset});
+        ts.push_back({"exp_avg_sq." + pv.name, DType::F32, pv.shape, opt.v.data() + pv.offset});
+    }
+    safetensors_write(tmp + "/optimizer.safetensors", ts, false, {{"step", std::to_string(opt.t)}, {"optimizer", "AdamW"}});
+    if (!tokenizer.empty() && file_exists(tokenizer)) copy_file(tokenizer, tmp + "/tokenizer.json");
+    write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
+    fsync_dir(tmp);
+    if (dir_exists(dir)) {  // e.g. OUT/final from an earlier run: move it aside, then drop it
+        remove_tree(dir + ".del");
+        if (rename(dir.c_str(), (dir + ".del").c_str()) != 0) die("cannot move %s aside: %s", dir.c_str(), strerror(errno));
+    }
+    if (rename(tmp.c_str(), dir.c_str()) != 0) die("cannot rename %s to %s: %s", tmp.c_str(), dir.c_str(), strerror(errno));
+    fsync_dir(parent_dir(dir));
+    remove_tree(dir + ".del");
+}
+
+// Loads weights, AdamW state and trainer_state.json from a checkpoint directory.
+static json checkpoint_load(const std::string& dir, Model* m, AdamW* opt) {
+    if (!dir_exists(dir)) die("checkpoint %s does not exist", dir.c_str());
+    if (!file_exists(dir + "/trainer_state.json")) die("%s: not a training checkpoint (no trainer_state.json)", dir.c_str());
+    json state = parse_json_file(dir + "/trainer_state.json");
+    if (!state.is_object() || !state.contains("step") || !state.contains("settings")) die("%s/trainer_state.json: missing step or settings", dir.c_str());
+    model_load_dir(m, dir);
+    SafeTensors st;
+    st.open_file(dir + "/optimizer.safetensors");
+    opt->m.assign(m->num_parameters, 0.0f);
+    opt->v.assign(m->num_parameters, 0.0f);
+    for (const ParamView& pv : param_views(m->cfg)) {
+        st.read_f32("exp_avg." + pv.name, pv.shape, opt->m.data() + pv.offset);
+        st.read_f32("exp_avg_sq." + pv.name, pv.shape, opt->v.data() + pv.offset);
+    }
+    opt->t = state["step"].get<long>();
+    return state;
+}
+
+long checkpoint_read(const std::string& dir, Model* m, AdamW* opt) {
+    json state = checkpoint_load(dir, m, opt);
+    if (!state["step"].is_number_integer()) die("%s/trainer_state.json: step must be an integer", dir.c_str());
+    return state["step"].get<long>();
+}
+
+// The newest complete checkpoint in a run directory ("" if none); a checkpoint directory itself is returned as is.
+std::string checkpoint_latest(const std::string& dir) {
+    if (file_exists(dir + "/trainer_state.json")) return dir;
+    DIR* d = opendir(dir.c_str());
+    if (!d) return "";
+    std::vector<std::string> steps;
+    while (struct dirent* e = readdir(d)) {
+        std::string n = e->d_name;
+        if (n.size() == 11 && n.rfind("step_", 0) == 0 && n.find_first_not_of("0123456789", 5) == std::string::npos &&
+            file_exists(dir + "/" + n + "/trainer_state.json"))
+            steps.push_back(n);
+    }
+    closedir(d);
+    if (steps.empty()) return "";
+    std::sort(steps.begin(), steps.end());
+    return dir + "/" + steps.back();
+}
+
+// keeps the newest `keep` step_NNNNNN checkpoints of a run directory
+static void checkpoint_prune(const std::string& dir, int keep) {
+    DIR* d = opendir(dir.c_str());
+    if (!d) return;
+    std::vector<std::string> steps;
+    while (struct dirent* e = readdir(d)) {
+        std::string n = e->d_name;
+        if (n.size() == 11 && n.rfind("step_", 0) == 0) steps.push_back(n);
+    }
+    closedir(d);
+    std::sort(steps.begin(), steps.end());
+    for (size_t i = 0; i + keep < steps.size(); i++) {
+        std::string p = dir + "/" + steps[i];
+        if (rename(p.c_str(), (p + ".del").c_str()) == 0) remove_tree(p + ".del");
+    }
+}
+
+// ============================================================================
+// signals: SIGINT / SIGTERM finish the current step, write a checkpoint and exit cleanly (a second one kills)
+
+static volatile sig_atomic_t g_stop_signal = 0;
+static void on_stop_signal(int sig) { g_stop_signal = sig; }
+static void install_stop_handlers() {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESETHAND;
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+}
+
+// ============================================================================
+// the run's settings (flags; saved in trainer_state.json so --resume continues the same run)
+
+struct TrainSettings {
+    std::string data, out, model_source;   // model_source: "preset:NAME", "model:DIR" or "plan"
+    long steps = 0;
+    long batch_tokens = 0;
+    int seq_len = 0;
+    int micro_batch = 0;     // sequences per forward pass
+    int accum = 1;           // micro-batches per step and rank
+    double lr = 0;
+    LRSchedule schedule = LRSchedule::MULTISTEP;
+    long warmup = 0;
+    long eval_every = 0, save_every = 0;
+    int eval_windows = 0;    // validation windows per evaluation
+    int keep = 3;
+    int sample_tokens = 32;
+    uint64_t seed = 1337;
+    double compute = 0;      // when the laws chose batch/lr/tokens
+    int rank = 0, world = 1; // data parallelism (MPI) comes next; a single process is rank 0 of 1
+};
+
+static json settings_json(const TrainSettings& s) {
+    return {{"data", s.data}, {"out", s.out}, {"model_source", s.model_source}, {"steps", s.steps},
+            {"batch_tokens", s.batch_tokens}, {"seq_len", s.seq_len}, {"micro_batch", s.micro_batch}, {"accum", s.accum},
+            {"lr", s.lr}, {"lr_schedule", s.schedule == LRSchedule::MULTISTEP ? "multistep" : "cosine"},
+            {"warmup_steps", s.warmup}, {"eval_every", s.eval_every}, {"save_every", s.save_every},
+            {"eval_windows", s.eval_windows}, {"keep", s.keep}, {"sample_tokens", s.sample_tokens}, {"seed", s.seed},
+            {"compute", s.compute}, {"world_size", s.world}};
+}
+static TrainSettings settings_from_json(const json& j, const std::string& where) {
+    TrainSettings s;
+    try {
+        s.data = j.at("data"); s.out = j.at("out"); s.model_source = j.at("model_source");
+        s.steps = j.at("steps"); s.batch_tokens = j.at("batch_tokens"); s.seq_len = j.at("seq_len");
+        s.micro_batch = j.at("micro_batch"); s.accum = j.at("accum"); s.lr = j.at("lr");
+        s.schedule = j.at("lr_schedule") == "cosine" ? LRSchedule::COSINE : LRSchedule::MULTISTEP;
+        s.warmup = j.at("warmup_steps"); s.eval_every = j.at("eval_every"); s.save_every = j.at("save_every");
+        s.eval_windows = j.at("eval_windows"); s.keep = j.at("keep"); s.sample_tokens = j.at("sample_tokens");
+        s.seed = j.at("seed"); s.compute = j.at("compute"); s.world = j.at("world_size");
+    } catch (const std::exception& e) { die("%s: malformed settings (%s)", where.c_str(), e.what()); }
+    return s;
+}
+
+// ============================================================================
+// metrics and the loss-curve picture
+
+// Rewrites metrics.jsonl keeping only the records up to `step` (a resumed run replaces what followed its checkpoint).
+static void metrics_truncate(const std::string& path, long step) {
+    if (!file_exists(path)) return;
+    std::string text = read_file(path), kept;
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t e = text.find('\n', pos);
+        if (e == std::string::npos) break;  // a torn last line (killed mid-write) is dropped
+        std::string line = text.substr(pos, e - pos);
+        pos = e + 1;
+        try {
+            json j = json::parse(line);
+            if (j.value("step", 0L) <= step) kept += line + "\n";
+        } catch (...) {}
+    }
+    write_file_atomic(path, kept);
+}
+
+// train and validation loss against tokens, with gnuplot (Debian gnuplot-nox); a note if it is missing
+static std::string plot_loss_curve(const std::string& out) {
+    std::string metrics = out + "/metrics.jsonl", tr = out + "/loss_train.tsv", va = out + "/loss_val.tsv";
+    std::string text = read_file(metrics), ttrain = "# tokens\tloss\n", tval = "# tokens\tval_loss\tval_bpb\n";
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t e = text.find('\n', pos);
+        if (e == std::string::npos) break;
+        try {
+            json j = json::parse(text.substr(pos, e - pos));
+            char b[128];
+            if (j.contains("loss")) { snprintf(b, sizeof b, "%.0f\t%.6f\n", j["tokens"].get<double>(), j["loss"].get<double>()); ttrain += b; }
+            if (j.contains("val_loss")) {
+                snprintf(b, sizeof b, "%.0f\t%.6f\t%.6f\n", j["tokens"].get<double>(), j["val_loss"].get<double>(), j["val_bpb"].get<double>());
+                tval += b;
+            }
+        } catch (...) {}
+        pos = e + 1;
+    }
+    write_file_atomic(tr, ttrain);
+    write_file_atomic(va, tval);
+    std::string png = out + "/loss.png", gp = out + "/loss.gp";
+    std::string script =
+        "set terminal pngcairo size 900,560 noenhanced\nset output '" + png + "'\n"
+        "set title 'deepseek train: loss vs tokens'\nset xlabel 'tokens'\nset ylabel 'cross-entropy (nats/token)'\n"
+        "set grid\nset key top right\nset format x '%.1s%c'\n"
+        "plot '" + tr + "' using 1:2 with lines lw 1 lc rgb '#4a7ebb' title 'train', \\\n"
+        "     '" + va + "' using 1:2 with linespoints lw 2 pt 7 lc rgb '#d0502a' title 'validation'\n";
+    write_file_atomic(gp, script);
+    if (system("command -v gnuplot >/dev/null 2>&1") != 0) return "";
+    std::string cmd = "gnuplot '" + gp + "' 2>/dev/null";
+    if (system(cmd.c_str()) != 0 || !file_exists(png)) {
+        // pngcairo may be missing from a minimal build; the plain png terminal is always there
+        script.replace(script.find("pngcairo"), 8, "png");
+        write_file_atomic(gp, script);
+        if (system(cmd.c_str()) != 0) return "";
+    }
+    return file_exists(png) ? png : "";
+}
+
+// ============================================================================
+// the training loop
+
+struct TrainRun {
+    TrainSettings s;
+    Model model;
+    AdamW opt;
+    DataLoader train, val;
+    bool has_val = false;
+    std::vector<int> token_bytes;   // for bits per byte
+    Tokenizer* tok = nullptr;       // for samples (null if the data directory has none)
+    std::string tokenizer_path;
+    long step = 0;                  // updates done
+    double tokens_seen = 0;
+    double elapsed_before = 0;      // seconds spent by earlier processes of this run (resume)
+    double unigram_bpb = 0;
+    double mean_bytes_per_token = 0;  // bits per byte without a tokenizer
+};
+
+// The gradient all-reduce point: with data parallelism every rank averages its gradient here (MPI/NCCL).
+static void allreduce_gradients(TrainRun* r) { (void)r; }
+
+static json trainer_state(const TrainRun& r, double elapsed) {
+    return {{"step", r.step}, {"tokens_seen", r.tokens_seen}, {"elapsed_s", elapsed},
+            {"data_cursor", {{"epoch", r.train.epoch}, {"index", r.train.index}, {"rank", r.train.rank}}},
+            {"rng", {{"kind", "splitmix64 window shuffle"}, {"seed", r.s.seed}, {"epoch", r.train.epoch}}},
+            {"optimizer", {{"name", "AdamW"}, {"beta1", ADAMW_BETA1}, {"beta2", ADAMW_BETA2}, {"eps", ADAMW_EPS},
+                           {"weight_decay", WEIGHT_DECAY}, {"clip_grad_norm", CLIP_GRAD_NORM}}},
+            {"settings", settings_json(r.s)}};
+}
+
+static void write_metric(FILE* f, const json& j) {
+    if (!f) return;
+    fprintf(f, "%s\n", j.dump().c_str());
+    fflush(f);
+}
+
+static void run_eval(TrainRun* r, FILE* metrics) {
+    if (!r->has_val) return;
+    EvalResult e = evaluate(&r->model, &r->val, r->s.eval_windows, r->token_bytes, r->mean_bytes_per_token);
+    printf("eval  step %ld | val loss %.4f | val bpb %.4f (unigram %.4f) | %zu tokens\n", r->step, e.loss, e.bits_per_byte,
+           r->unigram_bpb, e.tokens);
+    write_metric(metrics, {{"step", r->step}, {"tokens", r->tokens_seen}, {"val_loss", e.loss}, {"val_bpb", e.bits_per_byte}});
+    if (r->tok && r->s.sample_tokens > 0) {
+        std::vector<int> prompt;
+        for (int i = 0; i < 8 && i < (int)r->val.shard.n; i++) prompt.push_back((int)r->val.shard.tokens[i]);
+        std::vector<int> ids = sample_greedy(&r->model, prompt, r->s.sample_tokens, tokenizer_vocab_size(r->tok));
+        std::string text;
+        int bos = tokenizer_bos_id(r->tok), eos = tokenizer_eos_id(r->tok);
+        for (size_t i = 0; i < ids.size(); i++) {
+            if (ids[i] == bos || ids[i] == eos) continue;
+            if (i == prompt.size()) text += "⟨";  // where the model's own tokens begin
+            text += tokenizer_decode(r->tok, {ids[i]});
+        }
+        for (char& c : text) if (c == '\n') c = ' ';
+        printf("sample: %s\n", text.c_str());
+    }
+    fflush(stdout);
+}
+
+static void save_checkpoint(TrainRun* r, const std::string& dir, double elapsed) {
+    checkpoint_save(dir, r->model, r->opt, trainer_state(*r, elapsed), r->tokenizer_path);
+}
+
+// Runs the optimisation from r->step to r->s.steps; returns the final checkpoint's path.
+static std::string train_loop(TrainRun* r, float (*objective)(Model*, const int*, const int*, int, int, std::vector<float>*)) {
+    TrainSettings& s = r->s;
+    int B = s.micro_batch, T = s.seq_len;
+    std::vector<int> in((size_t)B * T), tg((size_t)B * T);
+    std::vector<float> dl;
+    FILE* metrics = r->s.rank == 0 ? fopen((s.out + "/metrics.jsonl").c_str(), "a") : nullptr;
+    if (r->s.rank == 0 && !metrics) die("cannot write %s/metrics.jsonl: %s", s.out.c_str(), strerror(errno));
+    install_stop_handlers();
+    double t_start = now_s(), step_tokens = (double)B * T * s.accum * s.world;
+    long first_step = r->step;
+    std::string last_ckpt;
+    if (r->step == 0) run_eval(r, metrics);
+    while (r->step < s.steps) {
+        double t0 = now_s();
+        model_zero_grad(&r->model);
+        double loss = 0;
+        for (int k = 0; k < s.accum; k++) {
+            loader_next(&r->train, in.data(), tg.data());
+            loss += objective(&r->model, in.data(), tg.data(), B, T, &dl) / s.accum;
+            for (float& w : dl) w /= (float)s.accum;   // the step's loss is the mean over its micro-batches
+            model_backward(&r->model, dl.data());
+        }
+        allreduce_gradients(r);
+        double norm = clip_grad_norm(r->model.grads_memory.data(), r->model.num_parameters, CLIP_GRAD_NORM);
+        if (!std::isfinite(loss) || !std::isfinite(norm)) {
+            if (metrics) fclose(metrics);
+            die("step %ld: the loss is not finite (loss %g, grad norm %g): stopping without an update; the last good "
+                "checkpoint is %s", r->step + 1, loss, norm, last_ckpt.empty() ? "(none written by this process)" : last_ckpt.c_str());
+        }
+        double lr = lr_at(s.schedule, s.lr, r->step, s.steps, s.warmup);
+        adamw_update(&r->model, &r->opt, (float)lr);
+        r->step++;
+        r->tokens_seen += step_tokens;
+        double t1 = now_s(), elapsed = r->elapsed_before + (t1 - t_start);
+        double per_step = (t1 - t_start) / (double)(r->step - first_step);
+        printf("step %ld/%ld | loss %.4f | lr %.3e | norm %.3f | %.0f tok/s | %s elapsed | ETA %s\n", r->step, s.steps, loss,
+               lr, norm, step_tokens / (t1 - t0), hms(elapsed).c_str(), hms(per_step * (s.steps - r->step)).c_str());
+        fflush(stdout);
+        write_metric(metrics, {{"step", r->step}, {"tokens", r->tokens_seen}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
+                               {"tokens_per_s", step_tokens / (t1 - t0)}, {"elapsed_s", elapsed}});
+        bool last = r->step == s.steps;
+        if (s.eval_every > 0 && (r->step % s.eval_every == 0 || last)) run_eval(r, metrics);
+        if (r->s.rank == 0 && !last && ((s.save_every > 0 && r->step % s.save_every == 0) || g_stop_signal)) {
+            last_ckpt = s.out + "/" + step_name(r->step);
+            save_checkpoint(r, last_ckpt, elapsed);
+            checkpoint_prune(s.out, s.keep);
+            printf("checkpoint: %s\n", last_ckpt.c_str());
+        }
+        if (g_stop_signal && !last) {
+            if (metrics) fclose(metrics);
+            printf("stopped by signal %d after step %ld; resume with: deepseek train --resume %s\n", (int)g_stop_signal, r->step,
+                   last_ckpt.c_str());
+            return last_ckpt;
+        }
+    }
+    if (metrics) fclose(metrics);
+    std::string final_dir = s.out + "/final";
+    if (r->s.rank == 0) save_checkpoint(r, final_dir, r->elapsed_before + (now_s() - t_start));
+    return final_dir;
+}
+
+// ============================================================================
+// deepseek train
+
+static void train_usage() {
+    printf("usage: deepseek train (--preset NAME | --model DIR | --compute C) --data DIR --out DIR [flags]\n"
+           "       deepseek train --resume CHECKPOINT|RUN_DIR [--out DIR] [--steps N] [--threads N]\n"
+           "  pre-training on token shards from `deepseek data prepare` (DIR/train.bin, DIR/val.bin, DIR/data.json).\n"
+           "  AdamW (β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1 on matrices), gradient clipping at norm 1.0,\n"
+           "  gradient accumulation up to the batch size, the paper's multi-step schedule.\n"
+           "  --compute C          take batch size, learning rate and token budget from the paper's scaling laws\n"
+           "                       (and, without --preset/--model, the model shape: see deepseek plan)\n"
+           "  --steps N            optimizer steps (default: tokens from --compute / batch, else 100)\n"
+           "  --batch-tokens N     tokens per step (default: B_opt with --compute, else 16 sequences)\n"
+           "  --seq-len T          tokens per sequence (default min(256, the model's context))\n"
+           "  --micro-batch N      sequences per forward pass (default: up to 4096 tokens); accumulation fills the batch\n"
+           "  --lr X               peak learning rate (default: η_opt with --compute, else 1e-3)\n"
+           "  --lr-schedule S      multistep (the paper's: 31.6%% of peak after 80%% of tokens, 10%% after 90%%) | cosine\n"
+           "  --warmup-steps N     linear warmup (default: 5%% of the steps, at most the paper's 2000)\n"
+           "  --eval-every K       validation loss, bits per byte and a greedy sample every K steps (default steps/10)\n"
+           "  --eval-windows N     validation sequences per evaluation (default 64)\n"
+           "  --save-every K       checkpoint every K steps (default steps/10); --keep N keeps the newest N (default 3)\n"
+           "  --sample-tokens N    length of the greedy sample at each evaluation (default 32; 0 = none)\n"
+           "  --resume DIR         continue a run exactly (a checkpoint, or a run directory: its newest checkpoint)\n"
+           "  --seed S             initialisation and data order (default 1337)     --threads N   OpenMP threads\n"
+           "  outputs: OUT/metrics.jsonl, OUT/step_NNNNNN/ checkpoints, OUT/final/ (model directory + optimizer and\n"
+           "  trainer state), OUT/loss.png. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n");
+}
+
+static std::string data_file(const std::string& data, const json& dj, const char* split) {
+    if (!dj.contains(split)) return "";
+    return data + "/" + dj[split].value("file", std::string(split) + ".bin");
+}
+
+int cmd_train(int argc, char** argv) {
+    if (is_help(argc, argv, 2)) { train_usage(); return 0; }
+    Args a(argc, argv, 2, "train",
+           {"preset", "model", "data", "out", "steps", "batch-tokens", "seq-len", "micro-batch", "lr", "lr-schedule",
+            "warmup-steps", "compute", "eval-every", "eval-windows", "save-every", "keep", "sample-tokens", "seed", "resume",
+            "threads", "device"},
+           {});
+    if (!a.positional.empty()) die("train: unexpected argument '%s'", a.positional[0].c_str());
+    set_threads(a);
+    if (device_select(a.str("device", "cpu")) != Device::CPU) die("train: only the CPU backend trains so far (use --device cpu)");
+    TrainRun r;
+    TrainSettings& s = r.s;
+    bool resume = a.has("resume");
+    std::string ckpt;
+    if (resume) {
+        if (a.has("preset") || a.has("model") || a.has("compute"))
+            die("train: --resume continues a run with its own model and settings; drop --preset/--model/--compute");
+        ckpt = checkpoint_latest(a.str("resume"));
+        if (ckpt.empty()) die("train: no complete checkpoint in %s", a.str("resume").c_str());
+        json state = checkpoint_load(ckpt, &r.model, &r.opt);
+        s = settings_from_json(state["settings"], ckpt + "/trainer_state.json");
+        r.step = state["step"].get<long>();
+        r.tokens_seen = state.value("tokens_seen", 0.0);
+        r.elapsed_before = state.value("elapsed_s", 0.0);
+        s.out = a.str("out", parent_dir(ckpt));   // OUT/step_NNNNNN or OUT/final → OUT
+        if (a.has("data")) s.data = a.str("data");
+        if (a.has("steps")) s.steps = a.integer("steps", 0, 1, 1L << 40);
+        if (a.has("eval-every")) s.eval_every = a.integer("eval-every", 0, 0, 1L << 40);
+        if (a.has("save-every")) s.save_every = a.integer("save-every", 0, 0, 1L << 40);
+        if (r.step > s.steps) die("train: the checkpoint is at step %ld, past --steps %ld", r.step, s.steps);
+        const json& cur = state["data_cursor"];
+        // the loaders are opened below; the cursor is applied after
+        r.train.epoch = cur.value("epoch", 0ull);
+        r.train.index = cur.value("index", (size_t)0);
+        printf("resuming %s at step %ld (%.0f tokens seen)\n", ckpt.c_str(), r.step, r.tokens_seen);
+    } else {
+        if (!a.has("data")) die("train: --data DIR is required (made by deepseek data prepare)");
+        if (!a.has("out")) die("train: --out DIR is required");
+        s.data = a.str("data");
+        s.out = a.str("out");
+        s.seed = (uint64_t)a.integer("seed", 1337, 0, 1LL << 62);
+    }
+    // the data: data.json names the shards and the tokenizer
+    if (!dir_exists(s.data)) die("train: data directory %s does not exist", s.data.c_str());
+    std::string dj_path = s.data + "/data.json";
+    if (!file_exists(dj_path)) die("train: %s is missing (make it with deepseek data prepare)", dj_path.c_str());
+    json dj = parse_json_file(dj_path);
+    if (!dj.is_object() || !dj.contains("vocab_size")) die("%s: missing vocab_size", dj_path.c_str());
+    int data_vocab = dj["vocab_size"].get<int>();
+    std::string train_path = data_file(s.data, dj, "train"), val_path = data_file(s.data, dj, "val");
+    if (train_path.empty()) die("%s: no train split", dj_path.c_str());
+    if (!file_exists(train_path)) die("train: token shard %s is missing", train_path.c_str());
+
+    if (!resume) {
+        // the model, and what the scaling laws say
+        int sources = a.has("preset") + a.has("model");
+        if (sources > 1) die("train: give one of --preset NAME or --model DIR");
+        if (sources == 0 && !a.has("compute")) die("train: give --preset NAME, --model DIR or --compute C");
+        s.compute = a.has("compute") ? a.real("compute", 0, 1e6, 1e30) : 0;
+        ScalingPlan plan = scaling_plan(s.compute > 0 ? s.compute : 1e18);
+        if (sources == 1) {
+            model_from_args(&r.model, a, s.seed);
+            s.model_source = a.has("preset") ? "preset:" + a.str("preset") : "model:" + a.str("model");
+        }
+        int ctx_guess = sources == 1 ? r.model.cfg.max_position_embeddings : 256;
+        s.seq_len = (int)a.integer("seq-len", std::min(256, ctx_guess), 1, 1 << 20);
+        if (sources == 0) {
+            Config cfg = plan_shape(plan.flops_per_token, s.seq_len, data_vocab);
+            cfg.bos_token_id = dj.value("bos_token_id", 0);
+            cfg.eos_token_id = dj.value("eos_token_id", 1);
+            model_build(&r.model, cfg);
+            model_init_random(&r.model, s.seed, 0.006f);
+            s.model_source = "plan";
+            printf("model from the scaling laws: layers %d, hidden_size %d, heads %d, intermediate_size %d, vocab %d (%zu parameters)\n",
+                   cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size, cfg.vocab_size,
+                   r.model.num_parameters);
+        }
+        if (s.seq_len > r.model.cfg.max_position_embeddings)
+            die("train: --seq-len %d is beyond the model's context (max_position_embeddings %d)", s.seq_len,
+                r.model.cfg.max_position_embeddings);
+        long bt_default = s.compute > 0 ? (long)llround(plan.batch_tokens) : 16L * s.seq_len;
+        long bt = a.integer("batch-tokens", bt_default, 1, 1L << 40);
+        if (bt < s.seq_len) die("train: --batch-tokens %ld is smaller than one sequence of --seq-len %d", bt, s.seq_len);
+        long seqs = bt / s.seq_len;
+        s.micro_batch = (int)a.integer("micro-batch", std::max(1L, std::min(seqs, 4096L / s.seq_len)), 1, 1 << 20);
+        if (s.micro_batch > seqs) die("train: --micro-batch %d is larger than the batch (%ld sequences)", s.micro_batch, seqs);
+        s.accum = (int)std::max(1L, (long)llround((double)seqs / (s.micro_batch * s.world)));
+        s.batch_tokens = (long)s.accum * s.micro_batch * s.world * s.seq_len;
+        if (s.batch_tokens != bt)
+            printf("note: batch of %ld tokens rounded to %ld (%d × %d sequences × %d tokens)\n", bt, s.batch_tokens, s.accum,
+                   s.micro_batch, s.seq_len);
+        s.lr = a.real("lr", s.compute > 0 ? plan.learning_rate : 1e-3, 1e-12, 1e300);
+        long steps_default = s.compute > 0 ? (long)ceil(plan.tokens / s.batch_tokens) : 100;
+        s.steps = a.integer("steps", steps_default, 1, 1L << 40);
+        std::string sched = a.str("lr-schedule", "multistep");
+        if (sched != "multistep" && sched != "cosine") die("train: --lr-schedule must be multistep or cosine, got '%s'", sched.c_str());
+        s.schedule = sched == "cosine" ? LRSchedule::COSINE : LRSchedule::MULTISTEP;
+        s.warmup = a.integer("warmup-steps", default_warmup_steps(s.steps), 0, 1L << 40);
+        s.eval_every = a.integer("eval-every", std::max(1L, s.steps / 10), 0, 1L << 40);
+        s.save_every = a.integer("save-every", std::max(1L, s.steps / 10), 0, 1L << 40);
+        s.eval_windows = (int)a.integer("eval-windows", 64, 1, 1 << 24);
+        s.keep = (int)a.integer("keep", 3, 1, 1 << 20);
+        s.sample_tokens = (int)a.integer("sample-tokens", 32, 0, 1 << 16);
+        if (s.compute > 0)
+            printf("scaling laws for C = %.3g: batch %.0f tokens, lr %.3g, M_opt %.3g, D_opt %.3g tokens (%ld steps)\n", s.compute,
+                   plan.batch_tokens, plan.learning_rate, plan.flops_per_token, plan.tokens, (long)ceil(plan.tokens / s.batch_tokens));
+    }
+    if (data_vocab > r.model.cfg.vocab_size)
+        die("train: the data's vocabulary (%d) is larger than the model's (%d)", data_vocab, r.model.cfg.vocab_size);
+    {   // loaders (the resume cursor was parked in r.train before init)
+        uint64_t ep = r.train.epoch;
+        size_t ix = r.train.index;
+        loader_init(&r.train, train_path, s.micro_batch, s.seq_len, s.rank, s.world, s.seed, r.model.cfg.vocab_size, true);
+        if (resume) loader_seek(&r.train, ep, ix);
+    }
+    if (!val_path.empty() && file_exists(val_path)) {
+        Shard probe;
+        shard_open(&probe, val_path, r.model.cfg.vocab_size);
+        if ((probe.n - 1) / s.seq_len >= (size_t)s.micro_batch) {
+            loader_init(&r.val, val_path, s.micro_batch, s.seq_len, 0, 1, 0, r.model.cfg.vocab_size, false);
+            r.has_val = true;
+        } else printf("note: the validation split is shorter than one micro-batch; no validation\n");
+    } else if (!val_path.empty()) die("train: token shard %s is missing", val_path.c_str());
+    if (dj.contains("val")) r.unigram_bpb = dj["val"].value("unigram_bits_per_byte", 0.0);
+    // the tokenizer: bytes per token for bits per byte, and the samples
+    r.tokenizer_path = s.data + "/" + dj.value("tokenizer", std::string("tokenizer.json"));
+    if (file_exists(r.tokenizer_path)) {
+        r.tok = tokenizer_load(r.tokenizer_path);
+        int tv = tokenizer_vocab_size(r.tok), bos = tokenizer_bos_id(r.tok), eos = tokenizer_eos_id(r.tok);
+        r.token_bytes.assign(tv, 0);
+        for (int id = 0; id < tv; id++) {
+            if (id == bos || id == eos) continue;
+            try { r.token_bytes[id] = (int)tokenizer_token_bytes(r.tok, id).size(); } catch (const DeepseekError&) {}
+        }
+    } else {
+        r.tokenizer_path.clear();
+        r.mean_bytes_per_token = dj.contains("val") ? dj["val"].value("bytes_per_token", 0.0) : 0.0;
+        printf("note: no tokenizer in %s: no samples; bits per byte from the split's mean bytes per token\n", s.data.c_str());
+    }
+    make_dirs(s.out);
+    if (resume) metrics_truncate(s.out + "/metrics.jsonl", r.step);
+    else if (file_exists(s.out + "/metrics.jsonl")) unlink((s.out + "/metrics.jsonl").c_str());
+
+    printf("model: %s, %zu parameters, M = %.3g FLOPs/token\n", s.model_source.c_str(), r.model.num_parameters,
+           config_flops_per_token(r.model.cfg, s.seq_len));
+    printf("data: %s (%zu train tokens%s), seq_len %d\n", s.data.c_str(), r.train.shard.n,
+           r.has_val ? (", " + std::to_string(r.val.shard.n) + " val tokens").c_str() : "", s.seq_len);
+    printf("batch: %ld tokens = %d micro-batches × %d sequences × %d tokens × %d rank(s); %ld steps = %.3g tokens\n",
+           s.batch_tokens, s.accum, s.micro_batch, s.seq_len, s.world, s.steps, (double)s.steps * s.batch_tokens);
+    printf("optimizer: AdamW lr %.3g (%s, warmup %ld), betas (%.2f, %.2f), eps %.0e, weight decay %.1f, clip %.1f; %d threads\n",
+           s.lr, s.schedule == LRSchedule::MULTISTEP ? "multistep" : "cosine", s.warmup, ADAMW_BETA1, ADAMW_BETA2, ADAMW_EPS,
+           WEIGHT_DECAY, CLIP_GRAD_NORM, num_threads());
+    fflush(stdout);
+
+    std::string final_dir = train_loop(&r, pretrain_objective);
+    if (r.tok) tokenizer_free(r.tok);
+    if (r.step == s.steps) {
+        std::string png = plot_loss_curve(s.out);
+        printf("metrics: %s/metrics.jsonl\n", s.out.c_str());
+        printf("loss curve: %s\n", png.empty() ? "(gnuplot not found: see loss_train.tsv, loss_val.tsv)" : png.c_str());
+        printf("final: %s\n", final_dir.c_str());
+    }
+    return 0;
+}
+
 int cmd_sft(int, char**) { die("sft: not implemented yet"); }
 int cmd_dpo(int, char**) { die("dpo: not implemented yet"); }

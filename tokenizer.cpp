@@ -23,7 +23,12 @@
 #include <queue>                // std::priority_queue
 #include <unordered_map>        // std::unordered_map
 #include <unordered_set>        // std::unordered_set
+#ifdef _OPENMP
 #include <omp.h>                // omp_get_thread_num (parallel pre-tokenization in training)
+#else
+static int omp_get_max_threads() { return 1; }
+static int omp_get_thread_num() { return 0; }
+#endif
 
 using json = nlohmann::json;
 using ordered_json = nlohmann::ordered_json;
@@ -340,6 +345,7 @@ struct Tokenizer {
     bool has_template = false;
     int bos = -1, eos = -1;
     int vocab_size = 0;
+    int id_limit = 1 << 24;              // ids are dense in practice; a wild id is an error, not a huge allocation
     Tokenizer() { for (int& b : byte_id) b = -1; serial = g_tokenizer_serial++; }
     ~Tokenizer() { for (PreStep& s : pre) if (s.re) onig_free(s.re); }
     Tokenizer(const Tokenizer&) = delete;
@@ -359,7 +365,7 @@ static void tok_set_id(Tokenizer* t, int id, const std::string& str, const std::
 // Model vocab entry. Its bytes are the byte-level decoding of the string; a string with characters outside
 // the byte alphabet decodes to its own UTF-8, as the ByteLevel decoder does.
 static void tok_add_vocab(Tokenizer* t, const std::string& str, int id, const std::string& where) {
-    if (id < 0 || id >= (1 << 30)) die("%s: token id %d out of range", where.c_str(), id);
+    if (id < 0 || id >= t->id_limit) die("%s: token id %d out of range [0, %d)", where.c_str(), id, t->id_limit);
     if (!t->vocab.emplace(str, id).second) die("%s: token appears twice in the vocab", where.c_str());
     if (id < (int)t->id_used.size() && t->id_used[id]) die("%s: id %d given to two tokens", where.c_str(), id);
     std::string raw;
@@ -380,7 +386,7 @@ static void tok_add_merge(Tokenizer* t, const std::string& a, const std::string&
 }
 
 static void tok_add_added(Tokenizer* t, AddedToken a, const std::string& where) {
-    if (a.id < 0 || a.id >= (1 << 30)) die("%s: added token id %d out of range", where.c_str(), a.id);
+    if (a.id < 0 || a.id >= t->id_limit) die("%s: added token id %d out of range [0, %d)", where.c_str(), a.id, t->id_limit);
     if (a.content.empty()) die("%s: added token %d has empty content", where.c_str(), a.id);
     if (t->added_by_content.count(a.content)) die("%s: added token \"%s\" appears twice", where.c_str(), a.content.c_str());
     auto v = t->vocab.find(a.content);
@@ -582,6 +588,8 @@ static Tokenizer* tokenizer_from_json(const json& j, const std::string& where) {
     t->ignore_merges = jbool(m, "ignore_merges", false, mw);
     const json& vocab = jget(m, "vocab", mw);
     if (!vocab.is_object()) die("%s.vocab: expected an object", mw.c_str());
+    size_t n_added = j.contains("added_tokens") && j["added_tokens"].is_array() ? j["added_tokens"].size() : 0;
+    t->id_limit = (int)std::min<size_t>(1 << 24, 2 * (vocab.size() + n_added) + 65536);
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
         long long id = jint(it.value(), mw + ".vocab[\"" + it.key() + "\"]");
         if (id < 0 || id >= (1 << 30)) die("%s.vocab: id %lld out of range", mw.c_str(), id);
@@ -911,7 +919,7 @@ static void bpe_word(const Tokenizer* t, const unsigned char* bytes, size_t n, s
 // The per-thread cache: (pre-tokenizer step, piece) → ids. What the remaining steps and BPE make of a piece
 // depends only on its bytes (each regex sees the piece alone), so a piece seen before at the same step is
 // answered at once — most words skip the later regexes as well as BPE. A flat open-addressing table over
-// an arena of keys and ids; one tokenizer at a time per thread (another one resets it); bounded in size.
+// an arena of keys and ids, per thread and tokenizer (tokenizer_encode keeps a few); bounded in size.
 struct PieceCache {
     uint64_t serial = 0;
     std::vector<uint64_t> hashes;      // 0 = empty slot
@@ -954,7 +962,7 @@ struct PieceCache {
         return false;
     }
     void insert(uint64_t h, size_t step, const char* p, size_t n, const int* x, size_t m) {
-        if (used >= MAX_ENTRIES || ids.size() + m > 0xFFFFFFF0u) reset(serial);   // full: start over (cheap, rare)
+        if (used >= MAX_ENTRIES || keys.size() > (64u << 20) || ids.size() + m > (64u << 20)) reset(serial);   // full: start over (cheap, rare)
         else if ((used + 1) * 2 > hashes.size()) grow();
         uint64_t mask = hashes.size() - 1;
         size_t i = h & mask;
@@ -1065,8 +1073,17 @@ static void split_added(const Tokenizer* t, const Trie& trie, const std::string&
 
 std::vector<int> tokenizer_encode(const Tokenizer* tok, const std::string& text, bool add_bos) {
     if (text.size() > 0x7FFFFFFFu) die("tokenizer: input of %zu bytes is too large to encode at once (limit 2 GiB)", text.size());
-    thread_local PieceCache cache;
+    // a few caches per thread, one per tokenizer in use (least recently used one replaced)
+    thread_local PieceCache caches[4];
+    thread_local uint64_t last_use[4], clock = 0;
+    int slot = 0;
+    for (int k = 0; k < 4; k++) {
+        if (caches[k].serial == tok->serial) { slot = k; break; }
+        if (last_use[k] < last_use[slot]) slot = k;
+    }
+    PieceCache& cache = caches[slot];
     if (cache.serial != tok->serial) cache.reset(tok->serial);
+    last_use[slot] = ++clock;
     std::vector<int> out;
     out.reserve(text.size() / 3 + 16);
     if (add_bos) {
@@ -1167,7 +1184,7 @@ static Tokenizer* tokenizer_from_gguf(const std::string& path) {
         if ((key == "tokenizer.ggml.tokens" || key == "tokenizer.ggml.merges" || key == "tokenizer.ggml.token_type") && type == 9) {
             uint32_t et = r.u32();
             uint64_t cnt = r.u64();
-            if (cnt > (1u << 26)) die("%s: %s has %llu entries", path.c_str(), key.c_str(), (unsigned long long)cnt);
+            if (cnt > (1u << 24)) die("%s: %s has %llu entries", path.c_str(), key.c_str(), (unsigned long long)cnt);
             for (uint64_t i = 0; i < cnt; i++) {
                 if (key == "tokenizer.ggml.token_type") types.push_back(r.scalar_int(et));
                 else if (et != 8) die("%s: %s must hold strings", path.c_str(), key.c_str());

@@ -1,0 +1,27 @@
+// libFuzzer target: the tokenizer.json loader. Any input must load or fail with a DeepseekError (one clear
+// line), never crash; what loads must encode and decode a few texts. Seeds: tests/fixtures/tokenizer/variant_*.json.
+#include "../../tokenizer.cpp"   // the loader's static functions: tokenizer_parse reads from memory
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    std::string text((const char*)data, size);
+    Tokenizer* t = nullptr;
+    try {
+        t = tokenizer_parse(text, "fuzz");
+    } catch (const DeepseekError&) {
+        return 0;
+    }
+    static const char* samples[] = {"Hello world 123", "ü ø\r\n\t  x", "<eos>[MASK]\xff\xfe", ""};
+    for (const char* s : samples) {
+        try {
+            std::vector<int> ids = tokenizer_encode(t, s, true);
+            tokenizer_decode(t, ids);
+        } catch (const DeepseekError&) {
+        }
+    }
+    try {
+        tokenizer_to_json(t);
+    } catch (const DeepseekError&) {
+    }
+    tokenizer_free(t);
+    return 0;
+}

@@ -14,6 +14,7 @@
 #include <cstdio>        // printf, fprintf, fflush, fgets
 #include <cstdlib>       // calloc, free
 #include <cstring>       // memcpy, strcmp
+#include <initializer_list>  // std::initializer_list (fused linears)
 #include <ctime>         // time (the default seed)
 #include <unistd.h>      // isatty, getpid
 #include <nlohmann/json.hpp>  // nlohmann::json: generation_config.json
@@ -65,44 +66,137 @@ static inline void dot4_bf16(float out[4], const float* x, const uint16_t* w0, c
     out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
 }
 
-// linear: out[n,o] = Σ_i x[n,i] · W[o,i]   (W [out, in], fp32 or bf16; out may be accumulated into with `accumulate`)
-// Threads split the output rows, four at a time. Decode (N = 1) streams each weight row once: it is bound by
-// memory bandwidth, so bf16 weights are read as bf16. Prefill (N > 1) upcasts a bf16 block of four rows once
-// into a per-thread buffer and reuses it for all N tokens.
-static void linear_forward(float* out, const float* x, const InferWeight& W, int N, int in, int out_dim, bool accumulate) {
-    int blocks = (out_dim + 3) / 4;
+// Prefill's block: four weight rows against two tokens, eight accumulators; each step loads 4 + 2 vectors for
+// 8 FMAs (register-blocked like a GEMM micro-kernel; 8 + 6 vector registers fit even AVX2's 16).
+static inline void dot4x2_f32(float out[8], const float* x0, const float* x1, const float* w0, const float* w1,
+                              const float* w2, const float* w3, int in) {
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+    #pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
+    for (int i = 0; i < in; i++) {
+        a0 = fmaf(x0[i], w0[i], a0); a1 = fmaf(x0[i], w1[i], a1); a2 = fmaf(x0[i], w2[i], a2); a3 = fmaf(x0[i], w3[i], a3);
+        b0 = fmaf(x1[i], w0[i], b0); b1 = fmaf(x1[i], w1[i], b1); b2 = fmaf(x1[i], w2[i], b2); b3 = fmaf(x1[i], w3[i], b3);
+    }
+    out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3; out[4] = b0; out[5] = b1; out[6] = b2; out[7] = b3;
+}
+
+// linear: out[n,o] = Σ_i x[n,i] · W[o,i]   (W [out, in], fp32 or bf16; with `accumulate`, out += instead)
+// Work is split into blocks of four output rows. Decode (N = 1) streams each weight row once: it is bound by
+// memory bandwidth, so bf16 weights are read as bf16. Prefill (N > 1) upcasts a bf16 block once into `buf`
+// [4, in] and reuses it for all N tokens, two at a time.
+static void linear_block(float* out, const float* x, const InferWeight& W, int N, int in, int out_dim, int b,
+                         bool accumulate, std::vector<float>& buf) {
+    int o0 = b * 4, rows = std::min(4, out_dim - o0);
+    int r[4];  // row indices; a short last block repeats its last row (computed, not stored)
+    for (int j = 0; j < 4; j++) r[j] = o0 + std::min(j, rows - 1);
+    if (W.bf16 && N == 1) {
+        float s[4];
+        dot4_bf16(s, x, W.bf16 + (size_t)r[0] * in, W.bf16 + (size_t)r[1] * in, W.bf16 + (size_t)r[2] * in,
+                  W.bf16 + (size_t)r[3] * in, in);
+        for (int j = 0; j < rows; j++) out[o0 + j] = accumulate ? out[o0 + j] + s[j] : s[j];
+        return;
+    }
+    const float* w[4];
+    if (W.f32) {
+        for (int j = 0; j < 4; j++) w[j] = W.f32 + (size_t)r[j] * in;
+    } else {
+        if (buf.size() < (size_t)4 * in) buf.resize((size_t)4 * in);
+        for (int j = 0; j < 4; j++) {
+            const uint16_t* src = W.bf16 + (size_t)r[j] * in;
+            float* dst = buf.data() + (size_t)j * in;
+            #pragma omp simd
+            for (int i = 0; i < in; i++) dst[i] = bf16f(src[i]);
+            w[j] = dst;
+        }
+    }
+    int n = 0;
+    for (; n + 1 < N; n += 2) {  // pairs of tokens
+        float s[8];
+        dot4x2_f32(s, x + (size_t)n * in, x + (size_t)(n + 1) * in, w[0], w[1], w[2], w[3], in);
+        float* p0 = out + (size_t)n * out_dim + o0;
+        float* p1 = p0 + out_dim;
+        for (int j = 0; j < rows; j++) {
+            p0[j] = accumulate ? p0[j] + s[j] : s[j];
+            p1[j] = accumulate ? p1[j] + s[4 + j] : s[4 + j];
+        }
+    }
+    for (; n < N; n++) {
+        float s[4];
+        dot4_f32(s, x + (size_t)n * in, w[0], w[1], w[2], w[3], in);
+        float* p = out + (size_t)n * out_dim + o0;
+        for (int j = 0; j < rows; j++) p[j] = accumulate ? p[j] + s[j] : s[j];
+    }
+}
+
+// Several linears of the same input x [N, in] in one parallel loop: one barrier instead of one each (q, k, v).
+// Barriers matter: a decode step of a small model is ~10 µs of work per layer, and each synchronisation of the
+// threads costs microseconds, far more when the machine is busy.
+struct LinearJob { float* out; const InferWeight* W; int out_dim; bool accumulate; };
+static void linear_forward(const float* x, int N, int in, std::initializer_list<LinearJob> jobs) {
+    std::vector<LinearJob> J(jobs);
+    std::vector<int> first(J.size() + 1, 0);   // the first block of each job
+    for (size_t j = 0; j < J.size(); j++) first[j + 1] = first[j] + (J[j].out_dim + 3) / 4;
     #pragma omp parallel
     {
         std::vector<float> buf;
-        if (W.bf16 && N > 1) buf.resize((size_t)4 * in);
         #pragma omp for schedule(static)
-        for (int b = 0; b < blocks; b++) {
-            int o0 = b * 4, rows = std::min(4, out_dim - o0);
-            int r[4];  // row indices; a short last block repeats its last row (computed, not stored)
-            for (int j = 0; j < 4; j++) r[j] = o0 + std::min(j, rows - 1);
-            const float* w[4];
-            if (W.f32) {
-                for (int j = 0; j < 4; j++) w[j] = W.f32 + (size_t)r[j] * in;
-            } else if (N > 1) {
-                for (int j = 0; j < 4; j++) {
-                    const uint16_t* src = W.bf16 + (size_t)r[j] * in;
-                    float* dst = buf.data() + (size_t)j * in;
-                    #pragma omp simd
-                    for (int i = 0; i < in; i++) dst[i] = bf16f(src[i]);
-                    w[j] = dst;
-                }
-            }
-            for (int n = 0; n < N; n++) {
-                float s[4];
-                const float* xn = x + (size_t)n * in;
-                if (W.f32 || N > 1) dot4_f32(s, xn, w[0], w[1], w[2], w[3], in);
-                else dot4_bf16(s, xn, W.bf16 + (size_t)r[0] * in, W.bf16 + (size_t)r[1] * in,
-                               W.bf16 + (size_t)r[2] * in, W.bf16 + (size_t)r[3] * in, in);
-                float* on = out + (size_t)n * out_dim + o0;
-                for (int j = 0; j < rows; j++) on[j] = accumulate ? on[j] + s[j] : s[j];
-            }
+        for (int b = 0; b < first.back(); b++) {
+            size_t j = 0;
+            while (b >= first[j + 1]) j++;
+            linear_block(J[j].out, x, *J[j].W, N, in, J[j].out_dim, b - first[j], J[j].accumulate, buf);
         }
     }
+}
+
+// The MLP's first half, fused: act[n,f] = silu(x·gate_projᵀ) · (x·up_projᵀ), four rows f at a time, so gate and
+// up need no second pass or barrier. act, up_tmp: [N, F].
+static void swiglu_linear_forward(float* act, float* up_tmp, const float* x, const InferWeight& gate,
+                                  const InferWeight& up, int N, int in, int F) {
+    #pragma omp parallel
+    {
+        std::vector<float> buf;
+        #pragma omp for schedule(static)
+        for (int b = 0; b < (F + 3) / 4; b++) {
+            linear_block(act, x, gate, N, in, F, b, false, buf);
+            linear_block(up_tmp, x, up, N, in, F, b, false, buf);
+            int o0 = b * 4, rows = std::min(4, F - o0);
+            for (int n = 0; n < N; n++)
+                for (int j = 0; j < rows; j++) {
+                    size_t i = (size_t)n * F + o0 + j;
+                    act[i] = silu(act[i]) * up_tmp[i];
+                }
+        }
+    }
+}
+
+// RMSNorm of N rows, serially: at decode sizes a parallel region would cost more than the arithmetic.
+//   y = w ⊙ x / sqrt(mean(x²) + eps)   (the same formula as rmsnorm_forward in deepseek.cu)
+static void rmsnorm_rows(float* out, const float* inp, const float* weight, int N, int C, float eps) {
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (size_t)n * C;
+        float ss = 0.0f;
+        for (int i = 0; i < C; i++) ss += x[i] * x[i];
+        float r = 1.0f / sqrtf(ss / C + eps);
+        float* y = out + (size_t)n * C;
+        for (int i = 0; i < C; i++) y[i] = weight[i] * (x[i] * r);
+    }
+}
+
+// RoPE (Hugging Face rotate-half layout, as rope_forward in deepseek.cu), serially, for N rows of `heads` heads.
+//   (x_i, x_{i+D/2}) → (x_i·cos − x_{i+D/2}·sin, x_{i+D/2}·cos + x_i·sin),  angle = pos · inv_freq[i]
+// x may have a row stride (the cache rows). inv_freq [D/2] is computed once per model, in fp32 as transformers.
+static void rope_rows(float* x, size_t stride, const int* pos, int N, int heads, int D, const float* inv_freq) {
+    int half = D / 2;
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < half; i++) {
+            double angle = (double)pos[n] * (double)inv_freq[i];
+            float c = (float)cos(angle), s = (float)sin(angle);
+            for (int h = 0; h < heads; h++) {
+                float* v = x + (size_t)n * stride + (size_t)h * D;
+                float x1 = v[i], x2 = v[i + half];
+                v[i] = x1 * c - x2 * s;
+                v[i + half] = x2 * c + x1 * s;
+            }
+        }
 }
 
 // Attention of N new tokens (positions pos0..pos0+N-1) over the cache, which already holds their keys/values.
@@ -286,33 +380,33 @@ static void infer_chunk(InferModel* im, const int* tokens, int N, float* logits_
         else for (int i = 0; i < C; i++) xr[i] = bf16f(im->embed_tokens.bf16[(size_t)tokens[n] * C + i]);
     }
     float eps = (float)c.rms_norm_eps;
+    int half = D / 2;
+    std::vector<float> inv_freq(half);
+    for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf((float)c.rope_theta, (float)(2 * i) / (float)D);
     for (int l = 0; l < c.num_hidden_layers; l++) {
         const InferLayer& ly = im->layers[l];
         float* kc = im->key_cache + (size_t)l * im->ctx * KVD;
         float* vc = im->value_cache + (size_t)l * im->ctx * KVD;
-        // attention block: new keys/values go straight into the cache rows pos0..pos0+N-1
-        rmsnorm_forward(xn, nullptr, x, ly.input_layernorm, N, C, eps);
-        linear_forward(q, xn, ly.q_proj, N, C, QD, false);
-        linear_forward(kc + (size_t)pos0 * KVD, xn, ly.k_proj, N, C, KVD, false);
-        linear_forward(vc + (size_t)pos0 * KVD, xn, ly.v_proj, N, C, KVD, false);
-        rope_forward(q, pos.data(), N, H, D, (float)c.rope_theta);
-        rope_forward(kc + (size_t)pos0 * KVD, pos.data(), N, KV, D, (float)c.rope_theta);
+        float* knew = kc + (size_t)pos0 * KVD;   // this chunk's keys/values go straight into the cache
+        float* vnew = vc + (size_t)pos0 * KVD;
+        // attention block: x += o_proj(attention(rope(q_proj(xn)), rope(k_proj(xn)), v_proj(xn)))
+        rmsnorm_rows(xn, x, ly.input_layernorm, N, C, eps);
+        linear_forward(xn, N, C, {{q, &ly.q_proj, QD, false}, {knew, &ly.k_proj, KVD, false}, {vnew, &ly.v_proj, KVD, false}});
+        rope_rows(q, QD, pos.data(), N, H, D, inv_freq.data());
+        rope_rows(knew, KVD, pos.data(), N, KV, D, inv_freq.data());
         attention_cached(y, q, kc, vc, N, pos0, H, KV, D);
-        linear_forward(x, y, ly.o_proj, N, QD, C, true);            // residual: x += o_proj(y)
-        // MLP block
-        rmsnorm_forward(xn, nullptr, x, ly.post_attention_layernorm, N, C, eps);
-        linear_forward(gate, xn, ly.gate_proj, N, C, F, false);
-        linear_forward(up, xn, ly.up_proj, N, C, F, false);
-        #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < (size_t)N * F; i++) gate[i] = silu(gate[i]) * up[i];
-        linear_forward(x, gate, ly.down_proj, N, F, C, true);       // residual: x += down_proj(act)
+        linear_forward(y, N, QD, {{x, &ly.o_proj, C, true}});
+        // MLP block: x += down_proj(silu(gate_proj(xn)) ⊙ up_proj(xn))
+        rmsnorm_rows(xn, x, ly.post_attention_layernorm, N, C, eps);
+        swiglu_linear_forward(gate, up, xn, ly.gate_proj, ly.up_proj, N, C, F);
+        linear_forward(gate, N, F, {{x, &ly.down_proj, C, true}});
     }
     if (logits_out) {
-        rmsnorm_forward(xn, nullptr, x, im->norm, N, C, eps);
-        linear_forward(logits_out, xn, im->lm_head, N, C, V, false);
+        rmsnorm_rows(xn, x, im->norm, N, C, eps);
+        linear_forward(xn, N, C, {{logits_out, &im->lm_head, V, false}});
     } else {  // only the last token's logits are wanted
-        rmsnorm_forward(xn, nullptr, x + (size_t)(N - 1) * C, im->norm, 1, C, eps);
-        linear_forward(im->logits.data(), xn, im->lm_head, 1, C, V, false);
+        rmsnorm_rows(xn, x + (size_t)(N - 1) * C, im->norm, 1, C, eps);
+        linear_forward(xn, 1, C, {{im->logits.data(), &im->lm_head, V, false}});
     }
     im->pos += N;
     im->cached.insert(im->cached.end(), tokens, tokens + N);

@@ -116,7 +116,8 @@ TEST_CASE("the cache rewinds to a shared prefix and the context limit is enforce
     infer_forward(&im, a.data(), (int)a.size());
     infer_rewind(&im, 3);
     z = infer_forward(&im, b.data() + 3, 2);
-    CHECK(rel_to_scale(z, want.data(), want.size()) == 0.0);  // same computation, same order: bitwise
+    // the same tokens, grouped into other pairs by the prefill kernel: equal up to summation order (~1e-7)
+    CHECK(rel_to_scale(z, want.data(), want.size()) < 1e-6);
     std::vector<int> many(16, 5);
     CHECK_THROWS_AS(infer_forward(&im, many.data(), 16), DeepseekError);  // 5 + 16 > 20
 }

@@ -726,42 +726,41 @@ static TrainSettings settings_from_json(const json& j, const std::string& where)
 // ============================================================================
 // metrics and the loss-curve picture
 
-// Rewrites metrics.jsonl keeping only the records up to `step` (a resumed run replaces what followed its checkpoint).
-static void metrics_truncate(const std::string& path, long step) {
-    if (!file_exists(path)) return;
-    std::string text = read_file(path), kept;
+// the records of a JSONL file; a torn last line (a process killed mid-write) is skipped
+static std::vector<json> read_jsonl(const std::string& path) {
+    std::vector<json> v;
+    if (!file_exists(path)) return v;
+    std::string text = read_file(path);
     size_t pos = 0;
     while (pos < text.size()) {
         size_t e = text.find('\n', pos);
-        if (e == std::string::npos) break;  // a torn last line (killed mid-write) is dropped
-        std::string line = text.substr(pos, e - pos);
+        if (e == std::string::npos) break;
+        try { v.push_back(json::parse(text.substr(pos, e - pos))); } catch (...) {}
         pos = e + 1;
-        try {
-            json j = json::parse(line);
-            if (j.value("step", 0L) <= step) kept += line + "\n";
-        } catch (...) {}
     }
+    return v;
+}
+
+// Rewrites metrics.jsonl keeping only the records up to `step` (a resumed run replaces what followed its checkpoint).
+static void metrics_truncate(const std::string& path, long step) {
+    if (!file_exists(path)) return;
+    std::string kept;
+    for (const json& j : read_jsonl(path))
+        if (j.value("step", 0L) <= step) kept += j.dump() + "\n";
     write_file_atomic(path, kept);
 }
 
 // train and validation loss against tokens, with gnuplot (Debian gnuplot-nox); a note if it is missing
 static std::string plot_loss_curve(const std::string& out) {
     std::string metrics = out + "/metrics.jsonl", tr = out + "/loss_train.tsv", va = out + "/loss_val.tsv";
-    std::string text = read_file(metrics), ttrain = "# tokens\tloss\n", tval = "# tokens\tval_loss\tval_bpb\n";
-    size_t pos = 0;
-    while (pos < text.size()) {
-        size_t e = text.find('\n', pos);
-        if (e == std::string::npos) break;
-        try {
-            json j = json::parse(text.substr(pos, e - pos));
-            char b[128];
-            if (j.contains("loss")) { snprintf(b, sizeof b, "%.0f\t%.6f\n", j["tokens"].get<double>(), j["loss"].get<double>()); ttrain += b; }
-            if (j.contains("val_loss")) {
-                snprintf(b, sizeof b, "%.0f\t%.6f\t%.6f\n", j["tokens"].get<double>(), j["val_loss"].get<double>(), j["val_bpb"].get<double>());
-                tval += b;
-            }
-        } catch (...) {}
-        pos = e + 1;
+    std::string ttrain = "# tokens\tloss\n", tval = "# tokens\tval_loss\tval_bpb\n";
+    for (const json& j : read_jsonl(metrics)) {
+        char b[128];
+        if (j.contains("loss")) { snprintf(b, sizeof b, "%.0f\t%.6f\n", j["tokens"].get<double>(), j["loss"].get<double>()); ttrain += b; }
+        if (j.contains("val_loss")) {
+            snprintf(b, sizeof b, "%.0f\t%.6f\t%.6f\n", j["tokens"].get<double>(), j["val_loss"].get<double>(), j["val_bpb"].get<double>());
+            tval += b;
+        }
     }
     write_file_atomic(tr, ttrain);
     write_file_atomic(va, tval);
@@ -860,7 +859,7 @@ static std::string train_loop(TrainRun* r, float (*objective)(Model*, const int*
     double t_start = now_s(), step_tokens = (double)B * T * s.accum * s.world;
     long first_step = r->step;
     std::string last_ckpt;
-    if (r->step == 0) run_eval(r, metrics);
+    if (r->step == 0 && s.eval_every > 0) run_eval(r, metrics);   // the untrained model's numbers, for the curve
     while (r->step < s.steps) {
         double t0 = now_s();
         model_zero_grad(&r->model);
@@ -919,8 +918,9 @@ static void train_usage() {
            "  pre-training on token shards from `deepseek data prepare` (DIR/train.bin, DIR/val.bin, DIR/data.json).\n"
            "  AdamW (β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1 on matrices), gradient clipping at norm 1.0,\n"
            "  gradient accumulation up to the batch size, the paper's multi-step schedule.\n"
-           "  --compute C          take batch size, learning rate and token budget from the paper's scaling laws\n"
-           "                       (and, without --preset/--model, the model shape: see deepseek plan)\n"
+           "  --compute C          take batch size, learning rate and token budget from the paper's scaling laws:\n"
+           "                       B_opt, η_opt, and D = C / M for a given model (C = M·D); without --preset/--model,\n"
+           "                       the shape near M_opt and D_opt tokens (see deepseek plan)\n"
            "  --steps N            optimizer steps (default: tokens from --compute / batch, else 100)\n"
            "  --batch-tokens N     tokens per step (default: B_opt with --compute, else 16 sequences)\n"
            "  --seq-len T          tokens per sequence (default min(256, the model's context))\n"
@@ -1026,16 +1026,21 @@ int cmd_train(int argc, char** argv) {
         long bt_default = s.compute > 0 ? (long)llround(plan.batch_tokens) : 16L * s.seq_len;
         long bt = a.integer("batch-tokens", bt_default, 1, 1L << 40);
         if (bt < s.seq_len) die("train: --batch-tokens %ld is smaller than one sequence of --seq-len %d", bt, s.seq_len);
-        long seqs = bt / s.seq_len;
-        s.micro_batch = (int)a.integer("micro-batch", std::max(1L, std::min(seqs, 4096L / s.seq_len)), 1, 1 << 20);
+        long seqs = std::max(1L, (long)llround((double)bt / s.seq_len / s.world));   // per rank
+        // micro-batches of up to 4096 tokens by default, as even as the batch allows; accumulation makes up the rest
+        long cap = std::max(1L, 4096L / s.seq_len), accum_guess = (seqs + cap - 1) / cap;
+        s.micro_batch = (int)a.integer("micro-batch", std::max(1L, (long)llround((double)seqs / accum_guess)), 1, 1 << 20);
         if (s.micro_batch > seqs) die("train: --micro-batch %d is larger than the batch (%ld sequences)", s.micro_batch, seqs);
-        s.accum = (int)std::max(1L, (long)llround((double)seqs / (s.micro_batch * s.world)));
+        s.accum = (int)std::max(1L, (long)llround((double)seqs / s.micro_batch));
         s.batch_tokens = (long)s.accum * s.micro_batch * s.world * s.seq_len;
         if (s.batch_tokens != bt)
             printf("note: batch of %ld tokens rounded to %ld (%d × %d sequences × %d tokens)\n", bt, s.batch_tokens, s.accum,
                    s.micro_batch, s.seq_len);
         s.lr = a.real("lr", s.compute > 0 ? plan.learning_rate : 1e-3, 1e-12, 1e300);
-        long steps_default = s.compute > 0 ? (long)ceil(plan.tokens / s.batch_tokens) : 100;
+        // the token budget: D_opt for the planned model; for a given model, D = C / M (the paper's C = M·D)
+        double M = config_flops_per_token(r.model.cfg, s.seq_len);
+        double budget = sources == 0 ? plan.tokens : s.compute / M;
+        long steps_default = s.compute > 0 ? std::max(1L, (long)ceil(budget / s.batch_tokens)) : 100;
         s.steps = a.integer("steps", steps_default, 1, 1L << 40);
         std::string sched = a.str("lr-schedule", "multistep");
         if (sched != "multistep" && sched != "cosine") die("train: --lr-schedule must be multistep or cosine, got '%s'", sched.c_str());
@@ -1047,8 +1052,12 @@ int cmd_train(int argc, char** argv) {
         s.keep = (int)a.integer("keep", 3, 1, 1 << 20);
         s.sample_tokens = (int)a.integer("sample-tokens", 32, 0, 1 << 16);
         if (s.compute > 0)
-            printf("scaling laws for C = %.3g: batch %.0f tokens, lr %.3g, M_opt %.3g, D_opt %.3g tokens (%ld steps)\n", s.compute,
-                   plan.batch_tokens, plan.learning_rate, plan.flops_per_token, plan.tokens, (long)ceil(plan.tokens / s.batch_tokens));
+            printf("scaling laws for C = %.3g: B_opt %.0f tokens, lr %.3g, M_opt %.3g, D_opt %.3g; this model: M %.3g, "
+                   "budget %.3g tokens\n", s.compute, plan.batch_tokens, plan.learning_rate, plan.flops_per_token, plan.tokens, M, budget);
+        // the data's special tokens, for the generation config of the checkpoints
+        int bos = dj.value("bos_token_id", -1), eos = dj.value("eos_token_id", -1);
+        if (bos >= 0 && bos < r.model.cfg.vocab_size) r.model.cfg.bos_token_id = bos;
+        if (eos >= 0 && eos < r.model.cfg.vocab_size) r.model.cfg.eos_token_id = eos;
     }
     if (data_vocab > r.model.cfg.vocab_size)
         die("train: the data's vocabulary (%d) is larger than the model's (%d)", data_vocab, r.model.cfg.vocab_size);
@@ -1101,6 +1110,13 @@ int cmd_train(int argc, char** argv) {
     if (r.tok) tokenizer_free(r.tok);
     if (r.step == s.steps) {
         std::string png = plot_loss_curve(s.out);
+        // the run's story in one line: validation bits per byte from the first evaluation to the last
+        double first = NAN, last = NAN;
+        for (const json& j : read_jsonl(s.out + "/metrics.jsonl"))
+            if (j.contains("val_bpb")) { if (std::isnan(first)) first = j["val_bpb"]; last = j["val_bpb"]; }
+        if (!std::isnan(last))
+            printf("validation bits per byte: %.4f -> %.4f (unigram entropy of the validation tokens: %.4f bits/byte)\n", first,
+                   last, r.unigram_bpb);
         printf("metrics: %s/metrics.jsonl\n", s.out.c_str());
         printf("loss curve: %s\n", png.empty() ? "(gnuplot not found: see loss_train.tsv, loss_val.tsv)" : png.c_str());
         printf("final: %s\n", final_dir.c_str());

@@ -131,7 +131,32 @@ static void linear_block(float* out, const float* x, const InferWeight& W, int N
 // Barriers matter: a decode step of a small model is ~10 µs of work per layer, and each synchronisation of the
 // threads costs microseconds, far more when the machine is busy.
 struct LinearJob { float* out; const InferWeight* W; int out_dim; bool accumulate; };
+
+// Prefill of many tokens is compute-bound: there the packed GEMM of deepseek.cu's fast paths (gemm_f32) does the
+// work. fp32 weights are its B operand directly; bf16 weights are upcast a panel of rows at a time.
+static const int GEMM_MIN_TOKENS = 8, BF16_PANEL_ROWS = 256;
+static void linear_gemm(const float* x, int N, int in, const LinearJob& j) {
+    if (j.W->f32) {
+        gemm_f32(N, j.out_dim, in, x, in, false, j.W->f32, in, true, j.out, j.out_dim, j.accumulate);
+        return;
+    }
+    thread_local std::vector<float> panel;
+    panel.resize((size_t)BF16_PANEL_ROWS * in);
+    for (int r0 = 0; r0 < j.out_dim; r0 += BF16_PANEL_ROWS) {
+        int rows = std::min(BF16_PANEL_ROWS, j.out_dim - r0);
+        const uint16_t* src = j.W->bf16 + (size_t)r0 * in;
+        float* dst = panel.data();
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < (size_t)rows * in; i++) dst[i] = bf16f(src[i]);
+        gemm_f32(N, rows, in, x, in, false, dst, in, true, j.out + r0, j.out_dim, j.accumulate);
+    }
+}
+
 static void linear_forward(const float* x, int N, int in, std::initializer_list<LinearJob> jobs) {
+    if (N >= GEMM_MIN_TOKENS) {
+        for (const LinearJob& j : jobs) linear_gemm(x, N, in, j);
+        return;
+    }
     std::vector<LinearJob> J(jobs);
     std::vector<int> first(J.size() + 1, 0);   // the first block of each job
     for (size_t j = 0; j < J.size(); j++) first[j + 1] = first[j] + (J[j].out_dim + 3) / 4;
@@ -151,6 +176,13 @@ static void linear_forward(const float* x, int N, int in, std::initializer_list<
 // up need no second pass or barrier. act, up_tmp: [N, F].
 static void swiglu_linear_forward(float* act, float* up_tmp, const float* x, const InferWeight& gate,
                                   const InferWeight& up, int N, int in, int F) {
+    if (N >= GEMM_MIN_TOKENS) {
+        linear_gemm(x, N, in, {act, &gate, F, false});
+        linear_gemm(x, N, in, {up_tmp, &up, F, false});
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < (size_t)N * F; i++) act[i] = silu(act[i]) * up_tmp[i];
+        return;
+    }
     #pragma omp parallel
     {
         std::vector<float> buf;

@@ -53,9 +53,12 @@ static bool valid_utf8(const std::string& s) {
 static void check_cache_vs_recompute(Model& m, int T, int prefill) {
     const Config& c = m.cfg;
     std::vector<int> toks(T);
+    bool was = g_cpu_reference;
+    g_cpu_reference = true;   // the oracle: deepseek.cu's reference layers
     uint64_t s = 12345;
     for (int t = 0; t < T; t++) { s = s * 6364136223846793005ull + 1442695040888963407ull; toks[t] = (int)((s >> 33) % c.vocab_size); }
     model_forward(&m, toks.data(), nullptr, 1, T);
+    g_cpu_reference = was;
     InferModel im;
     infer_from_model(&im, m, T);
     size_t V = c.vocab_size;

@@ -406,7 +406,7 @@ static void tok_add_added(Tokenizer* t, AddedToken a, const std::string& where) 
 }
 
 // After vocab, merges and added tokens are in: the byte symbols, the size, BOS/EOS.
-static void tok_finish(Tokenizer* t, const std::string& where) {
+static void tok_finish(Tokenizer* t) {
     const ByteLevelAlphabet& a = bytelevel();
     for (int b = 0; b < 256; b++) {
         auto it = t->vocab.find(a.byte_to_str[b]);
@@ -424,7 +424,6 @@ static void tok_finish(Tokenizer* t, const std::string& where) {
     static const char* eos_names[] = {DEEPSEEK_EOS, "</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"};
     for (const char* s : bos_names) if (t->bos < 0 && t->added_by_content.count(s)) t->bos = t->added_by_content[s];
     for (const char* s : eos_names) if (t->eos < 0 && t->added_by_content.count(s)) t->eos = t->added_by_content[s];
-    (void)where;
 }
 
 static void deepseek_pretokenizer(Tokenizer* t) {
@@ -651,7 +650,7 @@ static Tokenizer* tokenizer_from_json(const json& j, const std::string& where) {
     if (dtype != "ByteLevel") die("%s: unsupported decoder \"%s\" (only ByteLevel)", where.c_str(), dtype.c_str());
     for (int id : t->post_prefix) if (id >= (int)t->id_used.size() || !t->id_used[id]) die("%s.post_processor: unknown id %d", where.c_str(), id);
     for (int id : t->post_suffix) if (id >= (int)t->id_used.size() || !t->id_used[id]) die("%s.post_processor: unknown id %d", where.c_str(), id);
-    tok_finish(t.get(), where);
+    tok_finish(t.get());
     return t.release();
 }
 
@@ -1233,7 +1232,7 @@ static Tokenizer* tokenizer_from_gguf(const std::string& path) {
     }
     t->bos = bos >= 0 && bos < (long long)t->id_used.size() && t->id_used[bos] ? (int)bos : -1;
     t->eos = eos >= 0 && eos < (long long)t->id_used.size() && t->id_used[eos] ? (int)eos : -1;
-    tok_finish(t.get(), path);
+    tok_finish(t.get());
     return t.release();
 }
 
@@ -1426,7 +1425,7 @@ static Tokenizer* tokenizer_train_text(const std::vector<std::string>& texts, in
     t->has_template = true;
     t->post_prefix = {n};
     t->bos = n; t->eos = n + 1;
-    tok_finish(t.get(), "train");
+    tok_finish(t.get());
     return t.release();
 }
 

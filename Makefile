@@ -132,3 +132,29 @@ bench: bench-train
 bench-train: deepseek
 	@test -x $(VENV)/bin/python || { echo "error: $(VENV) is missing: run make fixtures (or make $(VENV)/.done) first" >&2; exit 1; }
 	OMP_NUM_THREADS=$(or $(BENCH_THREADS),2) $(VENV)/bin/python tests/bench/bench_train.py --threads $(or $(BENCH_THREADS),2)
+
+# ---- tokenizer: `make bench-tokenizer` (a part of `make bench`) and `make fuzz` (libFuzzer, clang, ASan + UBSan)
+.PHONY: bench-tokenizer fuzz
+bench: bench-tokenizer
+bench-tokenizer: deepseek
+	@bash tests/bench/bench_tokenizer.sh
+FUZZ_SECONDS ?= 60
+FUZZ_CXX     ?= clang++
+FUZZ_FLAGS   := -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer -Wno-unknown-pragmas
+build/fuzz/fuzz_tokenizer_json: tests/fuzz/fuzz_tokenizer_json.cpp tests/fuzz/fuzz_shim.cpp tokenizer.cpp $(HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CXX) $(FUZZ_FLAGS) tests/fuzz/fuzz_tokenizer_json.cpp tests/fuzz/fuzz_shim.cpp -o $@ -lonig
+build/fuzz/fuzz_encode_decode: tests/fuzz/fuzz_encode_decode.cpp tests/fuzz/fuzz_shim.cpp tokenizer.cpp $(HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CXX) $(FUZZ_FLAGS) tests/fuzz/fuzz_encode_decode.cpp tests/fuzz/fuzz_shim.cpp tokenizer.cpp -o $@ -lonig
+fuzz: build/fuzz/fuzz_tokenizer_json build/fuzz/fuzz_encode_decode deepseek
+	@bash tests/fuzz/run_fuzz.sh $(FUZZ_SECONDS)
+
+# ---- pre-training: `make demo` (the README's main command) and `make bench-train` (a part of `make bench`)
+.PHONY: bench-train
+demo: deps deepseek
+	@bash tests/demo.sh
+bench: bench-train
+bench-train: deepseek
+	@test -x $(VENV)/bin/python || { echo "error: $(VENV) is missing: run make fixtures (or make $(VENV)/.done) first" >&2; exit 1; }
+	OMP_NUM_THREADS=$(or $(BENCH_THREADS),2) $(VENV)/bin/python tests/bench/bench_train.py --threads $(or $(BENCH_THREADS),2)

@@ -124,15 +124,6 @@ gpu-check:
 clean:
 	rm -rf build deepseek
 
-# ---- pre-training: `make demo` (the README's main command) and `make bench-train` (a part of `make bench`)
-.PHONY: bench-train
-demo: deps deepseek
-	@bash tests/demo.sh
-bench: bench-train
-bench-train: deepseek
-	@test -x $(VENV)/bin/python || { echo "error: $(VENV) is missing: run make fixtures (or make $(VENV)/.done) first" >&2; exit 1; }
-	OMP_NUM_THREADS=$(or $(BENCH_THREADS),2) $(VENV)/bin/python tests/bench/bench_train.py --threads $(or $(BENCH_THREADS),2)
-
 # ---- tokenizer: `make bench-tokenizer` (a part of `make bench`) and `make fuzz` (libFuzzer, clang, ASan + UBSan)
 .PHONY: bench-tokenizer fuzz
 bench: bench-tokenizer

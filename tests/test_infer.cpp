@@ -420,6 +420,23 @@ TEST_CASE("generate and chat report bad input in one clear line with exit 1") {
     CHECK(count_lines(raw.out) == 1);
 }
 
+TEST_CASE("generation_config.json supplies the sampling defaults (chat: 0.7 / 0.95 when silent) and flags override") {
+    std::string d = tmp_dir("infer_gencfg");
+    run_cmd("cp " + FX + "gen_gqa/* " + d + "/");
+    auto header = [&](const std::string& sub, const std::string& flags) {
+        return run_stderr(deepseek_bin() + " " + sub + " --model " + d + " --prompt hi -n 1 --seed 1 " + flags).out;
+    };
+    // the fixture's generation_config.json says nothing about sampling: generate is greedy, chat the paper's defaults
+    CHECK(header("generate", "").find("temperature 0, top_k 0, top_p 1,") != std::string::npos);
+    CHECK(header("chat", "").find("temperature 0.7, top_k 0, top_p 0.95,") != std::string::npos);
+    // deepseek-llm-7b-chat's generation_config.json
+    write_file_atomic(d + "/generation_config.json",
+                      "{\"bos_token_id\": 0, \"eos_token_id\": 1, \"do_sample\": true, \"temperature\": 0.3, \"top_p\": 0.9}");
+    CHECK(header("generate", "").find("temperature 0.3, top_k 0, top_p 0.9,") != std::string::npos);
+    CHECK(header("chat", "").find("temperature 0.3, top_k 0, top_p 0.9,") != std::string::npos);
+    CHECK(header("generate", "--temperature 0 --top-p 1 --top-k 5").find("temperature 0, top_k 5, top_p 1,") != std::string::npos);
+}
+
 TEST_CASE("generate --help and chat --help describe the flags") {
     for (const char* sub : {"generate", "chat"}) {
         auto r = run_cmd(deepseek_bin() + " " + sub + " --help");

@@ -149,3 +149,12 @@ bench: bench-train
 bench-train: deepseek
 	@test -x $(VENV)/bin/python || { echo "error: $(VENV) is missing: run make fixtures (or make $(VENV)/.done) first" >&2; exit 1; }
 	OMP_NUM_THREADS=$(or $(BENCH_THREADS),2) $(VENV)/bin/python tests/bench/bench_train.py --threads $(or $(BENCH_THREADS),2)
+
+# ---- generation: `make bench-infer` (a part of `make bench`): ./deepseek beside llama.cpp and transformers
+.PHONY: bench-infer
+bench: bench-infer
+bench-infer: deepseek
+	@test -x $(VENV)/bin/python || { echo "error: $(VENV) is missing: run make fixtures (or make $(VENV)/.done) first" >&2; exit 1; }
+	@$(VENV)/bin/python -c "import llama_cpp" 2>/dev/null || nice -n 19 $(VENV)/bin/pip install -q llama-cpp-python==0.3.36
+	@$(VENV)/bin/python -c "import gguf" 2>/dev/null || $(VENV)/bin/pip install -q gguf==0.19.0
+	$(VENV)/bin/python tests/bench/bench_infer.py $(BENCH_INFER_ARGS)

@@ -492,6 +492,26 @@ TEST_CASE("training lowers the validation loss on a learnable stream, and the fi
     CHECK(r.out.find("ETA") != std::string::npos);
 }
 
+TEST_CASE("train --compute without a model trains the planner's shape with the laws' batch size and learning rate") {
+    std::string d = train_tmp("compute");
+    std::string data = synthetic_data(d + "/data", 64, 6000, 600);
+    auto plan = run_cmd(deepseek_bin() + " plan --compute 1e9 --seq-len 16 --vocab-size 64");
+    REQUIRE(plan.rc == 0);
+    auto r = run_cmd(deepseek_bin() + " train --compute 1e9 --seq-len 16 --steps 2 --eval-every 0 --data " + data + " --out " +
+                     d + "/run --threads 1");
+    REQUIRE_MESSAGE(r.rc == 0, r.out);
+    Config c = config_read_json(d + "/run/final/config.json");
+    char shape[160];
+    snprintf(shape, sizeof shape, "shape: layers %d, hidden_size %d, heads %d (head_dim %d), intermediate_size %d, vocab_size 64\n",
+             c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.head_dim, c.intermediate_size);
+    CHECK_MESSAGE(plan.out.find(shape) != std::string::npos, plan.out << " vs " << shape);
+    json st = json::parse(read_file(d + "/run/final/trainer_state.json"));
+    double B = field(plan.out, "batch_tokens"), lr = field(plan.out, "learning_rate");
+    long bt = st["settings"]["batch_tokens"];
+    CHECK(fabs(bt - B) <= 8);   // rounded to whole sequences of 16 tokens
+    CHECK(fabs(st["settings"]["lr"].get<double>() - lr) / lr < 1e-3);   // plan prints 4 significant digits
+}
+
 TEST_CASE("SIGINT finishes the step, writes a checkpoint and exits cleanly; the run resumes from it") {
     std::string d = train_tmp("sigint");
     std::string data = synthetic_data(d + "/data", 64, 6000, 600), model = micro_model(d + "/model");

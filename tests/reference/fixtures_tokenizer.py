@@ -8,7 +8,7 @@
 #                          vocabulary sizes
 # The tokenizer.json under test is made by our own binary (`deepseek tokenizer import-gguf`), so this also checks
 # that HF loads what we write and agrees with the released ids in shared/vocab/deepseek-llm.out.
-# Run from the repository root: .venv/bin/python tests/reference/tokenizer_fixtures.py [--bin ./deepseek]
+# Run from the repository root: .venv/bin/python tests/reference/fixtures_tokenizer.py (make fixtures runs it) [--bin ./deepseek]
 import argparse, json, os, shutil, subprocess, sys, tempfile
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 

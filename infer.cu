@@ -934,7 +934,8 @@ static void chat_usage() {
 
 // One chat turn: render the history + the new user message (dropping the oldest turns until the prompt and a
 // reply of max_new tokens fit the context), stream the reply, append it to the history.
-static void chat_turn(Session* s, std::vector<ChatMessage>* history, const std::string& system, const std::string& user) {
+// Returns false (history unchanged) if the message alone does not fit.
+static bool chat_turn(Session* s, std::vector<ChatMessage>* history, const std::string& system, const std::string& user) {
     history->push_back({"user", user});
     std::vector<int> ids;
     for (;;) {
@@ -952,7 +953,7 @@ static void chat_turn(Session* s, std::vector<ChatMessage>* history, const std::
     if ((int)ids.size() >= s->im.ctx) {
         history->pop_back();
         fprintf(stderr, "error: the message is too long: %zu tokens, the context holds %d\n", ids.size(), s->im.ctx);
-        return;
+        return false;
     }
     StreamCtx sc{s, TextStream{}, ""};
     sc.ts.stop = s->stop;
@@ -966,6 +967,7 @@ static void chat_turn(Session* s, std::vector<ChatMessage>* history, const std::
     history->push_back({"assistant", reply});
     if (st.stop_reason == "context") fprintf(stderr, "[stopped: the context of %d tokens is full]\n", s->im.ctx);
     if (!s->quiet) print_stats(st);
+    return true;
 }
 
 int cmd_chat(int argc, char** argv) {
@@ -980,10 +982,7 @@ int cmd_chat(int argc, char** argv) {
     std::string system = a.str("system");
     std::vector<ChatMessage> history;
     if (!s.quiet) fputs(s.header.c_str(), stderr);
-    if (a.has("prompt")) {
-        chat_turn(&s, &history, system, a.str("prompt"));
-        return 0;
-    }
+    if (a.has("prompt")) return chat_turn(&s, &history, system, a.str("prompt")) ? 0 : 1;
     bool tty = isatty(0);
     if (tty) fprintf(stderr, "chat with %s — /reset clears the history, /exit quits\n", a.str("model").c_str());
     std::string line;

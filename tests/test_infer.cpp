@@ -413,6 +413,8 @@ TEST_CASE("generate and chat report bad input in one clear line with exit 1") {
     run_cmd("cp " + FX + "gen_gqa/config.json " + FX + "gen_gqa/model.safetensors " + nt + "/");
     expect_error(deepseek_bin() + " generate --model " + nt + " --prompt hi", "tokenizer.json");
     expect_error(deepseek_bin() + " chat --model " + nt + " --prompt hi", "tokenizer.json");
+    expect_error(deepseek_bin() + " chat --model " + FX + "gen_gqa --quiet --context 8 --prompt '" + longp.substr(0, 200) + "'",
+                 "too long");
     expect_error(deepseek_bin() + " generate --model build/test_tmp/no_such_model --prompt hi", "does not exist");
     // without a tokenizer, raw ids still work
     auto raw = run_stdout(deepseek_bin() + " generate --model " + nt + " --prompt-ids '0 5 6' -n 3 --temperature 0 --ids");

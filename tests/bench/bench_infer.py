@@ -152,18 +152,23 @@ def run_llama_cpp(gguf_path, prompt, n_new, threads):
     llm = llama_cpp.Llama(model_path=gguf_path, n_ctx=len(prompt) + n_new + 8, n_threads=threads,
                           n_threads_batch=threads, n_batch=max(len(prompt), 32), verbose=False, logits_all=False)
     llm.reset()
+    V = llm.n_vocab()
+
+    def last_logits():  # the logits of the last token of the last batch (llama.cpp's own buffer)
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(V,))
+
     t0 = time.perf_counter()
     llm.eval(prompt)
     t1 = time.perf_counter()
     out = []
-    tok = int(np.argmax(llm._scores[-1]))  # greedy from the prefill's logits
+    tok = int(np.argmax(last_logits()))  # greedy from the prefill's logits
     t2 = time.perf_counter()
     for i in range(n_new):
         out.append(tok)
         if i + 1 == n_new:
             break
         llm.eval([tok])
-        tok = int(np.argmax(llm._scores[-1]))
+        tok = int(np.argmax(last_logits()))
     t3 = time.perf_counter()
     del llm
     return len(prompt) / (t1 - t0), (n_new - 1) / (t3 - t2), out

@@ -67,7 +67,7 @@ TEST_CASE("the fast matmul (forward, dX and dW) matches the reference on shapes 
         if (e > 1e-4) MESSAGE("N=" << N << " in=" << in << " out=" << out << ": rel err " << e);
         worst = std::max(worst, e);
     }
-    MESSAGE("matmul fast vs reference (" << gemm_kernel_name() << "): max rel err " << worst);
+    MESSAGE("matmul fast vs reference (" << std::string(gemm_kernel_name()) << "): max rel err " << worst);
     CHECK(worst < 1e-4);
 }
 

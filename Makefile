@@ -118,6 +118,17 @@ $(VENV)/.done: tests/reference/requirements.txt
 fixtures: $(VENV)/.done deepseek
 	$(VENV)/bin/python tests/reference/make_fixtures.py
 
+# ---- CPU speed (tests/bench/bench_cpu.cpp): FMA peak, our GEMM vs OpenBLAS, training tokens/s vs PyTorch.
+# OpenBLAS (Debian libopenblas-dev) is linked into this benchmark only, never into ./deepseek.
+BENCH_THREADS ?= 2
+build/bench/bench_cpu: tests/bench/bench_cpu.cpp build/cpu/deepseek_nomain.o build/cpu/train.o build/cpu/infer.o build/cpu/tokenizer.o $(HDRS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) $(filter-out $(HDRS),$^) -o $@ $(LDLIBS) -lopenblas
+bench-cpu: build/bench/bench_cpu
+	OMP_NUM_THREADS=$(BENCH_THREADS) ./build/bench/bench_cpu --threads $(BENCH_THREADS) $(BENCH_ARGS)
+bench: bench-cpu
+.PHONY: bench-cpu
+
 gpu-check:
 	@bash tests/gpu_check.sh
 

@@ -279,10 +279,11 @@ static int cmd_data_prepare(int argc, char** argv) {
 }
 
 int cmd_data(int argc, char** argv) {
-    if (argc < 3 || !strcmp(argv[2], "-h") || !strcmp(argv[2], "--help")) {
+    if (argc < 3) die("data: give a subcommand: prepare (see deepseek data --help)");
+    if (!strcmp(argv[2], "-h") || !strcmp(argv[2], "--help")) {
         printf("usage: deepseek data prepare --input FILE... (--tokenizer FILE | --vocab-size N) --out DIR [--val-fraction F]\n"
                "  (deepseek data prepare --help for details)\n");
-        return argc < 3 ? 1 : 0;
+        return 0;
     }
     if (!strcmp(argv[2], "prepare")) return cmd_data_prepare(argc, argv);
     die("data: unknown subcommand '%s' (only: prepare)", argv[2]);

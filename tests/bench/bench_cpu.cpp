@@ -62,7 +62,8 @@ static Rate fma_peak_gflops(int threads, long iters) {
             #pragma GCC unroll 24
             for (int r = 0; r < 24; r++) acc[r] = _mm512_fmadd_ps(acc[r], a, b);
         }
-        for (int r = 0; r < 24; r++) sink += _mm512_reduce_add_ps(acc[r]);
+        float tmp[16];
+        for (int r = 0; r < 24; r++) { _mm512_storeu_ps(tmp, acc[r]); for (float x : tmp) sink += x; }
 #elif defined(__AVX2__) && defined(__FMA__)
         __m256 acc[12], a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
         for (int r = 0; r < 12; r++) acc[r] = _mm256_set1_ps((float)r);

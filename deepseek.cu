@@ -1175,7 +1175,8 @@ void attention_backward_fast(float* dq, float* dk, float* dv, const float* dy, c
 // acts.att is the reference's softmax [L,B,H,T,T], or the fast path's row log-sum-exp [L,B,H,T]
 static size_t att_row_size(int T) { return g_cpu_reference ? (size_t)T : 1; }
 
-static void model_alloc_acts(Model* m, int B, int T) {
+// returns the element count; with allocate = false it only computes it (to check the layout in backward)
+static size_t model_alloc_acts(Model* m, int B, int T, bool allocate = true) {
     const Config& c = m->cfg;
     size_t BT = (size_t)B * T, L = c.num_hidden_layers, C = c.hidden_size, F = c.intermediate_size;
     size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
@@ -1188,12 +1189,13 @@ static void model_alloc_acts(Model* m, int B, int T) {
                       &m->acts.losses};
     size_t total = 0;
     for (size_t s : sizes) total += s;
-    if (m->B == B && m->T == T && m->acts_memory.size() == total) return;
+    if (!allocate || (m->B == B && m->T == T && m->acts_memory.size() == total)) return total;
     m->acts_memory.assign(total, 0.0f);
     float* p = m->acts_memory.data();
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) { *ptrs[i] = sizes[i] ? p : nullptr; p += sizes[i]; }
     m->B = B;
     m->T = T;
+    return total;
 }
 
 void model_build(Model* m, const Config& cfg) {
@@ -1418,6 +1420,8 @@ static void matmul_backward_fast(float* dinp, bool dinp_add, float* dweight, con
 void model_backward(Model* m, const float* dlosses) {
     if (m->B == 0 || m->inputs.empty()) die("backward: call forward first");
     if (m->grads_memory.size() != m->num_parameters) model_zero_grad(m);
+    if (model_alloc_acts(m, m->B, m->T, false) != m->acts_memory.size())  // acts.att's layout differs between the paths
+        die("backward: g_cpu_reference changed between forward and backward");
     if (g_cpu_reference) { model_backward_ref(m, dlosses); return; }
     const Config& c = m->cfg;
     int B = m->B, T = m->T, BT = B * T;

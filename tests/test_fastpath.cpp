@@ -295,3 +295,21 @@ TEST_CASE("training steps on the fast paths are bit-identical for 1, 2 and 3 thr
     CHECK(memcmp(r1.grads.data(), r2.grads.data(), r1.grads.size() * 4) == 0);
     CHECK(memcmp(r1.grads.data(), r3.grads.data(), r1.grads.size() * 4) == 0);
 }
+
+TEST_CASE("switching g_cpu_reference between forward and backward is a clear error, not wrong gradients") {
+    Config c = fast_test_config();
+    Model m;
+    model_build(&m, c);
+    model_init_random(&m, 5, 0.08f);
+    std::vector<int> in(8, 3), tg(8, 4);
+    std::vector<float> w(8, 0.125f);
+    model_forward(&m, in.data(), tg.data(), 1, 8);  // fast path: acts.att holds [L,B,H,T] log-sum-exps
+    g_cpu_reference = true;
+    bool threw = false;
+    try { model_backward(&m, w.data()); } catch (const DeepseekError& e) {
+        threw = true;
+        CHECK(e.msg.find("g_cpu_reference") != std::string::npos);
+    }
+    g_cpu_reference = false;
+    CHECK(threw);
+}

@@ -41,11 +41,11 @@ all: deepseek
 
 # ./deepseek is a copy of the variant's binary; `make cpu` forces the CPU-only one.
 deepseek: build/$(VARIANT)/deepseek FORCE
-	@cmp -s $< $@ || { cp $< $@ && echo "built ./deepseek ($(VARIANT))"; }
+	@cmp -s $< $@ || { cp $< $@.tmp && mv -f $@.tmp $@ && echo "built ./deepseek ($(VARIANT))"; }
 cpu: build/cpu/deepseek
-	@cp $< deepseek && echo "built ./deepseek (cpu)"
+	@cp $< deepseek.tmp && mv -f deepseek.tmp deepseek && echo "built ./deepseek (cpu)"
 cuda: build/cuda/deepseek
-	@cp $< deepseek && echo "built ./deepseek (cuda)"
+	@cp $< deepseek.tmp && mv -f deepseek.tmp deepseek && echo "built ./deepseek (cuda)"
 
 # ---- CPU-only objects: the .cu files are plain C++ to g++
 build/cpu/%.o: %.cu $(HDRS)
@@ -93,6 +93,7 @@ build/asan/deepseek: build/asan/deepseek.o build/asan/train.o build/asan/infer.o
 build/asan/test_deepseek: build/asan/deepseek_nomain.o build/asan/train.o build/asan/infer.o build/asan/tokenizer.o $(TEST_SRCS:%.cpp=build/asan/%.o)
 	$(CXX) $(ASAN_FLAGS) $^ -o $@ $(LDLIBS)
 
+# (the copy goes through a temporary name: replacing a running ./deepseek in place fails with "Text file busy")
 # The suite runs from the repository root; CLI tests run the binary named by DEEPSEEK_BIN.
 # Both targets first install missing Debian packages (quiet when all are present), so they work on a fresh machine.
 test:

@@ -40,6 +40,7 @@ VENV   := .venv
 all: deepseek
 
 # ./deepseek is a copy of the variant's binary; `make cpu` forces the CPU-only one.
+# (the copy goes through a temporary name: replacing a running ./deepseek in place fails with "Text file busy")
 deepseek: build/$(VARIANT)/deepseek FORCE
 	@cmp -s $< $@ || { cp $< $@.tmp && mv -f $@.tmp $@ && echo "built ./deepseek ($(VARIANT))"; }
 cpu: build/cpu/deepseek
@@ -93,7 +94,6 @@ build/asan/deepseek: build/asan/deepseek.o build/asan/train.o build/asan/infer.o
 build/asan/test_deepseek: build/asan/deepseek_nomain.o build/asan/train.o build/asan/infer.o build/asan/tokenizer.o $(TEST_SRCS:%.cpp=build/asan/%.o)
 	$(CXX) $(ASAN_FLAGS) $^ -o $@ $(LDLIBS)
 
-# (the copy goes through a temporary name: replacing a running ./deepseek in place fails with "Text file busy")
 # The suite runs from the repository root; CLI tests run the binary named by DEEPSEEK_BIN.
 # Both targets first install missing Debian packages (quiet when all are present), so they work on a fresh machine.
 test:

@@ -517,7 +517,9 @@ TEST_CASE("train --compute without a model trains the planner's shape with the l
 TEST_CASE("SIGINT finishes the step, writes a checkpoint and exits cleanly; the run resumes from it") {
     std::string d = train_tmp("sigint");
     std::string data = synthetic_data(d + "/data", 64, 6000, 600), model = micro_model(d + "/model");
-    auto r = run_cmd("timeout --preserve-status -s INT 1.5 " +
+    // --foreground: timeout then signals only the child; by default it also signals its whole process group,
+    // which delivers SIGINT twice — and a second SIGINT is meant to kill, as a second Ctrl-C does.
+    auto r = run_cmd("timeout --foreground --preserve-status -s INT 1.5 " +
                      train_cmd(model, data, d + "/run", "--steps 1000000 --save-every 0 --eval-every 0"));
     CHECK(r.rc == 0);
     CHECK(r.out.find("stopped by signal") != std::string::npos);

@@ -1492,6 +1492,28 @@ void model_backward(Model* m, const float* dlosses) {
 // accumulate in fp32 (cuBLASLt with an fp32 C/D and beta = 1). Activation gradients are bf16 except the
 // residual stream's, which is fp32 (dres) with a bf16 copy (dres16) for the matmuls.
 // Determinism: no kernel races with atomics; every sum runs in a fixed order, so a run reproduces bit-exactly.
+// One line naming the backend a subcommand runs on, e.g. "cuda (NVIDIA H200, 139.8 GiB)" or "cpu (16 threads)",
+// so that --device auto says what it picked.
+std::string device_describe(Device dev) {
+    char buf[256];
+    if (dev == Device::CUDA) {
+#ifdef DEEPSEEK_CUDA
+        cudaDeviceProp p;
+        if (cudaGetDeviceProperties(&p, 0) == cudaSuccess) {
+            snprintf(buf, sizeof buf, ", %.1f GiB, sm_%d%d)", p.totalGlobalMem / 1073741824.0, p.major, p.minor);
+            return "cuda (" + std::string(p.name) + buf;
+        }
+#endif
+        return "cuda";
+    }
+#ifdef _OPENMP
+    snprintf(buf, sizeof buf, "cpu (%d threads)", omp_get_max_threads());
+#else
+    snprintf(buf, sizeof buf, "cpu (1 thread)");
+#endif
+    return buf;
+}
+
 #ifdef DEEPSEEK_CUDA
 
 typedef __nv_bfloat16 bf16;

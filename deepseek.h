@@ -346,6 +346,7 @@ std::string checkpoint_latest(const std::string& dir);   // newest complete chec
 // bf16 parameters and activations, fp32 master weights, gradients and AdamW moments on one GPU.
 // Same semantics as the CPU model: targets −1 are masked, dlosses weights each token's loss, gradients
 // accumulate (+=) until cuda_model_zero_grad. One backward per forward (it consumes the logits in place).
+std::string device_describe(Device dev);   // "cuda (NVIDIA H200, 139.8 GiB, sm_90)" / "cpu (16 threads)"
 struct CudaModel;
 struct CudaDecode;
 // Copies the host model's config and fp32 parameters; activations are sized for B×T tokens up front.

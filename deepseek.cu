@@ -1749,8 +1749,8 @@ static void rmsnorm_backward_cuda(float* dres, bf16* dres16, float* dweight, flo
 
 // ----------------------------------------------------------------------------
 // RoPE, Hugging Face rotate-half layout: (x1, x2) → (x1·cos − x2·sin, x2·cos + x1·sin), in place; sign = −1 rotates
-// back (the backward). The cos/sin table [positions, D/2] is computed on the host exactly as the CPU computes
-// its angles, so both backends rotate by the same fp32 factors. Position of row n: pos0 + n % T.
+// back (the backward). The cos/sin table [positions, D/2] is the CPU's rope_table, uploaded once, so both
+// backends rotate by the same fp32 factors. Position of row n: pos0 + n % T.
 
 __global__ void rope_kernel(bf16* x, const float* cos_t, const float* sin_t, int N, int heads, int D, int T, int pos0, float sign) {
     int half = D / 2;
@@ -1765,19 +1765,6 @@ __global__ void rope_kernel(bf16* x, const float* cos_t, const float* sin_t, int
     float x1 = bf2f(v[i]), x2 = bf2f(v[i + half]);
     v[i] = f2bf(x1 * c - x2 * s);
     v[i + half] = f2bf(x2 * c + x1 * s);
-}
-static void rope_table(std::vector<float>* cos_t, std::vector<float>* sin_t, int positions, int D, float theta) {
-    int half = D / 2;
-    std::vector<float> inv_freq(half);
-    for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)D);
-    cos_t->resize((size_t)positions * half);
-    sin_t->resize((size_t)positions * half);
-    for (int p = 0; p < positions; p++)
-        for (int i = 0; i < half; i++) {
-            double angle = (double)p * (double)inv_freq[i];
-            (*cos_t)[(size_t)p * half + i] = (float)cos(angle);
-            (*sin_t)[(size_t)p * half + i] = (float)sin(angle);
-        }
 }
 static void rope_cuda(bf16* x, const float* cos_t, const float* sin_t, int N, int heads, int D, int T, int pos0, float sign) {
     size_t total = (size_t)N * heads * (D / 2);
@@ -2151,28 +2138,28 @@ __global__ void crossentropy_backward_inplace_kernel(bf16* logits, const float* 
 }
 
 // ----------------------------------------------------------------------------
-// AdamW on the fp32 master weights (PyTorch's torch.optim.AdamW), refreshing the bf16 parameters:
-//   g = grad·grad_scale;  m = β1·m + (1−β1)·g;  v = β2·v + (1−β2)·g²
-//   w −= lr·wd·w (matrices only);  w −= lr · (m / (1−β1^t)) / (sqrt(v / (1−β2^t)) + eps);  param = bf16(w)
+// AdamW on the fp32 master weights (torch.optim.AdamW, with the same arithmetic as the CPU's adamw_step), then
+// the bf16 parameters are refreshed from them:
+//   g = grad·grad_scale;  m += (1−β1)·(g − m);  v = β2·v + (1−β2)·g²
+//   w = w·(1 − lr·wd) − lr/(1−β1^t) · m / (sqrt(v)/sqrt(1−β2^t) + eps)     (wd only on matrices);  param = bf16(w)
 
-__global__ void adamw_kernel(float* master, bf16* param, float* m, float* v, const float* grad, size_t n, float lr, float beta1,
-                             float beta2, float eps, float weight_decay, float grad_scale, float bc1, float bc2) {
+__global__ void adamw_kernel(float* master, bf16* param, float* m, float* v, const float* grad, size_t n, float step_size,
+                             float bc2_sqrt, float decay, float beta1, float beta2, float eps, float grad_scale) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float g = grad[i] * grad_scale;
-    float mi = beta1 * m[i] + (1.0f - beta1) * g, vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+    float mi = m[i] + (1.0f - beta1) * (g - m[i]), vi = beta2 * v[i] + (1.0f - beta2) * g * g;
     m[i] = mi;
     v[i] = vi;
-    float w = master[i];
-    w -= lr * weight_decay * w;
-    w -= lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+    float w = master[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
     master[i] = w;
     param[i] = f2bf(w);
 }
 static void adamw_cuda(float* master, bf16* param, float* m, float* v, const float* grad, size_t n, float lr, float beta1,
                        float beta2, float eps, float wd, float grad_scale, int step) {
-    float bc1 = 1.0f - powf(beta1, (float)step), bc2 = 1.0f - powf(beta2, (float)step);
-    adamw_kernel<<<ceil_div((long long)n, 256), 256>>>(master, param, m, v, grad, n, lr, beta1, beta2, eps, wd, grad_scale, bc1, bc2);
+    double bc1 = 1.0 - pow((double)beta1, (double)step), bc2 = 1.0 - pow((double)beta2, (double)step);
+    adamw_kernel<<<ceil_div((long long)n, 256), 256>>>(master, param, m, v, grad, n, (float)(lr / bc1), (float)sqrt(bc2),
+                                                       1.0f - lr * wd, beta1, beta2, eps, grad_scale);
     cudaCheck(cudaGetLastError());
 }
 
@@ -2360,8 +2347,8 @@ CudaModel* cuda_model_create(const Model& host, int Bmax, int Tmax, bool recompu
     }
     char* ptr = (char*)m->acts_mem;
     for (auto& s : slots) { *s.ptr = ptr; ptr += (s.bytes + 255) / 256 * 256; }
-    std::vector<float> cs, sn;
-    rope_table(&cs, &sn, Tmax, c.head_dim, (float)c.rope_theta);
+    std::vector<float> cs((size_t)Tmax * (c.head_dim / 2)), sn(cs.size());
+    rope_table(cs.data(), sn.data(), Tmax, c.head_dim, (float)c.rope_theta);
     cudaCheck(cudaMalloc(&m->rope_cos, cs.size() * 4));
     cudaCheck(cudaMalloc(&m->rope_sin, sn.size() * 4));
     cudaCheck(cudaMemcpy(m->rope_cos, cs.data(), cs.size() * 4, cudaMemcpyHostToDevice));
@@ -2610,8 +2597,8 @@ CudaDecode* cuda_decode_create(CudaModel* m, int Tmax) {
     d->gate = take(F); d->up = take(F); d->act = take(F); d->logits = take(V);
     cudaCheck(cudaMalloc(&d->logits32, V * 4));
     cudaCheck(cudaMalloc(&d->token, 4));
-    std::vector<float> cs, sn;
-    rope_table(&cs, &sn, Tmax, c.head_dim, (float)c.rope_theta);
+    std::vector<float> cs((size_t)Tmax * (c.head_dim / 2)), sn(cs.size());
+    rope_table(cs.data(), sn.data(), Tmax, c.head_dim, (float)c.rope_theta);
     cudaCheck(cudaMalloc(&d->rope_cos, cs.size() * 8));
     d->rope_sin = d->rope_cos + cs.size();
     cudaCheck(cudaMemcpy(d->rope_cos, cs.data(), cs.size() * 4, cudaMemcpyHostToDevice));
@@ -2739,8 +2726,8 @@ void cuda_op_rmsnorm(float* out, float* rstd, float* dinp, float* dweight, const
 // twin: rope_forward (sign 1) / rope_backward (sign −1); x [N, heads, D] in place, position n % T
 void cuda_op_rope(float* x, int N, int T, int heads, int D, float theta, float sign) {
     cuda_select_device();
-    std::vector<float> cs, sn;
-    rope_table(&cs, &sn, T, D, theta);
+    std::vector<float> cs((size_t)T * (D / 2)), sn(cs.size());
+    rope_table(cs.data(), sn.data(), T, D, theta);
     DevBuf xb((size_t)N * heads * D * 2), c(cs.size() * 4), s(sn.size() * 4);
     upload_bf16(xb.b(), x, (size_t)N * heads * D);
     up_f32(c.f(), cs.data(), cs.size());
@@ -2824,26 +2811,6 @@ float cuda_op_grad_norm(const float* g, size_t n) {
     up_f32(gb.f(), g, n);
     return grad_norm_cuda(gb.f(), n, part.f());
 }
-// The CPU twins the tests compare against (static above), exposed here for tests/test_cuda.cpp.
-void cpu_ref_rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                              const float* rstd, int N, int C) { rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd, N, C); }
-void cpu_ref_rope_backward(float* dx, const int* pos, int N, int heads, int D, float theta) { rope_backward(dx, pos, N, heads, D, theta); }
-void cpu_ref_attention_forward(float* y, float* att, const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D) {
-    attention_forward(y, att, q, k, v, B, T, H, KV, D);
-}
-void cpu_ref_attention_backward(float* dq, float* dk, float* dv, const float* dy, const float* att, const float* q, const float* k,
-                                const float* v, int B, int T, int H, int KV, int D) {
-    attention_backward(dq, dk, dv, dy, att, q, k, v, B, T, H, KV, D);
-}
-void cpu_ref_swiglu_forward(float* act, const float* gate, const float* up, size_t n) { swiglu_forward(act, gate, up, n); }
-void cpu_ref_swiglu_backward(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n) {
-    swiglu_backward(dgate, dup, dact, gate, up, n);
-}
-void cpu_ref_crossentropy(float* losses, float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V) {
-    crossentropy_forward(losses, logits, targets, N, V);
-    crossentropy_backward(dlogits, logits, targets, dlosses, N, V);
-}
-
 // ----------------------------------------------------------------------------
 // deepseek bench-gpu: training tokens/s and MFU, batch-1 decode tokens/s beside its memory-bandwidth bound.
 //   model FLOPs per token (PaLM's convention, as nanoGPT and llm.c report MFU):

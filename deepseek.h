@@ -376,7 +376,7 @@ void cuda_decode_free(CudaDecode* d);
 const float* cuda_decode_step(CudaDecode* d, int token, int pos, bool want_logits = true);
 int cmd_bench_gpu(int argc, char** argv);   // hidden subcommand `deepseek bench-gpu` (tests/gpu_check.sh)
 // Single kernels on host arrays (inputs rounded to bf16 where the kernel reads bf16), for tests/test_cuda.cpp,
-// and the CPU twins they are tested against. Defined only in the CUDA build.
+// which compares them with their CPU twins (the _ref layers above). Defined only in the CUDA build.
 void cuda_op_embedding(float* out, float* dwte, const int* tokens, const float* wte, const float* dres, int N, int V, int C);
 void cuda_op_matmul(float* out, float* dinp, float* dweight, const float* inp, const float* weight, const float* dout,
                     int N, int in, int out_dim);
@@ -391,15 +391,6 @@ void cuda_op_crossentropy(float* losses, float* dlogits, const float* logits, co
 void cuda_op_adamw(float* master, float* param, float* m, float* v, const float* grad, size_t n, float lr, float beta1,
                    float beta2, float eps, float weight_decay, float grad_scale, int step);
 float cuda_op_grad_norm(const float* g, size_t n);
-void cpu_ref_rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                              const float* rstd, int N, int C);
-void cpu_ref_rope_backward(float* dx, const int* pos, int N, int heads, int D, float theta);
-void cpu_ref_attention_forward(float* y, float* att, const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
-void cpu_ref_attention_backward(float* dq, float* dk, float* dv, const float* dy, const float* att, const float* q, const float* k,
-                                const float* v, int B, int T, int H, int KV, int D);
-void cpu_ref_swiglu_forward(float* act, const float* gate, const float* up, size_t n);
-void cpu_ref_swiglu_backward(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n);
-void cpu_ref_crossentropy(float* losses, float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V);
 // ---- end of CUDA backend
 
 // ----------------------------------------------------------------------------

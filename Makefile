@@ -20,7 +20,9 @@ CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=
 WARN      := -Wall -Wextra -Wno-unused-parameter -Wno-unused-function
 CXXFLAGS  := -std=c++17 $(OPT) -march=$(ARCH) -fopenmp -g $(WARN) $(EXTRA_CXXFLAGS)
 LDLIBS    := -lonig -fopenmp -lpthread
-NVCCFLAGS := -std=c++17 $(OPT) $(CUDA_ARCHS) -DDEEPSEEK_CUDA -Xcompiler "-march=$(ARCH) -fopenmp -g $(WARN)"
+# nvcc's front end: 177 = unused static function (g++ gets -Wno-unused-function), 1675 = `#pragma GCC ...`
+# meant for the host compiler, which still receives it
+NVCCFLAGS := -std=c++17 $(OPT) $(CUDA_ARCHS) -DDEEPSEEK_CUDA --diag-suppress 177,1675 -Xcompiler "-march=$(ARCH) -fopenmp -g $(WARN)"
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt
 
 SRCS_CU   := deepseek.cu train.cu infer.cu

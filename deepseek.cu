@@ -30,7 +30,10 @@
 #include <omp.h>         // omp_get_max_threads, omp_set_num_threads
 #endif
 #ifdef DEEPSEEK_CUDA
-#include <cuda_runtime.h>  // cudaGetDeviceCount, cudaGetDeviceProperties
+#include <cuda_runtime.h>  // cudaGetDeviceCount, cudaGetDeviceProperties, cudaMalloc, kernels
+#include <cuda_bf16.h>     // __nv_bfloat16, __float2bfloat16, __bfloat162float
+#include <cublasLt.h>      // cublasLtMatmul and its descriptors, layouts, heuristics
+#include <time.h>          // clock_gettime (bench-gpu)
 #endif
 
 using json = nlohmann::json;
@@ -1484,6 +1487,1473 @@ void model_backward(Model* m, const float* dlosses) {
 }
 
 // ============================================================================
+// the CUDA backend: bf16 parameters and activations, fp32 master weights, fp32 gradients and AdamW moments,
+// cuBLASLt for every matrix multiply, our own kernels for the rest. Each kernel sits under the same math title
+// as its CPU twin above, in the same order; the CPU layer is the oracle tests/test_cuda.cpp compares it with.
+//
+// Precision: bf16 keeps 8 significant bits (relative rounding 2^-9). Every kernel reads bf16, computes in fp32
+// and rounds its output once. Reductions (norms, softmax sums, the loss) are fp32; parameter gradients
+// accumulate in fp32 (cuBLASLt with an fp32 C/D and beta = 1). Activation gradients are bf16 except the
+// residual stream's, which is fp32 (dres) with a bf16 copy (dres16) for the matmuls.
+// Determinism: no kernel races with atomics; every sum runs in a fixed order, so a run reproduces bit-exactly.
+// One line naming the backend a subcommand runs on, e.g. "cuda (NVIDIA H200, 139.8 GiB)" or "cpu (16 threads)",
+// so that --device auto says what it picked.
+std::string device_describe(Device dev) {
+    char buf[256];
+    if (dev == Device::CUDA) {
+#ifdef DEEPSEEK_CUDA
+        cudaDeviceProp p;
+        if (cudaGetDeviceProperties(&p, 0) == cudaSuccess) {
+            snprintf(buf, sizeof buf, ", %.1f GiB, sm_%d%d)", p.totalGlobalMem / 1073741824.0, p.major, p.minor);
+            return "cuda (" + std::string(p.name) + buf;
+        }
+#endif
+        return "cuda";
+    }
+#ifdef _OPENMP
+    snprintf(buf, sizeof buf, "cpu (%d threads)", omp_get_max_threads());
+#else
+    snprintf(buf, sizeof buf, "cpu (1 thread)");
+#endif
+    return buf;
+}
+
+#ifdef DEEPSEEK_CUDA
+
+typedef __nv_bfloat16 bf16;
+
+static void cuda_check(cudaError_t e, const char* file, int line) {
+    if (e != cudaSuccess) die("CUDA error at %s:%d: %s", file, line, cudaGetErrorString(e));
+}
+static void cublas_check(cublasStatus_t s, const char* file, int line) {
+    if (s != CUBLAS_STATUS_SUCCESS) die("cuBLASLt error at %s:%d: status %d", file, line, (int)s);
+}
+#define cudaCheck(x) cuda_check((x), __FILE__, __LINE__)
+#define cublasCheck(x) cublas_check((x), __FILE__, __LINE__)
+
+static double wall_seconds() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+static inline int ceil_div(long long a, long long b) { return (int)((a + b - 1) / b); }
+__device__ inline float bf2f(bf16 x) { return __bfloat162float(x); }
+__device__ inline bf16 f2bf(float x) { return __float2bfloat16(x); }   // round to nearest even
+
+// warp-level and block-level reductions (blockDim.x a multiple of 32, ≤ 1024)
+__device__ inline float warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+__device__ inline float warp_max(float x) {
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+__device__ float block_sum(float x, float* shared32) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    x = warp_sum(x);
+    __syncthreads();                 // shared32 may still be read by a previous call
+    if (lane == 0) shared32[warp] = x;
+    __syncthreads();
+    float r = 0.0f;
+    for (int i = 0; i < nw; i++) r += shared32[i];   // same order in every thread: identical results
+    return r;
+}
+__device__ float block_max(float x, float* shared32) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    x = warp_max(x);
+    __syncthreads();
+    if (lane == 0) shared32[warp] = x;
+    __syncthreads();
+    float r = -INFINITY;
+    for (int i = 0; i < nw; i++) r = fmaxf(r, shared32[i]);
+    return r;
+}
+
+// ----------------------------------------------------------------------------
+// embedding: residual[n] = embed_tokens[token[n]];  d embed_tokens[v] += Σ_{n: token[n]=v} dres[n]
+
+__global__ void embedding_forward_kernel(bf16* out, const int* tokens, const bf16* wte, int N, int C) {
+    int n = blockIdx.x;
+    const bf16* row = wte + (size_t)tokens[n] * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) out[(size_t)n * C + c] = row[c];
+}
+// Deterministic backward: the host groups positions by token (counting sort, positions ascending); one block per
+// distinct token sums its rows in that fixed order and owns its gradient row, so repeated tokens never race.
+__global__ void embedding_backward_kernel(float* dwte, const float* dres, const int* uniq, const int* starts,
+                                          const int* order, int C) {
+    int u = blockIdx.x, begin = starts[u], end = starts[u + 1];
+    float* dst = dwte + (size_t)uniq[u] * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int i = begin; i < end; i++) acc += dres[(size_t)order[i] * C + c];
+        dst[c] += acc;
+    }
+}
+// host side of the grouping: uniq[U], starts[U+1], order[N] (positions sorted by token, stable)
+static void embedding_group(const int* tokens, int N, int V, std::vector<int>* uniq, std::vector<int>* starts,
+                            std::vector<int>* order) {
+    std::vector<int> count(V + 1, 0);
+    for (int i = 0; i < N; i++) count[tokens[i] + 1]++;
+    for (int v = 0; v < V; v++) count[v + 1] += count[v];
+    order->assign(N, 0);
+    std::vector<int> fill(count.begin(), count.end() - 1);
+    for (int i = 0; i < N; i++) (*order)[fill[tokens[i]]++] = i;
+    uniq->clear();
+    starts->clear();
+    for (int v = 0; v < V; v++)
+        if (count[v + 1] > count[v]) { uniq->push_back(v); starts->push_back(count[v]); }
+    starts->push_back(N);
+}
+
+// ----------------------------------------------------------------------------
+// matmul through cuBLASLt: bf16 A and B, fp32 accumulation, a bf16 or fp32 D. cuBLASLt is column-major; our
+// row-major [rows, cols] matrix is its [cols, rows] matrix, which turns each product below into one call:
+//   forward   out[N,OUT]  = inp[N,IN] · W[OUT,IN]ᵀ (+ residual)      → D(OUT×N) = Wᵀ(OUT×IN) · inp(IN×N)
+//   backward  dinp[N,IN]  = dout[N,OUT] · W[OUT,IN]                 → D(IN×N)  = W(IN×OUT) · dout(OUT×N)
+//             dW[OUT,IN] += dout[N,OUT]ᵀ · inp[N,IN]   (fp32)       → D(IN×OUT) = inp(IN×N) · doutᵀ(N×OUT)
+// Fused epilogue: the residual add is cuBLASLt's D = A·B + β·C with C the residual stream (C ≠ D), so the
+// o_proj / down_proj outputs land in the residual stream without a separate pass.
+
+struct GemmPlan {
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, d;
+    cublasLtMatmulAlgo_t algo;
+};
+struct CudaBlas {
+    cublasLtHandle_t lt = nullptr;
+    void* workspace = nullptr;
+    size_t workspace_size = 32u << 20;
+    std::map<std::vector<long long>, GemmPlan> plans;   // one plan per shape/layout/alignment, found once
+};
+static CudaBlas g_blas;
+
+static int ptr_alignment(const void* p) {
+    uintptr_t u = (uintptr_t)p;
+    int a = 256;
+    while (a > 2 && (u % a) != 0) a /= 2;
+    return a;
+}
+// D[m×n] = op(A)[m×k] · op(B)[k×n] + beta · C   (column-major; C = D when c is null)
+static void gemm(bool ta, bool tb, int m, int n, int k, const bf16* A, int lda, const bf16* B, int ldb, void* D,
+                 cudaDataType_t dtype, int ldd, float beta, const void* c = nullptr) {
+    if (m == 0 || n == 0) return;
+    if (!g_blas.lt) {
+        cublasCheck(cublasLtCreate(&g_blas.lt));
+        cudaCheck(cudaMalloc(&g_blas.workspace, g_blas.workspace_size));
+    }
+    const void* C = c ? c : D;
+    int alA = ptr_alignment(A), alB = ptr_alignment(B), alC = ptr_alignment(C), alD = ptr_alignment(D);
+    std::vector<long long> key = {ta, tb, m, n, k, lda, ldb, ldd, (long long)dtype, alA, alB, std::min(alC, alD)};
+    auto it = g_blas.plans.find(key);
+    if (it == g_blas.plans.end()) {
+        GemmPlan p;
+        cublasCheck(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        cublasOperation_t opA = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opB = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+        cublasCheck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
+        cublasCheck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
+        cublasCheck(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, ta ? k : m, ta ? m : k, lda));
+        cublasCheck(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, tb ? n : k, tb ? k : n, ldb));
+        cublasCheck(cublasLtMatrixLayoutCreate(&p.d, dtype, m, n, ldd));
+        cublasLtMatmulPreference_t pref;
+        cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                         &g_blas.workspace_size, sizeof g_blas.workspace_size));
+        // slices of per-layer tensors are not always 256-byte aligned: tell the heuristic what they are
+        uint32_t a32[4] = {(uint32_t)alA, (uint32_t)alB, (uint32_t)std::min(alC, alD), (uint32_t)std::min(alC, alD)};
+        cublasLtMatmulPreferenceAttributes_t which[4] = {
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+        for (int i = 0; i < 4; i++) cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, which[i], &a32[i], sizeof a32[i]));
+        cublasLtMatmulHeuristicResult_t res;
+        int found = 0;
+        cublasCheck(cublasLtMatmulAlgoGetHeuristic(g_blas.lt, p.op, p.a, p.b, p.d, p.d, pref, 1, &res, &found));
+        cublasLtMatmulPreferenceDestroy(pref);
+        if (found == 0) die("cuBLASLt: no algorithm for a %dx%dx%d matmul", m, n, k);
+        p.algo = res.algo;
+        it = g_blas.plans.emplace(key, p).first;
+    }
+    const GemmPlan& p = it->second;
+    float alpha = 1.0f;
+    cublasCheck(cublasLtMatmul(g_blas.lt, p.op, &alpha, A, p.a, B, p.b, &beta, C, p.d, D, p.d, &p.algo,
+                               g_blas.workspace, g_blas.workspace_size, 0));
+}
+// out[N,OUT] = inp[N,IN] · W[OUT,IN]ᵀ (+ residual[N,OUT] when given)
+static void matmul_forward_cuda(bf16* out, const bf16* inp, const bf16* w, int N, int IN, int OUT, const bf16* residual = nullptr) {
+    gemm(true, false, OUT, N, IN, w, IN, inp, IN, out, CUDA_R_16BF, OUT, residual ? 1.0f : 0.0f, residual);
+}
+// dinp[N,IN] = dout[N,OUT] · W (accumulate: +=);  dW[OUT,IN] += doutᵀ · inp in fp32 (either may be null)
+static void matmul_backward_cuda(bf16* dinp, float* dw, const bf16* dout, const bf16* inp, const bf16* w, int N, int IN,
+                                 int OUT, bool accumulate_dinp) {
+    if (dw) gemm(false, true, IN, OUT, N, inp, IN, dout, OUT, dw, CUDA_R_32F, IN, 1.0f);
+    if (dinp) gemm(false, false, IN, N, OUT, w, IN, dout, OUT, dinp, CUDA_R_16BF, IN, accumulate_dinp ? 1.0f : 0.0f);
+}
+
+// ----------------------------------------------------------------------------
+// RMSNorm: y = w ⊙ x · rstd,  rstd = 1/sqrt(mean(x²) + eps). One warp per row.
+// Backward, fused with the residual add: dres += rstd · (g − x̂ · mean(g ⊙ x̂)) with g = dy ⊙ w, x̂ = x·rstd;
+// it also writes the bf16 copy of dres the next matmul reads. dw += Σ_n dy ⊙ x̂ runs as a two-pass column
+// sum (fixed chunks of rows, then the chunks in order): deterministic, no atomics.
+
+__global__ void rmsnorm_forward_kernel(bf16* out, float* rstd, const bf16* inp, const bf16* weight, int N, int C, float eps) {
+    int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N) return;
+    const bf16* x = inp + (size_t)n * C;
+    float ss = 0.0f;
+    for (int i = lane; i < C; i += 32) { float v = bf2f(x[i]); ss += v * v; }
+    float r = rsqrtf(warp_sum(ss) / C + eps);
+    if (rstd && lane == 0) rstd[n] = r;
+    bf16* y = out + (size_t)n * C;
+    for (int i = lane; i < C; i += 32) y[i] = f2bf(bf2f(weight[i]) * (bf2f(x[i]) * r));
+}
+__global__ void rmsnorm_backward_kernel(float* dres, bf16* dres16, const bf16* dout, const bf16* inp, const bf16* weight,
+                                        const float* rstd, int N, int C) {
+    int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (n >= N) return;
+    const bf16* x = inp + (size_t)n * C;
+    const bf16* dy = dout + (size_t)n * C;
+    float r = rstd[n], dot = 0.0f;
+    for (int i = lane; i < C; i += 32) dot += bf2f(dy[i]) * bf2f(weight[i]) * bf2f(x[i]) * r;
+    dot = warp_sum(dot) / C;
+    float* dx = dres + (size_t)n * C;
+    for (int i = lane; i < C; i += 32) {
+        float v = dx[i] + r * (bf2f(dy[i]) * bf2f(weight[i]) - bf2f(x[i]) * r * dot);
+        dx[i] = v;
+        if (dres16) dres16[(size_t)n * C + i] = f2bf(v);
+    }
+}
+#define RMS_CHUNK 64   // rows per partial column sum
+__global__ void rmsnorm_dweight_partial_kernel(float* partial, const bf16* dout, const bf16* inp, const float* rstd, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x, n0 = blockIdx.y * RMS_CHUNK;
+    if (c >= C) return;
+    float acc = 0.0f;
+    for (int n = n0; n < min(n0 + RMS_CHUNK, N); n++) acc += bf2f(dout[(size_t)n * C + c]) * bf2f(inp[(size_t)n * C + c]) * rstd[n];
+    partial[(size_t)blockIdx.y * C + c] = acc;
+}
+__global__ void column_sum_accumulate_kernel(float* dst, const float* partial, int chunks, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float acc = 0.0f;
+    for (int i = 0; i < chunks; i++) acc += partial[(size_t)i * C + c];
+    dst[c] += acc;
+}
+static void rmsnorm_forward_cuda(bf16* out, float* rstd, const bf16* inp, const bf16* w, int N, int C, float eps) {
+    rmsnorm_forward_kernel<<<ceil_div(N, 4), 128>>>(out, rstd, inp, w, N, C, eps);
+    cudaCheck(cudaGetLastError());
+}
+// partial: scratch of ceil(N / RMS_CHUNK) · C floats
+static void rmsnorm_backward_cuda(float* dres, bf16* dres16, float* dweight, float* partial, const bf16* dout, const bf16* inp,
+                                  const bf16* w, const float* rstd, int N, int C) {
+    rmsnorm_backward_kernel<<<ceil_div(N, 4), 128>>>(dres, dres16, dout, inp, w, rstd, N, C);
+    int chunks = ceil_div(N, RMS_CHUNK);
+    rmsnorm_dweight_partial_kernel<<<dim3(ceil_div(C, 256), chunks), 256>>>(partial, dout, inp, rstd, N, C);
+    column_sum_accumulate_kernel<<<ceil_div(C, 256), 256>>>(dweight, partial, chunks, C);
+    cudaCheck(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// RoPE, Hugging Face rotate-half layout: (x1, x2) → (x1·cos − x2·sin, x2·cos + x1·sin), in place; sign = −1 rotates
+// back (the backward). The cos/sin table [positions, D/2] is the CPU's rope_table, uploaded once, so both
+// backends rotate by the same fp32 factors. Position of row n: pos0 + n % T.
+
+__global__ void rope_kernel(bf16* x, const float* cos_t, const float* sin_t, int N, int heads, int D, int T, int pos0, float sign) {
+    int half = D / 2;
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x, total = (size_t)N * heads * half;
+    if (idx >= total) return;
+    int i = (int)(idx % half);
+    size_t nh = idx / half;
+    int n = (int)(nh / heads);
+    int pos = pos0 + n % T;
+    float c = cos_t[(size_t)pos * half + i], s = sign * sin_t[(size_t)pos * half + i];
+    bf16* v = x + nh * D;
+    float x1 = bf2f(v[i]), x2 = bf2f(v[i + half]);
+    v[i] = f2bf(x1 * c - x2 * s);
+    v[i + half] = f2bf(x2 * c + x1 * s);
+}
+static void rope_cuda(bf16* x, const float* cos_t, const float* sin_t, int N, int heads, int D, int T, int pos0, float sign) {
+    size_t total = (size_t)N * heads * (D / 2);
+    rope_kernel<<<ceil_div((long long)total, 256), 256>>>(x, cos_t, sin_t, N, heads, D, T, pos0, sign);
+    cudaCheck(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// Causal grouped-query attention, fused flash-attention style: K/V tiles in shared memory, an online softmax,
+// no T×T matrix anywhere. q [B,T,H,D], k/v [B,T,KV,D]; query head h reads kv head h / (H/KV) directly (native
+// GQA, no K/V replication). One warp per query row, ATT_WARPS rows of one head per block; lane j owns key j of
+// each 32-key tile for the scores and dims lane, lane+32, … of the output.
+//   forward:  m, l running max/sum;  y = Σ_s exp(s·k/√D − m) v / l;  lse = m + log l kept for backward
+//   backward: P = exp(q·k/√D − lse),  Dq = dy·y,  dS = P ⊙ (dy·vᵀ − Dq)
+//             dq = dS·k/√D  (one warp per query row)     dk = dSᵀ·q/√D,  dv = Pᵀ·dy  (one warp per key row,
+//             looping over the group's query heads) — two kernels that each own their outputs: no atomics.
+// Shared-memory rows are padded to D+1 floats so that 32 lanes reading 32 different rows hit 32 banks.
+#define ATT_WARPS 8
+#define ATT_TILE 32
+#define ATT_MAXD 256
+
+static size_t attention_forward_smem(int D) { return ((size_t)ATT_TILE * (D + 1) + (size_t)ATT_TILE * D + (size_t)ATT_WARPS * D) * sizeof(float); }
+static size_t attention_dq_smem(int D) { return ((size_t)2 * ATT_TILE * (D + 1) + (size_t)2 * ATT_WARPS * D) * sizeof(float); }
+static size_t attention_dkv_smem(int D) { return ((size_t)2 * ATT_TILE * (D + 1) + 2 * ATT_TILE + (size_t)2 * ATT_WARPS * D) * sizeof(float); }
+
+__global__ void attention_forward_kernel(bf16* y, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                                         int T, int H, int KV, int D, float scale) {
+    extern __shared__ float smem[];
+    float* ks = smem;                              // [TILE][D+1]
+    float* vs = ks + ATT_TILE * (D + 1);           // [TILE][D]
+    float* qs = vs + ATT_TILE * D;                 // [WARPS][D], pre-scaled by 1/√D
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int b = blockIdx.y / H, h = blockIdx.y % H, kh = h / (H / KV);
+    int t0 = blockIdx.x * ATT_WARPS, t = t0 + warp;
+    bool active = t < T;
+    float* qw = qs + warp * D;
+    for (int d = lane; d < D; d += 32) qw[d] = active ? bf2f(q[(((size_t)b * T + t) * H + h) * D + d]) * scale : 0.0f;
+    float m = -INFINITY, l = 0.0f, o[ATT_MAXD / 32];
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXD / 32; i++) o[i] = 0.0f;
+    int t_last = min(t0 + ATT_WARPS, T) - 1;
+    for (int s0 = 0; s0 <= t_last; s0 += ATT_TILE) {
+        __syncthreads();   // the previous tile is consumed (and qs is written)
+        for (int i = threadIdx.x; i < ATT_TILE * D; i += blockDim.x) {
+            int j = i / D, d = i % D, s = s0 + j;
+            float kk = 0.0f, vv = 0.0f;
+            if (s < T) {
+                size_t off = (((size_t)b * T + s) * KV + kh) * D + d;
+                kk = bf2f(k[off]);
+                vv = bf2f(v[off]);
+            }
+            ks[j * (D + 1) + d] = kk;
+            vs[j * D + d] = vv;
+        }
+        __syncthreads();
+        if (!active || s0 > t) continue;   // warp-uniform; the loop bounds are block-uniform, so every thread syncs
+        int s = s0 + lane;
+        float score = -INFINITY;
+        if (s <= t) {
+            float dot = 0.0f;
+            for (int d = 0; d < D; d++) dot += qw[d] * ks[lane * (D + 1) + d];
+            score = dot;
+        }
+        float m_new = fmaxf(m, warp_max(score));
+        float p = s <= t ? expf(score - m_new) : 0.0f;
+        float alpha = expf(m - m_new);     // 0 on the first tile (m = −∞)
+        l = l * alpha + warp_sum(p);
+        #pragma unroll
+        for (int i = 0; i < ATT_MAXD / 32; i++) o[i] *= alpha;
+        int jn = min(ATT_TILE, t - s0 + 1);
+        for (int j = 0; j < jn; j++) {
+            float pj = __shfl_sync(0xffffffffu, p, j);
+            #pragma unroll
+            for (int i = 0; i < ATT_MAXD / 32; i++) {
+                int d = lane + 32 * i;
+                if (d < D) o[i] += pj * vs[j * D + d];
+            }
+        }
+        m = m_new;
+    }
+    if (!active) return;
+    float inv = 1.0f / l;
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXD / 32; i++) {
+        int d = lane + 32 * i;
+        if (d < D) y[(((size_t)b * T + t) * H + h) * D + d] = f2bf(o[i] * inv);
+    }
+    if (lane == 0) lse[((size_t)b * H + h) * T + t] = m + logf(l);
+}
+// Dq[b,h,t] = Σ_d dy·y  (= Σ_s P·(dy·v), the softmax backward's row term). One warp per row.
+__global__ void attention_dsum_kernel(float* dsum, const bf16* dy, const bf16* y, int B, int T, int H, int D) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;   // row = (b·T + t)·H + h
+    if (row >= B * T * H) return;
+    float acc = 0.0f;
+    for (int d = lane; d < D; d += 32) acc += bf2f(dy[(size_t)row * D + d]) * bf2f(y[(size_t)row * D + d]);
+    acc = warp_sum(acc);
+    int h = row % H, bt = row / H, b = bt / T, t = bt % T;
+    if (lane == 0) dsum[((size_t)b * H + h) * T + t] = acc;
+}
+__global__ void attention_backward_dq_kernel(bf16* dq, const bf16* dy, const float* lse, const float* dsum, const bf16* q,
+                                             const bf16* k, const bf16* v, int T, int H, int KV, int D, float scale) {
+    extern __shared__ float smem[];
+    float* ks = smem;                              // [TILE][D+1]
+    float* vs = ks + ATT_TILE * (D + 1);           // [TILE][D+1]
+    float* qs = vs + ATT_TILE * (D + 1);           // [WARPS][D], pre-scaled
+    float* dys = qs + ATT_WARPS * D;               // [WARPS][D]
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int b = blockIdx.y / H, h = blockIdx.y % H, kh = h / (H / KV);
+    int t0 = blockIdx.x * ATT_WARPS, t = t0 + warp;
+    bool active = t < T;
+    float* qw = qs + warp * D;
+    float* dyw = dys + warp * D;
+    size_t row = (((size_t)b * T + t) * H + h) * D;
+    for (int d = lane; d < D; d += 32) {
+        qw[d] = active ? bf2f(q[row + d]) * scale : 0.0f;
+        dyw[d] = active ? bf2f(dy[row + d]) : 0.0f;
+    }
+    float L = active ? lse[((size_t)b * H + h) * T + t] : 0.0f, Dq = active ? dsum[((size_t)b * H + h) * T + t] : 0.0f;
+    float acc[ATT_MAXD / 32];
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXD / 32; i++) acc[i] = 0.0f;
+    int t_last = min(t0 + ATT_WARPS, T) - 1;
+    for (int s0 = 0; s0 <= t_last; s0 += ATT_TILE) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < ATT_TILE * D; i += blockDim.x) {
+            int j = i / D, d = i % D, s = s0 + j;
+            float kk = 0.0f, vv = 0.0f;
+            if (s < T) {
+                size_t off = (((size_t)b * T + s) * KV + kh) * D + d;
+                kk = bf2f(k[off]);
+                vv = bf2f(v[off]);
+            }
+            ks[j * (D + 1) + d] = kk;
+            vs[j * (D + 1) + d] = vv;
+        }
+        __syncthreads();
+        if (!active || s0 > t) continue;
+        int s = s0 + lane;
+        float ds = 0.0f;
+        if (s <= t) {
+            float dot = 0.0f, dp = 0.0f;
+            for (int d = 0; d < D; d++) {
+                dot += qw[d] * ks[lane * (D + 1) + d];
+                dp += dyw[d] * vs[lane * (D + 1) + d];
+            }
+            ds = expf(dot - L) * (dp - Dq);
+        }
+        int jn = min(ATT_TILE, t - s0 + 1);
+        for (int j = 0; j < jn; j++) {
+            float dsj = __shfl_sync(0xffffffffu, ds, j);
+            #pragma unroll
+            for (int i = 0; i < ATT_MAXD / 32; i++) {
+                int d = lane + 32 * i;
+                if (d < D) acc[i] += dsj * ks[j * (D + 1) + d];
+            }
+        }
+    }
+    if (!active) return;
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXD / 32; i++) {
+        int d = lane + 32 * i;
+        if (d < D) dq[row + d] = f2bf(acc[i] * scale);
+    }
+}
+// One warp per key row s of kv head kh; the block's ATT_WARPS keys share tiles of 32 queries (q, dy, lse, Dq)
+// of every query head of the group.
+__global__ void attention_backward_dkv_kernel(bf16* dk, bf16* dv, const bf16* dy, const float* lse, const float* dsum,
+                                              const bf16* q, const bf16* k, const bf16* v, int T, int H, int KV, int D, float scale) {
+    extern __shared__ float smem[];
+    float* qs = smem;                              // [TILE][D+1]  queries, pre-scaled
+    float* dys = qs + ATT_TILE * (D + 1);          // [TILE][D+1]
+    float* ls = dys + ATT_TILE * (D + 1);          // [TILE] lse
+    float* dss = ls + ATT_TILE;                    // [TILE] Dq
+    float* kws = dss + ATT_TILE;                   // [WARPS][D]
+    float* vws = kws + ATT_WARPS * D;              // [WARPS][D]
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int b = blockIdx.y / KV, kh = blockIdx.y % KV, group = H / KV;
+    int s_first = blockIdx.x * ATT_WARPS, s = s_first + warp;
+    bool active = s < T;
+    size_t krow = (((size_t)b * T + s) * KV + kh) * D;
+    float* kw = kws + warp * D;
+    float* vw = vws + warp * D;
+    for (int d = lane; d < D; d += 32) {
+        kw[d] = active ? bf2f(k[krow + d]) : 0.0f;
+        vw[d] = active ? bf2f(v[krow + d]) : 0.0f;
+    }
+    float dka[ATT_MAXD / 32], dva[ATT_MAXD / 32];
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXD / 32; i++) dka[i] = dva[i] = 0.0f;
+    for (int h = kh * group; h < (kh + 1) * group; h++)
+        for (int t0 = s_first; t0 < T; t0 += ATT_TILE) {
+            __syncthreads();
+            for (int i = threadIdx.x; i < ATT_TILE * D; i += blockDim.x) {
+                int j = i / D, d = i % D, t = t0 + j;
+                float qq = 0.0f, gg = 0.0f;
+                if (t < T) {
+                    size_t off = (((size_t)b * T + t) * H + h) * D + d;
+                    qq = bf2f(q[off]) * scale;
+                    gg = bf2f(dy[off]);
+                }
+                qs[j * (D + 1) + d] = qq;
+                dys[j * (D + 1) + d] = gg;
+            }
+            for (int j = threadIdx.x; j < ATT_TILE; j += blockDim.x) {
+                int t = t0 + j;
+                ls[j] = t < T ? lse[((size_t)b * H + h) * T + t] : 0.0f;
+                dss[j] = t < T ? dsum[((size_t)b * H + h) * T + t] : 0.0f;
+            }
+            __syncthreads();
+            if (!active) continue;
+            int t = t0 + lane;
+            float p = 0.0f, ds = 0.0f;
+            if (t < T && t >= s) {
+                float dot = 0.0f, dp = 0.0f;
+                for (int d = 0; d < D; d++) {
+                    dot += kw[d] * qs[lane * (D + 1) + d];
+                    dp += vw[d] * dys[lane * (D + 1) + d];
+                }
+                p = expf(dot - ls[lane]);
+                ds = p * (dp - dss[lane]);
+            }
+            int jn = min(ATT_TILE, T - t0);
+            for (int j = 0; j < jn; j++) {
+                float pj = __shfl_sync(0xffffffffu, p, j), dsj = __shfl_sync(0xffffffffu, ds, j);
+                #pragma unroll
+                for (int i = 0; i < ATT_MAXD / 32; i++) {
+                    int d = lane + 32 * i;
+                    if (d < D) {
+                        dva[i] += pj * dys[j * (D + 1) + d];
+                        dka[i] += dsj * qs[j * (D + 1) + d];   // qs holds q/√D: the scale of dk is already in
+                    }
+                }
+            }
+        }
+    if (!active) return;
+    #pragma unroll
+    for (int i = 0; i < ATT_MAXD / 32; i++) {
+        int d = lane + 32 * i;
+        if (d < D) { dk[krow + d] = f2bf(dka[i]); dv[krow + d] = f2bf(dva[i]); }
+    }
+}
+static void attention_check_dims(int D) {
+    if (D > ATT_MAXD) die("cuda: head_dim %d exceeds the attention kernels' maximum %d", D, ATT_MAXD);
+    static int configured_for = 0;   // opt in to > 48 KiB of shared memory once per head size
+    if (configured_for == D) return;
+    cudaCheck(cudaFuncSetAttribute(attention_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attention_forward_smem(D)));
+    cudaCheck(cudaFuncSetAttribute(attention_backward_dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attention_dq_smem(D)));
+    cudaCheck(cudaFuncSetAttribute(attention_backward_dkv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)attention_dkv_smem(D)));
+    configured_for = D;
+}
+static void attention_forward_cuda(bf16* y, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int KV, int D) {
+    attention_check_dims(D);
+    dim3 grid(ceil_div(T, ATT_WARPS), B * H);
+    attention_forward_kernel<<<grid, 32 * ATT_WARPS, attention_forward_smem(D)>>>(y, lse, q, k, v, T, H, KV, D, 1.0f / sqrtf((float)D));
+    cudaCheck(cudaGetLastError());
+}
+// dsum: scratch [B,H,T]
+static void attention_backward_cuda(bf16* dq, bf16* dk, bf16* dv, float* dsum, const bf16* dy, const bf16* y, const float* lse,
+                                    const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int KV, int D) {
+    attention_check_dims(D);
+    float scale = 1.0f / sqrtf((float)D);
+    attention_dsum_kernel<<<ceil_div((long long)B * T * H, 8), 256>>>(dsum, dy, y, B, T, H, D);
+    attention_backward_dq_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), 32 * ATT_WARPS, attention_dq_smem(D)>>>(
+        dq, dy, lse, dsum, q, k, v, T, H, KV, D, scale);
+    attention_backward_dkv_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * KV), 32 * ATT_WARPS, attention_dkv_smem(D)>>>(
+        dk, dv, dy, lse, dsum, q, k, v, T, H, KV, D, scale);
+    cudaCheck(cudaGetLastError());
+}
+
+// Batch-1 decode attention over the KV cache: the query at position pos attends to cache rows 0..pos.
+// q [H,D], cache [Tmax,KV,D] (one layer). One block per query head: scores in shared memory (one warp per key,
+// lanes over D), a block softmax, then thread d sums P·v[:,d] (coalesced over d).
+__global__ void decode_attention_kernel(bf16* y, const bf16* q, const bf16* kc, const bf16* vc, int pos, int H, int KV, int D, float scale) {
+    extern __shared__ float scores[];             // [pos+1]
+    __shared__ float red[32];
+    int h = blockIdx.x, kh = h / (H / KV), warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    const bf16* qh = q + (size_t)h * D;
+    for (int s = warp; s <= pos; s += nw) {
+        const bf16* ks = kc + ((size_t)s * KV + kh) * D;
+        float dot = 0.0f;
+        for (int d = lane; d < D; d += 32) dot += bf2f(qh[d]) * bf2f(ks[d]);
+        dot = warp_sum(dot);
+        if (lane == 0) scores[s] = dot * scale;
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int s = threadIdx.x; s <= pos; s += blockDim.x) mx = fmaxf(mx, scores[s]);
+    mx = block_max(mx, red);
+    float sum = 0.0f;
+    for (int s = threadIdx.x; s <= pos; s += blockDim.x) { float e = expf(scores[s] - mx); scores[s] = e; sum += e; }
+    sum = block_sum(sum, red);   // its __syncthreads also publishes the exponentials
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s <= pos; s++) acc += scores[s] * bf2f(vc[((size_t)s * KV + kh) * D + d]);
+        y[(size_t)h * D + d] = f2bf(acc / sum);
+    }
+}
+static void decode_attention_cuda(bf16* y, const bf16* q, const bf16* kc, const bf16* vc, int pos, int H, int KV, int D) {
+    size_t smem = (size_t)(pos + 1) * sizeof(float);
+    if (smem > 48 * 1024) {
+        static size_t configured = 0;
+        if (smem > configured) {
+            cudaCheck(cudaFuncSetAttribute(decode_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            configured = smem;
+        }
+    }
+    decode_attention_kernel<<<H, 128, smem>>>(y, q, kc, vc, pos, H, KV, D, 1.0f / sqrtf((float)D));
+    cudaCheck(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// SwiGLU: act = silu(gate) ⊙ up,  silu'(x) = σ(x)·(1 + x·(1 − σ(x))).
+// The backward runs in place: gate and up are overwritten by dgate and dup (they are not needed afterwards).
+
+__global__ void swiglu_forward_kernel(bf16* act, const bf16* gate, const bf16* up, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = bf2f(gate[i]);
+    act[i] = f2bf(g / (1.0f + expf(-g)) * bf2f(up[i]));
+}
+__global__ void swiglu_backward_kernel(bf16* gate_dgate, bf16* up_dup, const bf16* dact, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = bf2f(gate_dgate[i]), u = bf2f(up_dup[i]), da = bf2f(dact[i]), sig = 1.0f / (1.0f + expf(-g));
+    gate_dgate[i] = f2bf(da * u * sig * (1.0f + g * (1.0f - sig)));
+    up_dup[i] = f2bf(da * g * sig);
+}
+static void swiglu_forward_cuda(bf16* act, const bf16* gate, const bf16* up, size_t n) {
+    swiglu_forward_kernel<<<ceil_div((long long)n, 256), 256>>>(act, gate, up, n);
+    cudaCheck(cudaGetLastError());
+}
+static void swiglu_backward_cuda(bf16* gate_dgate, bf16* up_dup, const bf16* dact, size_t n) {
+    swiglu_backward_kernel<<<ceil_div((long long)n, 256), 256>>>(gate_dgate, up_dup, dact, n);
+    cudaCheck(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// Cross-entropy from bf16 logits, in fp32: lse = log Σ exp(z), nll = lse − z[target]; masked (target < 0) → 0.
+// The paper's in-place cross-entropy: the backward overwrites the logits with their gradient
+//   dz = dloss · (exp(z − lse) − onehot(target)),  masked rows or dloss = 0 → exactly 0,
+// so the [N,V] logits buffer is the only one of its size. One block per row.
+
+__global__ void crossentropy_forward_kernel(float* losses, float* lse_out, const bf16* logits, const int* targets, int V) {
+    __shared__ float red[32];
+    int n = blockIdx.x;
+    if (targets[n] < 0) {   // block-uniform
+        if (threadIdx.x == 0) { losses[n] = 0.0f; lse_out[n] = 0.0f; }
+        return;
+    }
+    const bf16* z = logits + (size_t)n * V;
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, bf2f(z[i]));
+    mx = block_max(mx, red);
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) sum += expf(bf2f(z[i]) - mx);
+    sum = block_sum(sum, red);
+    if (threadIdx.x == 0) {
+        float lse = mx + logf(sum);
+        lse_out[n] = lse;
+        losses[n] = lse - bf2f(z[targets[n]]);
+    }
+}
+__global__ void crossentropy_backward_inplace_kernel(bf16* logits, const float* lse, const int* targets, const float* dlosses, int V) {
+    int n = blockIdx.x, tgt = targets[n];
+    float w = tgt < 0 ? 0.0f : dlosses[n], L = lse[n];
+    bf16* z = logits + (size_t)n * V;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float g = w == 0.0f ? 0.0f : w * (expf(bf2f(z[i]) - L) - (i == tgt ? 1.0f : 0.0f));
+        z[i] = f2bf(g);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// AdamW on the fp32 master weights (torch.optim.AdamW, with the same arithmetic as the CPU's adamw_step), then
+// the bf16 parameters are refreshed from them:
+//   g = grad·grad_scale;  m += (1−β1)·(g − m);  v = β2·v + (1−β2)·g²
+//   w = w·(1 − lr·wd) − lr/(1−β1^t) · m / (sqrt(v)/sqrt(1−β2^t) + eps)     (wd only on matrices);  param = bf16(w)
+
+__global__ void adamw_kernel(float* master, bf16* param, float* m, float* v, const float* grad, size_t n, float step_size,
+                             float bc2_sqrt, float decay, float beta1, float beta2, float eps, float grad_scale) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = grad[i] * grad_scale;
+    float mi = m[i] + (1.0f - beta1) * (g - m[i]), vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    float w = master[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    master[i] = w;
+    param[i] = f2bf(w);
+}
+static void adamw_cuda(float* master, bf16* param, float* m, float* v, const float* grad, size_t n, float lr, float beta1,
+                       float beta2, float eps, float wd, float grad_scale, int step) {
+    double bc1 = 1.0 - pow((double)beta1, (double)step), bc2 = 1.0 - pow((double)beta2, (double)step);
+    adamw_kernel<<<ceil_div((long long)n, 256), 256>>>(master, param, m, v, grad, n, (float)(lr / bc1), (float)sqrt(bc2),
+                                                       1.0f - lr * wd, beta1, beta2, eps, grad_scale);
+    cudaCheck(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// global gradient norm: sqrt(Σ g²). A fixed grid of blocks writes partial sums; the host adds them in order
+// in double: deterministic.
+#define NORM_BLOCKS 512
+__global__ void sumsq_partial_kernel(float* partial, const float* g, size_t n) {
+    __shared__ float red[32];
+    float acc = 0.0f;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) acc += g[i] * g[i];
+    acc = block_sum(acc, red);
+    if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+static float grad_norm_cuda(const float* g, size_t n, float* partial_dev) {
+    sumsq_partial_kernel<<<NORM_BLOCKS, 512>>>(partial_dev, g, n);
+    cudaCheck(cudaGetLastError());
+    float h[NORM_BLOCKS];
+    cudaCheck(cudaMemcpy(h, partial_dev, sizeof h, cudaMemcpyDeviceToHost));
+    double s = 0.0;
+    for (int i = 0; i < NORM_BLOCKS; i++) s += h[i];
+    return (float)sqrt(s);
+}
+
+// fp32 ↔ bf16 conversions on the device
+__global__ void f32_to_bf16_kernel(bf16* out, const float* in, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = f2bf(in[i]);
+}
+__global__ void bf16_to_f32_kernel(float* out, const bf16* in, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = bf2f(in[i]);
+}
+
+// ----------------------------------------------------------------------------
+// the CUDA model: one allocation per kind, sized up front by cuda_model_create.
+//   parameters bf16 (2 bytes/param), master weights fp32 (4), gradients fp32 (4), AdamW m and v fp32 (8),
+//   activations: one byte buffer carved into the tensors below (bf16 unless noted).
+// With recompute, ln1, ln2 and act keep one layer's slot and backward recomputes them from the residual stream
+// and gate/up.
+
+struct CudaParams {   // bf16 views of the 12 tensors, same layout as ParameterTensors
+    bf16 *embed_tokens, *input_layernorm, *q_proj, *k_proj, *v_proj, *o_proj, *post_attention_layernorm,
+        *gate_proj, *up_proj, *down_proj, *norm, *lm_head;
+};
+struct CudaActs {
+    bf16* residual;      // [L+1, N, C]   the residual stream entering each layer, and the final one
+    bf16* resid_mid;     // [L, N, C]     after the attention block
+    bf16* ln1;           // [L or 1, N, C]
+    float* ln1_rstd;     // [L, N]
+    bf16* q;             // [L, N, H*D]   after RoPE
+    bf16* k;             // [L, N, KV*D]  after RoPE
+    bf16* v;             // [L, N, KV*D]
+    bf16* atty;          // [L, N, H*D]   attention output
+    float* att_lse;      // [L, B, H, T]  attention log-sum-exp, for backward
+    bf16* ln2;           // [L or 1, N, C]
+    float* ln2_rstd;     // [L, N]
+    bf16* gate;          // [L, N, F]     (dgate after backward)
+    bf16* up;            // [L, N, F]     (dup after backward)
+    bf16* act;           // [L or 1, N, F] (dact during backward)
+    bf16* lnf;           // [N, C]
+    float* lnf_rstd;     // [N]
+    bf16* logits;        // [N, V]        (dlogits after backward: in-place cross-entropy)
+    float* logits_lse;   // [N]
+    float* losses;       // [N]
+    // backward scratch
+    float* dres;         // [N, C] fp32 gradient of the residual stream
+    bf16* dres16;        // [N, C] its bf16 copy
+    bf16* dln;           // [N, C]
+    bf16* datty;         // [N, H*D]
+    bf16* dq;            // [N, H*D]
+    bf16* dk;            // [N, KV*D]
+    bf16* dv;            // [N, KV*D]
+    float* att_dsum;     // [B, H, T]
+    float* partial;      // [ceil(N/RMS_CHUNK), C] and the norm's NORM_BLOCKS partial sums
+    int* inputs;         // [N]
+    int* targets;        // [N]
+    float* dlosses;      // [N]
+    int* emb_groups;     // [3N+1] the embedding backward's grouping of positions by token
+};
+
+struct CudaModel {
+    Config cfg;
+    int Bmax = 0, Tmax = 0, B = 0, T = 0;
+    bool recompute = false, have_forward = false;
+    size_t num_parameters = 0, sizes[NUM_PARAM_TENSORS];
+    bf16* params_mem = nullptr;
+    float *master = nullptr, *grads_mem = nullptr, *adam_mem = nullptr;   // adam_mem: m then v
+    void* acts_mem = nullptr;
+    size_t acts_bytes = 0;
+    CudaParams p;
+    ParameterTensors g;                  // fp32 gradients on the device
+    CudaActs a;
+    float *rope_cos = nullptr, *rope_sin = nullptr;
+    std::vector<int> inputs, targets;    // host copies of the last forward's tokens
+    std::vector<std::pair<size_t, size_t>> decay, no_decay;   // AdamW ranges (offset, count) from param_views
+};
+
+static void cuda_params_point(CudaParams* p, bf16* mem, const size_t s[NUM_PARAM_TENSORS]) {
+    bf16** ptrs[NUM_PARAM_TENSORS] = {&p->embed_tokens, &p->input_layernorm, &p->q_proj, &p->k_proj, &p->v_proj,
+                                      &p->o_proj, &p->post_attention_layernorm, &p->gate_proj, &p->up_proj,
+                                      &p->down_proj, &p->norm, &p->lm_head};
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) { *ptrs[i] = mem; mem += s[i]; }
+}
+static void upload_bf16(bf16* dst, const float* src, size_t n) {
+    std::vector<uint16_t> h(n);
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(src[i]);
+    cudaCheck(cudaMemcpy(dst, h.data(), n * 2, cudaMemcpyHostToDevice));
+}
+static void download_bf16(float* dst, const bf16* src, size_t n) {
+    std::vector<uint16_t> h(n);
+    cudaCheck(cudaMemcpy(h.data(), src, n * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(h[i]);
+}
+
+static void cuda_select_device() {
+    if (cuda_device_count() == 0) die("cuda: no CUDA device is available");
+    cudaCheck(cudaSetDevice(0));
+}
+
+CudaModel* cuda_model_create(const Model& host, int Bmax, int Tmax, bool recompute, bool verbose) {
+    cuda_select_device();
+    const Config& c = host.cfg;
+    if (Bmax < 1 || Tmax < 1) die("cuda: empty batch (B=%d, T=%d)", Bmax, Tmax);
+    if (Tmax > c.max_position_embeddings) die("cuda: sequence length %d exceeds the model's context %d", Tmax, c.max_position_embeddings);
+    if (c.head_dim > ATT_MAXD) die("cuda: head_dim %d exceeds the attention kernels' maximum %d", c.head_dim, ATT_MAXD);
+    CudaModel* m = new CudaModel;
+    m->cfg = c;
+    m->Bmax = Bmax;
+    m->Tmax = Tmax;
+    m->recompute = recompute;
+    param_sizes(c, m->sizes);
+    m->num_parameters = config_num_parameters(c);
+    size_t P = m->num_parameters;
+    // parameters, master weights, gradients, AdamW moments: one allocation each
+    cudaCheck(cudaMalloc(&m->params_mem, P * sizeof(bf16)));
+    cudaCheck(cudaMalloc(&m->master, P * sizeof(float)));
+    cudaCheck(cudaMalloc(&m->grads_mem, P * sizeof(float)));
+    cudaCheck(cudaMalloc(&m->adam_mem, 2 * P * sizeof(float)));
+    cudaCheck(cudaMemcpy(m->master, host.params_memory.data(), P * sizeof(float), cudaMemcpyHostToDevice));
+    upload_bf16(m->params_mem, host.params_memory.data(), P);
+    cudaCheck(cudaMemset(m->grads_mem, 0, P * sizeof(float)));
+    cudaCheck(cudaMemset(m->adam_mem, 0, 2 * P * sizeof(float)));
+    cuda_params_point(&m->p, m->params_mem, m->sizes);
+    param_point(&m->g, m->grads_mem, m->sizes);
+    // AdamW ranges: weight decay on matrices only, merged where neighbours agree
+    std::vector<ParamView> views = param_views(c);
+    std::sort(views.begin(), views.end(), [](const ParamView& x, const ParamView& y) { return x.offset < y.offset; });
+    for (const ParamView& pv : views) {
+        size_t n = 1;
+        for (int64_t d : pv.shape) n *= (size_t)d;
+        auto& list = pv.is_matrix ? m->decay : m->no_decay;
+        if (!list.empty() && list.back().first + list.back().second == pv.offset) list.back().second += n;
+        else list.push_back({pv.offset, n});
+    }
+    // activations: one byte buffer, every tensor aligned to 256 bytes
+    size_t N = (size_t)Bmax * Tmax, L = c.num_hidden_layers, C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+    size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
+    size_t Ls = recompute ? 1 : L, H = c.num_attention_heads;
+    size_t chunks = (size_t)ceil_div((long long)N, RMS_CHUNK);
+    struct Slot { void** ptr; size_t bytes; };
+    CudaActs& a = m->a;
+    std::vector<Slot> slots = {
+        {(void**)&a.residual, (L + 1) * N * C * 2}, {(void**)&a.resid_mid, L * N * C * 2}, {(void**)&a.ln1, Ls * N * C * 2},
+        {(void**)&a.ln1_rstd, L * N * 4},           {(void**)&a.q, L * N * QD * 2},          {(void**)&a.k, L * N * KVD * 2},
+        {(void**)&a.v, L * N * KVD * 2},            {(void**)&a.atty, L * N * QD * 2},      {(void**)&a.att_lse, L * N * H * 4},
+        {(void**)&a.ln2, Ls * N * C * 2},           {(void**)&a.ln2_rstd, L * N * 4},       {(void**)&a.gate, L * N * F * 2},
+        {(void**)&a.up, L * N * F * 2},             {(void**)&a.act, Ls * N * F * 2},       {(void**)&a.lnf, N * C * 2},
+        {(void**)&a.lnf_rstd, N * 4},               {(void**)&a.logits, N * V * 2},         {(void**)&a.logits_lse, N * 4},
+        {(void**)&a.losses, N * 4},                 {(void**)&a.dres, N * C * 4},           {(void**)&a.dres16, N * C * 2},
+        {(void**)&a.dln, N * C * 2},                {(void**)&a.datty, N * QD * 2},         {(void**)&a.dq, N * QD * 2},
+        {(void**)&a.dk, N * KVD * 2},               {(void**)&a.dv, N * KVD * 2},           {(void**)&a.att_dsum, N * H * 4},
+        {(void**)&a.partial, std::max(chunks * C, (size_t)NORM_BLOCKS) * 4},
+        {(void**)&a.inputs, N * 4},                 {(void**)&a.targets, N * 4},            {(void**)&a.dlosses, N * 4},
+        {(void**)&a.emb_groups, (3 * N + 1) * 4}};
+    size_t total = 0;
+    for (auto& s : slots) total += (s.bytes + 255) / 256 * 256;
+    m->acts_bytes = total;
+    cudaError_t e = cudaMalloc(&m->acts_mem, total);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        die("cuda: cannot allocate %.2f GiB of activations for B=%d T=%d (%s); lower the batch or use --recompute",
+            total / 1073741824.0, Bmax, Tmax, cudaGetErrorString(e));
+    }
+    char* ptr = (char*)m->acts_mem;
+    for (auto& s : slots) { *s.ptr = ptr; ptr += (s.bytes + 255) / 256 * 256; }
+    std::vector<float> cs((size_t)Tmax * (c.head_dim / 2)), sn(cs.size());
+    rope_table(cs.data(), sn.data(), Tmax, c.head_dim, (float)c.rope_theta);
+    cudaCheck(cudaMalloc(&m->rope_cos, cs.size() * 4));
+    cudaCheck(cudaMalloc(&m->rope_sin, sn.size() * 4));
+    cudaCheck(cudaMemcpy(m->rope_cos, cs.data(), cs.size() * 4, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(m->rope_sin, sn.data(), sn.size() * 4, cudaMemcpyHostToDevice));
+    if (verbose) {
+        double GiB = 1073741824.0;
+        printf("cuda: %s, %zu parameters; memory: params bf16 %.2f GiB, master fp32 %.2f GiB, grads fp32 %.2f GiB, "
+               "AdamW m+v %.2f GiB, activations %.2f GiB (B=%d T=%d%s) — total %.2f GiB\n",
+               cuda_device_name(0).c_str(), P, P * 2 / GiB, P * 4 / GiB, P * 4 / GiB, P * 8 / GiB, total / GiB, Bmax, Tmax,
+               recompute ? ", recompute" : "", (P * 18 + total) / GiB);
+    }
+    return m;
+}
+
+void cuda_model_free(CudaModel* m) {
+    if (!m) return;
+    cudaFree(m->params_mem);
+    cudaFree(m->master);
+    cudaFree(m->grads_mem);
+    cudaFree(m->adam_mem);
+    cudaFree(m->acts_mem);
+    cudaFree(m->rope_cos);
+    cudaFree(m->rope_sin);
+    delete m;
+}
+
+// Forward over tokens [B,T], like model_forward: returns the mean loss over unmasked targets (0 if none / null).
+float cuda_model_forward(CudaModel* m, const int* inputs, const int* targets, int B, int T) {
+    const Config& c = m->cfg;
+    if (B < 1 || T < 1) die("forward: empty batch (B=%d, T=%d)", B, T);
+    if ((size_t)B * T > (size_t)m->Bmax * m->Tmax || T > m->Tmax)
+        die("cuda forward: B=%d T=%d exceeds the allocated B=%d T=%d", B, T, m->Bmax, m->Tmax);
+    int N = B * T;
+    for (int i = 0; i < N; i++) {
+        if (inputs[i] < 0 || inputs[i] >= c.vocab_size) die("forward: token id %d out of range [0, %d)", inputs[i], c.vocab_size);
+        if (targets && targets[i] >= c.vocab_size) die("forward: target id %d out of range [0, %d)", targets[i], c.vocab_size);
+    }
+    m->B = B;
+    m->T = T;
+    m->inputs.assign(inputs, inputs + N);
+    if (targets) m->targets.assign(targets, targets + N); else m->targets.assign(N, -1);
+    CudaActs& a = m->a;
+    const CudaParams& p = m->p;
+    cudaCheck(cudaMemcpy(a.inputs, m->inputs.data(), N * 4, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(a.targets, m->targets.data(), N * 4, cudaMemcpyHostToDevice));
+    int C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
+    int QD = H * D, KVD = KV * D, V = c.vocab_size, L = c.num_hidden_layers;
+    float eps = (float)c.rms_norm_eps;
+    size_t NC = (size_t)N * C, NF = (size_t)N * F;
+
+    embedding_forward_kernel<<<N, 256>>>(a.residual, a.inputs, p.embed_tokens, N, C);
+    cudaCheck(cudaGetLastError());
+    for (int l = 0; l < L; l++) {
+        bf16* x = a.residual + l * NC;
+        bf16* mid = a.resid_mid + l * NC;
+        bf16* out = a.residual + (l + 1) * NC;
+        bf16* ln1 = a.ln1 + (m->recompute ? 0 : l * NC);
+        bf16* ln2 = a.ln2 + (m->recompute ? 0 : l * NC);
+        bf16* act = a.act + (m->recompute ? 0 : l * NF);
+        bf16* q = a.q + (size_t)l * N * QD;
+        bf16* k = a.k + (size_t)l * N * KVD;
+        bf16* v = a.v + (size_t)l * N * KVD;
+        bf16* atty = a.atty + (size_t)l * N * QD;
+        bf16* gate = a.gate + l * NF;
+        bf16* up = a.up + l * NF;
+        // attention block: x + o_proj(attention(rope(q_proj(ln1)), rope(k_proj(ln1)), v_proj(ln1)))
+        rmsnorm_forward_cuda(ln1, a.ln1_rstd + (size_t)l * N, x, p.input_layernorm + (size_t)l * C, N, C, eps);
+        matmul_forward_cuda(q, ln1, p.q_proj + (size_t)l * QD * C, N, C, QD);
+        matmul_forward_cuda(k, ln1, p.k_proj + (size_t)l * KVD * C, N, C, KVD);
+        matmul_forward_cuda(v, ln1, p.v_proj + (size_t)l * KVD * C, N, C, KVD);
+        rope_cuda(q, m->rope_cos, m->rope_sin, N, H, D, T, 0, 1.0f);
+        rope_cuda(k, m->rope_cos, m->rope_sin, N, KV, D, T, 0, 1.0f);
+        attention_forward_cuda(atty, a.att_lse + (size_t)l * N * H, q, k, v, B, T, H, KV, D);
+        matmul_forward_cuda(mid, atty, p.o_proj + (size_t)l * C * QD, N, QD, C, x);   // + x: fused residual add
+        // MLP block: mid + down_proj(silu(gate_proj(ln2)) ⊙ up_proj(ln2))
+        rmsnorm_forward_cuda(ln2, a.ln2_rstd + (size_t)l * N, mid, p.post_attention_layernorm + (size_t)l * C, N, C, eps);
+        matmul_forward_cuda(gate, ln2, p.gate_proj + (size_t)l * F * C, N, C, F);
+        matmul_forward_cuda(up, ln2, p.up_proj + (size_t)l * F * C, N, C, F);
+        swiglu_forward_cuda(act, gate, up, NF);
+        matmul_forward_cuda(out, act, p.down_proj + (size_t)l * C * F, N, F, C, mid);  // + mid
+    }
+    rmsnorm_forward_cuda(a.lnf, a.lnf_rstd, a.residual + (size_t)L * NC, p.norm, N, C, eps);
+    matmul_forward_cuda(a.logits, a.lnf, p.lm_head, N, C, V);
+    crossentropy_forward_kernel<<<N, 512>>>(a.losses, a.logits_lse, a.logits, a.targets, V);
+    cudaCheck(cudaGetLastError());
+    m->have_forward = true;
+    if (!targets) return 0.0f;
+    std::vector<float> losses(N);
+    cudaCheck(cudaMemcpy(losses.data(), a.losses, N * 4, cudaMemcpyDeviceToHost));
+    double sum = 0.0;
+    size_t count = 0;
+    for (int i = 0; i < N; i++)
+        if (targets[i] >= 0) { sum += losses[i]; count++; }
+    return count ? (float)(sum / count) : 0.0f;
+}
+
+// Backward of Σ_t dlosses[t]·nll_t, accumulating (+=) into the fp32 gradients, like model_backward.
+// Once per forward: it consumes the logits (in place) and gate/up.
+void cuda_model_backward(CudaModel* m, const float* dlosses) {
+    if (!m->have_forward) die("backward: call forward first (once per forward on the CUDA backend)");
+    m->have_forward = false;
+    const Config& c = m->cfg;
+    int B = m->B, T = m->T, N = B * T;
+    int C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
+    int QD = H * D, KVD = KV * D, V = c.vocab_size, L = c.num_hidden_layers;
+    float eps = (float)c.rms_norm_eps;
+    size_t NC = (size_t)N * C, NF = (size_t)N * F;
+    CudaActs& a = m->a;
+    const CudaParams& p = m->p;
+    ParameterTensors& g = m->g;
+    cudaCheck(cudaMemcpy(a.dlosses, dlosses, N * 4, cudaMemcpyHostToDevice));
+
+    crossentropy_backward_inplace_kernel<<<N, 512>>>(a.logits, a.logits_lse, a.targets, a.dlosses, V);
+    cudaCheck(cudaGetLastError());
+    bf16* dlogits = a.logits;
+    matmul_backward_cuda(a.dln, g.lm_head, dlogits, a.lnf, p.lm_head, N, C, V, false);
+    cudaCheck(cudaMemset(a.dres, 0, NC * 4));
+    rmsnorm_backward_cuda(a.dres, a.dres16, g.norm, a.partial, a.dln, a.residual + (size_t)L * NC, p.norm, a.lnf_rstd, N, C);
+    for (int l = L - 1; l >= 0; l--) {
+        const bf16* x = a.residual + l * NC;
+        const bf16* mid = a.resid_mid + l * NC;
+        bf16* ln1 = a.ln1 + (m->recompute ? 0 : l * NC);
+        bf16* ln2 = a.ln2 + (m->recompute ? 0 : l * NC);
+        bf16* act = a.act + (m->recompute ? 0 : l * NF);
+        bf16* gate = a.gate + l * NF;
+        bf16* up = a.up + l * NF;
+        const float* rstd1 = a.ln1_rstd + (size_t)l * N;
+        const float* rstd2 = a.ln2_rstd + (size_t)l * N;
+        // MLP block: dres16 is the gradient of the layer's output; it flows to mid directly and through the MLP
+        if (m->recompute) {
+            rmsnorm_forward_cuda(ln2, nullptr, mid, p.post_attention_layernorm + (size_t)l * C, N, C, eps);
+            swiglu_forward_cuda(act, gate, up, NF);
+        }
+        matmul_backward_cuda(nullptr, g.down_proj + (size_t)l * C * F, a.dres16, act, nullptr, N, F, C, false);
+        matmul_backward_cuda(act, nullptr, a.dres16, nullptr, p.down_proj + (size_t)l * C * F, N, F, C, false);  // act ← dact
+        swiglu_backward_cuda(gate, up, act, NF);                                                               // gate ← dgate, up ← dup
+        matmul_backward_cuda(a.dln, g.gate_proj + (size_t)l * F * C, gate, ln2, p.gate_proj + (size_t)l * F * C, N, C, F, false);
+        matmul_backward_cuda(a.dln, g.up_proj + (size_t)l * F * C, up, ln2, p.up_proj + (size_t)l * F * C, N, C, F, true);
+        rmsnorm_backward_cuda(a.dres, a.dres16, g.post_attention_layernorm + (size_t)l * C, a.partial, a.dln, mid,
+                              p.post_attention_layernorm + (size_t)l * C, rstd2, N, C);
+        // attention block
+        const bf16* q = a.q + (size_t)l * N * QD;
+        const bf16* k = a.k + (size_t)l * N * KVD;
+        const bf16* v = a.v + (size_t)l * N * KVD;
+        const bf16* atty = a.atty + (size_t)l * N * QD;
+        matmul_backward_cuda(a.datty, g.o_proj + (size_t)l * C * QD, a.dres16, atty, p.o_proj + (size_t)l * C * QD, N, QD, C, false);
+        attention_backward_cuda(a.dq, a.dk, a.dv, a.att_dsum, a.datty, atty, a.att_lse + (size_t)l * N * H, q, k, v, B, T, H, KV, D);
+        rope_cuda(a.dq, m->rope_cos, m->rope_sin, N, H, D, T, 0, -1.0f);
+        rope_cuda(a.dk, m->rope_cos, m->rope_sin, N, KV, D, T, 0, -1.0f);
+        if (m->recompute) rmsnorm_forward_cuda(ln1, nullptr, x, p.input_layernorm + (size_t)l * C, N, C, eps);
+        matmul_backward_cuda(a.dln, g.q_proj + (size_t)l * QD * C, a.dq, ln1, p.q_proj + (size_t)l * QD * C, N, C, QD, false);
+        matmul_backward_cuda(a.dln, g.k_proj + (size_t)l * KVD * C, a.dk, ln1, p.k_proj + (size_t)l * KVD * C, N, C, KVD, true);
+        matmul_backward_cuda(a.dln, g.v_proj + (size_t)l * KVD * C, a.dv, ln1, p.v_proj + (size_t)l * KVD * C, N, C, KVD, true);
+        rmsnorm_backward_cuda(a.dres, a.dres16, g.input_layernorm + (size_t)l * C, a.partial, a.dln, x,
+                              p.input_layernorm + (size_t)l * C, rstd1, N, C);
+    }
+    // embedding: one block per distinct token, positions in a fixed order
+    std::vector<int> uniq, starts, order;
+    embedding_group(m->inputs.data(), N, V, &uniq, &starts, &order);
+    int* d_uniq = a.emb_groups;   // uniq | starts | order: at most N + (N+1) + N ints
+    int* d_starts = d_uniq + uniq.size();
+    int* d_order = d_starts + starts.size();
+    cudaCheck(cudaMemcpy(d_uniq, uniq.data(), uniq.size() * 4, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(d_starts, starts.data(), starts.size() * 4, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(d_order, order.data(), order.size() * 4, cudaMemcpyHostToDevice));
+    embedding_backward_kernel<<<(int)uniq.size(), 256>>>(g.embed_tokens, a.dres, d_uniq, d_starts, d_order, C);
+    cudaCheck(cudaGetLastError());
+}
+
+void cuda_model_zero_grad(CudaModel* m) { cudaCheck(cudaMemset(m->grads_mem, 0, m->num_parameters * sizeof(float))); }
+
+float cuda_model_grad_norm(CudaModel* m) { return grad_norm_cuda(m->grads_mem, m->num_parameters, m->a.partial); }
+
+void cuda_model_adamw(CudaModel* m, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int step) {
+    if (step < 1) die("adamw: step must be ≥ 1, got %d", step);
+    float* mm = m->adam_mem;
+    float* vv = m->adam_mem + m->num_parameters;
+    for (auto& r : m->decay)
+        adamw_cuda(m->master + r.first, m->params_mem + r.first, mm + r.first, vv + r.first, m->grads_mem + r.first, r.second,
+                   lr, beta1, beta2, eps, weight_decay, grad_scale, step);
+    for (auto& r : m->no_decay)
+        adamw_cuda(m->master + r.first, m->params_mem + r.first, mm + r.first, vv + r.first, m->grads_mem + r.first, r.second,
+                   lr, beta1, beta2, eps, 0.0f, grad_scale, step);
+}
+
+void cuda_model_get_params(CudaModel* m, Model* host) {
+    if (host->num_parameters != m->num_parameters) model_build(host, m->cfg);
+    cudaCheck(cudaMemcpy(host->params_memory.data(), m->master, m->num_parameters * 4, cudaMemcpyDeviceToHost));
+}
+void cuda_model_set_params(CudaModel* m, const Model& host) {
+    if (host.num_parameters != m->num_parameters) die("cuda: set_params with a model of a different size");
+    cudaCheck(cudaMemcpy(m->master, host.params_memory.data(), m->num_parameters * 4, cudaMemcpyHostToDevice));
+    upload_bf16(m->params_mem, host.params_memory.data(), m->num_parameters);
+}
+void cuda_model_get_grads(CudaModel* m, float* host_grads) {
+    cudaCheck(cudaMemcpy(host_grads, m->grads_mem, m->num_parameters * 4, cudaMemcpyDeviceToHost));
+}
+void cuda_model_get_adam_state(CudaModel* m, float* host_m, float* host_v) {
+    cudaCheck(cudaMemcpy(host_m, m->adam_mem, m->num_parameters * 4, cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(host_v, m->adam_mem + m->num_parameters, m->num_parameters * 4, cudaMemcpyDeviceToHost));
+}
+void cuda_model_set_adam_state(CudaModel* m, const float* host_m, const float* host_v) {
+    cudaCheck(cudaMemcpy(m->adam_mem, host_m, m->num_parameters * 4, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(m->adam_mem + m->num_parameters, host_v, m->num_parameters * 4, cudaMemcpyHostToDevice));
+}
+// the last forward's logits [B,T,V] as fp32 (before backward, which overwrites them)
+void cuda_model_get_logits(CudaModel* m, float* host_logits) {
+    if (!m->have_forward) die("cuda: logits are only available between forward and backward");
+    download_bf16(host_logits, m->a.logits, (size_t)m->B * m->T * m->cfg.vocab_size);
+}
+void cuda_model_get_losses(CudaModel* m, float* host_losses) {
+    cudaCheck(cudaMemcpy(host_losses, m->a.losses, (size_t)m->B * m->T * 4, cudaMemcpyDeviceToHost));
+}
+size_t cuda_model_memory_bytes(const CudaModel* m) { return m->num_parameters * 18 + m->acts_bytes; }
+
+// ----------------------------------------------------------------------------
+// batch-1 decoding with a KV cache: one token at a time through the same kernels (N = 1), K and V written
+// straight into the cache, attention by decode_attention_kernel.
+
+struct CudaDecode {
+    CudaModel* m;
+    int Tmax;
+    bf16 *kcache, *vcache;              // [L, Tmax, KV, D]
+    bf16 *x, *mid, *out, *ln, *q, *atty, *gate, *up, *act, *logits;   // one token's activations
+    float* logits32;                    // [V]
+    int* token;
+    float *rope_cos, *rope_sin;         // [Tmax, D/2]
+    std::vector<float> host_logits;
+};
+
+CudaDecode* cuda_decode_create(CudaModel* m, int Tmax) {
+    const Config& c = m->cfg;
+    if (Tmax < 1 || Tmax > c.max_position_embeddings) die("cuda decode: context %d outside [1, %d]", Tmax, c.max_position_embeddings);
+    CudaDecode* d = new CudaDecode;
+    d->m = m;
+    d->Tmax = Tmax;
+    size_t L = c.num_hidden_layers, KVD = (size_t)c.num_key_value_heads * c.head_dim, C = c.hidden_size, F = c.intermediate_size;
+    size_t QD = (size_t)c.num_attention_heads * c.head_dim, V = c.vocab_size;
+    cudaCheck(cudaMalloc(&d->kcache, 2 * L * Tmax * KVD * sizeof(bf16)));
+    d->vcache = d->kcache + L * Tmax * KVD;
+    size_t n = 4 * C + 2 * QD + 3 * F + V;
+    bf16* base;
+    cudaCheck(cudaMalloc(&base, (n + 64 * 10) * sizeof(bf16)));   // + room to align each of the 10 slices
+    auto take = [&](size_t count) { bf16* r = base; base += (count + 63) / 64 * 64; return r; };
+    d->x = take(C); d->mid = take(C); d->out = take(C); d->ln = take(C); d->q = take(QD); d->atty = take(QD);
+    d->gate = take(F); d->up = take(F); d->act = take(F); d->logits = take(V);
+    cudaCheck(cudaMalloc(&d->logits32, V * 4));
+    cudaCheck(cudaMalloc(&d->token, 4));
+    std::vector<float> cs((size_t)Tmax * (c.head_dim / 2)), sn(cs.size());
+    rope_table(cs.data(), sn.data(), Tmax, c.head_dim, (float)c.rope_theta);
+    cudaCheck(cudaMalloc(&d->rope_cos, cs.size() * 8));
+    d->rope_sin = d->rope_cos + cs.size();
+    cudaCheck(cudaMemcpy(d->rope_cos, cs.data(), cs.size() * 4, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(d->rope_sin, sn.data(), sn.size() * 4, cudaMemcpyHostToDevice));
+    d->host_logits.resize(V);
+    return d;
+}
+void cuda_decode_free(CudaDecode* d) {
+    if (!d) return;
+    cudaFree(d->kcache);
+    cudaFree(d->x);
+    cudaFree(d->logits32);
+    cudaFree(d->token);
+    cudaFree(d->rope_cos);
+    delete d;
+}
+// Feeds `token` at position `pos` (positions 0..pos-1 must already be in the cache); returns the next-token
+// logits [V] (fp32, host memory owned by the decoder), or null when want_logits is false (prefill).
+const float* cuda_decode_step(CudaDecode* d, int token, int pos, bool want_logits) {
+    CudaModel* m = d->m;
+    const Config& c = m->cfg;
+    if (pos < 0 || pos >= d->Tmax) die("cuda decode: position %d outside the cache [0, %d)", pos, d->Tmax);
+    if (token < 0 || token >= c.vocab_size) die("cuda decode: token id %d out of range [0, %d)", token, c.vocab_size);
+    int C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
+    int QD = H * D, KVD = KV * D, V = c.vocab_size, L = c.num_hidden_layers;
+    float eps = (float)c.rms_norm_eps;
+    const CudaParams& p = m->p;
+    cudaCheck(cudaMemcpy(d->token, &token, 4, cudaMemcpyHostToDevice));
+    embedding_forward_kernel<<<1, 256>>>(d->x, d->token, p.embed_tokens, 1, C);
+    for (int l = 0; l < L; l++) {
+        bf16* kc = d->kcache + (size_t)l * d->Tmax * KVD;
+        bf16* vc = d->vcache + (size_t)l * d->Tmax * KVD;
+        rmsnorm_forward_cuda(d->ln, nullptr, d->x, p.input_layernorm + (size_t)l * C, 1, C, eps);
+        matmul_forward_cuda(d->q, d->ln, p.q_proj + (size_t)l * QD * C, 1, C, QD);
+        matmul_forward_cuda(kc + (size_t)pos * KVD, d->ln, p.k_proj + (size_t)l * KVD * C, 1, C, KVD);
+        matmul_forward_cuda(vc + (size_t)pos * KVD, d->ln, p.v_proj + (size_t)l * KVD * C, 1, C, KVD);
+        rope_cuda(d->q, d->rope_cos, d->rope_sin, 1, H, D, 1, pos, 1.0f);
+        rope_cuda(kc + (size_t)pos * KVD, d->rope_cos, d->rope_sin, 1, KV, D, 1, pos, 1.0f);
+        decode_attention_cuda(d->atty, d->q, kc, vc, pos, H, KV, D);
+        matmul_forward_cuda(d->mid, d->atty, p.o_proj + (size_t)l * C * QD, 1, QD, C, d->x);
+        rmsnorm_forward_cuda(d->ln, nullptr, d->mid, p.post_attention_layernorm + (size_t)l * C, 1, C, eps);
+        matmul_forward_cuda(d->gate, d->ln, p.gate_proj + (size_t)l * F * C, 1, C, F);
+        matmul_forward_cuda(d->up, d->ln, p.up_proj + (size_t)l * F * C, 1, C, F);
+        swiglu_forward_cuda(d->act, d->gate, d->up, F);
+        matmul_forward_cuda(d->x, d->act, p.down_proj + (size_t)l * C * F, 1, F, C, d->mid);   // x ← mid + mlp
+    }
+    if (!want_logits) return nullptr;
+    rmsnorm_forward_cuda(d->ln, nullptr, d->x, p.norm, 1, C, eps);
+    matmul_forward_cuda(d->logits, d->ln, p.lm_head, 1, C, V);
+    bf16_to_f32_kernel<<<ceil_div(V, 256), 256>>>(d->logits32, d->logits, V);
+    cudaCheck(cudaMemcpy(d->host_logits.data(), d->logits32, (size_t)V * 4, cudaMemcpyDeviceToHost));
+    return d->host_logits.data();
+}
+
+// ----------------------------------------------------------------------------
+// single kernels on host arrays, for tests/test_cuda.cpp: inputs are rounded to bf16 where the kernel reads
+// bf16, outputs come back as fp32. Each names its CPU twin.
+
+struct DevBuf {   // a device buffer freed at scope exit
+    void* p = nullptr;
+    explicit DevBuf(size_t bytes) { cudaCheck(cudaMalloc(&p, bytes ? bytes : 1)); }
+    ~DevBuf() { cudaFree(p); }
+    DevBuf(const DevBuf&) = delete;
+    DevBuf& operator=(const DevBuf&) = delete;
+    bf16* b() const { return (bf16*)p; }
+    float* f() const { return (float*)p; }
+    int* i() const { return (int*)p; }
+};
+static void up_f32(float* d, const float* h, size_t n) { cudaCheck(cudaMemcpy(d, h, n * 4, cudaMemcpyHostToDevice)); }
+static void down_f32(float* h, const float* d, size_t n) { cudaCheck(cudaMemcpy(h, d, n * 4, cudaMemcpyDeviceToHost)); }
+
+void cuda_op_embedding(float* out, float* dwte, const int* tokens, const float* wte, const float* dres, int N, int V, int C) {
+    cuda_select_device();
+    DevBuf t(N * 4), w((size_t)V * C * 2), o((size_t)N * C * 2), dw((size_t)V * C * 4), dr((size_t)N * C * 4);
+    cudaCheck(cudaMemcpy(t.p, tokens, N * 4, cudaMemcpyHostToDevice));
+    upload_bf16(w.b(), wte, (size_t)V * C);
+    embedding_forward_kernel<<<N, 256>>>(o.b(), t.i(), w.b(), N, C);
+    download_bf16(out, o.b(), (size_t)N * C);
+    up_f32(dw.f(), dwte, (size_t)V * C);
+    up_f32(dr.f(), dres, (size_t)N * C);
+    std::vector<int> uniq, starts, order;
+    embedding_group(tokens, N, V, &uniq, &starts, &order);
+    DevBuf du(uniq.size() * 4), ds(starts.size() * 4), dor(order.size() * 4);
+    cudaCheck(cudaMemcpy(du.p, uniq.data(), uniq.size() * 4, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(ds.p, starts.data(), starts.size() * 4, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(dor.p, order.data(), order.size() * 4, cudaMemcpyHostToDevice));
+    embedding_backward_kernel<<<(int)uniq.size(), 256>>>(dw.f(), dr.f(), du.i(), ds.i(), dor.i(), C);
+    cudaCheck(cudaGetLastError());
+    down_f32(dwte, dw.f(), (size_t)V * C);
+}
+// twin: matmul_forward / matmul_backward. dinp is overwritten (bf16), dweight accumulates (fp32).
+void cuda_op_matmul(float* out, float* dinp, float* dweight, const float* inp, const float* weight, const float* dout,
+                    int N, int in, int out_dim) {
+    cuda_select_device();
+    DevBuf x((size_t)N * in * 2), w((size_t)out_dim * in * 2), o((size_t)N * out_dim * 2), go((size_t)N * out_dim * 2),
+        dx((size_t)N * in * 2), dw((size_t)out_dim * in * 4);
+    upload_bf16(x.b(), inp, (size_t)N * in);
+    upload_bf16(w.b(), weight, (size_t)out_dim * in);
+    upload_bf16(go.b(), dout, (size_t)N * out_dim);
+    up_f32(dw.f(), dweight, (size_t)out_dim * in);
+    matmul_forward_cuda(o.b(), x.b(), w.b(), N, in, out_dim);
+    matmul_backward_cuda(dx.b(), dw.f(), go.b(), x.b(), w.b(), N, in, out_dim, false);
+    download_bf16(out, o.b(), (size_t)N * out_dim);
+    download_bf16(dinp, dx.b(), (size_t)N * in);
+    down_f32(dweight, dw.f(), (size_t)out_dim * in);
+}
+// twin: rmsnorm_forward / rmsnorm_backward. dinp (fp32) and dweight accumulate.
+void cuda_op_rmsnorm(float* out, float* rstd, float* dinp, float* dweight, const float* inp, const float* weight,
+                     const float* dout, int N, int C, float eps) {
+    cuda_select_device();
+    DevBuf x((size_t)N * C * 2), w((size_t)C * 2), o((size_t)N * C * 2), r((size_t)N * 4), go((size_t)N * C * 2),
+        dx((size_t)N * C * 4), dw((size_t)C * 4), part((size_t)ceil_div(N, RMS_CHUNK) * C * 4);
+    upload_bf16(x.b(), inp, (size_t)N * C);
+    upload_bf16(w.b(), weight, C);
+    upload_bf16(go.b(), dout, (size_t)N * C);
+    up_f32(dx.f(), dinp, (size_t)N * C);
+    up_f32(dw.f(), dweight, C);
+    rmsnorm_forward_cuda(o.b(), r.f(), x.b(), w.b(), N, C, eps);
+    rmsnorm_backward_cuda(dx.f(), nullptr, dw.f(), part.f(), go.b(), x.b(), w.b(), r.f(), N, C);
+    download_bf16(out, o.b(), (size_t)N * C);
+    down_f32(rstd, r.f(), N);
+    down_f32(dinp, dx.f(), (size_t)N * C);
+    down_f32(dweight, dw.f(), C);
+}
+// twin: rope_forward (sign 1) / rope_backward (sign −1); x [N, heads, D] in place, position n % T
+void cuda_op_rope(float* x, int N, int T, int heads, int D, float theta, float sign) {
+    cuda_select_device();
+    std::vector<float> cs((size_t)T * (D / 2)), sn(cs.size());
+    rope_table(cs.data(), sn.data(), T, D, theta);
+    DevBuf xb((size_t)N * heads * D * 2), c(cs.size() * 4), s(sn.size() * 4);
+    upload_bf16(xb.b(), x, (size_t)N * heads * D);
+    up_f32(c.f(), cs.data(), cs.size());
+    up_f32(s.f(), sn.data(), sn.size());
+    rope_cuda(xb.b(), c.f(), s.f(), N, heads, D, T, 0, sign);
+    download_bf16(x, xb.b(), (size_t)N * heads * D);
+}
+// twin: attention_forward / attention_backward (the CPU keeps att [B,H,T,T]; the kernels never form it)
+void cuda_op_attention(float* y, float* dq, float* dk, float* dv, const float* q, const float* k, const float* v,
+                       const float* dy, int B, int T, int H, int KV, int D) {
+    cuda_select_device();
+    size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * KV * D;
+    DevBuf qb(nq * 2), kb(nk * 2), vb(nk * 2), yb(nq * 2), lse((size_t)B * H * T * 4), dyb(nq * 2), dqb(nq * 2), dkb(nk * 2),
+        dvb(nk * 2), dsum((size_t)B * H * T * 4);
+    upload_bf16(qb.b(), q, nq);
+    upload_bf16(kb.b(), k, nk);
+    upload_bf16(vb.b(), v, nk);
+    upload_bf16(dyb.b(), dy, nq);
+    attention_forward_cuda(yb.b(), lse.f(), qb.b(), kb.b(), vb.b(), B, T, H, KV, D);
+    attention_backward_cuda(dqb.b(), dkb.b(), dvb.b(), dsum.f(), dyb.b(), yb.b(), lse.f(), qb.b(), kb.b(), vb.b(), B, T, H, KV, D);
+    download_bf16(y, yb.b(), nq);
+    download_bf16(dq, dqb.b(), nq);
+    download_bf16(dk, dkb.b(), nk);
+    download_bf16(dv, dvb.b(), nk);
+}
+// twin: attention_forward's row t = pos for one sequence; q [H,D] at position pos, kc/vc [pos+1, KV, D]
+void cuda_op_decode_attention(float* y, const float* q, const float* kc, const float* vc, int pos, int H, int KV, int D) {
+    cuda_select_device();
+    size_t nk = (size_t)(pos + 1) * KV * D;
+    DevBuf qb((size_t)H * D * 2), kb(nk * 2), vb(nk * 2), yb((size_t)H * D * 2);
+    upload_bf16(qb.b(), q, (size_t)H * D);
+    upload_bf16(kb.b(), kc, nk);
+    upload_bf16(vb.b(), vc, nk);
+    decode_attention_cuda(yb.b(), qb.b(), kb.b(), vb.b(), pos, H, KV, D);
+    download_bf16(y, yb.b(), (size_t)H * D);
+}
+// twin: swiglu_forward / swiglu_backward (dgate, dup overwritten)
+void cuda_op_swiglu(float* act, float* dgate, float* dup, const float* gate, const float* up, const float* dact, size_t n) {
+    cuda_select_device();
+    DevBuf g(n * 2), u(n * 2), a(n * 2), da(n * 2);
+    upload_bf16(g.b(), gate, n);
+    upload_bf16(u.b(), up, n);
+    upload_bf16(da.b(), dact, n);
+    swiglu_forward_cuda(a.b(), g.b(), u.b(), n);
+    swiglu_backward_cuda(g.b(), u.b(), da.b(), n);
+    download_bf16(act, a.b(), n);
+    download_bf16(dgate, g.b(), n);
+    download_bf16(dup, u.b(), n);
+}
+// twin: crossentropy_forward / crossentropy_backward; dlogits is the logits buffer after the in-place backward
+void cuda_op_crossentropy(float* losses, float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V) {
+    cuda_select_device();
+    DevBuf z((size_t)N * V * 2), t(N * 4), l(N * 4), lse(N * 4), dl(N * 4);
+    upload_bf16(z.b(), logits, (size_t)N * V);
+    cudaCheck(cudaMemcpy(t.p, targets, N * 4, cudaMemcpyHostToDevice));
+    up_f32(dl.f(), dlosses, N);
+    crossentropy_forward_kernel<<<N, 512>>>(l.f(), lse.f(), z.b(), t.i(), V);
+    crossentropy_backward_inplace_kernel<<<N, 512>>>(z.b(), lse.f(), t.i(), dl.f(), V);
+    cudaCheck(cudaGetLastError());
+    down_f32(losses, l.f(), N);
+    download_bf16(dlogits, z.b(), (size_t)N * V);
+}
+// AdamW on host arrays (master, m, v updated in place; param = the bf16 parameters as fp32)
+void cuda_op_adamw(float* master, float* param, float* m, float* v, const float* grad, size_t n, float lr, float beta1,
+                   float beta2, float eps, float weight_decay, float grad_scale, int step) {
+    cuda_select_device();
+    DevBuf w(n * 4), pb(n * 2), mb(n * 4), vb(n * 4), gb(n * 4);
+    up_f32(w.f(), master, n);
+    up_f32(mb.f(), m, n);
+    up_f32(vb.f(), v, n);
+    up_f32(gb.f(), grad, n);
+    adamw_cuda(w.f(), pb.b(), mb.f(), vb.f(), gb.f(), n, lr, beta1, beta2, eps, weight_decay, grad_scale, step);
+    down_f32(master, w.f(), n);
+    download_bf16(param, pb.b(), n);
+    down_f32(m, mb.f(), n);
+    down_f32(v, vb.f(), n);
+}
+float cuda_op_grad_norm(const float* g, size_t n) {
+    cuda_select_device();
+    DevBuf gb(n * 4), part(NORM_BLOCKS * 4);
+    up_f32(gb.f(), g, n);
+    return grad_norm_cuda(gb.f(), n, part.f());
+}
+// ----------------------------------------------------------------------------
+// deepseek bench-gpu: training tokens/s and MFU, batch-1 decode tokens/s beside its memory-bandwidth bound.
+//   model FLOPs per token (PaLM's convention, as nanoGPT and llm.c report MFU):
+//     6·N_matmul + 12·L·H·D·T,  N_matmul = parameters in matmuls (all but the embedding table; lm_head counts)
+//   MFU = tokens/s × FLOPs per token / peak (989 TFLOP/s: H100/H200 SXM dense bf16)
+//   decode bound: tokens/s ≤ HBM bandwidth / bytes read per token (bf16 matmul weights + the KV cache so far)
+
+static bool bench_shape(const std::string& name, Config* c) {
+    if (config_preset(name, c)) return true;
+    Config s;
+    s.max_position_embeddings = 4096;
+    s.vocab_size = 32000;
+    if (name == "124m") { s.hidden_size = 768; s.num_hidden_layers = 12; s.num_attention_heads = 12; s.num_key_value_heads = 12; s.intermediate_size = 2048; }
+    else if (name == "350m") { s.hidden_size = 1024; s.num_hidden_layers = 24; s.num_attention_heads = 16; s.num_key_value_heads = 16; s.intermediate_size = 2816; }
+    else if (name == "1b") { s.hidden_size = 2048; s.num_hidden_layers = 22; s.num_attention_heads = 32; s.num_key_value_heads = 4; s.intermediate_size = 5632; }
+    else return false;
+    s.head_dim = s.hidden_size / s.num_attention_heads;
+    *c = s;
+    return true;
+}
+
+int cmd_bench_gpu(int argc, char** argv) {
+    if (is_help(argc, argv, 2)) {
+        printf("usage: deepseek bench-gpu [--shape 124m|350m|1b|tiny|small] [--batch B] [--seq T] [--steps N] [--warmup W]\n"
+               "                          [--recompute] [--decode N] [--peak-tflops 989] [--hbm-tbs 4.8]\n"
+               "  trains the shape on random tokens for N steps (forward, backward, grad norm, AdamW) and prints\n"
+               "  tokens/s and MFU = tokens/s × (6·N_matmul + 12·L·H·D·T) / peak; with --decode N (or --steps 0),\n"
+               "  also times N batch-1 decode steps and prints tokens/s beside the HBM bound.\n");
+        return 0;
+    }
+    Args a(argc, argv, 2, "bench-gpu", {"shape", "batch", "seq", "steps", "warmup", "decode", "peak-tflops", "hbm-tbs", "seed"},
+           {"recompute"});
+    Config c;
+    std::string shape = a.str("shape", "124m");
+    if (!bench_shape(shape, &c)) die("bench-gpu: unknown shape '%s' (124m, 350m, 1b, tiny, small)", shape.c_str());
+    int B = (int)a.integer("batch", 8, 1, 4096), T = (int)a.integer("seq", 1024, 1, c.max_position_embeddings);
+    int steps = (int)a.integer("steps", 20, 0, 1000000), warmup = (int)a.integer("warmup", 3, 0, 1000);
+    int ndecode = (int)a.integer("decode", 0, 0, c.max_position_embeddings - 1);
+    double peak = a.real("peak-tflops", 989.0, 1.0, 1e6) * 1e12, hbm = a.real("hbm-tbs", 4.8, 0.01, 1000.0) * 1e12;
+    if (cuda_device_count() == 0) die("bench-gpu: no CUDA device");
+    Model host;
+    model_build(&host, c);
+    // uniform(−a, a) with a = 0.02·√3 (std 0.02) from a hash of the index: parallel, so a 1B model starts in seconds
+    uint64_t seed = (uint64_t)a.integer("seed", 1337, 0, 1ll << 62);
+    for (const ParamView& pv : param_views(c)) {
+        size_t n = 1;
+        for (int64_t d : pv.shape) n *= (size_t)d;
+        float* w = host.params_memory.data() + pv.offset;
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            uint64_t h = seed + pv.offset + i;
+            w[i] = pv.is_matrix ? 0.0346f * (2.0f * (splitmix64(&h) >> 40) / 16777216.0f - 1.0f) : 1.0f;
+        }
+    }
+    size_t P = host.num_parameters, Pm = P - (size_t)c.vocab_size * c.hidden_size;
+    double L = c.num_hidden_layers, QD = (double)c.num_attention_heads * c.head_dim;
+    printf("bench-gpu: shape %s: %zu parameters (%zu in matmuls), L=%d C=%d H=%d KV=%d D=%d F=%d V=%d, device %s\n", shape.c_str(), P,
+           Pm, c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size,
+           c.vocab_size, cuda_device_name(0).c_str());
+    uint64_t s = 42;
+    auto rnd = [&](int n) { return (int)(splitmix64(&s) % (uint64_t)n); };
+    if (steps > 0) {
+        CudaModel* m = cuda_model_create(host, B, T, a.flag("recompute"), true);
+        int N = B * T;
+        std::vector<int> in(N), tg(N);
+        std::vector<float> w(N, 1.0f / N);
+        double flops_tok = 6.0 * Pm + 12.0 * L * QD * T;
+        double t0 = 0;
+        float loss = 0;
+        for (int it = 0; it < warmup + steps; it++) {
+            if (it == warmup) { cudaCheck(cudaDeviceSynchronize()); t0 = wall_seconds(); }
+            for (int i = 0; i < N; i++) { in[i] = rnd(c.vocab_size); tg[i] = rnd(c.vocab_size); }
+            loss = cuda_model_forward(m, in.data(), tg.data(), B, T);
+            cuda_model_zero_grad(m);
+            cuda_model_backward(m, w.data());
+            float norm = cuda_model_grad_norm(m);
+            cuda_model_adamw(m, 3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, norm > 1.0f ? 1.0f / norm : 1.0f, it + 1);
+        }
+        cudaCheck(cudaDeviceSynchronize());
+        double dt = wall_seconds() - t0, tps = (double)steps * N / dt;
+        printf("train: shape %s B=%d T=%d%s steps %d: %.0f tok/s, %.1f ms/step, loss %.3f, model FLOPs/token %.4g "
+               "(6·%zu + 12·L·H·D·T), MFU %.1f%% of %.0f TFLOP/s\n", shape.c_str(), B, T, a.flag("recompute") ? " recompute" : "",
+               steps, tps, 1e3 * dt / steps, loss, flops_tok, Pm, 100.0 * tps * flops_tok / peak, peak / 1e12);
+        cuda_model_free(m);
+    }
+    if (ndecode > 0) {
+        CudaModel* m = cuda_model_create(host, 1, 1, false, false);
+        CudaDecode* d = cuda_decode_create(m, ndecode + 1);
+        int tok = 1;
+        for (int pos = 0; pos < 8 && pos < ndecode; pos++) cuda_decode_step(d, tok, pos, true);   // warm-up (plans, clocks)
+        cudaCheck(cudaDeviceSynchronize());
+        double t0 = wall_seconds();
+        for (int pos = 0; pos < ndecode; pos++) {
+            const float* z = cuda_decode_step(d, tok, pos, true);
+            int best = 0;
+            for (int i = 1; i < c.vocab_size; i++) if (z[i] > z[best]) best = i;
+            tok = best;
+        }
+        double dt = wall_seconds() - t0, tps = ndecode / dt;
+        double kv_bytes = 2.0 * L * c.num_key_value_heads * c.head_dim * 2 * (ndecode / 2.0);   // the average cache read
+        double bytes = 2.0 * Pm + 2.0 * c.hidden_size + kv_bytes;
+        printf("decode: shape %s batch 1, %d tokens: %.0f tok/s (%.3f ms/token); bound %.0f tok/s = %.2f TB/s / %.1f MB per token "
+               "(bf16 weights + KV cache): %.0f%% of the bound\n", shape.c_str(), ndecode, tps, 1e3 / tps, hbm / bytes, hbm / 1e12,
+               bytes / 1e6, 100.0 * tps / (hbm / bytes));
+        cuda_decode_free(d);
+        cuda_model_free(m);
+    }
+    return 0;
+}
+
+#else  // ---- built without CUDA: the backend API exists and says so
+
+[[noreturn]] static void no_cuda() { die("this binary was built without CUDA (run `make` with nvcc on PATH)"); }
+CudaModel* cuda_model_create(const Model&, int, int, bool, bool) { no_cuda(); }
+void cuda_model_free(CudaModel*) {}
+float cuda_model_forward(CudaModel*, const int*, const int*, int, int) { no_cuda(); }
+void cuda_model_backward(CudaModel*, const float*) { no_cuda(); }
+void cuda_model_zero_grad(CudaModel*) { no_cuda(); }
+float cuda_model_grad_norm(CudaModel*) { no_cuda(); }
+void cuda_model_adamw(CudaModel*, float, float, float, float, float, float, int) { no_cuda(); }
+void cuda_model_get_params(CudaModel*, Model*) { no_cuda(); }
+void cuda_model_set_params(CudaModel*, const Model&) { no_cuda(); }
+void cuda_model_get_grads(CudaModel*, float*) { no_cuda(); }
+void cuda_model_get_adam_state(CudaModel*, float*, float*) { no_cuda(); }
+void cuda_model_set_adam_state(CudaModel*, const float*, const float*) { no_cuda(); }
+void cuda_model_get_logits(CudaModel*, float*) { no_cuda(); }
+void cuda_model_get_losses(CudaModel*, float*) { no_cuda(); }
+size_t cuda_model_memory_bytes(const CudaModel*) { return 0; }
+CudaDecode* cuda_decode_create(CudaModel*, int) { no_cuda(); }
+void cuda_decode_free(CudaDecode*) {}
+const float* cuda_decode_step(CudaDecode*, int, int, bool) { no_cuda(); }
+int cmd_bench_gpu(int argc, char** argv) {
+    if (is_help(argc, argv, 2)) { printf("usage: deepseek bench-gpu ... (needs a CUDA build)\n"); return 0; }
+    die("bench-gpu: this binary was built without CUDA (run `make` with nvcc on PATH)");
+}
+
+#endif  // DEEPSEEK_CUDA
+
+// ============================================================================
 // number formats
 
 float bf16_to_f32(uint16_t h) {
@@ -1922,6 +3392,7 @@ int main(int argc, char** argv) {
     if (cmd == "eval") return cmd_eval(argc, argv);
     if (cmd == "generate") return cmd_generate(argc, argv);
     if (cmd == "chat") return cmd_chat(argc, argv);
+    if (cmd == "bench-gpu") return cmd_bench_gpu(argc, argv);   // hidden: tests/gpu_check.sh
     die("unknown command '%s' (see deepseek --help)", cmd.c_str());
 }
 #endif

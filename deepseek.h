@@ -342,6 +342,57 @@ std::vector<int> sample_greedy(Model* m, std::vector<int> ids, int n_new, int li
 long checkpoint_read(const std::string& dir, Model* m, AdamW* opt);   // returns the step; dies on a bad checkpoint
 std::string checkpoint_latest(const std::string& dir);   // newest complete checkpoint of a run dir ("" if none)
 
+// ---- CUDA backend (deepseek.cu, built with nvcc; without CUDA these die with a clear line)
+// bf16 parameters and activations, fp32 master weights, gradients and AdamW moments on one GPU.
+// Same semantics as the CPU model: targets −1 are masked, dlosses weights each token's loss, gradients
+// accumulate (+=) until cuda_model_zero_grad. One backward per forward (it consumes the logits in place).
+std::string device_describe(Device dev);   // "cuda (NVIDIA H200, 139.8 GiB, sm_90)" / "cpu (16 threads)"
+struct CudaModel;
+struct CudaDecode;
+// Copies the host model's config and fp32 parameters; activations are sized for B×T tokens up front.
+// recompute: keep RMSNorm/SwiGLU outputs for one layer only and recompute them in backward.
+// verbose prints the device and the memory of each kind.
+CudaModel* cuda_model_create(const Model& host, int B, int T, bool recompute, bool verbose = true);
+void cuda_model_free(CudaModel* m);
+float cuda_model_forward(CudaModel* m, const int* inputs, const int* targets, int B, int T);  // mean loss, like model_forward
+void cuda_model_backward(CudaModel* m, const float* dlosses);                                 // like model_backward
+void cuda_model_zero_grad(CudaModel* m);
+float cuda_model_grad_norm(CudaModel* m);          // global L2 norm of the fp32 gradients
+// AdamW (PyTorch's) on the fp32 master weights with gradients × grad_scale; weight decay on matrices only
+// (param_views' is_matrix); refreshes the bf16 parameters. step counts from 1.
+void cuda_model_adamw(CudaModel* m, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int step);
+void cuda_model_get_params(CudaModel* m, Model* host);        // fp32 master weights → host
+void cuda_model_set_params(CudaModel* m, const Model& host);  // host → master weights and bf16 parameters
+void cuda_model_get_grads(CudaModel* m, float* host_grads);   // [num_parameters], fp32
+void cuda_model_get_adam_state(CudaModel* m, float* host_m, float* host_v);        // for checkpoints
+void cuda_model_set_adam_state(CudaModel* m, const float* host_m, const float* host_v);
+void cuda_model_get_logits(CudaModel* m, float* host_logits);  // [B,T,V] of the last forward (before backward)
+void cuda_model_get_losses(CudaModel* m, float* host_losses);  // [B,T] per-token nll of the last forward
+size_t cuda_model_memory_bytes(const CudaModel* m);
+// batch-1 generation with a KV cache of Tmax positions: feed tokens at positions 0, 1, 2, …; returns the
+// next-token logits [V] (host memory owned by the decoder, valid until the next step), or null if !want_logits.
+CudaDecode* cuda_decode_create(CudaModel* m, int Tmax);
+void cuda_decode_free(CudaDecode* d);
+const float* cuda_decode_step(CudaDecode* d, int token, int pos, bool want_logits = true);
+int cmd_bench_gpu(int argc, char** argv);   // hidden subcommand `deepseek bench-gpu` (tests/gpu_check.sh)
+// Single kernels on host arrays (inputs rounded to bf16 where the kernel reads bf16), for tests/test_cuda.cpp,
+// which compares them with their CPU twins (the _ref layers above). Defined only in the CUDA build.
+void cuda_op_embedding(float* out, float* dwte, const int* tokens, const float* wte, const float* dres, int N, int V, int C);
+void cuda_op_matmul(float* out, float* dinp, float* dweight, const float* inp, const float* weight, const float* dout,
+                    int N, int in, int out_dim);
+void cuda_op_rmsnorm(float* out, float* rstd, float* dinp, float* dweight, const float* inp, const float* weight,
+                     const float* dout, int N, int C, float eps);
+void cuda_op_rope(float* x, int N, int T, int heads, int D, float theta, float sign);
+void cuda_op_attention(float* y, float* dq, float* dk, float* dv, const float* q, const float* k, const float* v,
+                       const float* dy, int B, int T, int H, int KV, int D);
+void cuda_op_decode_attention(float* y, const float* q, const float* kc, const float* vc, int pos, int H, int KV, int D);
+void cuda_op_swiglu(float* act, float* dgate, float* dup, const float* gate, const float* up, const float* dact, size_t n);
+void cuda_op_crossentropy(float* losses, float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V);
+void cuda_op_adamw(float* master, float* param, float* m, float* v, const float* grad, size_t n, float lr, float beta1,
+                   float beta2, float eps, float weight_decay, float grad_scale, int step);
+float cuda_op_grad_norm(const float* g, size_t n);
+// ---- end of CUDA backend
+
 // ----------------------------------------------------------------------------
 // subcommands (each file implements its own)
 

@@ -3353,7 +3353,7 @@ static int cmd_convert(int argc, char** argv) {
 // ============================================================================
 // main
 
-#ifndef DEEPSEEK_TEST
+#ifndef DEEPSEEK_TEST  // (the test binary instead weakens this main() with objcopy; see the Makefile)
 static void usage() {
     printf("deepseek — the DeepSeek LLM recipe (tokenizer, model, pre-training, SFT, DPO, generation) in one binary\n\n"
            "usage: deepseek COMMAND [flags]   (deepseek COMMAND --help for each)\n\n"

@@ -111,7 +111,8 @@ test-asan:
 deps:
 	@bash tests/install_deps.sh
 
-# Fixtures come from the peers (PyTorch, transformers, tokenizers), in a venv pinned by requirements.txt.
+# Fixtures and benchmarks use the peers (PyTorch, transformers, tokenizers, TRL, llama.cpp) from a venv pinned by
+# requirements.txt, made on first use.
 $(VENV)/.done: tests/reference/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
@@ -126,7 +127,7 @@ BENCH_THREADS ?= 2
 build/bench/bench_cpu: tests/bench/bench_cpu.cpp build/cpu/deepseek_nomain.o build/cpu/train.o build/cpu/infer.o build/cpu/tokenizer.o $(HDRS)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $(filter-out $(HDRS),$^) -o $@ $(LDLIBS) -lopenblas
-bench-cpu: build/bench/bench_cpu
+bench-cpu: build/bench/bench_cpu $(VENV)/.done
 	OMP_NUM_THREADS=$(BENCH_THREADS) ./build/bench/bench_cpu --threads $(BENCH_THREADS) $(BENCH_ARGS)
 bench: bench-cpu
 .PHONY: bench-cpu
@@ -140,7 +141,7 @@ clean:
 # ---- tokenizer: `make bench-tokenizer` (a part of `make bench`) and `make fuzz` (libFuzzer, clang, ASan + UBSan)
 .PHONY: bench-tokenizer fuzz
 bench: bench-tokenizer
-bench-tokenizer: deepseek
+bench-tokenizer: deepseek $(VENV)/.done
 	@bash tests/bench/bench_tokenizer.sh
 FUZZ_SECONDS ?= 60
 FUZZ_CXX     ?= clang++
@@ -159,15 +160,13 @@ fuzz: build/fuzz/fuzz_tokenizer_json build/fuzz/fuzz_encode_decode deepseek
 demo: deps deepseek
 	@bash tests/demo.sh
 bench: bench-train
-bench-train: deepseek
-	@test -x $(VENV)/bin/python || { echo "error: $(VENV) is missing: run make fixtures (or make $(VENV)/.done) first" >&2; exit 1; }
+bench-train: deepseek $(VENV)/.done
 	OMP_NUM_THREADS=$(or $(BENCH_THREADS),2) $(VENV)/bin/python tests/bench/bench_train.py --threads $(or $(BENCH_THREADS),2)
 
 # ---- generation: `make bench-infer` (a part of `make bench`): ./deepseek beside llama.cpp and transformers
 .PHONY: bench-infer
 bench: bench-infer
-bench-infer: deepseek
-	@test -x $(VENV)/bin/python || { echo "error: $(VENV) is missing: run make fixtures (or make $(VENV)/.done) first" >&2; exit 1; }
+bench-infer: deepseek $(VENV)/.done
 	@$(VENV)/bin/python -c "import llama_cpp" 2>/dev/null || nice -n 19 $(VENV)/bin/pip install -q llama-cpp-python==0.3.36
 	@$(VENV)/bin/python -c "import gguf" 2>/dev/null || $(VENV)/bin/pip install -q gguf==0.19.0
 	$(VENV)/bin/python tests/bench/bench_infer.py $(BENCH_INFER_ARGS)

@@ -500,3 +500,36 @@ std::string chat_render(const std::vector<ChatMessage>& msgs, bool add_generatio
 // on assistant tokens (the reply after "Assistant:", its EOS included): the SFT loss mask.
 void chat_tokens(const Tokenizer* tok, const std::vector<ChatMessage>& msgs, bool add_generation_prompt,
                  std::vector<int>* ids, std::vector<uint8_t>* assistant_mask);
+
+// ----------------------------------------------------------------------------
+// alignment: chat/preference data, SFT and DPO objectives (train.cu), evaluation (infer.cu)
+
+struct SftExample { std::vector<ChatMessage> messages; int line = 0; };
+// prompt: the conversation up to and including the last user turn; chosen/rejected: the two assistant replies
+struct DpoExample { std::vector<ChatMessage> prompt; std::string chosen, rejected; int line = 0; };
+// JSONL readers. A bad line (malformed JSON, missing/ill-typed fields, roles out of order) is an error
+// "FILE:LINE: why"; with skip_bad it is reported on stderr, skipped and counted in *skipped instead.
+std::vector<SftExample> sft_read_jsonl(const std::string& path, bool skip_bad, int* skipped);
+std::vector<DpoExample> dpo_read_jsonl(const std::string& path, bool skip_bad, int* skipped);
+// DPO (sigmoid) over n pairs of sequence log-probabilities: L = mean_i −log σ(β[(πc−rc) − (πr−rr)]).
+// Writes dL/dπc and dL/dπr (either may be null); returns L. Rewards are β·(π − ref).
+struct DpoStats { double loss, reward_accuracy, reward_margin, reward_chosen, reward_rejected; };
+double dpo_loss(const double* policy_chosen, const double* policy_rejected, const double* ref_chosen,
+                const double* ref_rejected, int n, double beta, double* grad_chosen, double* grad_rejected,
+                DpoStats* stats);
+// One rendered sequence: token ids and which of them are trained (SFT: assistant replies; DPO: the reply).
+struct ChatSeq { std::vector<int> ids; std::vector<uint8_t> trained; };
+// the pair as two sequences: prompt + "Assistant:" + " chosen" EOS, and the same with " rejected"
+void dpo_render(const Tokenizer* tok, const DpoExample& ex, ChatSeq* chosen, ChatSeq* rejected);
+// Rows → inputs/targets [B, T] (T = the longest row − 1): targets[t] = ids[t+1] where trained[t+1], else −1.
+// Padding: input `pad`, target −1. Returns T.
+int chat_batch(const std::vector<const ChatSeq*>& rows, int pad, std::vector<int>* inputs, std::vector<int>* targets);
+// log π(trained tokens | the rest) = −Σ nll_t over each sequence's trained tokens, `batch` sequences at a time
+void sequence_logps(Model* m, const std::vector<ChatSeq>& seqs, int batch, int pad, std::vector<double>* out);
+// One step's gradients (accumulated into m->grads; zero them first). SFT: mean NLL over the rows' trained tokens,
+// returned. DPO: rows = n chosen sequences then their n rejected ones; returns the DPO loss.
+float sft_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, int pad);
+double dpo_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, const double* ref_chosen,
+                            const double* ref_rejected, double beta, int pad, DpoStats* stats);
+// chat evaluation (infer.cu)
+bool text_is_repetitive(const std::string& text);   // some sentence (between . ! ? newline) occurs twice

@@ -1006,4 +1006,189 @@ int cmd_chat(int argc, char** argv) {
     return 0;
 }
 
-int cmd_eval(int, char**) { die("eval: not implemented yet"); }
+// ============================================================================
+// evaluation
+//
+// `deepseek eval` measures a model on held-out data, three ways:
+//   --data FILE    chat JSONL: greedy answers to every conversation's prompt (all turns but the last, rendered with
+//                  the chat template and the generation prompt) → exact-match accuracy against the last assistant
+//                  message (both trimmed of surrounding whitespace) and the repetition ratio of the generations
+//   --pairs FILE   preference pairs: log-prob accuracy (share of pairs where log π(chosen) > log π(rejected)); with
+//                  --ref DIR also DPO's reward accuracy and margin, rewards β·(log π − log ref)
+//   --text FILE    loss and bits per byte of a text, in context-length windows: bpb = Σ nll / ln 2 / bytes
+// Repetition ratio: the share of generations in which some sentence (text between . ! ? or a newline, trimmed,
+// non-empty) occurs twice or more — the looping the paper counts, which exact answers never contain.
+#include <algorithm>          // std::max_element
+#include <chrono>             // steady_clock
+#include <cmath>              // log
+#include <cstdio>             // printf
+#include <set>                // std::set (sentences seen)
+#include <nlohmann/json.hpp>  // nlohmann::json: the --json summary
+#ifdef _OPENMP
+#include <omp.h>              // omp_set_num_threads
+#endif
+
+static std::string trim(const std::string& s) {
+    size_t a = s.find_first_not_of(" \t\r\n"), b = s.find_last_not_of(" \t\r\n");
+    return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+// true when some sentence of `text` occurs at least twice
+bool text_is_repetitive(const std::string& text) {
+    std::set<std::string> seen;
+    std::string cur;
+    for (size_t i = 0; i <= text.size(); i++) {
+        char c = i < text.size() ? text[i] : '\n';
+        if (c == '.' || c == '!' || c == '?' || c == '\n') {
+            std::string s = trim(cur);
+            cur.clear();
+            if (s.empty()) continue;
+            if (!seen.insert(s).second) return true;
+        } else {
+            cur += c;
+        }
+    }
+    return false;
+}
+
+int cmd_eval(int argc, char** argv) {
+    if (is_help(argc, argv, 2)) {
+        printf("usage: deepseek eval --model DIR [--data chat.jsonl] [--pairs prefs.jsonl [--ref DIR]] [--text FILE]\n\n"
+               "  --model DIR          the model (its tokenizer.json unless --tokenizer)\n"
+               "  --data FILE          held-out conversations: exact-match accuracy of greedy answers (the last assistant\n"
+               "                       message is the reference) and the repetition ratio of the generations\n"
+               "  --pairs FILE         held-out preference pairs: log-prob accuracy; with --ref DIR, DPO reward accuracy/margin\n"
+               "  --ref DIR            the DPO reference model (usually the SFT model)\n"
+               "  --beta X             β for the rewards (default 0.1)\n"
+               "  --text FILE          validation loss and bits per byte of a text file\n"
+               "  --tokenizer FILE     tokenizer.json (default: MODEL/tokenizer.json)\n"
+               "  --max-new-tokens N   generation limit per answer (default 64)\n"
+               "  --limit N            evaluate only the first N conversations / pairs\n"
+               "  --show N             print the first N generations (default 3)\n"
+               "  --json FILE          also write the results as one JSON object\n"
+               "  --skip-bad           skip malformed JSONL lines instead of stopping\n"
+               "  --threads N          CPU threads\n\n"
+               "Repetition ratio: share of generations in which a sentence (between . ! ? or newlines) occurs twice.\n");
+        return 0;
+    }
+    Args a(argc, argv, 2, "eval", {"model", "data", "pairs", "ref", "beta", "text", "tokenizer", "max-new-tokens",
+           "limit", "show", "json", "threads", "device"}, {"skip-bad"});
+#ifdef _OPENMP
+    if (a.has("threads")) omp_set_num_threads((int)a.integer("threads", 1, 1, 1024));
+#endif
+    if (!a.has("model")) die("eval: --model DIR is required");
+    if (!a.has("data") && !a.has("pairs") && !a.has("text")) die("eval: give at least one of --data, --pairs, --text");
+    if (a.has("ref") && !a.has("pairs")) die("eval: --ref needs --pairs");
+    int max_new = (int)a.integer("max-new-tokens", 64, 1, 1 << 20);
+    long limit = a.integer("limit", 0, 0, 1ll << 40);
+    int show = (int)a.integer("show", 3, 0, 1 << 20);
+    double beta = a.real("beta", 0.1, 1e-6, 1e6);
+    bool skip_bad = a.flag("skip-bad");
+    // read every input before loading the model: bad files stop here
+    std::vector<SftExample> conv;
+    std::vector<DpoExample> pairs;
+    std::string text;
+    if (a.has("data")) conv = sft_read_jsonl(a.str("data"), skip_bad, nullptr);
+    if (a.has("pairs")) pairs = dpo_read_jsonl(a.str("pairs"), skip_bad, nullptr);
+    if (a.has("text")) { text = read_file(a.str("text")); if (text.empty()) die("eval: %s is empty", a.str("text").c_str()); }
+    if (limit > 0 && (long)conv.size() > limit) conv.resize(limit);
+    if (limit > 0 && (long)pairs.size() > limit) pairs.resize(limit);
+    std::string dir = a.str("model"), tok_path = a.str("tokenizer", dir + "/tokenizer.json");
+    if (!dir_exists(dir)) die("eval: model directory %s does not exist", dir.c_str());
+    if (!file_exists(tok_path)) die("eval: no tokenizer at %s (give --tokenizer FILE)", tok_path.c_str());
+    Tokenizer* tok = tokenizer_load(tok_path);
+    Model m;
+    model_load_dir(&m, dir);
+    if (tokenizer_vocab_size(tok) > m.cfg.vocab_size)
+        die("eval: the tokenizer has %d tokens but the model only %d embedding rows", tokenizer_vocab_size(tok), m.cfg.vocab_size);
+    int eos = tokenizer_eos_id(tok), ctx = m.cfg.max_position_embeddings;
+    nlohmann::json result = {{"model", dir}};
+    auto t0 = std::chrono::steady_clock::now();
+
+    if (!conv.empty()) {
+        int correct = 0, repetitive = 0, n = 0, unfinished = 0;
+        std::vector<int> ids;
+        InferModel im;                  // KV-cache generation over the same fp32 weights
+        infer_from_model(&im, m, ctx);
+        for (size_t i = 0; i < conv.size(); i++) {
+            std::vector<ChatMessage> prompt(conv[i].messages.begin(), conv[i].messages.end() - 1);
+            std::string want = trim(conv[i].messages.back().content);
+            chat_tokens(tok, prompt, true, &ids, nullptr);
+            if ((int)ids.size() >= ctx) continue;
+            std::vector<int> reply = generate_greedy(&im, ids, max_new, eos);
+            std::string got = tokenizer_decode(tok, reply);
+            bool ok = trim(got) == want, rep = text_is_repetitive(got);
+            unfinished += (int)reply.size() >= max_new;   // no EOS within the limit
+            correct += ok;
+            repetitive += rep;
+            n++;
+            if (n <= show)
+                printf("[%s%s] %s\n  → %s\n", ok ? "ok" : "wrong", rep ? ", repetitive" : "",
+                       prompt.back().content.c_str(), got.c_str());
+            if (n % 50 == 0) { printf("eval: %d/%zu answers, %.1f%% exact so far\n", n, conv.size(), 100.0 * correct / n); fflush(stdout); }
+        }
+        if (n == 0) die("eval: no conversation prompt fits the context of %d tokens", ctx);
+        printf("exact_match: %.4f (%d/%d)\nrepetition_ratio: %.4f (%d/%d)\nunfinished: %d (no EOS within %d tokens)\n",
+               (double)correct / n, correct, n, (double)repetitive / n, repetitive, n, unfinished, max_new);
+        result["exact_match"] = (double)correct / n;
+        result["repetition_ratio"] = (double)repetitive / n;
+        result["unfinished"] = unfinished;
+        result["answers"] = n;
+    }
+    if (!pairs.empty()) {
+        std::vector<ChatSeq> seqs(2 * pairs.size());
+        for (size_t i = 0; i < pairs.size(); i++) dpo_render(tok, pairs[i], &seqs[2 * i], &seqs[2 * i + 1]);
+        std::vector<ChatSeq> kept;
+        for (size_t i = 0; i < pairs.size(); i++)
+            if ((int)std::max(seqs[2 * i].ids.size(), seqs[2 * i + 1].ids.size()) - 1 <= ctx) {
+                kept.push_back(seqs[2 * i]);
+                kept.push_back(seqs[2 * i + 1]);
+            }
+        if (kept.empty()) die("eval: no pair fits the context of %d tokens", ctx);
+        size_t n = kept.size() / 2;
+        std::vector<double> lp;
+        sequence_logps(&m, kept, 16, eos, &lp);
+        double better = 0;
+        for (size_t i = 0; i < n; i++) better += lp[2 * i] > lp[2 * i + 1];
+        printf("logp_accuracy: %.4f (%zu pairs)\n", better / n, n);
+        result["logp_accuracy"] = better / n;
+        result["pairs"] = n;
+        if (a.has("ref")) {
+            Model ref;
+            model_load_dir(&ref, a.str("ref"));
+            std::vector<double> rl;
+            sequence_logps(&ref, kept, 16, eos, &rl);
+            std::vector<double> pc(n), pr(n), rc(n), rr(n);
+            for (size_t i = 0; i < n; i++) { pc[i] = lp[2 * i]; pr[i] = lp[2 * i + 1]; rc[i] = rl[2 * i]; rr[i] = rl[2 * i + 1]; }
+            DpoStats st;
+            dpo_loss(pc.data(), pr.data(), rc.data(), rr.data(), (int)n, beta, nullptr, nullptr, &st);
+            printf("reward_accuracy: %.4f\nreward_margin: %.4f\ndpo_loss: %.4f\n", st.reward_accuracy, st.reward_margin, st.loss);
+            result["reward_accuracy"] = st.reward_accuracy;
+            result["reward_margin"] = st.reward_margin;
+            result["dpo_loss"] = st.loss;
+        }
+    }
+    if (!text.empty()) {
+        std::vector<int> ids = tokenizer_encode(tok, text, false);
+        if (ids.size() < 2) die("eval: %s has fewer than 2 tokens", a.str("text").c_str());
+        double nll = 0;
+        long count = 0;
+        for (size_t s = 0; s + 1 < ids.size(); s += ctx) {
+            int T = (int)std::min((size_t)ctx, ids.size() - 1 - s);
+            std::vector<int> tg(ids.begin() + s + 1, ids.begin() + s + 1 + T);
+            model_forward(&m, ids.data() + s, tg.data(), 1, T);
+            for (int t = 0; t < T; t++) nll += m.acts.losses[t];
+            count += T;
+        }
+        // bytes of the predicted tokens (the first token is never predicted)
+        double bytes = (double)text.size() - (double)tokenizer_token_bytes(tok, ids[0]).size();
+        printf("val_loss: %.4f (%ld tokens)\nbits_per_byte: %.4f\n", nll / count, count, nll / log(2.0) / bytes);
+        result["val_loss"] = nll / count;
+        result["bits_per_byte"] = nll / log(2.0) / bytes;
+    }
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    printf("eval: done in %.0fs\n", secs);
+    if (a.has("json")) write_file_atomic(a.str("json"), result.dump(2) + "\n");
+    tokenizer_free(tok);
+    return 0;
+}

@@ -1125,5 +1125,645 @@ int cmd_train(int argc, char** argv) {
     return 0;
 }
 
-int cmd_sft(int, char**) { die("sft: not implemented yet"); }
-int cmd_dpo(int, char**) { die("dpo: not implemented yet"); }
+// ============================================================================
+// SFT and DPO
+//
+// Alignment turns a pre-trained base model into a chat model in two stages (paper §5):
+//   SFT  next-token loss on conversations rendered with the DeepSeek chat template, on assistant tokens only
+//        (the reply and its EOS); everything else is context. L = mean over the batch's assistant tokens of nll_t.
+//   DPO  from the SFT model π and a frozen copy of it, the reference, on pairs (prompt x, chosen y_c, rejected y_r):
+//        L = −log σ(β[(log π(y_c|x) − log ref(y_c|x)) − (log π(y_r|x) − log ref(y_r|x))]),
+//        with log π(y|x) = −Σ_{t ∈ reply} nll_t, so dL/dnll_t = −dL/dlog π(y|x) on the reply's tokens.
+// Both only need what the model already exposes: model_forward's per-token NLL (acts.losses) and
+// model_backward's per-token loss weights; the chat template and its assistant mask are infer.cu's chat_tokens.
+#include <algorithm>          // std::shuffle, std::min, std::max
+#include <chrono>             // steady_clock for step timings
+#include <cmath>              // exp, log1p, cos, sqrt
+#include <cstdio>             // printf, fprintf
+#include <cstring>            // strcmp
+#include <functional>         // std::function (one JSONL line reader for both formats)
+#include <nlohmann/json.hpp>  // nlohmann::json: JSONL lines
+#ifdef _OPENMP
+#include <omp.h>              // omp_set_num_threads
+#endif
+
+using json = nlohmann::json;
+
+// ---------------------------------------------------------------------------- JSONL readers
+
+// A message list must be: an optional system message first, then user/assistant alternating, starting with user.
+// Returns "" or what is wrong.
+static std::string parse_messages(const json& j, std::vector<ChatMessage>* out) {
+    if (!j.is_array()) return "\"messages\" must be a list";
+    if (j.empty()) return "\"messages\" is empty";
+    out->clear();
+    for (size_t i = 0; i < j.size(); i++) {
+        const json& m = j[i];
+        if (!m.is_object()) return "messages[" + std::to_string(i) + "] is not an object";
+        if (!m.contains("role") || !m["role"].is_string()) return "messages[" + std::to_string(i) + "] has no string \"role\"";
+        if (!m.contains("content") || !m["content"].is_string())
+            return "messages[" + std::to_string(i) + "] has no string \"content\"";
+        std::string role = m["role"], content = m["content"];
+        if (role != "system" && role != "user" && role != "assistant")
+            return "messages[" + std::to_string(i) + "].role is '" + role + "' (expected system, user or assistant)";
+        bool first = out->empty();
+        if (role == "system" && !first) return "messages[" + std::to_string(i) + "]: a system message may only come first";
+        std::string want = (first || out->back().role == "system" || out->back().role == "assistant") ? "user" : "assistant";
+        if (role != "system" && role != want)
+            return "messages[" + std::to_string(i) + "].role is '" + role + "' where '" + want + "' was expected (turns alternate, user first)";
+        out->push_back({role, content});
+    }
+    return "";
+}
+
+// Reads PATH line by line; `take` parses one JSON value and returns "" or what is wrong with it.
+// Blank lines are ignored. Bad lines stop the run (die) unless skip_bad, which reports and counts them.
+static void read_jsonl(const std::string& path, bool skip_bad, int* skipped,
+                       const std::function<std::string(const json&, int)>& take) {
+    std::string text = read_file(path);
+    int line = 0, bad = 0;
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t nl = text.find('\n', pos);
+        if (nl == std::string::npos) nl = text.size();
+        std::string s = text.substr(pos, nl - pos);
+        pos = nl + 1;
+        line++;
+        if (s.find_first_not_of(" \t\r") == std::string::npos) continue;
+        std::string why;
+        try {
+            json j = json::parse(s);
+            why = j.is_object() ? take(j, line) : "expected a JSON object";
+        } catch (const json::exception& e) {
+            why = e.what();
+            size_t b = why.find("] ");   // "[json.exception.parse_error.101] parse error at ..." → "parse error at ..."
+            if (why.rfind("[json.exception", 0) == 0 && b != std::string::npos) why = why.substr(b + 2);
+            why = "invalid JSON: " + why;
+        }
+        if (why.empty()) continue;
+        if (!skip_bad) die("%s:%d: %s (use --skip-bad to skip bad lines)", path.c_str(), line, why.c_str());
+        if (++bad <= 20) fprintf(stderr, "warning: %s:%d: %s (skipped)\n", path.c_str(), line, why.c_str());
+    }
+    if (bad > 20) fprintf(stderr, "warning: %s: %d more bad lines skipped\n", path.c_str(), bad - 20);
+    if (bad) fprintf(stderr, "%s: skipped %d bad line%s\n", path.c_str(), bad, bad == 1 ? "" : "s");
+    if (skipped) *skipped = bad;
+}
+
+std::vector<SftExample> sft_read_jsonl(const std::string& path, bool skip_bad, int* skipped) {
+    std::vector<SftExample> out;
+    read_jsonl(path, skip_bad, skipped, [&](const json& j, int line) -> std::string {
+        if (!j.contains("messages")) return "no \"messages\" field";
+        SftExample ex;
+        std::string why = parse_messages(j["messages"], &ex.messages);
+        if (!why.empty()) return why;
+        bool any = false;
+        for (auto& m : ex.messages) any |= m.role == "assistant";
+        if (!any) return "no assistant message (nothing to train on)";
+        if (ex.messages.back().role != "assistant") return "the conversation ends with a user turn (no reply to train on)";
+        ex.line = line;
+        out.push_back(std::move(ex));
+        return "";
+    });
+    if (out.empty()) die("%s: no conversations", path.c_str());
+    return out;
+}
+
+std::vector<DpoExample> dpo_read_jsonl(const std::string& path, bool skip_bad, int* skipped) {
+    std::vector<DpoExample> out;
+    read_jsonl(path, skip_bad, skipped, [&](const json& j, int line) -> std::string {
+        DpoExample ex;
+        bool has_p = j.contains("prompt"), has_m = j.contains("messages");
+        if (has_p == has_m) return "give exactly one of \"prompt\" (a string) or \"messages\" (a list)";
+        if (has_p) {
+            if (!j["prompt"].is_string()) return "\"prompt\" must be a string";
+            ex.prompt.push_back({"user", j["prompt"].get<std::string>()});
+        } else {
+            std::string why = parse_messages(j["messages"], &ex.prompt);
+            if (!why.empty()) return why;
+            if (ex.prompt.back().role != "user") return "\"messages\" must end with a user turn (the prompt to answer)";
+        }
+        for (const char* k : {"chosen", "rejected"}) {
+            if (!j.contains(k)) return std::string("no \"") + k + "\" field";
+            if (!j[k].is_string()) return std::string("\"") + k + "\" must be a string";
+        }
+        ex.chosen = j["chosen"];
+        ex.rejected = j["rejected"];
+        if (ex.chosen == ex.rejected) return "\"chosen\" and \"rejected\" are the same text";
+        ex.line = line;
+        out.push_back(std::move(ex));
+        return "";
+    });
+    if (out.empty()) die("%s: no preference pairs", path.c_str());
+    return out;
+}
+
+// ---------------------------------------------------------------------------- DPO loss
+
+// −log σ(x) = softplus(−x) = max(−x, 0) + log1p(exp(−|x|)): exact for any x, no overflow.
+static double neg_log_sigmoid(double x) { return std::max(-x, 0.0) + log1p(exp(-fabs(x))); }
+static double sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x)); }
+
+// z_i = β[(πc_i − rc_i) − (πr_i − rr_i)];  L = (1/n) Σ_i −log σ(z_i)
+// dL/dπc_i = −(β/n)·σ(−z_i),  dL/dπr_i = +(β/n)·σ(−z_i)
+double dpo_loss(const double* pc, const double* pr, const double* rc, const double* rr, int n, double beta,
+                double* gc, double* gr, DpoStats* st) {
+    if (n <= 0) die("dpo: no pairs");
+    double loss = 0, acc = 0, margin = 0, rwc = 0, rwr = 0;
+    for (int i = 0; i < n; i++) {
+        double c = beta * (pc[i] - rc[i]), r = beta * (pr[i] - rr[i]), z = c - r;
+        loss += neg_log_sigmoid(z);
+        double g = beta * sigmoid(-z) / n;
+        if (gc) gc[i] = -g;
+        if (gr) gr[i] = g;
+        acc += c > r;
+        margin += z;
+        rwc += c;
+        rwr += r;
+    }
+    if (st) *st = {loss / n, acc / n, margin / n, rwc / n, rwr / n};
+    return loss / n;
+}
+
+// ---------------------------------------------------------------------------- sequences and batches
+
+void dpo_render(const Tokenizer* tok, const DpoExample& ex, ChatSeq* c, ChatSeq* r) {
+    std::vector<ChatMessage> msgs = ex.prompt;
+    msgs.push_back({"assistant", ex.chosen});
+    chat_tokens(tok, msgs, false, &c->ids, &c->trained);
+    msgs.back().content = ex.rejected;
+    chat_tokens(tok, msgs, false, &r->ids, &r->trained);
+    // only the final reply is scored: earlier assistant turns of a multi-turn prompt are context
+    for (ChatSeq* s : {c, r}) {
+        size_t last = s->ids.size() - 1;                         // the final EOS
+        while (last > 0 && s->trained[last - 1]) last--;         // back to the start of the final reply
+        for (size_t i = 0; i < last; i++) s->trained[i] = 0;
+    }
+}
+
+int chat_batch(const std::vector<const ChatSeq*>& rows, int pad, std::vector<int>* inputs, std::vector<int>* targets) {
+    int T = 1;
+    for (const ChatSeq* s : rows) T = std::max(T, (int)s->ids.size() - 1);
+    int B = (int)rows.size();
+    inputs->assign((size_t)B * T, pad);
+    targets->assign((size_t)B * T, -1);
+    for (int b = 0; b < B; b++) {
+        const ChatSeq& s = *rows[b];
+        for (int t = 0; t + 1 < (int)s.ids.size(); t++) {
+            (*inputs)[(size_t)b * T + t] = s.ids[t];
+            if (s.trained[t + 1]) (*targets)[(size_t)b * T + t] = s.ids[t + 1];
+        }
+    }
+    return T;
+}
+
+// Σ of acts.losses over row b: the row's total NLL on its trained tokens (masked targets give 0)
+static double row_nll(const Model* m, int b, int T) {
+    double s = 0;
+    for (int t = 0; t < T; t++) s += m->acts.losses[(size_t)b * T + t];
+    return s;
+}
+
+void sequence_logps(Model* m, const std::vector<ChatSeq>& seqs, int batch, int pad, std::vector<double>* out) {
+    out->assign(seqs.size(), 0.0);
+    std::vector<int> in, tg;
+    for (size_t i = 0; i < seqs.size(); i += batch) {
+        std::vector<const ChatSeq*> rows;
+        for (size_t j = i; j < std::min(seqs.size(), i + batch); j++) rows.push_back(&seqs[j]);
+        int T = chat_batch(rows, pad, &in, &tg);
+        model_forward(m, in.data(), tg.data(), (int)rows.size(), T);
+        for (size_t b = 0; b < rows.size(); b++) (*out)[i + b] = -row_nll(m, (int)b, T);
+    }
+}
+
+// Drops sequences longer than the context (+1: the last token is only a target) or with nothing to train on.
+static std::vector<ChatSeq> fit_context(std::vector<ChatSeq> seqs, int ctx, const char* what, int* dropped) {
+    std::vector<ChatSeq> kept;
+    for (ChatSeq& s : seqs) {
+        bool any = false;
+        for (size_t i = 1; i < s.trained.size(); i++) any |= s.trained[i] != 0;
+        if ((int)s.ids.size() - 1 <= ctx && any) kept.push_back(std::move(s));
+    }
+    *dropped = (int)(seqs.size() - kept.size());
+    if (*dropped) fprintf(stderr, "warning: %d %s longer than the context (%d tokens) dropped\n", *dropped, what, ctx);
+    return kept;
+}
+
+// ---------------------------------------------------------------------------- the two objectives, one step each
+
+float sft_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, int pad) {
+    std::vector<int> in, tg;
+    std::vector<float> w;
+    int T = chat_batch(rows, pad, &in, &tg);
+    float loss = model_forward(m, in.data(), tg.data(), (int)rows.size(), T);
+    model_mean_loss_weights(tg.data(), (int)tg.size(), &w);   // 1/N on the N assistant tokens, exactly 0 elsewhere
+    model_backward(m, w.data());
+    return loss;
+}
+
+double dpo_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, const double* ref_chosen,
+                            const double* ref_rejected, double beta, int pad, DpoStats* stats) {
+    if (rows.empty() || rows.size() % 2) die("dpo: rows must be n chosen then n rejected sequences");
+    int n = (int)rows.size() / 2;
+    std::vector<int> in, tg;
+    int T = chat_batch(rows, pad, &in, &tg);
+    model_forward(m, in.data(), tg.data(), 2 * n, T);
+    std::vector<double> pc(n), pr(n), gc(n), gr(n);
+    for (int i = 0; i < n; i++) { pc[i] = -row_nll(m, i, T); pr[i] = -row_nll(m, n + i, T); }
+    double loss = dpo_loss(pc.data(), pr.data(), ref_chosen, ref_rejected, n, beta, gc.data(), gr.data(), stats);
+    // log π = −Σ nll_t over the reply's tokens, so dL/dnll_t = −dL/dlog π on them and 0 elsewhere
+    std::vector<float> w(tg.size(), 0.0f);
+    for (int r = 0; r < 2 * n; r++) {
+        float g = (float)-(r < n ? gc[r] : gr[r - n]);
+        for (int t = 0; t < T; t++)
+            if (tg[(size_t)r * T + t] >= 0) w[(size_t)r * T + t] = g;
+    }
+    model_backward(m, w.data());
+    return loss;
+}
+
+// ---------------------------------------------------------------------------- optimizer and schedule
+
+// splitmix64: a small deterministic RNG for shuffling (same order on every platform)
+static uint64_t align_rng(uint64_t* s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static void shuffle_indices(std::vector<int>* v, uint64_t* s) {
+    for (size_t i = v->size(); i > 1; i--) std::swap((*v)[i - 1], (*v)[align_rng(s) % i]);
+}
+
+// Linear warmup to `peak` over `warmup` steps, then cosine decay to final_ratio·peak at `total` (paper: SFT and
+// DPO both warm up then decay; DPO's decay is cosine).
+static double warmup_cosine(long step, long total, long warmup, double peak, double final_ratio) {
+    if (step < warmup) return peak * (step + 1) / warmup;
+    double p = total > warmup ? (double)(step - warmup) / (double)(total - warmup) : 1.0;
+    p = std::min(1.0, std::max(0.0, p));
+    return peak * (final_ratio + (1 - final_ratio) * 0.5 * (1 + cos(M_PI * p)));
+}
+
+// AdamW (paper: β1 0.9, β2 0.95, weight decay 0.1 on matrices, ε 1e-8) after clipping the global gradient norm.
+struct AlignOpt {
+    std::vector<float> m, v;
+    std::vector<uint8_t> decay;     // per parameter: 1 for matrices
+    long t = 0;
+};
+static void opt_init(AlignOpt* o, const Model& model) {
+    o->m.assign(model.num_parameters, 0.0f);
+    o->v.assign(model.num_parameters, 0.0f);
+    o->decay.assign(model.num_parameters, 0);
+    for (const ParamView& pv : param_views(model.cfg)) {
+        size_t n = 1;
+        for (int64_t d : pv.shape) n *= (size_t)d;
+        if (pv.is_matrix) std::fill(o->decay.begin() + pv.offset, o->decay.begin() + pv.offset + n, 1);
+    }
+}
+// returns the gradient norm before clipping
+static double opt_step(AlignOpt* o, Model* model, double lr, double wd, double clip) {
+    size_t n = model->num_parameters;
+    float* g = model->grads_memory.data();
+    float* w = model->params_memory.data();
+    double ss = 0;
+    #pragma omp parallel for reduction(+:ss)
+    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    double norm = sqrt(ss);
+    float scale = (clip > 0 && norm > clip) ? (float)(clip / norm) : 1.0f;
+    o->t++;
+    const float b1 = 0.9f, b2 = 0.95f, eps = 1e-8f;
+    float c1 = 1.0f / (1.0f - powf(b1, (float)o->t)), c2 = 1.0f / (1.0f - powf(b2, (float)o->t));
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] * scale;
+        o->m[i] = b1 * o->m[i] + (1 - b1) * gi;
+        o->v[i] = b2 * o->v[i] + (1 - b2) * gi * gi;
+        float upd = (o->m[i] * c1) / (sqrtf(o->v[i] * c2) + eps);
+        w[i] -= (float)lr * (upd + (o->decay[i] ? (float)wd * w[i] : 0.0f));
+    }
+    return norm;
+}
+
+// ---------------------------------------------------------------------------- shared command plumbing
+
+struct AlignSetup {
+    Model model;
+    Tokenizer* tok = nullptr;
+    std::string tok_path;
+    int pad = 0;
+};
+static void align_load(const Args& a, AlignSetup* s) {
+#ifdef _OPENMP
+    if (a.has("threads")) omp_set_num_threads((int)a.integer("threads", 1, 1, 1024));
+#endif
+    if (!a.has("model")) die("%s: --model DIR is required", a.cmd.c_str());
+    if (!a.has("data")) die("%s: --data FILE is required", a.cmd.c_str());
+    if (!a.has("out")) die("%s: --out DIR is required", a.cmd.c_str());
+    std::string dir = a.str("model");
+    if (!dir_exists(dir)) die("%s: model directory %s does not exist", a.cmd.c_str(), dir.c_str());
+    s->tok_path = a.str("tokenizer", dir + "/tokenizer.json");
+    if (!file_exists(s->tok_path)) die("%s: no tokenizer at %s (give --tokenizer FILE)", a.cmd.c_str(), s->tok_path.c_str());
+    s->tok = tokenizer_load(s->tok_path);
+    model_load_dir(&s->model, dir);
+    int V = s->model.cfg.vocab_size, tv = tokenizer_vocab_size(s->tok);
+    if (tv > V) die("%s: the tokenizer has %d tokens but the model only %d embedding rows", a.cmd.c_str(), tv, V);
+    if (tokenizer_bos_id(s->tok) < 0 || tokenizer_eos_id(s->tok) < 0)
+        die("%s: the tokenizer %s has no BOS/EOS token, which the chat template needs", a.cmd.c_str(), s->tok_path.c_str());
+    s->pad = tokenizer_eos_id(s->tok);   // pad = EOS (tokenizer_config of the release); padded targets are −1
+}
+static void align_save(const AlignSetup& s, const std::string& out) {
+    model_save_dir(s.model, out, false);
+    write_file_atomic(out + "/tokenizer.json", read_file(s.tok_path));
+}
+static double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+static void metrics_append(const std::string& path, const json& j) {
+    FILE* f = fopen(path.c_str(), "a");
+    if (!f) die("cannot append to %s", path.c_str());
+    fprintf(f, "%s\n", j.dump().c_str());
+    fclose(f);
+}
+
+// ---------------------------------------------------------------------------- deepseek sft
+
+// mean NLL over the assistant tokens of `seqs` (no gradient)
+static double sft_eval_loss(Model* m, const std::vector<ChatSeq>& seqs, int batch, int pad) {
+    double nll = 0;
+    long count = 0;
+    std::vector<int> in, tg;
+    for (size_t i = 0; i < seqs.size(); i += batch) {
+        std::vector<const ChatSeq*> rows;
+        for (size_t j = i; j < std::min(seqs.size(), i + batch); j++) rows.push_back(&seqs[j]);
+        int T = chat_batch(rows, pad, &in, &tg);
+        model_forward(m, in.data(), tg.data(), (int)rows.size(), T);
+        for (size_t k = 0; k < tg.size(); k++)
+            if (tg[k] >= 0) { nll += m->acts.losses[k]; count++; }
+    }
+    return count ? nll / count : 0.0;
+}
+
+static std::vector<ChatSeq> render_sft(const Tokenizer* tok, const std::vector<SftExample>& ex) {
+    std::vector<ChatSeq> seqs(ex.size());
+    for (size_t i = 0; i < ex.size(); i++) chat_tokens(tok, ex[i].messages, false, &seqs[i].ids, &seqs[i].trained);
+    return seqs;
+}
+
+int cmd_sft(int argc, char** argv) {
+    if (is_help(argc, argv, 2)) {
+        printf("usage: deepseek sft --model BASE_DIR --data chat.jsonl --out DIR [flags]\n\n"
+               "Supervised fine-tuning on chat conversations, JSONL lines {\"messages\": [{\"role\": \"user\"|\"assistant\"|\"system\",\n"
+               "\"content\": ...}, ...]}, rendered with the DeepSeek chat template; the loss is the mean NLL of the assistant\n"
+               "tokens (each reply and its EOS), user/system/template tokens are context only. One sequence per row, padded.\n\n"
+               "  --model DIR         the base model (Hugging Face layout; its tokenizer.json unless --tokenizer)\n"
+               "  --data FILE         training conversations (JSONL)\n"
+               "  --out DIR           where the fine-tuned model and metrics.jsonl go\n"
+               "  --tokenizer FILE    tokenizer.json (default: MODEL/tokenizer.json)\n"
+               "  --val FILE          held-out conversations: assistant-token loss before, after each epoch\n"
+               "  --epochs N          passes over the data (default 2; the paper: 4 for 7B, 2 for 67B)\n"
+               "  --batch N           conversations per step (default 16)\n"
+               "  --lr X              peak learning rate (default 1e-5, the paper's 7B SFT rate)\n"
+               "  --warmup N          warmup steps (default: 3%% of the steps, at least 1); then cosine decay\n"
+               "  --final-lr-ratio X  the decayed rate as a share of the peak (default 0.1)\n"
+               "  --weight-decay X    AdamW weight decay on matrices (default 0.1)\n"
+               "  --clip X            gradient-norm clipping (default 1.0; 0 = off)\n"
+               "  --skip-bad          skip malformed JSONL lines (reported with their line numbers) instead of stopping\n"
+               "  --log-every N       print a progress line every N steps (default 10)\n"
+               "  --seed S            shuffling seed (default 1)      --threads N   CPU threads\n");
+        return 0;
+    }
+    Args a(argc, argv, 2, "sft", {"model", "data", "out", "tokenizer", "val", "epochs", "batch", "lr", "warmup",
+           "final-lr-ratio", "weight-decay", "clip", "log-every", "seed", "threads", "device"}, {"skip-bad"});
+    int epochs = (int)a.integer("epochs", 2, 1, 1000), B = (int)a.integer("batch", 16, 1, 4096);
+    double lr = a.real("lr", 1e-5, 0, 1), final_ratio = a.real("final-lr-ratio", 0.1, 0, 1);
+    double wd = a.real("weight-decay", 0.1, 0, 10), clip = a.real("clip", 1.0, 0, 1e9);
+    int log_every = (int)a.integer("log-every", 10, 1, 1000000);
+    uint64_t seed = (uint64_t)a.integer("seed", 1, 0, (1ll << 62));
+    if (a.has("device") && a.str("device") == "cuda") die("sft: --device cuda is not supported yet (CPU only)");
+    // read and validate every line before anything heavy: a bad file stops here, before training starts
+    int skipped = 0, vskipped = 0;
+    std::vector<SftExample> train_ex = sft_read_jsonl(a.str("data"), a.flag("skip-bad"), &skipped);
+    std::vector<SftExample> val_ex;
+    if (a.has("val")) val_ex = sft_read_jsonl(a.str("val"), a.flag("skip-bad"), &vskipped);
+    AlignSetup s;
+    align_load(a, &s);
+    std::string out = a.str("out");
+    int ctx = s.model.cfg.max_position_embeddings, dropped = 0, vdropped = 0;
+    std::vector<ChatSeq> train = fit_context(render_sft(s.tok, train_ex), ctx, "conversations", &dropped);
+    std::vector<ChatSeq> val = fit_context(render_sft(s.tok, val_ex), ctx, "held-out conversations", &vdropped);
+    if (train.empty()) die("sft: no conversation fits the context of %d tokens", ctx);
+    long steps_per_epoch = ((long)train.size() + B - 1) / B, total = steps_per_epoch * epochs;
+    long warmup = a.has("warmup") ? a.integer("warmup", 1, 0, 1ll << 40) : std::max(1L, total * 3 / 100);
+    long assistant_tokens = 0, all_tokens = 0;
+    for (auto& q : train) { all_tokens += q.ids.size(); for (size_t i = 1; i < q.trained.size(); i++) assistant_tokens += q.trained[i]; }
+    make_dirs(out);
+    std::string metrics = out + "/metrics.jsonl";
+    write_file_atomic(metrics, "");
+    printf("sft: %zu conversations (%d bad lines skipped, %d too long), %ld tokens of which %ld assistant (trained)\n",
+           train.size(), skipped, dropped, all_tokens, assistant_tokens);
+    printf("sft: %d epochs × %ld steps of %d conversations, lr %g (warmup %ld, cosine to %g×), model %zu parameters\n",
+           epochs, steps_per_epoch, B, lr, warmup, final_ratio, s.model.num_parameters);
+    if (!val.empty()) {
+        double vl = sft_eval_loss(&s.model, val, B, s.pad);
+        printf("sft: held-out assistant loss %.4f before training (%zu conversations)\n", vl, val.size());
+        metrics_append(metrics, {{"stage", "sft"}, {"step", 0}, {"val_loss", vl}});
+    }
+    AlignOpt opt;
+    opt_init(&opt, s.model);
+    std::vector<int> order(train.size());
+    for (size_t i = 0; i < order.size(); i++) order[i] = (int)i;
+    uint64_t rng = seed;
+    auto t0 = std::chrono::steady_clock::now();
+    long step = 0, tokens_seen = 0;
+    double loss_acc = 0;
+    int loss_n = 0;
+    for (int ep = 0; ep < epochs; ep++) {
+        shuffle_indices(&order, &rng);
+        for (long k = 0; k < steps_per_epoch; k++, step++) {
+            std::vector<const ChatSeq*> rows;
+            for (long j = k * B; j < std::min((long)order.size(), (k + 1) * B); j++) rows.push_back(&train[order[j]]);
+            model_zero_grad(&s.model);
+            float loss = sft_forward_backward(&s.model, rows, s.pad);
+            double cur_lr = warmup_cosine(step, total, warmup, lr, final_ratio);
+            double gnorm = opt_step(&opt, &s.model, cur_lr, wd, clip);
+            for (auto* r : rows) tokens_seen += r->ids.size();
+            loss_acc += loss;
+            loss_n++;
+            metrics_append(metrics, {{"stage", "sft"}, {"step", step + 1}, {"epoch", ep + 1}, {"loss", loss},
+                                     {"lr", cur_lr}, {"grad_norm", gnorm}, {"tokens", tokens_seen},
+                                     {"seconds", seconds_since(t0)}});
+            if ((step + 1) % log_every == 0 || step + 1 == total) {
+                double secs = seconds_since(t0);
+                printf("sft step %ld/%ld | epoch %d | loss %.4f | lr %.3g | grad norm %.3f | %.0f tok/s | %.0fs\n",
+                       step + 1, total, ep + 1, loss_acc / loss_n, cur_lr, gnorm, tokens_seen / secs, secs);
+                fflush(stdout);
+                loss_acc = 0;
+                loss_n = 0;
+            }
+        }
+        if (!val.empty()) {
+            double vl = sft_eval_loss(&s.model, val, B, s.pad);
+            printf("sft: held-out assistant loss %.4f after epoch %d\n", vl, ep + 1);
+            metrics_append(metrics, {{"stage", "sft"}, {"step", step}, {"epoch", ep + 1}, {"val_loss", vl}});
+        }
+    }
+    align_save(s, out);
+    printf("sft: wrote %s (%.0fs)\n", out.c_str(), seconds_since(t0));
+    tokenizer_free(s.tok);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------- deepseek dpo
+
+// chosen and rejected sequences of each pair: rows 2i and 2i+1
+static std::vector<ChatSeq> render_pairs(const Tokenizer* tok, const std::vector<DpoExample>& ex, int ctx, const char* what) {
+    std::vector<ChatSeq> seqs(2 * ex.size()), kept;
+    for (size_t i = 0; i < ex.size(); i++) dpo_render(tok, ex[i], &seqs[2 * i], &seqs[2 * i + 1]);
+    int dropped = 0;
+    for (size_t i = 0; i < ex.size(); i++) {
+        if ((int)std::max(seqs[2 * i].ids.size(), seqs[2 * i + 1].ids.size()) - 1 > ctx) { dropped++; continue; }
+        kept.push_back(std::move(seqs[2 * i]));
+        kept.push_back(std::move(seqs[2 * i + 1]));
+    }
+    if (dropped) fprintf(stderr, "warning: %d %s longer than the context (%d tokens) dropped\n", dropped, what, ctx);
+    return kept;
+}
+
+// DPO statistics of the current policy on pairs (seqs, ref logps): also the share of pairs where the policy itself
+// gives the chosen reply the higher log-probability (no reference involved)
+static DpoStats dpo_eval(Model* m, const std::vector<ChatSeq>& seqs, const std::vector<double>& ref, double beta,
+                         int batch, int pad, double* logp_accuracy) {
+    std::vector<double> lp;
+    sequence_logps(m, seqs, 2 * batch, pad, &lp);
+    size_t n = seqs.size() / 2;
+    std::vector<double> pc(n), pr(n), rc(n), rr(n);
+    double better = 0;
+    for (size_t i = 0; i < n; i++) {
+        pc[i] = lp[2 * i]; pr[i] = lp[2 * i + 1]; rc[i] = ref[2 * i]; rr[i] = ref[2 * i + 1];
+        better += pc[i] > pr[i];
+    }
+    DpoStats st;
+    dpo_loss(pc.data(), pr.data(), rc.data(), rr.data(), (int)n, beta, nullptr, nullptr, &st);
+    if (logp_accuracy) *logp_accuracy = better / n;
+    return st;
+}
+
+int cmd_dpo(int argc, char** argv) {
+    if (is_help(argc, argv, 2)) {
+        printf("usage: deepseek dpo --model SFT_DIR --data prefs.jsonl --out DIR [flags]\n\n"
+               "Direct Preference Optimization. JSONL lines {\"prompt\": \"...\" | \"messages\": [... ending with a user turn],\n"
+               "\"chosen\": \"...\", \"rejected\": \"...\"}. The policy starts from the SFT model; the reference is the same\n"
+               "weights, frozen: its log-probabilities are computed once up front and cached. Loss per pair:\n"
+               "  −log σ(β[(log π(chosen) − log ref(chosen)) − (log π(rejected) − log ref(rejected))])\n"
+               "Logs the reward accuracy (share of pairs with β·Δchosen > β·Δrejected) and the reward margin.\n\n"
+               "  --model DIR         the SFT model (and the reference)\n"
+               "  --data FILE         preference pairs (JSONL)\n"
+               "  --out DIR           where the aligned model and metrics.jsonl go\n"
+               "  --tokenizer FILE    tokenizer.json (default: MODEL/tokenizer.json)\n"
+               "  --val FILE          held-out pairs: reward accuracy and margin before and after\n"
+               "  --beta X            β (default 0.1)\n"
+               "  --epochs N          passes over the pairs (default 1, the paper's)\n"
+               "  --batch N           pairs per step (default 8)\n"
+               "  --lr X              peak learning rate (default 5e-6, the paper's)\n"
+               "  --warmup N          warmup steps (default: 10%% of the steps, at least 1); then cosine decay\n"
+               "  --final-lr-ratio X  the decayed rate as a share of the peak (default 0)\n"
+               "  --weight-decay X    AdamW weight decay on matrices (default 0)\n"
+               "  --clip X            gradient-norm clipping (default 1.0; 0 = off)\n"
+               "  --skip-bad          skip malformed JSONL lines (reported with their line numbers) instead of stopping\n"
+               "  --log-every N       print a progress line every N steps (default 10)\n"
+               "  --seed S            shuffling seed (default 1)      --threads N   CPU threads\n");
+        return 0;
+    }
+    Args a(argc, argv, 2, "dpo", {"model", "data", "out", "tokenizer", "val", "beta", "epochs", "batch", "lr", "warmup",
+           "final-lr-ratio", "weight-decay", "clip", "log-every", "seed", "threads", "device"}, {"skip-bad"});
+    double beta = a.real("beta", 0.1, 1e-6, 1e6);
+    int epochs = (int)a.integer("epochs", 1, 1, 1000), B = (int)a.integer("batch", 8, 1, 4096);
+    double lr = a.real("lr", 5e-6, 0, 1), final_ratio = a.real("final-lr-ratio", 0.0, 0, 1);
+    double wd = a.real("weight-decay", 0.0, 0, 10), clip = a.real("clip", 1.0, 0, 1e9);
+    int log_every = (int)a.integer("log-every", 10, 1, 1000000);
+    uint64_t seed = (uint64_t)a.integer("seed", 1, 0, (1ll << 62));
+    if (a.has("device") && a.str("device") == "cuda") die("dpo: --device cuda is not supported yet (CPU only)");
+    int skipped = 0, vskipped = 0;
+    std::vector<DpoExample> train_ex = dpo_read_jsonl(a.str("data"), a.flag("skip-bad"), &skipped);
+    std::vector<DpoExample> val_ex;
+    if (a.has("val")) val_ex = dpo_read_jsonl(a.str("val"), a.flag("skip-bad"), &vskipped);
+    AlignSetup s;
+    align_load(a, &s);
+    std::string out = a.str("out");
+    int ctx = s.model.cfg.max_position_embeddings;
+    std::vector<ChatSeq> train = render_pairs(s.tok, train_ex, ctx, "pairs");
+    std::vector<ChatSeq> val = render_pairs(s.tok, val_ex, ctx, "held-out pairs");
+    size_t npairs = train.size() / 2;
+    if (npairs == 0) die("dpo: no pair fits the context of %d tokens", ctx);
+    long steps_per_epoch = ((long)npairs + B - 1) / B, total = steps_per_epoch * epochs;
+    long warmup = a.has("warmup") ? a.integer("warmup", 1, 0, 1ll << 40) : std::max(1L, total / 10);
+    make_dirs(out);
+    std::string metrics = out + "/metrics.jsonl";
+    write_file_atomic(metrics, "");
+    printf("dpo: %zu pairs (%d bad lines skipped), β %g, %d epoch(s) × %ld steps of %d pairs, lr %g (warmup %ld, cosine)\n",
+           npairs, skipped, beta, epochs, steps_per_epoch, B, lr, warmup);
+    // the frozen reference: the starting weights' log-probabilities, once
+    auto t0 = std::chrono::steady_clock::now();
+    std::vector<double> ref, vref;
+    sequence_logps(&s.model, train, 2 * B, s.pad, &ref);
+    if (!val.empty()) sequence_logps(&s.model, val, 2 * B, s.pad, &vref);
+    printf("dpo: reference log-probabilities of %zu sequences cached (%.0fs)\n", train.size() + val.size(), seconds_since(t0));
+    if (!val.empty()) {
+        double lpacc;
+        DpoStats v = dpo_eval(&s.model, val, vref, beta, B, s.pad, &lpacc);
+        printf("dpo: held-out before: loss %.4f | reward accuracy %.3f | margin %.4f | log-prob accuracy %.3f (%zu pairs)\n",
+               v.loss, v.reward_accuracy, v.reward_margin, lpacc, val.size() / 2);
+        metrics_append(metrics, {{"stage", "dpo"}, {"step", 0}, {"val_loss", v.loss}, {"val_reward_accuracy", v.reward_accuracy},
+                                 {"val_reward_margin", v.reward_margin}, {"val_logp_accuracy", lpacc}});
+    }
+    AlignOpt opt;
+    opt_init(&opt, s.model);
+    std::vector<int> order(npairs);
+    for (size_t i = 0; i < npairs; i++) order[i] = (int)i;
+    uint64_t rng = seed;
+    long step = 0;
+    double acc_loss = 0, acc_racc = 0, acc_margin = 0;
+    int acc_n = 0;
+    for (int ep = 0; ep < epochs; ep++) {
+        shuffle_indices(&order, &rng);
+        for (long k = 0; k < steps_per_epoch; k++, step++) {
+            // rows: chosen 0..n−1, then rejected n..2n−1
+            std::vector<const ChatSeq*> rows;
+            std::vector<int> pairs;
+            for (long j = k * B; j < std::min((long)npairs, (k + 1) * B); j++) pairs.push_back(order[j]);
+            int n = (int)pairs.size();
+            for (int p : pairs) rows.push_back(&train[2 * p]);
+            for (int p : pairs) rows.push_back(&train[2 * p + 1]);
+            std::vector<double> rc(n), rr(n);
+            for (int q = 0; q < n; q++) { rc[q] = ref[2 * pairs[q]]; rr[q] = ref[2 * pairs[q] + 1]; }
+            model_zero_grad(&s.model);
+            DpoStats st;
+            dpo_forward_backward(&s.model, rows, rc.data(), rr.data(), beta, s.pad, &st);
+            double cur_lr = warmup_cosine(step, total, warmup, lr, final_ratio);
+            double gnorm = opt_step(&opt, &s.model, cur_lr, wd, clip);
+            acc_loss += st.loss; acc_racc += st.reward_accuracy; acc_margin += st.reward_margin; acc_n++;
+            metrics_append(metrics, {{"stage", "dpo"}, {"step", step + 1}, {"epoch", ep + 1}, {"loss", st.loss},
+                                     {"reward_accuracy", st.reward_accuracy}, {"reward_margin", st.reward_margin},
+                                     {"reward_chosen", st.reward_chosen}, {"reward_rejected", st.reward_rejected},
+                                     {"lr", cur_lr}, {"grad_norm", gnorm}, {"seconds", seconds_since(t0)}});
+            if ((step + 1) % log_every == 0 || step + 1 == total) {
+                printf("dpo step %ld/%ld | loss %.4f | reward accuracy %.3f | margin %.4f | lr %.3g | grad norm %.3f | %.0fs\n",
+                       step + 1, total, acc_loss / acc_n, acc_racc / acc_n, acc_margin / acc_n, cur_lr, gnorm, seconds_since(t0));
+                fflush(stdout);
+                acc_loss = acc_racc = acc_margin = 0;
+                acc_n = 0;
+            }
+        }
+    }
+    if (!val.empty()) {
+        double lpacc;
+        DpoStats v = dpo_eval(&s.model, val, vref, beta, B, s.pad, &lpacc);
+        printf("dpo: held-out after: loss %.4f | reward accuracy %.3f | margin %.4f | log-prob accuracy %.3f\n",
+               v.loss, v.reward_accuracy, v.reward_margin, lpacc);
+        metrics_append(metrics, {{"stage", "dpo"}, {"step", step}, {"val_loss", v.loss}, {"val_reward_accuracy", v.reward_accuracy},
+                                 {"val_reward_margin", v.reward_margin}, {"val_logp_accuracy", lpacc}});
+    }
+    align_save(s, out);
+    printf("dpo: wrote %s (%.0fs)\n", out.c_str(), seconds_since(t0));
+    tokenizer_free(s.tok);
+    return 0;
+}

@@ -1451,13 +1451,16 @@ struct AlignSetup {
     std::string tok_path;
     int pad = 0;
 };
+static void align_require(const Args& a) {
+    if (!a.has("model")) die("%s: --model DIR is required", a.cmd.c_str());
+    if (!a.has("data")) die("%s: --data FILE is required", a.cmd.c_str());
+    if (!a.has("out")) die("%s: --out DIR is required", a.cmd.c_str());
+}
 static void align_load(const Args& a, AlignSetup* s) {
 #ifdef _OPENMP
     if (a.has("threads")) omp_set_num_threads((int)a.integer("threads", 1, 1, 1024));
 #endif
-    if (!a.has("model")) die("%s: --model DIR is required", a.cmd.c_str());
-    if (!a.has("data")) die("%s: --data FILE is required", a.cmd.c_str());
-    if (!a.has("out")) die("%s: --out DIR is required", a.cmd.c_str());
+    align_require(a);
     std::string dir = a.str("model");
     if (!dir_exists(dir)) die("%s: model directory %s does not exist", a.cmd.c_str(), dir.c_str());
     s->tok_path = a.str("tokenizer", dir + "/tokenizer.json");
@@ -1540,6 +1543,7 @@ int cmd_sft(int argc, char** argv) {
     uint64_t seed = (uint64_t)a.integer("seed", 1, 0, (1ll << 62));
     if (a.has("device") && a.str("device") == "cuda") die("sft: --device cuda is not supported yet (CPU only)");
     // read and validate every line before anything heavy: a bad file stops here, before training starts
+    align_require(a);
     int skipped = 0, vskipped = 0;
     std::vector<SftExample> train_ex = sft_read_jsonl(a.str("data"), a.flag("skip-bad"), &skipped);
     std::vector<SftExample> val_ex;
@@ -1682,6 +1686,7 @@ int cmd_dpo(int argc, char** argv) {
     int log_every = (int)a.integer("log-every", 10, 1, 1000000);
     uint64_t seed = (uint64_t)a.integer("seed", 1, 0, (1ll << 62));
     if (a.has("device") && a.str("device") == "cuda") die("dpo: --device cuda is not supported yet (CPU only)");
+    align_require(a);
     int skipped = 0, vskipped = 0;
     std::vector<DpoExample> train_ex = dpo_read_jsonl(a.str("data"), a.flag("skip-bad"), &skipped);
     std::vector<DpoExample> val_ex;

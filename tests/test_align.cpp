@@ -1,4 +1,4 @@
-// Alignment tests: the DPO loss against TRL, SFT's assistant-only loss mask, the chat template, the DPO gradient
+// Alignment tests: the DPO loss against TRL, SFT's assistant-only loss mask, the DPO gradient
 // through the model (finite differences), JSONL error handling, and the sft / dpo / eval commands end to end.
 #include <doctest/doctest.h>  // TEST_CASE, CHECK, REQUIRE
 #include <algorithm>          // std::partial_sort
@@ -7,7 +7,7 @@
 #include <cstring>            // memcmp
 #include <string>             // std::string
 #include <vector>             // std::vector
-#include "../deepseek.h"      // dpo_loss, chat_render, sft_/dpo_forward_backward, readers, Model, Tokenizer
+#include "../deepseek.h"      // dpo_loss, chat_tokens, sft_/dpo_forward_backward, readers, Model, Tokenizer
 #include "test_util.h"        // run_cmd, deepseek_bin, max_rel_err
 
 static std::string align_tmp(const std::string& name) {
@@ -105,36 +105,7 @@ TEST_CASE("DPO loss stays finite and exact for margins far beyond exp's range") 
     CHECK(s.reward_accuracy == 0.5);
 }
 
-// ---------------------------------------------------------------------------- chat template and SFT mask
-
-TEST_CASE("chat template renders DeepSeek's format and equals encoding the whole text at once") {
-    Tokenizer* tok = test_tokenizer();
-    std::vector<ChatMessage> msgs = {{"system", "You are a helpful assistant."}, {"user", "What is 12 + 7?"},
-                                     {"assistant", "The answer is 19."}, {"user", "Sort the list: 5 2 8"},
-                                     {"assistant", "The answer is 2 5 8."}};
-    std::vector<int> ids;
-    std::vector<uint8_t> trained;
-    chat_render(tok, msgs, false, &ids, &trained);
-    std::string bos = tokenizer_token_bytes(tok, tokenizer_bos_id(tok)), eos = tokenizer_token_bytes(tok, tokenizer_eos_id(tok));
-    // the deepseek-llm-7b-chat template, written out
-    std::string want = bos + "You are a helpful assistant.\n\nUser: What is 12 + 7?\n\nAssistant: The answer is 19." + eos +
-                       "User: Sort the list: 5 2 8\n\nAssistant: The answer is 2 5 8." + eos;
-    CHECK(tokenizer_decode(tok, ids) == want);
-    // piecewise encoding = encoding the whole text (special tokens as ids)
-    std::vector<int> whole = {tokenizer_bos_id(tok)};
-    auto add = [&](const std::string& t) { auto v = tokenizer_encode(tok, t, false); whole.insert(whole.end(), v.begin(), v.end()); };
-    add("You are a helpful assistant.\n\nUser: What is 12 + 7?\n\nAssistant: The answer is 19.");
-    whole.push_back(tokenizer_eos_id(tok));
-    add("User: Sort the list: 5 2 8\n\nAssistant: The answer is 2 5 8.");
-    whole.push_back(tokenizer_eos_id(tok));
-    CHECK(ids == whole);
-    // the generation prompt is "Assistant:" with no trailing space
-    std::vector<ChatMessage> prompt(msgs.begin(), msgs.begin() + 2);
-    chat_render(tok, prompt, true, &ids, &trained);
-    std::string p = tokenizer_decode(tok, ids);
-    CHECK(p == bos + "You are a helpful assistant.\n\nUser: What is 12 + 7?\n\nAssistant:");
-    for (uint8_t t : trained) CHECK(t == 0);
-}
+// ---------------------------------------------------------------------------- SFT mask (chat_tokens) and the DPO reply
 
 TEST_CASE("SFT mask: exactly the assistant replies and their EOS are trained") {
     Tokenizer* tok = test_tokenizer();
@@ -143,7 +114,7 @@ TEST_CASE("SFT mask: exactly the assistant replies and their EOS are trained") {
                                      {"assistant", "The answer is 3 2 1."}};
     std::vector<int> ids;
     std::vector<uint8_t> trained;
-    chat_render(tok, msgs, false, &ids, &trained);
+    chat_tokens(tok, msgs, false, &ids, &trained);
     REQUIRE(ids.size() == trained.size());
     // the trained tokens, read in order, are " reply" EOS for each assistant turn and nothing else
     std::vector<int> tr, ctx;
@@ -158,9 +129,9 @@ TEST_CASE("SFT: user, system and template tokens get exactly zero gradient") {
     Model m;
     small_model(&m, tok);
     ChatSeq a, b;
-    chat_render(tok, {{"system", "Answer briefly."}, {"user", "What is 12 + 7?"}, {"assistant", "The answer is 19."},
+    chat_tokens(tok, {{"system", "Answer briefly."}, {"user", "What is 12 + 7?"}, {"assistant", "The answer is 19."},
                       {"user", "Sort the list: 5 2 8"}, {"assistant", "The answer is 2 5 8."}}, false, &a.ids, &a.trained);
-    chat_render(tok, {{"user", "Reverse the list: 1 2 3"}, {"assistant", "The answer is 3 2 1."}}, false, &b.ids, &b.trained);
+    chat_tokens(tok, {{"user", "Reverse the list: 1 2 3"}, {"assistant", "The answer is 3 2 1."}}, false, &b.ids, &b.trained);
     int pad = tokenizer_eos_id(tok);
     // the step's per-token loss weights: 1/N on assistant targets, exactly 0 on every other position
     std::vector<int> in, tg;

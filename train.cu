@@ -1136,18 +1136,7 @@ int cmd_train(int argc, char** argv) {
 //        with log π(y|x) = −Σ_{t ∈ reply} nll_t, so dL/dnll_t = −dL/dlog π(y|x) on the reply's tokens.
 // Both only need what the model already exposes: model_forward's per-token NLL (acts.losses) and
 // model_backward's per-token loss weights; the chat template and its assistant mask are infer.cu's chat_tokens.
-#include <algorithm>          // std::shuffle, std::min, std::max
-#include <chrono>             // steady_clock for step timings
-#include <cmath>              // exp, log1p, cos, sqrt
-#include <cstdio>             // printf, fprintf
-#include <cstring>            // strcmp
-#include <functional>         // std::function (one JSONL line reader for both formats)
-#include <nlohmann/json.hpp>  // nlohmann::json: JSONL lines
-#ifdef _OPENMP
-#include <omp.h>              // omp_set_num_threads
-#endif
-
-using json = nlohmann::json;
+#include <functional>         // std::function: one JSONL reader for both formats, the loop's step callback
 
 // ---------------------------------------------------------------------------- JSONL readers
 
@@ -1381,111 +1370,223 @@ double dpo_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, c
     return loss;
 }
 
-// ---------------------------------------------------------------------------- optimizer and schedule
+// ---------------------------------------------------------------------------- the alignment loop
+//
+// SFT and DPO run on pre-training's machinery: AdamW (adamw_update: β1 0.9, β2 0.95, weight decay 0.1 on matrices),
+// clipping at norm 1.0, linear warmup then cosine decay to 10% of the peak (lr_at), checkpoints (checkpoint_save: a
+// model directory + optimizer.safetensors + trainer_state.json) every --save-every steps and OUT/final at the end,
+// --resume, SIGINT/SIGTERM → finish the step, checkpoint, exit, and OUT/metrics.jsonl. What differs from pre-training
+// is the data: items (conversations or pairs), B per step, in a fresh seeded order each epoch — so the step alone
+// fixes the data cursor (epoch = step / steps_per_epoch), and a resumed run reads exactly what the first would have.
 
-// splitmix64: a small deterministic RNG for shuffling (same order on every platform)
-static uint64_t align_rng(uint64_t* s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static void shuffle_indices(std::vector<int>* v, uint64_t* s) {
-    for (size_t i = v->size(); i > 1; i--) std::swap((*v)[i - 1], (*v)[align_rng(s) % i]);
-}
-
-// Linear warmup to `peak` over `warmup` steps, then cosine decay to final_ratio·peak at `total` (paper: SFT and
-// DPO both warm up then decay; DPO's decay is cosine).
-static double warmup_cosine(long step, long total, long warmup, double peak, double final_ratio) {
-    if (step < warmup) return peak * (step + 1) / warmup;
-    double p = total > warmup ? (double)(step - warmup) / (double)(total - warmup) : 1.0;
-    p = std::min(1.0, std::max(0.0, p));
-    return peak * (final_ratio + (1 - final_ratio) * 0.5 * (1 + cos(M_PI * p)));
-}
-
-// AdamW (paper: β1 0.9, β2 0.95, weight decay 0.1 on matrices, ε 1e-8) after clipping the global gradient norm.
-struct AlignOpt {
-    std::vector<float> m, v;
-    std::vector<uint8_t> decay;     // per parameter: 1 for matrices
-    long t = 0;
+struct AlignRun {
+    std::string stage, out, tok_path;
+    Model model;
+    AdamW opt;
+    Tokenizer* tok = nullptr;
+    int pad = 0;                          // padding input id (EOS); padded targets are −1
+    json settings;                        // the run's flags, kept in trainer_state.json for --resume
+    size_t n_items = 0;
+    int B = 0, epochs = 0, log_every = 10, keep = 3;
+    long steps_per_epoch = 0, total = 0, warmup = 0, save_every = 0, step = 0;
+    double lr = 0, elapsed_before = 0;
+    uint64_t seed = 1;
+    FILE* metrics = nullptr;
 };
-static void opt_init(AlignOpt* o, const Model& model) {
-    o->m.assign(model.num_parameters, 0.0f);
-    o->v.assign(model.num_parameters, 0.0f);
-    o->decay.assign(model.num_parameters, 0);
-    for (const ParamView& pv : param_views(model.cfg)) {
-        size_t n = 1;
-        for (int64_t d : pv.shape) n *= (size_t)d;
-        if (pv.is_matrix) std::fill(o->decay.begin() + pv.offset, o->decay.begin() + pv.offset + n, 1);
-    }
+
+// epoch e's order of n items: a Fisher–Yates shuffle driven by splitmix64 from (seed, e) (same on every platform)
+static std::vector<int> epoch_order(size_t n, uint64_t seed, long epoch) {
+    std::vector<int> v(n);
+    for (size_t i = 0; i < n; i++) v[i] = (int)i;
+    uint64_t s = seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(epoch + 1));
+    auto next = [&]() {
+        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    };
+    for (size_t i = n; i > 1; i--) std::swap(v[i - 1], v[next() % i]);
+    return v;
 }
-// returns the gradient norm before clipping
-static double opt_step(AlignOpt* o, Model* model, double lr, double wd, double clip) {
-    size_t n = model->num_parameters;
-    float* g = model->grads_memory.data();
-    float* w = model->params_memory.data();
-    double ss = 0;
-    #pragma omp parallel for reduction(+:ss)
-    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
-    double norm = sqrt(ss);
-    float scale = (clip > 0 && norm > clip) ? (float)(clip / norm) : 1.0f;
-    o->t++;
-    const float b1 = 0.9f, b2 = 0.95f, eps = 1e-8f;
-    float c1 = 1.0f / (1.0f - powf(b1, (float)o->t)), c2 = 1.0f / (1.0f - powf(b2, (float)o->t));
-    #pragma omp parallel for
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i] * scale;
-        o->m[i] = b1 * o->m[i] + (1 - b1) * gi;
-        o->v[i] = b2 * o->v[i] + (1 - b2) * gi * gi;
-        float upd = (o->m[i] * c1) / (sqrtf(o->v[i] * c2) + eps);
-        w[i] -= (float)lr * (upd + (o->decay[i] ? (float)wd * w[i] : 0.0f));
+
+static json align_state(const AlignRun& r, double elapsed) {
+    return {{"stage", r.stage}, {"step", r.step}, {"elapsed_s", elapsed},
+            {"data_cursor", {{"epoch", r.step / r.steps_per_epoch}, {"index", (r.step % r.steps_per_epoch) * r.B}}},
+            {"rng", {{"kind", "splitmix64 item shuffle per epoch"}, {"seed", r.seed}}},
+            {"optimizer", {{"name", "AdamW"}, {"beta1", ADAMW_BETA1}, {"beta2", ADAMW_BETA2}, {"eps", ADAMW_EPS},
+                           {"weight_decay", WEIGHT_DECAY}, {"clip_grad_norm", CLIP_GRAD_NORM}}},
+            {"settings", r.settings}};
+}
+
+// step_fn: gradients of one step's items (accumulated into zeroed grads) → its metrics, "loss" among them.
+// epoch_end: held-out evaluation after each epoch. Returns the final checkpoint (or the signal's checkpoint).
+static std::string align_loop(AlignRun* r, const std::function<json(const std::vector<int>&)>& step_fn,
+                              const std::function<void(int epoch)>& epoch_end) {
+    install_stop_handlers();
+    double t_start = now_s();
+    long first = r->step, order_epoch = -1;
+    std::vector<int> order;
+    std::string last_ckpt;
+    std::map<std::string, double> sums;   // metrics averaged over the steps since the last progress line
+    int nsum = 0;
+    double t_line = t_start;
+    while (r->step < r->total) {
+        double t0 = now_s();
+        long ep = r->step / r->steps_per_epoch, k = r->step % r->steps_per_epoch;
+        if (ep != order_epoch) { order = epoch_order(r->n_items, r->seed, ep); order_epoch = ep; }
+        std::vector<int> items(order.begin() + k * r->B, order.begin() + std::min(r->n_items, (size_t)(k + 1) * r->B));
+        model_zero_grad(&r->model);
+        json m = step_fn(items);
+        double loss = m["loss"].get<double>();
+        double norm = clip_grad_norm(r->model.grads_memory.data(), r->model.num_parameters, CLIP_GRAD_NORM);
+        if (!std::isfinite(loss) || !std::isfinite(norm))
+            die("%s step %ld: the loss is not finite (loss %g, grad norm %g): stopping without an update; the last good "
+                "checkpoint is %s", r->stage.c_str(), r->step + 1, loss, norm, last_ckpt.empty() ? "(none)" : last_ckpt.c_str());
+        double lr = lr_at(LRSchedule::COSINE, r->lr, r->step, r->total, r->warmup);
+        adamw_update(&r->model, &r->opt, (float)lr);
+        r->step++;
+        double t1 = now_s(), elapsed = r->elapsed_before + (t1 - t_start);
+        for (auto it = m.begin(); it != m.end(); ++it)
+            if (it.value().is_number()) sums[it.key()] += it.value().get<double>();
+        nsum++;
+        m["stage"] = r->stage; m["step"] = r->step; m["epoch"] = ep + 1; m["lr"] = lr; m["grad_norm"] = norm;
+        m["step_s"] = t1 - t0; m["elapsed_s"] = elapsed;
+        write_metric(r->metrics, m);
+        bool last = r->step == r->total, epoch_done = r->step % r->steps_per_epoch == 0 || last;
+        if (r->step % r->log_every == 0 || last) {
+            printf("%s step %ld/%ld | epoch %ld", r->stage.c_str(), r->step, r->total, ep + 1);
+            for (auto& kv : sums)
+                if (kv.first == "tokens") printf(" | %.0f tok/s", kv.second / (t1 - t_line));
+                else printf(" | %s %.4f", kv.first.c_str(), kv.second / nsum);
+            t_line = t1;
+            double per_step = (t1 - t_start) / (double)(r->step - first);
+            printf(" | lr %.3g | norm %.3f | %s elapsed | ETA %s\n", lr, norm, hms(elapsed).c_str(),
+                   hms(per_step * (r->total - r->step)).c_str());
+            fflush(stdout);
+            sums.clear();
+            nsum = 0;
+        }
+        if (epoch_done && epoch_end) epoch_end((int)ep + 1);
+        if (!last && ((r->save_every > 0 && r->step % r->save_every == 0) || g_stop_signal)) {
+            last_ckpt = r->out + "/" + step_name(r->step);
+            checkpoint_save(last_ckpt, r->model, r->opt, align_state(*r, elapsed), r->tok_path);
+            checkpoint_prune(r->out, r->keep);
+            printf("checkpoint: %s\n", last_ckpt.c_str());
+        }
+        if (g_stop_signal && !last) {
+            printf("stopped by signal %d after step %ld; resume with: deepseek %s --resume %s\n", (int)g_stop_signal,
+                   r->step, r->stage.c_str(), last_ckpt.c_str());
+            return last_ckpt;
+        }
     }
-    return norm;
+    std::string final_dir = r->out + "/final";
+    checkpoint_save(final_dir, r->model, r->opt, align_state(*r, r->elapsed_before + (now_s() - t_start)), r->tok_path);
+    return final_dir;
 }
 
 // ---------------------------------------------------------------------------- shared command plumbing
 
-struct AlignSetup {
-    Model model;
-    Tokenizer* tok = nullptr;
-    std::string tok_path;
-    int pad = 0;
-};
+// --resume DIR: the checkpoint's saved flags fill in every flag not given again on the command line
+static std::string align_resume_flags(Args* a) {
+    if (!a->has("resume")) return "";
+    std::string ckpt = checkpoint_latest(a->str("resume"));
+    if (ckpt.empty()) die("%s: no checkpoint in %s", a->cmd.c_str(), a->str("resume").c_str());
+    json st = parse_json_file(ckpt + "/trainer_state.json");
+    if (!st.is_object() || st.value("stage", std::string()) != a->cmd || !st.contains("settings") || !st["settings"].is_object())
+        die("%s: %s is not a checkpoint of a `deepseek %s` run", a->cmd.c_str(), ckpt.c_str(), a->cmd.c_str());
+    for (auto it = st["settings"].begin(); it != st["settings"].end(); ++it) {
+        if (it.key() == "skip-bad") { if (it.value() == true) a->switches["skip-bad"] = true; continue; }
+        if (!a->has(it.key()) && it.value().is_string()) a->values[it.key()] = it.value().get<std::string>();
+    }
+    return ckpt;
+}
+static json align_settings(const Args& a) {
+    json j = json::object();
+    for (auto& kv : a.values)
+        if (kv.first != "resume" && kv.first != "threads") j[kv.first] = kv.second;
+    j["skip-bad"] = a.flag("skip-bad");
+    return j;
+}
 static void align_require(const Args& a) {
     if (!a.has("model")) die("%s: --model DIR is required", a.cmd.c_str());
     if (!a.has("data")) die("%s: --data FILE is required", a.cmd.c_str());
     if (!a.has("out")) die("%s: --out DIR is required", a.cmd.c_str());
+    if (a.has("device") && device_select(a.str("device")) != Device::CPU)
+        die("%s: only the CPU backend trains so far (use --device cpu)", a.cmd.c_str());
 }
-static void align_load(const Args& a, AlignSetup* s) {
-#ifdef _OPENMP
-    if (a.has("threads")) omp_set_num_threads((int)a.integer("threads", 1, 1, 1024));
-#endif
-    align_require(a);
+// the model to start from (--model) and its tokenizer
+static void align_load(const Args& a, AlignRun* r) {
     std::string dir = a.str("model");
     if (!dir_exists(dir)) die("%s: model directory %s does not exist", a.cmd.c_str(), dir.c_str());
-    s->tok_path = a.str("tokenizer", dir + "/tokenizer.json");
-    if (!file_exists(s->tok_path)) die("%s: no tokenizer at %s (give --tokenizer FILE)", a.cmd.c_str(), s->tok_path.c_str());
-    s->tok = tokenizer_load(s->tok_path);
-    model_load_dir(&s->model, dir);
-    int V = s->model.cfg.vocab_size, tv = tokenizer_vocab_size(s->tok);
+    r->tok_path = a.str("tokenizer", dir + "/tokenizer.json");
+    if (!file_exists(r->tok_path)) die("%s: no tokenizer at %s (give --tokenizer FILE)", a.cmd.c_str(), r->tok_path.c_str());
+    r->tok = tokenizer_load(r->tok_path);
+    model_load_dir(&r->model, dir);
+    int V = r->model.cfg.vocab_size, tv = tokenizer_vocab_size(r->tok);
     if (tv > V) die("%s: the tokenizer has %d tokens but the model only %d embedding rows", a.cmd.c_str(), tv, V);
-    if (tokenizer_bos_id(s->tok) < 0 || tokenizer_eos_id(s->tok) < 0)
-        die("%s: the tokenizer %s has no BOS/EOS token, which the chat template needs", a.cmd.c_str(), s->tok_path.c_str());
-    s->pad = tokenizer_eos_id(s->tok);   // pad = EOS (tokenizer_config of the release); padded targets are −1
+    if (tokenizer_bos_id(r->tok) < 0 || tokenizer_eos_id(r->tok) < 0)
+        die("%s: the tokenizer %s has no BOS/EOS token, which the chat template needs", a.cmd.c_str(), r->tok_path.c_str());
+    r->pad = tokenizer_eos_id(r->tok);   // pad = EOS (the release's tokenizer_config); padded targets are −1
 }
-static void align_save(const AlignSetup& s, const std::string& out) {
-    model_save_dir(s.model, out, false);
-    write_file_atomic(out + "/tokenizer.json", read_file(s.tok_path));
+// the flags every stage shares (read before the data, so a bad value stops the run at once)
+static void align_config(const Args& a, AlignRun* r, int default_epochs, int default_batch, double default_lr) {
+    r->stage = a.cmd;
+    r->out = a.str("out");
+    r->epochs = (int)a.integer("epochs", default_epochs, 1, 100000);
+    r->B = (int)a.integer("batch", default_batch, 1, 1 << 20);
+    r->lr = a.real("lr", default_lr, 0, 1);
+    r->seed = (uint64_t)a.integer("seed", 1, 0, 1ll << 53);
+    r->log_every = (int)a.integer("log-every", 10, 1, 1 << 30);
+    r->keep = (int)a.integer("keep", 3, 1, 1 << 20);
+    r->warmup = a.integer("warmup", -1, 0, 1ll << 40);
+    r->save_every = a.integer("save-every", -1, 0, 1ll << 40);
 }
-static double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+// the schedule and the output directory; with a checkpoint, its weights, AdamW state and step
+static void align_start(const Args& a, AlignRun* r, const std::string& ckpt, size_t n_items, double default_warmup_share) {
+    r->n_items = n_items;
+    r->steps_per_epoch = ((long)n_items + r->B - 1) / r->B;
+    r->total = r->steps_per_epoch * r->epochs;
+    if (r->warmup < 0) r->warmup = std::max(1L, (long)(r->total * default_warmup_share));
+    if (r->save_every < 0) r->save_every = std::max(1L, r->total / 4);
+    r->settings = align_settings(a);
+    make_dirs(r->out);
+    std::string metrics = r->out + "/metrics.jsonl";
+    if (!ckpt.empty()) {
+        Model start;   // the checkpoint must have the starting model's shapes
+        r->step = checkpoint_read(ckpt, &start, &r->opt);
+        if (start.num_parameters != r->model.num_parameters) die("%s: %s does not match --model's shapes", a.cmd.c_str(), ckpt.c_str());
+        r->model.params_memory = start.params_memory;
+        param_point(&r->model.params, r->model.params_memory.data(), r->model.param_sizes);
+        json st = parse_json_file(ckpt + "/trainer_state.json");
+        r->elapsed_before = st.value("elapsed_s", 0.0);
+        metrics_truncate(metrics, r->step);
+        printf("%s: resuming %s at step %ld of %ld\n", a.cmd.c_str(), ckpt.c_str(), r->step, r->total);
+    } else {
+        r->opt = AdamW();
+        write_file_atomic(metrics, "");
+    }
+    r->metrics = fopen(metrics.c_str(), "a");
+    if (!r->metrics) die("cannot write %s: %s", metrics.c_str(), strerror(errno));
 }
-static void metrics_append(const std::string& path, const json& j) {
-    FILE* f = fopen(path.c_str(), "a");
-    if (!f) die("cannot append to %s", path.c_str());
-    fprintf(f, "%s\n", j.dump().c_str());
-    fclose(f);
+static void align_finish(AlignRun* r, const std::string& final_dir) {
+    if (r->metrics) fclose(r->metrics);
+    r->metrics = nullptr;
+    if (r->tok) tokenizer_free(r->tok);
+    r->tok = nullptr;
+    if (r->step == r->total) printf("%s: final model %s (metrics: %s/metrics.jsonl)\n", r->stage.c_str(), final_dir.c_str(), r->out.c_str());
 }
+
+static const char* ALIGN_COMMON_FLAGS =
+    "  --tokenizer FILE    tokenizer.json (default: MODEL/tokenizer.json)\n"
+    "  --warmup N          linear warmup steps, then cosine decay to 10%% of the peak\n"
+    "  --save-every N      checkpoint every N steps (default: a quarter of the run); --keep N newest kept (default 3)\n"
+    "  --resume DIR        continue a run from its checkpoint (or its run directory's newest), with the same flags\n"
+    "  --skip-bad          skip malformed JSONL lines (each reported with its line number) instead of stopping\n"
+    "  --log-every N       progress line every N steps (default 10)\n"
+    "  --seed S            data order (default 1)      --threads N   OpenMP threads\n"
+    "  AdamW (β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1 on matrices), gradient clipping at 1.0, as pre-training.\n"
+    "  outputs: OUT/final/ (model directory + tokenizer + optimizer + trainer state), OUT/step_NNNNNN/ checkpoints,\n"
+    "  OUT/metrics.jsonl. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n";
 
 // ---------------------------------------------------------------------------- deepseek sft
 
@@ -1513,106 +1614,66 @@ static std::vector<ChatSeq> render_sft(const Tokenizer* tok, const std::vector<S
 
 int cmd_sft(int argc, char** argv) {
     if (is_help(argc, argv, 2)) {
-        printf("usage: deepseek sft --model BASE_DIR --data chat.jsonl --out DIR [flags]\n\n"
+        printf("usage: deepseek sft --model BASE_DIR --data chat.jsonl --out DIR [flags]\n"
+               "       deepseek sft --resume CHECKPOINT|RUN_DIR [--threads N]\n\n"
                "Supervised fine-tuning on chat conversations, JSONL lines {\"messages\": [{\"role\": \"user\"|\"assistant\"|\"system\",\n"
                "\"content\": ...}, ...]}, rendered with the DeepSeek chat template; the loss is the mean NLL of the assistant\n"
-               "tokens (each reply and its EOS), user/system/template tokens are context only. One sequence per row, padded.\n\n"
+               "tokens (each reply and its EOS); user, system and template tokens are context only. One conversation per\n"
+               "row, padded to the longest of the step.\n\n"
                "  --model DIR         the base model (Hugging Face layout; its tokenizer.json unless --tokenizer)\n"
                "  --data FILE         training conversations (JSONL)\n"
-               "  --out DIR           where the fine-tuned model and metrics.jsonl go\n"
-               "  --tokenizer FILE    tokenizer.json (default: MODEL/tokenizer.json)\n"
-               "  --val FILE          held-out conversations: assistant-token loss before, after each epoch\n"
+               "  --out DIR           the run directory\n"
+               "  --val FILE          held-out conversations: assistant-token loss before training and after each epoch\n"
                "  --epochs N          passes over the data (default 2; the paper: 4 for 7B, 2 for 67B)\n"
                "  --batch N           conversations per step (default 16)\n"
                "  --lr X              peak learning rate (default 1e-5, the paper's 7B SFT rate)\n"
-               "  --warmup N          warmup steps (default: 3%% of the steps, at least 1); then cosine decay\n"
-               "  --final-lr-ratio X  the decayed rate as a share of the peak (default 0.1)\n"
-               "  --weight-decay X    AdamW weight decay on matrices (default 0.1)\n"
-               "  --clip X            gradient-norm clipping (default 1.0; 0 = off)\n"
-               "  --skip-bad          skip malformed JSONL lines (reported with their line numbers) instead of stopping\n"
-               "  --log-every N       print a progress line every N steps (default 10)\n"
-               "  --seed S            shuffling seed (default 1)      --threads N   CPU threads\n");
+               "  (warmup default: 3%% of the steps)\n%s", ALIGN_COMMON_FLAGS);
         return 0;
     }
-    Args a(argc, argv, 2, "sft", {"model", "data", "out", "tokenizer", "val", "epochs", "batch", "lr", "warmup",
-           "final-lr-ratio", "weight-decay", "clip", "log-every", "seed", "threads", "device"}, {"skip-bad"});
-    int epochs = (int)a.integer("epochs", 2, 1, 1000), B = (int)a.integer("batch", 16, 1, 4096);
-    double lr = a.real("lr", 1e-5, 0, 1), final_ratio = a.real("final-lr-ratio", 0.1, 0, 1);
-    double wd = a.real("weight-decay", 0.1, 0, 10), clip = a.real("clip", 1.0, 0, 1e9);
-    int log_every = (int)a.integer("log-every", 10, 1, 1000000);
-    uint64_t seed = (uint64_t)a.integer("seed", 1, 0, (1ll << 62));
-    if (a.has("device") && a.str("device") == "cuda") die("sft: --device cuda is not supported yet (CPU only)");
-    // read and validate every line before anything heavy: a bad file stops here, before training starts
+    Args a(argc, argv, 2, "sft", {"model", "data", "out", "tokenizer", "val", "epochs", "batch", "lr", "warmup", "save-every",
+           "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad"});
+    if (!a.positional.empty()) die("sft: unexpected argument '%s'", a.positional[0].c_str());
+    set_threads(a);
+    std::string ckpt = align_resume_flags(&a);
     align_require(a);
+    AlignRun r;
+    align_config(a, &r, 2, 16, 1e-5);
+    // read and check every line before anything heavy: a bad file stops here, before training starts
     int skipped = 0, vskipped = 0;
     std::vector<SftExample> train_ex = sft_read_jsonl(a.str("data"), a.flag("skip-bad"), &skipped);
     std::vector<SftExample> val_ex;
     if (a.has("val")) val_ex = sft_read_jsonl(a.str("val"), a.flag("skip-bad"), &vskipped);
-    AlignSetup s;
-    align_load(a, &s);
-    std::string out = a.str("out");
-    int ctx = s.model.cfg.max_position_embeddings, dropped = 0, vdropped = 0;
-    std::vector<ChatSeq> train = fit_context(render_sft(s.tok, train_ex), ctx, "conversations", &dropped);
-    std::vector<ChatSeq> val = fit_context(render_sft(s.tok, val_ex), ctx, "held-out conversations", &vdropped);
+    align_load(a, &r);
+    int ctx = r.model.cfg.max_position_embeddings, dropped = 0, vdropped = 0;
+    std::vector<ChatSeq> train = fit_context(render_sft(r.tok, train_ex), ctx, "conversations", &dropped);
+    std::vector<ChatSeq> val = fit_context(render_sft(r.tok, val_ex), ctx, "held-out conversations", &vdropped);
     if (train.empty()) die("sft: no conversation fits the context of %d tokens", ctx);
-    long steps_per_epoch = ((long)train.size() + B - 1) / B, total = steps_per_epoch * epochs;
-    long warmup = a.has("warmup") ? a.integer("warmup", 1, 0, 1ll << 40) : std::max(1L, total * 3 / 100);
+    align_start(a, &r, ckpt, train.size(), 0.03);
     long assistant_tokens = 0, all_tokens = 0;
-    for (auto& q : train) { all_tokens += q.ids.size(); for (size_t i = 1; i < q.trained.size(); i++) assistant_tokens += q.trained[i]; }
-    make_dirs(out);
-    std::string metrics = out + "/metrics.jsonl";
-    write_file_atomic(metrics, "");
-    printf("sft: %zu conversations (%d bad lines skipped, %d too long), %ld tokens of which %ld assistant (trained)\n",
+    for (auto& q : train) {
+        all_tokens += (long)q.ids.size();
+        for (size_t i = 1; i < q.trained.size(); i++) assistant_tokens += q.trained[i];
+    }
+    printf("sft: %zu conversations (%d bad lines skipped, %d too long): %ld tokens, %ld of them assistant tokens (trained)\n",
            train.size(), skipped, dropped, all_tokens, assistant_tokens);
-    printf("sft: %d epochs × %ld steps of %d conversations, lr %g (warmup %ld, cosine to %g×), model %zu parameters\n",
-           epochs, steps_per_epoch, B, lr, warmup, final_ratio, s.model.num_parameters);
-    if (!val.empty()) {
-        double vl = sft_eval_loss(&s.model, val, B, s.pad);
-        printf("sft: held-out assistant loss %.4f before training (%zu conversations)\n", vl, val.size());
-        metrics_append(metrics, {{"stage", "sft"}, {"step", 0}, {"val_loss", vl}});
-    }
-    AlignOpt opt;
-    opt_init(&opt, s.model);
-    std::vector<int> order(train.size());
-    for (size_t i = 0; i < order.size(); i++) order[i] = (int)i;
-    uint64_t rng = seed;
-    auto t0 = std::chrono::steady_clock::now();
-    long step = 0, tokens_seen = 0;
-    double loss_acc = 0;
-    int loss_n = 0;
-    for (int ep = 0; ep < epochs; ep++) {
-        shuffle_indices(&order, &rng);
-        for (long k = 0; k < steps_per_epoch; k++, step++) {
-            std::vector<const ChatSeq*> rows;
-            for (long j = k * B; j < std::min((long)order.size(), (k + 1) * B); j++) rows.push_back(&train[order[j]]);
-            model_zero_grad(&s.model);
-            float loss = sft_forward_backward(&s.model, rows, s.pad);
-            double cur_lr = warmup_cosine(step, total, warmup, lr, final_ratio);
-            double gnorm = opt_step(&opt, &s.model, cur_lr, wd, clip);
-            for (auto* r : rows) tokens_seen += r->ids.size();
-            loss_acc += loss;
-            loss_n++;
-            metrics_append(metrics, {{"stage", "sft"}, {"step", step + 1}, {"epoch", ep + 1}, {"loss", loss},
-                                     {"lr", cur_lr}, {"grad_norm", gnorm}, {"tokens", tokens_seen},
-                                     {"seconds", seconds_since(t0)}});
-            if ((step + 1) % log_every == 0 || step + 1 == total) {
-                double secs = seconds_since(t0);
-                printf("sft step %ld/%ld | epoch %d | loss %.4f | lr %.3g | grad norm %.3f | %.0f tok/s | %.0fs\n",
-                       step + 1, total, ep + 1, loss_acc / loss_n, cur_lr, gnorm, tokens_seen / secs, secs);
-                fflush(stdout);
-                loss_acc = 0;
-                loss_n = 0;
-            }
-        }
-        if (!val.empty()) {
-            double vl = sft_eval_loss(&s.model, val, B, s.pad);
-            printf("sft: held-out assistant loss %.4f after epoch %d\n", vl, ep + 1);
-            metrics_append(metrics, {{"stage", "sft"}, {"step", step}, {"epoch", ep + 1}, {"val_loss", vl}});
-        }
-    }
-    align_save(s, out);
-    printf("sft: wrote %s (%.0fs)\n", out.c_str(), seconds_since(t0));
-    tokenizer_free(s.tok);
+    printf("sft: %d epochs × %ld steps of %d conversations, lr %g (warmup %ld, cosine), %zu parameters\n",
+           r.epochs, r.steps_per_epoch, r.B, r.lr, r.warmup, r.model.num_parameters);
+    auto eval = [&](int epoch) {
+        if (val.empty()) return;
+        double vl = sft_eval_loss(&r.model, val, r.B, r.pad);
+        printf("sft: held-out assistant loss %.4f %s (%zu conversations)\n", vl,
+               epoch ? ("after epoch " + std::to_string(epoch)).c_str() : "before training", val.size());
+        write_metric(r.metrics, {{"stage", "sft"}, {"step", r.step}, {"epoch", epoch}, {"val_loss", vl}});
+    };
+    if (r.step == 0) eval(0);
+    std::string final_dir = align_loop(&r, [&](const std::vector<int>& items) -> json {
+        std::vector<const ChatSeq*> rows;
+        long tokens = 0;
+        for (int i : items) { rows.push_back(&train[i]); tokens += (long)train[i].ids.size(); }
+        float loss = sft_forward_backward(&r.model, rows, r.pad);
+        return {{"loss", loss}, {"tokens", tokens}};
+    }, eval);
+    align_finish(&r, final_dir);
     return 0;
 }
 
@@ -1632,8 +1693,8 @@ static std::vector<ChatSeq> render_pairs(const Tokenizer* tok, const std::vector
     return kept;
 }
 
-// DPO statistics of the current policy on pairs (seqs, ref logps): also the share of pairs where the policy itself
-// gives the chosen reply the higher log-probability (no reference involved)
+// DPO statistics of the current policy on pairs (seqs, ref log-probs); also the share of pairs where the policy
+// itself gives the chosen reply the higher log-probability (no reference involved)
 static DpoStats dpo_eval(Model* m, const std::vector<ChatSeq>& seqs, const std::vector<double>& ref, double beta,
                          int batch, int pad, double* logp_accuracy) {
     std::vector<double> lp;
@@ -1653,122 +1714,78 @@ static DpoStats dpo_eval(Model* m, const std::vector<ChatSeq>& seqs, const std::
 
 int cmd_dpo(int argc, char** argv) {
     if (is_help(argc, argv, 2)) {
-        printf("usage: deepseek dpo --model SFT_DIR --data prefs.jsonl --out DIR [flags]\n\n"
+        printf("usage: deepseek dpo --model SFT_DIR --data prefs.jsonl --out DIR [flags]\n"
+               "       deepseek dpo --resume CHECKPOINT|RUN_DIR [--threads N]\n\n"
                "Direct Preference Optimization. JSONL lines {\"prompt\": \"...\" | \"messages\": [... ending with a user turn],\n"
                "\"chosen\": \"...\", \"rejected\": \"...\"}. The policy starts from the SFT model; the reference is the same\n"
-               "weights, frozen: its log-probabilities are computed once up front and cached. Loss per pair:\n"
+               "weights, frozen: their log-probabilities are computed once up front and cached. Loss per pair:\n"
                "  −log σ(β[(log π(chosen) − log ref(chosen)) − (log π(rejected) − log ref(rejected))])\n"
                "Logs the reward accuracy (share of pairs with β·Δchosen > β·Δrejected) and the reward margin.\n\n"
-               "  --model DIR         the SFT model (and the reference)\n"
+               "  --model DIR         the SFT model (the policy's start and the frozen reference)\n"
                "  --data FILE         preference pairs (JSONL)\n"
-               "  --out DIR           where the aligned model and metrics.jsonl go\n"
-               "  --tokenizer FILE    tokenizer.json (default: MODEL/tokenizer.json)\n"
-               "  --val FILE          held-out pairs: reward accuracy and margin before and after\n"
+               "  --out DIR           the run directory\n"
+               "  --val FILE          held-out pairs: reward accuracy and margin before and after each epoch\n"
                "  --beta X            β (default 0.1)\n"
                "  --epochs N          passes over the pairs (default 1, the paper's)\n"
                "  --batch N           pairs per step (default 8)\n"
                "  --lr X              peak learning rate (default 5e-6, the paper's)\n"
-               "  --warmup N          warmup steps (default: 10%% of the steps, at least 1); then cosine decay\n"
-               "  --final-lr-ratio X  the decayed rate as a share of the peak (default 0)\n"
-               "  --weight-decay X    AdamW weight decay on matrices (default 0)\n"
-               "  --clip X            gradient-norm clipping (default 1.0; 0 = off)\n"
-               "  --skip-bad          skip malformed JSONL lines (reported with their line numbers) instead of stopping\n"
-               "  --log-every N       print a progress line every N steps (default 10)\n"
-               "  --seed S            shuffling seed (default 1)      --threads N   CPU threads\n");
+               "  (warmup default: 10%% of the steps)\n%s", ALIGN_COMMON_FLAGS);
         return 0;
     }
     Args a(argc, argv, 2, "dpo", {"model", "data", "out", "tokenizer", "val", "beta", "epochs", "batch", "lr", "warmup",
-           "final-lr-ratio", "weight-decay", "clip", "log-every", "seed", "threads", "device"}, {"skip-bad"});
-    double beta = a.real("beta", 0.1, 1e-6, 1e6);
-    int epochs = (int)a.integer("epochs", 1, 1, 1000), B = (int)a.integer("batch", 8, 1, 4096);
-    double lr = a.real("lr", 5e-6, 0, 1), final_ratio = a.real("final-lr-ratio", 0.0, 0, 1);
-    double wd = a.real("weight-decay", 0.0, 0, 10), clip = a.real("clip", 1.0, 0, 1e9);
-    int log_every = (int)a.integer("log-every", 10, 1, 1000000);
-    uint64_t seed = (uint64_t)a.integer("seed", 1, 0, (1ll << 62));
-    if (a.has("device") && a.str("device") == "cuda") die("dpo: --device cuda is not supported yet (CPU only)");
+           "save-every", "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad"});
+    if (!a.positional.empty()) die("dpo: unexpected argument '%s'", a.positional[0].c_str());
+    set_threads(a);
+    std::string ckpt = align_resume_flags(&a);
     align_require(a);
+    AlignRun r;
+    align_config(a, &r, 1, 8, 5e-6);
+    double beta = a.real("beta", 0.1, 1e-6, 1e6);
     int skipped = 0, vskipped = 0;
     std::vector<DpoExample> train_ex = dpo_read_jsonl(a.str("data"), a.flag("skip-bad"), &skipped);
     std::vector<DpoExample> val_ex;
     if (a.has("val")) val_ex = dpo_read_jsonl(a.str("val"), a.flag("skip-bad"), &vskipped);
-    AlignSetup s;
-    align_load(a, &s);
-    std::string out = a.str("out");
-    int ctx = s.model.cfg.max_position_embeddings;
-    std::vector<ChatSeq> train = render_pairs(s.tok, train_ex, ctx, "pairs");
-    std::vector<ChatSeq> val = render_pairs(s.tok, val_ex, ctx, "held-out pairs");
+    align_load(a, &r);   // --model: the SFT weights, which are also the reference (a resumed run recomputes it)
+    int ctx = r.model.cfg.max_position_embeddings;
+    std::vector<ChatSeq> train = render_pairs(r.tok, train_ex, ctx, "pairs");
+    std::vector<ChatSeq> val = render_pairs(r.tok, val_ex, ctx, "held-out pairs");
     size_t npairs = train.size() / 2;
     if (npairs == 0) die("dpo: no pair fits the context of %d tokens", ctx);
-    long steps_per_epoch = ((long)npairs + B - 1) / B, total = steps_per_epoch * epochs;
-    long warmup = a.has("warmup") ? a.integer("warmup", 1, 0, 1ll << 40) : std::max(1L, total / 10);
-    make_dirs(out);
-    std::string metrics = out + "/metrics.jsonl";
-    write_file_atomic(metrics, "");
-    printf("dpo: %zu pairs (%d bad lines skipped), β %g, %d epoch(s) × %ld steps of %d pairs, lr %g (warmup %ld, cosine)\n",
-           npairs, skipped, beta, epochs, steps_per_epoch, B, lr, warmup);
-    // the frozen reference: the starting weights' log-probabilities, once
-    auto t0 = std::chrono::steady_clock::now();
+    int B = r.B;
+    // the frozen reference: the starting weights' log-probabilities, once, before any update
+    double t0 = now_s();
     std::vector<double> ref, vref;
-    sequence_logps(&s.model, train, 2 * B, s.pad, &ref);
-    if (!val.empty()) sequence_logps(&s.model, val, 2 * B, s.pad, &vref);
-    printf("dpo: reference log-probabilities of %zu sequences cached (%.0fs)\n", train.size() + val.size(), seconds_since(t0));
-    if (!val.empty()) {
+    sequence_logps(&r.model, train, 2 * B, r.pad, &ref);
+    if (!val.empty()) sequence_logps(&r.model, val, 2 * B, r.pad, &vref);
+    printf("dpo: reference log-probabilities of %zu sequences cached (%.0fs)\n", train.size() + val.size(), now_s() - t0);
+    align_start(a, &r, ckpt, npairs, 0.10);
+    printf("dpo: %zu pairs (%d bad lines skipped), β %g, %d epoch(s) × %ld steps of %d pairs, lr %g (warmup %ld, cosine)\n",
+           npairs, skipped, beta, r.epochs, r.steps_per_epoch, r.B, r.lr, r.warmup);
+    auto eval = [&](int epoch) {
+        if (val.empty()) return;
         double lpacc;
-        DpoStats v = dpo_eval(&s.model, val, vref, beta, B, s.pad, &lpacc);
-        printf("dpo: held-out before: loss %.4f | reward accuracy %.3f | margin %.4f | log-prob accuracy %.3f (%zu pairs)\n",
-               v.loss, v.reward_accuracy, v.reward_margin, lpacc, val.size() / 2);
-        metrics_append(metrics, {{"stage", "dpo"}, {"step", 0}, {"val_loss", v.loss}, {"val_reward_accuracy", v.reward_accuracy},
-                                 {"val_reward_margin", v.reward_margin}, {"val_logp_accuracy", lpacc}});
-    }
-    AlignOpt opt;
-    opt_init(&opt, s.model);
-    std::vector<int> order(npairs);
-    for (size_t i = 0; i < npairs; i++) order[i] = (int)i;
-    uint64_t rng = seed;
-    long step = 0;
-    double acc_loss = 0, acc_racc = 0, acc_margin = 0;
-    int acc_n = 0;
-    for (int ep = 0; ep < epochs; ep++) {
-        shuffle_indices(&order, &rng);
-        for (long k = 0; k < steps_per_epoch; k++, step++) {
-            // rows: chosen 0..n−1, then rejected n..2n−1
-            std::vector<const ChatSeq*> rows;
-            std::vector<int> pairs;
-            for (long j = k * B; j < std::min((long)npairs, (k + 1) * B); j++) pairs.push_back(order[j]);
-            int n = (int)pairs.size();
-            for (int p : pairs) rows.push_back(&train[2 * p]);
-            for (int p : pairs) rows.push_back(&train[2 * p + 1]);
-            std::vector<double> rc(n), rr(n);
-            for (int q = 0; q < n; q++) { rc[q] = ref[2 * pairs[q]]; rr[q] = ref[2 * pairs[q] + 1]; }
-            model_zero_grad(&s.model);
-            DpoStats st;
-            dpo_forward_backward(&s.model, rows, rc.data(), rr.data(), beta, s.pad, &st);
-            double cur_lr = warmup_cosine(step, total, warmup, lr, final_ratio);
-            double gnorm = opt_step(&opt, &s.model, cur_lr, wd, clip);
-            acc_loss += st.loss; acc_racc += st.reward_accuracy; acc_margin += st.reward_margin; acc_n++;
-            metrics_append(metrics, {{"stage", "dpo"}, {"step", step + 1}, {"epoch", ep + 1}, {"loss", st.loss},
-                                     {"reward_accuracy", st.reward_accuracy}, {"reward_margin", st.reward_margin},
-                                     {"reward_chosen", st.reward_chosen}, {"reward_rejected", st.reward_rejected},
-                                     {"lr", cur_lr}, {"grad_norm", gnorm}, {"seconds", seconds_since(t0)}});
-            if ((step + 1) % log_every == 0 || step + 1 == total) {
-                printf("dpo step %ld/%ld | loss %.4f | reward accuracy %.3f | margin %.4f | lr %.3g | grad norm %.3f | %.0fs\n",
-                       step + 1, total, acc_loss / acc_n, acc_racc / acc_n, acc_margin / acc_n, cur_lr, gnorm, seconds_since(t0));
-                fflush(stdout);
-                acc_loss = acc_racc = acc_margin = 0;
-                acc_n = 0;
-            }
-        }
-    }
-    if (!val.empty()) {
-        double lpacc;
-        DpoStats v = dpo_eval(&s.model, val, vref, beta, B, s.pad, &lpacc);
-        printf("dpo: held-out after: loss %.4f | reward accuracy %.3f | margin %.4f | log-prob accuracy %.3f\n",
-               v.loss, v.reward_accuracy, v.reward_margin, lpacc);
-        metrics_append(metrics, {{"stage", "dpo"}, {"step", step}, {"val_loss", v.loss}, {"val_reward_accuracy", v.reward_accuracy},
-                                 {"val_reward_margin", v.reward_margin}, {"val_logp_accuracy", lpacc}});
-    }
-    align_save(s, out);
-    printf("dpo: wrote %s (%.0fs)\n", out.c_str(), seconds_since(t0));
-    tokenizer_free(s.tok);
+        DpoStats v = dpo_eval(&r.model, val, vref, beta, r.B, r.pad, &lpacc);
+        printf("dpo: held-out %s: loss %.4f | reward accuracy %.3f | margin %.4f | log-prob accuracy %.3f (%zu pairs)\n",
+               epoch ? ("after epoch " + std::to_string(epoch)).c_str() : "before", v.loss, v.reward_accuracy,
+               v.reward_margin, lpacc, val.size() / 2);
+        write_metric(r.metrics, {{"stage", "dpo"}, {"step", r.step}, {"epoch", epoch}, {"val_loss", v.loss},
+                                 {"val_reward_accuracy", v.reward_accuracy}, {"val_reward_margin", v.reward_margin},
+                                 {"val_logp_accuracy", lpacc}});
+    };
+    if (r.step == 0) eval(0);
+    std::string final_dir = align_loop(&r, [&](const std::vector<int>& pairs) -> json {
+        // rows: chosen 0..n−1, then rejected n..2n−1
+        int n = (int)pairs.size();
+        std::vector<const ChatSeq*> rows;
+        std::vector<double> rc(n), rr(n);
+        for (int p : pairs) rows.push_back(&train[2 * p]);
+        for (int p : pairs) rows.push_back(&train[2 * p + 1]);
+        for (int q = 0; q < n; q++) { rc[q] = ref[2 * pairs[q]]; rr[q] = ref[2 * pairs[q] + 1]; }
+        DpoStats st;
+        dpo_forward_backward(&r.model, rows, rc.data(), rr.data(), beta, r.pad, &st);
+        return {{"loss", st.loss}, {"reward_accuracy", st.reward_accuracy}, {"reward_margin", st.reward_margin},
+                {"reward_chosen", st.reward_chosen}, {"reward_rejected", st.reward_rejected}};
+    }, eval);
+    align_finish(&r, final_dir);
     return 0;
 }

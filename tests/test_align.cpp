@@ -355,13 +355,14 @@ TEST_CASE("sft learns the replies (loss falls), dpo raises held-out reward accur
         "{\"messages\": [{\"role\": \"user\", \"content\": \"What is 2 + 7?\"}, {\"role\": \"assistant\", \"content\": \"The answer is 9.\"}]}\n";
     write_text(d + "/sft.jsonl", sft);
     auto r = run_cmd(deepseek_bin() + " sft --model " + d + "/base --data " + d + "/sft.jsonl --val " + d + "/sft.jsonl"
-                     " --out " + d + "/sft --skip-bad --epochs 30 --batch 4 --lr 1e-2 --warmup 3 --log-every 100 --threads 2");
+                     " --out " + d + "/sft --skip-bad --epochs 30 --batch 4 --lr 1e-2 --warmup 3 --log-every 100 --save-every 0 --threads 2");
     INFO(r.out);
     REQUIRE(r.rc == 0);
     CHECK(r.out.find(":3: invalid JSON") != std::string::npos);
     CHECK(r.out.find("skipped 1 bad line") != std::string::npos);
-    CHECK(file_exists(d + "/sft/model.safetensors"));
-    CHECK(file_exists(d + "/sft/tokenizer.json"));
+    CHECK(file_exists(d + "/sft/final/model.safetensors"));
+    CHECK(file_exists(d + "/sft/final/tokenizer.json"));
+    CHECK(file_exists(d + "/sft/final/optimizer.safetensors"));
     // held-out (here: the training set) assistant loss before vs after, from the metrics
     std::string metrics = read_file(d + "/sft/metrics.jsonl");
     auto first_val = metrics.find("\"val_loss\":"), last_val = metrics.rfind("\"val_loss\":");
@@ -369,7 +370,7 @@ TEST_CASE("sft learns the replies (loss falls), dpo raises held-out reward accur
     double before = atof(metrics.c_str() + first_val + 11), after = atof(metrics.c_str() + last_val + 11);
     CHECK(after < 0.5 * before);
     // eval: the memorised replies come back exactly
-    r = run_cmd(deepseek_bin() + " eval --model " + d + "/sft --data " + d + "/sft.jsonl --skip-bad --max-new-tokens 16 --json " + d + "/eval.json");
+    r = run_cmd(deepseek_bin() + " eval --model " + d + "/sft/final --data " + d + "/sft.jsonl --skip-bad --max-new-tokens 16 --json " + d + "/eval.json");
     INFO(r.out);
     REQUIRE(r.rc == 0);
     CHECK(r.out.find("exact_match: ") != std::string::npos);
@@ -382,21 +383,21 @@ TEST_CASE("sft learns the replies (loss falls), dpo raises held-out reward accur
         "{\"prompt\": \"Sort the list: 5 2 8\", \"chosen\": \"The answer is 2 5 8.\", \"rejected\": \"The answer is 5 2 8.\"}\n"
         "{\"messages\": [{\"role\": \"user\", \"content\": \"What is 2 + 7?\"}, {\"role\": \"assistant\", \"content\": \"The answer is 9.\"}, {\"role\": \"user\", \"content\": \"Reverse the list: 1 2 3\"}], \"chosen\": \"The answer is 3 2 1.\", \"rejected\": \"The answer is 3 2 1. The answer is 3 2 1.\"}\n";
     write_text(d + "/prefs.jsonl", prefs);
-    r = run_cmd(deepseek_bin() + " dpo --model " + d + "/sft --data " + d + "/prefs.jsonl --val " + d + "/prefs.jsonl --out " + d + "/dpo"
-                " --epochs 10 --batch 3 --lr 1e-3 --warmup 1 --log-every 100 --threads 2");
+    r = run_cmd(deepseek_bin() + " dpo --model " + d + "/sft/final --data " + d + "/prefs.jsonl --val " + d + "/prefs.jsonl --out " + d + "/dpo"
+                " --epochs 10 --batch 3 --lr 1e-3 --warmup 1 --log-every 100 --save-every 0 --threads 2");
     INFO(r.out);
     REQUIRE(r.rc == 0);
-    auto at = r.out.find("held-out after: ");
+    auto at = r.out.rfind("held-out after epoch");
     REQUIRE(at != std::string::npos);
     auto acc = r.out.find("reward accuracy ", at);
     CHECK(atof(r.out.c_str() + acc + 16) == 1.0);
-    r = run_cmd(deepseek_bin() + " eval --model " + d + "/dpo --ref " + d + "/sft --pairs " + d + "/prefs.jsonl");
+    r = run_cmd(deepseek_bin() + " eval --model " + d + "/dpo/final --ref " + d + "/sft/final --pairs " + d + "/prefs.jsonl");
     INFO(r.out);
     REQUIRE(r.rc == 0);
     CHECK(atof(r.out.c_str() + r.out.find("reward_accuracy: ") + 17) == 1.0);
     CHECK(atof(r.out.c_str() + r.out.find("reward_margin: ") + 15) > 0.0);
     write_text(d + "/val.txt", "User: What is 12 + 7?\n\nAssistant: The answer is 19.\n");
-    r = run_cmd(deepseek_bin() + " eval --model " + d + "/dpo --text " + d + "/val.txt");
+    r = run_cmd(deepseek_bin() + " eval --model " + d + "/dpo/final --text " + d + "/val.txt");
     REQUIRE(r.rc == 0);
     CHECK(atof(r.out.c_str() + r.out.find("bits_per_byte: ") + 15) > 0.0);
 }

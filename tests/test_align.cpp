@@ -401,3 +401,26 @@ TEST_CASE("sft learns the replies (loss falls), dpo raises held-out reward accur
     REQUIRE(r.rc == 0);
     CHECK(atof(r.out.c_str() + r.out.find("bits_per_byte: ") + 15) > 0.0);
 }
+
+TEST_CASE("sft --resume from a checkpoint ends with the same weights, bit for bit, as the uninterrupted run") {
+    std::string d = tiny_base("resume");
+    write_text(d + "/sft.jsonl",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"What is 12 + 7?\"}, {\"role\": \"assistant\", \"content\": \"The answer is 19.\"}]}\n"
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Sort the list: 5 2 8\"}, {\"role\": \"assistant\", \"content\": \"The answer is 2 5 8.\"}]}\n"
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Reverse the list: 1 2 3\"}, {\"role\": \"assistant\", \"content\": \"The answer is 3 2 1.\"}]}\n");
+    auto r = run_cmd(deepseek_bin() + " sft --model " + d + "/base --data " + d + "/sft.jsonl --out " + d + "/run"
+                     " --epochs 3 --batch 2 --lr 1e-2 --save-every 3 --keep 5 --threads 2");
+    INFO(r.out);
+    REQUIRE(r.rc == 0);
+    REQUIRE(dir_exists(d + "/run/step_000003"));
+    std::string full = read_file(d + "/run/final/model.safetensors");
+    // resume from the middle of epoch 2 (step 3 of 6): same data order, schedule and AdamW state
+    r = run_cmd(deepseek_bin() + " sft --resume " + d + "/run/step_000003 --threads 1");
+    INFO(r.out);
+    REQUIRE(r.rc == 0);
+    CHECK(r.out.find("resuming") != std::string::npos);
+    CHECK(read_file(d + "/run/final/model.safetensors") == full);
+    r = run_cmd(deepseek_bin() + " dpo --resume " + d + "/run/step_000003");
+    CHECK(r.rc == 1);
+    CHECK(r.out.find("is not a checkpoint of a `deepseek dpo` run") != std::string::npos);
+}

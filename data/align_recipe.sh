@@ -18,9 +18,9 @@ set -euo pipefail
 OUT=${1:-out/recipe}
 BIN=${DEEPSEEK:-./deepseek}
 THREADS=${THREADS:-2}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-210}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-210}   # the measured run: step 210 of a 300-step cosine run (stopped for time)
 SFT_N=${SFT_N:-2000}; SFT_EPOCHS=${SFT_EPOCHS:-1}; SFT_LR=${SFT_LR:-2e-3}
-DPO_N=${DPO_N:-800}; DPO_LR=${DPO_LR:-5e-4}
+DPO_N=${DPO_N:-800}; DPO_LR=${DPO_LR:-1e-4}   # 5e-4 over-optimised: replies lost their EOS (README)
 EVAL_N=${EVAL_N:-200}
 mkdir -p "$OUT"
 cp "$BIN" "$OUT/deepseek-bin"            # a private copy: rebuilding ./deepseek mid-run cannot disturb it

@@ -500,3 +500,39 @@ std::string chat_render(const std::vector<ChatMessage>& msgs, bool add_generatio
 // on assistant tokens (the reply after "Assistant:", its EOS included): the SFT loss mask.
 void chat_tokens(const Tokenizer* tok, const std::vector<ChatMessage>& msgs, bool add_generation_prompt,
                  std::vector<int>* ids, std::vector<uint8_t>* assistant_mask);
+
+// ----------------------------------------------------------------------------
+// data parallelism (train.cu): MPI ranks, gradient sums over ranks (MPI on CPU, NCCL on GPUs), ZeRO-1 shards.
+// Without an MPI launch every function is a no-op on a single process (rank 0 of 1).
+
+struct Dist {
+    int rank = 0, world = 1;              // this process among all of them
+    int local_rank = 0, local_world = 1;  // among the processes on this machine; local_rank picks the GPU
+    bool mpi = false;                     // launched by mpirun / srun, MPI initialised
+    void* nccl = nullptr;                 // ncclComm_t once dist_nccl_init ran (CUDA builds)
+    // ZeRO-1: rank r owns elements [shard[r], shard[r+1]) of the flat parameter buffer (dist_shards)
+    std::vector<size_t> shard;
+    size_t shard_begin() const { return shard.empty() ? 0 : shard[rank]; }
+    size_t shard_end() const { return shard.empty() ? 0 : shard[rank + 1]; }
+};
+bool dist_launched();                        // true under mpirun / srun (read from the environment)
+void dist_init(Dist* d);                     // MPI_Init when launched; a lone process otherwise. Idempotent.
+void dist_finalize(Dist* d);                 // MPI_Finalize (and NCCL teardown); call once, on success
+void dist_shards(Dist* d, size_t n);         // world near-equal contiguous pieces of n elements
+// MPI collectives on host memory, in place (sum over ranks)
+void dist_allreduce_sum(const Dist& d, float* x, size_t n);
+void dist_allreduce_sum(const Dist& d, double* x, size_t n);
+void dist_reduce_scatter_sum(const Dist& d, float* x);   // x[n]: afterwards this rank's shard holds the sum
+void dist_allgather(const Dist& d, float* x);            // x[n]: every rank's shard copied to all ranks
+void dist_broadcast(const Dist& d, void* buf, size_t bytes, int root);
+void dist_barrier(const Dist& d);
+// Σ x² over a gradient: over the whole of x[n] (replicated gradients), or, when sharded, over this rank's
+// shard summed over ranks, so the global norm is right under ZeRO-1. In double.
+double dist_sum_squares(const Dist& d, const float* x, size_t n, bool sharded);
+// NCCL on device memory (CUDA builds; dies elsewhere). stream: a cudaStream_t, nullptr = the default stream.
+void dist_nccl_init(Dist* d);                // device local_rank, unique id from rank 0 broadcast over MPI
+void dist_nccl_allreduce_sum(const Dist& d, float* x, size_t n, void* stream);
+void dist_nccl_reduce_scatter_sum(const Dist& d, float* x, void* stream);
+void dist_nccl_allgather(const Dist& d, float* x, void* stream);
+// tests/gpu_check.sh: NCCL collectives on device memory vs host sums, bit-exact; returns the wrong elements
+size_t dist_nccl_selftest(Dist* d, size_t n, std::string* report);

@@ -1127,3 +1127,293 @@ int cmd_train(int argc, char** argv) {
 
 int cmd_sft(int, char**) { die("sft: not implemented yet"); }
 int cmd_dpo(int, char**) { die("dpo: not implemented yet"); }
+
+// ============================================================================
+// data parallelism: MPI, NCCL, ZeRO-1
+//
+// Each rank holds the whole model and runs forward/backward on its own part of every global batch. Gradients
+// are summed over ranks (each rank's loss weights are 1/N_global, N_global = unmasked tokens of the whole global
+// batch, so the sum is the gradient of the global mean loss: -np N with B/N rows each reproduces -np 1 with B).
+//   CPU backend:  MPI_Allreduce            GPUs:  ncclAllReduce (NCCL's unique id is broadcast over MPI)
+//   ZeRO-1:       reduce-scatter of the gradients → each rank updates its shard of the weights and of AdamW's
+//                 m and v → all-gather of the weights. Optimizer state per rank is 1/world of the unsharded one.
+// Without an MPI launch (no mpirun/srun in the environment) MPI is never initialised: one process, as before.
+
+#ifdef DEEPSEEK_MPI
+#define OMPI_SKIP_MPICXX 1   // the C API only
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>             // MPI_Init_thread, MPI_Allreduce, MPI_Reduce_scatter, MPI_Allgatherv, MPI_Bcast
+#endif
+#ifdef DEEPSEEK_CUDA
+#include <cuda_runtime.h>    // cudaSetDevice, cudaStream_t
+#include <nccl.h>            // ncclCommInitRank, ncclAllReduce, ncclReduceScatter, ncclAllGather
+#endif
+#include <climits>           // INT_MAX
+#include <cstdlib>           // getenv
+
+#ifdef DEEPSEEK_MPI
+#define mpiCheck(call) mpi_check((call), #call, __FILE__, __LINE__)
+static void mpi_check(int err, const char* what, const char* file, int line) {
+    if (err == MPI_SUCCESS) return;
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(err, msg, &len);
+    die("MPI: %s failed at %s:%d: %s", what, file, line, msg);
+}
+// MPI counts are int: a shard or buffer past 2^31 elements needs MPI-4 large counts, which OpenMPI 4 lacks
+static int mpi_count(size_t n, const char* what) {
+    if (n > (size_t)INT_MAX) die("MPI: %s of %zu elements exceeds MPI's int count limit; use more ranks or NCCL", what, n);
+    return (int)n;
+}
+#endif
+
+// The launchers we know set these: OpenMPI's mpirun, PMIx (srun --mpi=pmix, prrte), MPICH/Hydra and srun --mpi=pmi2,
+// plain srun. A single process (none set, or a world of one srun task) never touches MPI.
+bool dist_launched() {
+    if (getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK")) return true;
+    const char* n = getenv("SLURM_NTASKS");
+    return getenv("SLURM_PROCID") && n && atoi(n) > 1;
+}
+
+void dist_init(Dist* d) {
+    d->rank = 0; d->world = 1; d->local_rank = 0; d->local_world = 1; d->mpi = false;
+    if (!dist_launched()) return;
+#ifdef DEEPSEEK_MPI
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+        int provided = 0;   // FUNNELED: only the main thread calls MPI; OpenMP threads compute
+        mpiCheck(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+    }
+    d->mpi = true;
+    mpiCheck(MPI_Comm_rank(MPI_COMM_WORLD, &d->rank));
+    mpiCheck(MPI_Comm_size(MPI_COMM_WORLD, &d->world));
+    // the ranks sharing this machine's memory: the local rank picks the GPU
+    MPI_Comm node;
+    mpiCheck(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node));
+    mpiCheck(MPI_Comm_rank(node, &d->local_rank));
+    mpiCheck(MPI_Comm_size(node, &d->local_world));
+    MPI_Comm_free(&node);
+#else
+    die("launched by mpirun/srun, but this binary was built without MPI (install libopenmpi-dev and rebuild)");
+#endif
+}
+
+void dist_finalize(Dist* d) {
+#ifdef DEEPSEEK_CUDA
+    if (d->nccl) { ncclCommDestroy((ncclComm_t)d->nccl); d->nccl = nullptr; }
+#endif
+#ifdef DEEPSEEK_MPI
+    int inited = 0, finalized = 0;
+    MPI_Initialized(&inited);
+    MPI_Finalized(&finalized);
+    if (d->mpi && inited && !finalized) MPI_Finalize();
+#endif
+    d->mpi = false;
+}
+
+// shard[r] = r·n/world rounded down to a multiple of 16 elements (64 bytes, so every shard starts aligned);
+// the last rank takes the remainder. Shard sizes differ by at most 16·world elements.
+void dist_shards(Dist* d, size_t n) {
+    d->shard.assign(d->world + 1, 0);
+    for (int r = 1; r < d->world; r++) d->shard[r] = (size_t)((unsigned __int128)n * r / d->world) / 16 * 16;
+    d->shard[d->world] = n;
+}
+
+void dist_allreduce_sum(const Dist& d, float* x, size_t n) {
+    if (d.world == 1) return;
+#ifdef DEEPSEEK_MPI
+    mpiCheck(MPI_Allreduce(MPI_IN_PLACE, x, mpi_count(n, "all-reduce"), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+#endif
+}
+void dist_allreduce_sum(const Dist& d, double* x, size_t n) {
+    if (d.world == 1) return;
+#ifdef DEEPSEEK_MPI
+    mpiCheck(MPI_Allreduce(MPI_IN_PLACE, x, mpi_count(n, "all-reduce"), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+#endif
+}
+
+// x[n] on every rank → x[shard[r]..shard[r+1]) = Σ_ranks x[shard[r]..shard[r+1]) on rank r; the rest of x is stale
+void dist_reduce_scatter_sum(const Dist& d, float* x) {
+    if (d.shard.size() != (size_t)d.world + 1) die("reduce-scatter: call dist_shards first");
+    if (d.world == 1) return;
+#ifdef DEEPSEEK_MPI
+    std::vector<int> counts(d.world);
+    for (int r = 0; r < d.world; r++) counts[r] = mpi_count(d.shard[r + 1] - d.shard[r], "reduce-scatter shard");
+    std::vector<float> mine(counts[d.rank]);
+    mpiCheck(MPI_Reduce_scatter(x, mine.data(), counts.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+    std::copy(mine.begin(), mine.end(), x + d.shard_begin());
+#endif
+}
+
+// x[shard[r]..shard[r+1]) from rank r → every rank's x
+void dist_allgather(const Dist& d, float* x) {
+    if (d.shard.size() != (size_t)d.world + 1) die("all-gather: call dist_shards first");
+    if (d.world == 1) return;
+#ifdef DEEPSEEK_MPI
+    std::vector<int> counts(d.world), displs(d.world);
+    mpi_count(d.shard[d.world], "all-gather buffer");   // displacements are int too
+    for (int r = 0; r < d.world; r++) {
+        counts[r] = (int)(d.shard[r + 1] - d.shard[r]);
+        displs[r] = (int)d.shard[r];
+    }
+    mpiCheck(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, counts.data(), displs.data(), MPI_FLOAT, MPI_COMM_WORLD));
+#endif
+}
+
+void dist_broadcast(const Dist& d, void* buf, size_t bytes, int root) {
+    if (d.world == 1) return;
+#ifdef DEEPSEEK_MPI
+    mpiCheck(MPI_Bcast(buf, mpi_count(bytes, "broadcast"), MPI_BYTE, root, MPI_COMM_WORLD));
+#endif
+}
+
+void dist_barrier(const Dist& d) {
+    if (d.world == 1) return;
+#ifdef DEEPSEEK_MPI
+    mpiCheck(MPI_Barrier(MPI_COMM_WORLD));
+#endif
+}
+
+// ‖g‖² = Σ_i g_i². Replicated: every rank holds all of g, so the local sum is the global one. Sharded (ZeRO-1 after
+// the reduce-scatter): only this rank's shard is valid; the shards' partial sums add up over ranks.
+double dist_sum_squares(const Dist& d, const float* x, size_t n, bool sharded) {
+    size_t b = sharded ? d.shard_begin() : 0, e = sharded ? d.shard_end() : n;
+    if (sharded && d.shard.size() != (size_t)d.world + 1) die("sum of squares: call dist_shards first");
+    double s = 0.0;
+#pragma omp parallel for reduction(+ : s)
+    for (size_t i = b; i < e; i++) s += (double)x[i] * x[i];
+    if (sharded) dist_allreduce_sum(d, &s, 1);
+    return s;
+}
+
+// ---------------------------------------------------------------------------- NCCL (GPUs)
+// One communicator over all ranks; rank r drives GPU local_rank. Unequal ZeRO shards (the last one) use grouped
+// reduces/broadcasts, one per owner; equal shards use NCCL's in-place reduce-scatter / all-gather.
+
+#ifdef DEEPSEEK_CUDA
+#define ncclCheck(call) nccl_check((call), #call, __FILE__, __LINE__)
+static void nccl_check(ncclResult_t r, const char* what, const char* file, int line) {
+    if (r != ncclSuccess) die("NCCL: %s failed at %s:%d: %s", what, file, line, ncclGetErrorString(r));
+}
+static ncclComm_t nccl_comm(const Dist& d) {
+    if (!d.nccl) die("NCCL: call dist_nccl_init first");
+    return (ncclComm_t)d.nccl;
+}
+static bool shards_equal(const Dist& d) {
+    for (int r = 0; r < d.world; r++)
+        if (d.shard[r + 1] - d.shard[r] != d.shard[1] - d.shard[0]) return false;
+    return true;
+}
+#endif
+
+void dist_nccl_init(Dist* d) {
+#ifdef DEEPSEEK_CUDA
+    if (d->nccl) return;
+    int ndev = cuda_device_count();
+    if (ndev == 0) die("NCCL: no CUDA device");
+    if (d->local_world > ndev)
+        fprintf(stderr, "warning: %d ranks on this machine share %d GPUs (NCCL needs one GPU per rank)\n", d->local_world, ndev);
+    if (cudaSetDevice(d->local_rank % ndev) != cudaSuccess) die("NCCL: cudaSetDevice(%d) failed", d->local_rank % ndev);
+    ncclUniqueId id;
+    if (d->rank == 0) ncclCheck(ncclGetUniqueId(&id));
+    dist_broadcast(*d, &id, sizeof id, 0);   // rank 0's id reaches every rank over MPI
+    ncclComm_t comm;
+    ncclCheck(ncclCommInitRank(&comm, d->world, id, d->rank));
+    d->nccl = comm;
+#else
+    (void)d;
+    die("NCCL: this binary was built without CUDA");
+#endif
+}
+
+void dist_nccl_allreduce_sum(const Dist& d, float* x, size_t n, void* stream) {
+#ifdef DEEPSEEK_CUDA
+    ncclCheck(ncclAllReduce(x, x, n, ncclFloat, ncclSum, nccl_comm(d), (cudaStream_t)stream));
+#else
+    die("NCCL: this binary was built without CUDA");
+#endif
+}
+
+void dist_nccl_reduce_scatter_sum(const Dist& d, float* x, void* stream) {
+#ifdef DEEPSEEK_CUDA
+    if (d.shard.size() != (size_t)d.world + 1) die("reduce-scatter: call dist_shards first");
+    cudaStream_t s = (cudaStream_t)stream;
+    if (shards_equal(d)) {   // in place: NCCL's result for rank r lands at x + r·count
+        size_t count = d.shard[1] - d.shard[0];
+        ncclCheck(ncclReduceScatter(x, x + d.shard_begin(), count, ncclFloat, ncclSum, nccl_comm(d), s));
+        return;
+    }
+    ncclCheck(ncclGroupStart());
+    for (int r = 0; r < d.world; r++)
+        ncclCheck(ncclReduce(x + d.shard[r], x + d.shard[r], d.shard[r + 1] - d.shard[r], ncclFloat, ncclSum, r, nccl_comm(d), s));
+    ncclCheck(ncclGroupEnd());
+#else
+    (void)d; (void)x; (void)stream;
+    die("NCCL: this binary was built without CUDA");
+#endif
+}
+
+void dist_nccl_allgather(const Dist& d, float* x, void* stream) {
+#ifdef DEEPSEEK_CUDA
+    if (d.shard.size() != (size_t)d.world + 1) die("all-gather: call dist_shards first");
+    cudaStream_t s = (cudaStream_t)stream;
+    if (shards_equal(d)) {
+        size_t count = d.shard[1] - d.shard[0];
+        ncclCheck(ncclAllGather(x + d.shard_begin(), x, count, ncclFloat, nccl_comm(d), s));
+        return;
+    }
+    ncclCheck(ncclGroupStart());
+    for (int r = 0; r < d.world; r++)
+        ncclCheck(ncclBroadcast(x + d.shard[r], x + d.shard[r], d.shard[r + 1] - d.shard[r], ncclFloat, r, nccl_comm(d), s));
+    ncclCheck(ncclGroupEnd());
+#else
+    (void)d; (void)x; (void)stream;
+    die("NCCL: this binary was built without CUDA");
+#endif
+}
+
+// The GPU check's probe of the NCCL path (tests/gpu_check.sh runs it under mpirun on every GPU): all-reduce,
+// reduce-scatter and all-gather of n floats on device memory against the sums computed on the host. Rank r's input
+// is small integers, so every order of summation is exact and the comparison is bit-exact. Returns the number of
+// wrong elements (0 = pass) and describes the run in *report.
+size_t dist_nccl_selftest(Dist* d, size_t n, std::string* report) {
+#ifdef DEEPSEEK_CUDA
+    dist_nccl_init(d);
+    Dist s = *d;
+    dist_shards(&s, n);
+    auto input = [](int r, size_t i) { return (float)((int)((i * 7 + (size_t)r * 13) % 11) - 5); };
+    std::vector<float> host(n), want(n), got(n);
+    for (size_t i = 0; i < n; i++) {
+        host[i] = input(d->rank, i);
+        want[i] = 0;
+        for (int r = 0; r < d->world; r++) want[i] += input(r, i);
+    }
+    float* dev = nullptr;
+    if (cudaMalloc(&dev, n * sizeof(float)) != cudaSuccess) die("NCCL self-test: cudaMalloc of %zu floats failed", n);
+    size_t wrong = 0;
+    // all-reduce: every element is the sum
+    cudaMemcpy(dev, host.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+    dist_nccl_allreduce_sum(s, dev, n, nullptr);
+    cudaMemcpy(got.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < n; i++) wrong += got[i] != want[i];
+    // reduce-scatter: this rank's shard is the sum; then all-gather: every shard is its owner's sum
+    cudaMemcpy(dev, host.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+    dist_nccl_reduce_scatter_sum(s, dev, nullptr);
+    cudaMemcpy(got.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost);
+    for (size_t i = s.shard_begin(); i < s.shard_end(); i++) wrong += got[i] != want[i];
+    dist_nccl_allgather(s, dev, nullptr);
+    cudaMemcpy(got.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < n; i++) wrong += got[i] != want[i];
+    if (cudaDeviceSynchronize() != cudaSuccess) die("NCCL self-test: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
+    cudaFree(dev);
+    char buf[256];
+    snprintf(buf, sizeof buf, "NCCL rank %d/%d on GPU %d: %zu floats, %zu wrong", d->rank, d->world,
+             d->local_rank % cuda_device_count(), n, wrong);
+    *report = buf;
+    return wrong;
+#else
+    (void)d; (void)n; (void)report;
+    die("NCCL: this binary was built without CUDA");
+#endif
+}

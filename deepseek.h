@@ -536,3 +536,10 @@ void dist_nccl_reduce_scatter_sum(const Dist& d, float* x, void* stream);
 void dist_nccl_allgather(const Dist& d, float* x, void* stream);
 // tests/gpu_check.sh: NCCL collectives on device memory vs host sums, bit-exact; returns the wrong elements
 size_t dist_nccl_selftest(Dist* d, size_t n, std::string* report);
+// ZeRO-1 optimizer state, one file per rank: DIR/optimizer-rank<r>-of-<N>.safetensors holds this rank's slice of
+// each named [n] tensor. Loading re-shards: any saved world size loads into any other.
+void zero_state_save(const Dist& d, const std::string& dir, const std::vector<std::pair<std::string, const float*>>& tensors,
+                     size_t n);
+void zero_state_load(const Dist& d, const std::string& dir, const std::vector<std::pair<std::string, float*>>& tensors,
+                     size_t n);   // tensors: this rank's shard buffers
+int zero_state_world(const std::string& dir);  // the world size that saved DIR's optimizer state (0: none)

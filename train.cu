@@ -1148,8 +1148,13 @@ int cmd_dpo(int, char**) { die("dpo: not implemented yet"); }
 #include <cuda_runtime.h>    // cudaSetDevice, cudaStream_t
 #include <nccl.h>            // ncclCommInitRank, ncclAllReduce, ncclReduceScatter, ncclAllGather
 #endif
+#include <dirent.h>          // opendir, readdir (finding the optimizer state files)
+#include <algorithm>         // std::min, std::max
+#include <cerrno>            // errno
 #include <climits>           // INT_MAX
+#include <cstdio>            // snprintf, sscanf
 #include <cstdlib>           // getenv
+#include <cstring>           // memcpy, strerror
 
 #ifdef DEEPSEEK_MPI
 #define mpiCheck(call) mpi_check((call), #call, __FILE__, __LINE__)
@@ -1416,4 +1421,78 @@ size_t dist_nccl_selftest(Dist* d, size_t n, std::string* report) {
     (void)d; (void)n; (void)report;
     die("NCCL: this binary was built without CUDA");
 #endif
+}
+
+// ---------------------------------------------------------------------------- ZeRO-1 optimizer state files
+// Rank r of N writes DIR/optimizer-rank<r>-of-<N>.safetensors: each named tensor's slice [shard[r], shard[r+1]),
+// metadata numel/world/rank/begin/end. Loading reads whichever files the saving run wrote and copies the parts that
+// overlap this rank's shard, so a checkpoint from any world size resumes on any other (re-sharding).
+
+static std::string zero_state_path(const std::string& dir, int rank, int world) {
+    char buf[64];
+    snprintf(buf, sizeof buf, "/optimizer-rank%05d-of-%05d.safetensors", rank, world);
+    return dir + buf;
+}
+
+void zero_state_save(const Dist& d, const std::string& dir, const std::vector<std::pair<std::string, const float*>>& tensors,
+                     size_t n) {
+    if (d.shard.size() != (size_t)d.world + 1 || d.shard[d.world] != n) die("ZeRO-1 state: shards do not cover %zu elements", n);
+    size_t b = d.shard_begin(), e = d.shard_end();
+    std::vector<TensorOut> out;
+    for (auto& t : tensors) out.push_back({t.first, DType::F32, {(int64_t)(e - b)}, t.second});
+    safetensors_write(zero_state_path(dir, d.rank, d.world), out, false,
+                      {{"numel", std::to_string(n)}, {"world", std::to_string(d.world)}, {"rank", std::to_string(d.rank)},
+                       {"begin", std::to_string(b)}, {"end", std::to_string(e)}});
+}
+
+// the number in a file's metadata, or a clear error
+static size_t meta_size(const SafeTensors& st, const std::string& key, const std::string& path) {
+    auto it = st.metadata.find(key);
+    if (it == st.metadata.end() || it->second.empty() || it->second.find_first_not_of("0123456789") != std::string::npos)
+        die("%s: not a ZeRO-1 optimizer state file (metadata '%s' missing or not a number)", path.c_str(), key.c_str());
+    return (size_t)std::stoull(it->second);
+}
+
+// The saving run's world size, from the files present: the one N for which optimizer-rank00000-of-N exists.
+int zero_state_world(const std::string& dir) {
+    int found = 0;
+    DIR* dp = opendir(dir.c_str());
+    if (!dp) die("%s: cannot open the checkpoint directory: %s", dir.c_str(), strerror(errno));
+    while (struct dirent* ent = readdir(dp)) {
+        int r = -1, w = -1;
+        if (sscanf(ent->d_name, "optimizer-rank%5d-of-%5d", &r, &w) == 2 && r == 0 && w > 0 &&
+            zero_state_path("", r, w) == std::string("/") + ent->d_name) {
+            if (found && found != w) { closedir(dp); die("%s: optimizer state files of two world sizes (%d and %d)", dir.c_str(), found, w); }
+            found = w;
+        }
+    }
+    closedir(dp);
+    return found;   // 0: no sharded optimizer state here
+}
+
+void zero_state_load(const Dist& d, const std::string& dir, const std::vector<std::pair<std::string, float*>>& tensors,
+                     size_t n) {
+    if (d.shard.size() != (size_t)d.world + 1 || d.shard[d.world] != n) die("ZeRO-1 state: shards do not cover %zu elements", n);
+    int saved_world = zero_state_world(dir);
+    if (saved_world == 0) die("%s: no ZeRO-1 optimizer state (optimizer-rank*-of-*.safetensors)", dir.c_str());
+    size_t b = d.shard_begin(), e = d.shard_end(), covered = 0;
+    for (int r = 0; r < saved_world; r++) {
+        std::string path = zero_state_path(dir, r, saved_world);
+        if (!file_exists(path)) die("%s: missing (the checkpoint was saved by %d ranks)", path.c_str(), saved_world);
+        SafeTensors st;
+        st.open_file(path);
+        size_t fn = meta_size(st, "numel", path), fb = meta_size(st, "begin", path), fe = meta_size(st, "end", path);
+        if (fn != n) die("%s: optimizer state for %zu parameters, the model has %zu", path.c_str(), fn, n);
+        if (fb > fe || fe > n) die("%s: bad shard range [%zu, %zu)", path.c_str(), fb, fe);
+        size_t lo = std::max(b, fb), hi = std::min(e, fe);
+        if (lo >= hi) continue;
+        for (auto& t : tensors) {
+            const TensorInfo& ti = st.get(t.first);
+            if (ti.dtype != DType::F32 || ti.shape != std::vector<int64_t>{(int64_t)(fe - fb)})
+                die("%s: tensor '%s' is not F32 [%zu]", path.c_str(), t.first.c_str(), fe - fb);
+            memcpy(t.second + (lo - b), (const float*)ti.data + (lo - fb), (hi - lo) * sizeof(float));
+        }
+        covered += hi - lo;
+    }
+    if (covered != e - b) die("%s: the optimizer state files do not cover this rank's shard", dir.c_str());
 }

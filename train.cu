@@ -1285,9 +1285,18 @@ void dist_barrier(const Dist& d) {
 double dist_sum_squares(const Dist& d, const float* x, size_t n, bool sharded) {
     size_t b = sharded ? d.shard_begin() : 0, e = sharded ? d.shard_end() : n;
     if (sharded && d.shard.size() != (size_t)d.world + 1) die("sum of squares: call dist_shards first");
+    // fixed 64K-element chunks added in order: the same bits whatever the thread count (resume is bit-exact)
+    const size_t CHUNK = 65536;
+    size_t nchunks = (e - b + CHUNK - 1) / CHUNK;
+    std::vector<double> part(nchunks, 0.0);
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nchunks; c++) {
+        double s = 0.0;
+        for (size_t i = b + c * CHUNK; i < std::min(e, b + (c + 1) * CHUNK); i++) s += (double)x[i] * x[i];
+        part[c] = s;
+    }
     double s = 0.0;
-#pragma omp parallel for reduction(+ : s)
-    for (size_t i = b; i < e; i++) s += (double)x[i] * x[i];
+    for (double p : part) s += p;
     if (sharded) dist_allreduce_sum(d, &s, 1);
     return s;
 }

@@ -9,6 +9,7 @@
 //
 // Shapes: B sequences per micro-batch, T tokens per sequence; a step = accum micro-batches × world ranks.
 #include "deepseek.h"
+#include <functional>          // std::function (checkpoint_save's per-rank hook)
 #include <algorithm>     // std::sort, std::min, std::max
 #include <chrono>        // steady_clock: tokens/s, ETA
 #include <cerrno>        // errno
@@ -583,17 +584,23 @@ static std::string step_name(long step) {
     return b;
 }
 
-void checkpoint_save(const std::string& dir, const Model& m, const AdamW& opt, const json& state, const std::string& tokenizer) {
+// write_shards (ZeRO-1): called once the temporary directory exists, it has every rank write its optimizer shard
+// there (optimizer-rank<r>-of-<N>.safetensors) in place of optimizer.safetensors, before the rename publishes it.
+void checkpoint_save(const std::string& dir, const Model& m, const AdamW& opt, const json& state, const std::string& tokenizer,
+                     const std::function<void(const std::string& tmp)>& write_shards = nullptr) {
     std::string tmp = dir + ".tmp";
     remove_tree(tmp);
     make_dirs(tmp);
+    if (write_shards) write_shards(tmp);
     model_save_dir(m, tmp, false);
-    std::vector<TensorOut> ts;
-    for (const ParamView& pv : param_views(m.cfg)) {
-        ts.push_back({"exp_avg." + pv.name, DType::F32, pv.shape, opt.m.data() + pv.offset});
-        ts.push_back({"exp_avg_sq." + pv.name, DType::F32, pv.shape, opt.v.data() + pv.offset});
+    if (!write_shards) {
+        std::vector<TensorOut> ts;
+        for (const ParamView& pv : param_views(m.cfg)) {
+            ts.push_back({"exp_avg." + pv.name, DType::F32, pv.shape, opt.m.data() + pv.offset});
+            ts.push_back({"exp_avg_sq." + pv.name, DType::F32, pv.shape, opt.v.data() + pv.offset});
+        }
+        safetensors_write(tmp + "/optimizer.safetensors", ts, false, {{"step", std::to_string(opt.t)}, {"optimizer", "AdamW"}});
     }
-    safetensors_write(tmp + "/optimizer.safetensors", ts, false, {{"step", std::to_string(opt.t)}, {"optimizer", "AdamW"}});
     if (!tokenizer.empty() && file_exists(tokenizer)) copy_file(tokenizer, tmp + "/tokenizer.json");
     write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
     fsync_dir(tmp);
@@ -613,14 +620,18 @@ static json checkpoint_load(const std::string& dir, Model* m, AdamW* opt) {
     json state = parse_json_file(dir + "/trainer_state.json");
     if (!state.is_object() || !state.contains("step") || !state.contains("settings")) die("%s/trainer_state.json: missing step or settings", dir.c_str());
     model_load_dir(m, dir);
-    SafeTensors st;
-    st.open_file(dir + "/optimizer.safetensors");
-    opt->m.assign(m->num_parameters, 0.0f);
-    opt->v.assign(m->num_parameters, 0.0f);
-    for (const ParamView& pv : param_views(m->cfg)) {
-        st.read_f32("exp_avg." + pv.name, pv.shape, opt->m.data() + pv.offset);
-        st.read_f32("exp_avg_sq." + pv.name, pv.shape, opt->v.data() + pv.offset);
-    }
+    opt->m.clear();
+    opt->v.clear();
+    if (file_exists(dir + "/optimizer.safetensors") || zero_state_world(dir) == 0) {
+        SafeTensors st;
+        st.open_file(dir + "/optimizer.safetensors");
+        opt->m.assign(m->num_parameters, 0.0f);
+        opt->v.assign(m->num_parameters, 0.0f);
+        for (const ParamView& pv : param_views(m->cfg)) {
+            st.read_f32("exp_avg." + pv.name, pv.shape, opt->m.data() + pv.offset);
+            st.read_f32("exp_avg_sq." + pv.name, pv.shape, opt->v.data() + pv.offset);
+        }
+    }   // else ZeRO-1 shards (optimizer-rank*-of-*.safetensors): load_optimizer_state reads them for this rank
     opt->t = state["step"].get<long>();
     return state;
 }
@@ -699,7 +710,8 @@ struct TrainSettings {
     int sample_tokens = 32;
     uint64_t seed = 1337;
     double compute = 0;      // when the laws chose batch/lr/tokens
-    int rank = 0, world = 1; // data parallelism (MPI) comes next; a single process is rank 0 of 1
+    int rank = 0, world = 1; // data parallelism: this process among `world` MPI ranks (a lone process: 0 of 1)
+    int zero = 0;            // ZeRO stage: 1 shards AdamW's m and v over the ranks
 };
 
 static json settings_json(const TrainSettings& s) {
@@ -708,7 +720,7 @@ static json settings_json(const TrainSettings& s) {
             {"lr", s.lr}, {"lr_schedule", s.schedule == LRSchedule::MULTISTEP ? "multistep" : "cosine"},
             {"warmup_steps", s.warmup}, {"eval_every", s.eval_every}, {"save_every", s.save_every},
             {"eval_windows", s.eval_windows}, {"keep", s.keep}, {"sample_tokens", s.sample_tokens}, {"seed", s.seed},
-            {"compute", s.compute}, {"world_size", s.world}};
+            {"compute", s.compute}, {"world_size", s.world}, {"zero", s.zero}};
 }
 static TrainSettings settings_from_json(const json& j, const std::string& where) {
     TrainSettings s;
@@ -720,6 +732,7 @@ static TrainSettings settings_from_json(const json& j, const std::string& where)
         s.warmup = j.at("warmup_steps"); s.eval_every = j.at("eval_every"); s.save_every = j.at("save_every");
         s.eval_windows = j.at("eval_windows"); s.keep = j.at("keep"); s.sample_tokens = j.at("sample_tokens");
         s.seed = j.at("seed"); s.compute = j.at("compute"); s.world = j.at("world_size");
+        s.zero = j.value("zero", 0);
     } catch (const std::exception& e) { die("%s: malformed settings (%s)", where.c_str(), e.what()); }
     return s;
 }
@@ -789,6 +802,7 @@ static std::string plot_loss_curve(const std::string& out) {
 
 struct TrainRun {
     TrainSettings s;
+    Dist dist;                      // MPI ranks (and, under ZeRO-1, this rank's shard of the parameters)
     Model model;
     AdamW opt;
     DataLoader train, val;
@@ -803,8 +817,42 @@ struct TrainRun {
     double mean_bytes_per_token = 0;  // bits per byte without a tokenizer
 };
 
-// The gradient all-reduce point: with data parallelism every rank averages its gradient here (MPI/NCCL).
-static void allreduce_gradients(TrainRun* r) { (void)r; }
+// The gradient all-reduce point. Each rank's loss weights carry 1/world, so the sum over ranks is the gradient of
+// the global batch's mean loss. ZeRO-1 needs only this rank's shard of that sum: a reduce-scatter.
+static void allreduce_gradients(TrainRun* r) {
+    if (r->s.zero) dist_reduce_scatter_sum(r->dist, r->model.grads_memory.data());
+    else dist_allreduce_sum(r->dist, r->model.grads_memory.data(), r->model.num_parameters);
+}
+// clipping at the global norm; under ZeRO-1 the norm adds the shards' parts over ranks
+static double clip_gradients(TrainRun* r) {
+    if (!r->s.zero) return clip_grad_norm(r->model.grads_memory.data(), r->model.num_parameters, CLIP_GRAD_NORM);
+    return dist_clip_grad_norm(r->dist, r->model.grads_memory.data(), r->model.num_parameters, CLIP_GRAD_NORM, true);
+}
+// AdamW; under ZeRO-1 each rank updates its shard, then the ranks all-gather the weights
+static void optimizer_update(TrainRun* r, float lr) {
+    if (!r->s.zero) { adamw_update(&r->model, &r->opt, lr); return; }
+    zero_adamw_update(r->dist, &r->model, &r->opt, lr);
+    dist_allgather(r->dist, r->model.params_memory.data());
+}
+// AdamW state from a checkpoint, for this rank: optimizer.safetensors (replicated; sliced under ZeRO-1) or the
+// ZeRO-1 files of any world size (re-sharded; assembled whole without ZeRO-1)
+static void load_optimizer_state(TrainRun* r, const std::string& ckpt) {
+    size_t n = r->model.num_parameters;
+    Dist own = r->dist;
+    if (!r->s.zero) { own.rank = 0; own.world = 1; }
+    dist_shards(&own, n);
+    size_t b = own.shard_begin(), e = own.shard_end();
+    if (r->opt.m.size() == n) {
+        if (r->s.zero) {
+            r->opt.m = std::vector<float>(r->opt.m.begin() + b, r->opt.m.begin() + e);
+            r->opt.v = std::vector<float>(r->opt.v.begin() + b, r->opt.v.begin() + e);
+        }
+        return;
+    }
+    r->opt.m.assign(e - b, 0.0f);
+    r->opt.v.assign(e - b, 0.0f);
+    zero_state_load(own, ckpt, {{"exp_avg", r->opt.m.data()}, {"exp_avg_sq", r->opt.v.data()}}, n);
+}
 
 static json trainer_state(const TrainRun& r, double elapsed) {
     return {{"step", r.step}, {"tokens_seen", r.tokens_seen}, {"elapsed_s", elapsed},
@@ -822,7 +870,7 @@ static void write_metric(FILE* f, const json& j) {
 }
 
 static void run_eval(TrainRun* r, FILE* metrics) {
-    if (!r->has_val) return;
+    if (!r->has_val || r->s.rank != 0) return;
     EvalResult e = evaluate(&r->model, &r->val, r->s.eval_windows, r->token_bytes, r->mean_bytes_per_token);
     printf("eval  step %ld | val loss %.4f | val bpb %.4f (unigram %.4f) | %zu tokens\n", r->step, e.loss, e.bits_per_byte,
            r->unigram_bpb, e.tokens);
@@ -844,8 +892,23 @@ static void run_eval(TrainRun* r, FILE* metrics) {
     fflush(stdout);
 }
 
+// Called on every rank. Rank 0 writes the model directory and trainer state; without ZeRO-1 also the (replicated)
+// optimizer state, with ZeRO-1 each rank writes its shard into rank 0's temporary directory, which across machines
+// must be on a shared filesystem.
 static void save_checkpoint(TrainRun* r, const std::string& dir, double elapsed) {
-    checkpoint_save(dir, r->model, r->opt, trainer_state(*r, elapsed), r->tokenizer_path);
+    if (!r->s.zero) {
+        if (r->s.rank == 0) checkpoint_save(dir, r->model, r->opt, trainer_state(*r, elapsed), r->tokenizer_path);
+        dist_barrier(r->dist);
+        return;
+    }
+    auto write_shard = [r](const std::string& tmp) {
+        dist_barrier(r->dist);   // rank 0 has made the temporary directory
+        zero_state_save(r->dist, tmp, {{"exp_avg", r->opt.m.data()}, {"exp_avg_sq", r->opt.v.data()}}, r->model.num_parameters);
+        dist_barrier(r->dist);   // every shard is written
+    };
+    if (r->s.rank == 0) checkpoint_save(dir, r->model, r->opt, trainer_state(*r, elapsed), r->tokenizer_path, write_shard);
+    else write_shard(dir + ".tmp");
+    dist_barrier(r->dist);       // the checkpoint is in place
 }
 
 // Runs the optimisation from r->step to r->s.steps; returns the final checkpoint's path.
@@ -868,18 +931,22 @@ static std::string train_loop(TrainRun* r, float (*objective)(Model*, const int*
         for (int k = 0; k < s.accum; k++) {
             loader_next(&r->train, in.data(), tg.data());
             loss += objective(&r->model, in.data(), tg.data(), B, T, &dl) / s.accum;
-            for (float& w : dl) w /= (float)s.accum;   // the step's loss is the mean over its micro-batches
+            for (float& w : dl) w /= (float)(s.accum * s.world);   // the step's loss: the mean over micro-batches and ranks
             model_backward(&r->model, dl.data());
         }
         allreduce_gradients(r);
-        double norm = clip_grad_norm(r->model.grads_memory.data(), r->model.num_parameters, CLIP_GRAD_NORM);
+        double shared[2] = {loss, g_stop_signal ? 1.0 : 0.0};   // the global batch's loss; a stop request on any rank
+        dist_allreduce_sum(r->dist, shared, 2);
+        loss = shared[0] / s.world;
+        bool stop = shared[1] > 0;
+        double norm = clip_gradients(r);
         if (!std::isfinite(loss) || !std::isfinite(norm)) {
             if (metrics) fclose(metrics);
             die("step %ld: the loss is not finite (loss %g, grad norm %g): stopping without an update; the last good "
                 "checkpoint is %s", r->step + 1, loss, norm, last_ckpt.empty() ? "(none written by this process)" : last_ckpt.c_str());
         }
         double lr = lr_at(s.schedule, s.lr, r->step, s.steps, s.warmup);
-        adamw_update(&r->model, &r->opt, (float)lr);
+        optimizer_update(r, (float)lr);
         r->step++;
         r->tokens_seen += step_tokens;
         double t1 = now_s(), elapsed = r->elapsed_before + (t1 - t_start);
@@ -891,13 +958,13 @@ static std::string train_loop(TrainRun* r, float (*objective)(Model*, const int*
                                {"tokens_per_s", step_tokens / (t1 - t0)}, {"elapsed_s", elapsed}});
         bool last = r->step == s.steps;
         if (s.eval_every > 0 && (r->step % s.eval_every == 0 || last)) run_eval(r, metrics);
-        if (r->s.rank == 0 && !last && ((s.save_every > 0 && r->step % s.save_every == 0) || g_stop_signal)) {
+        if (!last && ((s.save_every > 0 && r->step % s.save_every == 0) || stop)) {
             last_ckpt = s.out + "/" + step_name(r->step);
             save_checkpoint(r, last_ckpt, elapsed);
-            checkpoint_prune(s.out, s.keep);
+            if (r->s.rank == 0) checkpoint_prune(s.out, s.keep);
             printf("checkpoint: %s\n", last_ckpt.c_str());
         }
-        if (g_stop_signal && !last) {
+        if (stop && !last) {
             if (metrics) fclose(metrics);
             printf("stopped by signal %d after step %ld; resume with: deepseek train --resume %s\n", (int)g_stop_signal, r->step,
                    last_ckpt.c_str());
@@ -906,7 +973,7 @@ static std::string train_loop(TrainRun* r, float (*objective)(Model*, const int*
     }
     if (metrics) fclose(metrics);
     std::string final_dir = s.out + "/final";
-    if (r->s.rank == 0) save_checkpoint(r, final_dir, r->elapsed_before + (now_s() - t_start));
+    save_checkpoint(r, final_dir, r->elapsed_before + (now_s() - t_start));
     return final_dir;
 }
 
@@ -935,6 +1002,9 @@ static void train_usage() {
            "  --sample-tokens N    length of the greedy sample at each evaluation (default 32; 0 = none)\n"
            "  --resume DIR         continue a run exactly (a checkpoint, or a run directory: its newest checkpoint)\n"
            "  --seed S             initialisation and data order (default 1337)     --threads N   OpenMP threads\n"
+           "  --zero 0|1           ZeRO-1: shard AdamW's state over the MPI ranks (default 0)\n"
+           "  data parallel:       mpirun -np N deepseek train ... (or srun): --micro-batch is per rank, --batch-tokens\n"
+           "                       global; rank r reads windows r, r+N, ... of each step's global batch; rank 0 logs\n"
            "  outputs: OUT/metrics.jsonl, OUT/step_NNNNNN/ checkpoints, OUT/final/ (model directory + optimizer and\n"
            "  trainer state), OUT/loss.png. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n");
 }
@@ -948,7 +1018,7 @@ int cmd_train(int argc, char** argv) {
     if (is_help(argc, argv, 2)) { train_usage(); return 0; }
     Args a(argc, argv, 2, "train",
            {"preset", "model", "data", "out", "steps", "batch-tokens", "seq-len", "micro-batch", "lr", "lr-schedule",
-            "warmup-steps", "compute", "eval-every", "eval-windows", "save-every", "keep", "sample-tokens", "seed", "resume",
+            "warmup-steps", "compute", "eval-every", "eval-windows", "save-every", "keep", "sample-tokens", "seed", "resume", "zero",
             "threads", "device"},
            {});
     if (!a.positional.empty()) die("train: unexpected argument '%s'", a.positional[0].c_str());
@@ -956,6 +1026,8 @@ int cmd_train(int argc, char** argv) {
     if (device_select(a.str("device", "cpu")) != Device::CPU) die("train: only the CPU backend trains so far (use --device cpu)");
     TrainRun r;
     TrainSettings& s = r.s;
+    dist_init(&r.dist);   // rank and world from mpirun / srun; a lone process is rank 0 of 1
+    if (r.dist.rank != 0 && !freopen("/dev/null", "w", stdout)) die("rank %d: cannot silence stdout", r.dist.rank);
     bool resume = a.has("resume");
     std::string ckpt;
     if (resume) {
@@ -978,6 +1050,21 @@ int cmd_train(int argc, char** argv) {
         // the loaders are opened below; the cursor is applied after
         r.train.epoch = cur.value("epoch", 0ull);
         r.train.index = cur.value("index", (size_t)0);
+        if (a.has("zero")) s.zero = (int)a.integer("zero", 0, 0, 1);
+        if (s.world != r.dist.world) {
+            // re-shard the run: the same sequences per step and the same global window order, over the new ranks
+            long seqs = (long)s.accum * s.micro_batch * s.world;
+            size_t done = r.train.index * (size_t)s.world;   // this epoch's windows read by all ranks together
+            if (seqs % ((long)s.micro_batch * r.dist.world) != 0 || done % r.dist.world != 0)
+                die("train: %s was saved by %d rank(s); its batch of %ld sequences (micro-batch %d) cannot be split over %d "
+                    "rank(s): resume with %d rank(s)", ckpt.c_str(), s.world, seqs, s.micro_batch, r.dist.world, s.world);
+            printf("note: re-sharding the run from %d to %d rank(s): %d micro-batch(es) per step and rank\n", s.world,
+                   r.dist.world, (int)(seqs / ((long)s.micro_batch * r.dist.world)));
+            s.accum = (int)(seqs / ((long)s.micro_batch * r.dist.world));
+            r.train.index = done / r.dist.world;
+        }
+        s.rank = r.dist.rank;
+        s.world = r.dist.world;
         printf("resuming %s at step %ld (%.0f tokens seen)\n", ckpt.c_str(), r.step, r.tokens_seen);
     } else {
         if (!a.has("data")) die("train: --data DIR is required (made by deepseek data prepare)");
@@ -985,6 +1072,9 @@ int cmd_train(int argc, char** argv) {
         s.data = a.str("data");
         s.out = a.str("out");
         s.seed = (uint64_t)a.integer("seed", 1337, 0, 1LL << 62);
+        s.zero = (int)a.integer("zero", 0, 0, 1);
+        s.rank = r.dist.rank;
+        s.world = r.dist.world;
     }
     // the data: data.json names the shards and the tokenizer
     if (!dir_exists(s.data)) die("train: data directory %s does not exist", s.data.c_str());
@@ -1062,6 +1152,8 @@ int cmd_train(int argc, char** argv) {
     }
     if (data_vocab > r.model.cfg.vocab_size)
         die("train: the data's vocabulary (%d) is larger than the model's (%d)", data_vocab, r.model.cfg.vocab_size);
+    if (s.zero) dist_shards(&r.dist, r.model.num_parameters);
+    if (resume) load_optimizer_state(&r, ckpt);
     {   // loaders (the resume cursor was parked in r.train before init)
         uint64_t ep = r.train.epoch;
         size_t ix = r.train.index;
@@ -1093,8 +1185,10 @@ int cmd_train(int argc, char** argv) {
         printf("note: no tokenizer in %s: no samples; bits per byte from the split's mean bytes per token\n", s.data.c_str());
     }
     make_dirs(s.out);
-    if (resume) metrics_truncate(s.out + "/metrics.jsonl", r.step);
-    else if (file_exists(s.out + "/metrics.jsonl")) unlink((s.out + "/metrics.jsonl").c_str());
+    if (s.rank == 0) {
+        if (resume) metrics_truncate(s.out + "/metrics.jsonl", r.step);
+        else if (file_exists(s.out + "/metrics.jsonl")) unlink((s.out + "/metrics.jsonl").c_str());
+    }
 
     printf("model: %s, %zu parameters, M = %.3g FLOPs/token\n", s.model_source.c_str(), r.model.num_parameters,
            config_flops_per_token(r.model.cfg, s.seq_len));
@@ -1105,11 +1199,14 @@ int cmd_train(int argc, char** argv) {
     printf("optimizer: AdamW lr %.3g (%s, warmup %ld), betas (%.2f, %.2f), eps %.0e, weight decay %.1f, clip %.1f; %d threads\n",
            s.lr, s.schedule == LRSchedule::MULTISTEP ? "multistep" : "cosine", s.warmup, ADAMW_BETA1, ADAMW_BETA2, ADAMW_EPS,
            WEIGHT_DECAY, CLIP_GRAD_NORM, num_threads());
+    if (s.world > 1 || s.zero)
+        printf("data parallel: %d rank(s) over MPI (%d on this machine)%s\n", s.world, r.dist.local_world,
+               s.zero ? ", ZeRO-1: each rank keeps 1/world of AdamW's state" : "");
     fflush(stdout);
 
     std::string final_dir = train_loop(&r, pretrain_objective);
     if (r.tok) tokenizer_free(r.tok);
-    if (r.step == s.steps) {
+    if (r.step == s.steps && s.rank == 0) {
         std::string png = plot_loss_curve(s.out);
         // the run's story in one line: validation bits per byte from the first evaluation to the last
         double first = NAN, last = NAN;
@@ -1122,6 +1219,7 @@ int cmd_train(int argc, char** argv) {
         printf("loss curve: %s\n", png.empty() ? "(gnuplot not found: see loss_train.tsv, loss_val.tsv)" : png.c_str());
         printf("final: %s\n", final_dir.c_str());
     }
+    dist_finalize(&r.dist);
     return 0;
 }
 
@@ -1299,6 +1397,44 @@ double dist_sum_squares(const Dist& d, const float* x, size_t n, bool sharded) {
     for (double p : part) s += p;
     if (sharded) dist_allreduce_sum(d, &s, 1);
     return s;
+}
+
+// ---------------------------------------------------------------------------- ZeRO-1: clipping and AdamW on a shard
+// After the reduce-scatter only this rank's shard of the gradient is valid. The global norm adds the shards' Σg²
+// over ranks, so every rank gets the same clip coefficient as an unsharded run; AdamW then updates the shard of the
+// weights with the shard of m and v (1/world of the optimizer memory), and an all-gather reassembles the weights.
+
+// torch.nn.utils.clip_grad_norm_ on the valid part of g: norm = sqrt(Σ g²), g ← g · min(1, max_norm / (norm + 1e-6))
+double dist_clip_grad_norm(const Dist& d, float* g, size_t n, double max_norm, bool sharded) {
+    double norm = sqrt(dist_sum_squares(d, g, n, sharded));
+    double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) {
+        float c = (float)coef;
+        size_t b = sharded ? d.shard_begin() : 0, e = sharded ? d.shard_end() : n;
+#pragma omp parallel for schedule(static)
+        for (size_t i = b; i < e; i++) g[i] *= c;
+    }
+    return norm;
+}
+
+// adamw_update restricted to [shard_begin, shard_end): each tensor's overlap with the shard gets adamw_step with the
+// tensor's weight decay, so every element sees exactly the arithmetic of the unsharded update. opt->m, opt->v: [shard].
+void zero_adamw_update(const Dist& d, Model* model, AdamW* opt, float lr) {
+    size_t b = d.shard_begin(), e = d.shard_end();
+    if (d.shard.size() != (size_t)d.world + 1 || d.shard[d.world] != model->num_parameters) die("ZeRO-1: call dist_shards first");
+    if (opt->m.size() != e - b) {
+        opt->m.assign(e - b, 0.0f);
+        opt->v.assign(e - b, 0.0f);
+    }
+    opt->t++;
+    for (const ParamView& pv : param_views(model->cfg)) {
+        size_t n = 1;
+        for (int64_t x : pv.shape) n *= (size_t)x;
+        size_t lo = std::max(b, pv.offset), hi = std::min(e, pv.offset + n);
+        if (lo >= hi) continue;
+        adamw_step(model->params_memory.data() + lo, model->grads_memory.data() + lo, opt->m.data() + (lo - b),
+                   opt->v.data() + (lo - b), hi - lo, lr, pv.is_matrix ? (float)WEIGHT_DECAY : 0.0f, opt->t);
+    }
 }
 
 // ---------------------------------------------------------------------------- NCCL (GPUs)

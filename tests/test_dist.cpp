@@ -7,8 +7,11 @@
 // test instead of stalling the suite.
 #include <doctest/doctest.h>  // TEST_CASE, CHECK, REQUIRE
 #include <unistd.h>           // readlink
+#include <algorithm>          // std::sort
 #include <climits>            // PATH_MAX
+#include <cmath>              // fabs, INFINITY
 #include <cstdlib>            // getenv
+#include <nlohmann/json.hpp>  // nlohmann::json (metrics.jsonl)
 #include <string>             // std::string
 #include <vector>             // std::vector
 #include "../deepseek.h"      // Dist, dist_*
@@ -24,6 +27,11 @@ static std::string self_exe() {
     return buf;
 }
 static bool have_mpirun() { return run_cmd("command -v mpirun").rc == 0; }
+static size_t count_substr(const std::string& s, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = 0; (at = s.find(what, at)) != std::string::npos; at++) n++;
+    return n;
+}
 
 // mpirun as CI and containers need it: root allowed, more ranks than cores, shared memory + loopback only,
 // no core binding (ranks share 2 cores), one OpenMP thread per rank. Bounded by `timeout`.
@@ -137,9 +145,7 @@ TEST_CASE("MPI collectives are exact across 2 and 3 ranks launched by mpirun") {
         auto r = run_cmd(mpirun(np) + self_exe() + " -tc=\"MPI collectives equal the serial sums on every rank*\"");
         INFO("mpirun -np " << np << " output:\n" << r.out);
         CHECK(r.rc == 0);
-        size_t passed = 0;
-        for (size_t at = 0; (at = r.out.find("1 passed, 0 failed", at)) != std::string::npos; at++) passed++;
-        CHECK(passed == (size_t)np);
+        CHECK(count_substr(r.out, "1 passed, 0 failed") == (size_t)np);
     }
 }
 
@@ -225,4 +231,222 @@ TEST_CASE("ZeRO-1 optimizer state that is missing a rank or belongs to another m
         CHECK(e.msg.find("parameters") != std::string::npos);
     }
     CHECK_THROWS_AS(zero_state_load(d, dir, {{"not_there", m.data()}}, n), DeepseekError);
+}
+
+// ---------------------------------------------------------------------------- ZeRO-1 arithmetic, in one process
+
+// A small random model with random gradients, for the optimizer tests.
+static void random_model(Model* m, uint64_t seed) {
+    Config c;
+    c.vocab_size = 67; c.hidden_size = 24; c.num_hidden_layers = 2; c.num_attention_heads = 4; c.num_key_value_heads = 2;
+    c.head_dim = 6; c.intermediate_size = 40; c.max_position_embeddings = 32;
+    model_build(m, c);
+    model_init_random(m, seed, 0.1f);
+    model_zero_grad(m);
+    uint64_t s = seed * 7 + 1;
+    for (float& g : m->grads_memory) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        g = (float)((double)(s >> 11) / 9007199254740992.0 - 0.5) * 0.2f;
+    }
+}
+
+TEST_CASE("ZeRO-1 AdamW over 3 shards equals AdamW over the whole buffer, bit for bit, for 3 steps") {
+    Model whole, sharded;
+    random_model(&whole, 5);
+    random_model(&sharded, 5);
+    AdamW opt_whole;
+    std::vector<AdamW> opt_shard(3);
+    std::vector<Dist> ranks(3);
+    for (int r = 0; r < 3; r++) { ranks[r].world = 3; ranks[r].rank = r; dist_shards(&ranks[r], whole.num_parameters); }
+    for (int step = 0; step < 3; step++) {
+        adamw_update(&whole, &opt_whole, 1e-2f);
+        // each "rank" updates its shard of the same weights (the all-gather is the identity here: one buffer)
+        for (int r = 0; r < 3; r++) zero_adamw_update(ranks[r], &sharded, &opt_shard[r], 1e-2f);
+    }
+    CHECK(sharded.params_memory == whole.params_memory);
+    for (int r = 0; r < 3; r++) {
+        size_t b = ranks[r].shard_begin(), e = ranks[r].shard_end();
+        CHECK(opt_shard[r].m == std::vector<float>(opt_whole.m.begin() + b, opt_whole.m.begin() + e));
+        CHECK(opt_shard[r].v == std::vector<float>(opt_whole.v.begin() + b, opt_whole.v.begin() + e));
+        CHECK(opt_shard[r].t == opt_whole.t);
+    }
+}
+
+TEST_CASE("clipping one shard with the norm summed over shards equals clip_grad_norm of the whole gradient") {
+    Model m;
+    random_model(&m, 9);
+    std::vector<float> whole = m.grads_memory;
+    double want = clip_grad_norm(whole.data(), whole.size(), 1.0);
+    REQUIRE(want > 1.0);   // the clipping branch is taken
+    Dist d;
+    dist_shards(&d, m.num_parameters);   // a world of one: the shard is everything, the sum is local
+    std::vector<float> g = m.grads_memory;
+    double got = dist_clip_grad_norm(d, g.data(), g.size(), 1.0, true);
+    CHECK(fabs(got - want) <= 1e-12 * want);
+    CHECK(max_rel_err(g.data(), whole.data(), g.size(), 1e-30) <= 1e-7);
+}
+
+// ---------------------------------------------------------------------------- data-parallel training (CLI)
+// A 2-layer model (tests/fixtures/model_gqa, V 257) on a noisy arithmetic token stream, 20 steps of 64 tokens.
+
+static std::string dp_data() {
+    std::string d = "build/test_tmp/dist_data";
+    if (file_exists(d + "/data.json")) return d;
+    make_dirs(d);
+    uint64_t s = 11;
+    auto stream = [&s](size_t n) {
+        std::vector<uint32_t> t(n);
+        uint32_t x = 0;
+        for (size_t i = 0; i < n; i++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            x = (x * 5 + 3 + ((s >> 33) % 3 == 0 ? (uint32_t)((s >> 40) % 7) : 0)) % 257;
+            t[i] = x;
+        }
+        return t;
+    };
+    shard_write(d + "/train.bin", stream(8192), 257);
+    shard_write(d + "/val.bin", stream(1024), 257);
+    write_file_atomic(d + "/data.json", "{\"vocab_size\": 257, \"train\": {\"file\": \"train.bin\"}, \"val\": {\"file\": \"val.bin\"}}\n");
+    return d;
+}
+static std::string dp_flags(const std::string& out) {
+    return " train --model tests/fixtures/model_gqa --data " + dp_data() + " --out " + out +
+           " --steps 20 --batch-tokens 64 --seq-len 16 --lr 1e-2 --eval-every 0 --sample-tokens 0 --threads 1";
+}
+// the per-step training losses of a run
+static std::vector<double> dp_losses(const std::string& out) {
+    std::vector<double> l;
+    std::string text = read_file(out + "/metrics.jsonl");
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t e = text.find('\n', pos);
+        if (e == std::string::npos) break;
+        nlohmann::json j = nlohmann::json::parse(text.substr(pos, e - pos));
+        if (j.contains("loss")) l.push_back(j["loss"].get<double>());
+        pos = e + 1;
+    }
+    return l;
+}
+static double losses_rel_err(const std::vector<double>& a, const std::vector<double>& b) {
+    if (a.size() != b.size() || a.empty()) return INFINITY;
+    double w = 0;
+    for (size_t i = 0; i < a.size(); i++) w = std::max(w, fabs(a[i] - b[i]) / fabs(b[i]));
+    return w;
+}
+static std::vector<float> dp_weights(const std::string& model_dir) {
+    Model m;
+    model_load_dir(&m, model_dir);
+    return m.params_memory;
+}
+static CmdResult dp_run(int np, const std::string& args) {
+    std::string cmd = np == 0 ? "OMP_NUM_THREADS=1 timeout -k 5 120 " + deepseek_bin() + args
+                              : mpirun(np) + deepseek_bin() + args;
+    CmdResult r = run_cmd(cmd);
+    if (r.rc != 0) MESSAGE("command failed (" << r.rc << "): " << cmd << "\n" << r.out);
+    return r;
+}
+
+TEST_CASE("each step's global batch holds the same windows for one rank of batch B and for two ranks of B/2") {
+    std::string path = dp_data() + "/train.bin";
+    DataLoader one, r0, r1;
+    loader_init(&one, path, 4, 16, 0, 1, 1337, 257, true);
+    loader_init(&r0, path, 2, 16, 0, 2, 1337, 257, true);
+    loader_init(&r1, path, 2, 16, 1, 2, 1337, 257, true);
+    std::vector<int> in1(64), tg1(64), in0(32), tg0(32), inb(32), tgb(32);
+    for (int step = 0; step < 20; step++) {
+        loader_next(&one, in1.data(), tg1.data());
+        loader_next(&r0, in0.data(), tg0.data());
+        loader_next(&r1, inb.data(), tgb.data());
+        std::vector<std::vector<int>> a, b;   // the step's rows, as sets
+        for (int i = 0; i < 4; i++) a.push_back(std::vector<int>(in1.begin() + 16 * i, in1.begin() + 16 * i + 16));
+        for (int i = 0; i < 2; i++) b.push_back(std::vector<int>(in0.begin() + 16 * i, in0.begin() + 16 * i + 16));
+        for (int i = 0; i < 2; i++) b.push_back(std::vector<int>(inb.begin() + 16 * i, inb.begin() + 16 * i + 16));
+        std::sort(a.begin(), a.end());
+        std::sort(b.begin(), b.end());
+        CHECK(a == b);
+    }
+}
+
+TEST_CASE("mpirun -np 2 with half the micro-batch reproduces one process: losses within 1e-5 for 20 steps") {
+    if (skip_multirank("data-parallel training")) return;
+    auto one = dp_run(0, dp_flags("build/test_tmp/dp_one") + " --micro-batch 4 --save-every 0");
+    auto two = dp_run(2, dp_flags("build/test_tmp/dp_two") + " --micro-batch 2 --save-every 0");
+    REQUIRE(one.rc == 0);
+    REQUIRE(two.rc == 0);
+    auto a = dp_losses("build/test_tmp/dp_one"), b = dp_losses("build/test_tmp/dp_two");
+    CHECK(a.size() == 20);
+    // fp32 sums over 4 rows vs 2+2 rows differ in the last bits; AdamW carries that through 20 steps
+    double e = losses_rel_err(b, a);
+    MESSAGE("losses 1 rank × 4 vs 2 ranks × 2: max rel err " << e << " (first " << a[0] << ", last " << a.back() << ")");
+    CHECK(e <= 1e-5);
+    auto wa = dp_weights("build/test_tmp/dp_one/final"), wb = dp_weights("build/test_tmp/dp_two/final");
+    REQUIRE(wa.size() == wb.size());
+    MESSAGE("final weights: max rel err " << max_rel_err(wb.data(), wa.data(), wa.size(), 1e-2));
+    // rank 0 speaks for the run: one log, not one per rank
+    CHECK(count_substr(two.out, "step 20/20 |") == 1);
+    CHECK(two.out.find("data parallel: 2 rank(s)") != std::string::npos);
+}
+
+TEST_CASE("ZeRO-1 on and off give the same losses and weights within 1e-6 after 20 steps on 2 ranks") {
+    if (skip_multirank("ZeRO-1 training")) return;
+    auto off = dp_run(2, dp_flags("build/test_tmp/dp_zero0") + " --micro-batch 2 --save-every 0");
+    auto on = dp_run(2, dp_flags("build/test_tmp/dp_zero1") + " --micro-batch 2 --save-every 0 --zero 1");
+    REQUIRE(off.rc == 0);
+    REQUIRE(on.rc == 0);
+    auto a = dp_losses("build/test_tmp/dp_zero0"), b = dp_losses("build/test_tmp/dp_zero1");
+    CHECK(a.size() == 20);
+    double e = losses_rel_err(b, a);
+    auto wa = dp_weights("build/test_tmp/dp_zero0/final"), wb = dp_weights("build/test_tmp/dp_zero1/final");
+    REQUIRE(wa.size() == wb.size());
+    double ew = max_rel_err(wb.data(), wa.data(), wa.size(), 1e-2);
+    MESSAGE("ZeRO-1 vs replicated: losses max rel err " << e << ", weights " << ew);
+    CHECK(e <= 1e-6);
+    CHECK(ew <= 1e-6);
+    // optimizer state: one file per rank with ZeRO-1, the single replicated file without
+    CHECK(file_exists("build/test_tmp/dp_zero1/final/optimizer-rank00000-of-00002.safetensors"));
+    CHECK(file_exists("build/test_tmp/dp_zero1/final/optimizer-rank00001-of-00002.safetensors"));
+    CHECK(!file_exists("build/test_tmp/dp_zero1/final/optimizer.safetensors"));
+    CHECK(file_exists("build/test_tmp/dp_zero0/final/optimizer.safetensors"));
+}
+
+TEST_CASE("a 2-rank checkpoint resumes on 2 ranks bit-exactly, with ZeRO-1 and without") {
+    if (skip_multirank("checkpoint and resume")) return;
+    for (int zero : {1, 0}) {
+        std::string a = "build/test_tmp/dp_ckpt" + std::to_string(zero), b = a + "_resumed";
+        run_cmd("rm -rf " + a + " " + b);
+        auto full = dp_run(2, dp_flags(a) + " --micro-batch 2 --save-every 10 --zero " + std::to_string(zero));
+        REQUIRE(full.rc == 0);
+        auto res = dp_run(2, " train --resume " + a + "/step_000010 --out " + b + " --threads 1");
+        REQUIRE(res.rc == 0);
+        auto la = dp_losses(a), lb = dp_losses(b);
+        REQUIRE(la.size() == 20);
+        REQUIRE(lb.size() == 10);
+        CHECK(std::vector<double>(la.begin() + 10, la.end()) == lb);
+        CHECK(read_file(a + "/final/model.safetensors") == read_file(b + "/final/model.safetensors"));
+        if (zero)
+            for (const char* f : {"/final/optimizer-rank00000-of-00002.safetensors", "/final/optimizer-rank00001-of-00002.safetensors"})
+                CHECK(read_file(a + f) == read_file(b + f));
+        else
+            CHECK(read_file(a + "/final/optimizer.safetensors") == read_file(b + "/final/optimizer.safetensors"));
+    }
+}
+
+TEST_CASE("a 2-rank ZeRO-1 checkpoint resumes on 1 rank by re-sharding; an impossible split is a clear error") {
+    if (skip_multirank("re-sharding on resume")) return;
+    std::string a = "build/test_tmp/dp_reshard", b = a + "_one";
+    run_cmd("rm -rf " + a + " " + b);
+    REQUIRE(dp_run(2, dp_flags(a) + " --micro-batch 2 --save-every 10 --zero 1").rc == 0);
+    auto one = dp_run(0, " train --resume " + a + "/step_000010 --out " + b + " --threads 1");
+    REQUIRE(one.rc == 0);
+    CHECK(one.out.find("re-sharding the run from 2 to 1 rank(s)") != std::string::npos);
+    auto la = dp_losses(a), lb = dp_losses(b);
+    REQUIRE(la.size() == 20);
+    double e = losses_rel_err(lb, std::vector<double>(la.begin() + 10, la.end()));
+    MESSAGE("steps 11-20 resumed on 1 rank vs 2 ranks: losses max rel err " << e);
+    CHECK(e <= 1e-5);
+    // 4 sequences per step cannot be dealt out to 3 ranks
+    auto three = run_cmd(mpirun(3) + deepseek_bin() + " train --resume " + a + "/step_000010 --out " + a + "_three --threads 1");
+    CHECK(three.rc != 0);
+    CHECK(three.out.find("error: train: ") != std::string::npos);
+    CHECK(three.out.find("cannot be split over 3 rank(s)") != std::string::npos);
 }

@@ -935,7 +935,7 @@ static std::string train_loop(TrainRun* r, float (*objective)(Model*, const int*
             model_backward(&r->model, dl.data());
         }
         allreduce_gradients(r);
-        double shared[2] = {loss, g_stop_signal ? 1.0 : 0.0};   // the global batch's loss; a stop request on any rank
+        double shared[2] = {loss, (double)g_stop_signal};   // the global batch's loss; a stop request on any rank
         dist_allreduce_sum(r->dist, shared, 2);
         loss = shared[0] / s.world;
         bool stop = shared[1] > 0;
@@ -966,7 +966,8 @@ static std::string train_loop(TrainRun* r, float (*objective)(Model*, const int*
         }
         if (stop && !last) {
             if (metrics) fclose(metrics);
-            printf("stopped by signal %d after step %ld; resume with: deepseek train --resume %s\n", (int)g_stop_signal, r->step,
+            std::string by = g_stop_signal ? std::to_string((int)g_stop_signal) : "on another rank";
+            printf("stopped by signal %s after step %ld; resume with: deepseek train --resume %s\n", by.c_str(), r->step,
                    last_ckpt.c_str());
             return last_ckpt;
         }

@@ -450,3 +450,25 @@ TEST_CASE("a 2-rank ZeRO-1 checkpoint resumes on 1 rank by re-sharding; an impos
     CHECK(three.out.find("error: train: ") != std::string::npos);
     CHECK(three.out.find("cannot be split over 3 rank(s)") != std::string::npos);
 }
+
+TEST_CASE("SIGTERM to one rank stops every rank after the same step, with one complete checkpoint") {
+    if (skip_multirank("stopping by signal")) return;
+    std::string out = "build/test_tmp/dp_signal";
+    run_cmd("rm -rf " + out);
+    // a long run in the background ($! is `timeout`, its child mpirun, whose children are the ranks); once rank 0
+    // has logged a step every rank has its handlers: signal one rank, not mpirun
+    std::string cmd = mpirun(2) + deepseek_bin() + dp_flags(out) + " --steps 100000 --micro-batch 2 --save-every 0 --zero 1 & MP=$!; "
+                      "for i in $(seq 600); do [ -s " + out + "/metrics.jsonl ] && break; sleep 0.1; done; "
+                      "kill -TERM $(pgrep -P $(pgrep -P $MP -x mpirun) | tail -n 1); wait $MP";   // a rank: mpirun's child
+    auto r = run_cmd(cmd);
+    INFO(r.out);
+    CHECK(r.rc == 0);
+    CHECK(r.out.find("stopped by signal") != std::string::npos);
+    CHECK(r.out.find("error") == std::string::npos);
+    size_t at = r.out.find("resume with: deepseek train --resume ");
+    REQUIRE(at != std::string::npos);
+    std::string ckpt = r.out.substr(at + 37, r.out.find('\n', at) - at - 37);
+    CHECK(file_exists(ckpt + "/trainer_state.json"));
+    CHECK(file_exists(ckpt + "/optimizer-rank00000-of-00002.safetensors"));
+    CHECK(file_exists(ckpt + "/optimizer-rank00001-of-00002.safetensors"));
+}

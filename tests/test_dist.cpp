@@ -151,8 +151,8 @@ TEST_CASE("MPI collectives are exact across 2 and 3 ranks launched by mpirun") {
 
 // ---------------------------------------------------------------------------- NCCL (GPUs)
 
-// On one GPU this is a single-rank NCCL run; tests/gpu_check.sh also runs it under `mpirun -np <GPUs>`.
-TEST_CASE("NCCL collectives on device memory equal the host sums on every GPU (worker)") {
+// Named CUDA* so tests/gpu_check.sh runs it (one rank); under `mpirun -np <GPUs>` it checks NCCL across all GPUs.
+TEST_CASE("CUDA NCCL collectives on device memory equal the host sums on every GPU (worker)") {
     if (cuda_device_count() == 0) { MESSAGE("skipped: no CUDA device"); g_tests_skipped++; return; }
     Dist d;
     dist_init(&d);

@@ -23,7 +23,20 @@ LDLIBS    := -lonig -fopenmp -lpthread
 # nvcc's front end: 177 = unused static function (g++ gets -Wno-unused-function), 1675 = `#pragma GCC ...`
 # meant for the host compiler, which still receives it
 NVCCFLAGS := -std=c++17 $(OPT) $(CUDA_ARCHS) -DDEEPSEEK_CUDA --diag-suppress 177,1675 -Xcompiler "-march=$(ARCH) -fopenmp -g $(WARN)"
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lnccl
+
+# MPI (data-parallel ranks): the flags OpenMPI's wrapper would add, taken from `mpicxx --showme` so every variant
+# (g++, nvcc, ASan) compiles train.cu with -DDEEPSEEK_MPI; without an MPI install the build is single-process.
+MPICXX    ?= mpicxx
+MPI_INC   := $(shell $(MPICXX) --showme:incdirs 2>/dev/null)
+MPI_LIBD  := $(shell $(MPICXX) --showme:libdirs 2>/dev/null)
+HAVE_MPI  := $(shell command -v $(MPICXX) 2>/dev/null)
+ifneq ($(HAVE_MPI),)
+MPI_FLAGS := -DDEEPSEEK_MPI $(addprefix -I,$(MPI_INC))
+CXXFLAGS  += $(MPI_FLAGS)
+NVCCFLAGS += $(MPI_FLAGS)
+LDLIBS    += $(addprefix -L,$(MPI_LIBD)) -lmpi
+endif
 
 SRCS_CU   := deepseek.cu train.cu infer.cu
 TEST_SRCS := $(wildcard tests/*.cpp)
@@ -82,6 +95,7 @@ build/cuda/test_deepseek: build/cuda/deepseek_nomain.o build/cuda/train.o build/
 
 # ---- sanitizer build: CPU-only, -O1, ASan + UBSan
 ASAN_FLAGS := -std=c++17 -O1 -march=$(ARCH) -fopenmp -g $(WARN) -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+ASAN_FLAGS += $(MPI_FLAGS)
 build/asan/%.o: %.cu $(HDRS)
 	@mkdir -p $(@D)
 	$(CXX) $(ASAN_FLAGS) -x c++ -c $< -o $@

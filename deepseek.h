@@ -533,3 +533,48 @@ double dpo_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, c
                             const double* ref_rejected, double beta, int pad, DpoStats* stats);
 // chat evaluation (infer.cu)
 bool text_is_repetitive(const std::string& text);   // some sentence (between . ! ? newline) occurs twice
+// data parallelism (train.cu): MPI ranks, gradient sums over ranks (MPI on CPU, NCCL on GPUs), ZeRO-1 shards.
+// Without an MPI launch every function is a no-op on a single process (rank 0 of 1).
+
+struct Dist {
+    int rank = 0, world = 1;              // this process among all of them
+    int local_rank = 0, local_world = 1;  // among the processes on this machine; local_rank picks the GPU
+    bool mpi = false;                     // launched by mpirun / srun, MPI initialised
+    void* nccl = nullptr;                 // ncclComm_t once dist_nccl_init ran (CUDA builds)
+    // ZeRO-1: rank r owns elements [shard[r], shard[r+1]) of the flat parameter buffer (dist_shards)
+    std::vector<size_t> shard;
+    size_t shard_begin() const { return shard.empty() ? 0 : shard[rank]; }
+    size_t shard_end() const { return shard.empty() ? 0 : shard[rank + 1]; }
+};
+bool dist_launched();                        // true under mpirun / srun (read from the environment)
+void dist_init(Dist* d);                     // MPI_Init when launched; a lone process otherwise. Idempotent.
+void dist_finalize(Dist* d);                 // MPI_Finalize (and NCCL teardown); call once, on success
+void dist_shards(Dist* d, size_t n);         // world near-equal contiguous pieces of n elements
+// MPI collectives on host memory, in place (sum over ranks)
+void dist_allreduce_sum(const Dist& d, float* x, size_t n);
+void dist_allreduce_sum(const Dist& d, double* x, size_t n);
+void dist_reduce_scatter_sum(const Dist& d, float* x);   // x[n]: afterwards this rank's shard holds the sum
+void dist_allgather(const Dist& d, float* x);            // x[n]: every rank's shard copied to all ranks
+void dist_broadcast(const Dist& d, void* buf, size_t bytes, int root);
+void dist_barrier(const Dist& d);
+// Σ x² over a gradient: over the whole of x[n] (replicated gradients), or, when sharded, over this rank's
+// shard summed over ranks, so the global norm is right under ZeRO-1. In double.
+double dist_sum_squares(const Dist& d, const float* x, size_t n, bool sharded);
+// clip_grad_norm over ranks: with sharded, the norm of the whole gradient from this rank's valid shard; returns it
+double dist_clip_grad_norm(const Dist& d, float* g, size_t n, double max_norm, bool sharded);
+// ZeRO-1 AdamW: adamw_update's arithmetic on this rank's shard of the weights; opt->m and opt->v hold the shard only
+void zero_adamw_update(const Dist& d, Model* model, AdamW* opt, float lr);
+// NCCL on device memory (CUDA builds; dies elsewhere). stream: a cudaStream_t, nullptr = the default stream.
+void dist_nccl_init(Dist* d);                // device local_rank, unique id from rank 0 broadcast over MPI
+void dist_nccl_allreduce_sum(const Dist& d, float* x, size_t n, void* stream);
+void dist_nccl_reduce_scatter_sum(const Dist& d, float* x, void* stream);
+void dist_nccl_allgather(const Dist& d, float* x, void* stream);
+// tests/gpu_check.sh: NCCL collectives on device memory vs host sums, bit-exact; returns the wrong elements
+size_t dist_nccl_selftest(Dist* d, size_t n, std::string* report);
+// ZeRO-1 optimizer state, one file per rank: DIR/optimizer-rank<r>-of-<N>.safetensors holds this rank's slice of
+// each named [n] tensor. Loading re-shards: any saved world size loads into any other.
+void zero_state_save(const Dist& d, const std::string& dir, const std::vector<std::pair<std::string, const float*>>& tensors,
+                     size_t n);
+void zero_state_load(const Dist& d, const std::string& dir, const std::vector<std::pair<std::string, float*>>& tensors,
+                     size_t n);   // tensors: this rank's shard buffers
+int zero_state_world(const std::string& dir);  // the world size that saved DIR's optimizer state (0: none)

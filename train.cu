@@ -9,6 +9,7 @@
 //
 // Shapes: B sequences per micro-batch, T tokens per sequence; a step = accum micro-batches × world ranks.
 #include "deepseek.h"
+#include <functional>          // std::function (checkpoint_save's per-rank hook)
 #include <algorithm>     // std::sort, std::min, std::max
 #include <chrono>        // steady_clock: tokens/s, ETA
 #include <cerrno>        // errno
@@ -583,17 +584,23 @@ static std::string step_name(long step) {
     return b;
 }
 
-void checkpoint_save(const std::string& dir, const Model& m, const AdamW& opt, const json& state, const std::string& tokenizer) {
+// write_shards (ZeRO-1): called once the temporary directory exists, it has every rank write its optimizer shard
+// there (optimizer-rank<r>-of-<N>.safetensors) in place of optimizer.safetensors, before the rename publishes it.
+void checkpoint_save(const std::string& dir, const Model& m, const AdamW& opt, const json& state, const std::string& tokenizer,
+                     const std::function<void(const std::string& tmp)>& write_shards = nullptr) {
     std::string tmp = dir + ".tmp";
     remove_tree(tmp);
     make_dirs(tmp);
+    if (write_shards) write_shards(tmp);
     model_save_dir(m, tmp, false);
-    std::vector<TensorOut> ts;
-    for (const ParamView& pv : param_views(m.cfg)) {
-        ts.push_back({"exp_avg." + pv.name, DType::F32, pv.shape, opt.m.data() + pv.offset});
-        ts.push_back({"exp_avg_sq." + pv.name, DType::F32, pv.shape, opt.v.data() + pv.offset});
+    if (!write_shards) {
+        std::vector<TensorOut> ts;
+        for (const ParamView& pv : param_views(m.cfg)) {
+            ts.push_back({"exp_avg." + pv.name, DType::F32, pv.shape, opt.m.data() + pv.offset});
+            ts.push_back({"exp_avg_sq." + pv.name, DType::F32, pv.shape, opt.v.data() + pv.offset});
+        }
+        safetensors_write(tmp + "/optimizer.safetensors", ts, false, {{"step", std::to_string(opt.t)}, {"optimizer", "AdamW"}});
     }
-    safetensors_write(tmp + "/optimizer.safetensors", ts, false, {{"step", std::to_string(opt.t)}, {"optimizer", "AdamW"}});
     if (!tokenizer.empty() && file_exists(tokenizer)) copy_file(tokenizer, tmp + "/tokenizer.json");
     write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
     fsync_dir(tmp);
@@ -613,14 +620,18 @@ static json checkpoint_load(const std::string& dir, Model* m, AdamW* opt) {
     json state = parse_json_file(dir + "/trainer_state.json");
     if (!state.is_object() || !state.contains("step") || !state.contains("settings")) die("%s/trainer_state.json: missing step or settings", dir.c_str());
     model_load_dir(m, dir);
-    SafeTensors st;
-    st.open_file(dir + "/optimizer.safetensors");
-    opt->m.assign(m->num_parameters, 0.0f);
-    opt->v.assign(m->num_parameters, 0.0f);
-    for (const ParamView& pv : param_views(m->cfg)) {
-        st.read_f32("exp_avg." + pv.name, pv.shape, opt->m.data() + pv.offset);
-        st.read_f32("exp_avg_sq." + pv.name, pv.shape, opt->v.data() + pv.offset);
-    }
+    opt->m.clear();
+    opt->v.clear();
+    if (file_exists(dir + "/optimizer.safetensors") || zero_state_world(dir) == 0) {
+        SafeTensors st;
+        st.open_file(dir + "/optimizer.safetensors");
+        opt->m.assign(m->num_parameters, 0.0f);
+        opt->v.assign(m->num_parameters, 0.0f);
+        for (const ParamView& pv : param_views(m->cfg)) {
+            st.read_f32("exp_avg." + pv.name, pv.shape, opt->m.data() + pv.offset);
+            st.read_f32("exp_avg_sq." + pv.name, pv.shape, opt->v.data() + pv.offset);
+        }
+    }   // else ZeRO-1 shards (optimizer-rank*-of-*.safetensors): load_optimizer_state reads them for this rank
     opt->t = state["step"].get<long>();
     return state;
 }
@@ -699,7 +710,8 @@ struct TrainSettings {
     int sample_tokens = 32;
     uint64_t seed = 1337;
     double compute = 0;      // when the laws chose batch/lr/tokens
-    int rank = 0, world = 1; // data parallelism (MPI) comes next; a single process is rank 0 of 1
+    int rank = 0, world = 1; // data parallelism: this process among `world` MPI ranks (a lone process: 0 of 1)
+    int zero = 0;            // ZeRO stage: 1 shards AdamW's m and v over the ranks
 };
 
 static json settings_json(const TrainSettings& s) {
@@ -708,7 +720,7 @@ static json settings_json(const TrainSettings& s) {
             {"lr", s.lr}, {"lr_schedule", s.schedule == LRSchedule::MULTISTEP ? "multistep" : "cosine"},
             {"warmup_steps", s.warmup}, {"eval_every", s.eval_every}, {"save_every", s.save_every},
             {"eval_windows", s.eval_windows}, {"keep", s.keep}, {"sample_tokens", s.sample_tokens}, {"seed", s.seed},
-            {"compute", s.compute}, {"world_size", s.world}};
+            {"compute", s.compute}, {"world_size", s.world}, {"zero", s.zero}};
 }
 static TrainSettings settings_from_json(const json& j, const std::string& where) {
     TrainSettings s;
@@ -720,6 +732,7 @@ static TrainSettings settings_from_json(const json& j, const std::string& where)
         s.warmup = j.at("warmup_steps"); s.eval_every = j.at("eval_every"); s.save_every = j.at("save_every");
         s.eval_windows = j.at("eval_windows"); s.keep = j.at("keep"); s.sample_tokens = j.at("sample_tokens");
         s.seed = j.at("seed"); s.compute = j.at("compute"); s.world = j.at("world_size");
+        s.zero = j.value("zero", 0);
     } catch (const std::exception& e) { die("%s: malformed settings (%s)", where.c_str(), e.what()); }
     return s;
 }
@@ -789,6 +802,7 @@ static std::string plot_loss_curve(const std::string& out) {
 
 struct TrainRun {
     TrainSettings s;
+    Dist dist;                      // MPI ranks (and, under ZeRO-1, this rank's shard of the parameters)
     Model model;
     AdamW opt;
     DataLoader train, val;
@@ -803,8 +817,42 @@ struct TrainRun {
     double mean_bytes_per_token = 0;  // bits per byte without a tokenizer
 };
 
-// The gradient all-reduce point: with data parallelism every rank averages its gradient here (MPI/NCCL).
-static void allreduce_gradients(TrainRun* r) { (void)r; }
+// The gradient all-reduce point. Each rank's loss weights carry 1/world, so the sum over ranks is the gradient of
+// the global batch's mean loss. ZeRO-1 needs only this rank's shard of that sum: a reduce-scatter.
+static void allreduce_gradients(TrainRun* r) {
+    if (r->s.zero) dist_reduce_scatter_sum(r->dist, r->model.grads_memory.data());
+    else dist_allreduce_sum(r->dist, r->model.grads_memory.data(), r->model.num_parameters);
+}
+// clipping at the global norm; under ZeRO-1 the norm adds the shards' parts over ranks
+static double clip_gradients(TrainRun* r) {
+    if (!r->s.zero) return clip_grad_norm(r->model.grads_memory.data(), r->model.num_parameters, CLIP_GRAD_NORM);
+    return dist_clip_grad_norm(r->dist, r->model.grads_memory.data(), r->model.num_parameters, CLIP_GRAD_NORM, true);
+}
+// AdamW; under ZeRO-1 each rank updates its shard, then the ranks all-gather the weights
+static void optimizer_update(TrainRun* r, float lr) {
+    if (!r->s.zero) { adamw_update(&r->model, &r->opt, lr); return; }
+    zero_adamw_update(r->dist, &r->model, &r->opt, lr);
+    dist_allgather(r->dist, r->model.params_memory.data());
+}
+// AdamW state from a checkpoint, for this rank: optimizer.safetensors (replicated; sliced under ZeRO-1) or the
+// ZeRO-1 files of any world size (re-sharded; assembled whole without ZeRO-1)
+static void load_optimizer_state(TrainRun* r, const std::string& ckpt) {
+    size_t n = r->model.num_parameters;
+    Dist own = r->dist;
+    if (!r->s.zero) { own.rank = 0; own.world = 1; }
+    dist_shards(&own, n);
+    size_t b = own.shard_begin(), e = own.shard_end();
+    if (r->opt.m.size() == n) {
+        if (r->s.zero) {
+            r->opt.m = std::vector<float>(r->opt.m.begin() + b, r->opt.m.begin() + e);
+            r->opt.v = std::vector<float>(r->opt.v.begin() + b, r->opt.v.begin() + e);
+        }
+        return;
+    }
+    r->opt.m.assign(e - b, 0.0f);
+    r->opt.v.assign(e - b, 0.0f);
+    zero_state_load(own, ckpt, {{"exp_avg", r->opt.m.data()}, {"exp_avg_sq", r->opt.v.data()}}, n);
+}
 
 static json trainer_state(const TrainRun& r, double elapsed) {
     return {{"step", r.step}, {"tokens_seen", r.tokens_seen}, {"elapsed_s", elapsed},
@@ -822,7 +870,7 @@ static void write_metric(FILE* f, const json& j) {
 }
 
 static void run_eval(TrainRun* r, FILE* metrics) {
-    if (!r->has_val) return;
+    if (!r->has_val || r->s.rank != 0) return;
     EvalResult e = evaluate(&r->model, &r->val, r->s.eval_windows, r->token_bytes, r->mean_bytes_per_token);
     printf("eval  step %ld | val loss %.4f | val bpb %.4f (unigram %.4f) | %zu tokens\n", r->step, e.loss, e.bits_per_byte,
            r->unigram_bpb, e.tokens);
@@ -844,8 +892,23 @@ static void run_eval(TrainRun* r, FILE* metrics) {
     fflush(stdout);
 }
 
+// Called on every rank. Rank 0 writes the model directory and trainer state; without ZeRO-1 also the (replicated)
+// optimizer state, with ZeRO-1 each rank writes its shard into rank 0's temporary directory, which across machines
+// must be on a shared filesystem.
 static void save_checkpoint(TrainRun* r, const std::string& dir, double elapsed) {
-    checkpoint_save(dir, r->model, r->opt, trainer_state(*r, elapsed), r->tokenizer_path);
+    if (!r->s.zero) {
+        if (r->s.rank == 0) checkpoint_save(dir, r->model, r->opt, trainer_state(*r, elapsed), r->tokenizer_path);
+        dist_barrier(r->dist);
+        return;
+    }
+    auto write_shard = [r](const std::string& tmp) {
+        dist_barrier(r->dist);   // rank 0 has made the temporary directory
+        zero_state_save(r->dist, tmp, {{"exp_avg", r->opt.m.data()}, {"exp_avg_sq", r->opt.v.data()}}, r->model.num_parameters);
+        dist_barrier(r->dist);   // every shard is written
+    };
+    if (r->s.rank == 0) checkpoint_save(dir, r->model, r->opt, trainer_state(*r, elapsed), r->tokenizer_path, write_shard);
+    else write_shard(dir + ".tmp");
+    dist_barrier(r->dist);       // the checkpoint is in place
 }
 
 // Runs the optimisation from r->step to r->s.steps; returns the final checkpoint's path.
@@ -868,18 +931,22 @@ static std::string train_loop(TrainRun* r, float (*objective)(Model*, const int*
         for (int k = 0; k < s.accum; k++) {
             loader_next(&r->train, in.data(), tg.data());
             loss += objective(&r->model, in.data(), tg.data(), B, T, &dl) / s.accum;
-            for (float& w : dl) w /= (float)s.accum;   // the step's loss is the mean over its micro-batches
+            for (float& w : dl) w /= (float)(s.accum * s.world);   // the step's loss: the mean over micro-batches and ranks
             model_backward(&r->model, dl.data());
         }
         allreduce_gradients(r);
-        double norm = clip_grad_norm(r->model.grads_memory.data(), r->model.num_parameters, CLIP_GRAD_NORM);
+        double shared[2] = {loss, (double)g_stop_signal};   // the global batch's loss; a stop request on any rank
+        dist_allreduce_sum(r->dist, shared, 2);
+        loss = shared[0] / s.world;
+        bool stop = shared[1] > 0;
+        double norm = clip_gradients(r);
         if (!std::isfinite(loss) || !std::isfinite(norm)) {
             if (metrics) fclose(metrics);
             die("step %ld: the loss is not finite (loss %g, grad norm %g): stopping without an update; the last good "
                 "checkpoint is %s", r->step + 1, loss, norm, last_ckpt.empty() ? "(none written by this process)" : last_ckpt.c_str());
         }
         double lr = lr_at(s.schedule, s.lr, r->step, s.steps, s.warmup);
-        adamw_update(&r->model, &r->opt, (float)lr);
+        optimizer_update(r, (float)lr);
         r->step++;
         r->tokens_seen += step_tokens;
         double t1 = now_s(), elapsed = r->elapsed_before + (t1 - t_start);
@@ -891,22 +958,23 @@ static std::string train_loop(TrainRun* r, float (*objective)(Model*, const int*
                                {"tokens_per_s", step_tokens / (t1 - t0)}, {"elapsed_s", elapsed}});
         bool last = r->step == s.steps;
         if (s.eval_every > 0 && (r->step % s.eval_every == 0 || last)) run_eval(r, metrics);
-        if (r->s.rank == 0 && !last && ((s.save_every > 0 && r->step % s.save_every == 0) || g_stop_signal)) {
+        if (!last && ((s.save_every > 0 && r->step % s.save_every == 0) || stop)) {
             last_ckpt = s.out + "/" + step_name(r->step);
             save_checkpoint(r, last_ckpt, elapsed);
-            checkpoint_prune(s.out, s.keep);
+            if (r->s.rank == 0) checkpoint_prune(s.out, s.keep);
             printf("checkpoint: %s\n", last_ckpt.c_str());
         }
-        if (g_stop_signal && !last) {
+        if (stop && !last) {
             if (metrics) fclose(metrics);
-            printf("stopped by signal %d after step %ld; resume with: deepseek train --resume %s\n", (int)g_stop_signal, r->step,
+            std::string by = g_stop_signal ? std::to_string((int)g_stop_signal) : "on another rank";
+            printf("stopped by signal %s after step %ld; resume with: deepseek train --resume %s\n", by.c_str(), r->step,
                    last_ckpt.c_str());
             return last_ckpt;
         }
     }
     if (metrics) fclose(metrics);
     std::string final_dir = s.out + "/final";
-    if (r->s.rank == 0) save_checkpoint(r, final_dir, r->elapsed_before + (now_s() - t_start));
+    save_checkpoint(r, final_dir, r->elapsed_before + (now_s() - t_start));
     return final_dir;
 }
 
@@ -935,6 +1003,9 @@ static void train_usage() {
            "  --sample-tokens N    length of the greedy sample at each evaluation (default 32; 0 = none)\n"
            "  --resume DIR         continue a run exactly (a checkpoint, or a run directory: its newest checkpoint)\n"
            "  --seed S             initialisation and data order (default 1337)     --threads N   OpenMP threads\n"
+           "  --zero 0|1           ZeRO-1: shard AdamW's state over the MPI ranks (default 0)\n"
+           "  data parallel:       mpirun -np N deepseek train ... (or srun): --micro-batch is per rank, --batch-tokens\n"
+           "                       global; rank r reads windows r, r+N, ... of each step's global batch; rank 0 logs\n"
            "  outputs: OUT/metrics.jsonl, OUT/step_NNNNNN/ checkpoints, OUT/final/ (model directory + optimizer and\n"
            "  trainer state), OUT/loss.png. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n");
 }
@@ -948,7 +1019,7 @@ int cmd_train(int argc, char** argv) {
     if (is_help(argc, argv, 2)) { train_usage(); return 0; }
     Args a(argc, argv, 2, "train",
            {"preset", "model", "data", "out", "steps", "batch-tokens", "seq-len", "micro-batch", "lr", "lr-schedule",
-            "warmup-steps", "compute", "eval-every", "eval-windows", "save-every", "keep", "sample-tokens", "seed", "resume",
+            "warmup-steps", "compute", "eval-every", "eval-windows", "save-every", "keep", "sample-tokens", "seed", "resume", "zero",
             "threads", "device"},
            {});
     if (!a.positional.empty()) die("train: unexpected argument '%s'", a.positional[0].c_str());
@@ -956,6 +1027,8 @@ int cmd_train(int argc, char** argv) {
     if (device_select(a.str("device", "cpu")) != Device::CPU) die("train: only the CPU backend trains so far (use --device cpu)");
     TrainRun r;
     TrainSettings& s = r.s;
+    dist_init(&r.dist);   // rank and world from mpirun / srun; a lone process is rank 0 of 1
+    if (r.dist.rank != 0 && !freopen("/dev/null", "w", stdout)) die("rank %d: cannot silence stdout", r.dist.rank);
     bool resume = a.has("resume");
     std::string ckpt;
     if (resume) {
@@ -978,6 +1051,21 @@ int cmd_train(int argc, char** argv) {
         // the loaders are opened below; the cursor is applied after
         r.train.epoch = cur.value("epoch", 0ull);
         r.train.index = cur.value("index", (size_t)0);
+        if (a.has("zero")) s.zero = (int)a.integer("zero", 0, 0, 1);
+        if (s.world != r.dist.world) {
+            // re-shard the run: the same sequences per step and the same global window order, over the new ranks
+            long seqs = (long)s.accum * s.micro_batch * s.world;
+            size_t done = r.train.index * (size_t)s.world;   // this epoch's windows read by all ranks together
+            if (seqs % ((long)s.micro_batch * r.dist.world) != 0 || done % r.dist.world != 0)
+                die("train: %s was saved by %d rank(s); its batch of %ld sequences (micro-batch %d) cannot be split over %d "
+                    "rank(s): resume with %d rank(s)", ckpt.c_str(), s.world, seqs, s.micro_batch, r.dist.world, s.world);
+            printf("note: re-sharding the run from %d to %d rank(s): %d micro-batch(es) per step and rank\n", s.world,
+                   r.dist.world, (int)(seqs / ((long)s.micro_batch * r.dist.world)));
+            s.accum = (int)(seqs / ((long)s.micro_batch * r.dist.world));
+            r.train.index = done / r.dist.world;
+        }
+        s.rank = r.dist.rank;
+        s.world = r.dist.world;
         printf("resuming %s at step %ld (%.0f tokens seen)\n", ckpt.c_str(), r.step, r.tokens_seen);
     } else {
         if (!a.has("data")) die("train: --data DIR is required (made by deepseek data prepare)");
@@ -985,6 +1073,9 @@ int cmd_train(int argc, char** argv) {
         s.data = a.str("data");
         s.out = a.str("out");
         s.seed = (uint64_t)a.integer("seed", 1337, 0, 1LL << 62);
+        s.zero = (int)a.integer("zero", 0, 0, 1);
+        s.rank = r.dist.rank;
+        s.world = r.dist.world;
     }
     // the data: data.json names the shards and the tokenizer
     if (!dir_exists(s.data)) die("train: data directory %s does not exist", s.data.c_str());
@@ -1062,6 +1153,8 @@ int cmd_train(int argc, char** argv) {
     }
     if (data_vocab > r.model.cfg.vocab_size)
         die("train: the data's vocabulary (%d) is larger than the model's (%d)", data_vocab, r.model.cfg.vocab_size);
+    if (s.zero) dist_shards(&r.dist, r.model.num_parameters);
+    if (resume) load_optimizer_state(&r, ckpt);
     {   // loaders (the resume cursor was parked in r.train before init)
         uint64_t ep = r.train.epoch;
         size_t ix = r.train.index;
@@ -1093,8 +1186,10 @@ int cmd_train(int argc, char** argv) {
         printf("note: no tokenizer in %s: no samples; bits per byte from the split's mean bytes per token\n", s.data.c_str());
     }
     make_dirs(s.out);
-    if (resume) metrics_truncate(s.out + "/metrics.jsonl", r.step);
-    else if (file_exists(s.out + "/metrics.jsonl")) unlink((s.out + "/metrics.jsonl").c_str());
+    if (s.rank == 0) {
+        if (resume) metrics_truncate(s.out + "/metrics.jsonl", r.step);
+        else if (file_exists(s.out + "/metrics.jsonl")) unlink((s.out + "/metrics.jsonl").c_str());
+    }
 
     printf("model: %s, %zu parameters, M = %.3g FLOPs/token\n", s.model_source.c_str(), r.model.num_parameters,
            config_flops_per_token(r.model.cfg, s.seq_len));
@@ -1105,11 +1200,14 @@ int cmd_train(int argc, char** argv) {
     printf("optimizer: AdamW lr %.3g (%s, warmup %ld), betas (%.2f, %.2f), eps %.0e, weight decay %.1f, clip %.1f; %d threads\n",
            s.lr, s.schedule == LRSchedule::MULTISTEP ? "multistep" : "cosine", s.warmup, ADAMW_BETA1, ADAMW_BETA2, ADAMW_EPS,
            WEIGHT_DECAY, CLIP_GRAD_NORM, num_threads());
+    if (s.world > 1 || s.zero)
+        printf("data parallel: %d rank(s) over MPI (%d on this machine)%s\n", s.world, r.dist.local_world,
+               s.zero ? ", ZeRO-1: each rank keeps 1/world of AdamW's state" : "");
     fflush(stdout);
 
     std::string final_dir = train_loop(&r, pretrain_objective);
     if (r.tok) tokenizer_free(r.tok);
-    if (r.step == s.steps) {
+    if (r.step == s.steps && s.rank == 0) {
         std::string png = plot_loss_curve(s.out);
         // the run's story in one line: validation bits per byte from the first evaluation to the last
         double first = NAN, last = NAN;
@@ -1122,6 +1220,7 @@ int cmd_train(int argc, char** argv) {
         printf("loss curve: %s\n", png.empty() ? "(gnuplot not found: see loss_train.tsv, loss_val.tsv)" : png.c_str());
         printf("final: %s\n", final_dir.c_str());
     }
+    dist_finalize(&r.dist);
     return 0;
 }
 
@@ -1788,4 +1887,420 @@ int cmd_dpo(int argc, char** argv) {
     }, eval);
     align_finish(&r, final_dir);
     return 0;
+}
+
+// ============================================================================
+// data parallelism: MPI, NCCL, ZeRO-1
+//
+// Each rank holds the whole model and runs forward/backward on its own part of every global batch. Gradients
+// are summed over ranks (each rank's loss weights are 1/N_global, N_global = unmasked tokens of the whole global
+// batch, so the sum is the gradient of the global mean loss: -np N with B/N rows each reproduces -np 1 with B).
+//   CPU backend:  MPI_Allreduce            GPUs:  ncclAllReduce (NCCL's unique id is broadcast over MPI)
+//   ZeRO-1:       reduce-scatter of the gradients → each rank updates its shard of the weights and of AdamW's
+//                 m and v → all-gather of the weights. Optimizer state per rank is 1/world of the unsharded one.
+// Without an MPI launch (no mpirun/srun in the environment) MPI is never initialised: one process, as before.
+
+#ifdef DEEPSEEK_MPI
+#define OMPI_SKIP_MPICXX 1   // the C API only
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>             // MPI_Init_thread, MPI_Allreduce, MPI_Reduce_scatter, MPI_Allgatherv, MPI_Bcast
+#endif
+#ifdef DEEPSEEK_CUDA
+#include <cuda_runtime.h>    // cudaSetDevice, cudaStream_t
+#include <nccl.h>            // ncclCommInitRank, ncclAllReduce, ncclReduceScatter, ncclAllGather
+#endif
+#include <dirent.h>          // opendir, readdir (finding the optimizer state files)
+#include <algorithm>         // std::min, std::max
+#include <cerrno>            // errno
+#include <climits>           // INT_MAX
+#include <cstdio>            // snprintf, sscanf
+#include <cstdlib>           // getenv
+#include <cstring>           // memcpy, strerror
+
+#ifdef DEEPSEEK_MPI
+#define mpiCheck(call) mpi_check((call), #call, __FILE__, __LINE__)
+static void mpi_check(int err, const char* what, const char* file, int line) {
+    if (err == MPI_SUCCESS) return;
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(err, msg, &len);
+    die("MPI: %s failed at %s:%d: %s", what, file, line, msg);
+}
+// MPI counts are int: a shard or buffer past 2^31 elements needs MPI-4 large counts, which OpenMPI 4 lacks
+static int mpi_count(size_t n, const char* what) {
+    if (n > (size_t)INT_MAX) die("MPI: %s of %zu elements exceeds MPI's int count limit; use more ranks or NCCL", what, n);
+    return (int)n;
+}
+#endif
+
+// The launchers we know set these: OpenMPI's mpirun, PMIx (srun --mpi=pmix, prrte), MPICH/Hydra and srun --mpi=pmi2,
+// plain srun. A single process (none set, or a world of one srun task) never touches MPI.
+bool dist_launched() {
+    if (getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK")) return true;
+    const char* n = getenv("SLURM_NTASKS");
+    return getenv("SLURM_PROCID") && n && atoi(n) > 1;
+}
+
+void dist_init(Dist* d) {
+    d->rank = 0; d->world = 1; d->local_rank = 0; d->local_world = 1; d->mpi = false;
+    if (!dist_launched()) return;
+#ifdef DEEPSEEK_MPI
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+        int provided = 0;   // FUNNELED: only the main thread calls MPI; OpenMP threads compute
+        mpiCheck(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+    }
+    d->mpi = true;
+    mpiCheck(MPI_Comm_rank(MPI_COMM_WORLD, &d->rank));
+    mpiCheck(MPI_Comm_size(MPI_COMM_WORLD, &d->world));
+    // the ranks sharing this machine's memory: the local rank picks the GPU
+    MPI_Comm node;
+    mpiCheck(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node));
+    mpiCheck(MPI_Comm_rank(node, &d->local_rank));
+    mpiCheck(MPI_Comm_size(node, &d->local_world));
+    MPI_Comm_free(&node);
+#else
+    die("launched by mpirun/srun, but this binary was built without MPI (install libopenmpi-dev and rebuild)");
+#endif
+}
+
+void dist_finalize(Dist* d) {
+#ifdef DEEPSEEK_CUDA
+    if (d->nccl) { ncclCommDestroy((ncclComm_t)d->nccl); d->nccl = nullptr; }
+#endif
+#ifdef DEEPSEEK_MPI
+    int inited = 0, finalized = 0;
+    MPI_Initialized(&inited);
+    MPI_Finalized(&finalized);
+    if (d->mpi && inited && !finalized) MPI_Finalize();
+#endif
+    d->mpi = false;
+}
+
+// shard[r] = r·n/world rounded down to a multiple of 16 elements (64 bytes, so every shard starts aligned);
+// the last rank takes the remainder. Shard sizes differ by at most 16·world elements.
+void dist_shards(Dist* d, size_t n) {
+    d->shard.assign(d->world + 1, 0);
+    for (int r = 1; r < d->world; r++) d->shard[r] = (size_t)((unsigned __int128)n * r / d->world) / 16 * 16;
+    d->shard[d->world] = n;
+}
+
+void dist_allreduce_sum(const Dist& d, float* x, size_t n) {
+    if (d.world == 1) return;
+#ifdef DEEPSEEK_MPI
+    mpiCheck(MPI_Allreduce(MPI_IN_PLACE, x, mpi_count(n, "all-reduce"), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+#endif
+}
+void dist_allreduce_sum(const Dist& d, double* x, size_t n) {
+    if (d.world == 1) return;
+#ifdef DEEPSEEK_MPI
+    mpiCheck(MPI_Allreduce(MPI_IN_PLACE, x, mpi_count(n, "all-reduce"), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+#endif
+}
+
+// x[n] on every rank → x[shard[r]..shard[r+1]) = Σ_ranks x[shard[r]..shard[r+1]) on rank r; the rest of x is stale
+void dist_reduce_scatter_sum(const Dist& d, float* x) {
+    if (d.shard.size() != (size_t)d.world + 1) die("reduce-scatter: call dist_shards first");
+    if (d.world == 1) return;
+#ifdef DEEPSEEK_MPI
+    std::vector<int> counts(d.world);
+    for (int r = 0; r < d.world; r++) counts[r] = mpi_count(d.shard[r + 1] - d.shard[r], "reduce-scatter shard");
+    std::vector<float> mine(counts[d.rank]);
+    mpiCheck(MPI_Reduce_scatter(x, mine.data(), counts.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+    std::copy(mine.begin(), mine.end(), x + d.shard_begin());
+#endif
+}
+
+// x[shard[r]..shard[r+1]) from rank r → every rank's x
+void dist_allgather(const Dist& d, float* x) {
+    if (d.shard.size() != (size_t)d.world + 1) die("all-gather: call dist_shards first");
+    if (d.world == 1) return;
+#ifdef DEEPSEEK_MPI
+    std::vector<int> counts(d.world), displs(d.world);
+    mpi_count(d.shard[d.world], "all-gather buffer");   // displacements are int too
+    for (int r = 0; r < d.world; r++) {
+        counts[r] = (int)(d.shard[r + 1] - d.shard[r]);
+        displs[r] = (int)d.shard[r];
+    }
+    mpiCheck(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, counts.data(), displs.data(), MPI_FLOAT, MPI_COMM_WORLD));
+#endif
+}
+
+void dist_broadcast(const Dist& d, void* buf, size_t bytes, int root) {
+    if (d.world == 1) return;
+#ifdef DEEPSEEK_MPI
+    mpiCheck(MPI_Bcast(buf, mpi_count(bytes, "broadcast"), MPI_BYTE, root, MPI_COMM_WORLD));
+#endif
+}
+
+void dist_barrier(const Dist& d) {
+    if (d.world == 1) return;
+#ifdef DEEPSEEK_MPI
+    mpiCheck(MPI_Barrier(MPI_COMM_WORLD));
+#endif
+}
+
+// ‖g‖² = Σ_i g_i². Replicated: every rank holds all of g, so the local sum is the global one. Sharded (ZeRO-1 after
+// the reduce-scatter): only this rank's shard is valid; the shards' partial sums add up over ranks.
+double dist_sum_squares(const Dist& d, const float* x, size_t n, bool sharded) {
+    size_t b = sharded ? d.shard_begin() : 0, e = sharded ? d.shard_end() : n;
+    if (sharded && d.shard.size() != (size_t)d.world + 1) die("sum of squares: call dist_shards first");
+    // fixed 64K-element chunks added in order: the same bits whatever the thread count (resume is bit-exact)
+    const size_t CHUNK = 65536;
+    size_t nchunks = (e - b + CHUNK - 1) / CHUNK;
+    std::vector<double> part(nchunks, 0.0);
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nchunks; c++) {
+        double s = 0.0;
+        for (size_t i = b + c * CHUNK; i < std::min(e, b + (c + 1) * CHUNK); i++) s += (double)x[i] * x[i];
+        part[c] = s;
+    }
+    double s = 0.0;
+    for (double p : part) s += p;
+    if (sharded) dist_allreduce_sum(d, &s, 1);
+    return s;
+}
+
+// ---------------------------------------------------------------------------- ZeRO-1: clipping and AdamW on a shard
+// After the reduce-scatter only this rank's shard of the gradient is valid. The global norm adds the shards' Σg²
+// over ranks, so every rank gets the same clip coefficient as an unsharded run; AdamW then updates the shard of the
+// weights with the shard of m and v (1/world of the optimizer memory), and an all-gather reassembles the weights.
+
+// torch.nn.utils.clip_grad_norm_ on the valid part of g: norm = sqrt(Σ g²), g ← g · min(1, max_norm / (norm + 1e-6))
+double dist_clip_grad_norm(const Dist& d, float* g, size_t n, double max_norm, bool sharded) {
+    double norm = sqrt(dist_sum_squares(d, g, n, sharded));
+    double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) {
+        float c = (float)coef;
+        size_t b = sharded ? d.shard_begin() : 0, e = sharded ? d.shard_end() : n;
+#pragma omp parallel for schedule(static)
+        for (size_t i = b; i < e; i++) g[i] *= c;
+    }
+    return norm;
+}
+
+// adamw_update restricted to [shard_begin, shard_end): each tensor's overlap with the shard gets adamw_step with the
+// tensor's weight decay, so every element sees exactly the arithmetic of the unsharded update. opt->m, opt->v: [shard].
+void zero_adamw_update(const Dist& d, Model* model, AdamW* opt, float lr) {
+    size_t b = d.shard_begin(), e = d.shard_end();
+    if (d.shard.size() != (size_t)d.world + 1 || d.shard[d.world] != model->num_parameters) die("ZeRO-1: call dist_shards first");
+    if (opt->m.size() != e - b) {
+        opt->m.assign(e - b, 0.0f);
+        opt->v.assign(e - b, 0.0f);
+    }
+    opt->t++;
+    for (const ParamView& pv : param_views(model->cfg)) {
+        size_t n = 1;
+        for (int64_t x : pv.shape) n *= (size_t)x;
+        size_t lo = std::max(b, pv.offset), hi = std::min(e, pv.offset + n);
+        if (lo >= hi) continue;
+        adamw_step(model->params_memory.data() + lo, model->grads_memory.data() + lo, opt->m.data() + (lo - b),
+                   opt->v.data() + (lo - b), hi - lo, lr, pv.is_matrix ? (float)WEIGHT_DECAY : 0.0f, opt->t);
+    }
+}
+
+// ---------------------------------------------------------------------------- NCCL (GPUs)
+// One communicator over all ranks; rank r drives GPU local_rank. Unequal ZeRO shards (the last one) use grouped
+// reduces/broadcasts, one per owner; equal shards use NCCL's in-place reduce-scatter / all-gather.
+
+#ifdef DEEPSEEK_CUDA
+#define ncclCheck(call) nccl_check((call), #call, __FILE__, __LINE__)
+static void nccl_check(ncclResult_t r, const char* what, const char* file, int line) {
+    if (r != ncclSuccess) die("NCCL: %s failed at %s:%d: %s", what, file, line, ncclGetErrorString(r));
+}
+static ncclComm_t nccl_comm(const Dist& d) {
+    if (!d.nccl) die("NCCL: call dist_nccl_init first");
+    return (ncclComm_t)d.nccl;
+}
+static bool shards_equal(const Dist& d) {
+    for (int r = 0; r < d.world; r++)
+        if (d.shard[r + 1] - d.shard[r] != d.shard[1] - d.shard[0]) return false;
+    return true;
+}
+#endif
+
+void dist_nccl_init(Dist* d) {
+#ifdef DEEPSEEK_CUDA
+    if (d->nccl) return;
+    int ndev = cuda_device_count();
+    if (ndev == 0) die("NCCL: no CUDA device");
+    if (d->local_world > ndev)
+        fprintf(stderr, "warning: %d ranks on this machine share %d GPUs (NCCL needs one GPU per rank)\n", d->local_world, ndev);
+    if (cudaSetDevice(d->local_rank % ndev) != cudaSuccess) die("NCCL: cudaSetDevice(%d) failed", d->local_rank % ndev);
+    ncclUniqueId id;
+    if (d->rank == 0) ncclCheck(ncclGetUniqueId(&id));
+    dist_broadcast(*d, &id, sizeof id, 0);   // rank 0's id reaches every rank over MPI
+    ncclComm_t comm;
+    ncclCheck(ncclCommInitRank(&comm, d->world, id, d->rank));
+    d->nccl = comm;
+#else
+    (void)d;
+    die("NCCL: this binary was built without CUDA");
+#endif
+}
+
+void dist_nccl_allreduce_sum(const Dist& d, float* x, size_t n, void* stream) {
+#ifdef DEEPSEEK_CUDA
+    ncclCheck(ncclAllReduce(x, x, n, ncclFloat, ncclSum, nccl_comm(d), (cudaStream_t)stream));
+#else
+    die("NCCL: this binary was built without CUDA");
+#endif
+}
+
+void dist_nccl_reduce_scatter_sum(const Dist& d, float* x, void* stream) {
+#ifdef DEEPSEEK_CUDA
+    if (d.shard.size() != (size_t)d.world + 1) die("reduce-scatter: call dist_shards first");
+    cudaStream_t s = (cudaStream_t)stream;
+    if (shards_equal(d)) {   // in place: NCCL's result for rank r lands at x + r·count
+        size_t count = d.shard[1] - d.shard[0];
+        ncclCheck(ncclReduceScatter(x, x + d.shard_begin(), count, ncclFloat, ncclSum, nccl_comm(d), s));
+        return;
+    }
+    ncclCheck(ncclGroupStart());
+    for (int r = 0; r < d.world; r++)
+        ncclCheck(ncclReduce(x + d.shard[r], x + d.shard[r], d.shard[r + 1] - d.shard[r], ncclFloat, ncclSum, r, nccl_comm(d), s));
+    ncclCheck(ncclGroupEnd());
+#else
+    (void)d; (void)x; (void)stream;
+    die("NCCL: this binary was built without CUDA");
+#endif
+}
+
+void dist_nccl_allgather(const Dist& d, float* x, void* stream) {
+#ifdef DEEPSEEK_CUDA
+    if (d.shard.size() != (size_t)d.world + 1) die("all-gather: call dist_shards first");
+    cudaStream_t s = (cudaStream_t)stream;
+    if (shards_equal(d)) {
+        size_t count = d.shard[1] - d.shard[0];
+        ncclCheck(ncclAllGather(x + d.shard_begin(), x, count, ncclFloat, nccl_comm(d), s));
+        return;
+    }
+    ncclCheck(ncclGroupStart());
+    for (int r = 0; r < d.world; r++)
+        ncclCheck(ncclBroadcast(x + d.shard[r], x + d.shard[r], d.shard[r + 1] - d.shard[r], ncclFloat, r, nccl_comm(d), s));
+    ncclCheck(ncclGroupEnd());
+#else
+    (void)d; (void)x; (void)stream;
+    die("NCCL: this binary was built without CUDA");
+#endif
+}
+
+// The GPU check's probe of the NCCL path (tests/gpu_check.sh runs it under mpirun on every GPU): all-reduce,
+// reduce-scatter and all-gather of n floats on device memory against the sums computed on the host. Rank r's input
+// is small integers, so every order of summation is exact and the comparison is bit-exact. Returns the number of
+// wrong elements (0 = pass) and describes the run in *report.
+size_t dist_nccl_selftest(Dist* d, size_t n, std::string* report) {
+#ifdef DEEPSEEK_CUDA
+    dist_nccl_init(d);
+    Dist s = *d;
+    dist_shards(&s, n);
+    auto input = [](int r, size_t i) { return (float)((int)((i * 7 + (size_t)r * 13) % 11) - 5); };
+    std::vector<float> host(n), want(n), got(n);
+    for (size_t i = 0; i < n; i++) {
+        host[i] = input(d->rank, i);
+        want[i] = 0;
+        for (int r = 0; r < d->world; r++) want[i] += input(r, i);
+    }
+    float* dev = nullptr;
+    if (cudaMalloc(&dev, n * sizeof(float)) != cudaSuccess) die("NCCL self-test: cudaMalloc of %zu floats failed", n);
+    size_t wrong = 0;
+    // all-reduce: every element is the sum
+    cudaMemcpy(dev, host.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+    dist_nccl_allreduce_sum(s, dev, n, nullptr);
+    cudaMemcpy(got.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < n; i++) wrong += got[i] != want[i];
+    // reduce-scatter: this rank's shard is the sum; then all-gather: every shard is its owner's sum
+    cudaMemcpy(dev, host.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+    dist_nccl_reduce_scatter_sum(s, dev, nullptr);
+    cudaMemcpy(got.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost);
+    for (size_t i = s.shard_begin(); i < s.shard_end(); i++) wrong += got[i] != want[i];
+    dist_nccl_allgather(s, dev, nullptr);
+    cudaMemcpy(got.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < n; i++) wrong += got[i] != want[i];
+    if (cudaDeviceSynchronize() != cudaSuccess) die("NCCL self-test: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
+    cudaFree(dev);
+    char buf[256];
+    snprintf(buf, sizeof buf, "NCCL rank %d/%d on GPU %d: %zu floats, %zu wrong", d->rank, d->world,
+             d->local_rank % cuda_device_count(), n, wrong);
+    *report = buf;
+    return wrong;
+#else
+    (void)d; (void)n; (void)report;
+    die("NCCL: this binary was built without CUDA");
+#endif
+}
+
+// ---------------------------------------------------------------------------- ZeRO-1 optimizer state files
+// Rank r of N writes DIR/optimizer-rank<r>-of-<N>.safetensors: each named tensor's slice [shard[r], shard[r+1]),
+// metadata numel/world/rank/begin/end. Loading reads whichever files the saving run wrote and copies the parts that
+// overlap this rank's shard, so a checkpoint from any world size resumes on any other (re-sharding).
+
+static std::string zero_state_path(const std::string& dir, int rank, int world) {
+    char buf[64];
+    snprintf(buf, sizeof buf, "/optimizer-rank%05d-of-%05d.safetensors", rank, world);
+    return dir + buf;
+}
+
+void zero_state_save(const Dist& d, const std::string& dir, const std::vector<std::pair<std::string, const float*>>& tensors,
+                     size_t n) {
+    if (d.shard.size() != (size_t)d.world + 1 || d.shard[d.world] != n) die("ZeRO-1 state: shards do not cover %zu elements", n);
+    size_t b = d.shard_begin(), e = d.shard_end();
+    std::vector<TensorOut> out;
+    for (auto& t : tensors) out.push_back({t.first, DType::F32, {(int64_t)(e - b)}, t.second});
+    safetensors_write(zero_state_path(dir, d.rank, d.world), out, false,
+                      {{"numel", std::to_string(n)}, {"world", std::to_string(d.world)}, {"rank", std::to_string(d.rank)},
+                       {"begin", std::to_string(b)}, {"end", std::to_string(e)}});
+}
+
+// the number in a file's metadata, or a clear error
+static size_t meta_size(const SafeTensors& st, const std::string& key, const std::string& path) {
+    auto it = st.metadata.find(key);
+    if (it == st.metadata.end() || it->second.empty() || it->second.find_first_not_of("0123456789") != std::string::npos)
+        die("%s: not a ZeRO-1 optimizer state file (metadata '%s' missing or not a number)", path.c_str(), key.c_str());
+    return (size_t)std::stoull(it->second);
+}
+
+// The saving run's world size, from the files present: the one N for which optimizer-rank00000-of-N exists.
+int zero_state_world(const std::string& dir) {
+    int found = 0;
+    DIR* dp = opendir(dir.c_str());
+    if (!dp) die("%s: cannot open the checkpoint directory: %s", dir.c_str(), strerror(errno));
+    while (struct dirent* ent = readdir(dp)) {
+        int r = -1, w = -1;
+        if (sscanf(ent->d_name, "optimizer-rank%5d-of-%5d", &r, &w) == 2 && r == 0 && w > 0 &&
+            zero_state_path("", r, w) == std::string("/") + ent->d_name) {
+            if (found && found != w) { closedir(dp); die("%s: optimizer state files of two world sizes (%d and %d)", dir.c_str(), found, w); }
+            found = w;
+        }
+    }
+    closedir(dp);
+    return found;   // 0: no sharded optimizer state here
+}
+
+void zero_state_load(const Dist& d, const std::string& dir, const std::vector<std::pair<std::string, float*>>& tensors,
+                     size_t n) {
+    if (d.shard.size() != (size_t)d.world + 1 || d.shard[d.world] != n) die("ZeRO-1 state: shards do not cover %zu elements", n);
+    int saved_world = zero_state_world(dir);
+    if (saved_world == 0) die("%s: no ZeRO-1 optimizer state (optimizer-rank*-of-*.safetensors)", dir.c_str());
+    size_t b = d.shard_begin(), e = d.shard_end(), covered = 0;
+    for (int r = 0; r < saved_world; r++) {
+        std::string path = zero_state_path(dir, r, saved_world);
+        if (!file_exists(path)) die("%s: missing (the checkpoint was saved by %d ranks)", path.c_str(), saved_world);
+        SafeTensors st;
+        st.open_file(path);
+        size_t fn = meta_size(st, "numel", path), fb = meta_size(st, "begin", path), fe = meta_size(st, "end", path);
+        if (fn != n) die("%s: optimizer state for %zu parameters, the model has %zu", path.c_str(), fn, n);
+        if (fb > fe || fe > n) die("%s: bad shard range [%zu, %zu)", path.c_str(), fb, fe);
+        size_t lo = std::max(b, fb), hi = std::min(e, fe);
+        if (lo >= hi) continue;
+        for (auto& t : tensors) {
+            const TensorInfo& ti = st.get(t.first);
+            if (ti.dtype != DType::F32 || ti.shape != std::vector<int64_t>{(int64_t)(fe - fb)})
+                die("%s: tensor '%s' is not F32 [%zu]", path.c_str(), t.first.c_str(), fe - fb);
+            memcpy(t.second + (lo - b), (const float*)ti.data + (lo - fb), (hi - lo) * sizeof(float));
+        }
+        covered += hi - lo;
+    }
+    if (covered != e - b) die("%s: the optimizer state files do not cover this rank's shard", dir.c_str());
 }

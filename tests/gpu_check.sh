@@ -59,6 +59,12 @@ cp build/cuda/deepseek ./deepseek
 # 2. the GPU tests (kernels vs CPU twins, model vs CPU, trajectory, decode, determinism); the rest of the suite
 #    needs no GPU and is CI's job (FULL_SUITE=1 to run it here too)
 run "CUDA tests" 150 env DEEPSEEK_BIN=./deepseek OMP_NUM_THREADS="$JOBS" ./build/cuda/test_deepseek -tc="CUDA*"
+# NCCL across every GPU of the machine, one rank per GPU (with one GPU the run above was already a 1-rank NCCL run)
+NGPU=$(nvidia-smi -L | grep -c "GPU")
+if [ "$NGPU" -gt 1 ] && command -v mpirun >/dev/null 2>&1; then
+    run "NCCL across $NGPU GPUs" 120 env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+        mpirun --oversubscribe --bind-to none -np "$NGPU" ./build/cuda/test_deepseek -tc="CUDA NCCL*"
+fi
 if [ "${FULL_SUITE:-0}" = 1 ]; then
     run "whole suite" 240 env DEEPSEEK_BIN=./deepseek OMP_NUM_THREADS="$JOBS" ./build/cuda/test_deepseek
 fi

@@ -3255,12 +3255,12 @@ Device device_select(const std::string& flag) {
     }
     die("--device must be auto, cpu or cuda, got '%s'", flag.c_str());
 }
-static void set_threads(const Args& a) {
+void set_threads(const Args& a) {
 #ifdef _OPENMP
     if (a.has("threads")) omp_set_num_threads((int)a.integer("threads", 1, 1, 1024));
 #endif
 }
-static int num_threads() {
+int num_threads() {
 #ifdef _OPENMP
     return omp_get_max_threads();
 #else

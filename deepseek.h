@@ -441,6 +441,7 @@ struct InferModel {
     float* value_cache = nullptr;      // [L, ctx, KV*D]
     std::vector<float> scratch;        // activations for one chunk of tokens
     std::vector<float> logits;         // [V] for the last token (or [n, V] with all_logits)
+    CudaDecode* cuda = nullptr;        // --device cuda: infer_forward runs on the GPU (infer_attach_cuda; its caller frees it)
     InferModel() = default;
     InferModel(const InferModel&) = delete;
     InferModel& operator=(const InferModel&) = delete;
@@ -455,6 +456,10 @@ void infer_from_model(InferModel* im, const Model& m, int ctx);
 const float* infer_forward(InferModel* im, const int* tokens, int n, bool all_logits = false);
 // Keeps the first `keep` cached tokens (a shared prompt prefix) and drops the rest.
 void infer_rewind(InferModel* im, int keep);
+// --device cuda: from now on infer_forward feeds the tokens through cuda_decode_step on `gpu` (the same weights,
+// bf16 on the GPU) with a KV cache of im->ctx positions on the device. The caller frees im->cuda
+// (cuda_decode_free), then gpu.
+void infer_attach_cuda(InferModel* im, CudaModel* gpu);
 
 // Sampling, in transformers' order: repetition penalty over the tokens seen, temperature, top-k, top-p, then a
 // draw; temperature 0 is greedy (argmax after the repetition penalty).
@@ -529,8 +534,19 @@ void dpo_render(const Tokenizer* tok, const DpoExample& ex, ChatSeq* chosen, Cha
 // Rows → inputs/targets [B, T] (T = the longest row − 1): targets[t] = ids[t+1] where trained[t+1], else −1.
 // Padding: input `pad`, target −1. Returns T.
 int chat_batch(const std::vector<const ChatSeq*>& rows, int pad, std::vector<int>* inputs, std::vector<int>* targets);
+// The model the objectives and evaluations run on: the host Model (the CPU backend) or, when cuda is set, the CUDA
+// backend's copy of it; the host Model then keeps the run's checkpoint copy (fetched from the device before saves).
+struct Backend {
+    Model* host = nullptr;
+    CudaModel* cuda = nullptr;
+    std::vector<float> losses;     // CUDA: the last forward's per-token nll [B·T], copied from the device
+    explicit Backend(Model* m, CudaModel* gpu = nullptr) : host(m), cuda(gpu) {}
+};
+float backend_forward(Backend* be, const int* inputs, const int* targets, int B, int T);   // model_forward on either
+const float* backend_losses(const Backend* be);   // the last forward's per-token nll [B·T] (acts.losses on the CPU)
 // log π(trained tokens | the rest) = −Σ nll_t over each sequence's trained tokens, `batch` sequences at a time
 void sequence_logps(Model* m, const std::vector<ChatSeq>& seqs, int batch, int pad, std::vector<double>* out);
+void sequence_logps(Backend* be, const std::vector<ChatSeq>& seqs, int batch, int pad, std::vector<double>* out);
 // One step's gradients (accumulated into m->grads; zero them first). SFT: mean NLL over the rows' trained tokens,
 // returned. DPO: rows = n chosen sequences then their n rejected ones; returns the DPO loss.
 float sft_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, int pad);

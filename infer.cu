@@ -467,6 +467,12 @@ void infer_rewind(InferModel* im, int keep) {
     im->cached.resize(keep);
 }
 
+// The GPU's KV cache has the same capacity as the CPU's; positions past a rewind are simply written again.
+void infer_attach_cuda(InferModel* im, CudaModel* gpu) {
+    cuda_decode_free(im->cuda);
+    im->cuda = cuda_decode_create(gpu, im->ctx);
+}
+
 // One chunk of N ≤ CHUNK tokens through the model, the same steps as model_forward in deepseek.cu:
 //   x = embed(tokens); per layer: x += o_proj(attn(rope(q), rope(k), v) over the cache); x += down(silu(gate)·up)
 // then the final norm and lm_head (for the last token only unless all_logits).
@@ -534,6 +540,16 @@ const float* infer_forward(InferModel* im, const int* tokens, int n, bool all_lo
         if (tokens[i] < 0 || tokens[i] >= c.vocab_size) die("token id %d out of range [0, %d)", tokens[i], c.vocab_size);
     size_t V = c.vocab_size;
     im->logits.resize(all_logits ? (size_t)n * V : V);
+    if (im->cuda) {   // --device cuda: token by token through the GPU's KV cache, logits only where they are wanted
+        for (int i = 0; i < n; i++) {
+            bool want = all_logits || i == n - 1;
+            const float* z = cuda_decode_step(im->cuda, tokens[i], im->pos, want);
+            if (want) memcpy(im->logits.data() + (all_logits ? (size_t)i * V : 0), z, V * sizeof(float));
+            im->pos++;
+        }
+        im->cached.insert(im->cached.end(), tokens, tokens + n);
+        return im->logits.data();
+    }
     for (int i = 0; i < n; i += PREFILL_CHUNK) {
         int m = std::min(PREFILL_CHUNK, n - i);
         infer_chunk(im, tokens + i, m, all_logits ? im->logits.data() + (size_t)i * V : nullptr);
@@ -825,6 +841,7 @@ static GenDefaults read_generation_config(const std::string& dir) {
 // Everything a generate/chat run needs, from the flags and the model directory.
 struct Session {
     InferModel im;
+    CudaModel* gpu = nullptr;           // --device cuda: the weights on the GPU (im decodes through them)
     Tokenizer* tok = nullptr;
     SamplerParams sp;
     std::vector<int> eos_ids;
@@ -832,7 +849,12 @@ struct Session {
     std::string stop;
     bool ids_out = false, quiet = false;
     std::string header;                 // the model/sampling line, printed to stderr once the input is validated
-    ~Session() { if (tok) tokenizer_free(tok); }
+    ~Session() {
+        if (tok) tokenizer_free(tok);
+        cuda_decode_free(im.cuda);      // the decoder before the model it reads
+        im.cuda = nullptr;
+        cuda_model_free(gpu);
+    }
 };
 
 static const std::vector<std::string> GEN_VALUE_FLAGS = {"model", "prompt", "prompt-ids", "n", "max-new-tokens",
@@ -841,11 +863,7 @@ static const std::vector<std::string> GEN_VALUE_FLAGS = {"model", "prompt", "pro
 static void session_open(Session* s, const Args& a, bool chat, bool need_tokenizer) {
     set_threads(a);
     // validate every flag before the (possibly slow) load
-    std::string dev = a.str("device", "auto");
-    if (dev != "auto" && dev != "cpu") {
-        device_select(dev);  // dies if CUDA is unavailable
-        die("%s: generation runs on the CPU for now (--device cpu or auto)", a.cmd.c_str());
-    }
+    Device dev = device_select(a.str("device", "auto"));   // dies if --device cuda cannot run
     if (!a.has("model")) die("%s: --model DIR is required", a.cmd.c_str());
     std::string dir = a.str("model");
     long long n = a.integer("n", 256, 0, 10000000);
@@ -879,8 +897,25 @@ static void session_open(Session* s, const Args& a, bool chat, bool need_tokeniz
     sp.seed = seed;
 
     double t0 = now_s();
-    infer_load(&s->im, dir, ctx, a.flag("mmap"));
+    // on the GPU the host weights are never read by the decoder: keep them mapped, not copied into memory
+    infer_load(&s->im, dir, ctx, a.flag("mmap") || dev == Device::CUDA);
     const Config& c = s->im.cfg;
+    std::string device = device_describe(dev);
+    if (dev == Device::CUDA) {
+        // the CUDA backend takes fp32 weights from a host Model (then dropped): bf16 copies and the KV cache on the GPU
+        double need = (double)config_num_parameters(c) * sizeof(float);
+        double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
+        if (have > 0 && need > have)
+            die("%s: --device cuda loads the weights through an fp32 copy in host memory (%.1f GiB), more than this "
+                "machine has (%.1f GiB)", a.cmd.c_str(), need / 1073741824.0, have / 1073741824.0);
+        Model host;
+        model_load_dir(&host, dir);
+        s->gpu = cuda_model_create(host, 1, 1, false, false);
+        infer_attach_cuda(&s->im, s->gpu);
+        char mem[64];
+        snprintf(mem, sizeof mem, "; %.2f GiB of weights and state", cuda_model_memory_bytes(s->gpu) / 1073741824.0);
+        device += mem;
+    }
     s->eos_ids = g.eos;
     if (s->tok && tokenizer_eos_id(s->tok) >= 0) s->eos_ids.push_back(tokenizer_eos_id(s->tok));
     if (s->eos_ids.empty()) s->eos_ids.push_back(c.eos_token_id);
@@ -894,6 +929,7 @@ static void session_open(Session* s, const Args& a, bool chat, bool need_tokeniz
              s->im.st.in_ram ? "in memory" : "memory-mapped", s->im.ctx, now_s() - t0,
              sp.temperature, sp.top_k, sp.top_p, sp.repetition_penalty, (unsigned long long)sp.seed);
     s->header = line;
+    s->header += "[device: " + device + "]\n";   // the backend --device chose (auto: the GPU when there is one)
 }
 
 static void print_stats(const GenerateStats& st) {
@@ -957,7 +993,7 @@ static void generate_usage() {
            "  --context N              KV cache size in tokens (default: the model's max_position_embeddings)\n"
            "  --mmap                   memory-map the weights even when they fit in memory (by default a model under\n"
            "                           half of the available memory is read into huge pages: faster decoding)\n"
-           "  --threads N, --device auto|cpu\n");
+           "  --threads N, --device auto|cpu|cuda   (auto: the GPU when there is one; the choice is printed)\n");
 }
 
 int cmd_generate(int argc, char** argv) {
@@ -1011,7 +1047,7 @@ static void chat_usage() {
            "                           as for generate; defaults from generation_config.json, else temperature 0.7,\n"
            "                           top_p 0.95 (the paper's chat defaults)\n"
            "  --system TEXT            a system prompt (the release recommends none)\n"
-           "  --context N, --mmap, --threads N, --device auto|cpu\n");
+           "  --context N, --mmap, --threads N, --device auto|cpu|cuda\n");
 }
 
 // One chat turn: render the history + the new user message (dropping the oldest turns until the prompt and a
@@ -1149,13 +1185,15 @@ int cmd_eval(int argc, char** argv) {
                "  --show N             print the first N generations (default 3)\n"
                "  --json FILE          also write the results as one JSON object\n"
                "  --skip-bad           skip malformed JSONL lines instead of stopping\n"
-               "  --threads N          CPU threads\n\n"
+               "  --threads N          CPU threads\n"
+               "  --device D           auto (the GPU when there is one) | cpu | cuda (bf16 on the GPU)\n\n"
                "Repetition ratio: share of generations in which a sentence (between . ! ? or newlines) occurs twice.\n");
         return 0;
     }
     Args a(argc, argv, 2, "eval", {"model", "data", "pairs", "ref", "beta", "text", "tokenizer", "max-new-tokens",
            "limit", "show", "json", "threads", "device"}, {"skip-bad"});
     set_threads(a);
+    Device dev = device_select(a.str("device", "auto"));   // dies if --device cuda cannot run
     if (!a.has("model")) die("eval: --model DIR is required");
     if (!a.has("data") && !a.has("pairs") && !a.has("text")) die("eval: give at least one of --data, --pairs, --text");
     if (a.has("ref") && !a.has("pairs")) die("eval: --ref needs --pairs");
@@ -1182,6 +1220,11 @@ int cmd_eval(int argc, char** argv) {
     if (tokenizer_vocab_size(tok) > m.cfg.vocab_size)
         die("eval: the tokenizer has %d tokens but the model only %d embedding rows", tokenizer_vocab_size(tok), m.cfg.vocab_size);
     int eos = tokenizer_eos_id(tok), ctx = m.cfg.max_position_embeddings;
+    printf("eval: device %s\n", device_describe(dev).c_str());
+    // --device cuda: a model's copy on the GPU for one part of the evaluation, sized for that part's largest forward
+    auto on_device = [&](const Model& host, int rows, int T) -> CudaModel* {
+        return dev == Device::CUDA ? cuda_model_create(host, rows, T, false, false) : nullptr;
+    };
     nlohmann::json result = {{"model", dir}};
     auto t0 = std::chrono::steady_clock::now();
 
@@ -1190,6 +1233,8 @@ int cmd_eval(int argc, char** argv) {
         std::vector<int> ids;
         InferModel im;                  // KV-cache generation over the same fp32 weights
         infer_from_model(&im, m, ctx);
+        CudaModel* gpu = on_device(m, 1, 1);   // (only its weights: decoding has its own buffers)
+        if (gpu) infer_attach_cuda(&im, gpu);
         for (size_t i = 0; i < conv.size(); i++) {
             std::vector<ChatMessage> prompt(conv[i].messages.begin(), conv[i].messages.end() - 1);
             std::string want = trim(conv[i].messages.back().content);
@@ -1207,6 +1252,9 @@ int cmd_eval(int argc, char** argv) {
                        prompt.back().content.c_str(), got.c_str());
             if (n % 50 == 0) { printf("eval: %d/%zu answers, %.1f%% exact so far\n", n, conv.size(), 100.0 * correct / n); fflush(stdout); }
         }
+        cuda_decode_free(im.cuda);
+        im.cuda = nullptr;
+        cuda_model_free(gpu);
         if (n == 0) die("eval: no conversation prompt fits the context of %d tokens", ctx);
         printf("exact_match: %.4f (%d/%d)\nrepetition_ratio: %.4f (%d/%d)\nunfinished: %d (no EOS within %d tokens)\n",
                (double)correct / n, correct, n, (double)repetitive / n, repetitive, n, unfinished, max_new);
@@ -1226,8 +1274,12 @@ int cmd_eval(int argc, char** argv) {
             }
         if (kept.empty()) die("eval: no pair fits the context of %d tokens", ctx);
         size_t n = kept.size() / 2;
+        int longest = 1;
+        for (const ChatSeq& q : kept) longest = std::max(longest, (int)q.ids.size() - 1);
         std::vector<double> lp;
-        sequence_logps(&m, kept, 16, eos, &lp);
+        Backend be{&m, on_device(m, 16, longest)};
+        sequence_logps(&be, kept, 16, eos, &lp);
+        cuda_model_free(be.cuda);
         double better = 0;
         for (size_t i = 0; i < n; i++) better += lp[2 * i] > lp[2 * i + 1];
         printf("logp_accuracy: %.4f (%zu pairs)\n", better / n, n);
@@ -1237,7 +1289,9 @@ int cmd_eval(int argc, char** argv) {
             Model ref;
             model_load_dir(&ref, a.str("ref"));
             std::vector<double> rl;
-            sequence_logps(&ref, kept, 16, eos, &rl);
+            Backend rbe{&ref, on_device(ref, 16, longest)};
+            sequence_logps(&rbe, kept, 16, eos, &rl);
+            cuda_model_free(rbe.cuda);
             std::vector<double> pc(n), pr(n), rc(n), rr(n);
             for (size_t i = 0; i < n; i++) { pc[i] = lp[2 * i]; pr[i] = lp[2 * i + 1]; rc[i] = rl[2 * i]; rr[i] = rl[2 * i + 1]; }
             DpoStats st;
@@ -1253,13 +1307,15 @@ int cmd_eval(int argc, char** argv) {
         if (ids.size() < 2) die("eval: %s has fewer than 2 tokens", a.str("text").c_str());
         double nll = 0;
         long count = 0;
+        Backend be{&m, on_device(m, 1, (int)std::min((size_t)ctx, ids.size() - 1))};
         for (size_t s = 0; s + 1 < ids.size(); s += ctx) {
             int T = (int)std::min((size_t)ctx, ids.size() - 1 - s);
             std::vector<int> tg(ids.begin() + s + 1, ids.begin() + s + 1 + T);
-            model_forward(&m, ids.data() + s, tg.data(), 1, T);
-            for (int t = 0; t < T; t++) nll += m.acts.losses[t];
+            backend_forward(&be, ids.data() + s, tg.data(), 1, T);
+            for (int t = 0; t < T; t++) nll += backend_losses(&be)[t];
             count += T;
         }
+        cuda_model_free(be.cuda);
         // bytes of the predicted tokens (the first token is never predicted)
         double bytes = (double)text.size() - (double)tokenizer_token_bytes(tok, ids[0]).size();
         printf("val_loss: %.4f (%ld tokens)\nbits_per_byte: %.4f\n", nll / count, count, nll / log(2.0) / bytes);

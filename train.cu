@@ -6,6 +6,8 @@
 //
 // What it is: the plain fp32 CPU training loop, deterministic to the bit (a run stopped and resumed gives the same
 // weights as a run that never stopped). What it is not: fast — the speed is the model's forward/backward.
+// With --device cuda the same loops drive the CUDA backend (deepseek.cu) through a few backend_* calls (section
+// "the backend a loop runs on"); checkpoints are the same files either way.
 //
 // Shapes: B sequences per micro-batch, T tokens per sequence; a step = accum micro-batches × world ranks.
 #include "deepseek.h"
@@ -516,12 +518,80 @@ float pretrain_objective(Model* m, const int* inputs, const int* targets, int B,
 }
 
 // ============================================================================
+// the backend a loop runs on (struct Backend, deepseek.h): the CPU's Model, or the CUDA backend's copy of it
+// (--device cuda: bf16 parameters and activations, fp32 master weights, gradients and AdamW moments on the GPU).
+// The loops call these where they called model_* and adamw_update; with be->cuda null each is exactly that CPU call.
+// The host Model stays the run's copy for checkpoints: backend_to_host fetches the fp32 master weights and AdamW
+// moments before each save, so a checkpoint has one format and resumes on either backend.
+
+float backend_forward(Backend* be, const int* inputs, const int* targets, int B, int T) {
+    if (!be->cuda) return model_forward(be->host, inputs, targets, B, T);
+    float loss = cuda_model_forward(be->cuda, inputs, targets, B, T);
+    be->losses.resize((size_t)B * T);
+    cuda_model_get_losses(be->cuda, be->losses.data());
+    return loss;
+}
+const float* backend_losses(const Backend* be) { return be->cuda ? be->losses.data() : be->host->acts.losses; }
+static void backend_backward(Backend* be, const float* dlosses) {
+    if (be->cuda) cuda_model_backward(be->cuda, dlosses);
+    else model_backward(be->host, dlosses);
+}
+static void backend_zero_grad(Backend* be) {
+    if (be->cuda) cuda_model_zero_grad(be->cuda);
+    else model_zero_grad(be->host);
+}
+// clip_grad_norm on either backend: returns the norm. The CPU scales its gradients in place; the GPU leaves them and
+// sets *grad_scale to the clip coefficient, which its AdamW multiplies each gradient by as it reads it (same values).
+static double backend_clip_grad_norm(Backend* be, float* grad_scale) {
+    *grad_scale = 1.0f;
+    if (!be->cuda) return clip_grad_norm(be->host->grads_memory.data(), be->host->num_parameters, CLIP_GRAD_NORM);
+    double norm = cuda_model_grad_norm(be->cuda), coef = CLIP_GRAD_NORM / (norm + 1e-6);
+    if (coef < 1.0) *grad_scale = (float)coef;
+    return norm;
+}
+// adamw_update on either backend (the same constants); opt->t counts the updates on both
+static void backend_adamw(Backend* be, AdamW* opt, float lr, float grad_scale) {
+    if (!be->cuda) { adamw_update(be->host, opt, lr); return; }
+    opt->t++;
+    cuda_model_adamw(be->cuda, lr, (float)ADAMW_BETA1, (float)ADAMW_BETA2, (float)ADAMW_EPS, (float)WEIGHT_DECAY, grad_scale,
+                     (int)opt->t);
+}
+// before a checkpoint: the device's fp32 master weights and AdamW moments into the host Model and opt (CPU: nothing)
+static void backend_to_host(Backend* be, AdamW* opt) {
+    if (!be->cuda) return;
+    cuda_model_get_params(be->cuda, be->host);
+    opt->m.resize(be->host->num_parameters);
+    opt->v.resize(be->host->num_parameters);
+    cuda_model_get_adam_state(be->cuda, opt->m.data(), opt->v.data());
+}
+// The model onto the GPU for --device cuda (with AdamW moments when resuming), activations sized for B×T tokens;
+// prints the device and the memory of each kind. Says which backend runs either way.
+static void backend_open(Backend* be, Device dev, const AdamW& opt, int B, int T, const char* who) {
+    printf("%s: device %s\n", who, device_describe(dev).c_str());
+    if (dev != Device::CUDA) return;
+    be->cuda = cuda_model_create(*be->host, B, T, false, true);
+    if (opt.m.size() == be->host->num_parameters) cuda_model_set_adam_state(be->cuda, opt.m.data(), opt.v.data());
+}
+static void backend_close(Backend* be) {
+    cuda_model_free(be->cuda);
+    be->cuda = nullptr;
+}
+// pre-training's objective on either backend (pretrain_objective's arithmetic)
+static float pretrain_objective_on(Backend* be, const int* inputs, const int* targets, int B, int T, std::vector<float>* dlosses) {
+    if (!be->cuda) return pretrain_objective(be->host, inputs, targets, B, T, dlosses);
+    float loss = backend_forward(be, inputs, targets, B, T);
+    model_mean_loss_weights(targets, B * T, dlosses);
+    return loss;
+}
+
+// ============================================================================
 // evaluation: validation loss and bits per byte; a short greedy sample
 
 // Bits per byte = Σ nll / ln 2 / Σ bytes of the target tokens: independent of the tokenizer, as in the paper.
 // token_bytes[id] is the byte length of each token (0 for special tokens such as BOS); without a tokenizer (empty
 // table) the split's mean bytes per token stands in.
-EvalResult evaluate(Model* m, DataLoader* val, int max_windows, const std::vector<int>& token_bytes, double mean_bytes_per_token) {
+static EvalResult evaluate_on(Backend* be, DataLoader* val, int max_windows, const std::vector<int>& token_bytes,
+                              double mean_bytes_per_token) {
     EvalResult r;
     int B = val->B, T = val->T;
     std::vector<int> in((size_t)B * T), tg((size_t)B * T);
@@ -531,9 +601,10 @@ EvalResult evaluate(Model* m, DataLoader* val, int max_windows, const std::vecto
     size_t tokens = 0;
     for (size_t w = 0; w < windows; w += B) {
         loader_next(val, in.data(), tg.data());
-        model_forward(m, in.data(), tg.data(), B, T);
+        backend_forward(be, in.data(), tg.data(), B, T);
+        const float* losses = backend_losses(be);
         for (size_t i = 0; i < (size_t)B * T; i++) {
-            nll += m->acts.losses[i];
+            nll += losses[i];
             bytes += token_bytes.empty() ? mean_bytes_per_token : tg[i] < (int)token_bytes.size() ? token_bytes[tg[i]] : 0;
         }
         tokens += (size_t)B * T;
@@ -542,6 +613,10 @@ EvalResult evaluate(Model* m, DataLoader* val, int max_windows, const std::vecto
     r.bits_per_byte = bytes > 0 ? nll / log(2.0) / bytes : 0;
     r.tokens = tokens;
     return r;
+}
+EvalResult evaluate(Model* m, DataLoader* val, int max_windows, const std::vector<int>& token_bytes, double mean_bytes_per_token) {
+    Backend be{m};
+    return evaluate_on(&be, val, max_windows, token_bytes, mean_bytes_per_token);
 }
 
 // Greedy decoding by full recomputation (the KV-cache sampler lives in infer.cu): argmax over the ids below limit.
@@ -556,6 +631,23 @@ std::vector<int> sample_greedy(Model* m, std::vector<int> ids, int n_new, int li
             if (z[v] > z[best]) best = v;
         ids.push_back(best);
     }
+    return ids;
+}
+// sample_greedy on the GPU: the prompt into a KV cache, then one token at a time, up to the model's context
+static std::vector<int> sample_greedy_cuda(CudaModel* g, const Config& c, std::vector<int> ids, int n_new, int limit) {
+    int total = std::min((int)ids.size() + n_new, c.max_position_embeddings);
+    if (ids.empty() || (int)ids.size() >= total) return ids;
+    CudaDecode* d = cuda_decode_create(g, total);
+    const float* z = nullptr;
+    for (size_t t = 0; t < ids.size(); t++) z = cuda_decode_step(d, ids[t], (int)t, t + 1 == ids.size());
+    while ((int)ids.size() < total) {
+        int best = 0;
+        for (int v = 1; v < std::min(limit, c.vocab_size); v++)
+            if (z[v] > z[best]) best = v;
+        ids.push_back(best);
+        if ((int)ids.size() < total) z = cuda_decode_step(d, best, (int)ids.size() - 1, true);
+    }
+    cuda_decode_free(d);
     return ids;
 }
 
@@ -793,6 +885,8 @@ struct TrainRun {
     Dist dist;                      // MPI ranks (and, under ZeRO-1, this rank's shard of the parameters)
     Model model;
     AdamW opt;
+    Backend be{&model};             // --device cuda: be.cuda holds the model on the GPU (backend_open)
+    float grad_scale = 1.0f;        // CUDA: the clip coefficient AdamW applies (backend_clip_grad_norm)
     DataLoader train, val;
     bool has_val = false;
     std::vector<int> token_bytes;   // for bits per byte
@@ -808,16 +902,19 @@ struct TrainRun {
 // The gradient all-reduce point. Each rank's loss weights carry 1/world, so the sum over ranks is the gradient of
 // the global batch's mean loss. ZeRO-1 needs only this rank's shard of that sum: a reduce-scatter.
 static void allreduce_gradients(TrainRun* r) {
+    if (r->be.cuda) return;   // --device cuda runs one rank (cmd_train): nothing to sum
     if (r->s.zero) dist_reduce_scatter_sum(r->dist, r->model.grads_memory.data());
     else dist_allreduce_sum(r->dist, r->model.grads_memory.data(), r->model.num_parameters);
 }
 // clipping at the global norm; under ZeRO-1 the norm adds the shards' parts over ranks
 static double clip_gradients(TrainRun* r) {
+    if (r->be.cuda) return backend_clip_grad_norm(&r->be, &r->grad_scale);
     if (!r->s.zero) return clip_grad_norm(r->model.grads_memory.data(), r->model.num_parameters, CLIP_GRAD_NORM);
     return dist_clip_grad_norm(r->dist, r->model.grads_memory.data(), r->model.num_parameters, CLIP_GRAD_NORM, true);
 }
 // AdamW; under ZeRO-1 each rank updates its shard, then the ranks all-gather the weights
 static void optimizer_update(TrainRun* r, float lr) {
+    if (r->be.cuda) { backend_adamw(&r->be, &r->opt, lr, r->grad_scale); return; }
     if (!r->s.zero) { adamw_update(&r->model, &r->opt, lr); return; }
     zero_adamw_update(r->dist, &r->model, &r->opt, lr);
     dist_allgather(r->dist, r->model.params_memory.data());
@@ -859,14 +956,16 @@ static void write_metric(FILE* f, const json& j) {
 
 static void run_eval(TrainRun* r, FILE* metrics) {
     if (!r->has_val || r->s.rank != 0) return;
-    EvalResult e = evaluate(&r->model, &r->val, r->s.eval_windows, r->token_bytes, r->mean_bytes_per_token);
+    EvalResult e = evaluate_on(&r->be, &r->val, r->s.eval_windows, r->token_bytes, r->mean_bytes_per_token);
     printf("eval  step %ld | val loss %.4f | val bpb %.4f (unigram %.4f) | %zu tokens\n", r->step, e.loss, e.bits_per_byte,
            r->unigram_bpb, e.tokens);
     write_metric(metrics, {{"step", r->step}, {"tokens", r->tokens_seen}, {"val_loss", e.loss}, {"val_bpb", e.bits_per_byte}});
     if (r->tok && r->s.sample_tokens > 0) {
         std::vector<int> prompt;
         for (int i = 0; i < 8 && i < (int)r->val.shard.n; i++) prompt.push_back((int)r->val.shard.tokens[i]);
-        std::vector<int> ids = sample_greedy(&r->model, prompt, r->s.sample_tokens, tokenizer_vocab_size(r->tok));
+        int limit = tokenizer_vocab_size(r->tok);
+        std::vector<int> ids = r->be.cuda ? sample_greedy_cuda(r->be.cuda, r->model.cfg, prompt, r->s.sample_tokens, limit)
+                                          : sample_greedy(&r->model, prompt, r->s.sample_tokens, limit);
         std::string text;
         int bos = tokenizer_bos_id(r->tok), eos = tokenizer_eos_id(r->tok);
         for (size_t i = 0; i < ids.size(); i++) {
@@ -884,6 +983,7 @@ static void run_eval(TrainRun* r, FILE* metrics) {
 // optimizer state, with ZeRO-1 each rank writes its shard into rank 0's temporary directory, which across machines
 // must be on a shared filesystem.
 static void save_checkpoint(TrainRun* r, const std::string& dir, double elapsed) {
+    backend_to_host(&r->be, &r->opt);   // --device cuda: the weights and AdamW state from the GPU
     if (!r->s.zero) {
         if (r->s.rank == 0) checkpoint_save(dir, r->model, r->opt, trainer_state(*r, elapsed), r->tokenizer_path);
         dist_barrier(r->dist);
@@ -900,7 +1000,7 @@ static void save_checkpoint(TrainRun* r, const std::string& dir, double elapsed)
 }
 
 // Runs the optimisation from r->step to r->s.steps; returns the final checkpoint's path.
-static std::string train_loop(TrainRun* r, float (*objective)(Model*, const int*, const int*, int, int, std::vector<float>*)) {
+static std::string train_loop(TrainRun* r, float (*objective)(Backend*, const int*, const int*, int, int, std::vector<float>*)) {
     TrainSettings& s = r->s;
     int B = s.micro_batch, T = s.seq_len;
     std::vector<int> in((size_t)B * T), tg((size_t)B * T);
@@ -914,13 +1014,13 @@ static std::string train_loop(TrainRun* r, float (*objective)(Model*, const int*
     if (r->step == 0 && s.eval_every > 0) run_eval(r, metrics);   // the untrained model's numbers, for the curve
     while (r->step < s.steps) {
         double t0 = now_s();
-        model_zero_grad(&r->model);
+        backend_zero_grad(&r->be);
         double loss = 0;
         for (int k = 0; k < s.accum; k++) {
             loader_next(&r->train, in.data(), tg.data());
-            loss += objective(&r->model, in.data(), tg.data(), B, T, &dl) / s.accum;
+            loss += objective(&r->be, in.data(), tg.data(), B, T, &dl) / s.accum;
             for (float& w : dl) w /= (float)(s.accum * s.world);   // the step's loss: the mean over micro-batches and ranks
-            model_backward(&r->model, dl.data());
+            backend_backward(&r->be, dl.data());
         }
         allreduce_gradients(r);
         double shared[2] = {loss, (double)g_stop_signal};   // the global batch's loss; a stop request on any rank
@@ -971,7 +1071,7 @@ static std::string train_loop(TrainRun* r, float (*objective)(Model*, const int*
 
 static void train_usage() {
     printf("usage: deepseek train (--preset NAME | --model DIR | --compute C) --data DIR --out DIR [flags]\n"
-           "       deepseek train --resume CHECKPOINT|RUN_DIR [--out DIR] [--steps N] [--threads N]\n"
+           "       deepseek train --resume CHECKPOINT|RUN_DIR [--out DIR] [--steps N] [--threads N] [--device D]\n"
            "  pre-training on token shards from `deepseek data prepare` (DIR/train.bin, DIR/val.bin, DIR/data.json).\n"
            "  AdamW (β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1 on matrices), gradient clipping at norm 1.0,\n"
            "  gradient accumulation up to the batch size, the paper's multi-step schedule.\n"
@@ -992,6 +1092,8 @@ static void train_usage() {
            "  --resume DIR         continue a run exactly (a checkpoint, or a run directory: its newest checkpoint)\n"
            "  --seed S             initialisation and data order (default 1337)     --threads N   OpenMP threads\n"
            "  --zero 0|1           ZeRO-1: shard AdamW's state over the MPI ranks (default 0)\n"
+           "  --device D           auto (the GPU when there is one) | cpu (fp32, the reference) | cuda (bf16 on one GPU,\n"
+           "                       fp32 master weights and AdamW state); checkpoints resume on either\n"
            "  data parallel:       mpirun -np N deepseek train ... (or srun): --micro-batch is per rank, --batch-tokens\n"
            "                       global; rank r reads windows r, r+N, ... of each step's global batch; rank 0 logs\n"
            "  outputs: OUT/metrics.jsonl, OUT/step_NNNNNN/ checkpoints, OUT/final/ (model directory + optimizer and\n"
@@ -1012,11 +1114,18 @@ int cmd_train(int argc, char** argv) {
            {});
     if (!a.positional.empty()) die("train: unexpected argument '%s'", a.positional[0].c_str());
     set_threads(a);
-    if (device_select(a.str("device", "cpu")) != Device::CPU) die("train: only the CPU backend trains so far (use --device cpu)");
+    std::string device = a.str("device", "auto");
+    Device dev = device_select(device);   // dies here if --device cuda cannot run
     TrainRun r;
     TrainSettings& s = r.s;
     dist_init(&r.dist);   // rank and world from mpirun / srun; a lone process is rank 0 of 1
     if (r.dist.rank != 0 && !freopen("/dev/null", "w", stdout)) die("rank %d: cannot silence stdout", r.dist.rank);
+    // the CUDA backend trains on one GPU: its gradients would need the NCCL all-reduce on the device, not wired yet
+    if (dev == Device::CUDA && r.dist.world > 1) {
+        if (device == "cuda") die("train: --device cuda runs one process on one GPU; with %d MPI ranks use --device cpu", r.dist.world);
+        printf("note: --device auto: %d MPI ranks train on the CPU (the CUDA backend runs one rank)\n", r.dist.world);
+        dev = Device::CPU;
+    }
     bool resume = a.has("resume");
     std::string ckpt;
     if (resume) {
@@ -1191,9 +1300,11 @@ int cmd_train(int argc, char** argv) {
     if (s.world > 1 || s.zero)
         printf("data parallel: %d rank(s) over MPI (%d on this machine)%s\n", s.world, r.dist.local_world,
                s.zero ? ", ZeRO-1: each rank keeps 1/world of AdamW's state" : "");
+    backend_open(&r.be, dev, r.opt, s.micro_batch, s.seq_len, "train");
     fflush(stdout);
 
-    std::string final_dir = train_loop(&r, pretrain_objective);
+    std::string final_dir = train_loop(&r, pretrain_objective_on);
+    backend_close(&r.be);
     if (r.tok) tokenizer_free(r.tok);
     if (r.step == s.steps && s.rank == 0) {
         std::string png = plot_loss_curve(s.out);
@@ -1392,23 +1503,27 @@ int chat_batch(const std::vector<const ChatSeq*>& rows, int pad, std::vector<int
     return T;
 }
 
-// Σ of acts.losses over row b: the row's total NLL on its trained tokens (masked targets give 0)
-static double row_nll(const Model* m, int b, int T) {
+// Σ of the per-token losses over row b: the row's total NLL on its trained tokens (masked targets give 0)
+static double row_nll(const float* losses, int b, int T) {
     double s = 0;
-    for (int t = 0; t < T; t++) s += m->acts.losses[(size_t)b * T + t];
+    for (int t = 0; t < T; t++) s += losses[(size_t)b * T + t];
     return s;
 }
 
-void sequence_logps(Model* m, const std::vector<ChatSeq>& seqs, int batch, int pad, std::vector<double>* out) {
+void sequence_logps(Backend* be, const std::vector<ChatSeq>& seqs, int batch, int pad, std::vector<double>* out) {
     out->assign(seqs.size(), 0.0);
     std::vector<int> in, tg;
     for (size_t i = 0; i < seqs.size(); i += batch) {
         std::vector<const ChatSeq*> rows;
         for (size_t j = i; j < std::min(seqs.size(), i + batch); j++) rows.push_back(&seqs[j]);
         int T = chat_batch(rows, pad, &in, &tg);
-        model_forward(m, in.data(), tg.data(), (int)rows.size(), T);
-        for (size_t b = 0; b < rows.size(); b++) (*out)[i + b] = -row_nll(m, (int)b, T);
+        backend_forward(be, in.data(), tg.data(), (int)rows.size(), T);
+        for (size_t b = 0; b < rows.size(); b++) (*out)[i + b] = -row_nll(backend_losses(be), (int)b, T);
     }
+}
+void sequence_logps(Model* m, const std::vector<ChatSeq>& seqs, int batch, int pad, std::vector<double>* out) {
+    Backend be{m};
+    sequence_logps(&be, seqs, batch, pad, out);
 }
 
 // Drops sequences longer than the context (+1: the last token is only a target) or with nothing to train on.
@@ -1426,25 +1541,30 @@ static std::vector<ChatSeq> fit_context(std::vector<ChatSeq> seqs, int ctx, cons
 
 // ---------------------------------------------------------------------------- the two objectives, one step each
 
-float sft_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, int pad) {
+static float sft_forward_backward(Backend* be, const std::vector<const ChatSeq*>& rows, int pad) {
     std::vector<int> in, tg;
     std::vector<float> w;
     int T = chat_batch(rows, pad, &in, &tg);
-    float loss = model_forward(m, in.data(), tg.data(), (int)rows.size(), T);
+    float loss = backend_forward(be, in.data(), tg.data(), (int)rows.size(), T);
     model_mean_loss_weights(tg.data(), (int)tg.size(), &w);   // 1/N on the N assistant tokens, exactly 0 elsewhere
-    model_backward(m, w.data());
+    backend_backward(be, w.data());
     return loss;
 }
+float sft_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, int pad) {
+    Backend be{m};
+    return sft_forward_backward(&be, rows, pad);
+}
 
-double dpo_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, const double* ref_chosen,
-                            const double* ref_rejected, double beta, int pad, DpoStats* stats) {
+static double dpo_forward_backward(Backend* be, const std::vector<const ChatSeq*>& rows, const double* ref_chosen,
+                                   const double* ref_rejected, double beta, int pad, DpoStats* stats) {
     if (rows.empty() || rows.size() % 2) die("dpo: rows must be n chosen then n rejected sequences");
     int n = (int)rows.size() / 2;
     std::vector<int> in, tg;
     int T = chat_batch(rows, pad, &in, &tg);
-    model_forward(m, in.data(), tg.data(), 2 * n, T);
+    backend_forward(be, in.data(), tg.data(), 2 * n, T);
+    const float* losses = backend_losses(be);
     std::vector<double> pc(n), pr(n), gc(n), gr(n);
-    for (int i = 0; i < n; i++) { pc[i] = -row_nll(m, i, T); pr[i] = -row_nll(m, n + i, T); }
+    for (int i = 0; i < n; i++) { pc[i] = -row_nll(losses, i, T); pr[i] = -row_nll(losses, n + i, T); }
     double loss = dpo_loss(pc.data(), pr.data(), ref_chosen, ref_rejected, n, beta, gc.data(), gr.data(), stats);
     // log π = −Σ nll_t over the reply's tokens, so dL/dnll_t = −dL/dlog π on them and 0 elsewhere
     std::vector<float> w(tg.size(), 0.0f);
@@ -1453,8 +1573,13 @@ double dpo_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, c
         for (int t = 0; t < T; t++)
             if (tg[(size_t)r * T + t] >= 0) w[(size_t)r * T + t] = g;
     }
-    model_backward(m, w.data());
+    backend_backward(be, w.data());
     return loss;
+}
+double dpo_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, const double* ref_chosen,
+                            const double* ref_rejected, double beta, int pad, DpoStats* stats) {
+    Backend be{m};
+    return dpo_forward_backward(&be, rows, ref_chosen, ref_rejected, beta, pad, stats);
 }
 
 // ---------------------------------------------------------------------------- the alignment loop
@@ -1470,6 +1595,8 @@ struct AlignRun {
     std::string stage, out, tok_path;
     Model model;
     AdamW opt;
+    Device device = Device::CPU;          // --device (not saved with the settings: a run resumes on either backend)
+    Backend be{&model};                   // --device cuda: be.cuda holds the model on the GPU (align_device)
     Tokenizer* tok = nullptr;
     int pad = 0;                          // padding input id (EOS); padded targets are −1
     json settings;                        // the run's flags, kept in trainer_state.json for --resume
@@ -1522,15 +1649,16 @@ static std::string align_loop(AlignRun* r, const std::function<json(const std::v
         long ep = r->step / r->steps_per_epoch, k = r->step % r->steps_per_epoch;
         if (ep != order_epoch) { order = epoch_order(r->n_items, r->seed, ep); order_epoch = ep; }
         std::vector<int> items(order.begin() + k * r->B, order.begin() + std::min(r->n_items, (size_t)(k + 1) * r->B));
-        model_zero_grad(&r->model);
+        backend_zero_grad(&r->be);
         json m = step_fn(items);
         double loss = m["loss"].get<double>();
-        double norm = clip_grad_norm(r->model.grads_memory.data(), r->model.num_parameters, CLIP_GRAD_NORM);
+        float grad_scale;
+        double norm = backend_clip_grad_norm(&r->be, &grad_scale);
         if (!std::isfinite(loss) || !std::isfinite(norm))
             die("%s step %ld: the loss is not finite (loss %g, grad norm %g): stopping without an update; the last good "
                 "checkpoint is %s", r->stage.c_str(), r->step + 1, loss, norm, last_ckpt.empty() ? "(none)" : last_ckpt.c_str());
         double lr = lr_at(LRSchedule::COSINE, r->lr, r->step, r->total, r->warmup);
-        adamw_update(&r->model, &r->opt, (float)lr);
+        backend_adamw(&r->be, &r->opt, (float)lr, grad_scale);
         r->step++;
         double t1 = now_s(), elapsed = r->elapsed_before + (t1 - t_start);
         for (auto it = m.begin(); it != m.end(); ++it)
@@ -1556,6 +1684,7 @@ static std::string align_loop(AlignRun* r, const std::function<json(const std::v
         if (epoch_done && epoch_end) epoch_end((int)ep + 1);
         if (!last && ((r->save_every > 0 && r->step % r->save_every == 0) || g_stop_signal)) {
             last_ckpt = r->out + "/" + step_name(r->step);
+            backend_to_host(&r->be, &r->opt);
             checkpoint_save(last_ckpt, r->model, r->opt, align_state(*r, elapsed), r->tok_path);
             checkpoint_prune(r->out, r->keep);
             printf("checkpoint: %s\n", last_ckpt.c_str());
@@ -1567,6 +1696,7 @@ static std::string align_loop(AlignRun* r, const std::function<json(const std::v
         }
     }
     std::string final_dir = r->out + "/final";
+    backend_to_host(&r->be, &r->opt);
     checkpoint_save(final_dir, r->model, r->opt, align_state(*r, r->elapsed_before + (now_s() - t_start)), r->tok_path);
     return final_dir;
 }
@@ -1590,7 +1720,7 @@ static std::string align_resume_flags(Args* a) {
 static json align_settings(const Args& a) {
     json j = json::object();
     for (auto& kv : a.values)
-        if (kv.first != "resume" && kv.first != "threads") j[kv.first] = kv.second;
+        if (kv.first != "resume" && kv.first != "threads" && kv.first != "device") j[kv.first] = kv.second;
     j["skip-bad"] = a.flag("skip-bad");
     return j;
 }
@@ -1598,8 +1728,6 @@ static void align_require(const Args& a) {
     if (!a.has("model")) die("%s: --model DIR is required", a.cmd.c_str());
     if (!a.has("data")) die("%s: --data FILE is required", a.cmd.c_str());
     if (!a.has("out")) die("%s: --out DIR is required", a.cmd.c_str());
-    if (a.has("device") && device_select(a.str("device")) != Device::CPU)
-        die("%s: only the CPU backend trains so far (use --device cpu)", a.cmd.c_str());
 }
 // the model to start from (--model) and its tokenizer
 static void align_load(const Args& a, AlignRun* r) {
@@ -1618,6 +1746,7 @@ static void align_load(const Args& a, AlignRun* r) {
 // the flags every stage shares (read before the data, so a bad value stops the run at once)
 static void align_config(const Args& a, AlignRun* r, int default_epochs, int default_batch, double default_lr) {
     r->stage = a.cmd;
+    r->device = device_select(a.str("device", "auto"));   // dies here if --device cuda cannot run
     r->out = a.str("out");
     r->epochs = (int)a.integer("epochs", default_epochs, 1, 100000);
     r->B = (int)a.integer("batch", default_batch, 1, 1 << 20);
@@ -1627,6 +1756,14 @@ static void align_config(const Args& a, AlignRun* r, int default_epochs, int def
     r->keep = (int)a.integer("keep", 3, 1, 1 << 20);
     r->warmup = a.integer("warmup", -1, 0, 1ll << 40);
     r->save_every = a.integer("save-every", -1, 0, 1ll << 40);
+}
+// Says which backend runs; for --device cuda puts the model on the GPU, sized for the largest forward: `rows`
+// sequences of the longest one (ids − 1 tokens). Before align_start, which uploads a resumed checkpoint's state.
+static void align_device(AlignRun* r, int rows, const std::vector<const std::vector<ChatSeq>*>& sets) {
+    int T = 1;
+    for (const auto* set : sets)
+        for (const ChatSeq& q : *set) T = std::max(T, (int)q.ids.size() - 1);
+    backend_open(&r->be, r->device, AdamW(), rows, T, r->stage.c_str());
 }
 // the schedule and the output directory; with a checkpoint, its weights, AdamW state and step
 static void align_start(const Args& a, AlignRun* r, const std::string& ckpt, size_t n_items, double default_warmup_share) {
@@ -1644,6 +1781,10 @@ static void align_start(const Args& a, AlignRun* r, const std::string& ckpt, siz
         if (start.num_parameters != r->model.num_parameters) die("%s: %s does not match --model's shapes", a.cmd.c_str(), ckpt.c_str());
         r->model.params_memory = start.params_memory;
         param_point(&r->model.params, r->model.params_memory.data(), r->model.param_sizes);
+        if (r->be.cuda) {   // the checkpoint's weights and AdamW moments onto the GPU
+            cuda_model_set_params(r->be.cuda, r->model);
+            cuda_model_set_adam_state(r->be.cuda, r->opt.m.data(), r->opt.v.data());
+        }
         json st = parse_json_file(ckpt + "/trainer_state.json");
         r->elapsed_before = st.value("elapsed_s", 0.0);
         metrics_truncate(metrics, r->step);
@@ -1656,6 +1797,7 @@ static void align_start(const Args& a, AlignRun* r, const std::string& ckpt, siz
     if (!r->metrics) die("cannot write %s: %s", metrics.c_str(), strerror(errno));
 }
 static void align_finish(AlignRun* r, const std::string& final_dir) {
+    backend_close(&r->be);
     if (r->metrics) fclose(r->metrics);
     r->metrics = nullptr;
     if (r->tok) tokenizer_free(r->tok);
@@ -1671,6 +1813,7 @@ static const char* ALIGN_COMMON_FLAGS =
     "  --skip-bad          skip malformed JSONL lines (each reported with its line number) instead of stopping\n"
     "  --log-every N       progress line every N steps (default 10)\n"
     "  --seed S            data order (default 1)      --threads N   OpenMP threads\n"
+    "  --device D          auto (the GPU when there is one) | cpu | cuda; checkpoints resume on either\n"
     "  AdamW (β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1 on matrices), gradient clipping at 1.0, as pre-training.\n"
     "  outputs: OUT/final/ (model directory + tokenizer + optimizer + trainer state), OUT/step_NNNNNN/ checkpoints,\n"
     "  OUT/metrics.jsonl. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n";
@@ -1678,7 +1821,7 @@ static const char* ALIGN_COMMON_FLAGS =
 // ---------------------------------------------------------------------------- deepseek sft
 
 // mean NLL over the assistant tokens of `seqs` (no gradient)
-static double sft_eval_loss(Model* m, const std::vector<ChatSeq>& seqs, int batch, int pad) {
+static double sft_eval_loss(Backend* be, const std::vector<ChatSeq>& seqs, int batch, int pad) {
     double nll = 0;
     long count = 0;
     std::vector<int> in, tg;
@@ -1686,9 +1829,10 @@ static double sft_eval_loss(Model* m, const std::vector<ChatSeq>& seqs, int batc
         std::vector<const ChatSeq*> rows;
         for (size_t j = i; j < std::min(seqs.size(), i + batch); j++) rows.push_back(&seqs[j]);
         int T = chat_batch(rows, pad, &in, &tg);
-        model_forward(m, in.data(), tg.data(), (int)rows.size(), T);
+        backend_forward(be, in.data(), tg.data(), (int)rows.size(), T);
+        const float* losses = backend_losses(be);
         for (size_t k = 0; k < tg.size(); k++)
-            if (tg[k] >= 0) { nll += m->acts.losses[k]; count++; }
+            if (tg[k] >= 0) { nll += losses[k]; count++; }
     }
     return count ? nll / count : 0.0;
 }
@@ -1735,6 +1879,7 @@ int cmd_sft(int argc, char** argv) {
     std::vector<ChatSeq> train = fit_context(render_sft(r.tok, train_ex), ctx, "conversations", &dropped);
     std::vector<ChatSeq> val = fit_context(render_sft(r.tok, val_ex), ctx, "held-out conversations", &vdropped);
     if (train.empty()) die("sft: no conversation fits the context of %d tokens", ctx);
+    align_device(&r, r.B, {&train, &val});
     align_start(a, &r, ckpt, train.size(), 0.03);
     long assistant_tokens = 0, all_tokens = 0;
     for (auto& q : train) {
@@ -1747,7 +1892,7 @@ int cmd_sft(int argc, char** argv) {
            r.epochs, r.steps_per_epoch, r.B, r.lr, r.warmup, r.model.num_parameters);
     auto eval = [&](int epoch) {
         if (val.empty()) return;
-        double vl = sft_eval_loss(&r.model, val, r.B, r.pad);
+        double vl = sft_eval_loss(&r.be, val, r.B, r.pad);
         printf("sft: held-out assistant loss %.4f %s (%zu conversations)\n", vl,
                epoch ? ("after epoch " + std::to_string(epoch)).c_str() : "before training", val.size());
         write_metric(r.metrics, {{"stage", "sft"}, {"step", r.step}, {"epoch", epoch}, {"val_loss", vl}});
@@ -1757,7 +1902,7 @@ int cmd_sft(int argc, char** argv) {
         std::vector<const ChatSeq*> rows;
         long tokens = 0;
         for (int i : items) { rows.push_back(&train[i]); tokens += (long)train[i].ids.size(); }
-        float loss = sft_forward_backward(&r.model, rows, r.pad);
+        float loss = sft_forward_backward(&r.be, rows, r.pad);
         return {{"loss", loss}, {"tokens", tokens}};
     }, eval);
     align_finish(&r, final_dir);
@@ -1782,10 +1927,10 @@ static std::vector<ChatSeq> render_pairs(const Tokenizer* tok, const std::vector
 
 // DPO statistics of the current policy on pairs (seqs, ref log-probs); also the share of pairs where the policy
 // itself gives the chosen reply the higher log-probability (no reference involved)
-static DpoStats dpo_eval(Model* m, const std::vector<ChatSeq>& seqs, const std::vector<double>& ref, double beta,
+static DpoStats dpo_eval(Backend* be, const std::vector<ChatSeq>& seqs, const std::vector<double>& ref, double beta,
                          int batch, int pad, double* logp_accuracy) {
     std::vector<double> lp;
-    sequence_logps(m, seqs, 2 * batch, pad, &lp);
+    sequence_logps(be, seqs, 2 * batch, pad, &lp);
     size_t n = seqs.size() / 2;
     std::vector<double> pc(n), pr(n), rc(n), rr(n);
     double better = 0;
@@ -1839,11 +1984,13 @@ int cmd_dpo(int argc, char** argv) {
     size_t npairs = train.size() / 2;
     if (npairs == 0) die("dpo: no pair fits the context of %d tokens", ctx);
     int B = r.B;
-    // the frozen reference: the starting weights' log-probabilities, once, before any update
+    align_device(&r, 2 * B, {&train, &val});
+    // the frozen reference: the starting weights' log-probabilities, once, before any update (on the same backend as
+    // the policy's, so that before the first update policy and reference agree exactly)
     double t0 = now_s();
     std::vector<double> ref, vref;
-    sequence_logps(&r.model, train, 2 * B, r.pad, &ref);
-    if (!val.empty()) sequence_logps(&r.model, val, 2 * B, r.pad, &vref);
+    sequence_logps(&r.be, train, 2 * B, r.pad, &ref);
+    if (!val.empty()) sequence_logps(&r.be, val, 2 * B, r.pad, &vref);
     printf("dpo: reference log-probabilities of %zu sequences cached (%.0fs)\n", train.size() + val.size(), now_s() - t0);
     align_start(a, &r, ckpt, npairs, 0.10);
     printf("dpo: %zu pairs (%d bad lines skipped), β %g, %d epoch(s) × %ld steps of %d pairs, lr %g (warmup %ld, cosine)\n",
@@ -1851,7 +1998,7 @@ int cmd_dpo(int argc, char** argv) {
     auto eval = [&](int epoch) {
         if (val.empty()) return;
         double lpacc;
-        DpoStats v = dpo_eval(&r.model, val, vref, beta, r.B, r.pad, &lpacc);
+        DpoStats v = dpo_eval(&r.be, val, vref, beta, r.B, r.pad, &lpacc);
         printf("dpo: held-out %s: loss %.4f | reward accuracy %.3f | margin %.4f | log-prob accuracy %.3f (%zu pairs)\n",
                epoch ? ("after epoch " + std::to_string(epoch)).c_str() : "before", v.loss, v.reward_accuracy,
                v.reward_margin, lpacc, val.size() / 2);
@@ -1869,7 +2016,7 @@ int cmd_dpo(int argc, char** argv) {
         for (int p : pairs) rows.push_back(&train[2 * p + 1]);
         for (int q = 0; q < n; q++) { rc[q] = ref[2 * pairs[q]]; rr[q] = ref[2 * pairs[q] + 1]; }
         DpoStats st;
-        dpo_forward_backward(&r.model, rows, rc.data(), rr.data(), beta, r.pad, &st);
+        dpo_forward_backward(&r.be, rows, rc.data(), rr.data(), beta, r.pad, &st);
         return {{"loss", st.loss}, {"reward_accuracy", st.reward_accuracy}, {"reward_margin", st.reward_margin},
                 {"reward_chosen", st.reward_chosen}, {"reward_rejected", st.reward_rejected}};
     }, eval);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu_check.sh — the whole GPU validation and benchmark in one script (make gpu-check), ≤ 8 minutes on one H200:
 #   1. builds ./deepseek and the test binary for sm_90 (GPU_ARCH=sm_80 etc. to change)
-#   2. runs the whole test suite; the CUDA tests compare every kernel and the model with the CPU backend
+#   2. runs the CUDA tests: every kernel and the model against the CPU backend, and the subcommands (train with a
+#      checkpoint resumed on the CPU, generate, sft, dpo) with --device cuda against --device cpu
 #   3. compute-sanitizer memcheck + racecheck on a short training step and a few decode steps (when installed)
 #   4. benchmarks: training tokens/s and MFU for ~124M and ~350M shapes, batch-1 decode tokens/s for a ~1.1B shape
 #      beside its memory-bandwidth bound; PyTorch on the same shapes when it is installed with CUDA
@@ -56,9 +57,9 @@ run "build (nvcc, $ARCH)" 240 make -B -j"$JOBS" CUDA_ARCHS="-gencode arch=comput
     build/cuda/deepseek build/cuda/test_deepseek || { echo "build failed; see $LOG"; exit 1; }
 cp build/cuda/deepseek ./deepseek
 
-# 2. the GPU tests (kernels vs CPU twins, model vs CPU, trajectory, decode, determinism); the rest of the suite
-#    needs no GPU and is CI's job (FULL_SUITE=1 to run it here too)
-run "CUDA tests" 150 env DEEPSEEK_BIN=./deepseek OMP_NUM_THREADS="$JOBS" ./build/cuda/test_deepseek -tc="CUDA*"
+# 2. the GPU tests (kernels vs CPU twins, model vs CPU, trajectory, decode, determinism, and the subcommands on
+#    --device cuda vs cpu); the rest of the suite needs no GPU and is CI's job (FULL_SUITE=1 to run it here too)
+run "CUDA tests" 210 env DEEPSEEK_BIN=./deepseek OMP_NUM_THREADS="$JOBS" ./build/cuda/test_deepseek -tc="CUDA*"
 # NCCL across every GPU of the machine, one rank per GPU (with one GPU the run above was already a 1-rank NCCL run)
 NGPU=$(nvidia-smi -L | grep -c "GPU")
 if [ "$NGPU" -gt 1 ] && command -v mpirun >/dev/null 2>&1; then

@@ -336,7 +336,7 @@ TEST_CASE("sft, dpo and eval: --help, missing flags and bad data are one clear e
     r = run_cmd(deepseek_bin() + " dpo --model " + d + "/base --data " + d + "/bad.jsonl --out " + d + "/o");
     CHECK(r.rc == 1);
     CHECK(r.out.find("error: " + d + "/bad.jsonl:1: \"messages\" must end with a user turn") == 0);
-    r = run_cmd(deepseek_bin() + " eval --model " + d + "/nope --data " + d + "/bad.jsonl --skip-bad");
+    r = run_cmd(deepseek_bin() + " eval --device cpu --model " + d + "/nope --data " + d + "/bad.jsonl --skip-bad");
     CHECK(r.rc == 1);
     CHECK(r.out.find("error: eval: model directory") != std::string::npos);
     r = run_cmd(deepseek_bin() + " sft --model " + d + "/base --data " + d + "/bad.jsonl --out " + d + "/o --lr abc");
@@ -355,7 +355,7 @@ TEST_CASE("sft learns the replies (loss falls), dpo raises held-out reward accur
         "{\"messages\": [{\"role\": \"user\", \"content\": \"What is 2 + 7?\"}, {\"role\": \"assistant\", \"content\": \"The answer is 9.\"}]}\n";
     write_text(d + "/sft.jsonl", sft);
     auto r = run_cmd(deepseek_bin() + " sft --model " + d + "/base --data " + d + "/sft.jsonl --val " + d + "/sft.jsonl"
-                     " --out " + d + "/sft --skip-bad --epochs 30 --batch 4 --lr 1e-2 --warmup 3 --log-every 100 --save-every 0 --threads 2");
+                     " --out " + d + "/sft --skip-bad --epochs 30 --batch 4 --lr 1e-2 --warmup 3 --log-every 100 --save-every 0 --threads 2 --device cpu");
     INFO(r.out);
     REQUIRE(r.rc == 0);
     CHECK(r.out.find(":3: invalid JSON") != std::string::npos);
@@ -370,7 +370,7 @@ TEST_CASE("sft learns the replies (loss falls), dpo raises held-out reward accur
     double before = atof(metrics.c_str() + first_val + 11), after = atof(metrics.c_str() + last_val + 11);
     CHECK(after < 0.5 * before);
     // eval: the memorised replies come back exactly
-    r = run_cmd(deepseek_bin() + " eval --model " + d + "/sft/final --data " + d + "/sft.jsonl --skip-bad --max-new-tokens 16 --json " + d + "/eval.json");
+    r = run_cmd(deepseek_bin() + " eval --device cpu --model " + d + "/sft/final --data " + d + "/sft.jsonl --skip-bad --max-new-tokens 16 --json " + d + "/eval.json");
     INFO(r.out);
     REQUIRE(r.rc == 0);
     CHECK(r.out.find("exact_match: ") != std::string::npos);
@@ -384,20 +384,20 @@ TEST_CASE("sft learns the replies (loss falls), dpo raises held-out reward accur
         "{\"messages\": [{\"role\": \"user\", \"content\": \"What is 2 + 7?\"}, {\"role\": \"assistant\", \"content\": \"The answer is 9.\"}, {\"role\": \"user\", \"content\": \"Reverse the list: 1 2 3\"}], \"chosen\": \"The answer is 3 2 1.\", \"rejected\": \"The answer is 3 2 1. The answer is 3 2 1.\"}\n";
     write_text(d + "/prefs.jsonl", prefs);
     r = run_cmd(deepseek_bin() + " dpo --model " + d + "/sft/final --data " + d + "/prefs.jsonl --val " + d + "/prefs.jsonl --out " + d + "/dpo"
-                " --epochs 10 --batch 3 --lr 1e-3 --warmup 1 --log-every 100 --save-every 0 --threads 2");
+                " --epochs 10 --batch 3 --lr 1e-3 --warmup 1 --log-every 100 --save-every 0 --threads 2 --device cpu");
     INFO(r.out);
     REQUIRE(r.rc == 0);
     auto at = r.out.rfind("held-out after epoch");
     REQUIRE(at != std::string::npos);
     auto acc = r.out.find("reward accuracy ", at);
     CHECK(atof(r.out.c_str() + acc + 16) == 1.0);
-    r = run_cmd(deepseek_bin() + " eval --model " + d + "/dpo/final --ref " + d + "/sft/final --pairs " + d + "/prefs.jsonl");
+    r = run_cmd(deepseek_bin() + " eval --device cpu --model " + d + "/dpo/final --ref " + d + "/sft/final --pairs " + d + "/prefs.jsonl");
     INFO(r.out);
     REQUIRE(r.rc == 0);
     CHECK(atof(r.out.c_str() + r.out.find("reward_accuracy: ") + 17) == 1.0);
     CHECK(atof(r.out.c_str() + r.out.find("reward_margin: ") + 15) > 0.0);
     write_text(d + "/val.txt", "User: What is 12 + 7?\n\nAssistant: The answer is 19.\n");
-    r = run_cmd(deepseek_bin() + " eval --model " + d + "/dpo/final --text " + d + "/val.txt");
+    r = run_cmd(deepseek_bin() + " eval --device cpu --model " + d + "/dpo/final --text " + d + "/val.txt");
     REQUIRE(r.rc == 0);
     CHECK(atof(r.out.c_str() + r.out.find("bits_per_byte: ") + 15) > 0.0);
 }
@@ -409,13 +409,13 @@ TEST_CASE("sft --resume from a checkpoint ends with the same weights, bit for bi
         "{\"messages\": [{\"role\": \"user\", \"content\": \"Sort the list: 5 2 8\"}, {\"role\": \"assistant\", \"content\": \"The answer is 2 5 8.\"}]}\n"
         "{\"messages\": [{\"role\": \"user\", \"content\": \"Reverse the list: 1 2 3\"}, {\"role\": \"assistant\", \"content\": \"The answer is 3 2 1.\"}]}\n");
     auto r = run_cmd(deepseek_bin() + " sft --model " + d + "/base --data " + d + "/sft.jsonl --out " + d + "/run"
-                     " --epochs 3 --batch 2 --lr 1e-2 --save-every 3 --keep 5 --threads 2");
+                     " --epochs 3 --batch 2 --lr 1e-2 --save-every 3 --keep 5 --threads 2 --device cpu");
     INFO(r.out);
     REQUIRE(r.rc == 0);
     REQUIRE(dir_exists(d + "/run/step_000003"));
     std::string full = read_file(d + "/run/final/model.safetensors");
     // resume from the middle of epoch 2 (step 3 of 6): same data order, schedule and AdamW state
-    r = run_cmd(deepseek_bin() + " sft --resume " + d + "/run/step_000003 --threads 1");
+    r = run_cmd(deepseek_bin() + " sft --resume " + d + "/run/step_000003 --threads 1 --device cpu");
     INFO(r.out);
     REQUIRE(r.rc == 0);
     CHECK(r.out.find("resuming") != std::string::npos);

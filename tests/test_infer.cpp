@@ -194,7 +194,7 @@ TEST_CASE("generate --prompt --ids on the CLI prints transformers' greedy ids, a
     for (const char* name : {"gen_gqa", "gen_bf16"}) {
         const json& r = g["models"][name]["runs"][0];
         std::string base = deepseek_bin() + " generate --model " + FX + name + " --prompt '" +
-                           r["prompt"].get<std::string>() + "' -n 64 --temperature 0 --threads 2";
+                           r["prompt"].get<std::string>() + "' -n 64 --temperature 0 --threads 2 --device cpu";
         auto ids = run_stdout(base + " --ids");
         REQUIRE(ids.rc == 0);
         CHECK(ids.out == ids_str(r["generated_ids"]) + "\n");
@@ -322,7 +322,7 @@ TEST_CASE("repetition penalty divides positive and multiplies negative logits of
 
 TEST_CASE("sampled generation with a seed is reproducible on the CLI") {
     std::string cmd = deepseek_bin() + " generate --model " + FX + "gen_gqa --prompt 'The quick' -n 20 --temperature 0.9"
-                      " --top-p 0.9 --top-k 40 --repetition-penalty 1.1 --ids";
+                      " --top-p 0.9 --top-k 40 --repetition-penalty 1.1 --ids --device cpu";
     auto a = run_stdout(cmd + " --seed 1"), b = run_stdout(cmd + " --seed 1"), c = run_stdout(cmd + " --seed 2");
     REQUIRE(a.rc == 0);
     CHECK(a.out == b.out);
@@ -394,7 +394,7 @@ TEST_CASE("a stop string ends the output before it, even when it spans tokens, a
 // ---------------------------------------------------------------------------- chat on the CLI
 
 TEST_CASE("chat answers a --prompt and, from stdin, one message per line with /reset") {
-    std::string base = deepseek_bin() + " chat --model " + FX + "gen_gqa --temperature 0 -n 8 --threads 2";
+    std::string base = deepseek_bin() + " chat --model " + FX + "gen_gqa --temperature 0 -n 8 --threads 2 --device cpu";
     auto one = run_stdout(base + " --prompt 'Who are you?'");
     REQUIRE(one.rc == 0);
     CHECK(count_lines(one.out) >= 1);
@@ -407,7 +407,7 @@ TEST_CASE("chat answers a --prompt and, from stdin, one message per line with /r
 TEST_CASE("chat drops the oldest turns with a notice when the history outgrows the context") {
     std::string cmd = "printf 'The quick brown fox jumps\\nover the lazy dog in the beginning\\nwas the word and light\\n"
                       "and the water and the spirit\\n' | " + deepseek_bin() + " chat --model " + FX +
-                      "gen_gqa --temperature 0 -n 16 --context 48 --threads 2 --quiet 2>&1";
+                      "gen_gqa --temperature 0 -n 16 --context 48 --threads 2 --quiet --device cpu 2>&1";
     auto r = run_cmd(cmd);
     REQUIRE(r.rc == 0);
     CHECK(r.out.find("dropped the oldest turn") != std::string::npos);

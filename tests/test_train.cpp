@@ -431,7 +431,7 @@ TEST_CASE("data prepare: the shards decode to the text, split by whole documents
 // ---------------------------------------------------------------------------- the training command
 
 static std::string train_cmd(const std::string& model, const std::string& data, const std::string& out, const std::string& extra) {
-    return deepseek_bin() + " train --model " + model + " --data " + data + " --out " + out +
+    return deepseek_bin() + " train --device cpu --model " + model + " --data " + data + " --out " + out +
            " --seq-len 16 --batch-tokens 128 --micro-batch 4 --lr 1e-2 --eval-windows 8 --threads 1 " + extra;
 }
 
@@ -445,7 +445,7 @@ TEST_CASE("training resumes bit-exactly: 2K steps straight equal K steps, stop, 
     std::string ck = d + "/straight/step_00000" + std::to_string(K);
     REQUIRE(dir_exists(ck));
     // a fresh process continues from the K-step checkpoint into another directory
-    auto b = run_cmd(deepseek_bin() + " train --resume " + ck + " --out " + d + "/resumed --threads 1");
+    auto b = run_cmd(deepseek_bin() + " train --device cpu --resume " + ck + " --out " + d + "/resumed --threads 1");
     REQUIRE_MESSAGE(b.rc == 0, b.out);
     CHECK(b.out.find("resuming") != std::string::npos);
     for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
@@ -499,7 +499,7 @@ TEST_CASE("train --compute without a model trains the planner's shape with the l
     std::string data = synthetic_data(d + "/data", 64, 6000, 600);
     auto plan = run_cmd(deepseek_bin() + " plan --compute 1e9 --seq-len 16 --vocab-size 64");
     REQUIRE(plan.rc == 0);
-    auto r = run_cmd(deepseek_bin() + " train --compute 1e9 --seq-len 16 --steps 2 --eval-every 0 --data " + data + " --out " +
+    auto r = run_cmd(deepseek_bin() + " train --device cpu --compute 1e9 --seq-len 16 --steps 2 --eval-every 0 --data " + data + " --out " +
                      d + "/run --threads 1");
     REQUIRE_MESSAGE(r.rc == 0, r.out);
     Config c = config_read_json(d + "/run/final/config.json");
@@ -528,7 +528,7 @@ TEST_CASE("SIGINT finishes the step, writes a checkpoint and exits cleanly; the 
     json st = json::parse(read_file(latest + "/trainer_state.json"));
     long step = st["step"];
     CHECK(step >= 1);
-    auto b = run_cmd(deepseek_bin() + " train --resume " + d + "/run --steps " + std::to_string(step + 2) + " --threads 1");
+    auto b = run_cmd(deepseek_bin() + " train --device cpu --resume " + d + "/run --steps " + std::to_string(step + 2) + " --threads 1");
     CHECK_MESSAGE(b.rc == 0, b.out);
     CHECK(dir_exists(d + "/run/final"));
 }
@@ -546,7 +546,7 @@ TEST_CASE("kill -9 at random moments never leaves the newest complete checkpoint
         std::string latest = checkpoint_latest(d + "/run");
         std::string cmd = latest.empty()
             ? train_cmd(model, data, d + "/run", "--steps 1000000 --save-every 1 --keep 2 --eval-every 0")
-            : deepseek_bin() + " train --resume " + d + "/run --threads 1";
+            : deepseek_bin() + " train --device cpu --resume " + d + "/run --threads 1";
         auto r = run_cmd("timeout -s KILL " + std::string(ts) + " " + cmd);
         CHECK(r.rc == 137);   // killed, not finished nor failed
         latest = checkpoint_latest(d + "/run");
@@ -565,7 +565,7 @@ TEST_CASE("kill -9 at random moments never leaves the newest complete checkpoint
     std::string latest = checkpoint_latest(d + "/run");
     REQUIRE(!latest.empty());
     long step = json::parse(read_file(latest + "/trainer_state.json"))["step"];
-    auto r = run_cmd(deepseek_bin() + " train --resume " + d + "/run --steps " + std::to_string(step + 2) + " --threads 1");
+    auto r = run_cmd(deepseek_bin() + " train --device cpu --resume " + d + "/run --steps " + std::to_string(step + 2) + " --threads 1");
     CHECK_MESSAGE(r.rc == 0, r.out);
     CHECK(dir_exists(d + "/run/final"));
 }
@@ -602,7 +602,7 @@ TEST_CASE("bad input to data, plan and train gives one clear error line, never a
     write_file_atomic(magic + "/train.bin", s);
     std::string noshard = d + "/noshard";
     run_cmd("cp -r " + data + " " + noshard + " && rm " + noshard + "/train.bin");
-    std::string t = deepseek_bin() + " train --model " + model + " --out " + d + "/out --threads 1 ";
+    std::string t = deepseek_bin() + " train --device cpu --model " + model + " --out " + d + "/out --threads 1 ";
     CHECK(one_error_line(run_cmd(t + "--data " + d + "/nowhere"), "does not exist"));
     CHECK(one_error_line(run_cmd(t + "--data " + noshard), "train.bin is missing"));
     CHECK(one_error_line(run_cmd(t + "--data " + magic), "magic"));
@@ -613,7 +613,7 @@ TEST_CASE("bad input to data, plan and train gives one clear error line, never a
     CHECK(one_error_line(run_cmd(t + "--data " + data + " --lr -1"), "--lr"));
     CHECK(one_error_line(run_cmd(t + "--data " + data + " --steps 0"), "--steps"));
     CHECK(one_error_line(run_cmd(deepseek_bin() + " train --data " + data + " --out " + d + "/o"), "--preset"));
-    CHECK(one_error_line(run_cmd(deepseek_bin() + " train --resume " + d + "/nothing_here"), "no complete checkpoint"));
+    CHECK(one_error_line(run_cmd(deepseek_bin() + " train --device cpu --resume " + d + "/nothing_here"), "no complete checkpoint"));
     CHECK(one_error_line(run_cmd(deepseek_bin() + " plan"), "--compute"));
     CHECK(one_error_line(run_cmd(deepseek_bin() + " plan --compute lots"), "--compute"));
     CHECK(one_error_line(run_cmd(deepseek_bin() + " data prepare --input " + d + "/no.txt --vocab-size 300 --out " + d + "/p"),

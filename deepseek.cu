@@ -589,7 +589,9 @@ static int omp_threads() {
 // positions) must not call it for them.
 static inline float exp_fast(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    // n = round(x·log2 e) by the 1.5·2^23 trick (adding it pushes the fraction out of the mantissa; exact for
+    // |t| < 2^22): floorf would stop GCC from vectorising the loop unless -fno-trapping-math is given
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = x - n * 0.693145751953125f;
     r = r - n * 1.428606765330187e-6f;
     float p = 1.9875691500e-4f;
@@ -682,6 +684,7 @@ static void gemm_pack_a(float* ap, const float* A, int lda, bool trans, int m0, 
         if (trans) {
             for (int k = 0; k < kc; k++) {
                 const float* src = A + (size_t)(k0 + k) * lda + m0 + p;
+                if (rows == GEMM_MR) { memcpy(dst + k * GEMM_MR, src, sizeof(float) * GEMM_MR); continue; }  // fixed size: vector moves
                 for (int r = 0; r < rows; r++) dst[k * GEMM_MR + r] = src[r];
                 for (int r = rows; r < GEMM_MR; r++) dst[k * GEMM_MR + r] = 0.0f;
             }
@@ -738,6 +741,7 @@ static void gemm_pack_b(float* bp, const float* B, int ldb, bool trans, int k0, 
         for (int k = 0; k < kc; k++) {
             const float* src = B + (size_t)(k0 + k) * ldb + n0;
             float* dst = bp + k * GEMM_NR;
+            if (cols == GEMM_NR) { memcpy(dst, src, sizeof(float) * GEMM_NR); continue; }
             for (int c = 0; c < cols; c++) dst[c] = src[c];
             for (int c = cols; c < GEMM_NR; c++) dst[c] = 0.0f;
         }

@@ -173,7 +173,9 @@ static Rate torch_tokens_per_s(const Config& c, int B, int T, int threads, int s
 int main(int argc, char** argv) {
     if (is_help(argc, argv, 1)) {
         printf("usage: bench_cpu [--threads N] [--rounds R] [--batch B] [--seq-len T] [--steps S] [--no-torch] [--no-train]\n"
-               "  FMA peak, our GEMM vs OpenBLAS on the benchmark model's shapes, training tokens/s vs PyTorch.\n");
+               "                 [--no-gemm] [--hidden C] [--layers L] [--heads H] [--kv-heads KV] [--ffn F] [--vocab V]\n"
+               "  FMA peak, our GEMM vs OpenBLAS on the benchmark model's shapes, training tokens/s vs PyTorch.\n"
+               "  The model: d_model 512, 4 layers, 8 / 2 heads, SwiGLU 1408, vocabulary 8192 unless the flags say otherwise.\n");
         return 0;
     }
     // OpenBLAS 0.3.21 (Debian 12) does not know this CPU model and falls back to its SSE3 "Prescott" kernels,
@@ -187,7 +189,8 @@ int main(int argc, char** argv) {
         setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0);
         execv("/proc/self/exe", argv);
     }
-    Args a(argc, argv, 1, "bench_cpu", {"threads", "rounds", "batch", "seq-len", "steps"}, {"no-torch", "no-train"});
+    Args a(argc, argv, 1, "bench_cpu", {"threads", "rounds", "batch", "seq-len", "steps", "hidden", "layers", "heads",
+           "kv-heads", "ffn", "vocab"}, {"no-torch", "no-train", "no-gemm"});
     int P = (int)a.integer("threads", 2, 1, 256), rounds = (int)a.integer("rounds", 3, 1, 100);
     int B = (int)a.integer("batch", 4, 1, 1024), T = (int)a.integer("seq-len", 256, 1, 65536);
     int steps = (int)a.integer("steps", 3, 1, 1000);
@@ -195,8 +198,16 @@ int main(int argc, char** argv) {
     openblas_set_num_threads(P);
     // the benchmark model: d_model 512, 4 layers, 8 query / 2 KV heads (GQA), SwiGLU 1408, vocabulary 8192
     Config c;
-    c.vocab_size = 8192; c.hidden_size = 512; c.num_hidden_layers = 4; c.num_attention_heads = 8; c.num_key_value_heads = 2;
-    c.head_dim = 64; c.intermediate_size = 1408; c.max_position_embeddings = std::max(T, 512);
+    c.vocab_size = (int)a.integer("vocab", 8192, 2, 1 << 20);
+    c.hidden_size = (int)a.integer("hidden", 512, 1, 65536);
+    c.num_hidden_layers = (int)a.integer("layers", 4, 1, 1024);
+    c.num_attention_heads = (int)a.integer("heads", 8, 1, 1024);
+    c.num_key_value_heads = (int)a.integer("kv-heads", 2, 1, 1024);
+    c.intermediate_size = (int)a.integer("ffn", 1408, 1, 1 << 20);
+    if (c.hidden_size % c.num_attention_heads || c.num_attention_heads % c.num_key_value_heads)
+        die("bench_cpu: --hidden must be a multiple of --heads, and --heads of --kv-heads");
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+    c.max_position_embeddings = std::max(T, 512);
     int BT = B * T, C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, KVD = c.num_key_value_heads * c.head_dim;
     int L = c.num_hidden_layers;
     printf("bench_cpu: OpenBLAS kernels: %s\n", openblas_get_corename());
@@ -212,6 +223,7 @@ int main(int argc, char** argv) {
         {"down dW        dW=dYᵀ·X", C, F, BT, true, false, L},     {"lm_head dX     dX=dY·W", BT, C, V, false, false, 1},
         {"lm_head dW     dW=dYᵀ·X", V, C, BT, true, false, 1},
     };
+    if (a.flag("no-gemm")) shapes.clear();
     size_t maxA = 0, maxB = 0, maxC = 0;
     for (auto& s : shapes) {
         maxA = std::max(maxA, (size_t)s.M * s.K);
@@ -223,7 +235,7 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < Bm.size(); i++) Bm[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
     Stat peak;
     std::vector<Stat> ours(shapes.size()), blas(shapes.size());
-    for (int r = 0; r < rounds; r++) {
+    for (int r = 0; r < rounds && !shapes.empty(); r++) {
         for (int i = 0; i < 20; i++) peak.add(fma_peak_gflops(P, 500000));  // 20 short runs: ~5 ms each
         for (size_t i = 0; i < shapes.size(); i++) {
             ours[i].add(time_gemm(shapes[i], false, A.data(), Bm.data(), Cm.data(), 3, P));
@@ -231,9 +243,10 @@ int main(int argc, char** argv) {
         }
         fprintf(stderr, "  round %d/%d: peak %.0f GFLOP/s\n", r + 1, rounds, peak.best.wall);
     }
-    printf("\nfp32 FMA peak, %d threads: %.1f GFLOP/s wall clock, %.1f by CPU time (best of %d runs; worst %.1f, %.1f)\n", P,
-           peak.best.wall, peak.best.cpu, 20 * rounds, peak.lo.wall, peak.lo.cpu);
-    for (int pass = 0; pass < 2; pass++) {
+    if (!shapes.empty())
+        printf("\nfp32 FMA peak, %d threads: %.1f GFLOP/s wall clock, %.1f by CPU time (best of %d runs; worst %.1f, %.1f)\n", P,
+               peak.best.wall, peak.best.cpu, 20 * rounds, peak.lo.wall, peak.lo.cpu);
+    for (int pass = 0; pass < 2 && !shapes.empty(); pass++) {
         bool cpu = pass == 1;
         double pk = cpu ? peak.best.cpu : peak.best.wall;
         printf("\nGEMM, GFLOP/s by %s (best of %d rounds; worst in parentheses); %% of the %s peak %.1f\n",

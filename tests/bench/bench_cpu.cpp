@@ -16,6 +16,7 @@
 #include <chrono>             // steady_clock
 #include <cstdio>             // printf, popen
 #include <cstdlib>            // atof, getenv, setenv
+#include <cstring>            // strcmp
 #include <ctime>              // clock_gettime(CLOCK_PROCESS_CPUTIME_ID)
 #include <string>             // std::string
 #include <vector>             // std::vector
@@ -157,7 +158,12 @@ static Rate torch_tokens_per_s(const Config& c, int B, int T, int threads, int s
              c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
              c.intermediate_size, B, T, threads, steps);
     Rate tps;
+    // PyTorch runs in its own default environment: the passive wait policy set below for OpenBLAS would slow it
+    // (and forcing OMP_WAIT_POLICY=active halves it here: its threads spin against each other on two cores)
+    std::string saved = getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "";
+    if (getenv("DEEPSEEK_BENCH_SET_POLICY")) unsetenv("OMP_WAIT_POLICY");
     FILE* f = popen(cmd, "r");
+    if (!saved.empty()) setenv("OMP_WAIT_POLICY", saved.c_str(), 1);
     if (!f) return tps;
     char line[4096];
     while (fgets(line, sizeof line, f)) {
@@ -181,11 +187,18 @@ int main(int argc, char** argv) {
     // OpenBLAS 0.3.21 (Debian 12) does not know this CPU model and falls back to its SSE3 "Prescott" kernels,
     // a fifth of its speed here. A fair comparison gives it its best kernel for the instruction set: the
     // choice is read when the library loads, so set it and restart once.
-    if (!getenv("OPENBLAS_CORETYPE") || !getenv("OMP_WAIT_POLICY") || !getenv("OPENBLAS_THREAD_TIMEOUT")) {
+    // The passive wait policy keeps our OpenMP threads from spinning against OpenBLAS's own pthreads in the GEMM
+    // comparison. The training comparison (--no-gemm) runs both trainers in their default environments instead.
+    bool gemm_part = true;
+    for (int i = 1; i < argc; i++) gemm_part &= strcmp(argv[i], "--no-gemm") != 0;
+    if (!getenv("OPENBLAS_CORETYPE") || (gemm_part && !getenv("OMP_WAIT_POLICY")) || !getenv("OPENBLAS_THREAD_TIMEOUT")) {
         const char* core = __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : __builtin_cpu_supports("avx512f") ? "SkylakeX"
                          : __builtin_cpu_supports("avx2") ? "Haswell" : nullptr;
         if (core) setenv("OPENBLAS_CORETYPE", core, 0);
-        setenv("OMP_WAIT_POLICY", "passive", 0);
+        if (gemm_part && !getenv("OMP_WAIT_POLICY")) {
+            setenv("OMP_WAIT_POLICY", "passive", 0);
+            setenv("DEEPSEEK_BENCH_SET_POLICY", "1", 1);   // ours, not the user's: PyTorch does not inherit it
+        }
         setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0);
         execv("/proc/self/exe", argv);
     }

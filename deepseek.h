@@ -10,6 +10,7 @@
 #pragma once
 #include <cstddef>   // size_t
 #include <cstdint>   // int32_t, uint16_t, uint64_t
+#include <cstring>   // memcpy (exp_fast)
 #include <string>    // std::string
 #include <vector>    // std::vector
 #include <map>       // std::map
@@ -167,6 +168,32 @@ float silu(float x);
 // count (each output element is summed by one thread, in an order fixed by the shapes).
 
 extern bool g_cpu_reference;   // true: model_forward/model_backward run the reference layers (the oracle)
+
+// e^x in fp32 without libm, so `omp simd` loops vectorise it: e^x = 2^n · e^r, n = round(x·log2 e),
+// r = x − n·ln 2 (ln 2 split in two so r is exact to fp32), e^r ≈ 1 + r + r²·P(r) with P the degree-5
+// minimax polynomial Cephes' expf uses on |r| ≤ ln2/2: relative error ≤ 8e-8 (about 1 ulp, like expf).
+// Inputs are clamped to [−87.3, 88.3]: e^−87.3 ≈ 1e-38, not 0, so callers that need an exact 0 (masked
+// positions) must not call it for them.
+inline float exp_fast(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    // n = round(x·log2 e) by the 1.5·2^23 trick (adding it pushes the fraction out of the mantissa; exact for
+    // |t| < 2^22): floorf would stop GCC from vectorising the loop unless -fno-trapping-math is given
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187e-6f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;   // 2^n
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
 const char* gemm_kernel_name(); // the microkernel chosen at build time, e.g. "avx512 14x32"
 // C[M,N] = (accumulate ? C : 0) + op(A)·op(B); op(A)[m,k] = A[m*lda+k], or A[k*lda+m] if a_trans; B likewise
 void gemm_f32(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,

@@ -1170,6 +1170,15 @@ static void att_outer4(float* g, const float* p, const float* const* x, int nk, 
 // q [B,T,H,D], k/v [B,T,KV,D] → y [B,T,H,D], lse [B,H,T]
 void attention_forward_fast(float* y, float* lse, const float* q, const float* k, const float* v,
                             int B, int T, int H, int KV, int D) {
+    attention_forward_offset(y, lse, q, k, v, B, T, T, 0, H, KV, D);
+}
+
+// The same with the queries at absolute positions q0 … q0+Tq−1 over Tk = q0 + Tq keys (generation's prefill: the
+// new tokens' queries over the KV cache, which already holds their keys). q/y [B,Tq,H,D], k/v [B,Tk,KV,D],
+// lse [B,H,Tq] or nullptr.
+void attention_forward_offset(float* y, float* lse, const float* q, const float* k, const float* v,
+                              int B, int Tq, int Tk, int q0, int H, int KV, int D) {
+    int T = Tq;   // query rows (the loops below index q, y and lse by row t; its position is q0 + t)
     int group = H / KV, nqb = (T + ATT_BQ - 1) / ATT_BQ;
     float scale = 1.0f / sqrtf((float)D);
     #pragma omp parallel
@@ -1184,14 +1193,14 @@ void attention_forward_fast(float* y, float* lse, const float* q, const float* k
                     std::fill(mx.begin(), mx.end(), -INFINITY);
                     std::fill(l.begin(), l.end(), 0.0f);
                     std::fill(acc.begin(), acc.end(), 0.0f);
-                    for (int s0 = 0; s0 < t1; s0 += ATT_BK) {
-                        int nk = std::min(ATT_BK, T - s0);
+                    for (int s0 = 0; s0 < q0 + t1; s0 += ATT_BK) {
+                        int nk = std::min(ATT_BK, Tk - s0);
                         for (int j = 0; j < ATT_BK; j++) {
-                            const float* ks = k + (((size_t)b * T + s0 + j) * KV + kh) * D;
+                            const float* ks = k + (((size_t)b * Tk + s0 + (j < nk ? j : 0)) * KV + kh) * D;
                             for (int d = 0; d < D; d++) kt[(size_t)d * ATT_BK + j] = j < nk ? ks[d] : 0.0f;
                         }
                         for (int h = kh * group; h < (kh + 1) * group; h++)
-                            for (int tr = std::max(t0, s0); tr < t1; tr += ATT_R) {  // rows tr .. tr+3
+                            for (int tr = std::max(t0, s0 - q0); tr < t1; tr += ATT_R) {  // rows tr .. tr+3
                                 int rows = std::min(ATT_R, t1 - tr);
                                 const float* qr[ATT_R];
                                 float* orow[ATT_R];
@@ -1204,7 +1213,7 @@ void attention_forward_fast(float* y, float* lse, const float* q, const float* k
                                 for (int r = 0; r < ATT_R; r++) {
                                     float* sp = s.data() + r * ATT_BK;
                                     if (r >= rows) { for (int j = 0; j < ATT_BK; j++) sp[j] = 0.0f; continue; }
-                                    int nv = std::min(nk, tr + r - s0 + 1);  // causal: keys s0 .. t
+                                    int nv = std::min(nk, q0 + tr + r - s0 + 1);  // causal: keys s0 .. q0 + t
                                     size_t ri = (size_t)(h - kh * group) * ATT_BQ + (tr + r - t0);
                                     float m_old = mx[ri], m_new = m_old;
                                     for (int j = 0; j < nv; j++) { sp[j] *= scale; m_new = std::max(m_new, sp[j]); }
@@ -1218,8 +1227,8 @@ void attention_forward_fast(float* y, float* lse, const float* q, const float* k
                                     #pragma omp simd
                                     for (int d = 0; d < D; d++) ar[d] *= corr;
                                 }
-                                int nvmax = std::min(nk, tr + rows - 1 - s0 + 1);
-                                att_rows4(orow, s.data(), v + (((size_t)b * T + s0) * KV + kh) * D, (size_t)KV * D, nvmax, D);
+                                int nvmax = std::min(nk, q0 + tr + rows - 1 - s0 + 1);
+                                att_rows4(orow, s.data(), v + (((size_t)b * Tk + s0) * KV + kh) * D, (size_t)KV * D, nvmax, D);
                             }
                     }
                     for (int h = kh * group; h < (kh + 1) * group; h++)
@@ -1230,7 +1239,7 @@ void attention_forward_fast(float* y, float* lse, const float* q, const float* k
                             const float* ar = acc.data() + r * D;
                             #pragma omp simd
                             for (int d = 0; d < D; d++) yt[d] = ar[d] * inv;
-                            lse[((size_t)b * H + h) * T + t] = mx[r] + logf(l[r]);
+                            if (lse) lse[((size_t)b * H + h) * T + t] = mx[r] + logf(l[r]);
                         }
                 }
     }

@@ -210,6 +210,9 @@ void crossentropy_backward_fast(float* dlogits, const float* logits, const float
                                 const float* dlosses, int N, int V);
 void attention_forward_fast(float* y, float* lse, const float* q, const float* k, const float* v,
                             int B, int T, int H, int KV, int D);
+// queries at positions q0 … q0+Tq−1 over Tk = q0+Tq keys (prefill over a KV cache); lse may be nullptr
+void attention_forward_offset(float* y, float* lse, const float* q, const float* k, const float* v,
+                              int B, int Tq, int Tk, int q0, int H, int KV, int D);
 void attention_backward_fast(float* dq, float* dk, float* dv, const float* dy, const float* y, const float* lse,
                              const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
 // the references (the oracle), for tests
@@ -481,6 +484,7 @@ void infer_from_model(InferModel* im, const Model& m, int ctx);
 // Appends tokens [n] at positions pos..pos+n-1 (prefill in chunks; decode is n = 1). Returns the logits of the
 // last token [V], or with all_logits those of all n tokens [n, V]. Dies if the cache would overflow.
 const float* infer_forward(InferModel* im, const int* tokens, int n, bool all_logits = false);
+extern int g_prefill_chunk;   // the prompt is prefilled in chunks of this many tokens (256; tests make it small)
 // Keeps the first `keep` cached tokens (a shared prompt prefix) and drops the rest.
 void infer_rewind(InferModel* im, int keep);
 // --device cuda: from now on infer_forward feeds the tokens through cuda_decode_step on `gpu` (the same weights,

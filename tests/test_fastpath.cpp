@@ -227,6 +227,24 @@ TEST_CASE("blockwise online-softmax attention matches the reference (GQA and MHA
     CHECK(worst < 1e-4);
 }
 
+// Generation's prefill: the queries of positions q0 … T−1 over all T keys equal those rows of the full attention
+TEST_CASE("attention with a query offset (prefill over a KV cache) equals the same rows of full causal attention") {
+    struct S { int T, q0, H, KV, D; };
+    double worst = 0;
+    for (S s : std::vector<S>{{70, 32, 4, 2, 16}, {131, 67, 6, 3, 8}, {40, 39, 2, 1, 64}, {300, 0, 4, 4, 64}}) {
+        size_t nq = (size_t)s.T * s.H * s.D, nk = (size_t)s.T * s.KV * s.D, row = (size_t)s.H * s.D;
+        auto q = test_data(nq, 71, 2.0f), k = test_data(nk, 72, 2.0f), v = test_data(nk, 73);
+        std::vector<float> y(nq), lse((size_t)s.H * s.T), yo(nq - s.q0 * row);
+        attention_forward_fast(y.data(), lse.data(), q.data(), k.data(), v.data(), 1, s.T, s.H, s.KV, s.D);
+        attention_forward_offset(yo.data(), nullptr, q.data() + s.q0 * row, k.data(), v.data(), 1, s.T - s.q0, s.T, s.q0,
+                                 s.H, s.KV, s.D);
+        std::vector<float> tail(y.begin() + s.q0 * row, y.end());
+        worst = std::max(worst, rel_err(yo, tail));
+    }
+    MESSAGE("attention with a query offset vs full attention: max rel err " << worst);
+    CHECK(worst < 1e-6);
+}
+
 // ---------------------------------------------------------------------------- the model
 
 static Config fast_test_config() {

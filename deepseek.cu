@@ -3182,11 +3182,12 @@ SafeTensors::~SafeTensors() {
     for (auto& m : maps) munmap(m.first, m.second);
 }
 
-// A whole file read into anonymous memory, 2 MiB-aligned and advised to be backed by transparent huge pages.
-// Why: generation reads every weight once per token, and with the page cache's 4 KiB pages the TLB misses and the
-// hardware prefetcher (which stops at page boundaries) cost 8–17% of decode speed on this machine (measured,
-// 110M-parameter model, --mmap vs in memory: fp32 57 → 62, bf16 99–110 → 116–127 tokens/s). The mapping is made
-// read-only once filled.
+// A whole file read into anonymous memory, 2 MiB-aligned and advised to be backed by transparent huge pages
+// (generate/chat --huge-pages). Why: decoding reads every weight once per token, and with the page cache's 4 KiB
+// pages the TLB misses and the hardware prefetcher (which stops at page boundaries) cost 5–10% of decode speed on
+// this machine (110M-parameter model, mapped vs here: fp32 57 → 61, bf16 97 → 105 tokens/s). Not the default: the
+// copy, and the first touch of fresh memory (up to ~1 s for 0.5 GB in this VM), slow the start by more than a short
+// generation gains. The mapping is made read-only once filled.
 static void* read_into_huge_pages(int fd, size_t size, const std::string& path) {
     const size_t huge = (size_t)2 << 20;
     size_t rounded = (size + huge - 1) / huge * huge;

@@ -261,8 +261,8 @@ struct SafeTensors {
     SafeTensors& operator=(const SafeTensors&) = delete;
     ~SafeTensors();
     void open_file(const std::string& path);      // adds one file's tensors
-    // model.safetensors or the index's shards. ram_if_fits: read them into memory (in_ram) when they take less
-    // than half of the available memory, for generation's speed; a larger model (a 7B on 24 GB) stays mapped.
+    // model.safetensors or the index's shards, memory-mapped. ram_if_fits: read them into huge-page memory (in_ram)
+    // instead when they take less than half of the available memory (generate/chat --huge-pages).
     void open_dir(const std::string& dir, bool ram_if_fits = false);
     const TensorInfo& get(const std::string& name) const;  // dies if missing
     bool has(const std::string& name) const { return tensors.count(name) > 0; }
@@ -478,7 +478,8 @@ struct InferModel {
     ~InferModel();
 };
 // Loads a Hugging Face model directory (config.json + safetensors, single or sharded); ctx ≤ 0: the model's context.
-void infer_load(InferModel* im, const std::string& dir, int ctx, bool map_weights = false);  // map_weights: always mmap
+// huge_pages: read the weights into huge pages when they take under half of the available memory (else mapped)
+void infer_load(InferModel* im, const std::string& dir, int ctx, bool huge_pages = false);
 // Views a Model's fp32 parameters (the Model must outlive im).
 void infer_from_model(InferModel* im, const Model& m, int ctx);
 // Appends tokens [n] at positions pos..pos+n-1 (prefill in chunks; decode is n = 1). Returns the logits of the

@@ -9,6 +9,7 @@ and the ratios ours / peer. Nothing is asserted: the numbers are for reading (th
 are noisy; the ratios come from runs made back to back).
 
   --threads N (2)  --prompt N (128)  --new N (128)  --models 15m,110m,110m-bf16  --repeat R (2: best of R)
+  --engines deepseek,deepseek-huge,llama.cpp,transformers   (deepseek-huge: ours with --huge-pages)
 """
 
 import argparse
@@ -133,10 +134,10 @@ def gguf_convert(hf_dir, out_path):
 
 # ------------------------------------------------------------------------------------------------ engines
 
-def run_ours(path, prompt, n_new, threads):
+def run_ours(path, prompt, n_new, threads, extra=()):
     ids = " ".join(map(str, prompt))
     cmd = [BIN, "generate", "--model", path, "--prompt-ids", ids, "-n", str(n_new), "--temperature", "0", "--ids",
-           "--threads", str(threads)]
+           "--threads", str(threads), *extra]
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     if r.returncode != 0:
         sys.exit(f"deepseek failed: {r.stderr.strip()}")
@@ -203,7 +204,7 @@ def main():
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--models", default="15m,110m,110m-bf16")
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--engines", default="deepseek,llama.cpp,transformers")
+    ap.add_argument("--engines", default="deepseek,deepseek-huge,llama.cpp,transformers")
     a = ap.parse_args()
     os.makedirs(WORK, exist_ok=True)
     engines = a.engines.split(",")
@@ -231,6 +232,8 @@ def main():
             for e in engines:  # interleaved, so a noisy moment hits every engine alike
                 if e == "deepseek":
                     r = run_ours(path, prompt, a.new, a.threads)
+                elif e == "deepseek-huge":   # ours with --huge-pages (weights read into huge pages, not mapped)
+                    r = run_ours(path, prompt, a.new, a.threads, ["--huge-pages"])
                 elif e == "llama.cpp":
                     r = run_llama_cpp(gg, prompt, a.new, a.threads)
                 else:
@@ -240,17 +243,25 @@ def main():
                 outs[e] = r[2]
                 print(f"  {name:10s} {e:13s} prefill {r[0]:8.1f} tok/s   decode {r[1]:7.1f} tok/s", flush=True)
         agree = {e: next((i for i, (x, y) in enumerate(zip(outs[e], outs["deepseek"])) if x != y), len(outs[e]))
-                 for e in outs if e != "deepseek"} if "deepseek" in outs else {}
+                 for e in outs if not e.startswith("deepseek")} if "deepseek" in outs else {}
         rows.append((name, res, agree))
 
+    # ours/peer for our default (weights memory-mapped, as llama.cpp's default) and, after the bar, --huge-pages
     print("\n| model | engine | prefill tok/s | decode tok/s | ours/peer prefill | ours/peer decode | same greedy tokens |")
     print("|---|---|---|---|---|---|---|")
     for name, res, agree in rows:
-        ours = res.get("deepseek")
+        ours, huge = res.get("deepseek"), res.get("deepseek-huge")
         for e, (pf, dc) in res.items():
-            ratio = f"{ours[0] / pf:.2f}× | {ours[1] / dc:.2f}×" if ours and e != "deepseek" else "— | —"
+            if e.startswith("deepseek") or not ours:
+                ratio = "— | —"
+            else:
+                ratio = f"{ours[0] / pf:.2f}× | {ours[1] / dc:.2f}×"
+                if huge:
+                    ratio = f"{ours[0] / pf:.2f}× / {huge[0] / pf:.2f}× | {ours[1] / dc:.2f}× / {huge[1] / dc:.2f}×"
             same = f"first {agree[e]}" if e in agree else "—"
             print(f"| {name} | {e} | {pf:.1f} | {dc:.1f} | {ratio} | {same} |")
+    if any(r[1].get("deepseek-huge") for r in rows):
+        print("(ratios: ours default / ours --huge-pages)")
     return 0
 
 

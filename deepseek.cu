@@ -810,7 +810,9 @@ void gemm_f32(int M, int N, int K, const float* A, int lda, bool a_trans, const 
         return;
     }
     static thread_local std::vector<float> bpack_buf;  // per calling thread: callers may run in parallel
-    int nc_max = std::min(GEMM_NC, (N + GEMM_NR - 1) / GEMM_NR * GEMM_NR);
+    // up to 2·NC columns in one block: a second, small block would re-pack all of A for a few panels
+    int n_round = (N + GEMM_NR - 1) / GEMM_NR * GEMM_NR, NC = n_round <= 2 * GEMM_NC ? n_round : GEMM_NC;
+    int nc_max = std::min(NC, n_round);
     float* bpack = gemm_scratch(&bpack_buf, (size_t)GEMM_KC * nc_max);
     int P = omp_threads();
     int m_panels = (M + GEMM_MR - 1) / GEMM_MR;
@@ -831,8 +833,8 @@ void gemm_f32(int M, int N, int K, const float* A, int lda, bool a_trans, const 
         }
         int mc_max = std::min(GEMM_MC, (m_hi - m_lo + GEMM_MR - 1) / GEMM_MR * GEMM_MR);
         float* apack = gemm_scratch(&apack_buf, (size_t)GEMM_KC * std::max(mc_max, GEMM_MR));
-        for (int jc = 0; jc < N; jc += GEMM_NC) {
-            int nc = std::min(GEMM_NC, N - jc), n_panels = (nc + GEMM_NR - 1) / GEMM_NR;
+        for (int jc = 0; jc < N; jc += NC) {
+            int nc = std::min(NC, N - jc), n_panels = (nc + GEMM_NR - 1) / GEMM_NR;
             int j_lo = split_rows ? 0 : (int)((long long)n_panels * t / nt);
             int j_hi = split_rows ? n_panels : (int)((long long)n_panels * (t + 1) / nt);
             for (int pc = 0; pc < K; pc += GEMM_KC) {

@@ -250,8 +250,7 @@ static void swiglu_linear_forward(float* act, float* up_tmp, const float* x, con
     if (N >= GEMM_MIN_TOKENS) {
         linear_gemm(x, N, in, {act, &gate, F, false});
         linear_gemm(x, N, in, {up_tmp, &up, F, false});
-        #pragma omp parallel for simd schedule(static)
-        for (size_t i = 0; i < (size_t)N * F; i++) act[i] = act[i] / (1.0f + exp_fast(-act[i])) * up_tmp[i];  // silu·up
+        swiglu_forward_fast(act, act, up_tmp, (size_t)N * F);   // in place: act = silu(gate) · up, element by element
         return;
     }
     #pragma omp parallel

@@ -1079,7 +1079,8 @@ void crossentropy_backward_fast(float* dlogits, const float* logits, const float
 //
 // The block products are register-blocked like the GEMM microkernel, four query rows at a time (a fifth of
 // the GEMM's speed before, when each row was done alone and its accumulators went through memory):
-//   att_scores4   S[4, ATT_BK]  = Q4 · Kᵀ       16 vector accumulators; each packed key row serves four queries
+//   att_scores4   S[4, ≤ATT_BK] = Q4 · Kᵀ       16 vector accumulators; each packed key row serves four queries;
+//                                                 only the keys up to the rows' causal limit
 //   att_rows4     O4[4, D]     += P[4, nk] · V   (also dq += dS · K)      D in chunks of 64: 16 accumulators
 //   att_outer4    G[nk, D]     += P[4, nk]ᵀ · X4 (dv += Pᵀ·dy, dk += dSᵀ·q) the four X rows stay in registers
 // A short group of rows is padded with a row of zeros whose results go to scratch.
@@ -1088,25 +1089,32 @@ static const int ATT_BQ = 32, ATT_BK = 64, ATT_R = 4;
 
 #if defined(__AVX512F__)
 static inline __mmask16 att_mask(int n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1); }
-static void att_scores4(float* s, const float* const* q, const float* kt, int D) {
-    __m512 a[ATT_R][4];
+template <int NV>  // the first NV·16 keys of the block (the rest lie past every row's causal limit)
+static void att_scores4_n(float* s, const float* const* q, const float* kt, int D) {
+    __m512 a[ATT_R][NV];
     for (int r = 0; r < ATT_R; r++)
-        for (int c = 0; c < 4; c++) a[r][c] = _mm512_setzero_ps();
+        for (int c = 0; c < NV; c++) a[r][c] = _mm512_setzero_ps();
     for (int d = 0; d < D; d++) {
         const float* kd = kt + (size_t)d * ATT_BK;
-        __m512 k0 = _mm512_loadu_ps(kd), k1 = _mm512_loadu_ps(kd + 16), k2 = _mm512_loadu_ps(kd + 32),
-               k3 = _mm512_loadu_ps(kd + 48);
+        __m512 kv[NV];
+        for (int c = 0; c < NV; c++) kv[c] = _mm512_loadu_ps(kd + 16 * c);
         #pragma GCC unroll 4
         for (int r = 0; r < ATT_R; r++) {
             __m512 x = _mm512_set1_ps(q[r][d]);
-            a[r][0] = _mm512_fmadd_ps(x, k0, a[r][0]);
-            a[r][1] = _mm512_fmadd_ps(x, k1, a[r][1]);
-            a[r][2] = _mm512_fmadd_ps(x, k2, a[r][2]);
-            a[r][3] = _mm512_fmadd_ps(x, k3, a[r][3]);
+            for (int c = 0; c < NV; c++) a[r][c] = _mm512_fmadd_ps(x, kv[c], a[r][c]);
         }
     }
     for (int r = 0; r < ATT_R; r++)
-        for (int c = 0; c < 4; c++) _mm512_storeu_ps(s + r * ATT_BK + c * 16, a[r][c]);
+        for (int c = 0; c < NV; c++) _mm512_storeu_ps(s + r * ATT_BK + c * 16, a[r][c]);
+}
+// S[4, 0..nk) (at least; entries up to the next 16 may be written too, the rest are left as they were)
+static void att_scores4(float* s, const float* const* q, const float* kt, int nk, int D) {
+    switch ((nk + 15) / 16) {
+        case 1: att_scores4_n<1>(s, q, kt, D); break;
+        case 2: att_scores4_n<2>(s, q, kt, D); break;
+        case 3: att_scores4_n<3>(s, q, kt, D); break;
+        default: att_scores4_n<4>(s, q, kt, D); break;
+    }
 }
 static void att_rows4(float* const* o, const float* p, const float* v, size_t vstride, int nk, int D) {
     for (int d0 = 0; d0 < D; d0 += 64) {
@@ -1160,15 +1168,15 @@ static void att_outer4(float* g, const float* p, const float* const* x, int nk, 
 }
 #else
 // portable twins: the same sums, left to the compiler to vectorise
-static void att_scores4(float* s, const float* const* q, const float* kt, int D) {
+static void att_scores4(float* s, const float* const* q, const float* kt, int nk, int D) {
     for (int r = 0; r < ATT_R; r++) {
         float* sr = s + r * ATT_BK;
-        for (int j = 0; j < ATT_BK; j++) sr[j] = 0.0f;
+        for (int j = 0; j < nk; j++) sr[j] = 0.0f;
         for (int d = 0; d < D; d++) {
             float x = q[r][d];
             const float* kd = kt + (size_t)d * ATT_BK;
             #pragma omp simd
-            for (int j = 0; j < ATT_BK; j++) sr[j] = fmaf(x, kd[j], sr[j]);
+            for (int j = 0; j < nk; j++) sr[j] = fmaf(x, kd[j], sr[j]);
         }
     }
 }
@@ -1268,7 +1276,8 @@ void attention_forward_offset(float* y, float* lse, const float* q, const float*
                                     qr[r] = r < rows ? q + (((size_t)b * T + tr + r) * H + h) * D : zero.data();
                                     orow[r] = r < rows ? acc.data() + ri * D : junk.data();
                                 }
-                                att_scores4(s.data(), qr, kt, D);
+                                int nvmax = std::min(nk, q0 + tr + rows - 1 - s0 + 1);  // keys any of the rows sees
+                                att_scores4(s.data(), qr, kt, nvmax, D);
                                 for (int r = 0; r < ATT_R; r++) {
                                     float* sp = s.data() + r * ATT_BK;
                                     if (r >= rows) { for (int j = 0; j < ATT_BK; j++) sp[j] = 0.0f; continue; }
@@ -1286,7 +1295,6 @@ void attention_forward_offset(float* y, float* lse, const float* q, const float*
                                     #pragma omp simd
                                     for (int d = 0; d < D; d++) ar[d] *= corr;
                                 }
-                                int nvmax = std::min(nk, q0 + tr + rows - 1 - s0 + 1);
                                 att_rows4(orow, s.data(), v + (((size_t)b * Tk + s0) * KV + kh) * D, (size_t)KV * D, nvmax, D);
                             }
                     }
@@ -1350,8 +1358,9 @@ void attention_backward_fast(float* dq, float* dk, float* dv, const float* dy, c
                                 dyr[r] = r < rows ? dy + at : zero.data();
                                 dqr[r] = r < rows ? dq + at : junk.data();
                             }
-                            att_scores4(p.data(), qr, kt.data(), D);
-                            att_scores4(ds.data(), dyr, vt.data(), D);   // dP, turned into dS below
+                            int nvmax = std::min(nk, tr + rows - 1 - s0 + 1);  // keys any of the rows sees
+                            att_scores4(p.data(), qr, kt.data(), nvmax, D);
+                            att_scores4(ds.data(), dyr, vt.data(), nvmax, D);   // dP, turned into dS below
                             for (int r = 0; r < ATT_R; r++) {
                                 float* pr = p.data() + r * ATT_BK;
                                 float* dr = ds.data() + r * ATT_BK;
@@ -1365,7 +1374,6 @@ void attention_backward_fast(float* dq, float* dk, float* dv, const float* dy, c
                                 }
                                 for (int j = nv; j < ATT_BK; j++) { pr[j] = 0.0f; dr[j] = 0.0f; }
                             }
-                            int nvmax = std::min(nk, tr + rows - 1 - s0 + 1);
                             att_outer4(dvb.data(), p.data(), dyr, nvmax, D);
                             att_outer4(dkb.data(), ds.data(), qr, nvmax, D);
                             att_rows4(dqr, ds.data(), k + (((size_t)b * T + s0) * KV + kh) * D, (size_t)KV * D, nvmax, D);

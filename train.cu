@@ -361,6 +361,8 @@ void adamw_step(float* p, const float* g, float* m, float* v, size_t n, float lr
 
 void adamw_update(Model* model, AdamW* opt, float lr) {
     if (opt->m.size() != model->num_parameters) {
+        reserve_huge(&opt->m, model->num_parameters);
+        reserve_huge(&opt->v, model->num_parameters);
         opt->m.assign(model->num_parameters, 0.0f);
         opt->v.assign(model->num_parameters, 0.0f);
     }

@@ -360,6 +360,7 @@ void loader_next(DataLoader* d, int* inputs, int* targets);   // [B, T] each
 void adamw_step(float* p, const float* g, float* m, float* v, size_t n, float lr, float weight_decay, long t);
 struct AdamW { std::vector<float> m, v; long t = 0; };
 void adamw_update(Model* model, AdamW* opt, float lr);        // weight decay 0.1 on matrices, none on norm weights
+double sum_squares(const float* x, size_t n);                 // Σ x², in double, in a fixed order
 double grad_global_norm(const float* g, size_t n);            // deterministic: independent of the thread count
 double clip_grad_norm(float* g, size_t n, double max_norm);   // torch.nn.utils.clip_grad_norm_; returns the norm
 

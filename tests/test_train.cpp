@@ -220,6 +220,23 @@ TEST_CASE("the global gradient norm does not depend on the thread count") {
 #endif
 }
 
+TEST_CASE("sum_squares is Σx² to double rounding, with the same bits wherever the data sits in memory") {
+    const size_t n = 100003;   // not a multiple of the 16 lanes
+    std::vector<float> x(n + 16);
+    for (size_t i = 0; i < x.size(); i++) x[i] = (float)cos((double)i * 0.11) * (float)(1 + i % 5);
+    long double want = 0;
+    for (size_t i = 0; i < n; i++) want += (long double)x[i] * x[i];
+    double got = sum_squares(x.data(), n);
+    CHECK(fabs((double)(got - want)) <= 1e-13 * (double)want);
+    for (int shift = 1; shift < 16; shift++) {   // the same values at another alignment
+        std::vector<float> y(x.size() + 16, 0.0f);
+        memcpy(y.data() + shift, x.data(), n * sizeof(float));
+        CHECK(sum_squares(y.data() + shift, n) == got);
+    }
+    CHECK(sum_squares(x.data(), 0) == 0.0);
+    CHECK(sum_squares(x.data(), 3) == (double)x[0] * x[0] + (double)x[1] * x[1] + (double)x[2] * x[2]);
+}
+
 // ---------------------------------------------------------------------------- scaling laws
 
 // the number after "KEY: " at the start of a line of the output (NaN if absent)

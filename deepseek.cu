@@ -833,13 +833,15 @@ void gemm_f32(int M, int N, int K, const float* A, int lda, bool a_trans, const 
         return;
     }
     static thread_local std::vector<float> bpack_buf;  // per calling thread: callers may run in parallel
-    // up to 8·NC columns in one block (packed B ≤ 16 MiB, in L3): every further block re-packs all of A, and the
-    // vocabulary-wide lm_head (N = 8192) measured 0.88× → 0.98× OpenBLAS with one block instead of eight
-    int n_round = (N + GEMM_NR - 1) / GEMM_NR * GEMM_NR, NC = n_round <= 8 * GEMM_NC ? n_round : GEMM_NC;
-    int nc_max = std::min(NC, n_round);
     // a long sum (K ≥ 1024: the dW products, down_proj, lm_head's dX with K = 8192): twice the KC and half the MC,
     // so each C tile is loaded and stored half as often while the packed A block keeps its size (+2–7% on those)
     int KCb = K >= 1024 ? 2 * GEMM_KC : GEMM_KC, MCb = KCb > GEMM_KC ? GEMM_MC / 2 : GEMM_MC;
+    // all columns in one block while the packed B stays ≤ 16 MiB (in L3; 8·NC columns at KC = 512): every further
+    // block re-packs all of A, and the vocabulary-wide lm_head (N = 8192) measured 0.88× → 0.98× OpenBLAS with one
+    // block instead of eight
+    int n_round = (N + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    int NC = (size_t)n_round * KCb <= (size_t)8 * GEMM_NC * GEMM_KC ? n_round : GEMM_NC;
+    int nc_max = std::min(NC, n_round);
     float* bpack = gemm_scratch(&bpack_buf, (size_t)KCb * nc_max);
     int P = omp_threads();
     int m_panels = (M + GEMM_MR - 1) / GEMM_MR;

@@ -605,8 +605,8 @@ static int omp_threads() {
 // from L1, 128 B of B from L1 or L2) are far below what the caches deliver: alone it runs at 96% of peak.
 // In place (the B panel, 64 KiB, no longer fits L1) it prefetches A and B 16 steps ahead: +2% on a training step.
 // Edge tiles run the same kernel instantiated for their row count, with masked columns.
-// KC = 512 (measured against 128…704; 1024 with half the MC when K ≥ 1024, see gemm_f32) makes the model's K = C = 512 products one pass, amortising the C tile's
-// load and store over 512 steps; the B panel then exceeds L1 but streams from L2 at 9 B/cycle, well within.
+// KC = 512 (measured against 128…704; 1024 with half the MC when K ≥ 1024, see gemm_f32) makes the model's
+// K = C = 512 products one pass, amortising the C tile's load and store over 512 steps; the B panel then exceeds L1 but streams from L2 at 9 B/cycle, well within.
 // Threads split the rows (whole MR panels) of each block evenly, or the columns when there are few rows.
 // Each C element is one FMA chain over k in increasing order, started from C itself when accumulating —
 // the same chain whatever the blocking or the thread count, so results do not depend on either.
@@ -1709,7 +1709,7 @@ void model_backward(Model* m, const float* dlosses) {
         {&dmid, (size_t)BT * C}, {&dln, (size_t)BT * C}, {&dq, (size_t)BT * QD}, {&dk, (size_t)BT * KVD}, {&dv, (size_t)BT * KVD},
         {&datty, (size_t)BT * QD}, {&dact, (size_t)BT * F}, {&dgate, (size_t)BT * F}, {&dup, (size_t)BT * F}};
     for (auto& s : scratch) {
-        if (s.first->capacity() < s.second) reserve_huge(s.first, s.second);  // (contents: overwritten before read)
+        reserve_huge(s.first, s.second);  // (only when it grows; the contents are overwritten before they are read)
         s.first->resize(s.second);
     }
 

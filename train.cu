@@ -394,16 +394,20 @@ double sum_squares(const float* x, size_t n) {
     return s;
 }
 
-double grad_global_norm(const float* g, size_t n) {
+// Σ x_i² over fixed 64K-element chunks summed in parallel and added in order: the same bits whatever the thread
+// count (a resumed run is bit-exact). The global norm and the data-parallel norm (dist_sum_squares) share it.
+static double chunked_sum_squares(const float* x, size_t n) {
     const size_t CHUNK = 65536;
     size_t nchunks = (n + CHUNK - 1) / CHUNK;
     std::vector<double> part(nchunks, 0.0);
     #pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < nchunks; c++) part[c] = sum_squares(g + c * CHUNK, std::min(n, (c + 1) * CHUNK) - c * CHUNK);
+    for (size_t c = 0; c < nchunks; c++) part[c] = sum_squares(x + c * CHUNK, std::min(n, (c + 1) * CHUNK) - c * CHUNK);
     double s = 0.0;
-    for (double x : part) s += x;
-    return sqrt(s);
+    for (double v : part) s += v;
+    return s;
 }
+
+double grad_global_norm(const float* g, size_t n) { return sqrt(chunked_sum_squares(g, n)); }
 
 double clip_grad_norm(float* g, size_t n, double max_norm) {
     double norm = grad_global_norm(g, n);
@@ -2193,14 +2197,7 @@ void dist_barrier(const Dist& d) {
 double dist_sum_squares(const Dist& d, const float* x, size_t n, bool sharded) {
     size_t b = sharded ? d.shard_begin() : 0, e = sharded ? d.shard_end() : n;
     if (sharded && d.shard.size() != (size_t)d.world + 1) die("sum of squares: call dist_shards first");
-    // fixed 64K-element chunks added in order: the same bits whatever the thread count (resume is bit-exact)
-    const size_t CHUNK = 65536;
-    size_t nchunks = (e - b + CHUNK - 1) / CHUNK;
-    std::vector<double> part(nchunks, 0.0);
-#pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < nchunks; c++) part[c] = sum_squares(x + b + c * CHUNK, std::min(e, b + (c + 1) * CHUNK) - (b + c * CHUNK));
-    double s = 0.0;
-    for (double p : part) s += p;
+    double s = chunked_sum_squares(x + b, e - b);
     if (sharded) dist_allreduce_sum(d, &s, 1);
     return s;
 }

@@ -593,21 +593,24 @@ static int omp_threads() {
 //   backward  dX += dY · W     M=N,   N=in,  K=out
 //   backward  dW += dYᵀ · X    M=out, N=in,  K=N     A transposed
 //
-// Blocking (Goto/BLIS): the loops, outermost first, and where their operands live on this machine
-// (Xeon, Sapphire Rapids class: L1d 48 KiB and L2 2 MiB per core, L3 260 MiB shared):
+// Blocking: the loops, outermost first, and where their operands live on this machine
+// (Xeon, Sapphire Rapids class: L1d 48 KiB and L2 2 MiB per core, L3 shared):
 //   jc: NC columns of op(B)  ┐ pack op(B)[KC×NC] into NR-wide panels, shared by the threads:
-//   pc: KC of the K axis     ┘   512·1024·4 B = 2 MiB, in L3 (and partly L2) while each thread's rows stream past
-//   ic: MC rows of op(A)     — pack op(A)[MC×KC] into MR-tall panels, per thread: 336·512·4 B = 672 KiB, in L2
-//   jr: NR columns           — one B panel, KC×NR = 512·32·4 B = 64 KiB, in L1/L2 for the whole ir loop
-//   ir: MR rows              — the microkernel: an MR×NR tile of C in registers, KC rank-1 updates
+//   pc: KC of the K axis     ┘   512·512·4 B = 1 MiB, in each core's L2
+//   ir: MR rows of op(A)     — one strip of op(A), MR×KC = 14·512·4 B = 28 KiB, in L1 for the whole jr loop: read
+//                              in place when A is row-major (its MR rows run along k: X and dY in forward and dX),
+//                              packed [k·MR + r] into a per-thread buffer when it is transposed (dYᵀ for dW)
+//   jr: NR columns           — the microkernel: an MR×NR tile of C in registers, KC rank-1 updates, its B panel
+//                              (KC×NR = 64 KiB) streaming from L2
 // The AVX-512 microkernel keeps a 14×32 tile in 28 zmm registers; each k step loads two vectors of B,
 // broadcasts 14 scalars of A and issues 28 FMAs — 14 cycles on two FMA ports, while its loads (56 B of A
-// from L1, 128 B of B from L1 or L2) are far below what the caches deliver: alone it runs at 96% of peak.
-// In place (the B panel, 64 KiB, no longer fits L1) it prefetches A and B 16 steps ahead: +2% on a training step.
+// from L1, 128 B of B from L2, prefetched 16 steps ahead) are well within what the caches deliver.
 // Edge tiles run the same kernel instantiated for their row count, with masked columns.
-// KC = 512 (measured against 128…704; 1024 with half the MC when K ≥ 1024, see gemm_f32) makes the model's
-// K = C = 512 products one pass, amortising the C tile's load and store over 512 steps; the B panel then exceeds L1 but streams from L2 at 9 B/cycle, well within.
-// Threads split the rows (whole MR panels) of each block evenly, or the columns when there are few rows.
+// Why this order: at KC = 512 a B panel (64 KiB) does not fit L1 but an A strip does, and a smaller KC stores each
+// C tile more often (KC = 256 measured −4%). The classic Goto order (an MC×KC block of A packed into L2, the B
+// panel reused across it) was 1–10% slower on the products with a row-major A — packing A is most of the
+// difference — and the same on dW. KC = 512 makes the model's K = C = 512 products one pass.
+// Threads split the rows (whole MR strips) evenly, or the columns of each block when there are few rows.
 // Each C element is one FMA chain over k in increasing order, started from C itself when accumulating —
 // the same chain whatever the blocking or the thread count, so results do not depend on either.
 
@@ -621,7 +624,7 @@ static const char* GEMM_KERNEL = "avx2 6x16";
 static const int GEMM_MR = 4, GEMM_NR = 16;
 static const char* GEMM_KERNEL = "portable 4x16";
 #endif
-static const int GEMM_KC = 512, GEMM_MC = 24 * GEMM_MR, GEMM_NC = 1024;
+static const int GEMM_KC = 512, GEMM_NC = 512;  // the packed B block, KC×NC·4 B = 1 MiB
 const char* gemm_kernel_name() { return GEMM_KERNEL; }
 
 #if defined(__AVX512F__)
@@ -727,26 +730,28 @@ static void gemm_pack_b(float* bp, const float* B, int ldb, bool trans, int k0, 
     }
 }
 
-// the microkernel: C[MR×NR] (ldc) = (load ? C : 0) + Σ_k a[k·MR + r] · b[k·NR + c], as one FMA chain per element
+// the microkernel: C[rows×cols] (ldc) = (load ? C : 0) + Σ_k op(A)[r, k] · b[k·NR + c], as one FMA chain per
+// element, with the strip of A packed (a[k·MR + r]) or, in place, row-major (a[r·lda + k]; AVX-512 only)
 #if defined(__AVX512F__)
+static const bool GEMM_A_IN_PLACE = true;
 // R rows (R = MR inside C; fewer at its bottom edge, so no FMA is spent on padding rows) and the columns
 // under the masks m0 (0–15), m1 (16–31): full except at C's right edge.
-template <int R>
-static void gemm_kernel_rows(int kc, const float* a, const float* b, float* C, int ldc, bool load, __mmask16 m0, __mmask16 m1) {
+template <int R, bool IN_PLACE>
+static void gemm_kernel_rows(int kc, const float* a, size_t lda, const float* b, float* C, int ldc, bool load,
+                             __mmask16 m0, __mmask16 m1) {
     __m512 c0[R], c1[R];
     #pragma GCC unroll 14
     for (int r = 0; r < R; r++) {
         c0[r] = load ? _mm512_maskz_loadu_ps(m0, C + (size_t)r * ldc) : _mm512_setzero_ps();
         c1[r] = load ? _mm512_maskz_loadu_ps(m1, C + (size_t)r * ldc + 16) : _mm512_setzero_ps();
     }
-    for (int k = 0; k < kc; k++, a += GEMM_MR, b += GEMM_NR) {
+    for (int k = 0; k < kc; k++, b += GEMM_NR) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
         _mm_prefetch((const char*)(b + 16 * GEMM_NR), _MM_HINT_T0);
         _mm_prefetch((const char*)(b + 16 * GEMM_NR + 16), _MM_HINT_T0);
-        _mm_prefetch((const char*)(a + 16 * GEMM_MR), _MM_HINT_T0);
         #pragma GCC unroll 14
         for (int r = 0; r < R; r++) {
-            __m512 ar = _mm512_set1_ps(a[r]);
+            __m512 ar = _mm512_set1_ps(IN_PLACE ? a[r * lda + k] : a[k * GEMM_MR + r]);
             c0[r] = _mm512_fmadd_ps(ar, b0, c0[r]);
             c1[r] = _mm512_fmadd_ps(ar, b1, c1[r]);
         }
@@ -757,21 +762,21 @@ static void gemm_kernel_rows(int kc, const float* a, const float* b, float* C, i
         _mm512_mask_storeu_ps(C + (size_t)r * ldc + 16, m1, c1[r]);
     }
 }
-static void gemm_kernel(int kc, const float* a, const float* b, float* C, int ldc, bool load) {
-    gemm_kernel_rows<GEMM_MR>(kc, a, b, C, ldc, load, 0xFFFF, 0xFFFF);
-}
-// a tile at the edge of C (fewer than MR rows or NR columns)
-static void gemm_kernel_edge(int kc, const float* a, const float* b, float* C, int ldc, bool load, int rows, int cols) {
+static void gemm_kernel(int kc, const float* a, size_t lda, bool in_place, const float* b, float* C, int ldc, bool load,
+                        int rows, int cols) {
     __mmask16 m0 = (__mmask16)(cols >= 16 ? 0xFFFF : (1u << cols) - 1), m1 = (__mmask16)(cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (1u << (cols - 16)) - 1);
-    using K = void (*)(int, const float*, const float*, float*, int, bool, __mmask16, __mmask16);
-    static const K by_rows[GEMM_MR + 1] = {nullptr, gemm_kernel_rows<1>, gemm_kernel_rows<2>, gemm_kernel_rows<3>,
-        gemm_kernel_rows<4>, gemm_kernel_rows<5>, gemm_kernel_rows<6>, gemm_kernel_rows<7>, gemm_kernel_rows<8>,
-        gemm_kernel_rows<9>, gemm_kernel_rows<10>, gemm_kernel_rows<11>, gemm_kernel_rows<12>, gemm_kernel_rows<13>,
-        gemm_kernel_rows<14>};
-    by_rows[rows](kc, a, b, C, ldc, load, m0, m1);
+    using K = void (*)(int, const float*, size_t, const float*, float*, int, bool, __mmask16, __mmask16);
+#define GEMM_ROWS(P) {nullptr, gemm_kernel_rows<1, P>, gemm_kernel_rows<2, P>, gemm_kernel_rows<3, P>, gemm_kernel_rows<4, P>, \
+        gemm_kernel_rows<5, P>, gemm_kernel_rows<6, P>, gemm_kernel_rows<7, P>, gemm_kernel_rows<8, P>, gemm_kernel_rows<9, P>, \
+        gemm_kernel_rows<10, P>, gemm_kernel_rows<11, P>, gemm_kernel_rows<12, P>, gemm_kernel_rows<13, P>, gemm_kernel_rows<14, P>}
+    static const K by_rows[2][GEMM_MR + 1] = {GEMM_ROWS(false), GEMM_ROWS(true)};
+#undef GEMM_ROWS
+    by_rows[in_place][rows](kc, a, lda, b, C, ldc, load, m0, m1);
 }
-#elif defined(__AVX2__) && defined(__FMA__)
-static void gemm_kernel(int kc, const float* a, const float* b, float* C, int ldc, bool load) {
+#else
+static const bool GEMM_A_IN_PLACE = false;  // AVX2 and portable: the strip is always packed
+#if defined(__AVX2__) && defined(__FMA__)
+static void gemm_kernel_full(int kc, const float* a, const float* b, float* C, int ldc, bool load) {
     __m256 c0[GEMM_MR], c1[GEMM_MR];
     #pragma GCC unroll 6
     for (int r = 0; r < GEMM_MR; r++) {
@@ -794,7 +799,7 @@ static void gemm_kernel(int kc, const float* a, const float* b, float* C, int ld
     }
 }
 #else
-static void gemm_kernel(int kc, const float* a, const float* b, float* C, int ldc, bool load) {
+static void gemm_kernel_full(int kc, const float* a, const float* b, float* C, int ldc, bool load) {
     float acc[GEMM_MR][GEMM_NR];
     for (int r = 0; r < GEMM_MR; r++)
         for (int c = 0; c < GEMM_NR; c++) acc[r][c] = load ? C[(size_t)r * ldc + c] : 0.0f;
@@ -805,14 +810,14 @@ static void gemm_kernel(int kc, const float* a, const float* b, float* C, int ld
         for (int c = 0; c < GEMM_NR; c++) C[(size_t)r * ldc + c] = acc[r][c];
 }
 #endif
-
-#if !defined(__AVX512F__)
-// a tile at the edge of C (fewer than MR rows or NR columns): run the kernel on a full tile in scratch
-static void gemm_kernel_edge(int kc, const float* a, const float* b, float* C, int ldc, bool load, int rows, int cols) {
+// a whole tile, or one at the edge of C (fewer than MR rows or NR columns) run on a full tile in scratch
+static void gemm_kernel(int kc, const float* a, size_t lda, bool in_place, const float* b, float* C, int ldc, bool load,
+                        int rows, int cols) {
+    if (rows == GEMM_MR && cols == GEMM_NR) { gemm_kernel_full(kc, a, b, C, ldc, load); return; }
     alignas(64) float tile[GEMM_MR * GEMM_NR];
     for (int r = 0; r < GEMM_MR; r++)
         for (int c = 0; c < GEMM_NR; c++) tile[r * GEMM_NR + c] = (load && r < rows && c < cols) ? C[(size_t)r * ldc + c] : 0.0f;
-    gemm_kernel(kc, a, b, tile, GEMM_NR, load);
+    gemm_kernel_full(kc, a, b, tile, GEMM_NR, load);
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) C[(size_t)r * ldc + c] = tile[r * GEMM_NR + c];
 }
@@ -833,59 +838,49 @@ void gemm_f32(int M, int N, int K, const float* A, int lda, bool a_trans, const 
         return;
     }
     static thread_local std::vector<float> bpack_buf;  // per calling thread: callers may run in parallel
-    // a long sum (K ≥ 1024: the dW products, down_proj, lm_head's dX with K = 8192): twice the KC and half the MC,
-    // so each C tile is loaded and stored half as often while the packed A block keeps its size (+2–7% on those)
-    int KCb = K >= 1024 ? 2 * GEMM_KC : GEMM_KC, MCb = KCb > GEMM_KC ? GEMM_MC / 2 : GEMM_MC;
-    // all columns in one block while the packed B stays ≤ 16 MiB (in L3; 8·NC columns at KC = 512): every further
-    // block re-packs all of A, and the vocabulary-wide lm_head (N = 8192) measured 0.88× → 0.98× OpenBLAS with one
-    // block instead of eight
-    int n_round = (N + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
-    int NC = (size_t)n_round * KCb <= (size_t)8 * GEMM_NC * GEMM_KC ? n_round : GEMM_NC;
-    int nc_max = std::min(NC, n_round);
-    float* bpack = gemm_scratch(&bpack_buf, (size_t)KCb * nc_max);
+    float* bpack = gemm_scratch(&bpack_buf, (size_t)GEMM_KC * GEMM_NC);
+    bool in_place = GEMM_A_IN_PLACE && !a_trans;  // read A's strips where they lie, or pack each one
     int P = omp_threads();
-    int m_panels = (M + GEMM_MR - 1) / GEMM_MR;
-    bool split_rows = m_panels >= 2 * P || N <= GEMM_NR;
+    int m_strips = (M + GEMM_MR - 1) / GEMM_MR;
+    bool split_rows = m_strips >= 2 * P || N <= GEMM_NR;
     #pragma omp parallel num_threads(P)
     {
-        static thread_local std::vector<float> apack_buf;
+        static thread_local std::vector<float> astrip_buf;
+        float* astrip = in_place ? nullptr : gemm_scratch(&astrip_buf, (size_t)GEMM_KC * GEMM_MR);
         int t = 0, nt = 1;
 #ifdef _OPENMP
         t = omp_get_thread_num();
         nt = omp_get_num_threads();
 #endif
-        // this thread's rows [m_lo, m_hi) (whole MR panels) or, with few rows, its share of each block's NR panels
+        // this thread's rows [m_lo, m_hi) (whole MR strips) or, with few rows, its share of each block's NR panels
         int m_lo = 0, m_hi = M;
         if (split_rows) {
-            m_lo = std::min(M, (int)((long long)m_panels * t / nt) * GEMM_MR);
-            m_hi = std::min(M, (int)((long long)m_panels * (t + 1) / nt) * GEMM_MR);
+            m_lo = std::min(M, (int)((long long)m_strips * t / nt) * GEMM_MR);
+            m_hi = std::min(M, (int)((long long)m_strips * (t + 1) / nt) * GEMM_MR);
         }
-        int mc_max = std::min(MCb, (m_hi - m_lo + GEMM_MR - 1) / GEMM_MR * GEMM_MR);
-        float* apack = gemm_scratch(&apack_buf, (size_t)KCb * std::max(mc_max, GEMM_MR));
-        for (int jc = 0; jc < N; jc += NC) {
-            int nc = std::min(NC, N - jc), n_panels = (nc + GEMM_NR - 1) / GEMM_NR;
+        for (int jc = 0; jc < N; jc += GEMM_NC) {
+            int nc = std::min(GEMM_NC, N - jc), n_panels = (nc + GEMM_NR - 1) / GEMM_NR;
             int j_lo = split_rows ? 0 : (int)((long long)n_panels * t / nt);
             int j_hi = split_rows ? n_panels : (int)((long long)n_panels * (t + 1) / nt);
-            for (int pc = 0; pc < K; pc += KCb) {
-                int kc = std::min(KCb, K - pc);
+            for (int pc = 0; pc < K; pc += GEMM_KC) {
+                int kc = std::min(GEMM_KC, K - pc);
                 bool load = accumulate || pc > 0;
                 #pragma omp for schedule(static)
                 for (int j = 0; j < n_panels; j++)
                     gemm_pack_b(bpack + (size_t)j * GEMM_NR * kc, B, ldb, b_trans, pc, kc, jc + j * GEMM_NR,
                                 std::min(GEMM_NR, nc - j * GEMM_NR));
                 // (implicit barrier: the packed B block is complete)
-                for (int ic = m_lo; ic < m_hi; ic += MCb) {
-                    int mc = std::min(MCb, m_hi - ic);
-                    gemm_pack_a(apack, A, lda, a_trans, ic, mc, pc, kc);
+                for (int ir = m_lo; ir < m_hi; ir += GEMM_MR) {
+                    int rows = std::min(GEMM_MR, m_hi - ir);
+                    const float* a = A + (size_t)ir * lda + pc;  // in place: the strip's first row, at column pc
+                    if (!in_place) {
+                        gemm_pack_a(astrip, A, lda, a_trans, ir, rows, pc, kc);
+                        a = astrip;
+                    }
                     for (int j = j_lo; j < j_hi; j++) {
-                        int n0 = jc + j * GEMM_NR, cols = std::min(GEMM_NR, N - n0);
-                        const float* bp = bpack + (size_t)j * GEMM_NR * kc;
-                        for (int ir = 0; ir < mc; ir += GEMM_MR) {
-                            int rows = std::min(GEMM_MR, mc - ir);
-                            float* c = C + (size_t)(ic + ir) * ldc + n0;
-                            if (rows == GEMM_MR && cols == GEMM_NR) gemm_kernel(kc, apack + (size_t)ir * kc, bp, c, ldc, load);
-                            else gemm_kernel_edge(kc, apack + (size_t)ir * kc, bp, c, ldc, load, rows, cols);
-                        }
+                        int n0 = jc + j * GEMM_NR;
+                        gemm_kernel(kc, a, (size_t)lda, in_place, bpack + (size_t)j * GEMM_NR * kc, C + (size_t)ir * ldc + n0,
+                                    ldc, load, rows, std::min(GEMM_NR, N - n0));
                     }
                 }
                 #pragma omp barrier

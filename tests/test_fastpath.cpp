@@ -72,7 +72,7 @@ TEST_CASE("the fast matmul (forward, dX and dW) matches the reference on shapes 
 }
 
 TEST_CASE("gemm_f32 computes op(A)·op(B) for all four transpositions, overwriting or accumulating, with leading dimensions") {
-    // M, N, K: edges of every tile size, K across a KC block (512, and 1024 for K ≥ 1024), N in one wide column block (≤ 8·NC) and in several
+    // M, N, K: edges of every tile size, K across KC blocks (512), N across NC blocks (512 columns), and in one
     const int shapes[][3] = {{1, 1, 1}, {3, 45, 7}, {17, 33, 300}, {30, 64, 513}, {9, 1500, 33}, {20, 2100, 40}, {4, 8300, 9}, {17, 40, 2100}, {3, 4200, 1030}};
     double worst = 0;
     for (auto& s : shapes)
@@ -100,23 +100,27 @@ TEST_CASE("gemm_f32 computes op(A)·op(B) for all four transpositions, overwriti
 }
 
 TEST_CASE("gemm_f32 on every row count up to two microkernel tiles, with column edges; padding never written") {
-    // the edge tiles run kernels specialised on their row count and masked on their columns: each one here
+    // the edge tiles run kernels specialised on their row count and masked on their columns, on A's strip read in
+    // place (row-major A) or packed (transposed A): each one here
     double worst = 0;
-    for (int M = 1; M <= 29; M++)
-        for (int N : {5, 16, 17, 31, 33, 47})
-            for (int acc = 0; acc < 2; acc++) {
-                int K = 9, lda = K, ldb = K, ldc = N + 3;
-                auto A = test_data((size_t)M * lda, 21 + M), B = test_data((size_t)N * ldb, 22 + N), C = test_data((size_t)M * ldc, 23);
-                auto want = C;
-                for (int m = 0; m < M; m++)
-                    for (int n = 0; n < N; n++) {
-                        double sum = acc ? C[(size_t)m * ldc + n] : 0.0;
-                        for (int k = 0; k < K; k++) sum += (double)A[(size_t)m * lda + k] * B[(size_t)n * ldb + k];
-                        want[(size_t)m * ldc + n] = (float)sum;
-                    }
-                gemm_f32(M, N, K, A.data(), lda, false, B.data(), ldb, true, C.data(), ldc, acc);
-                worst = std::max(worst, rel_err(C, want));
-            }
+    for (int ta = 0; ta < 2; ta++)
+        for (int M = 1; M <= 29; M++)
+            for (int N : {5, 16, 17, 31, 33, 47})
+                for (int acc = 0; acc < 2; acc++) {
+                    int K = 9, lda = (ta ? M : K) + 1, ldb = K, ldc = N + 3;
+                    auto A = test_data((size_t)(ta ? K : M) * lda, 21 + M), B = test_data((size_t)N * ldb, 22 + N);
+                    auto C = test_data((size_t)M * ldc, 23);
+                    auto want = C;
+                    for (int m = 0; m < M; m++)
+                        for (int n = 0; n < N; n++) {
+                            double sum = acc ? C[(size_t)m * ldc + n] : 0.0;
+                            for (int k = 0; k < K; k++)
+                                sum += (double)(ta ? A[(size_t)k * lda + m] : A[(size_t)m * lda + k]) * B[(size_t)n * ldb + k];
+                            want[(size_t)m * ldc + n] = (float)sum;
+                        }
+                    gemm_f32(M, N, K, A.data(), lda, ta, B.data(), ldb, true, C.data(), ldc, acc);
+                    worst = std::max(worst, rel_err(C, want));
+                }
     MESSAGE("gemm_f32 edges vs double definition: max rel err " << worst);
     CHECK(worst < 1e-4);
 }
@@ -125,11 +129,14 @@ TEST_CASE("gemm results are bit-identical for 1, 2 and 3 threads") {
     int M = 61, N = 130, K = 600;
     auto A = test_data((size_t)M * K, 11), B = test_data((size_t)N * K, 12);
     std::vector<float> c1((size_t)M * N), c2(c1.size()), c3(c1.size());
-    with_threads(1, [&] { gemm_f32(M, N, K, A.data(), K, false, B.data(), K, true, c1.data(), N, false); });
-    with_threads(2, [&] { gemm_f32(M, N, K, A.data(), K, false, B.data(), K, true, c2.data(), N, false); });
-    with_threads(3, [&] { gemm_f32(M, N, K, A.data(), K, false, B.data(), K, true, c3.data(), N, false); });
-    CHECK(memcmp(c1.data(), c2.data(), c1.size() * 4) == 0);
-    CHECK(memcmp(c1.data(), c3.data(), c1.size() * 4) == 0);
+    for (int ta = 0; ta < 2; ta++) {  // A read in place, and A transposed (packed strips); A is M×K or K×M
+        int lda = ta ? M : K;
+        with_threads(1, [&] { gemm_f32(M, N, K, A.data(), lda, ta, B.data(), K, true, c1.data(), N, false); });
+        with_threads(2, [&] { gemm_f32(M, N, K, A.data(), lda, ta, B.data(), K, true, c2.data(), N, false); });
+        with_threads(3, [&] { gemm_f32(M, N, K, A.data(), lda, ta, B.data(), K, true, c3.data(), N, false); });
+        CHECK(memcmp(c1.data(), c2.data(), c1.size() * 4) == 0);
+        CHECK(memcmp(c1.data(), c3.data(), c1.size() * 4) == 0);
+    }
 }
 
 // ---------------------------------------------------------------------------- elementwise layers

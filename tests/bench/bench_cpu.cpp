@@ -306,6 +306,21 @@ int main(int argc, char** argv) {
         } else if (!a.flag("no-torch")) {
             printf("  PyTorch: not measured (.venv/bin/python with torch and transformers is needed: make fixtures)\n");
         }
+        // The ceiling: the step's matrix products at the measured FMA peak, as if nothing else took any time. Per
+        // token, 6 FLOPs per weight (forward, dX, dW); per layer and head, attention's QKᵀ and PV over the causal
+        // triangle forward (2 FLOPs per multiply-add) and four such products backward.
+        if (peak.best.wall == 0)
+            for (int i = 0; i < 20; i++) peak.add(fma_peak_gflops(P, 500000));
+        double weights = (double)L * (2.0 * C * c.num_attention_heads * c.head_dim + 2.0 * C * KVD + 3.0 * C * F) + (double)C * V;
+        double tri = (double)T * (T + 1) / 2;
+        double flops = 6.0 * BT * weights + 12.0 * B * c.num_attention_heads * tri * c.head_dim * L;
+        double ceiling = BT / (flops / (peak.best.wall * 1e9));
+        printf("  ceiling       %10.1f   the step's %.1f GFLOP of matrix products at the FMA peak (%.1f GFLOP/s)\n",
+               ceiling, flops / 1e9, peak.best.wall);
+        printf("  ours at %.1f%% of the ceiling", 100.0 * tr.best.wall / ceiling);
+        if (pt.best.wall > 0)
+            printf(", PyTorch at %.1f%%; 1.5x PyTorch is %.1f%%", 100.0 * pt.best.wall / ceiling, 150.0 * pt.best.wall / ceiling);
+        printf("\n");
     }
     return 0;
 }

@@ -610,7 +610,8 @@ static int omp_threads() {
 // C tile more often (KC = 256 measured −4%). The classic Goto order (an MC×KC block of A packed into L2, the B
 // panel reused across it) was 1–10% slower on the products with a row-major A — packing A is most of the
 // difference — and the same on dW. KC = 512 makes the model's K = C = 512 products one pass.
-// Threads split the rows (whole MR strips) evenly, or the columns of each block when there are few rows.
+// Threads split the rows evenly (each share ending in a partial strip rather than one thread getting a whole extra
+// strip: 1–2% on M = 1024), or the NR panels of each block when there are few rows.
 // Each C element is one FMA chain over k in increasing order, started from C itself when accumulating —
 // the same chain whatever the blocking or the thread count, so results do not depend on either.
 
@@ -852,11 +853,11 @@ void gemm_f32(int M, int N, int K, const float* A, int lda, bool a_trans, const 
         t = omp_get_thread_num();
         nt = omp_get_num_threads();
 #endif
-        // this thread's rows [m_lo, m_hi) (whole MR strips) or, with few rows, its share of each block's NR panels
+        // this thread's rows [m_lo, m_hi) or, with few rows, its share of each block's NR panels
         int m_lo = 0, m_hi = M;
         if (split_rows) {
-            m_lo = std::min(M, (int)((long long)m_strips * t / nt) * GEMM_MR);
-            m_hi = std::min(M, (int)((long long)m_strips * (t + 1) / nt) * GEMM_MR);
+            m_lo = (int)((long long)M * t / nt);
+            m_hi = (int)((long long)M * (t + 1) / nt);
         }
         for (int jc = 0; jc < N; jc += GEMM_NC) {
             int nc = std::min(GEMM_NC, N - jc), n_panels = (nc + GEMM_NR - 1) / GEMM_NR;

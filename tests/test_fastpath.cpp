@@ -257,6 +257,23 @@ TEST_CASE("blockwise online-softmax attention matches the reference (GQA and MHA
     CHECK(worst < 1e-4);
 }
 
+TEST_CASE("attention matches the reference when the scores span hundreds (the running max must be the true max)") {
+    // q, k integers in [-12, 12] and D = 64: every score q·k/8 is exact in fp32 on both sides (|q·k| ≤ 9216 < 2^24),
+    // and they reach ±100 and beyond, where e^s overflows fp32 unless each row's largest score is subtracted. A max
+    // over only some lanes or keys leaves e^(s − m) clamped or infinite, and y wrong.
+    int B = 1, T = 70, H = 4, KV = 2, D = 64;
+    size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * KV * D;
+    auto q = test_data(nq, 71, 12.0f), k = test_data(nk, 72, 12.0f), v = test_data(nk, 73);
+    for (float& x : q) x = roundf(x);
+    for (float& x : k) x = roundf(x);
+    std::vector<float> y(nq), y_ref(nq), lse((size_t)B * H * T), att((size_t)B * H * T * T);
+    attention_forward_fast(y.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, KV, D);
+    attention_forward(y_ref.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, KV, D);
+    double e = rel_err(y, y_ref);
+    MESSAGE("attention, scores within ±1152: max rel err " << e);
+    CHECK(e < 1e-4);
+}
+
 // Generation's prefill: the queries of positions q0 … T−1 over all T keys equal those rows of the full attention
 TEST_CASE("attention with a query offset (prefill over a KV cache) equals the same rows of full causal attention") {
     struct S { int T, q0, H, KV, D; };

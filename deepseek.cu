@@ -1243,7 +1243,7 @@ static inline float hsum16(__m512 v) {
     v = _mm512_add_ps(v, _mm512_maskz_shuffle_ps(all, v, v, 0xB1));
     return _mm512_cvtss_f32(v);
 }
-static inline __m512 exp16(__m512 x) {  // exp_fast (deepseek.h), the same steps on 16 lanes
+static inline __m512 exp16(__m512 x) {  // exp_fast (deepseek.h): the same operations on 16 lanes, the same bits
     const __mmask16 all = 0xFFFF;  // full masks: the masked forms keep GCC 12's headers free of -Wmaybe-uninitialized
     x = _mm512_maskz_min_ps(all, _mm512_maskz_max_ps(all, x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
     __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(12582912.0f)),

@@ -177,20 +177,29 @@ extern bool g_cpu_reference;   // true: model_forward/model_backward run the ref
 // minimax polynomial Cephes' expf uses on |r| ≤ ln2/2: relative error ≤ 8e-8 (about 1 ulp, like expf).
 // Inputs are clamped to [−87.3, 88.3]: e^−87.3 ≈ 1e-38, not 0, so callers that need an exact 0 (masked
 // positions) must not call it for them.
+// a·b + c with one rounding where the CPU has FMA: then exp_fast gives the same bits in every build (-O1 or -O3,
+// contracted or not) and equals deepseek.cu's 16-lane exp16, so attention's forward and backward agree exactly
+inline float exp_madd(float a, float b, float c) {
+#if defined(__FMA__)
+    return __builtin_fmaf(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
 inline float exp_fast(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
     // n = round(x·log2 e) by the 1.5·2^23 trick (adding it pushes the fraction out of the mantissa; exact for
     // |t| < 2^22): floorf would stop GCC from vectorising the loop unless -fno-trapping-math is given
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693145751953125f;
-    r = r - n * 1.428606765330187e-6f;
+    float n = exp_madd(x, 1.44269504088896341f, 12582912.0f) - 12582912.0f;
+    float r = exp_madd(-n, 0.693145751953125f, x);
+    r = exp_madd(-n, 1.428606765330187e-6f, r);
     float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
+    p = exp_madd(p, r, 1.3981999507e-3f);
+    p = exp_madd(p, r, 8.3334519073e-3f);
+    p = exp_madd(p, r, 4.1665795894e-2f);
+    p = exp_madd(p, r, 1.6666665459e-1f);
+    p = exp_madd(p, r, 5.0000001201e-1f);
+    p = exp_madd(p, r * r, r) + 1.0f;
     int32_t bits = ((int32_t)n + 127) << 23;   // 2^n
     float scale;
     memcpy(&scale, &bits, 4);

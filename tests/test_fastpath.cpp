@@ -73,7 +73,8 @@ TEST_CASE("the fast matmul (forward, dX and dW) matches the reference on shapes 
 
 TEST_CASE("gemm_f32 computes op(A)·op(B) for all four transpositions, overwriting or accumulating, with leading dimensions") {
     // M, N, K: edges of every tile size, K across KC blocks (512), N across NC blocks (512 columns), and in one
-    const int shapes[][3] = {{1, 1, 1}, {3, 45, 7}, {17, 33, 300}, {30, 64, 513}, {9, 1500, 33}, {20, 2100, 40}, {4, 8300, 9}, {17, 40, 2100}, {3, 4200, 1030}};
+    const int shapes[][3] = {{1, 1, 1}, {3, 45, 7}, {17, 33, 300}, {30, 64, 513}, {9, 1500, 33}, {20, 2100, 40}, {4, 8300, 9}, {17, 40, 2100}, {3, 4200, 1030},
+                             {45, 1100, 530}};  // the last: rows split between threads, several column and K blocks
     double worst = 0;
     for (auto& s : shapes)
         for (int ta = 0; ta < 2; ta++)

@@ -1057,23 +1057,43 @@ void swiglu_backward_fast(float* dgate, float* dup, const float* dact, const flo
 // lanes; nll = lse − z[target]. Backward WRITES (=) dlogits = w·(e^(z − lse) − onehot) in a single pass: the
 // log-sum-exp is not recomputed but recovered as lse = nll + z[target] (exact up to one rounding, ~1e-7).
 
+#if defined(__AVX512F__)
+// halving over 256-bit halves, 128-bit lanes, pairs and neighbours; every lane ends with the total (full masks,
+// as in transpose16: GCC 12's unmasked forms, and its 512 → 256-bit cast, warn -Wmaybe-uninitialized)
+static inline float hmax16(__m512 v) {
+    const __mmask16 all = 0xFFFF;
+    v = _mm512_maskz_max_ps(all, v, _mm512_maskz_shuffle_f32x4(all, v, v, 0x4E));
+    v = _mm512_maskz_max_ps(all, v, _mm512_maskz_shuffle_f32x4(all, v, v, 0xB1));
+    v = _mm512_maskz_max_ps(all, v, _mm512_maskz_shuffle_ps(all, v, v, 0x4E));
+    v = _mm512_maskz_max_ps(all, v, _mm512_maskz_shuffle_ps(all, v, v, 0xB1));
+    return _mm512_cvtss_f32(v);
+}
+static inline float hsum16(__m512 v) {
+    const __mmask16 all = 0xFFFF;
+    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(all, v, v, 0x4E));
+    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(all, v, v, 0xB1));
+    v = _mm512_add_ps(v, _mm512_maskz_shuffle_ps(all, v, v, 0x4E));
+    v = _mm512_add_ps(v, _mm512_maskz_shuffle_ps(all, v, v, 0xB1));
+    return _mm512_cvtss_f32(v);
+}
+#endif
+
 // max of x[0..n) in 16 running lane maxima: GCC leaves a plain max reduction scalar (even under `omp simd`, and
 // the lane form too), which had made this max pass 3/4 of the cross-entropy's time
 static inline float max_fast(const float* x, int n) {
-    alignas(64) float lane[16];
-    float m = -INFINITY;
     int i = 0;
 #if defined(__AVX512F__)
     __m512 vm = _mm512_set1_ps(-INFINITY);
     for (; i + 16 <= n; i += 16) vm = _mm512_maskz_max_ps(0xFFFF, vm, _mm512_loadu_ps(x + i));  // (maskz: see transpose16)
-    _mm512_store_ps(lane, vm);
+    float m = hmax16(vm);
 #else
+    float lane[16], m = -INFINITY;
     for (int l = 0; l < 16; l++) lane[l] = -INFINITY;
     for (; i + 16 <= n; i += 16)
         for (int l = 0; l < 16; l++) lane[l] = x[i + l] > lane[l] ? x[i + l] : lane[l];
+    for (int l = 0; l < 16; l++) m = lane[l] > m ? lane[l] : m;
 #endif
     for (; i < n; i++) m = x[i] > m ? x[i] : m;
-    for (int l = 0; l < 16; l++) m = lane[l] > m ? lane[l] : m;
     return m;
 }
 
@@ -1237,27 +1257,9 @@ static void att_outer4(float* g, const float* p, const float* const* x, int nk, 
 
 // One row of a score block, in place: s[j] ← e^(s[j]·scale − m') for j < n and 0 for n ≤ j < ATT_BK, with
 // m' = max(m, max_j s[j]·scale) returned and Σ_j e^(s[j]·scale − m') in *sum. GCC leaves a loop's max and its
-// sum's last lane reduction scalar, through memory: they were a third of the forward, so here both are halvings
+// sum's last lane reduction scalar, through memory: they were a third of the forward, so here both are halvings (hmax16, hsum16)
 // in registers, and e^x is exp_fast's polynomial on 16 lanes (forward: 2.0 → 1.55 ms per layer at d512, T 256).
 #if defined(__AVX512F__)
-// halving over 256-bit halves, 128-bit lanes, pairs and neighbours; every lane ends with the total (full masks,
-// as in transpose16: GCC 12's unmasked forms, and its 512 → 256-bit cast, warn -Wmaybe-uninitialized)
-static inline float hmax16(__m512 v) {
-    const __mmask16 all = 0xFFFF;
-    v = _mm512_maskz_max_ps(all, v, _mm512_maskz_shuffle_f32x4(all, v, v, 0x4E));
-    v = _mm512_maskz_max_ps(all, v, _mm512_maskz_shuffle_f32x4(all, v, v, 0xB1));
-    v = _mm512_maskz_max_ps(all, v, _mm512_maskz_shuffle_ps(all, v, v, 0x4E));
-    v = _mm512_maskz_max_ps(all, v, _mm512_maskz_shuffle_ps(all, v, v, 0xB1));
-    return _mm512_cvtss_f32(v);
-}
-static inline float hsum16(__m512 v) {
-    const __mmask16 all = 0xFFFF;
-    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(all, v, v, 0x4E));
-    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(all, v, v, 0xB1));
-    v = _mm512_add_ps(v, _mm512_maskz_shuffle_ps(all, v, v, 0x4E));
-    v = _mm512_add_ps(v, _mm512_maskz_shuffle_ps(all, v, v, 0xB1));
-    return _mm512_cvtss_f32(v);
-}
 static inline __m512 exp16(__m512 x) {  // exp_fast (deepseek.h): the same operations on 16 lanes, the same bits
     const __mmask16 all = 0xFFFF;  // full masks: the masked forms keep GCC 12's headers free of -Wmaybe-uninitialized
     x = _mm512_maskz_min_ps(all, _mm512_maskz_max_ps(all, x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));

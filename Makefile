@@ -146,7 +146,7 @@ build/bench/bench_cpu: tests/bench/bench_cpu.cpp build/cpu/deepseek_nomain.o bui
 # two runs: the GEMMs beside OpenBLAS (passive OpenMP waits), then training beside PyTorch, each in its default environment
 bench-cpu: build/bench/bench_cpu $(VENV)/.done
 	OMP_NUM_THREADS=$(BENCH_THREADS) ./build/bench/bench_cpu --threads $(BENCH_THREADS) --no-train $(BENCH_ARGS)
-	OMP_NUM_THREADS=$(BENCH_THREADS) ./build/bench/bench_cpu --threads $(BENCH_THREADS) --no-gemm $(BENCH_ARGS)
+	OMP_NUM_THREADS=$(BENCH_THREADS) ./build/bench/bench_cpu --threads $(BENCH_THREADS) --no-gemm --sweep $(BENCH_ARGS)
 bench: bench-cpu
 .PHONY: bench-cpu
 

@@ -176,12 +176,28 @@ static Rate torch_tokens_per_s(const Config& c, int B, int T, int threads, int s
     return tps;
 }
 
+// ours and PyTorch on one model, alternating rounds (each round: the best of `steps` steps)
+static void compare_training(const Config& c, int B, int T, int P, int steps, int rounds, bool torch, Stat* ours, Stat* pt) {
+    Model m;
+    model_build(&m, c);
+    model_init_random(&m, 1, 0.02f);
+    AdamW opt;
+    train_tokens_per_s(&m, &opt, B, T, 1, P);  // warm-up: allocations
+    for (int r = 0; r < rounds; r++) {
+        ours->add(train_tokens_per_s(&m, &opt, B, T, steps, P));
+        if (torch) pt->add(torch_tokens_per_s(c, B, T, P, steps));
+        fprintf(stderr, "  training C=%d L=%d, round %d/%d: ours %.0f tok/s, torch %.0f tok/s\n", c.hidden_size,
+                c.num_hidden_layers, r + 1, rounds, ours->best.wall, pt->best.wall);
+    }
+}
+
 int main(int argc, char** argv) {
     if (is_help(argc, argv, 1)) {
         printf("usage: bench_cpu [--threads N] [--rounds R] [--batch B] [--seq-len T] [--steps S] [--no-torch] [--no-train]\n"
-               "                 [--no-gemm] [--hidden C] [--layers L] [--heads H] [--kv-heads KV] [--ffn F] [--vocab V]\n"
+               "                 [--no-gemm] [--sweep] [--hidden C] [--layers L] [--heads H] [--kv-heads KV] [--ffn F] [--vocab V]\n"
                "  FMA peak, our GEMM vs OpenBLAS on the benchmark model's shapes, training tokens/s vs PyTorch.\n"
-               "  The model: d_model 512, 4 layers, 8 / 2 heads, SwiGLU 1408, vocabulary 8192 unless the flags say otherwise.\n");
+               "  The model: d_model 512, 4 layers, 8 / 2 heads, SwiGLU 1408, vocabulary 8192 unless the flags say otherwise.\n"
+               "  --sweep: also training vs PyTorch on the four corners of d_model 256–512 × 4–8 layers.\n");
         return 0;
     }
     // OpenBLAS 0.3.21 (Debian 12) does not know this CPU model and falls back to its SSE3 "Prescott" kernels,
@@ -203,7 +219,7 @@ int main(int argc, char** argv) {
         execv("/proc/self/exe", argv);
     }
     Args a(argc, argv, 1, "bench_cpu", {"threads", "rounds", "batch", "seq-len", "steps", "hidden", "layers", "heads",
-           "kv-heads", "ffn", "vocab"}, {"no-torch", "no-train", "no-gemm"});
+           "kv-heads", "ffn", "vocab"}, {"no-torch", "no-train", "no-gemm", "sweep"});
     int P = (int)a.integer("threads", 2, 1, 256), rounds = (int)a.integer("rounds", 3, 1, 100);
     int B = (int)a.integer("batch", 4, 1, 1024), T = (int)a.integer("seq-len", 256, 1, 65536);
     int steps = (int)a.integer("steps", 3, 1, 1000);
@@ -284,18 +300,9 @@ int main(int argc, char** argv) {
 
     // 3: training tokens/s, ours and PyTorch's, alternating
     if (!a.flag("no-train")) {
-        Model m;
-        model_build(&m, c);
-        model_init_random(&m, 1, 0.02f);
-        AdamW opt;
-        train_tokens_per_s(&m, &opt, B, T, 1, P);  // warm-up: allocations
         Stat tr, pt;
         int train_rounds = std::min(rounds, 2);
-        for (int r = 0; r < train_rounds; r++) {
-            tr.add(train_tokens_per_s(&m, &opt, B, T, steps, P));
-            if (!a.flag("no-torch")) pt.add(torch_tokens_per_s(c, B, T, P, steps));
-            fprintf(stderr, "  training round %d/%d: ours %.0f tok/s, torch %.0f tok/s\n", r + 1, train_rounds, tr.best.wall, pt.best.wall);
-        }
+        compare_training(c, B, T, P, steps, train_rounds, !a.flag("no-torch"), &tr, &pt);
         printf("\ntraining (forward + backward + AdamW, fp32, %d threads, %d tokens/step, best step of %d, %d rounds)\n",
                P, BT, steps, train_rounds);
         printf("  tokens/s      %10s %10s   %10s %10s\n", "wall", "(worst)", "CPU time", "(worst)");
@@ -321,6 +328,37 @@ int main(int argc, char** argv) {
         if (pt.best.wall > 0)
             printf(", PyTorch at %.1f%%; 1.5x PyTorch is %.1f%%", 100.0 * pt.best.wall / ceiling, 150.0 * pt.best.wall / ceiling);
         printf("\n");
+    }
+
+    // 4: the whole range of benchmark models (d_model 256–512, 4–8 layers; head_dim 64, GQA 4:1,
+    // SwiGLU 2.75·d as the default model's 1408), same batch, T, vocabulary and thread count
+    if (a.flag("sweep")) {
+        struct Corner { int C, L; };
+        const Corner corners[] = {{256, 4}, {256, 8}, {512, 4}, {512, 8}};
+        int train_rounds = std::min(rounds, 2);
+        printf("\ntraining across the range (fp32, %d threads, %d tokens/step, best step of %d, %d rounds)\n", P, BT, steps,
+               train_rounds);
+        printf("  %-28s %10s %10s %9s %9s\n", "model", "ours", "PyTorch", "wall", "CPU time");
+        for (const Corner& k : corners) {
+            Config cs = c;
+            cs.hidden_size = k.C;
+            cs.num_hidden_layers = k.L;
+            cs.head_dim = 64;
+            cs.num_attention_heads = k.C / 64;
+            cs.num_key_value_heads = std::max(1, cs.num_attention_heads / 4);
+            cs.intermediate_size = k.C * 11 / 4;
+            Stat o, t;
+            compare_training(cs, B, T, P, steps, train_rounds, !a.flag("no-torch"), &o, &t);
+            char name[64];
+            snprintf(name, sizeof name, "d%d L%d H%d/%d F%d", k.C, k.L, cs.num_attention_heads, cs.num_key_value_heads,
+                     cs.intermediate_size);
+            if (t.best.wall > 0)
+                printf("  %-28s %10.1f %10.1f %8.2fx %8.2fx\n", name, o.best.wall, t.best.wall, o.best.wall / t.best.wall,
+                       o.best.cpu / t.best.cpu);
+            else
+                printf("  %-28s %10.1f %10s\n", name, o.best.wall, "-");
+        }
+        printf("  (a corner that is the model above is measured again: the two differ by the run-to-run spread)\n");
     }
     return 0;
 }

@@ -631,8 +631,8 @@ const char* gemm_kernel_name() { return GEMM_KERNEL; }
 
 #if defined(__AVX512F__)
 // 16×16 transpose in registers (row i = r[i] in, column i = r[i] out): pairs of rows interleaved as 32-bit,
-// then 64-bit elements, then 128-bit lanes twice. The packs below use it for their transposing cases, which
-// otherwise move one float per load/store pair and cost a tenth of the GEMM on the model's shapes.
+// then 64-bit elements, then 128-bit lanes twice. gemm_pack_b uses it for a transposed B (the forward's W), which
+// otherwise moves one float per load/store pair and costs a tenth of the GEMM on the model's shapes.
 static inline void transpose16(__m512 r[16]) {
     const __mmask16 all = 0xFFFF;  // full masks: the masked forms keep GCC 12's headers free of -Wmaybe-uninitialized
     const __mmask8 half = 0xFF;
@@ -673,19 +673,10 @@ static void gemm_pack_a(float* ap, const float* A, int lda, bool trans, int m0, 
                 for (int r = rows; r < GEMM_MR; r++) dst[k * GEMM_MR + r] = 0.0f;
             }
         } else {
+            // a row-major A: packed only by the AVX2 and portable builds (AVX-512 reads its strips in place)
             if (rows == GEMM_MR) {  // a transpose: MR row streams in, one contiguous stream out
                 const float* src = A + (size_t)(m0 + p) * lda + k0;
-                int k = 0;
-#if defined(__AVX512F__)
-                for (; k + 16 <= kc; k += 16) {  // 14 rows × 16 k → 16 k-rows of 14 (two zero rows pad the square)
-                    __m512 r[16];
-                    for (int i = 0; i < GEMM_MR; i++) r[i] = _mm512_loadu_ps(src + (size_t)i * lda + k);
-                    r[14] = r[15] = _mm512_setzero_ps();
-                    transpose16(r);
-                    for (int j = 0; j < 16; j++) _mm512_mask_storeu_ps(dst + (size_t)(k + j) * GEMM_MR, 0x3FFF, r[j]);
-                }
-#endif
-                for (; k < kc; k++)
+                for (int k = 0; k < kc; k++)
                     #pragma GCC unroll 16
                     for (int r = 0; r < GEMM_MR; r++) dst[k * GEMM_MR + r] = src[(size_t)r * lda + k];
                 continue;
@@ -700,7 +691,7 @@ static void gemm_pack_a(float* ap, const float* A, int lda, bool trans, int m0, 
 }
 // pack one NR-wide panel of op(B)[k0..k0+kc, n0..n0+cols): [k·NR + c], columns past `cols` zero
 static void gemm_pack_b(float* bp, const float* B, int ldb, bool trans, int k0, int kc, int n0, int cols) {
-    if (trans && cols == GEMM_NR) {  // a transpose, as in gemm_pack_a
+    if (trans && cols == GEMM_NR) {  // a transpose
         const float* src = B + (size_t)n0 * ldb + k0;
         int k = 0;
 #if defined(__AVX512F__)

@@ -299,9 +299,9 @@ int main(int argc, char** argv) {
     }
 
     // 3: training tokens/s, ours and PyTorch's, alternating
+    int train_rounds = std::min(rounds, 2);
     if (!a.flag("no-train")) {
         Stat tr, pt;
-        int train_rounds = std::min(rounds, 2);
         compare_training(c, B, T, P, steps, train_rounds, !a.flag("no-torch"), &tr, &pt);
         printf("\ntraining (forward + backward + AdamW, fp32, %d threads, %d tokens/step, best step of %d, %d rounds)\n",
                P, BT, steps, train_rounds);
@@ -335,7 +335,6 @@ int main(int argc, char** argv) {
     if (a.flag("sweep")) {
         struct Corner { int C, L; };
         const Corner corners[] = {{256, 4}, {256, 8}, {512, 4}, {512, 8}};
-        int train_rounds = std::min(rounds, 2);
         printf("\ntraining across the range (fp32, %d threads, %d tokens/step, best step of %d, %d rounds)\n", P, BT, steps,
                train_rounds);
         printf("  %-28s %10s %10s %9s %9s\n", "model", "ours", "PyTorch", "wall", "CPU time");

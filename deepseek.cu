@@ -165,7 +165,7 @@ static Config make_config(int V, int C, int L, int H, int KV, int F, int ctx) {
     c.num_key_value_heads = KV; c.head_dim = C / H; c.intermediate_size = F; c.max_position_embeddings = ctx;
     return c;
 }
-// The released shapes (shared/PAPER.md) and two small GQA shapes for CPU work.
+// The released shapes (the paper, Table 2) and two small GQA shapes for CPU work.
 bool config_preset(const std::string& name, Config* cfg) {
     if (name == "deepseek-llm-7b") *cfg = make_config(102400, 4096, 30, 32, 32, 11008, 4096);
     else if (name == "deepseek-llm-67b") *cfg = make_config(102400, 8192, 95, 64, 8, 22016, 4096);

@@ -762,7 +762,7 @@ std::string text_stream_finish(TextStream* ts) {
 }
 
 // ============================================================================
-// the chat template (shared/PAPER.md; deepseek-llm-7b-chat's tokenizer_config.json):
+// the chat template (deepseek-llm-7b-chat's tokenizer_config.json):
 //   {{ bos }} then per message: user → "User: " + c + "\n\n"; assistant → "Assistant: " + c + eos;
 //   system → c + "\n\n"; and with add_generation_prompt, "Assistant:" (no trailing space).
 

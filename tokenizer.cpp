@@ -34,8 +34,8 @@ using json = nlohmann::json;
 using ordered_json = nlohmann::ordered_json;
 
 // ----------------------------------------------------------------------------
-// DeepSeek LLM's pre-tokenizer (PAPER.md, Tokenizer): five Split patterns, each Isolated, then
-// Digits(individual) and ByteLevel(use_regex=false). The strings are shared/vocab/deepseek-llm-pretokenizer.json
+// DeepSeek LLM's pre-tokenizer (the paper, section 2.1 Tokenizer): five Split patterns, each Isolated, then
+// Digits(individual) and ByteLevel(use_regex=false). The strings are data/vocab/deepseek-llm-pretokenizer.json
 // spelled with \u escapes, never retyped (several code points are not NFC and an editor would change them);
 // a test compares them with that file.
 

@@ -457,7 +457,7 @@ ScalingPlan scaling_plan(double C) {
 }
 
 // A shape for M_target: head_dim 64 (128 from d_model 2048 up, as the released models), MHA, FFN 8/3·C rounded up
-// to a multiple of 256 (PAPER.md), and the depth L whose width C (a multiple of the head_dim) makes M closest to the
+// to a multiple of 256 (as the released models), and the depth L whose width C (a multiple of the head_dim) makes M closest to the
 // target while keeping the aspect ratio C/L nearest to 100 — between the 7B's 137 and the 67B's 86.
 Config plan_shape(double M_target, int seq_len, int vocab_size) {
     Config best;

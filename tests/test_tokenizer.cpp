@@ -15,7 +15,7 @@ using nlohmann::json;
 
 namespace {
 
-const std::string GGUF = "../shared/vocab/deepseek-llm.gguf";
+const std::string GGUF = "data/vocab/deepseek-llm.gguf";
 const std::string FIX = "tests/fixtures/tokenizer/";
 const std::string TMP = "build/test_tokenizer/";
 
@@ -87,7 +87,7 @@ std::string hex64(uint64_t h) { char b[17]; snprintf(b, sizeof b, "%016llx", (un
 
 // The llama.cpp test file: texts each followed by "\n__ggml_vocab_test__\n".
 std::vector<std::string> vocab_test_texts() {
-    std::string inp = slurp("../shared/vocab/deepseek-llm.inp");
+    std::string inp = slurp("data/vocab/deepseek-llm.inp");
     const std::string sep = "\n__ggml_vocab_test__\n";
     std::vector<std::string> texts;
     size_t pos = 0, k;
@@ -101,7 +101,7 @@ REGISTER_EXCEPTION_TRANSLATOR(const DeepseekError& e) { return doctest::String((
 
 TEST_CASE("tokenizer: import-gguf writes DeepSeek's pre-tokenizer patterns verbatim, 100015 tokens, added ids 100000-100014") {
     json ours = json::parse(slurp(deepseek_json()));
-    json ref = json::parse(slurp("../shared/vocab/deepseek-llm-pretokenizer.json"));
+    json ref = json::parse(slurp("data/vocab/deepseek-llm-pretokenizer.json"));
     const json& steps = ours["pre_tokenizer"]["pretokenizers"];
     REQUIRE(steps.size() == 7);
     for (size_t i = 0; i < 5; i++) {
@@ -130,7 +130,7 @@ TEST_CASE("tokenizer: import-gguf writes DeepSeek's pre-tokenizer patterns verba
 
 TEST_CASE("tokenizer: every text of deepseek-llm.inp encodes to the released ids of deepseek-llm.out") {
     std::vector<std::string> texts = vocab_test_texts();
-    std::stringstream out(slurp("../shared/vocab/deepseek-llm.out"));
+    std::stringstream out(slurp("data/vocab/deepseek-llm.out"));
     std::string line;
     int n = 0, ok = 0;
     for (const std::string& text : texts) {

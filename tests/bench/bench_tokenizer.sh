@@ -22,7 +22,7 @@ cp "$DIR/mixed.txt" "$DIR/train10.txt"
 cat "$DIR/bible.txt" >> "$DIR/train10.txt"
 while [ "$(stat -c %s "$DIR/train10.txt")" -lt 10000000 ]; do cat data/multilingual_test.txt >> "$DIR/train10.txt"; done
 
-"$BIN" tokenizer import-gguf ../shared/vocab/deepseek-llm.gguf --out "$DIR/deepseek-llm.json" 2>/dev/null
+"$BIN" tokenizer import-gguf data/vocab/deepseek-llm.gguf --out "$DIR/deepseek-llm.json" 2>/dev/null
 
 echo "== encode, one thread: $(stat -c %s "$DIR/mixed.txt") bytes of mixed text, DeepSeek LLM tokenizer.json"
 OURS=$(OMP_NUM_THREADS=1 $PIN1 "$BIN" tokenizer bench --tokenizer "$DIR/deepseek-llm.json" --input "$DIR/mixed.txt" --repeat 3)

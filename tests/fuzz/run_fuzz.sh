@@ -11,7 +11,7 @@ cp tests/fixtures/tokenizer/variant_*.json "$D/corpus_json/" 2>/dev/null
 printf 'Hello world' > "$D/corpus_text/hello"
 head -c 4000 data/multilingual_test.txt > "$D/corpus_text/multi"
 printf '\xff\xfe\xc3(\xe2\x82 \xf0\x9f\x98' > "$D/corpus_text/invalid"
-"$BIN" tokenizer import-gguf ../shared/vocab/deepseek-llm.gguf --out "$D/deepseek-llm.json" 2>/dev/null
+"$BIN" tokenizer import-gguf data/vocab/deepseek-llm.gguf --out "$D/deepseek-llm.json" 2>/dev/null
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 status=0
 run() {   # name, extra flags...

@@ -91,7 +91,7 @@ def synthetic_corpus(seed=7, n=3000):
 
 
 def make_tokenizer():
-    patterns = json.load(open(os.path.join("..", "shared", "vocab", "deepseek-llm-pretokenizer.json")))["split_patterns"]
+    patterns = json.load(open(os.path.join("data", "vocab", "deepseek-llm-pretokenizer.json")))["split_patterns"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(p), behavior="isolated") for p in patterns]

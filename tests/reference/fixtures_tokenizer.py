@@ -7,13 +7,13 @@
 #   train_merges.json      BpeTrainer's merges on data/multilingual_test.txt with DeepSeek's pre-tokenizer, for two
 #                          vocabulary sizes
 # The tokenizer.json under test is made by our own binary (`deepseek tokenizer import-gguf`), so this also checks
-# that HF loads what we write and agrees with the released ids in shared/vocab/deepseek-llm.out.
+# that HF loads what we write and agrees with the released ids in data/vocab/deepseek-llm.out.
 # Run from the repository root: .venv/bin/python tests/reference/fixtures_tokenizer.py (make fixtures runs it) [--bin ./deepseek]
 import argparse, json, os, shutil, subprocess, sys, tempfile
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 OUT = "tests/fixtures/tokenizer"
-GGUF = "../shared/vocab/deepseek-llm.gguf"
+GGUF = "data/vocab/deepseek-llm.gguf"
 TEXT = "data/multilingual_test.txt"
 BIBLE_CMD = ["env", "COLUMNS=80", "bible", "Gen1:1-Rev22:21"]   # COLUMNS sets the line width
 TRAIN_SIZES = [600, 2000]
@@ -43,8 +43,8 @@ def main():
         tok = Tokenizer.from_file(path)
 
         # the released ids: HF on our imported file must give them
-        inp = open("../shared/vocab/deepseek-llm.inp", encoding="utf-8").read().split("\n__ggml_vocab_test__\n")[:-1]
-        out = open("../shared/vocab/deepseek-llm.out").read().split("\n")
+        inp = open("data/vocab/deepseek-llm.inp", encoding="utf-8").read().split("\n__ggml_vocab_test__\n")[:-1]
+        out = open("data/vocab/deepseek-llm.out").read().split("\n")
         bad = sum(tok.encode(t, add_special_tokens=False).ids != [int(x) for x in out[i].split()] for i, t in enumerate(inp))
         print(f"deepseek-llm.inp: {len(inp) - bad}/{len(inp)} texts encode to deepseek-llm.out with HF on the imported file")
         if bad: sys.exit("imported tokenizer.json disagrees with the released ids")

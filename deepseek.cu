@@ -63,17 +63,129 @@ bool dir_exists(const std::string& path) {
     struct stat st;
     return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
-std::string read_file(const std::string& path) {
-    FILE* f = fopen(path.c_str(), "rb");
-    if (!f) die("cannot read %s: %s", path.c_str(), strerror(errno));
+// What kind of thing PATH is, for messages: "does not exist", "is a directory", "is a file", ...
+static std::string path_kind(const std::string& path) {
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0) return errno == ENOENT ? "does not exist" : std::string("cannot be read: ") + strerror(errno);
+    if (S_ISDIR(st.st_mode)) return "is a directory";
+    if (S_ISREG(st.st_mode)) return "is a file";
+    return "is not a regular file or directory";
+}
+void require_dir(const std::string& path, const std::string& what) {
+    if (!dir_exists(path)) {
+        std::string k = path_kind(path);
+        die("%s %s %s%s", what.c_str(), path.c_str(), k.c_str(), k == "is a file" ? ", not a directory" : "");
+    }
+}
+void require_file(const std::string& path, const std::string& what) {
+    if (!file_exists(path)) {
+        std::string k = path_kind(path);
+        die("%s %s %s%s", what.c_str(), path.c_str(), k.c_str(), k == "is a directory" ? ", not a file" : "");
+    }
+}
+// Opens PATH for reading only if it is a regular file: a directory, a FIFO, a device (/dev/zero) or a socket is
+// refused with a line that says what it is (O_NONBLOCK so that opening a FIFO cannot block; cleared after).
+static FILE* open_regular(const std::string& path, size_t* size) {
+    int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) die("%s does not exist", path.c_str());
+        die("cannot read %s: %s", path.c_str(), strerror(errno));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) { close(fd); die("cannot read %s: %s", path.c_str(), strerror(errno)); }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        die("%s is %s, not a regular file", path.c_str(), S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a pipe (FIFO)" :
+            S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device" : S_ISSOCK(st.st_mode) ? "a socket" : "special");
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    FILE* f = fdopen(fd, "rb");
+    if (!f) { close(fd); die("cannot read %s: %s", path.c_str(), strerror(errno)); }
+    *size = (size_t)st.st_size;
+    return f;
+}
+std::string read_file(const std::string& path, size_t max_bytes) {
+    size_t size = 0;
+    FILE* f = open_regular(path, &size);
+    if (size > max_bytes) {
+        fclose(f);
+        die("%s is %zu bytes, more than the %zu this file may hold", path.c_str(), size, max_bytes);
+    }
     std::string s;
+    s.reserve(size);
     char buf[1 << 16];
     size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
+        s.append(buf, n);
+        if (s.size() > max_bytes) { fclose(f); die("%s grew past %zu bytes while being read", path.c_str(), max_bytes); }
+    }
     bool bad = ferror(f);
     fclose(f);
     if (bad) die("error reading %s", path.c_str());
     return s;
+}
+
+// ---- typed reads of JSON read from outside: every miss is one line "WHERE: field 'KEY' must be …, got …"
+static std::string json_short(const json& v) {
+    std::string s = v.dump();
+    return s.size() > 60 ? s.substr(0, 57) + "..." : s;
+}
+json json_parse_file(const std::string& path, size_t max_bytes) {
+    std::string text = read_file(path, max_bytes);
+    try {
+        return json::parse(text);
+    } catch (const std::exception& e) {
+        die("%s: malformed JSON (%s)", path.c_str(), e.what());
+    }
+}
+const json* json_field(const json& obj, const char* key, const std::string& where, bool required) {
+    if (!obj.is_object()) die("%s: expected a JSON object, got %s", where.c_str(), json_short(obj).c_str());
+    auto it = obj.find(key);
+    if (it == obj.end() || it->is_null()) {
+        if (required) die("%s: missing field '%s'", where.c_str(), key);
+        return nullptr;
+    }
+    return &*it;
+}
+long long json_int(const json& obj, const char* key, const std::string& where, long long dflt, long long lo, long long hi,
+                   bool required) {
+    const json* v = json_field(obj, key, where, required);
+    if (!v) return dflt;
+    long long x = 0;
+    if (v->is_number_unsigned()) {
+        uint64_t u = v->get<uint64_t>();
+        if (u > (uint64_t)hi) die("%s: field '%s' must be an integer in [%lld, %lld], got %s", where.c_str(), key, lo, hi, json_short(*v).c_str());
+        x = (long long)u;
+    } else if (v->is_number_integer()) {
+        x = v->get<long long>();
+    } else if (v->is_number_float() && std::isfinite(v->get<double>()) && v->get<double>() == std::floor(v->get<double>()) &&
+               std::fabs(v->get<double>()) < 9.0e18) {
+        x = (long long)v->get<double>();   // 2.0 written by a tool that stores every number as a float
+    } else {
+        die("%s: field '%s' must be an integer, got %s", where.c_str(), key, json_short(*v).c_str());
+    }
+    if (x < lo || x > hi) die("%s: field '%s' must be an integer in [%lld, %lld], got %s", where.c_str(), key, lo, hi, json_short(*v).c_str());
+    return x;
+}
+double json_num(const json& obj, const char* key, const std::string& where, double dflt, double lo, double hi, bool required) {
+    const json* v = json_field(obj, key, where, required);
+    if (!v) return dflt;
+    if (!v->is_number()) die("%s: field '%s' must be a number, got %s", where.c_str(), key, json_short(*v).c_str());
+    double x = v->get<double>();
+    if (!std::isfinite(x) || x < lo || x > hi) die("%s: field '%s' must be a number in [%g, %g], got %s", where.c_str(), key, lo, hi, json_short(*v).c_str());
+    return x;
+}
+bool json_bool(const json& obj, const char* key, const std::string& where, bool dflt, bool required) {
+    const json* v = json_field(obj, key, where, required);
+    if (!v) return dflt;
+    if (!v->is_boolean()) die("%s: field '%s' must be true or false, got %s", where.c_str(), key, json_short(*v).c_str());
+    return v->get<bool>();
+}
+std::string json_str(const json& obj, const char* key, const std::string& where, const std::string& dflt, bool required) {
+    const json* v = json_field(obj, key, where, required);
+    if (!v) return dflt;
+    if (!v->is_string()) die("%s: field '%s' must be a string, got %s", where.c_str(), key, json_short(*v).c_str());
+    return v->get<std::string>();
 }
 void write_file_atomic(const std::string& path, const std::string& content) {
     std::string tmp = path + ".tmp";
@@ -3555,7 +3667,7 @@ void safetensors_write(const std::string& path, const std::vector<TensorOut>& te
 // model directories (Hugging Face layout)
 
 void model_load_dir(Model* m, const std::string& dir) {
-    if (!dir_exists(dir)) die("model directory %s does not exist", dir.c_str());
+    require_dir(dir, "model directory");
     Config cfg = config_read_json(dir + "/config.json");
     SafeTensors st;
     st.open_dir(dir);
@@ -3733,7 +3845,21 @@ static void usage() {
            "common flags: --device auto|cpu|cuda, --threads N, --seed S\n");
 }
 
+static int run_command(int argc, char** argv);
+// No exception escapes main: every input is validated where it is read, and anything that still throws (a
+// library's exception on input nobody foresaw) ends as one error line, not an abort.
 int main(int argc, char** argv) {
+    try {
+        return run_command(argc, argv);
+    } catch (const DeepseekError& e) {
+        die("%s", e.msg.c_str());
+    } catch (const std::bad_alloc&) {
+        die("out of memory");
+    } catch (const std::exception& e) {
+        die("unexpected error: %s", e.what());
+    }
+}
+static int run_command(int argc, char** argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         usage();
         return argc < 2 ? 1 : 0;

@@ -14,6 +14,7 @@
 #include <string>    // std::string
 #include <vector>    // std::vector
 #include <map>       // std::map
+#include <nlohmann/json.hpp>  // nlohmann::json: the typed JSON reads below
 
 // ----------------------------------------------------------------------------
 // errors: one clear line on stderr and a non-zero exit
@@ -22,6 +23,20 @@
 // Tests set this so that die() throws DeepseekError instead of exiting.
 extern bool g_die_throws;
 struct DeepseekError { std::string msg; };
+
+// Typed reads of JSON that comes from outside (config.json, trainer_state.json, data.json, JSONL lines, …). WHERE names
+// the file (and line or object) for the message; each dies with one line naming the field and what was expected.
+// A null field counts as absent. json_field returns null when absent and not required.
+constexpr size_t JSON_FILE_MAX = (size_t)64 << 20;   // cap for JSON files parsed whole (config, state, data.json)
+nlohmann::json json_parse_file(const std::string& path, size_t max_bytes = JSON_FILE_MAX);
+const nlohmann::json* json_field(const nlohmann::json& obj, const char* key, const std::string& where, bool required);
+long long json_int(const nlohmann::json& obj, const char* key, const std::string& where, long long dflt, long long lo,
+                   long long hi, bool required = false);
+double json_num(const nlohmann::json& obj, const char* key, const std::string& where, double dflt, double lo, double hi,
+                bool required = false);
+bool json_bool(const nlohmann::json& obj, const char* key, const std::string& where, bool dflt, bool required = false);
+std::string json_str(const nlohmann::json& obj, const char* key, const std::string& where, const std::string& dflt,
+                     bool required = false);
 
 // ----------------------------------------------------------------------------
 // command-line flags: `--name value` pairs and `--switch`es, validated in one place
@@ -299,7 +314,12 @@ void model_from_args(Model* m, const Args& a, uint64_t seed);
 // file helpers
 bool file_exists(const std::string& path);
 bool dir_exists(const std::string& path);
-std::string read_file(const std::string& path);             // dies if unreadable
+// die unless PATH is a directory / a regular file: "WHAT PATH does not exist", "… is a file, not a directory", …
+void require_dir(const std::string& path, const std::string& what);
+void require_file(const std::string& path, const std::string& what);
+// The whole of a regular file (a directory, FIFO, device or socket is refused, by name); dies if unreadable or
+// larger than max_bytes.
+std::string read_file(const std::string& path, size_t max_bytes = (size_t)1 << 32);
 void write_file_atomic(const std::string& path, const std::string& content);  // PATH.tmp then rename
 void make_dirs(const std::string& path);
 

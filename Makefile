@@ -20,11 +20,16 @@ CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=
 WARN      := -Wall -Wextra -Wno-unused-parameter -Wno-unused-function
 # -fno-math-errno: nothing reads errno after sqrtf/expf, and without it GCC will not vectorise a loop that calls
 # sqrtf (AdamW ran scalar). IEEE results are unchanged: sqrt is correctly rounded either way.
-CXXFLAGS  := -std=c++17 $(OPT) -march=$(ARCH) -fno-math-errno -fopenmp -g $(WARN) $(EXTRA_CXXFLAGS)
+# -mprefer-vector-width=512: the vector width GCC gives `omp simd` reductions (and so their summation order and
+# roundings) is the same on every AVX-512 host; left to -march=native, GCC 12 tunes one Xeon for 256-bit vectors
+# and another CPU otherwise, and the fp32 fast path's gradients then differ from host to host in the last bits
+# (by up to 2x in their error against transformers). Ignored where the CPU has no 512-bit vectors.
+VEC       := -mprefer-vector-width=512
+CXXFLAGS  := -std=c++17 $(OPT) -march=$(ARCH) $(VEC) -fno-math-errno -fopenmp -g $(WARN) $(EXTRA_CXXFLAGS)
 LDLIBS    := -lonig -fopenmp -lpthread
 # nvcc's front end: 177 = unused static function (g++ gets -Wno-unused-function), 1675 = `#pragma GCC ...`
 # meant for the host compiler, which still receives it
-NVCCFLAGS := -std=c++17 $(OPT) $(CUDA_ARCHS) -DDEEPSEEK_CUDA --diag-suppress 177,1675 -Xcompiler "-march=$(ARCH) -fno-math-errno -fopenmp -g $(WARN)"
+NVCCFLAGS := -std=c++17 $(OPT) $(CUDA_ARCHS) -DDEEPSEEK_CUDA --diag-suppress 177,1675 -Xcompiler "-march=$(ARCH) $(VEC) -fno-math-errno -fopenmp -g $(WARN)"
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lnccl
 
 # MPI (data-parallel ranks): the flags OpenMPI's wrapper would add, taken from `mpicxx --showme` so every variant
@@ -96,7 +101,7 @@ build/cuda/test_deepseek: build/cuda/deepseek_nomain.o build/cuda/train.o build/
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
 
 # ---- sanitizer build: CPU-only, -O1, ASan + UBSan
-ASAN_FLAGS := -std=c++17 -O1 -march=$(ARCH) -fno-math-errno -fopenmp -g $(WARN) -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+ASAN_FLAGS := -std=c++17 -O1 -march=$(ARCH) $(VEC) -fno-math-errno -fopenmp -g $(WARN) -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 ASAN_FLAGS += $(MPI_FLAGS)
 build/asan/%.o: %.cu $(HDRS)
 	@mkdir -p $(@D)

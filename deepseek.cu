@@ -83,30 +83,32 @@ void require_file(const std::string& path, const std::string& what) {
         die("%s %s %s%s", what.c_str(), path.c_str(), k.c_str(), k == "is a directory" ? ", not a file" : "");
     }
 }
-// Opens PATH for reading only if it is a regular file: a directory, a FIFO, a device (/dev/zero) or a socket is
-// refused with a line that says what it is (O_NONBLOCK so that opening a FIFO cannot block; cleared after).
-static FILE* open_regular(const std::string& path, size_t* size) {
-    int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+// Opens PATH for reading. Unless streams_ok, only a regular file: a directory, a FIFO, a device (/dev/zero) or a
+// socket is refused with a line that says what it is (O_NONBLOCK so that opening a FIFO cannot block; cleared
+// after). Files whose format this program defines are read this way; a user's text may come from a pipe.
+static FILE* open_for_read(const std::string& path, bool streams_ok, size_t* size) {
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | (streams_ok ? 0 : O_NONBLOCK));
     if (fd < 0) {
         if (errno == ENOENT) die("%s does not exist", path.c_str());
         die("cannot read %s: %s", path.c_str(), strerror(errno));
     }
     struct stat st;
     if (fstat(fd, &st) != 0) { close(fd); die("cannot read %s: %s", path.c_str(), strerror(errno)); }
-    if (!S_ISREG(st.st_mode)) {
+    bool stream = S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode) || S_ISSOCK(st.st_mode);
+    if (!S_ISREG(st.st_mode) && !(streams_ok && stream)) {
         close(fd);
         die("%s is %s, not a regular file", path.c_str(), S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a pipe (FIFO)" :
             S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device" : S_ISSOCK(st.st_mode) ? "a socket" : "special");
     }
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    if (!streams_ok) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     FILE* f = fdopen(fd, "rb");
     if (!f) { close(fd); die("cannot read %s: %s", path.c_str(), strerror(errno)); }
-    *size = (size_t)st.st_size;
+    *size = S_ISREG(st.st_mode) ? (size_t)st.st_size : 0;
     return f;
 }
-std::string read_file(const std::string& path, size_t max_bytes) {
+static std::string read_whole(const std::string& path, size_t max_bytes, bool streams_ok) {
     size_t size = 0;
-    FILE* f = open_regular(path, &size);
+    FILE* f = open_for_read(path, streams_ok, &size);
     if (size > max_bytes) {
         fclose(f);
         die("%s is %zu bytes, more than the %zu this file may hold", path.c_str(), size, max_bytes);
@@ -117,13 +119,15 @@ std::string read_file(const std::string& path, size_t max_bytes) {
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
         s.append(buf, n);
-        if (s.size() > max_bytes) { fclose(f); die("%s grew past %zu bytes while being read", path.c_str(), max_bytes); }
+        if (s.size() > max_bytes) { fclose(f); die("%s holds more than the %zu bytes it may", path.c_str(), max_bytes); }
     }
     bool bad = ferror(f);
     fclose(f);
     if (bad) die("error reading %s", path.c_str());
     return s;
 }
+std::string read_file(const std::string& path, size_t max_bytes) { return read_whole(path, max_bytes, false); }
+std::string read_text_input(const std::string& path, size_t max_bytes) { return read_whole(path, max_bytes, true); }
 
 // ---- typed reads of JSON read from outside: every miss is one line "WHERE: field 'KEY' must be …, got …"
 static std::string json_short(const json& v) {

@@ -320,6 +320,9 @@ void require_file(const std::string& path, const std::string& what);
 // The whole of a regular file (a directory, FIFO, device or socket is refused, by name); dies if unreadable or
 // larger than max_bytes.
 std::string read_file(const std::string& path, size_t max_bytes = (size_t)1 << 32);
+// A user's text (--input, --text): a regular file, or a pipe or character device (/dev/stdin, <(cmd), /dev/null),
+// read to its end up to max_bytes.
+std::string read_text_input(const std::string& path, size_t max_bytes = (size_t)1 << 32);
 void write_file_atomic(const std::string& path, const std::string& content);  // PATH.tmp then rename
 void make_dirs(const std::string& path);
 

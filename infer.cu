@@ -1216,7 +1216,7 @@ int cmd_eval(int argc, char** argv) {
     std::string text;
     if (a.has("data")) conv = sft_read_jsonl(a.str("data"), skip_bad, nullptr);
     if (a.has("pairs")) pairs = dpo_read_jsonl(a.str("pairs"), skip_bad, nullptr);
-    if (a.has("text")) { text = read_file(a.str("text")); if (text.empty()) die("eval: %s is empty", a.str("text").c_str()); }
+    if (a.has("text")) { text = read_text_input(a.str("text")); if (text.empty()) die("eval: %s is empty", a.str("text").c_str()); }
     if (limit > 0 && (long)conv.size() > limit) conv.resize(limit);
     if (limit > 0 && (long)pairs.size() > limit) pairs.resize(limit);
     std::string dir = a.str("model"), tok_path = a.str("tokenizer", dir + "/tokenizer.json");

@@ -1494,7 +1494,7 @@ int cmd_tokenizer(int argc, char** argv) {
         if (!a.positional.empty()) die("%s: unexpected argument \"%s\"", name.c_str(), a.positional[0].c_str());
         if (!a.has("tokenizer")) die("%s: --tokenizer FILE is required", name.c_str());
         std::unique_ptr<Tokenizer, void (*)(Tokenizer*)> t(tokenizer_load(a.str("tokenizer")), tokenizer_free);
-        std::string text = a.has("input") ? read_file(a.str("input")) : read_all_stdin();
+        std::string text = a.has("input") ? read_text_input(a.str("input")) : read_all_stdin();
         std::vector<int> ids = tokenizer_encode(t.get(), text, a.flag("bos"));
         std::string out;
         out.reserve(ids.size() * 6 + 1);
@@ -1508,7 +1508,7 @@ int cmd_tokenizer(int argc, char** argv) {
         if (!a.positional.empty()) die("%s: unexpected argument \"%s\"", name.c_str(), a.positional[0].c_str());
         if (!a.has("tokenizer")) die("%s: --tokenizer FILE is required", name.c_str());
         std::unique_ptr<Tokenizer, void (*)(Tokenizer*)> t(tokenizer_load(a.str("tokenizer")), tokenizer_free);
-        std::string text = a.has("input") ? read_file(a.str("input")) : read_all_stdin();
+        std::string text = a.has("input") ? read_text_input(a.str("input")) : read_all_stdin();
         std::vector<int> ids;
         size_t i = 0;
         while (i < text.size()) {

@@ -69,10 +69,10 @@ fetch() {
 }
 
 # -------------------------------------------------------------------------------------------------- unpack (there)
-# extracts one .deb: dpkg-deb when the image has it, else python3 (ar archive + tarfile: xz, gz, bz2)
+# extracts one .deb: dpkg-deb when the image has it (and it works), else python3 (ar archive + tarfile: xz, gz, bz2)
 extract_deb() {
     local deb="$1" dest="$2"
-    if command -v dpkg-deb >/dev/null 2>&1; then dpkg-deb -x "$deb" "$dest"; return; fi
+    if command -v dpkg-deb >/dev/null 2>&1 && dpkg-deb -x "$deb" "$dest"; then return 0; fi
     local py; py="$(find_python)" || { echo "gpu_deps: neither dpkg-deb nor python3 to unpack $deb" >&2; return 1; }
     "$py" - "$deb" "$dest" <<'EOF'
 import io, sys, tarfile

@@ -655,6 +655,11 @@ TEST_CASE("--device cuda without a usable GPU is one clear error line for every 
 
 
 TEST_CASE("gpu_check.sh says 'no CUDA device' and exits 0 on a machine without a GPU") {
+    // both GPU-machine scripts parse (bash -n), here and there; gpu_deps.sh without a command prints its usage
+    CHECK(run_cmd("bash -n tests/gpu_check.sh && bash -n tests/gpu_deps.sh").rc == 0);
+    auto u = run_cmd("bash tests/gpu_deps.sh");
+    CHECK(u.rc == 2);
+    CHECK(u.out.find("usage: bash tests/gpu_deps.sh fetch | unpack") != std::string::npos);
     if (cuda_device_count() > 0) {   // with a GPU it would run the whole check: that is make gpu-check's job
         g_tests_skipped++;
         MESSAGE("skipped: a CUDA device is present");

@@ -58,7 +58,7 @@ endif
 PYTHON ?= python3
 VENV   := .venv
 
-.PHONY: all cpu cuda test test-asan demo fixtures bench deps gpu-check clean FORCE
+.PHONY: all cpu cuda test test-asan demo fixtures bench deps gpu-check clean print-variant FORCE
 all: deepseek
 
 # ./deepseek is a copy of the variant's binary; `make cpu` forces the CPU-only one.
@@ -131,6 +131,8 @@ test-asan:
 
 deps:
 	@bash tests/install_deps.sh
+print-variant:   # cpu or cuda: the variant `make` and `make test` build here (for .ci/run)
+	@echo $(VARIANT)
 
 # Fixtures and benchmarks use the peers (PyTorch, transformers, tokenizers, TRL, llama.cpp) from a venv pinned by
 # requirements.txt, made on first use.

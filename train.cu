@@ -60,9 +60,25 @@ static std::string hms(double s) {
     else snprintf(b, sizeof b, "%ld:%02ld", t / 60, t % 60);
     return b;
 }
-static json parse_json_file(const std::string& path) {
-    std::string text = read_file(path);
-    try { return json::parse(text); } catch (const std::exception& e) { die("%s: malformed JSON (%s)", path.c_str(), e.what()); }
+// Anything at PATH (a file, a directory, a FIFO, a dangling link): "exists" for messages that read it next.
+static bool path_exists(const std::string& path) {
+    struct stat st;
+    return lstat(path.c_str(), &st) == 0;
+}
+// what a non-regular file is, for messages: "a directory", "a pipe (FIFO)", …
+static const char* mode_kind(mode_t m) {
+    return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a pipe (FIFO)" : S_ISCHR(m) || S_ISBLK(m) ? "a device" :
+           S_ISSOCK(m) ? "a socket" : S_ISREG(m) ? "a file" : "special";
+}
+// OBJ[KEY] as a JSON object (null if absent and not required), or one error line naming WHERE and the field
+static const json* json_object(const json& obj, const char* key, const std::string& where, bool required) {
+    const json* v = json_field(obj, key, where, required);
+    if (v && !v->is_object()) {
+        std::string got = v->dump();
+        if (got.size() > 60) got = got.substr(0, 57) + "...";
+        die("%s: field '%s' must be an object, got %s", where.c_str(), key, got.c_str());
+    }
+    return v;
 }
 // removes a directory tree (checkpoints are flat directories of plain files)
 static void remove_tree(const std::string& path) {
@@ -113,10 +129,11 @@ Shard::~Shard() { if (map) munmap(map, map_size); }
 
 // Maps a shard and validates it fully: header, size, and every token below the vocabulary size.
 void shard_open(Shard* s, const std::string& path, int max_vocab) {
-    int fd = open(path.c_str(), O_RDONLY);
+    int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);   // O_NONBLOCK: a FIFO must not block the open
     if (fd < 0) die("cannot open token shard %s: %s", path.c_str(), strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) { close(fd); die("cannot stat %s", path.c_str()); }
+    if (!S_ISREG(st.st_mode)) { close(fd); die("token shard %s is %s, not a regular file", path.c_str(), mode_kind(st.st_mode)); }
     size_t size = (size_t)st.st_size;
     if (size < SHARD_HEADER_INTS * 4) { close(fd); die("%s: not a token shard (only %zu bytes)", path.c_str(), size); }
     void* map = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -201,8 +218,7 @@ static int cmd_data_prepare(int argc, char** argv) {
         die("data prepare: give --tokenizer FILE, or --vocab-size N to train one on the training split");
     if (!a.has("out")) die("data prepare: --out DIR is required");
     double vf = a.real("val-fraction", 0.05, 0.0, 0.5);
-    for (auto& f : inputs)
-        if (!file_exists(f)) die("data prepare: input file %s does not exist", f.c_str());
+    for (auto& f : inputs) require_file(f, "data prepare: input file");
     std::string out = a.str("out");
     make_dirs(out);
     std::vector<std::string> parts[2];   // [split][file]
@@ -709,18 +725,27 @@ void checkpoint_save(const std::string& dir, const Model& m, const AdamW& opt, c
     remove_tree(dir + ".del");
 }
 
-// Loads weights, AdamW state and trainer_state.json from a checkpoint directory.
+constexpr long long MAX_STEPS = 1LL << 40;   // --steps' bound: a step count past it is not a real one
+
+// Loads weights, AdamW state and trainer_state.json from a checkpoint directory; the step is typed and checked
+// (the rest of trainer_state.json is the caller's: pre-training and alignment keep different fields).
 static json checkpoint_load(const std::string& dir, Model* m, AdamW* opt) {
-    if (!dir_exists(dir)) die("checkpoint %s does not exist", dir.c_str());
-    if (!file_exists(dir + "/trainer_state.json")) die("%s: not a training checkpoint (no trainer_state.json)", dir.c_str());
-    json state = parse_json_file(dir + "/trainer_state.json");
-    if (!state.is_object() || !state.contains("step") || !state.contains("settings")) die("%s/trainer_state.json: missing step or settings", dir.c_str());
+    require_dir(dir, "checkpoint");
+    std::string sp = dir + "/trainer_state.json";
+    if (!path_exists(sp)) die("%s: not a training checkpoint (no trainer_state.json)", dir.c_str());
+    json state = json_parse_file(sp);   // a directory or FIFO in its place is refused by name
+    long step = (long)json_int(state, "step", sp, 0, 0, MAX_STEPS, true);
+    json_object(state, "settings", sp, true);
     model_load_dir(m, dir);
     opt->m.clear();
     opt->v.clear();
     if (file_exists(dir + "/optimizer.safetensors") || zero_state_world(dir) == 0) {
         SafeTensors st;
         st.open_file(dir + "/optimizer.safetensors");
+        auto at = st.metadata.find("step");
+        if (at != st.metadata.end() && at->second != std::to_string(step))
+            die("%s/optimizer.safetensors is at step %s but trainer_state.json at step %ld: the checkpoint mixes two saves",
+                dir.c_str(), at->second.c_str(), step);
         opt->m.assign(m->num_parameters, 0.0f);
         opt->v.assign(m->num_parameters, 0.0f);
         for (const ParamView& pv : param_views(m->cfg)) {
@@ -728,19 +753,18 @@ static json checkpoint_load(const std::string& dir, Model* m, AdamW* opt) {
             st.read_f32("exp_avg_sq." + pv.name, pv.shape, opt->v.data() + pv.offset);
         }
     }   // else ZeRO-1 shards (optimizer-rank*-of-*.safetensors): load_optimizer_state reads them for this rank
-    opt->t = state["step"].get<long>();
+    opt->t = step;
     return state;
 }
 
 long checkpoint_read(const std::string& dir, Model* m, AdamW* opt) {
-    json state = checkpoint_load(dir, m, opt);
-    if (!state["step"].is_number_integer()) die("%s/trainer_state.json: step must be an integer", dir.c_str());
-    return state["step"].get<long>();
+    checkpoint_load(dir, m, opt);
+    return opt->t;
 }
 
 // The newest complete checkpoint in a run directory ("" if none); a checkpoint directory itself is returned as is.
 std::string checkpoint_latest(const std::string& dir) {
-    if (file_exists(dir + "/trainer_state.json")) return dir;
+    if (path_exists(dir + "/trainer_state.json")) return dir;   // (not a regular file: checkpoint_load says what it is)
     DIR* d = opendir(dir.c_str());
     if (!d) return "";
     std::vector<std::string> steps;
@@ -818,37 +842,73 @@ static json settings_json(const TrainSettings& s) {
             {"eval_windows", s.eval_windows}, {"keep", s.keep}, {"sample_tokens", s.sample_tokens}, {"seed", s.seed},
             {"compute", s.compute}, {"world_size", s.world}, {"zero", s.zero}};
 }
+// trainer_state.json's "settings", every field typed and in the range its flag allows (WHERE names the file)
 static TrainSettings settings_from_json(const json& j, const std::string& where) {
     TrainSettings s;
-    try {
-        s.data = j.at("data"); s.out = j.at("out"); s.model_source = j.at("model_source");
-        s.steps = j.at("steps"); s.batch_tokens = j.at("batch_tokens"); s.seq_len = j.at("seq_len");
-        s.micro_batch = j.at("micro_batch"); s.accum = j.at("accum"); s.lr = j.at("lr");
-        s.schedule = j.at("lr_schedule") == "cosine" ? LRSchedule::COSINE : LRSchedule::MULTISTEP;
-        s.warmup = j.at("warmup_steps"); s.eval_every = j.at("eval_every"); s.save_every = j.at("save_every");
-        s.eval_windows = j.at("eval_windows"); s.keep = j.at("keep"); s.sample_tokens = j.at("sample_tokens");
-        s.seed = j.at("seed"); s.compute = j.at("compute"); s.world = j.at("world_size");
-        s.zero = j.value("zero", 0);
-    } catch (const std::exception& e) { die("%s: malformed settings (%s)", where.c_str(), e.what()); }
+    s.data = json_str(j, "data", where, "", true);
+    s.out = json_str(j, "out", where, "", true);
+    s.model_source = json_str(j, "model_source", where, "", true);
+    s.steps = (long)json_int(j, "steps", where, 0, 1, MAX_STEPS, true);
+    s.batch_tokens = (long)json_int(j, "batch_tokens", where, 0, 1, MAX_STEPS, true);
+    s.seq_len = (int)json_int(j, "seq_len", where, 0, 1, 1 << 20, true);
+    s.micro_batch = (int)json_int(j, "micro_batch", where, 0, 1, 1 << 20, true);
+    s.accum = (int)json_int(j, "accum", where, 0, 1, 1 << 30, true);
+    s.lr = json_num(j, "lr", where, 0, 1e-12, 1e300, true);
+    std::string sched = json_str(j, "lr_schedule", where, "", true);
+    if (sched != "multistep" && sched != "cosine")
+        die("%s: field 'lr_schedule' must be \"multistep\" or \"cosine\", got \"%s\"", where.c_str(), sched.c_str());
+    s.schedule = sched == "cosine" ? LRSchedule::COSINE : LRSchedule::MULTISTEP;
+    s.warmup = (long)json_int(j, "warmup_steps", where, 0, 0, MAX_STEPS, true);
+    s.eval_every = (long)json_int(j, "eval_every", where, 0, 0, MAX_STEPS, true);
+    s.save_every = (long)json_int(j, "save_every", where, 0, 0, MAX_STEPS, true);
+    s.eval_windows = (int)json_int(j, "eval_windows", where, 0, 1, 1 << 24, true);
+    s.keep = (int)json_int(j, "keep", where, 0, 1, 1 << 20, true);
+    s.sample_tokens = (int)json_int(j, "sample_tokens", where, 0, 0, 1 << 16, true);
+    s.seed = (uint64_t)json_int(j, "seed", where, 0, 0, 1LL << 62, true);
+    s.compute = json_num(j, "compute", where, 0, 0, 1e30, true);
+    s.world = (int)json_int(j, "world_size", where, 1, 1, 1 << 20, true);
+    s.zero = (int)json_int(j, "zero", where, 0, 0, 1);
+    // the batch is accum micro-batches of micro_batch sequences of seq_len tokens on each of world_size ranks
+    __int128 bt = (__int128)s.accum * s.micro_batch * s.world * s.seq_len;
+    if (bt != s.batch_tokens)
+        die("%s: batch_tokens %ld is not accum × micro_batch × world_size × seq_len (%d × %d × %d × %d)", where.c_str(),
+            s.batch_tokens, s.accum, s.micro_batch, s.world, s.seq_len);
     return s;
 }
 
 // ============================================================================
 // metrics and the loss-curve picture
 
-// the records of a JSONL file; a torn last line (a process killed mid-write) is skipped
+// metrics.jsonl's records, each an object with an integer "step" and numbers (or null: a NaN) for its values. A torn
+// last line (no newline: a process killed mid-write) is dropped; any other bad line is damage, and an error naming it.
+// Not a regular file (/dev/null standing in for it): no records.
 static std::vector<json> read_jsonl(const std::string& path) {
     std::vector<json> v;
     if (!file_exists(path)) return v;
     std::string text = read_file(path);
     size_t pos = 0;
+    int line = 0;
     while (pos < text.size()) {
         size_t e = text.find('\n', pos);
         if (e == std::string::npos) break;
-        try { v.push_back(json::parse(text.substr(pos, e - pos))); } catch (...) {}
+        line++;
+        std::string where = path + ":" + std::to_string(line);
+        json j;
+        try { j = json::parse(text.substr(pos, e - pos)); } catch (const json::exception&) {
+            die("%s: not a metrics record (invalid JSON)", where.c_str());
+        }
+        if (!j.is_object()) die("%s: not a metrics record (expected a JSON object)", where.c_str());
+        json_int(j, "step", where, 0, 0, MAX_STEPS, true);
+        for (const char* k : {"tokens", "loss", "val_loss", "val_bpb"}) json_num(j, k, where, 0, -1e308, 1e308);
+        v.push_back(std::move(j));
         pos = e + 1;
     }
     return v;
+}
+// a record's number (checked by read_jsonl), NaN when absent or null
+static double metric_num(const json& j, const char* key) {
+    auto it = j.find(key);
+    return it == j.end() || !it->is_number() ? NAN : it->get<double>();
 }
 
 // Rewrites metrics.jsonl keeping only the records up to `step` (a resumed run replaces what followed its checkpoint).
@@ -856,7 +916,7 @@ static void metrics_truncate(const std::string& path, long step) {
     if (!file_exists(path)) return;
     std::string kept;
     for (const json& j : read_jsonl(path))
-        if (j.value("step", 0L) <= step) kept += j.dump() + "\n";
+        if (j["step"].get<long>() <= step) kept += j.dump() + "\n";
     write_file_atomic(path, kept);
 }
 
@@ -866,9 +926,10 @@ static std::string plot_loss_curve(const std::string& out) {
     std::string ttrain = "# tokens\tloss\n", tval = "# tokens\tval_loss\tval_bpb\n";
     for (const json& j : read_jsonl(metrics)) {
         char b[128];
-        if (j.contains("loss")) { snprintf(b, sizeof b, "%.0f\t%.6f\n", j["tokens"].get<double>(), j["loss"].get<double>()); ttrain += b; }
-        if (j.contains("val_loss")) {
-            snprintf(b, sizeof b, "%.0f\t%.6f\t%.6f\n", j["tokens"].get<double>(), j["val_loss"].get<double>(), j["val_bpb"].get<double>());
+        double tokens = metric_num(j, "tokens"), loss = metric_num(j, "loss"), vl = metric_num(j, "val_loss");
+        if (!std::isnan(loss)) { snprintf(b, sizeof b, "%.0f\t%.6f\n", tokens, loss); ttrain += b; }
+        if (!std::isnan(vl)) {
+            snprintf(b, sizeof b, "%.0f\t%.6f\t%.6f\n", tokens, vl, metric_num(j, "val_bpb"));
             tval += b;
         }
     }
@@ -1116,9 +1177,13 @@ static void train_usage() {
            "  trainer state), OUT/loss.png. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n");
 }
 
-static std::string data_file(const std::string& data, const json& dj, const char* split) {
-    if (!dj.contains(split)) return "";
-    return data + "/" + dj[split].value("file", std::string(split) + ".bin");
+// data.json's entry for a split ("" when it has none): {"file": NAME, ...}, NAME relative to the data directory
+static std::string data_file(const std::string& data, const json& dj, const std::string& where, const char* split) {
+    const json* sp = json_object(dj, split, where, false);
+    if (!sp) return "";
+    std::string f = json_str(*sp, "file", where + ": " + split, std::string(split) + ".bin");
+    if (f.empty()) die("%s: %s: field 'file' must be a file name, got \"\"", where.c_str(), split);
+    return data + "/" + f;
 }
 
 int cmd_train(int argc, char** argv) {
@@ -1144,26 +1209,53 @@ int cmd_train(int argc, char** argv) {
     }
     bool resume = a.has("resume");
     std::string ckpt;
+    uint64_t cursor_epoch = 0;     // the checkpoint's data cursor, and the ranks and accumulation that made it
+    size_t cursor_index = 0;
+    int saved_world = 1, saved_accum = 1;
     if (resume) {
         if (a.has("preset") || a.has("model") || a.has("compute"))
             die("train: --resume continues a run with its own model and settings; drop --preset/--model/--compute");
+        require_dir(a.str("resume"), "train: --resume");
         ckpt = checkpoint_latest(a.str("resume"));
         if (ckpt.empty()) die("train: no complete checkpoint in %s", a.str("resume").c_str());
+        std::string sp = ckpt + "/trainer_state.json";
         json state = checkpoint_load(ckpt, &r.model, &r.opt);
-        s = settings_from_json(state["settings"], ckpt + "/trainer_state.json");
-        r.step = state["step"].get<long>();
-        r.tokens_seen = state.value("tokens_seen", 0.0);
-        r.elapsed_before = state.value("elapsed_s", 0.0);
+        s = settings_from_json(*json_object(state, "settings", sp, true), sp + ": settings");
+        r.step = (long)r.opt.t;
+        r.tokens_seen = json_num(state, "tokens_seen", sp, 0.0, 0, 1e300, true);
+        r.elapsed_before = json_num(state, "elapsed_s", sp, 0.0, 0, 1e300);
+        if (r.step > s.steps) die("%s: step %ld is past the run's settings.steps %ld", sp.c_str(), r.step, s.steps);
+        if (r.tokens_seen != (double)r.step * (double)s.batch_tokens)
+            die("%s: tokens_seen %.0f is not step × batch_tokens (%ld × %ld)", sp.c_str(), r.tokens_seen, r.step, s.batch_tokens);
+        if (s.seq_len > r.model.cfg.max_position_embeddings)
+            die("%s: settings.seq_len %d is beyond the model's context (max_position_embeddings %d)", sp.c_str(), s.seq_len,
+                r.model.cfg.max_position_embeddings);
+        // the data cursor and the shuffle's state: checked against the data once the loader has opened it
+        const json* cur = json_object(state, "data_cursor", sp, true);
+        cursor_epoch = (uint64_t)json_int(*cur, "epoch", sp + ": data_cursor", 0, 0, MAX_STEPS, true);
+        cursor_index = (size_t)json_int(*cur, "index", sp + ": data_cursor", 0, 0, 1LL << 62, true);
+        json_int(*cur, "rank", sp + ": data_cursor", 0, 0, 0);   // rank 0 writes the state
+        if (const json* rng = json_object(state, "rng", sp, false)) {
+            std::string kind = json_str(*rng, "kind", sp + ": rng", "", true);
+            if (kind != "splitmix64 window shuffle")
+                die("%s: rng: field 'kind' must be \"splitmix64 window shuffle\", got \"%s\"", sp.c_str(), kind.c_str());
+            long long seed = json_int(*rng, "seed", sp + ": rng", 0, 0, 1LL << 62, true);
+            long long ep = json_int(*rng, "epoch", sp + ": rng", 0, 0, MAX_STEPS, true);
+            if ((uint64_t)seed != s.seed || (uint64_t)ep != cursor_epoch)
+                die("%s: rng (seed %lld, epoch %lld) does not match settings.seed %llu and data_cursor.epoch %llu", sp.c_str(),
+                    seed, ep, (unsigned long long)s.seed, (unsigned long long)cursor_epoch);
+        }
+        saved_world = s.world;
+        saved_accum = s.accum;
         s.out = a.str("out", parent_dir(ckpt));   // OUT/step_NNNNNN or OUT/final → OUT
         if (a.has("data")) s.data = a.str("data");
-        if (a.has("steps")) s.steps = a.integer("steps", 0, 1, 1L << 40);
-        if (a.has("eval-every")) s.eval_every = a.integer("eval-every", 0, 0, 1L << 40);
-        if (a.has("save-every")) s.save_every = a.integer("save-every", 0, 0, 1L << 40);
+        if (a.has("steps")) s.steps = a.integer("steps", 0, 1, MAX_STEPS);
+        if (a.has("eval-every")) s.eval_every = a.integer("eval-every", 0, 0, MAX_STEPS);
+        if (a.has("save-every")) s.save_every = a.integer("save-every", 0, 0, MAX_STEPS);
         if (r.step > s.steps) die("train: the checkpoint is at step %ld, past --steps %ld", r.step, s.steps);
-        const json& cur = state["data_cursor"];
         // the loaders are opened below; the cursor is applied after
-        r.train.epoch = cur.value("epoch", 0ull);
-        r.train.index = cur.value("index", (size_t)0);
+        r.train.epoch = cursor_epoch;
+        r.train.index = cursor_index;
         if (a.has("zero")) s.zero = (int)a.integer("zero", 0, 0, 1);
         if (s.world != r.dist.world) {
             // re-shard the run: the same sequences per step and the same global window order, over the new ranks
@@ -1191,15 +1283,20 @@ int cmd_train(int argc, char** argv) {
         s.world = r.dist.world;
     }
     // the data: data.json names the shards and the tokenizer
-    if (!dir_exists(s.data)) die("train: data directory %s does not exist", s.data.c_str());
+    require_dir(s.data, "train: data directory");
     std::string dj_path = s.data + "/data.json";
-    if (!file_exists(dj_path)) die("train: %s is missing (make it with deepseek data prepare)", dj_path.c_str());
-    json dj = parse_json_file(dj_path);
-    if (!dj.is_object() || !dj.contains("vocab_size")) die("%s: missing vocab_size", dj_path.c_str());
-    int data_vocab = dj["vocab_size"].get<int>();
-    std::string train_path = data_file(s.data, dj, "train"), val_path = data_file(s.data, dj, "val");
+    if (!path_exists(dj_path)) die("train: %s is missing (make it with deepseek data prepare)", dj_path.c_str());
+    json dj = json_parse_file(dj_path);
+    int data_vocab = (int)json_int(dj, "vocab_size", dj_path, 0, 1, 1 << 30, true);
+    int data_bos = (int)json_int(dj, "bos_token_id", dj_path, -1, -1, data_vocab - 1);
+    int data_eos = (int)json_int(dj, "eos_token_id", dj_path, -1, -1, data_vocab - 1);
+    std::string data_tokenizer = json_str(dj, "tokenizer", dj_path, "tokenizer.json");
+    const json* dj_val = json_object(dj, "val", dj_path, false);
+    double val_unigram_bpb = dj_val ? json_num(*dj_val, "unigram_bits_per_byte", dj_path + ": val", 0.0, 0, 1e6) : 0.0;
+    double val_bytes_per_token = dj_val ? json_num(*dj_val, "bytes_per_token", dj_path + ": val", 0.0, 0, 1e9) : 0.0;
+    std::string train_path = data_file(s.data, dj, dj_path, "train"), val_path = data_file(s.data, dj, dj_path, "val");
     if (train_path.empty()) die("%s: no train split", dj_path.c_str());
-    if (!file_exists(train_path)) die("train: token shard %s is missing", train_path.c_str());
+    if (!path_exists(train_path)) die("train: token shard %s is missing", train_path.c_str());
 
     if (!resume) {
         // the model, and what the scaling laws say
@@ -1216,8 +1313,8 @@ int cmd_train(int argc, char** argv) {
         s.seq_len = (int)a.integer("seq-len", std::min(256, ctx_guess), 1, 1 << 20);
         if (sources == 0) {
             Config cfg = plan_shape(plan.flops_per_token, s.seq_len, data_vocab);
-            cfg.bos_token_id = dj.value("bos_token_id", 0);
-            cfg.eos_token_id = dj.value("eos_token_id", 1);
+            cfg.bos_token_id = data_bos >= 0 ? data_bos : 0;
+            cfg.eos_token_id = data_eos >= 0 ? data_eos : 1;
             model_build(&r.model, cfg);
             model_init_random(&r.model, s.seed, 0.006f);
             s.model_source = "plan";
@@ -1260,7 +1357,7 @@ int cmd_train(int argc, char** argv) {
             printf("scaling laws for C = %.3g: B_opt %.0f tokens, lr %.3g, M_opt %.3g, D_opt %.3g; this model: M %.3g, "
                    "budget %.3g tokens\n", s.compute, plan.batch_tokens, plan.learning_rate, plan.flops_per_token, plan.tokens, M, budget);
         // the data's special tokens, for the generation config of the checkpoints
-        int bos = dj.value("bos_token_id", -1), eos = dj.value("eos_token_id", -1);
+        int bos = data_bos, eos = data_eos;
         if (bos >= 0 && bos < r.model.cfg.vocab_size) r.model.cfg.bos_token_id = bos;
         if (eos >= 0 && eos < r.model.cfg.vocab_size) r.model.cfg.eos_token_id = eos;
     }
@@ -1272,20 +1369,42 @@ int cmd_train(int argc, char** argv) {
         uint64_t ep = r.train.epoch;
         size_t ix = r.train.index;
         loader_init(&r.train, train_path, s.micro_batch, s.seq_len, s.rank, s.world, s.seed, r.model.cfg.vocab_size, true);
-        if (resume) loader_seek(&r.train, ep, ix);
+        if (r.train.shard.vocab_size != data_vocab)
+            die("%s: the shard's vocabulary (%d) is not data.json's vocab_size (%d)", train_path.c_str(),
+                r.train.shard.vocab_size, data_vocab);
+        if (resume) {
+            // The cursor must lie in the data: index ≤ the windows per rank of the saving run's ranks. In the first epoch
+            // it is exactly where r.step steps leave each rank: k = step·accum·micro_batch windows read (after the first
+            // epoch a run re-sharded on the way may differ by the windows left over at each epoch's end).
+            std::string sp = ckpt + "/trainer_state.json";
+            size_t per_rank = r.train.num_windows / (size_t)saved_world;
+            unsigned __int128 k = (unsigned __int128)r.step * (unsigned)saved_accum * (unsigned)s.micro_batch;
+            if (cursor_index > per_rank)
+                die("%s: data_cursor.index %zu is past the data: %s holds %zu windows of %d+1 tokens per rank (%d rank(s))",
+                    sp.c_str(), cursor_index, train_path.c_str(), per_rank, s.seq_len, saved_world);
+            if (cursor_epoch == 0 && k <= per_rank && cursor_index != (size_t)k)
+                die("%s: data_cursor (epoch 0, index %zu) is not where %ld steps of %d × %d sequences per rank leave %s "
+                    "(index %zu): the checkpoint and the data do not belong together", sp.c_str(), cursor_index, r.step,
+                    saved_accum, s.micro_batch, train_path.c_str(), (size_t)k);
+            if (cursor_epoch == 0 && k > per_rank)
+                die("%s: data_cursor is in epoch 0, but %ld steps of %d × %d sequences per rank read %s more than once "
+                    "(%zu windows per rank): the checkpoint and the data do not belong together", sp.c_str(), r.step,
+                    saved_accum, s.micro_batch, train_path.c_str(), per_rank);
+            loader_seek(&r.train, ep, ix);
+        }
     }
-    if (!val_path.empty() && file_exists(val_path)) {
+    if (!val_path.empty() && path_exists(val_path)) {
         Shard probe;
         shard_open(&probe, val_path, r.model.cfg.vocab_size);
-        if ((probe.n - 1) / s.seq_len >= (size_t)s.micro_batch) {
+        if (probe.n > 0 && (probe.n - 1) / s.seq_len >= (size_t)s.micro_batch) {
             loader_init(&r.val, val_path, s.micro_batch, s.seq_len, 0, 1, 0, r.model.cfg.vocab_size, false);
             r.has_val = true;
         } else printf("note: the validation split is shorter than one micro-batch; no validation\n");
     } else if (!val_path.empty()) die("train: token shard %s is missing", val_path.c_str());
-    if (dj.contains("val")) r.unigram_bpb = dj["val"].value("unigram_bits_per_byte", 0.0);
+    r.unigram_bpb = val_unigram_bpb;
     // the tokenizer: bytes per token for bits per byte, and the samples
-    r.tokenizer_path = s.data + "/" + dj.value("tokenizer", std::string("tokenizer.json"));
-    if (file_exists(r.tokenizer_path)) {
+    r.tokenizer_path = s.data + "/" + data_tokenizer;
+    if (path_exists(r.tokenizer_path)) {   // (not a regular file: tokenizer_load says what it is)
         r.tok = tokenizer_load(r.tokenizer_path);
         int tv = tokenizer_vocab_size(r.tok), bos = tokenizer_bos_id(r.tok), eos = tokenizer_eos_id(r.tok);
         r.token_bytes.assign(tv, 0);
@@ -1295,7 +1414,7 @@ int cmd_train(int argc, char** argv) {
         }
     } else {
         r.tokenizer_path.clear();
-        r.mean_bytes_per_token = dj.contains("val") ? dj["val"].value("bytes_per_token", 0.0) : 0.0;
+        r.mean_bytes_per_token = val_bytes_per_token;
         printf("note: no tokenizer in %s: no samples; bits per byte from the split's mean bytes per token\n", s.data.c_str());
     }
     make_dirs(s.out);
@@ -1327,7 +1446,7 @@ int cmd_train(int argc, char** argv) {
         // the run's story in one line: validation bits per byte from the first evaluation to the last
         double first = NAN, last = NAN;
         for (const json& j : read_jsonl(s.out + "/metrics.jsonl"))
-            if (j.contains("val_bpb")) { if (std::isnan(first)) first = j["val_bpb"]; last = j["val_bpb"]; }
+            if (!std::isnan(metric_num(j, "val_bpb"))) { if (std::isnan(first)) first = metric_num(j, "val_bpb"); last = metric_num(j, "val_bpb"); }
         if (!std::isnan(last))
             printf("validation bits per byte: %.4f -> %.4f (unigram entropy of the validation tokens: %.4f bits/byte)\n", first,
                    last, r.unigram_bpb);
@@ -1722,14 +1841,21 @@ static std::string align_loop(AlignRun* r, const std::function<json(const std::v
 // --resume DIR: the checkpoint's saved flags fill in every flag not given again on the command line
 static std::string align_resume_flags(Args* a) {
     if (!a->has("resume")) return "";
+    require_dir(a->str("resume"), a->cmd + ": --resume");
     std::string ckpt = checkpoint_latest(a->str("resume"));
     if (ckpt.empty()) die("%s: no checkpoint in %s", a->cmd.c_str(), a->str("resume").c_str());
-    json st = parse_json_file(ckpt + "/trainer_state.json");
-    if (!st.is_object() || st.value("stage", std::string()) != a->cmd || !st.contains("settings") || !st["settings"].is_object())
+    std::string sp = ckpt + "/trainer_state.json";
+    json st = json_parse_file(sp);
+    if (!st.is_object() || json_str(st, "stage", sp, "") != a->cmd)
         die("%s: %s is not a checkpoint of a `deepseek %s` run", a->cmd.c_str(), ckpt.c_str(), a->cmd.c_str());
-    for (auto it = st["settings"].begin(); it != st["settings"].end(); ++it) {
-        if (it.key() == "skip-bad") { if (it.value() == true) a->switches["skip-bad"] = true; continue; }
-        if (!a->has(it.key()) && it.value().is_string()) a->values[it.key()] = it.value().get<std::string>();
+    const json* set = json_object(st, "settings", sp, true);
+    for (auto it = set->begin(); it != set->end(); ++it) {   // every saved flag is a string; skip-bad a switch
+        if (it.key() == "skip-bad") {
+            if (json_bool(*set, "skip-bad", sp + ": settings", false)) a->switches["skip-bad"] = true;
+            continue;
+        }
+        std::string v = json_str(*set, it.key().c_str(), sp + ": settings", "", true);
+        if (!a->has(it.key())) a->values[it.key()] = v;
     }
     return ckpt;
 }
@@ -1748,9 +1874,9 @@ static void align_require(const Args& a) {
 // the model to start from (--model) and its tokenizer
 static void align_load(const Args& a, AlignRun* r) {
     std::string dir = a.str("model");
-    if (!dir_exists(dir)) die("%s: model directory %s does not exist", a.cmd.c_str(), dir.c_str());
+    require_dir(dir, a.cmd + ": model directory");
     r->tok_path = a.str("tokenizer", dir + "/tokenizer.json");
-    if (!file_exists(r->tok_path)) die("%s: no tokenizer at %s (give --tokenizer FILE)", a.cmd.c_str(), r->tok_path.c_str());
+    if (!path_exists(r->tok_path)) die("%s: no tokenizer at %s (give --tokenizer FILE)", a.cmd.c_str(), r->tok_path.c_str());
     r->tok = tokenizer_load(r->tok_path);
     model_load_dir(&r->model, dir);
     int V = r->model.cfg.vocab_size, tv = tokenizer_vocab_size(r->tok);
@@ -1793,16 +1919,20 @@ static void align_start(const Args& a, AlignRun* r, const std::string& ckpt, siz
     std::string metrics = r->out + "/metrics.jsonl";
     if (!ckpt.empty()) {
         Model start;   // the checkpoint must have the starting model's shapes
+        std::string sp = ckpt + "/trainer_state.json";
         r->step = checkpoint_read(ckpt, &start, &r->opt);
         if (start.num_parameters != r->model.num_parameters) die("%s: %s does not match --model's shapes", a.cmd.c_str(), ckpt.c_str());
+        if (r->step > r->total)
+            die("%s: step %ld is past this run's %ld steps (%d epoch(s) × %ld steps of %d): give --epochs to match",
+                sp.c_str(), r->step, r->total, r->epochs, r->steps_per_epoch, r->B);
         r->model.params_memory = start.params_memory;
         param_point(&r->model.params, r->model.params_memory.data(), r->model.param_sizes);
         if (r->be.cuda) {   // the checkpoint's weights and AdamW moments onto the GPU
             cuda_model_set_params(r->be.cuda, r->model);
             cuda_model_set_adam_state(r->be.cuda, r->opt.m.data(), r->opt.v.data());
         }
-        json st = parse_json_file(ckpt + "/trainer_state.json");
-        r->elapsed_before = st.value("elapsed_s", 0.0);
+        json st = json_parse_file(sp);
+        r->elapsed_before = json_num(st, "elapsed_s", sp, 0.0, 0, 1e300);
         metrics_truncate(metrics, r->step);
         printf("%s: resuming %s at step %ld of %ld\n", a.cmd.c_str(), ckpt.c_str(), r->step, r->total);
     } else {

@@ -630,7 +630,9 @@ TEST_CASE("bad input to data, plan and train gives one clear error line, never a
     CHECK(one_error_line(run_cmd(t + "--data " + data + " --lr -1"), "--lr"));
     CHECK(one_error_line(run_cmd(t + "--data " + data + " --steps 0"), "--steps"));
     CHECK(one_error_line(run_cmd(deepseek_bin() + " train --data " + data + " --out " + d + "/o"), "--preset"));
-    CHECK(one_error_line(run_cmd(deepseek_bin() + " train --device cpu --resume " + d + "/nothing_here"), "no complete checkpoint"));
+    CHECK(one_error_line(run_cmd(deepseek_bin() + " train --device cpu --resume " + d + "/nothing_here"), "does not exist"));
+    make_dirs(d + "/empty_run");
+    CHECK(one_error_line(run_cmd(deepseek_bin() + " train --device cpu --resume " + d + "/empty_run"), "no complete checkpoint"));
     CHECK(one_error_line(run_cmd(deepseek_bin() + " plan"), "--compute"));
     CHECK(one_error_line(run_cmd(deepseek_bin() + " plan --compute lots"), "--compute"));
     CHECK(one_error_line(run_cmd(deepseek_bin() + " data prepare --input " + d + "/no.txt --vocab-size 300 --out " + d + "/p"),

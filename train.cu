@@ -187,13 +187,67 @@ void split_train_val(const std::string& text, double val_fraction, std::string* 
     }
 }
 
+// When the documents are too few for the fraction F (a novel, a log, a source file: a text without blank lines),
+// the last fraction F of the training text (the files in order) goes to validation instead, cut at the line
+// boundary nearest to that point (a file's end counts as one) when it keeps the held-out share within a factor 2 of
+// F; otherwise — a single line — at the nearest UTF-8 character boundary inside the line. parts[0][file] holds each
+// file's text (parts[1] is empty); returns how the cut was made ("" when the text is too short to cut at all).
+static std::string hold_out_tail(double vf, std::vector<std::string> parts[2]) {
+    size_t n = parts[0].size();
+    std::vector<size_t> start(n + 1, 0);   // start[i]: where file i begins in the concatenated text
+    for (size_t i = 0; i < n; i++) start[i + 1] = start[i] + parts[0][i].size();
+    size_t total = start[n];
+    if (total < 2) return "";
+    size_t want_val = std::max<size_t>(1, (size_t)llround((double)total * vf));
+    size_t target = total - std::min(want_val, total - 1);   // the cut: [0, target) trains, [target, total) validates
+    size_t k = 0;
+    while (start[k + 1] <= target) k++;                       // the file the target falls in (target < total)
+    const std::string& t = parts[0][k];
+    size_t off = target - start[k];
+    // the nearest line starts at or before / after the target (a file's start or end is one)
+    size_t back = off == 0 ? 0 : (t.rfind('\n', off - 1) == std::string::npos ? 0 : t.rfind('\n', off - 1) + 1);
+    size_t fwd = t.find('\n', off == 0 ? 0 : off - 1);
+    fwd = off == 0 ? 0 : fwd == std::string::npos ? t.size() : fwd + 1;
+    size_t best = 0;
+    bool found = false;
+    for (size_t c : {start[k] + back, start[k] + fwd}) {
+        if (c == 0 || c >= total) continue;
+        size_t val = total - c;
+        if (val * 2 < want_val || val > want_val * 2) continue;   // too far from the fraction asked for
+        if (!found || (c > target ? c - target : target - c) < (best > target ? best - target : target - best)) best = c;
+        found = true;
+    }
+    std::string how = "cut at a line boundary";
+    if (!found) {   // inside the line: back to the start of a UTF-8 character (continuation bytes are 10xxxxxx)
+        size_t c = off;
+        while (c > 0 && ((unsigned char)t[c] & 0xC0) == 0x80) c--;
+        if (c == 0 && start[k] == 0) {   // the first character of the text: forward to the next one instead
+            c = off;
+            while (c < t.size() && ((unsigned char)t[c] & 0xC0) == 0x80) c++;
+        }
+        best = start[k] + c;
+        if (best == 0 || best >= total) return "";
+        how = "cut inside a line, at a UTF-8 character boundary: the text has no line boundary near the cut";
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (start[i + 1] <= best) continue;                      // wholly before the cut: training
+        size_t from = best > start[i] ? best - start[i] : 0;     // this file's part from the cut on: validation
+        parts[1][i] = parts[0][i].substr(from);
+        parts[0][i].resize(from);
+    }
+    return how;
+}
+
 static int cmd_data_prepare(int argc, char** argv) {
     if (is_help(argc, argv, 3)) {
         printf("usage: deepseek data prepare --input FILE [FILE...] (--tokenizer tokenizer.json | --vocab-size N) --out DIR\n"
                "                            [--val-fraction F]\n"
                "  --vocab-size N trains a byte-level BPE tokenizer of N tokens on the training split only.\n"
-               "  splits each text into documents at blank lines, sends a fraction F (default 0.05) of them, evenly\n"
-               "  spread, to validation, encodes both splits (BOS at the start of each file's part) and writes\n"
+               "  splits each text into documents at blank lines, sends a fraction F (default 0.05; 0: no validation\n"
+               "  split) of them, evenly spread, to validation; when the documents are too few for F (a text without\n"
+               "  blank lines is one document), the last fraction F of the text instead, cut at the nearest line\n"
+               "  boundary (inside a single line: at a UTF-8 character boundary), with a note saying so. Encodes both\n"
+               "  splits (BOS at the start of each file's part) and writes\n"
                "  DIR/train.bin, DIR/val.bin (a 256 × int32 header: magic %d, version, vocab size, token count; then\n"
                "  uint32 tokens), DIR/tokenizer.json (a copy) and DIR/data.json (tokens, bytes, unigram entropy).\n",
                SHARD_MAGIC);
@@ -226,6 +280,20 @@ static int cmd_data_prepare(int argc, char** argv) {
         std::string text = read_file(f), part[2];
         split_train_val(text, vf, &part[0], &part[1]);
         for (int s = 0; s < 2; s++) parts[s].push_back(std::move(part[s]));
+    }
+    std::string val_split = "documents";
+    bool any_val = false;
+    for (auto& p : parts[1]) any_val |= !p.empty();
+    if (vf > 0 && !any_val) {   // too few documents for the fraction: the text's tail instead (hold_out_tail)
+        std::string how = hold_out_tail(vf, parts);
+        if (!how.empty()) {
+            size_t held = 0, total = 0;
+            for (size_t i = 0; i < inputs.size(); i++) held += parts[1][i].size(), total += parts[0][i].size() + parts[1][i].size();
+            printf("note: data prepare: too few documents (blank-line separated) for a validation fraction of %g: "
+                   "validation holds out the last %zu bytes (%.1f%%) of the text instead, %s\n", vf, held,
+                   100.0 * held / total, how.c_str());
+            val_split = how.rfind("cut at a line", 0) == 0 ? "tail, at a line boundary" : "tail, inside a line";
+        }
     }
     std::string tok_path = a.str("tokenizer");
     if (a.has("vocab-size")) {   // a tokenizer of our own, trained on the training split only
@@ -266,6 +334,7 @@ static int cmd_data_prepare(int argc, char** argv) {
     j["bos_token_id"] = tokenizer_bos_id(tok);
     j["eos_token_id"] = tokenizer_eos_id(tok);
     j["val_fraction"] = vf;
+    j["val_split"] = vf > 0 ? val_split : "none";
     j["inputs"] = inputs;
     const char* names[2] = {"train", "val"};
     for (int s = 0; s < 2; s++) {

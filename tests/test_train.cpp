@@ -445,6 +445,42 @@ TEST_CASE("data prepare: the shards decode to the text, split by whole documents
     CHECK(rebuilt_val == decoded[1]);
 }
 
+TEST_CASE("data prepare: a text without blank lines holds out its tail as validation (a line boundary, or inside one line)") {
+    std::string d = train_tmp("prepare_tail");
+    std::string lines, one;
+    for (int i = 0; i < 60; i++) lines += "Line " + std::to_string(i) + ": and the word was spoken unto them, saying hello.\n";
+    for (int i = 0; i < 120; i++) one += "mot" + std::to_string(i) + " \xc3\xa9t\xc3\xa9 ";   // one line, with 2-byte characters
+    for (bool single : {false, true}) {
+        const std::string& text = single ? one : lines;
+        std::string in = d + (single ? "/one.txt" : "/lines.txt"), out = d + (single ? "/one" : "/lines");
+        write_file_atomic(in, text);
+        auto r = run_cmd(deepseek_bin() + " data prepare --input " + in + " --vocab-size 300 --out " + out + " --val-fraction 0.1");
+        REQUIRE_MESSAGE(r.rc == 0, r.out);
+        INFO(r.out);
+        CHECK(r.out.find("note: data prepare: too few documents") != std::string::npos);
+        CHECK(r.out.find(single ? "inside a line" : "at a line boundary") != std::string::npos);
+        json dj = json::parse(read_file(out + "/data.json"));
+        CHECK(dj["val_split"] == (single ? "tail, inside a line" : "tail, at a line boundary"));
+        Tokenizer* tok = tokenizer_load(out + "/tokenizer.json");
+        std::string decoded[2];
+        const char* names[2] = {"train", "val"};
+        for (int s = 0; s < 2; s++) {
+            Shard sh;
+            shard_open(&sh, out + "/" + names[s] + ".bin", 0);
+            REQUIRE(sh.n > 1);
+            CHECK((int)sh.tokens[0] == tokenizer_bos_id(tok));
+            decoded[s] = tokenizer_decode(tok, std::vector<int>(sh.tokens + 1, sh.tokens + sh.n));
+        }
+        tokenizer_free(tok);
+        // validation is the text's tail, training the rest: together the whole text
+        CHECK(decoded[0] + decoded[1] == text);
+        double share = (double)decoded[1].size() / text.size();
+        CHECK(share > 0.05);
+        CHECK(share < 0.2);
+        if (!single) CHECK(decoded[0].back() == '\n');   // the cut is at a line's start
+    }
+}
+
 // ---------------------------------------------------------------------------- the training command
 
 static std::string train_cmd(const std::string& model, const std::string& data, const std::string& out, const std::string& extra) {

@@ -21,9 +21,12 @@
 #include <cstring>       // memcpy, strerror
 #include <dirent.h>      // opendir: listing checkpoints
 #include <fcntl.h>       // open (fsync of directories)
+#include <climits>       // PATH_MAX
+#include <cstdlib>       // atexit, realpath
+#include <sys/file.h>    // flock: one run per output directory
 #include <sys/mman.h>    // mmap: token shards
 #include <sys/stat.h>    // stat
-#include <unistd.h>      // fsync, unlink, rmdir
+#include <unistd.h>      // fsync, unlink, rmdir, getpid, gethostname
 #include <nlohmann/json.hpp>  // nlohmann::json: data.json, trainer_state.json, metrics.jsonl
 #ifdef _OPENMP
 #include <omp.h>         // omp_set_num_threads, omp_get_max_threads
@@ -80,15 +83,18 @@ static const json* json_object(const json& obj, const char* key, const std::stri
     }
     return v;
 }
-// removes a directory tree (checkpoints are flat directories of plain files)
+// removes a directory tree (checkpoints are flat directories of plain files); a symbolic link is removed itself,
+// never followed
 static void remove_tree(const std::string& path) {
+    struct stat st;
+    if (lstat(path.c_str(), &st) != 0) return;
+    if (!S_ISDIR(st.st_mode)) { unlink(path.c_str()); return; }
     DIR* d = opendir(path.c_str());
-    if (!d) { unlink(path.c_str()); return; }
+    if (!d) return;
     while (struct dirent* e = readdir(d)) {
         std::string n = e->d_name;
         if (n == "." || n == "..") continue;
-        std::string p = path + "/" + n;
-        if (dir_exists(p)) remove_tree(p); else unlink(p.c_str());
+        remove_tree(path + "/" + n);
     }
     closedir(d);
     rmdir(path.c_str());
@@ -831,7 +837,11 @@ long checkpoint_read(const std::string& dir, Model* m, AdamW* opt) {
     return opt->t;
 }
 
+static bool is_step_name(const std::string& n) {
+    return n.size() == 11 && n.rfind("step_", 0) == 0 && n.find_first_not_of("0123456789", 5) == std::string::npos;
+}
 // The newest complete checkpoint in a run directory ("" if none); a checkpoint directory itself is returned as is.
+// A finished run's final/ counts, by its step: after `--resume RUN --steps more` its step_NNNNNN pass it.
 std::string checkpoint_latest(const std::string& dir) {
     if (path_exists(dir + "/trainer_state.json")) return dir;   // (not a regular file: checkpoint_load says what it is)
     DIR* d = opendir(dir.c_str());
@@ -839,13 +849,16 @@ std::string checkpoint_latest(const std::string& dir) {
     std::vector<std::string> steps;
     while (struct dirent* e = readdir(d)) {
         std::string n = e->d_name;
-        if (n.size() == 11 && n.rfind("step_", 0) == 0 && n.find_first_not_of("0123456789", 5) == std::string::npos &&
-            file_exists(dir + "/" + n + "/trainer_state.json"))
-            steps.push_back(n);
+        if (is_step_name(n) && file_exists(dir + "/" + n + "/trainer_state.json")) steps.push_back(n);
     }
     closedir(d);
-    if (steps.empty()) return "";
     std::sort(steps.begin(), steps.end());
+    std::string fin = dir + "/final", fs = fin + "/trainer_state.json";
+    if (file_exists(fs)) {
+        long final_step = (long)json_int(json_parse_file(fs), "step", fs, 0, 0, MAX_STEPS, true);
+        if (steps.empty() || final_step >= atol(steps.back().c_str() + 5)) return fin;
+    }
+    if (steps.empty()) return "";
     return dir + "/" + steps.back();
 }
 
@@ -856,7 +869,7 @@ static void checkpoint_prune(const std::string& dir, int keep) {
     std::vector<std::string> steps;
     while (struct dirent* e = readdir(d)) {
         std::string n = e->d_name;
-        if (n.size() == 11 && n.rfind("step_", 0) == 0) steps.push_back(n);
+        if (is_step_name(n)) steps.push_back(n);
     }
     closedir(d);
     std::sort(steps.begin(), steps.end());
@@ -989,6 +1002,22 @@ static void metrics_truncate(const std::string& path, long step) {
     write_file_atomic(path, kept);
 }
 
+// metrics.jsonl, appended to: a regular file, or a character device standing in for one (/dev/null). A FIFO would
+// block and a directory cannot be written: both refused. Every write is checked (a full disk is an error).
+static std::string g_metrics_path;
+static FILE* metrics_open(const std::string& path) {
+    struct stat st;
+    if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode))
+        die("%s is %s, not a regular file", path.c_str(), mode_kind(st.st_mode));
+    FILE* f = fopen(path.c_str(), "a");
+    if (!f) die("cannot write %s: %s", path.c_str(), strerror(errno));
+    g_metrics_path = path;
+    return f;
+}
+static void metrics_close(FILE* f) {
+    if (f && fclose(f) != 0) die("cannot write %s: %s", g_metrics_path.c_str(), strerror(errno));
+}
+
 // train and validation loss against tokens, with gnuplot (Debian gnuplot-nox); a note if it is missing
 static std::string plot_loss_curve(const std::string& out) {
     std::string metrics = out + "/metrics.jsonl", tr = out + "/loss_train.tsv", va = out + "/loss_val.tsv";
@@ -1096,8 +1125,9 @@ static json trainer_state(const TrainRun& r, double elapsed) {
 
 static void write_metric(FILE* f, const json& j) {
     if (!f) return;
-    fprintf(f, "%s\n", j.dump().c_str());
-    fflush(f);
+    std::string line = j.dump() + "\n";
+    if (fwrite(line.data(), 1, line.size(), f) != line.size() || fflush(f) != 0)
+        die("cannot write %s: %s", g_metrics_path.c_str(), strerror(errno));
 }
 
 static void run_eval(TrainRun* r, FILE* metrics) {
@@ -1151,8 +1181,7 @@ static std::string train_loop(TrainRun* r, float (*objective)(Backend*, const in
     int B = s.micro_batch, T = s.seq_len;
     std::vector<int> in((size_t)B * T), tg((size_t)B * T);
     std::vector<float> dl;
-    FILE* metrics = r->s.rank == 0 ? fopen((s.out + "/metrics.jsonl").c_str(), "a") : nullptr;
-    if (r->s.rank == 0 && !metrics) die("cannot write %s/metrics.jsonl: %s", s.out.c_str(), strerror(errno));
+    FILE* metrics = r->s.rank == 0 ? metrics_open(s.out + "/metrics.jsonl") : nullptr;
     install_stop_handlers();
     double t_start = now_s(), step_tokens = (double)B * T * s.accum * s.world;
     long first_step = r->step;
@@ -1199,17 +1228,106 @@ static std::string train_loop(TrainRun* r, float (*objective)(Backend*, const in
             printf("checkpoint: %s\n", last_ckpt.c_str());
         }
         if (stop && !last) {
-            if (metrics) fclose(metrics);
+            metrics_close(metrics);
             std::string by = g_stop_signal ? std::to_string((int)g_stop_signal) : "on another rank";
             printf("stopped by signal %s after step %ld; resume with: deepseek train --resume %s\n", by.c_str(), r->step,
                    last_ckpt.c_str());
             return last_ckpt;
         }
     }
-    if (metrics) fclose(metrics);
+    metrics_close(metrics);
     std::string final_dir = s.out + "/final";
     save_checkpoint(r, final_dir, r->elapsed_before + (now_s() - t_start));
     return final_dir;
+}
+
+// ============================================================================
+// the run directory: one run at a time, and never two runs mixed in one
+//
+// OUT/.lock is held under an exclusive flock(2) for the whole process (the kernel releases it however the process
+// ends, kill -9 included); its text is the holder's pid and host, for the message a second run gets. Under MPI only
+// rank 0 takes it: the ranks of one run share OUT, and rank 0 is the one that writes there.
+
+static int g_lock_fd = -1;
+static void lock_run_dir(const std::string& out, const char* cmd) {
+    std::string path = out + "/.lock";
+    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0644);
+    if (fd < 0) die("%s: cannot create %s: %s", cmd, path.c_str(), strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) { close(fd); die("%s: cannot stat %s: %s", cmd, path.c_str(), strerror(errno)); }
+    if (!S_ISREG(st.st_mode)) { close(fd); die("%s: %s is %s, not a regular file", cmd, path.c_str(), mode_kind(st.st_mode)); }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char buf[300] = {0}, host[256] = {0};
+        long pid = 0;
+        ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+        close(fd);
+        if (e != EWOULDBLOCK) die("%s: cannot lock %s: %s", cmd, path.c_str(), strerror(e));
+        if (n > 0 && sscanf(buf, "%ld %255s", &pid, host) == 2)
+            die("%s: %s is in use by another training (pid %ld on %s)", cmd, out.c_str(), pid, host);
+        die("%s: %s is in use by another training (its pid is not recorded in %s)", cmd, out.c_str(), path.c_str());
+    }
+    char host[256] = {0};
+    if (gethostname(host, sizeof host - 1) != 0 || !host[0]) snprintf(host, sizeof host, "unknown-host");
+    std::string text = std::to_string((long)getpid()) + " " + host + "\n";
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, text.data(), text.size(), 0) != (ssize_t)text.size())
+        die("%s: cannot write %s: %s", cmd, path.c_str(), strerror(errno));
+    if (g_lock_fd >= 0) close(g_lock_fd);
+    g_lock_fd = fd;   // held until the process exits
+}
+
+// What of a run is in OUT: checkpoints (step_NNNNNN, final, and their .tmp/.del), a metrics.jsonl file,
+// trainer_state.json (OUT is itself a checkpoint). The other files a run writes (loss.png, loss.gp, loss_*.tsv) go
+// with it under --overwrite but do not by themselves make OUT "another run".
+static std::vector<std::string> run_files(const std::string& out, bool with_plots) {
+    std::vector<std::string> found;
+    DIR* d = opendir(out.c_str());
+    if (!d) return found;
+    while (struct dirent* e = readdir(d)) {
+        std::string n = e->d_name;
+        std::string base = n.size() > 4 && (n.compare(n.size() - 4, 4, ".tmp") == 0 || n.compare(n.size() - 4, 4, ".del") == 0)
+                               ? n.substr(0, n.size() - 4) : n;
+        bool is_run = is_step_name(base) || base == "final" || n == "trainer_state.json" ||
+                      (n == "metrics.jsonl" && file_exists(out + "/" + n)) || n == "metrics.jsonl.tmp";
+        bool is_plot = base == "loss.png" || base == "loss.gp" || base == "loss_train.tsv" || base == "loss_val.tsv";
+        if (is_run || (with_plots && is_plot)) found.push_back(n);
+    }
+    closedir(d);
+    std::sort(found.begin(), found.end());
+    return found;
+}
+static std::string real_path(const std::string& p) {
+    char buf[PATH_MAX];
+    return realpath(p.c_str(), buf) ? std::string(buf) : p;
+}
+
+// Makes OUT, locks it (rank 0), and makes sure it holds no other run. A new run (resume_of empty) is refused when OUT
+// holds one, unless `overwrite`, which removes that run's files first. A resumed run may write to its own run
+// directory (resume_of: the checkpoint's) or to a directory without a run in it.
+static void claim_run_dir(const std::string& out, const char* cmd, bool overwrite, const std::string& resume_of) {
+    struct stat st;
+    if (stat(out.c_str(), &st) == 0 && !S_ISDIR(st.st_mode))
+        die("%s: --out %s is %s, not a directory", cmd, out.c_str(), mode_kind(st.st_mode));
+    make_dirs(out);
+    lock_run_dir(out, cmd);
+    if (!resume_of.empty() && real_path(out) == real_path(resume_of)) return;   // continuing this run in place
+    std::vector<std::string> old = run_files(out, overwrite);
+    if (old.empty()) return;
+    std::string list;
+    for (size_t i = 0; i < old.size() && i < 3; i++) list += (i ? ", " : "") + old[i];
+    if (old.size() > 3) list += ", …";
+    if (std::find(old.begin(), old.end(), "trainer_state.json") != old.end())
+        die("%s: --out %s is itself a checkpoint (it holds trainer_state.json); give a run directory", cmd, out.c_str());
+    if (!resume_of.empty())
+        die("%s: --out %s holds another run (%s); resume into an empty directory, or into the checkpoint's own run %s",
+            cmd, out.c_str(), list.c_str(), resume_of.c_str());
+    if (!overwrite)
+        die("%s: --out %s holds another run (%s); continue it with --resume %s, or give --overwrite to delete it and "
+            "start over", cmd, out.c_str(), list.c_str(), out.c_str());
+    for (const std::string& n : old) remove_tree(out + "/" + n);
+    for (const std::string& n : run_files(out, true))
+        die("%s: --overwrite could not remove %s/%s", cmd, out.c_str(), n.c_str());
+    printf("note: --overwrite: removed the earlier run in %s (%s)\n", out.c_str(), list.c_str());
 }
 
 // ============================================================================
@@ -1217,7 +1335,8 @@ static std::string train_loop(TrainRun* r, float (*objective)(Backend*, const in
 
 static void train_usage() {
     printf("usage: deepseek train (--preset NAME | --model DIR | --compute C) --data DIR --out DIR [flags]\n"
-           "       deepseek train --resume CHECKPOINT|RUN_DIR [--out DIR] [--steps N] [--threads N] [--device D]\n"
+           "       deepseek train --resume CHECKPOINT|RUN_DIR [--out DIR] [--data DIR] [--steps N] [--eval-every K]\n"
+           "                      [--save-every K] [--zero 0|1] [--threads N] [--device D]\n"
            "  pre-training on token shards from `deepseek data prepare` (DIR/train.bin, DIR/val.bin, DIR/data.json).\n"
            "  AdamW (β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1 on matrices), gradient clipping at norm 1.0,\n"
            "  gradient accumulation up to the batch size, the paper's multi-step schedule.\n"
@@ -1230,12 +1349,20 @@ static void train_usage() {
            "  --micro-batch N      sequences per forward pass (default: up to 4096 tokens); accumulation fills the batch\n"
            "  --lr X               peak learning rate (default: η_opt with --compute, else 1e-3)\n"
            "  --lr-schedule S      multistep (the paper's: 31.6%% of peak after 80%% of tokens, 10%% after 90%%) | cosine\n"
-           "  --warmup-steps N     linear warmup (default: 5%% of the steps, at most the paper's 2000)\n"
-           "  --eval-every K       validation loss, bits per byte and a greedy sample every K steps (default steps/10)\n"
+           "  --warmup-steps N     linear warmup (default: 5%% of the steps, at most the paper's 2000; 0 = none)\n"
+           "  --eval-every K       validation loss, bits per byte and a greedy sample every K steps (default steps/10;\n"
+           "                       0 = never)\n"
            "  --eval-windows N     validation sequences per evaluation (default 64)\n"
-           "  --save-every K       checkpoint every K steps (default steps/10); --keep N keeps the newest N (default 3)\n"
+           "  --save-every K       checkpoint every K steps (default steps/10; 0 = only OUT/final and on a signal);\n"
+           "                       --keep N keeps the newest N (default 3)\n"
            "  --sample-tokens N    length of the greedy sample at each evaluation (default 32; 0 = none)\n"
-           "  --resume DIR         continue a run exactly (a checkpoint, or a run directory: its newest checkpoint)\n"
+           "  --resume DIR         continue a run exactly (a checkpoint, or a run directory: its newest checkpoint,\n"
+           "                       final/ included). The run keeps its settings; --steps N may move its end (a finished\n"
+           "                       run goes on from final/ only with --steps beyond its last step; without, it says it\n"
+           "                       is finished and exits 0). Writes to the checkpoint's own run directory, or to an\n"
+           "                       --out holding no other run\n"
+           "  --overwrite          --out holds an earlier run (checkpoints, metrics.jsonl): delete its files and start\n"
+           "                       over (without it, such an --out is refused: continue that run with --resume)\n"
            "  --seed S             initialisation and data order (default 1337)     --threads N   OpenMP threads\n"
            "  --zero 0|1           ZeRO-1: shard AdamW's state over the MPI ranks (default 0)\n"
            "  --device D           auto (the GPU when there is one) | cpu (fp32, the reference) | cuda (bf16 on one GPU,\n"
@@ -1243,7 +1370,9 @@ static void train_usage() {
            "  data parallel:       mpirun -np N deepseek train ... (or srun): --micro-batch is per rank, --batch-tokens\n"
            "                       global; rank r reads windows r, r+N, ... of each step's global batch; rank 0 logs\n"
            "  outputs: OUT/metrics.jsonl, OUT/step_NNNNNN/ checkpoints, OUT/final/ (model directory + optimizer and\n"
-           "  trainer state), OUT/loss.png. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n");
+           "  trainer state), OUT/loss.png. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n"
+           "  one run per --out: OUT/.lock (an flock held while training, naming the holder's pid and host; under MPI\n"
+           "  rank 0 holds it for the ranks) makes a second run on the same OUT an error.\n");
 }
 
 // data.json's entry for a split ("" when it has none): {"file": NAME, ...}, NAME relative to the data directory
@@ -1254,6 +1383,9 @@ static std::string data_file(const std::string& data, const json& dj, const std:
     if (f.empty()) die("%s: %s: field 'file' must be a file name, got \"\"", where.c_str(), split);
     return data + "/" + f;
 }
+// the flags a resumed run takes; the others are the run's own settings, kept from its checkpoint
+static const char* const RESUME_KEEPS[] = {"batch-tokens", "seq-len", "micro-batch", "lr", "lr-schedule", "warmup-steps",
+                                           "eval-windows", "keep", "sample-tokens", "seed"};
 
 int cmd_train(int argc, char** argv) {
     if (is_help(argc, argv, 2)) { train_usage(); return 0; }
@@ -1261,7 +1393,7 @@ int cmd_train(int argc, char** argv) {
            {"preset", "model", "data", "out", "steps", "batch-tokens", "seq-len", "micro-batch", "lr", "lr-schedule",
             "warmup-steps", "compute", "eval-every", "eval-windows", "save-every", "keep", "sample-tokens", "seed", "resume", "zero",
             "threads", "device"},
-           {});
+           {"overwrite"});
     if (!a.positional.empty()) die("train: unexpected argument '%s'", a.positional[0].c_str());
     set_threads(a);
     std::string device = a.str("device", "auto");
@@ -1284,6 +1416,11 @@ int cmd_train(int argc, char** argv) {
     if (resume) {
         if (a.has("preset") || a.has("model") || a.has("compute"))
             die("train: --resume continues a run with its own model and settings; drop --preset/--model/--compute");
+        if (a.flag("overwrite")) die("train: --overwrite starts a new run; --resume continues one: give one of them");
+        for (const char* k : RESUME_KEEPS)
+            if (a.has(k))
+                die("train: --%s cannot change on --resume (the run keeps its settings; a resumed run takes --out, --data, "
+                    "--steps, --eval-every, --save-every, --zero, --threads, --device)", k);
         require_dir(a.str("resume"), "train: --resume");
         ckpt = checkpoint_latest(a.str("resume"));
         if (ckpt.empty()) die("train: no complete checkpoint in %s", a.str("resume").c_str());
@@ -1322,6 +1459,13 @@ int cmd_train(int argc, char** argv) {
         if (a.has("eval-every")) s.eval_every = a.integer("eval-every", 0, 0, MAX_STEPS);
         if (a.has("save-every")) s.save_every = a.integer("save-every", 0, 0, MAX_STEPS);
         if (r.step > s.steps) die("train: the checkpoint is at step %ld, past --steps %ld", r.step, s.steps);
+        // a finished run (its final/) has nothing left to do unless --steps goes further; say so, and succeed
+        if (r.step == s.steps && ckpt.size() >= 6 && ckpt.compare(ckpt.size() - 6, 6, "/final") == 0) {
+            printf("train: %s is finished (step %ld of %ld); nothing to do — give --steps N (more than %ld) to train on "
+                   "from it\n", parent_dir(ckpt).c_str(), r.step, s.steps, r.step);
+            dist_finalize(&r.dist);
+            return 0;
+        }
         // the loaders are opened below; the cursor is applied after
         r.train.epoch = cursor_epoch;
         r.train.index = cursor_index;
@@ -1486,7 +1630,9 @@ int cmd_train(int argc, char** argv) {
         r.mean_bytes_per_token = val_bytes_per_token;
         printf("note: no tokenizer in %s: no samples; bits per byte from the split's mean bytes per token\n", s.data.c_str());
     }
-    make_dirs(s.out);
+    // OUT: locked for this run, and holding no other (rank 0 speaks for the ranks, which share it)
+    if (s.rank == 0) claim_run_dir(s.out, "train", a.flag("overwrite"), resume ? parent_dir(ckpt) : "");
+    else make_dirs(s.out);
     if (s.rank == 0) {
         if (resume) metrics_truncate(s.out + "/metrics.jsonl", r.step);
         else if (file_exists(s.out + "/metrics.jsonl")) unlink((s.out + "/metrics.jsonl").c_str());
@@ -1910,6 +2056,7 @@ static std::string align_loop(AlignRun* r, const std::function<json(const std::v
 // --resume DIR: the checkpoint's saved flags fill in every flag not given again on the command line
 static std::string align_resume_flags(Args* a) {
     if (!a->has("resume")) return "";
+    if (a->flag("overwrite")) die("%s: --overwrite starts a new run; --resume continues one: give one of them", a->cmd.c_str());
     require_dir(a->str("resume"), a->cmd + ": --resume");
     std::string ckpt = checkpoint_latest(a->str("resume"));
     if (ckpt.empty()) die("%s: no checkpoint in %s", a->cmd.c_str(), a->str("resume").c_str());
@@ -1961,7 +2108,7 @@ static void align_config(const Args& a, AlignRun* r, int default_epochs, int def
     r->out = a.str("out");
     r->epochs = (int)a.integer("epochs", default_epochs, 1, 100000);
     r->B = (int)a.integer("batch", default_batch, 1, 1 << 20);
-    r->lr = a.real("lr", default_lr, 0, 1);
+    r->lr = a.real("lr", default_lr, 1e-12, 1);
     r->seed = (uint64_t)a.integer("seed", 1, 0, 1ll << 53);
     r->log_every = (int)a.integer("log-every", 10, 1, 1 << 30);
     r->keep = (int)a.integer("keep", 3, 1, 1 << 20);
@@ -1976,15 +2123,15 @@ static void align_device(AlignRun* r, int rows, const std::vector<const std::vec
         for (const ChatSeq& q : *set) T = std::max(T, (int)q.ids.size() - 1);
     backend_open(&r->be, r->device, AdamW(), rows, T, r->stage.c_str());
 }
-// the schedule and the output directory; with a checkpoint, its weights, AdamW state and step
-static void align_start(const Args& a, AlignRun* r, const std::string& ckpt, size_t n_items, double default_warmup_share) {
+// the schedule and the output directory; with a checkpoint, its weights, AdamW state and step. Returns false (and
+// says so) when the checkpoint is a finished run's final/ with no steps left: nothing to do.
+static bool align_start(const Args& a, AlignRun* r, const std::string& ckpt, size_t n_items, double default_warmup_share) {
     r->n_items = n_items;
     r->steps_per_epoch = ((long)n_items + r->B - 1) / r->B;
     r->total = r->steps_per_epoch * r->epochs;
     if (r->warmup < 0) r->warmup = std::max(1L, (long)(r->total * default_warmup_share));
     if (r->save_every < 0) r->save_every = std::max(1L, r->total / 4);
     r->settings = align_settings(a);
-    make_dirs(r->out);
     std::string metrics = r->out + "/metrics.jsonl";
     if (!ckpt.empty()) {
         Model start;   // the checkpoint must have the starting model's shapes
@@ -1994,37 +2141,48 @@ static void align_start(const Args& a, AlignRun* r, const std::string& ckpt, siz
         if (r->step > r->total)
             die("%s: step %ld is past this run's %ld steps (%d epoch(s) × %ld steps of %d): give --epochs to match",
                 sp.c_str(), r->step, r->total, r->epochs, r->steps_per_epoch, r->B);
+        if (r->step == r->total && ckpt.size() >= 6 && ckpt.compare(ckpt.size() - 6, 6, "/final") == 0) {
+            printf("%s: %s is finished (step %ld of %ld); nothing to do — give --epochs N (more than %d) to train on from it\n",
+                   a.cmd.c_str(), parent_dir(ckpt).c_str(), r->step, r->total, r->epochs);
+            return false;
+        }
+        json st = json_parse_file(sp);
+        r->elapsed_before = json_num(st, "elapsed_s", sp, 0.0, 0, 1e300);
+        claim_run_dir(r->out, a.cmd.c_str(), false, parent_dir(ckpt));
         r->model.params_memory = start.params_memory;
         param_point(&r->model.params, r->model.params_memory.data(), r->model.param_sizes);
         if (r->be.cuda) {   // the checkpoint's weights and AdamW moments onto the GPU
             cuda_model_set_params(r->be.cuda, r->model);
             cuda_model_set_adam_state(r->be.cuda, r->opt.m.data(), r->opt.v.data());
         }
-        json st = json_parse_file(sp);
-        r->elapsed_before = json_num(st, "elapsed_s", sp, 0.0, 0, 1e300);
         metrics_truncate(metrics, r->step);
         printf("%s: resuming %s at step %ld of %ld\n", a.cmd.c_str(), ckpt.c_str(), r->step, r->total);
     } else {
+        claim_run_dir(r->out, a.cmd.c_str(), a.flag("overwrite"), "");
         r->opt = AdamW();
-        write_file_atomic(metrics, "");
+        if (file_exists(metrics) || !path_exists(metrics)) write_file_atomic(metrics, "");   // (a device, e.g. /dev/null, stays)
     }
-    r->metrics = fopen(metrics.c_str(), "a");
-    if (!r->metrics) die("cannot write %s: %s", metrics.c_str(), strerror(errno));
+    r->metrics = metrics_open(metrics);
+    return true;
 }
 static void align_finish(AlignRun* r, const std::string& final_dir) {
     backend_close(&r->be);
-    if (r->metrics) fclose(r->metrics);
+    metrics_close(r->metrics);
     r->metrics = nullptr;
     if (r->tok) tokenizer_free(r->tok);
     r->tok = nullptr;
-    if (r->step == r->total) printf("%s: final model %s (metrics: %s/metrics.jsonl)\n", r->stage.c_str(), final_dir.c_str(), r->out.c_str());
+    if (r->step == r->total && !final_dir.empty()) printf("%s: final model %s (metrics: %s/metrics.jsonl)\n", r->stage.c_str(), final_dir.c_str(), r->out.c_str());
 }
 
 static const char* ALIGN_COMMON_FLAGS =
     "  --tokenizer FILE    tokenizer.json (default: MODEL/tokenizer.json)\n"
-    "  --warmup N          linear warmup steps, then cosine decay to 10%% of the peak\n"
-    "  --save-every N      checkpoint every N steps (default: a quarter of the run); --keep N newest kept (default 3)\n"
-    "  --resume DIR        continue a run from its checkpoint (or its run directory's newest), with the same flags\n"
+    "  --warmup N          linear warmup steps (0 = none), then cosine decay to 10%% of the peak\n"
+    "  --save-every N      checkpoint every N steps (default: a quarter of the run; 0 = only OUT/final and on a\n"
+    "                      signal); --keep N newest kept (default 3)\n"
+    "  --resume DIR        continue a run from its checkpoint (or its run directory's newest, final/ included), with\n"
+    "                      the same flags; a finished run goes on only with more --epochs (else: it says so, exit 0)\n"
+    "  --overwrite         --out holds an earlier run (checkpoints, metrics.jsonl): delete its files and start over\n"
+    "                      (without it such an --out is refused); OUT/.lock makes a second run on one OUT an error\n"
     "  --skip-bad          skip malformed JSONL lines (each reported with its line number) instead of stopping\n"
     "  --log-every N       progress line every N steps (default 10)\n"
     "  --seed S            data order (default 1)      --threads N   OpenMP threads\n"
@@ -2077,7 +2235,7 @@ int cmd_sft(int argc, char** argv) {
         return 0;
     }
     Args a(argc, argv, 2, "sft", {"model", "data", "out", "tokenizer", "val", "epochs", "batch", "lr", "warmup", "save-every",
-           "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad"});
+           "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad", "overwrite"});
     if (!a.positional.empty()) die("sft: unexpected argument '%s'", a.positional[0].c_str());
     set_threads(a);
     std::string ckpt = align_resume_flags(&a);
@@ -2095,7 +2253,7 @@ int cmd_sft(int argc, char** argv) {
     std::vector<ChatSeq> val = fit_context(render_sft(r.tok, val_ex), ctx, "held-out conversations", &vdropped);
     if (train.empty()) die("sft: no conversation fits the context of %d tokens", ctx);
     align_device(&r, r.B, {&train, &val});
-    align_start(a, &r, ckpt, train.size(), 0.03);
+    if (!align_start(a, &r, ckpt, train.size(), 0.03)) { align_finish(&r, ""); return 0; }
     long assistant_tokens = 0, all_tokens = 0;
     for (auto& q : train) {
         all_tokens += (long)q.ids.size();
@@ -2180,7 +2338,7 @@ int cmd_dpo(int argc, char** argv) {
         return 0;
     }
     Args a(argc, argv, 2, "dpo", {"model", "data", "out", "tokenizer", "val", "beta", "epochs", "batch", "lr", "warmup",
-           "save-every", "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad"});
+           "save-every", "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad", "overwrite"});
     if (!a.positional.empty()) die("dpo: unexpected argument '%s'", a.positional[0].c_str());
     set_threads(a);
     std::string ckpt = align_resume_flags(&a);
@@ -2207,7 +2365,7 @@ int cmd_dpo(int argc, char** argv) {
     sequence_logps(&r.be, train, 2 * B, r.pad, &ref);
     if (!val.empty()) sequence_logps(&r.be, val, 2 * B, r.pad, &vref);
     printf("dpo: reference log-probabilities of %zu sequences cached (%.0fs)\n", train.size() + val.size(), now_s() - t0);
-    align_start(a, &r, ckpt, npairs, 0.10);
+    if (!align_start(a, &r, ckpt, npairs, 0.10)) { align_finish(&r, ""); return 0; }
     printf("dpo: %zu pairs (%d bad lines skipped), β %g, %d epoch(s) × %ld steps of %d pairs, lr %g (warmup %ld, cosine)\n",
            npairs, skipped, beta, r.epochs, r.steps_per_epoch, r.B, r.lr, r.warmup);
     auto eval = [&](int epoch) {

@@ -3,6 +3,9 @@
 // no sanitizer report, and no hang (each run is killed after 120 s, which reads as status 137: a failure).
 // Rows are grouped by what is read: model directories, tokenizers, data and training runs, command lines.
 #include <doctest/doctest.h>  // TEST_CASE, CHECK, INFO
+#include <fcntl.h>            // open: the lock a row holds
+#include <sys/file.h>         // flock
+#include <unistd.h>           // getpid, gethostname, close
 #include <cstring>            // memcpy
 #include <functional>         // std::function
 #include <string>             // std::string
@@ -146,6 +149,25 @@ std::string align_args(const std::string& stage, const std::string& dir, const s
     return stage + " --device cpu --model tests/fixtures/infer/gen_gqa --data " + dir + "/d.jsonl --out " + dir +
            "/o --threads 1";
 }
+// holds OUT/.lock as a running training does (flock, "pid host"), for as long as it lives
+struct LockHolder {
+    int fd = -1;
+    void hold(const std::string& out) {
+        make_dirs(out);
+        fd = open((out + "/.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        REQUIRE(fd >= 0);
+        REQUIRE(flock(fd, LOCK_EX | LOCK_NB) == 0);
+        std::string text = std::to_string((long)getpid()) + " " + host() + "\n";
+        REQUIRE(write(fd, text.data(), text.size()) == (ssize_t)text.size());
+    }
+    static std::string host() {
+        char h[256] = {0};
+        gethostname(h, sizeof h - 1);
+        return h;
+    }
+    ~LockHolder() { if (fd >= 0) close(fd); }
+};
+
 const std::string GQA = "tests/fixtures/model_gqa";          // config.json, generation_config.json, model.safetensors
 const std::string GEN = "tests/fixtures/infer/gen_gqa";      // the same with tokenizer.json, for generate/chat
 const std::string SHARDED = "tests/fixtures/infer/gen_bf16"; // bf16 in 3 shards + model.safetensors.index.json
@@ -191,6 +213,9 @@ TEST_CASE("bad input, tokenizers: each is one clear error line") {
 // data.json, token shards, trainer_state.json, optimizer state, SFT/DPO JSONL, --out and --resume directories.
 
 TEST_CASE("bad input, data and training runs: each is one clear error line") {
+    LockHolder holder;   // the "--out in use" row's lock, released when this test case ends
+    static const std::string in_use = "is in use by another training (pid " + std::to_string((long)getpid()) + " on " +
+                                      LockHolder::host() + ")";
     std::vector<BadInput> rows = {
         {"data prepare from a file that does not exist",
          [](const std::string& d) { return "data prepare --input " + d + "/none.txt --vocab-size 300 --out " + d + "/p"; },
@@ -340,12 +365,56 @@ TEST_CASE("bad input, data and training runs: each is one clear error line") {
          },
          "metrics.jsonl:2: field 'step' must be an integer"},
         // the run directory
+        {"--out in use by another training (the lock held)",
+         [&holder](const std::string& d) {
+             holder.hold(d + "/o");
+             return train_args(train_base() + "/data", d + "/o");
+         },
+         in_use.c_str()},
+        {"--out holding another run",
+         [](const std::string& d) {
+             copy_of(train_base() + "/run", d, "o");
+             return train_args(train_base() + "/data", d + "/o");
+         },
+         "holds another run (final, metrics.jsonl, step_000001); continue it with --resume"},
+        {"--resume into an --out holding another run",
+         [](const std::string& d) {
+             copy_of(train_base() + "/run", d, "o");
+             return "train --device cpu --resume " + train_base() + "/run/step_000001 --out " + d + "/o --threads 1";
+         },
+         "holds another run"},
+        {"--out a file",
+         [](const std::string& d) {
+             write_text(d + "/o", "not a directory\n");
+             return train_args(train_base() + "/data", d + "/o");
+         },
+         "is a file, not a directory"},
         {"--resume of a file",
          [](const std::string& d) {
              write_text(d + "/ckpt", "{}\n");
              return "train --device cpu --resume " + d + "/ckpt";
          },
          "is a file, not a directory"},
+        {"--overwrite with --resume",
+         [](const std::string& d) { return "train --device cpu --resume " + train_base() + "/run --overwrite"; },
+         "--overwrite starts a new run"},
+        {"--lr on --resume (the run keeps its settings)",
+         [](const std::string& d) { return "train --device cpu --resume " + train_base() + "/run --lr 1e-4"; },
+         "--lr cannot change on --resume"},
+        {"metrics.jsonl on a full disk (/dev/full)",
+         [](const std::string& d) {
+             make_dirs(d + "/o");
+             run_cmd("ln -s /dev/full " + d + "/o/metrics.jsonl");
+             return train_args(train_base() + "/data", d + "/o");
+         },
+         "metrics.jsonl: No space left on device"},
+        {"metrics.jsonl a FIFO (appending would block)",
+         [](const std::string& d) {
+             make_dirs(d + "/o");
+             run_cmd("mkfifo " + d + "/o/metrics.jsonl");
+             return train_args(train_base() + "/data", d + "/o");
+         },
+         "metrics.jsonl is a pipe (FIFO), not a regular file"},
         // zero values that mean nothing
         {"train --micro-batch 0",
          [](const std::string& d) { return train_args_min(d + "/o") + " --micro-batch 0"; },
@@ -362,6 +431,9 @@ TEST_CASE("bad input, data and training runs: each is one clear error line") {
         {"sft --batch 0",
          [](const std::string& d) { return align_args("sft", d, SFT_LINE) + " --batch 0"; },
          "--batch must be an integer in [1, "},
+        {"sft --lr 0 (nothing would be learned)",
+         [](const std::string& d) { return align_args("sft", d, SFT_LINE) + " --lr 0"; },
+         "--lr must be a number in"},
         {"dpo --epochs 0",
          [](const std::string& d) { return align_args("dpo", d, DPO_LINE) + " --epochs 0"; },
          "--epochs must be an integer in [1, "},
@@ -403,6 +475,13 @@ TEST_CASE("bad input, data and training runs: each is one clear error line") {
              return "sft --device cpu --resume " + d + "/ck";
          },
          "field 'stage' must be a string"},
+        {"sft --out holding another run",
+         [](const std::string& d) {
+             std::string args = align_args("sft", d, SFT_LINE);
+             copy_of(train_base() + "/run", d, "o");
+             return args;
+         },
+         "holds another run"},
     };
     check_rows("train", rows);
 }

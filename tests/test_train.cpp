@@ -623,6 +623,40 @@ TEST_CASE("kill -9 at random moments never leaves the newest complete checkpoint
     CHECK(dir_exists(d + "/run/final"));
 }
 
+TEST_CASE("one run per --out: a second is refused, --overwrite starts over, --resume of a finished run goes on only with more --steps") {
+    std::string d = train_tmp("outdir");
+    std::string data = synthetic_data(d + "/data", 64, 6000, 600), model = micro_model(d + "/model");
+    std::string run = d + "/run";
+    REQUIRE(run_cmd(train_cmd(model, data, run, "--steps 4 --save-every 1 --eval-every 0")).rc == 0);
+    // the same --out again: refused, and the run is untouched
+    std::string final_model = read_file(run + "/final/model.safetensors");
+    CHECK(one_error_line(run_cmd("(" + train_cmd(model, data, run, "--steps 3 --eval-every 0") + " 2>&1 >/dev/null)"),
+                         "holds another run"));
+    CHECK(read_file(run + "/final/model.safetensors") == final_model);
+    // --resume RUN finds final/: finished, nothing to do (exit 0, one line saying so), the files unchanged
+    CHECK(checkpoint_latest(run) == run + "/final");
+    auto f = run_cmd(deepseek_bin() + " train --device cpu --resume " + run + " --threads 1");
+    CHECK(f.rc == 0);
+    CHECK(f.out.find("is finished (step 4 of 4); nothing to do") != std::string::npos);
+    CHECK(read_file(run + "/final/model.safetensors") == final_model);
+    // with more --steps it goes on from final/
+    auto g = run_cmd(deepseek_bin() + " train --device cpu --resume " + run + " --steps 6 --threads 1");
+    REQUIRE_MESSAGE(g.rc == 0, g.out);
+    CHECK(g.out.find("resuming " + run + "/final at step 4") != std::string::npos);
+    CHECK(json::parse(read_file(run + "/final/trainer_state.json"))["step"] == 6);
+    // --overwrite: the earlier run's checkpoints and metrics are gone, the new run's alone remain
+    auto o = run_cmd(train_cmd(model, data, run, "--steps 2 --save-every 0 --eval-every 0 --overwrite"));
+    REQUIRE_MESSAGE(o.rc == 0, o.out);
+    CHECK(o.out.find("note: --overwrite: removed the earlier run") != std::string::npos);
+    CHECK(!dir_exists(run + "/step_000005"));
+    auto m = read_jsonl(run + "/metrics.jsonl");
+    CHECK(m.size() == 2);
+    CHECK(json::parse(read_file(run + "/final/trainer_state.json"))["step"] == 2);
+    // the lock file names its last holder
+    std::string lock = read_file(run + "/.lock");
+    CHECK(atol(lock.c_str()) > 0);
+}
+
 TEST_CASE("a non-finite loss stops training with a clear message and leaves the last good checkpoint intact") {
     std::string d = train_tmp("nonfinite");
     std::string data = synthetic_data(d + "/data", 64, 6000, 600), model = micro_model(d + "/model");

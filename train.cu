@@ -109,7 +109,43 @@ static std::string parent_dir(const std::string& path) {
     size_t s = p.find_last_of('/');
     return s == std::string::npos ? "." : (s == 0 ? "/" : p.substr(0, s));
 }
-static void copy_file(const std::string& from, const std::string& to) { write_file_atomic(to, read_file(from)); }
+
+// Temporary files and directories being written (X.tmp beside its target X): removed when the process fails before
+// renaming one into place, so that no stray X.tmp is left beside a target that could not be replaced. die() exits
+// through atexit; under the tests, where die() throws, ~TmpGuard removes it as the exception passes.
+static std::vector<std::string> g_pending_tmp;
+static void remove_pending_tmp() {
+    for (const std::string& p : g_pending_tmp) remove_tree(p);
+    g_pending_tmp.clear();
+}
+struct TmpGuard {
+    std::string path;
+    explicit TmpGuard(const std::string& p) : path(p) {
+        static bool hooked = atexit(remove_pending_tmp) == 0;
+        (void)hooked;
+        g_pending_tmp.push_back(path);
+    }
+    void forget() {   // renamed into place: nothing to remove
+        auto it = std::find(g_pending_tmp.begin(), g_pending_tmp.end(), path);
+        if (it != g_pending_tmp.end()) g_pending_tmp.erase(it);
+        path.clear();
+    }
+    ~TmpGuard() {
+        if (path.empty()) return;
+        std::string p = path;
+        forget();
+        remove_tree(p);
+    }
+    TmpGuard(const TmpGuard&) = delete;
+    TmpGuard& operator=(const TmpGuard&) = delete;
+};
+// write_file_atomic (PATH.tmp, then a rename) that leaves no PATH.tmp behind when it fails
+static void write_atomic(const std::string& path, const std::string& content) {
+    TmpGuard tmp(path + ".tmp");
+    write_file_atomic(path, content);
+    tmp.forget();
+}
+static void copy_file(const std::string& from, const std::string& to) { write_atomic(to, read_file(from)); }
 
 // ============================================================================
 // token shards: a 256 × int32 header, then the tokens as uint32 (DeepSeek's vocabulary needs more than 16 bits)
@@ -128,7 +164,7 @@ void shard_write(const std::string& path, const std::vector<uint32_t>& tokens, i
     h[4] = (int32_t)(uint32_t)((uint64_t)tokens.size() >> 32);
     std::string bytes((const char*)h.data(), h.size() * 4);
     bytes.append((const char*)tokens.data(), tokens.size() * 4);
-    write_file_atomic(path, bytes);
+    write_atomic(path, bytes);
 }
 
 Shard::~Shard() { if (map) munmap(map, map_size); }
@@ -305,9 +341,10 @@ static int cmd_data_prepare(int argc, char** argv) {
     if (a.has("vocab-size")) {   // a tokenizer of our own, trained on the training split only
         int vocab = (int)a.integer("vocab-size", 0, 300, 4000000);
         std::string train_txt = out + "/train.txt";
+        TmpGuard scratch(train_txt);   // the tokenizer's input, removed however training it ends
         std::string all;
         for (auto& p : parts[0]) all += p;
-        write_file_atomic(train_txt, all);
+        write_atomic(train_txt, all);
         tok_path = out + "/tokenizer.json";
         printf("data prepare: training a %d-token BPE tokenizer on the training split (%.2f MB)\n", vocab, all.size() / 1e6);
         fflush(stdout);
@@ -354,7 +391,7 @@ static int cmd_data_prepare(int argc, char** argv) {
                names[s], split_tokens[s].size(), split_bytes[s], 1.0 / tpb, h, h * tpb);
     }
     if (tok_path != out + "/tokenizer.json") copy_file(tok_path, out + "/tokenizer.json");
-    write_file_atomic(out + "/data.json", j.dump(2) + "\n");
+    write_atomic(out + "/data.json", j.dump(2) + "\n");
     tokenizer_free(tok);
     printf("data prepare: wrote %s/{train.bin,val.bin,data.json,tokenizer.json} from %ld file(s)\n", out.c_str(), docs_done);
     return 0;
@@ -775,8 +812,9 @@ static std::string step_name(long step) {
 // there (optimizer-rank<r>-of-<N>.safetensors) in place of optimizer.safetensors, before the rename publishes it.
 void checkpoint_save(const std::string& dir, const Model& m, const AdamW& opt, const json& state, const std::string& tokenizer,
                      const std::function<void(const std::string& tmp)>& write_shards = nullptr) {
-    std::string tmp = dir + ".tmp";
+    std::string tmp = dir + ".tmp", old = dir + ".del";
     remove_tree(tmp);
+    TmpGuard guard(tmp);   // a failed save (a full disk) leaves no DIR.tmp behind
     make_dirs(tmp);
     if (write_shards) write_shards(tmp);
     model_save_dir(m, tmp, false);
@@ -789,15 +827,21 @@ void checkpoint_save(const std::string& dir, const Model& m, const AdamW& opt, c
         safetensors_write(tmp + "/optimizer.safetensors", ts, false, {{"step", std::to_string(opt.t)}, {"optimizer", "AdamW"}});
     }
     if (!tokenizer.empty() && file_exists(tokenizer)) copy_file(tokenizer, tmp + "/tokenizer.json");
-    write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
+    write_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
     fsync_dir(tmp);
-    if (dir_exists(dir)) {  // e.g. OUT/final from an earlier run: move it aside, then drop it
-        remove_tree(dir + ".del");
-        if (rename(dir.c_str(), (dir + ".del").c_str()) != 0) die("cannot move %s aside: %s", dir.c_str(), strerror(errno));
+    bool replacing = dir_exists(dir);
+    if (replacing) {  // e.g. OUT/final from an earlier run: move it aside, then drop it
+        remove_tree(old);
+        if (rename(dir.c_str(), old.c_str()) != 0) die("cannot move %s aside: %s", dir.c_str(), strerror(errno));
     }
-    if (rename(tmp.c_str(), dir.c_str()) != 0) die("cannot rename %s to %s: %s", tmp.c_str(), dir.c_str(), strerror(errno));
+    if (rename(tmp.c_str(), dir.c_str()) != 0) {
+        int e = errno;
+        if (replacing) rename(old.c_str(), dir.c_str());   // the earlier checkpoint back in its place
+        die("cannot rename %s to %s: %s", tmp.c_str(), dir.c_str(), strerror(e));
+    }
+    guard.forget();
     fsync_dir(parent_dir(dir));
-    remove_tree(dir + ".del");
+    remove_tree(old);
 }
 
 constexpr long long MAX_STEPS = 1LL << 40;   // --steps' bound: a step count past it is not a real one
@@ -999,7 +1043,7 @@ static void metrics_truncate(const std::string& path, long step) {
     std::string kept;
     for (const json& j : read_jsonl(path))
         if (j["step"].get<long>() <= step) kept += j.dump() + "\n";
-    write_file_atomic(path, kept);
+    write_atomic(path, kept);
 }
 
 // metrics.jsonl, appended to: a regular file, or a character device standing in for one (/dev/null). A FIFO would
@@ -1031,8 +1075,8 @@ static std::string plot_loss_curve(const std::string& out) {
             tval += b;
         }
     }
-    write_file_atomic(tr, ttrain);
-    write_file_atomic(va, tval);
+    write_atomic(tr, ttrain);
+    write_atomic(va, tval);
     std::string png = out + "/loss.png", gp = out + "/loss.gp";
     std::string script =
         "set terminal pngcairo size 900,560 noenhanced\nset output '" + png + "'\n"
@@ -1040,13 +1084,13 @@ static std::string plot_loss_curve(const std::string& out) {
         "set grid\nset key top right\nset format x '%.1s%c'\n"
         "plot '" + tr + "' using 1:2 with lines lw 1 lc rgb '#4a7ebb' title 'train', \\\n"
         "     '" + va + "' using 1:2 with linespoints lw 2 pt 7 lc rgb '#d0502a' title 'validation'\n";
-    write_file_atomic(gp, script);
+    write_atomic(gp, script);
     if (system("command -v gnuplot >/dev/null 2>&1") != 0) return "";
     std::string cmd = "gnuplot '" + gp + "' 2>/dev/null";
     if (system(cmd.c_str()) != 0 || !file_exists(png)) {
         // pngcairo may be missing from a minimal build; the plain png terminal is always there
         script.replace(script.find("pngcairo"), 8, "png");
-        write_file_atomic(gp, script);
+        write_atomic(gp, script);
         if (system(cmd.c_str()) != 0) return "";
     }
     return file_exists(png) ? png : "";
@@ -2160,7 +2204,7 @@ static bool align_start(const Args& a, AlignRun* r, const std::string& ckpt, siz
     } else {
         claim_run_dir(r->out, a.cmd.c_str(), a.flag("overwrite"), "");
         r->opt = AdamW();
-        if (file_exists(metrics) || !path_exists(metrics)) write_file_atomic(metrics, "");   // (a device, e.g. /dev/null, stays)
+        if (file_exists(metrics) || !path_exists(metrics)) write_atomic(metrics, "");   // (a device, e.g. /dev/null, stays)
     }
     r->metrics = metrics_open(metrics);
     return true;

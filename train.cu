@@ -21,9 +21,12 @@
 #include <cstring>       // memcpy, strerror
 #include <dirent.h>      // opendir: listing checkpoints
 #include <fcntl.h>       // open (fsync of directories)
+#include <climits>       // PATH_MAX
+#include <cstdlib>       // atexit, realpath
+#include <sys/file.h>    // flock: one run per output directory
 #include <sys/mman.h>    // mmap: token shards
 #include <sys/stat.h>    // stat
-#include <unistd.h>      // fsync, unlink, rmdir
+#include <unistd.h>      // fsync, unlink, rmdir, getpid, gethostname
 #include <nlohmann/json.hpp>  // nlohmann::json: data.json, trainer_state.json, metrics.jsonl
 #ifdef _OPENMP
 #include <omp.h>         // omp_set_num_threads, omp_get_max_threads
@@ -60,19 +63,38 @@ static std::string hms(double s) {
     else snprintf(b, sizeof b, "%ld:%02ld", t / 60, t % 60);
     return b;
 }
-static json parse_json_file(const std::string& path) {
-    std::string text = read_file(path);
-    try { return json::parse(text); } catch (const std::exception& e) { die("%s: malformed JSON (%s)", path.c_str(), e.what()); }
+// Anything at PATH (a file, a directory, a FIFO, a dangling link): "exists" for messages that read it next.
+static bool path_exists(const std::string& path) {
+    struct stat st;
+    return lstat(path.c_str(), &st) == 0;
 }
-// removes a directory tree (checkpoints are flat directories of plain files)
+// what a non-regular file is, for messages: "a directory", "a pipe (FIFO)", …
+static const char* mode_kind(mode_t m) {
+    return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a pipe (FIFO)" : S_ISCHR(m) || S_ISBLK(m) ? "a device" :
+           S_ISSOCK(m) ? "a socket" : S_ISREG(m) ? "a file" : "special";
+}
+// OBJ[KEY] as a JSON object (null if absent and not required), or one error line naming WHERE and the field
+static const json* json_object(const json& obj, const char* key, const std::string& where, bool required) {
+    const json* v = json_field(obj, key, where, required);
+    if (v && !v->is_object()) {
+        std::string got = v->dump();
+        if (got.size() > 60) got = got.substr(0, 57) + "...";
+        die("%s: field '%s' must be an object, got %s", where.c_str(), key, got.c_str());
+    }
+    return v;
+}
+// removes a directory tree (checkpoints are flat directories of plain files); a symbolic link is removed itself,
+// never followed
 static void remove_tree(const std::string& path) {
+    struct stat st;
+    if (lstat(path.c_str(), &st) != 0) return;
+    if (!S_ISDIR(st.st_mode)) { unlink(path.c_str()); return; }
     DIR* d = opendir(path.c_str());
-    if (!d) { unlink(path.c_str()); return; }
+    if (!d) return;
     while (struct dirent* e = readdir(d)) {
         std::string n = e->d_name;
         if (n == "." || n == "..") continue;
-        std::string p = path + "/" + n;
-        if (dir_exists(p)) remove_tree(p); else unlink(p.c_str());
+        remove_tree(path + "/" + n);
     }
     closedir(d);
     rmdir(path.c_str());
@@ -87,7 +109,43 @@ static std::string parent_dir(const std::string& path) {
     size_t s = p.find_last_of('/');
     return s == std::string::npos ? "." : (s == 0 ? "/" : p.substr(0, s));
 }
-static void copy_file(const std::string& from, const std::string& to) { write_file_atomic(to, read_file(from)); }
+
+// Temporary files and directories being written (X.tmp beside its target X): removed when the process fails before
+// renaming one into place, so that no stray X.tmp is left beside a target that could not be replaced. die() exits
+// through atexit; under the tests, where die() throws, ~TmpGuard removes it as the exception passes.
+static std::vector<std::string> g_pending_tmp;
+static void remove_pending_tmp() {
+    for (const std::string& p : g_pending_tmp) remove_tree(p);
+    g_pending_tmp.clear();
+}
+struct TmpGuard {
+    std::string path;
+    explicit TmpGuard(const std::string& p) : path(p) {
+        static bool hooked = atexit(remove_pending_tmp) == 0;
+        (void)hooked;
+        g_pending_tmp.push_back(path);
+    }
+    void forget() {   // renamed into place: nothing to remove
+        auto it = std::find(g_pending_tmp.begin(), g_pending_tmp.end(), path);
+        if (it != g_pending_tmp.end()) g_pending_tmp.erase(it);
+        path.clear();
+    }
+    ~TmpGuard() {
+        if (path.empty()) return;
+        std::string p = path;
+        forget();
+        remove_tree(p);
+    }
+    TmpGuard(const TmpGuard&) = delete;
+    TmpGuard& operator=(const TmpGuard&) = delete;
+};
+// write_file_atomic (PATH.tmp, then a rename) that leaves no PATH.tmp behind when it fails
+static void write_atomic(const std::string& path, const std::string& content) {
+    TmpGuard tmp(path + ".tmp");
+    write_file_atomic(path, content);
+    tmp.forget();
+}
+static void copy_file(const std::string& from, const std::string& to) { write_atomic(to, read_file(from)); }
 
 // ============================================================================
 // token shards: a 256 × int32 header, then the tokens as uint32 (DeepSeek's vocabulary needs more than 16 bits)
@@ -106,17 +164,18 @@ void shard_write(const std::string& path, const std::vector<uint32_t>& tokens, i
     h[4] = (int32_t)(uint32_t)((uint64_t)tokens.size() >> 32);
     std::string bytes((const char*)h.data(), h.size() * 4);
     bytes.append((const char*)tokens.data(), tokens.size() * 4);
-    write_file_atomic(path, bytes);
+    write_atomic(path, bytes);
 }
 
 Shard::~Shard() { if (map) munmap(map, map_size); }
 
 // Maps a shard and validates it fully: header, size, and every token below the vocabulary size.
 void shard_open(Shard* s, const std::string& path, int max_vocab) {
-    int fd = open(path.c_str(), O_RDONLY);
+    int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);   // O_NONBLOCK: a FIFO must not block the open
     if (fd < 0) die("cannot open token shard %s: %s", path.c_str(), strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) { close(fd); die("cannot stat %s", path.c_str()); }
+    if (!S_ISREG(st.st_mode)) { close(fd); die("token shard %s is %s, not a regular file", path.c_str(), mode_kind(st.st_mode)); }
     size_t size = (size_t)st.st_size;
     if (size < SHARD_HEADER_INTS * 4) { close(fd); die("%s: not a token shard (only %zu bytes)", path.c_str(), size); }
     void* map = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -170,13 +229,67 @@ void split_train_val(const std::string& text, double val_fraction, std::string* 
     }
 }
 
+// When the documents are too few for the fraction F (a novel, a log, a source file: a text without blank lines),
+// the last fraction F of the training text (the files in order) goes to validation instead, cut at the line
+// boundary nearest to that point (a file's end counts as one) when it keeps the held-out share within a factor 2 of
+// F; otherwise — a single line — at the nearest UTF-8 character boundary inside the line. parts[0][file] holds each
+// file's text (parts[1] is empty); returns how the cut was made ("" when the text is too short to cut at all).
+static std::string hold_out_tail(double vf, std::vector<std::string> parts[2]) {
+    size_t n = parts[0].size();
+    std::vector<size_t> start(n + 1, 0);   // start[i]: where file i begins in the concatenated text
+    for (size_t i = 0; i < n; i++) start[i + 1] = start[i] + parts[0][i].size();
+    size_t total = start[n];
+    if (total < 2) return "";
+    size_t want_val = std::max<size_t>(1, (size_t)llround((double)total * vf));
+    size_t target = total - std::min(want_val, total - 1);   // the cut: [0, target) trains, [target, total) validates
+    size_t k = 0;
+    while (start[k + 1] <= target) k++;                       // the file the target falls in (target < total)
+    const std::string& t = parts[0][k];
+    size_t off = target - start[k];
+    // the nearest line starts at or before / after the target (a file's start or end is one)
+    size_t back = off == 0 ? 0 : (t.rfind('\n', off - 1) == std::string::npos ? 0 : t.rfind('\n', off - 1) + 1);
+    size_t fwd = t.find('\n', off == 0 ? 0 : off - 1);
+    fwd = off == 0 ? 0 : fwd == std::string::npos ? t.size() : fwd + 1;
+    size_t best = 0;
+    bool found = false;
+    for (size_t c : {start[k] + back, start[k] + fwd}) {
+        if (c == 0 || c >= total) continue;
+        size_t val = total - c;
+        if (val * 2 < want_val || val > want_val * 2) continue;   // too far from the fraction asked for
+        if (!found || (c > target ? c - target : target - c) < (best > target ? best - target : target - best)) best = c;
+        found = true;
+    }
+    std::string how = "cut at a line boundary";
+    if (!found) {   // inside the line: back to the start of a UTF-8 character (continuation bytes are 10xxxxxx)
+        size_t c = off;
+        while (c > 0 && ((unsigned char)t[c] & 0xC0) == 0x80) c--;
+        if (c == 0 && start[k] == 0) {   // the first character of the text: forward to the next one instead
+            c = off;
+            while (c < t.size() && ((unsigned char)t[c] & 0xC0) == 0x80) c++;
+        }
+        best = start[k] + c;
+        if (best == 0 || best >= total) return "";
+        how = "cut inside a line, at a UTF-8 character boundary: the text has no line boundary near the cut";
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (start[i + 1] <= best) continue;                      // wholly before the cut: training
+        size_t from = best > start[i] ? best - start[i] : 0;     // this file's part from the cut on: validation
+        parts[1][i] = parts[0][i].substr(from);
+        parts[0][i].resize(from);
+    }
+    return how;
+}
+
 static int cmd_data_prepare(int argc, char** argv) {
     if (is_help(argc, argv, 3)) {
         printf("usage: deepseek data prepare --input FILE [FILE...] (--tokenizer tokenizer.json | --vocab-size N) --out DIR\n"
                "                            [--val-fraction F]\n"
                "  --vocab-size N trains a byte-level BPE tokenizer of N tokens on the training split only.\n"
-               "  splits each text into documents at blank lines, sends a fraction F (default 0.05) of them, evenly\n"
-               "  spread, to validation, encodes both splits (BOS at the start of each file's part) and writes\n"
+               "  splits each text into documents at blank lines, sends a fraction F (default 0.05; 0: no validation\n"
+               "  split) of them, evenly spread, to validation; when the documents are too few for F (a text without\n"
+               "  blank lines is one document), the last fraction F of the text instead, cut at the nearest line\n"
+               "  boundary (inside a single line: at a UTF-8 character boundary), with a note saying so. Encodes both\n"
+               "  splits (BOS at the start of each file's part) and writes\n"
                "  DIR/train.bin, DIR/val.bin (a 256 × int32 header: magic %d, version, vocab size, token count; then\n"
                "  uint32 tokens), DIR/tokenizer.json (a copy) and DIR/data.json (tokens, bytes, unigram entropy).\n",
                SHARD_MAGIC);
@@ -201,8 +314,7 @@ static int cmd_data_prepare(int argc, char** argv) {
         die("data prepare: give --tokenizer FILE, or --vocab-size N to train one on the training split");
     if (!a.has("out")) die("data prepare: --out DIR is required");
     double vf = a.real("val-fraction", 0.05, 0.0, 0.5);
-    for (auto& f : inputs)
-        if (!file_exists(f)) die("data prepare: input file %s does not exist", f.c_str());
+    for (auto& f : inputs) require_file(f, "data prepare: input file");
     std::string out = a.str("out");
     make_dirs(out);
     std::vector<std::string> parts[2];   // [split][file]
@@ -211,13 +323,28 @@ static int cmd_data_prepare(int argc, char** argv) {
         split_train_val(text, vf, &part[0], &part[1]);
         for (int s = 0; s < 2; s++) parts[s].push_back(std::move(part[s]));
     }
+    std::string val_split = "documents";
+    bool any_val = false;
+    for (auto& p : parts[1]) any_val |= !p.empty();
+    if (vf > 0 && !any_val) {   // too few documents for the fraction: the text's tail instead (hold_out_tail)
+        std::string how = hold_out_tail(vf, parts);
+        if (!how.empty()) {
+            size_t held = 0, total = 0;
+            for (size_t i = 0; i < inputs.size(); i++) held += parts[1][i].size(), total += parts[0][i].size() + parts[1][i].size();
+            printf("note: data prepare: too few documents (blank-line separated) for a validation fraction of %g: "
+                   "validation holds out the last %zu bytes (%.1f%%) of the text instead, %s\n", vf, held,
+                   100.0 * held / total, how.c_str());
+            val_split = how.rfind("cut at a line", 0) == 0 ? "tail, at a line boundary" : "tail, inside a line";
+        }
+    }
     std::string tok_path = a.str("tokenizer");
     if (a.has("vocab-size")) {   // a tokenizer of our own, trained on the training split only
         int vocab = (int)a.integer("vocab-size", 0, 300, 4000000);
         std::string train_txt = out + "/train.txt";
+        TmpGuard scratch(train_txt);   // the tokenizer's input, removed however training it ends
         std::string all;
         for (auto& p : parts[0]) all += p;
-        write_file_atomic(train_txt, all);
+        write_atomic(train_txt, all);
         tok_path = out + "/tokenizer.json";
         printf("data prepare: training a %d-token BPE tokenizer on the training split (%.2f MB)\n", vocab, all.size() / 1e6);
         fflush(stdout);
@@ -250,6 +377,7 @@ static int cmd_data_prepare(int argc, char** argv) {
     j["bos_token_id"] = tokenizer_bos_id(tok);
     j["eos_token_id"] = tokenizer_eos_id(tok);
     j["val_fraction"] = vf;
+    j["val_split"] = vf > 0 ? val_split : "none";
     j["inputs"] = inputs;
     const char* names[2] = {"train", "val"};
     for (int s = 0; s < 2; s++) {
@@ -263,7 +391,7 @@ static int cmd_data_prepare(int argc, char** argv) {
                names[s], split_tokens[s].size(), split_bytes[s], 1.0 / tpb, h, h * tpb);
     }
     if (tok_path != out + "/tokenizer.json") copy_file(tok_path, out + "/tokenizer.json");
-    write_file_atomic(out + "/data.json", j.dump(2) + "\n");
+    write_atomic(out + "/data.json", j.dump(2) + "\n");
     tokenizer_free(tok);
     printf("data prepare: wrote %s/{train.bin,val.bin,data.json,tokenizer.json} from %ld file(s)\n", out.c_str(), docs_done);
     return 0;
@@ -684,8 +812,9 @@ static std::string step_name(long step) {
 // there (optimizer-rank<r>-of-<N>.safetensors) in place of optimizer.safetensors, before the rename publishes it.
 void checkpoint_save(const std::string& dir, const Model& m, const AdamW& opt, const json& state, const std::string& tokenizer,
                      const std::function<void(const std::string& tmp)>& write_shards = nullptr) {
-    std::string tmp = dir + ".tmp";
+    std::string tmp = dir + ".tmp", old = dir + ".del";
     remove_tree(tmp);
+    TmpGuard guard(tmp);   // a failed save (a full disk) leaves no DIR.tmp behind
     make_dirs(tmp);
     if (write_shards) write_shards(tmp);
     model_save_dir(m, tmp, false);
@@ -698,29 +827,44 @@ void checkpoint_save(const std::string& dir, const Model& m, const AdamW& opt, c
         safetensors_write(tmp + "/optimizer.safetensors", ts, false, {{"step", std::to_string(opt.t)}, {"optimizer", "AdamW"}});
     }
     if (!tokenizer.empty() && file_exists(tokenizer)) copy_file(tokenizer, tmp + "/tokenizer.json");
-    write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
+    write_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
     fsync_dir(tmp);
-    if (dir_exists(dir)) {  // e.g. OUT/final from an earlier run: move it aside, then drop it
-        remove_tree(dir + ".del");
-        if (rename(dir.c_str(), (dir + ".del").c_str()) != 0) die("cannot move %s aside: %s", dir.c_str(), strerror(errno));
+    bool replacing = dir_exists(dir);
+    if (replacing) {  // e.g. OUT/final from an earlier run: move it aside, then drop it
+        remove_tree(old);
+        if (rename(dir.c_str(), old.c_str()) != 0) die("cannot move %s aside: %s", dir.c_str(), strerror(errno));
     }
-    if (rename(tmp.c_str(), dir.c_str()) != 0) die("cannot rename %s to %s: %s", tmp.c_str(), dir.c_str(), strerror(errno));
+    if (rename(tmp.c_str(), dir.c_str()) != 0) {
+        int e = errno;
+        if (replacing) rename(old.c_str(), dir.c_str());   // the earlier checkpoint back in its place
+        die("cannot rename %s to %s: %s", tmp.c_str(), dir.c_str(), strerror(e));
+    }
+    guard.forget();
     fsync_dir(parent_dir(dir));
-    remove_tree(dir + ".del");
+    remove_tree(old);
 }
 
-// Loads weights, AdamW state and trainer_state.json from a checkpoint directory.
+constexpr long long MAX_STEPS = 1LL << 40;   // --steps' bound: a step count past it is not a real one
+
+// Loads weights, AdamW state and trainer_state.json from a checkpoint directory; the step is typed and checked
+// (the rest of trainer_state.json is the caller's: pre-training and alignment keep different fields).
 static json checkpoint_load(const std::string& dir, Model* m, AdamW* opt) {
-    if (!dir_exists(dir)) die("checkpoint %s does not exist", dir.c_str());
-    if (!file_exists(dir + "/trainer_state.json")) die("%s: not a training checkpoint (no trainer_state.json)", dir.c_str());
-    json state = parse_json_file(dir + "/trainer_state.json");
-    if (!state.is_object() || !state.contains("step") || !state.contains("settings")) die("%s/trainer_state.json: missing step or settings", dir.c_str());
+    require_dir(dir, "checkpoint");
+    std::string sp = dir + "/trainer_state.json";
+    if (!path_exists(sp)) die("%s: not a training checkpoint (no trainer_state.json)", dir.c_str());
+    json state = json_parse_file(sp);   // a directory or FIFO in its place is refused by name
+    long step = (long)json_int(state, "step", sp, 0, 0, MAX_STEPS, true);
+    json_object(state, "settings", sp, true);
     model_load_dir(m, dir);
     opt->m.clear();
     opt->v.clear();
     if (file_exists(dir + "/optimizer.safetensors") || zero_state_world(dir) == 0) {
         SafeTensors st;
         st.open_file(dir + "/optimizer.safetensors");
+        auto at = st.metadata.find("step");
+        if (at != st.metadata.end() && at->second != std::to_string(step))
+            die("%s/optimizer.safetensors is at step %s but trainer_state.json at step %ld: the checkpoint mixes two saves",
+                dir.c_str(), at->second.c_str(), step);
         opt->m.assign(m->num_parameters, 0.0f);
         opt->v.assign(m->num_parameters, 0.0f);
         for (const ParamView& pv : param_views(m->cfg)) {
@@ -728,31 +872,37 @@ static json checkpoint_load(const std::string& dir, Model* m, AdamW* opt) {
             st.read_f32("exp_avg_sq." + pv.name, pv.shape, opt->v.data() + pv.offset);
         }
     }   // else ZeRO-1 shards (optimizer-rank*-of-*.safetensors): load_optimizer_state reads them for this rank
-    opt->t = state["step"].get<long>();
+    opt->t = step;
     return state;
 }
 
 long checkpoint_read(const std::string& dir, Model* m, AdamW* opt) {
-    json state = checkpoint_load(dir, m, opt);
-    if (!state["step"].is_number_integer()) die("%s/trainer_state.json: step must be an integer", dir.c_str());
-    return state["step"].get<long>();
+    checkpoint_load(dir, m, opt);
+    return opt->t;
 }
 
+static bool is_step_name(const std::string& n) {
+    return n.size() == 11 && n.rfind("step_", 0) == 0 && n.find_first_not_of("0123456789", 5) == std::string::npos;
+}
 // The newest complete checkpoint in a run directory ("" if none); a checkpoint directory itself is returned as is.
+// A finished run's final/ counts, by its step: after `--resume RUN --steps more` its step_NNNNNN pass it.
 std::string checkpoint_latest(const std::string& dir) {
-    if (file_exists(dir + "/trainer_state.json")) return dir;
+    if (path_exists(dir + "/trainer_state.json")) return dir;   // (not a regular file: checkpoint_load says what it is)
     DIR* d = opendir(dir.c_str());
     if (!d) return "";
     std::vector<std::string> steps;
     while (struct dirent* e = readdir(d)) {
         std::string n = e->d_name;
-        if (n.size() == 11 && n.rfind("step_", 0) == 0 && n.find_first_not_of("0123456789", 5) == std::string::npos &&
-            file_exists(dir + "/" + n + "/trainer_state.json"))
-            steps.push_back(n);
+        if (is_step_name(n) && file_exists(dir + "/" + n + "/trainer_state.json")) steps.push_back(n);
     }
     closedir(d);
-    if (steps.empty()) return "";
     std::sort(steps.begin(), steps.end());
+    std::string fin = dir + "/final", fs = fin + "/trainer_state.json";
+    if (file_exists(fs)) {
+        long final_step = (long)json_int(json_parse_file(fs), "step", fs, 0, 0, MAX_STEPS, true);
+        if (steps.empty() || final_step >= atol(steps.back().c_str() + 5)) return fin;
+    }
+    if (steps.empty()) return "";
     return dir + "/" + steps.back();
 }
 
@@ -763,7 +913,7 @@ static void checkpoint_prune(const std::string& dir, int keep) {
     std::vector<std::string> steps;
     while (struct dirent* e = readdir(d)) {
         std::string n = e->d_name;
-        if (n.size() == 11 && n.rfind("step_", 0) == 0) steps.push_back(n);
+        if (is_step_name(n)) steps.push_back(n);
     }
     closedir(d);
     std::sort(steps.begin(), steps.end());
@@ -818,37 +968,73 @@ static json settings_json(const TrainSettings& s) {
             {"eval_windows", s.eval_windows}, {"keep", s.keep}, {"sample_tokens", s.sample_tokens}, {"seed", s.seed},
             {"compute", s.compute}, {"world_size", s.world}, {"zero", s.zero}};
 }
+// trainer_state.json's "settings", every field typed and in the range its flag allows (WHERE names the file)
 static TrainSettings settings_from_json(const json& j, const std::string& where) {
     TrainSettings s;
-    try {
-        s.data = j.at("data"); s.out = j.at("out"); s.model_source = j.at("model_source");
-        s.steps = j.at("steps"); s.batch_tokens = j.at("batch_tokens"); s.seq_len = j.at("seq_len");
-        s.micro_batch = j.at("micro_batch"); s.accum = j.at("accum"); s.lr = j.at("lr");
-        s.schedule = j.at("lr_schedule") == "cosine" ? LRSchedule::COSINE : LRSchedule::MULTISTEP;
-        s.warmup = j.at("warmup_steps"); s.eval_every = j.at("eval_every"); s.save_every = j.at("save_every");
-        s.eval_windows = j.at("eval_windows"); s.keep = j.at("keep"); s.sample_tokens = j.at("sample_tokens");
-        s.seed = j.at("seed"); s.compute = j.at("compute"); s.world = j.at("world_size");
-        s.zero = j.value("zero", 0);
-    } catch (const std::exception& e) { die("%s: malformed settings (%s)", where.c_str(), e.what()); }
+    s.data = json_str(j, "data", where, "", true);
+    s.out = json_str(j, "out", where, "", true);
+    s.model_source = json_str(j, "model_source", where, "", true);
+    s.steps = (long)json_int(j, "steps", where, 0, 1, MAX_STEPS, true);
+    s.batch_tokens = (long)json_int(j, "batch_tokens", where, 0, 1, MAX_STEPS, true);
+    s.seq_len = (int)json_int(j, "seq_len", where, 0, 1, 1 << 20, true);
+    s.micro_batch = (int)json_int(j, "micro_batch", where, 0, 1, 1 << 20, true);
+    s.accum = (int)json_int(j, "accum", where, 0, 1, 1 << 30, true);
+    s.lr = json_num(j, "lr", where, 0, 1e-12, 1e300, true);
+    std::string sched = json_str(j, "lr_schedule", where, "", true);
+    if (sched != "multistep" && sched != "cosine")
+        die("%s: field 'lr_schedule' must be \"multistep\" or \"cosine\", got \"%s\"", where.c_str(), sched.c_str());
+    s.schedule = sched == "cosine" ? LRSchedule::COSINE : LRSchedule::MULTISTEP;
+    s.warmup = (long)json_int(j, "warmup_steps", where, 0, 0, MAX_STEPS, true);
+    s.eval_every = (long)json_int(j, "eval_every", where, 0, 0, MAX_STEPS, true);
+    s.save_every = (long)json_int(j, "save_every", where, 0, 0, MAX_STEPS, true);
+    s.eval_windows = (int)json_int(j, "eval_windows", where, 0, 1, 1 << 24, true);
+    s.keep = (int)json_int(j, "keep", where, 0, 1, 1 << 20, true);
+    s.sample_tokens = (int)json_int(j, "sample_tokens", where, 0, 0, 1 << 16, true);
+    s.seed = (uint64_t)json_int(j, "seed", where, 0, 0, 1LL << 62, true);
+    s.compute = json_num(j, "compute", where, 0, 0, 1e30, true);
+    s.world = (int)json_int(j, "world_size", where, 1, 1, 1 << 20, true);
+    s.zero = (int)json_int(j, "zero", where, 0, 0, 1);
+    // the batch is accum micro-batches of micro_batch sequences of seq_len tokens on each of world_size ranks
+    __int128 bt = (__int128)s.accum * s.micro_batch * s.world * s.seq_len;
+    if (bt != s.batch_tokens)
+        die("%s: batch_tokens %ld is not accum × micro_batch × world_size × seq_len (%d × %d × %d × %d)", where.c_str(),
+            s.batch_tokens, s.accum, s.micro_batch, s.world, s.seq_len);
     return s;
 }
 
 // ============================================================================
 // metrics and the loss-curve picture
 
-// the records of a JSONL file; a torn last line (a process killed mid-write) is skipped
+// metrics.jsonl's records, each an object with an integer "step" and numbers (or null: a NaN) for its values. A torn
+// last line (no newline: a process killed mid-write) is dropped; any other bad line is damage, and an error naming it.
+// Not a regular file (/dev/null standing in for it): no records.
 static std::vector<json> read_jsonl(const std::string& path) {
     std::vector<json> v;
     if (!file_exists(path)) return v;
     std::string text = read_file(path);
     size_t pos = 0;
+    int line = 0;
     while (pos < text.size()) {
         size_t e = text.find('\n', pos);
         if (e == std::string::npos) break;
-        try { v.push_back(json::parse(text.substr(pos, e - pos))); } catch (...) {}
+        line++;
+        std::string where = path + ":" + std::to_string(line);
+        json j;
+        try { j = json::parse(text.substr(pos, e - pos)); } catch (const json::exception&) {
+            die("%s: not a metrics record (invalid JSON)", where.c_str());
+        }
+        if (!j.is_object()) die("%s: not a metrics record (expected a JSON object)", where.c_str());
+        json_int(j, "step", where, 0, 0, MAX_STEPS, true);
+        for (const char* k : {"tokens", "loss", "val_loss", "val_bpb"}) json_num(j, k, where, 0, -1e308, 1e308);
+        v.push_back(std::move(j));
         pos = e + 1;
     }
     return v;
+}
+// a record's number (checked by read_jsonl), NaN when absent or null
+static double metric_num(const json& j, const char* key) {
+    auto it = j.find(key);
+    return it == j.end() || !it->is_number() ? NAN : it->get<double>();
 }
 
 // Rewrites metrics.jsonl keeping only the records up to `step` (a resumed run replaces what followed its checkpoint).
@@ -856,8 +1042,24 @@ static void metrics_truncate(const std::string& path, long step) {
     if (!file_exists(path)) return;
     std::string kept;
     for (const json& j : read_jsonl(path))
-        if (j.value("step", 0L) <= step) kept += j.dump() + "\n";
-    write_file_atomic(path, kept);
+        if (j["step"].get<long>() <= step) kept += j.dump() + "\n";
+    write_atomic(path, kept);
+}
+
+// metrics.jsonl, appended to: a regular file, or a character device standing in for one (/dev/null). A FIFO would
+// block and a directory cannot be written: both refused. Every write is checked (a full disk is an error).
+static std::string g_metrics_path;
+static FILE* metrics_open(const std::string& path) {
+    struct stat st;
+    if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode))
+        die("%s is %s, not a regular file", path.c_str(), mode_kind(st.st_mode));
+    FILE* f = fopen(path.c_str(), "a");
+    if (!f) die("cannot write %s: %s", path.c_str(), strerror(errno));
+    g_metrics_path = path;
+    return f;
+}
+static void metrics_close(FILE* f) {
+    if (f && fclose(f) != 0) die("cannot write %s: %s", g_metrics_path.c_str(), strerror(errno));
 }
 
 // train and validation loss against tokens, with gnuplot (Debian gnuplot-nox); a note if it is missing
@@ -866,14 +1068,15 @@ static std::string plot_loss_curve(const std::string& out) {
     std::string ttrain = "# tokens\tloss\n", tval = "# tokens\tval_loss\tval_bpb\n";
     for (const json& j : read_jsonl(metrics)) {
         char b[128];
-        if (j.contains("loss")) { snprintf(b, sizeof b, "%.0f\t%.6f\n", j["tokens"].get<double>(), j["loss"].get<double>()); ttrain += b; }
-        if (j.contains("val_loss")) {
-            snprintf(b, sizeof b, "%.0f\t%.6f\t%.6f\n", j["tokens"].get<double>(), j["val_loss"].get<double>(), j["val_bpb"].get<double>());
+        double tokens = metric_num(j, "tokens"), loss = metric_num(j, "loss"), vl = metric_num(j, "val_loss");
+        if (!std::isnan(loss)) { snprintf(b, sizeof b, "%.0f\t%.6f\n", tokens, loss); ttrain += b; }
+        if (!std::isnan(vl)) {
+            snprintf(b, sizeof b, "%.0f\t%.6f\t%.6f\n", tokens, vl, metric_num(j, "val_bpb"));
             tval += b;
         }
     }
-    write_file_atomic(tr, ttrain);
-    write_file_atomic(va, tval);
+    write_atomic(tr, ttrain);
+    write_atomic(va, tval);
     std::string png = out + "/loss.png", gp = out + "/loss.gp";
     std::string script =
         "set terminal pngcairo size 900,560 noenhanced\nset output '" + png + "'\n"
@@ -881,13 +1084,13 @@ static std::string plot_loss_curve(const std::string& out) {
         "set grid\nset key top right\nset format x '%.1s%c'\n"
         "plot '" + tr + "' using 1:2 with lines lw 1 lc rgb '#4a7ebb' title 'train', \\\n"
         "     '" + va + "' using 1:2 with linespoints lw 2 pt 7 lc rgb '#d0502a' title 'validation'\n";
-    write_file_atomic(gp, script);
+    write_atomic(gp, script);
     if (system("command -v gnuplot >/dev/null 2>&1") != 0) return "";
     std::string cmd = "gnuplot '" + gp + "' 2>/dev/null";
     if (system(cmd.c_str()) != 0 || !file_exists(png)) {
         // pngcairo may be missing from a minimal build; the plain png terminal is always there
         script.replace(script.find("pngcairo"), 8, "png");
-        write_file_atomic(gp, script);
+        write_atomic(gp, script);
         if (system(cmd.c_str()) != 0) return "";
     }
     return file_exists(png) ? png : "";
@@ -966,8 +1169,9 @@ static json trainer_state(const TrainRun& r, double elapsed) {
 
 static void write_metric(FILE* f, const json& j) {
     if (!f) return;
-    fprintf(f, "%s\n", j.dump().c_str());
-    fflush(f);
+    std::string line = j.dump() + "\n";
+    if (fwrite(line.data(), 1, line.size(), f) != line.size() || fflush(f) != 0)
+        die("cannot write %s: %s", g_metrics_path.c_str(), strerror(errno));
 }
 
 static void run_eval(TrainRun* r, FILE* metrics) {
@@ -1021,8 +1225,7 @@ static std::string train_loop(TrainRun* r, float (*objective)(Backend*, const in
     int B = s.micro_batch, T = s.seq_len;
     std::vector<int> in((size_t)B * T), tg((size_t)B * T);
     std::vector<float> dl;
-    FILE* metrics = r->s.rank == 0 ? fopen((s.out + "/metrics.jsonl").c_str(), "a") : nullptr;
-    if (r->s.rank == 0 && !metrics) die("cannot write %s/metrics.jsonl: %s", s.out.c_str(), strerror(errno));
+    FILE* metrics = r->s.rank == 0 ? metrics_open(s.out + "/metrics.jsonl") : nullptr;
     install_stop_handlers();
     double t_start = now_s(), step_tokens = (double)B * T * s.accum * s.world;
     long first_step = r->step;
@@ -1069,17 +1272,106 @@ static std::string train_loop(TrainRun* r, float (*objective)(Backend*, const in
             printf("checkpoint: %s\n", last_ckpt.c_str());
         }
         if (stop && !last) {
-            if (metrics) fclose(metrics);
+            metrics_close(metrics);
             std::string by = g_stop_signal ? std::to_string((int)g_stop_signal) : "on another rank";
             printf("stopped by signal %s after step %ld; resume with: deepseek train --resume %s\n", by.c_str(), r->step,
                    last_ckpt.c_str());
             return last_ckpt;
         }
     }
-    if (metrics) fclose(metrics);
+    metrics_close(metrics);
     std::string final_dir = s.out + "/final";
     save_checkpoint(r, final_dir, r->elapsed_before + (now_s() - t_start));
     return final_dir;
+}
+
+// ============================================================================
+// the run directory: one run at a time, and never two runs mixed in one
+//
+// OUT/.lock is held under an exclusive flock(2) for the whole process (the kernel releases it however the process
+// ends, kill -9 included); its text is the holder's pid and host, for the message a second run gets. Under MPI only
+// rank 0 takes it: the ranks of one run share OUT, and rank 0 is the one that writes there.
+
+static int g_lock_fd = -1;
+static void lock_run_dir(const std::string& out, const char* cmd) {
+    std::string path = out + "/.lock";
+    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0644);
+    if (fd < 0) die("%s: cannot create %s: %s", cmd, path.c_str(), strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) { close(fd); die("%s: cannot stat %s: %s", cmd, path.c_str(), strerror(errno)); }
+    if (!S_ISREG(st.st_mode)) { close(fd); die("%s: %s is %s, not a regular file", cmd, path.c_str(), mode_kind(st.st_mode)); }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char buf[300] = {0}, host[256] = {0};
+        long pid = 0;
+        ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+        close(fd);
+        if (e != EWOULDBLOCK) die("%s: cannot lock %s: %s", cmd, path.c_str(), strerror(e));
+        if (n > 0 && sscanf(buf, "%ld %255s", &pid, host) == 2)
+            die("%s: %s is in use by another training (pid %ld on %s)", cmd, out.c_str(), pid, host);
+        die("%s: %s is in use by another training (its pid is not recorded in %s)", cmd, out.c_str(), path.c_str());
+    }
+    char host[256] = {0};
+    if (gethostname(host, sizeof host - 1) != 0 || !host[0]) snprintf(host, sizeof host, "unknown-host");
+    std::string text = std::to_string((long)getpid()) + " " + host + "\n";
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, text.data(), text.size(), 0) != (ssize_t)text.size())
+        die("%s: cannot write %s: %s", cmd, path.c_str(), strerror(errno));
+    if (g_lock_fd >= 0) close(g_lock_fd);
+    g_lock_fd = fd;   // held until the process exits
+}
+
+// What of a run is in OUT: checkpoints (step_NNNNNN, final, and their .tmp/.del), a metrics.jsonl file,
+// trainer_state.json (OUT is itself a checkpoint). The other files a run writes (loss.png, loss.gp, loss_*.tsv) go
+// with it under --overwrite but do not by themselves make OUT "another run".
+static std::vector<std::string> run_files(const std::string& out, bool with_plots) {
+    std::vector<std::string> found;
+    DIR* d = opendir(out.c_str());
+    if (!d) return found;
+    while (struct dirent* e = readdir(d)) {
+        std::string n = e->d_name;
+        std::string base = n.size() > 4 && (n.compare(n.size() - 4, 4, ".tmp") == 0 || n.compare(n.size() - 4, 4, ".del") == 0)
+                               ? n.substr(0, n.size() - 4) : n;
+        bool is_run = is_step_name(base) || base == "final" || n == "trainer_state.json" ||
+                      (n == "metrics.jsonl" && file_exists(out + "/" + n)) || n == "metrics.jsonl.tmp";
+        bool is_plot = base == "loss.png" || base == "loss.gp" || base == "loss_train.tsv" || base == "loss_val.tsv";
+        if (is_run || (with_plots && is_plot)) found.push_back(n);
+    }
+    closedir(d);
+    std::sort(found.begin(), found.end());
+    return found;
+}
+static std::string real_path(const std::string& p) {
+    char buf[PATH_MAX];
+    return realpath(p.c_str(), buf) ? std::string(buf) : p;
+}
+
+// Makes OUT, locks it (rank 0), and makes sure it holds no other run. A new run (resume_of empty) is refused when OUT
+// holds one, unless `overwrite`, which removes that run's files first. A resumed run may write to its own run
+// directory (resume_of: the checkpoint's) or to a directory without a run in it.
+static void claim_run_dir(const std::string& out, const char* cmd, bool overwrite, const std::string& resume_of) {
+    struct stat st;
+    if (stat(out.c_str(), &st) == 0 && !S_ISDIR(st.st_mode))
+        die("%s: --out %s is %s, not a directory", cmd, out.c_str(), mode_kind(st.st_mode));
+    make_dirs(out);
+    lock_run_dir(out, cmd);
+    if (!resume_of.empty() && real_path(out) == real_path(resume_of)) return;   // continuing this run in place
+    std::vector<std::string> old = run_files(out, overwrite);
+    if (old.empty()) return;
+    std::string list;
+    for (size_t i = 0; i < old.size() && i < 3; i++) list += (i ? ", " : "") + old[i];
+    if (old.size() > 3) list += ", …";
+    if (std::find(old.begin(), old.end(), "trainer_state.json") != old.end())
+        die("%s: --out %s is itself a checkpoint (it holds trainer_state.json); give a run directory", cmd, out.c_str());
+    if (!resume_of.empty())
+        die("%s: --out %s holds another run (%s); resume into an empty directory, or into the checkpoint's own run %s",
+            cmd, out.c_str(), list.c_str(), resume_of.c_str());
+    if (!overwrite)
+        die("%s: --out %s holds another run (%s); continue it with --resume %s, or give --overwrite to delete it and "
+            "start over", cmd, out.c_str(), list.c_str(), out.c_str());
+    for (const std::string& n : old) remove_tree(out + "/" + n);
+    for (const std::string& n : run_files(out, true))
+        die("%s: --overwrite could not remove %s/%s", cmd, out.c_str(), n.c_str());
+    printf("note: --overwrite: removed the earlier run in %s (%s)\n", out.c_str(), list.c_str());
 }
 
 // ============================================================================
@@ -1087,7 +1379,8 @@ static std::string train_loop(TrainRun* r, float (*objective)(Backend*, const in
 
 static void train_usage() {
     printf("usage: deepseek train (--preset NAME | --model DIR | --compute C) --data DIR --out DIR [flags]\n"
-           "       deepseek train --resume CHECKPOINT|RUN_DIR [--out DIR] [--steps N] [--threads N] [--device D]\n"
+           "       deepseek train --resume CHECKPOINT|RUN_DIR [--out DIR] [--data DIR] [--steps N] [--eval-every K]\n"
+           "                      [--save-every K] [--zero 0|1] [--threads N] [--device D]\n"
            "  pre-training on token shards from `deepseek data prepare` (DIR/train.bin, DIR/val.bin, DIR/data.json).\n"
            "  AdamW (β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1 on matrices), gradient clipping at norm 1.0,\n"
            "  gradient accumulation up to the batch size, the paper's multi-step schedule.\n"
@@ -1100,12 +1393,20 @@ static void train_usage() {
            "  --micro-batch N      sequences per forward pass (default: up to 4096 tokens); accumulation fills the batch\n"
            "  --lr X               peak learning rate (default: η_opt with --compute, else 1e-3)\n"
            "  --lr-schedule S      multistep (the paper's: 31.6%% of peak after 80%% of tokens, 10%% after 90%%) | cosine\n"
-           "  --warmup-steps N     linear warmup (default: 5%% of the steps, at most the paper's 2000)\n"
-           "  --eval-every K       validation loss, bits per byte and a greedy sample every K steps (default steps/10)\n"
+           "  --warmup-steps N     linear warmup (default: 5%% of the steps, at most the paper's 2000; 0 = none)\n"
+           "  --eval-every K       validation loss, bits per byte and a greedy sample every K steps (default steps/10;\n"
+           "                       0 = never)\n"
            "  --eval-windows N     validation sequences per evaluation (default 64)\n"
-           "  --save-every K       checkpoint every K steps (default steps/10); --keep N keeps the newest N (default 3)\n"
+           "  --save-every K       checkpoint every K steps (default steps/10; 0 = only OUT/final and on a signal);\n"
+           "                       --keep N keeps the newest N (default 3)\n"
            "  --sample-tokens N    length of the greedy sample at each evaluation (default 32; 0 = none)\n"
-           "  --resume DIR         continue a run exactly (a checkpoint, or a run directory: its newest checkpoint)\n"
+           "  --resume DIR         continue a run exactly (a checkpoint, or a run directory: its newest checkpoint,\n"
+           "                       final/ included). The run keeps its settings; --steps N may move its end (a finished\n"
+           "                       run goes on from final/ only with --steps beyond its last step; without, it says it\n"
+           "                       is finished and exits 0). Writes to the checkpoint's own run directory, or to an\n"
+           "                       --out holding no other run\n"
+           "  --overwrite          --out holds an earlier run (checkpoints, metrics.jsonl): delete its files and start\n"
+           "                       over (without it, such an --out is refused: continue that run with --resume)\n"
            "  --seed S             initialisation and data order (default 1337)     --threads N   OpenMP threads\n"
            "  --zero 0|1           ZeRO-1: shard AdamW's state over the MPI ranks (default 0)\n"
            "  --device D           auto (the GPU when there is one) | cpu (fp32, the reference) | cuda (bf16 on one GPU,\n"
@@ -1113,13 +1414,22 @@ static void train_usage() {
            "  data parallel:       mpirun -np N deepseek train ... (or srun): --micro-batch is per rank, --batch-tokens\n"
            "                       global; rank r reads windows r, r+N, ... of each step's global batch; rank 0 logs\n"
            "  outputs: OUT/metrics.jsonl, OUT/step_NNNNNN/ checkpoints, OUT/final/ (model directory + optimizer and\n"
-           "  trainer state), OUT/loss.png. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n");
+           "  trainer state), OUT/loss.png. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n"
+           "  one run per --out: OUT/.lock (an flock held while training, naming the holder's pid and host; under MPI\n"
+           "  rank 0 holds it for the ranks) makes a second run on the same OUT an error.\n");
 }
 
-static std::string data_file(const std::string& data, const json& dj, const char* split) {
-    if (!dj.contains(split)) return "";
-    return data + "/" + dj[split].value("file", std::string(split) + ".bin");
+// data.json's entry for a split ("" when it has none): {"file": NAME, ...}, NAME relative to the data directory
+static std::string data_file(const std::string& data, const json& dj, const std::string& where, const char* split) {
+    const json* sp = json_object(dj, split, where, false);
+    if (!sp) return "";
+    std::string f = json_str(*sp, "file", where + ": " + split, std::string(split) + ".bin");
+    if (f.empty()) die("%s: %s: field 'file' must be a file name, got \"\"", where.c_str(), split);
+    return data + "/" + f;
 }
+// the flags a resumed run takes; the others are the run's own settings, kept from its checkpoint
+static const char* const RESUME_KEEPS[] = {"batch-tokens", "seq-len", "micro-batch", "lr", "lr-schedule", "warmup-steps",
+                                           "eval-windows", "keep", "sample-tokens", "seed"};
 
 int cmd_train(int argc, char** argv) {
     if (is_help(argc, argv, 2)) { train_usage(); return 0; }
@@ -1127,7 +1437,7 @@ int cmd_train(int argc, char** argv) {
            {"preset", "model", "data", "out", "steps", "batch-tokens", "seq-len", "micro-batch", "lr", "lr-schedule",
             "warmup-steps", "compute", "eval-every", "eval-windows", "save-every", "keep", "sample-tokens", "seed", "resume", "zero",
             "threads", "device"},
-           {});
+           {"overwrite"});
     if (!a.positional.empty()) die("train: unexpected argument '%s'", a.positional[0].c_str());
     set_threads(a);
     std::string device = a.str("device", "auto");
@@ -1144,26 +1454,65 @@ int cmd_train(int argc, char** argv) {
     }
     bool resume = a.has("resume");
     std::string ckpt;
+    uint64_t cursor_epoch = 0;     // the checkpoint's data cursor, and the ranks and accumulation that made it
+    size_t cursor_index = 0;
+    int saved_world = 1, saved_accum = 1;
     if (resume) {
         if (a.has("preset") || a.has("model") || a.has("compute"))
             die("train: --resume continues a run with its own model and settings; drop --preset/--model/--compute");
+        if (a.flag("overwrite")) die("train: --overwrite starts a new run; --resume continues one: give one of them");
+        for (const char* k : RESUME_KEEPS)
+            if (a.has(k))
+                die("train: --%s cannot change on --resume (the run keeps its settings; a resumed run takes --out, --data, "
+                    "--steps, --eval-every, --save-every, --zero, --threads, --device)", k);
+        require_dir(a.str("resume"), "train: --resume");
         ckpt = checkpoint_latest(a.str("resume"));
         if (ckpt.empty()) die("train: no complete checkpoint in %s", a.str("resume").c_str());
+        std::string sp = ckpt + "/trainer_state.json";
         json state = checkpoint_load(ckpt, &r.model, &r.opt);
-        s = settings_from_json(state["settings"], ckpt + "/trainer_state.json");
-        r.step = state["step"].get<long>();
-        r.tokens_seen = state.value("tokens_seen", 0.0);
-        r.elapsed_before = state.value("elapsed_s", 0.0);
+        s = settings_from_json(*json_object(state, "settings", sp, true), sp + ": settings");
+        r.step = (long)r.opt.t;
+        r.tokens_seen = json_num(state, "tokens_seen", sp, 0.0, 0, 1e300, true);
+        r.elapsed_before = json_num(state, "elapsed_s", sp, 0.0, 0, 1e300);
+        if (r.step > s.steps) die("%s: step %ld is past the run's settings.steps %ld", sp.c_str(), r.step, s.steps);
+        if (r.tokens_seen != (double)r.step * (double)s.batch_tokens)
+            die("%s: tokens_seen %.0f is not step × batch_tokens (%ld × %ld)", sp.c_str(), r.tokens_seen, r.step, s.batch_tokens);
+        if (s.seq_len > r.model.cfg.max_position_embeddings)
+            die("%s: settings.seq_len %d is beyond the model's context (max_position_embeddings %d)", sp.c_str(), s.seq_len,
+                r.model.cfg.max_position_embeddings);
+        // the data cursor and the shuffle's state: checked against the data once the loader has opened it
+        const json* cur = json_object(state, "data_cursor", sp, true);
+        cursor_epoch = (uint64_t)json_int(*cur, "epoch", sp + ": data_cursor", 0, 0, MAX_STEPS, true);
+        cursor_index = (size_t)json_int(*cur, "index", sp + ": data_cursor", 0, 0, 1LL << 62, true);
+        json_int(*cur, "rank", sp + ": data_cursor", 0, 0, 0);   // rank 0 writes the state
+        if (const json* rng = json_object(state, "rng", sp, false)) {
+            std::string kind = json_str(*rng, "kind", sp + ": rng", "", true);
+            if (kind != "splitmix64 window shuffle")
+                die("%s: rng: field 'kind' must be \"splitmix64 window shuffle\", got \"%s\"", sp.c_str(), kind.c_str());
+            long long seed = json_int(*rng, "seed", sp + ": rng", 0, 0, 1LL << 62, true);
+            long long ep = json_int(*rng, "epoch", sp + ": rng", 0, 0, MAX_STEPS, true);
+            if ((uint64_t)seed != s.seed || (uint64_t)ep != cursor_epoch)
+                die("%s: rng (seed %lld, epoch %lld) does not match settings.seed %llu and data_cursor.epoch %llu", sp.c_str(),
+                    seed, ep, (unsigned long long)s.seed, (unsigned long long)cursor_epoch);
+        }
+        saved_world = s.world;
+        saved_accum = s.accum;
         s.out = a.str("out", parent_dir(ckpt));   // OUT/step_NNNNNN or OUT/final → OUT
         if (a.has("data")) s.data = a.str("data");
-        if (a.has("steps")) s.steps = a.integer("steps", 0, 1, 1L << 40);
-        if (a.has("eval-every")) s.eval_every = a.integer("eval-every", 0, 0, 1L << 40);
-        if (a.has("save-every")) s.save_every = a.integer("save-every", 0, 0, 1L << 40);
+        if (a.has("steps")) s.steps = a.integer("steps", 0, 1, MAX_STEPS);
+        if (a.has("eval-every")) s.eval_every = a.integer("eval-every", 0, 0, MAX_STEPS);
+        if (a.has("save-every")) s.save_every = a.integer("save-every", 0, 0, MAX_STEPS);
         if (r.step > s.steps) die("train: the checkpoint is at step %ld, past --steps %ld", r.step, s.steps);
-        const json& cur = state["data_cursor"];
+        // a finished run (its final/) has nothing left to do unless --steps goes further; say so, and succeed
+        if (r.step == s.steps && ckpt.size() >= 6 && ckpt.compare(ckpt.size() - 6, 6, "/final") == 0) {
+            printf("train: %s is finished (step %ld of %ld); nothing to do — give --steps N (more than %ld) to train on "
+                   "from it\n", parent_dir(ckpt).c_str(), r.step, s.steps, r.step);
+            dist_finalize(&r.dist);
+            return 0;
+        }
         // the loaders are opened below; the cursor is applied after
-        r.train.epoch = cur.value("epoch", 0ull);
-        r.train.index = cur.value("index", (size_t)0);
+        r.train.epoch = cursor_epoch;
+        r.train.index = cursor_index;
         if (a.has("zero")) s.zero = (int)a.integer("zero", 0, 0, 1);
         if (s.world != r.dist.world) {
             // re-shard the run: the same sequences per step and the same global window order, over the new ranks
@@ -1191,15 +1540,20 @@ int cmd_train(int argc, char** argv) {
         s.world = r.dist.world;
     }
     // the data: data.json names the shards and the tokenizer
-    if (!dir_exists(s.data)) die("train: data directory %s does not exist", s.data.c_str());
+    require_dir(s.data, "train: data directory");
     std::string dj_path = s.data + "/data.json";
-    if (!file_exists(dj_path)) die("train: %s is missing (make it with deepseek data prepare)", dj_path.c_str());
-    json dj = parse_json_file(dj_path);
-    if (!dj.is_object() || !dj.contains("vocab_size")) die("%s: missing vocab_size", dj_path.c_str());
-    int data_vocab = dj["vocab_size"].get<int>();
-    std::string train_path = data_file(s.data, dj, "train"), val_path = data_file(s.data, dj, "val");
+    if (!path_exists(dj_path)) die("train: %s is missing (make it with deepseek data prepare)", dj_path.c_str());
+    json dj = json_parse_file(dj_path);
+    int data_vocab = (int)json_int(dj, "vocab_size", dj_path, 0, 1, 1 << 30, true);
+    int data_bos = (int)json_int(dj, "bos_token_id", dj_path, -1, -1, data_vocab - 1);
+    int data_eos = (int)json_int(dj, "eos_token_id", dj_path, -1, -1, data_vocab - 1);
+    std::string data_tokenizer = json_str(dj, "tokenizer", dj_path, "tokenizer.json");
+    const json* dj_val = json_object(dj, "val", dj_path, false);
+    double val_unigram_bpb = dj_val ? json_num(*dj_val, "unigram_bits_per_byte", dj_path + ": val", 0.0, 0, 1e6) : 0.0;
+    double val_bytes_per_token = dj_val ? json_num(*dj_val, "bytes_per_token", dj_path + ": val", 0.0, 0, 1e9) : 0.0;
+    std::string train_path = data_file(s.data, dj, dj_path, "train"), val_path = data_file(s.data, dj, dj_path, "val");
     if (train_path.empty()) die("%s: no train split", dj_path.c_str());
-    if (!file_exists(train_path)) die("train: token shard %s is missing", train_path.c_str());
+    if (!path_exists(train_path)) die("train: token shard %s is missing", train_path.c_str());
 
     if (!resume) {
         // the model, and what the scaling laws say
@@ -1216,8 +1570,8 @@ int cmd_train(int argc, char** argv) {
         s.seq_len = (int)a.integer("seq-len", std::min(256, ctx_guess), 1, 1 << 20);
         if (sources == 0) {
             Config cfg = plan_shape(plan.flops_per_token, s.seq_len, data_vocab);
-            cfg.bos_token_id = dj.value("bos_token_id", 0);
-            cfg.eos_token_id = dj.value("eos_token_id", 1);
+            cfg.bos_token_id = data_bos >= 0 ? data_bos : 0;
+            cfg.eos_token_id = data_eos >= 0 ? data_eos : 1;
             model_build(&r.model, cfg);
             model_init_random(&r.model, s.seed, 0.006f);
             s.model_source = "plan";
@@ -1260,7 +1614,7 @@ int cmd_train(int argc, char** argv) {
             printf("scaling laws for C = %.3g: B_opt %.0f tokens, lr %.3g, M_opt %.3g, D_opt %.3g; this model: M %.3g, "
                    "budget %.3g tokens\n", s.compute, plan.batch_tokens, plan.learning_rate, plan.flops_per_token, plan.tokens, M, budget);
         // the data's special tokens, for the generation config of the checkpoints
-        int bos = dj.value("bos_token_id", -1), eos = dj.value("eos_token_id", -1);
+        int bos = data_bos, eos = data_eos;
         if (bos >= 0 && bos < r.model.cfg.vocab_size) r.model.cfg.bos_token_id = bos;
         if (eos >= 0 && eos < r.model.cfg.vocab_size) r.model.cfg.eos_token_id = eos;
     }
@@ -1272,20 +1626,42 @@ int cmd_train(int argc, char** argv) {
         uint64_t ep = r.train.epoch;
         size_t ix = r.train.index;
         loader_init(&r.train, train_path, s.micro_batch, s.seq_len, s.rank, s.world, s.seed, r.model.cfg.vocab_size, true);
-        if (resume) loader_seek(&r.train, ep, ix);
+        if (r.train.shard.vocab_size != data_vocab)
+            die("%s: the shard's vocabulary (%d) is not data.json's vocab_size (%d)", train_path.c_str(),
+                r.train.shard.vocab_size, data_vocab);
+        if (resume) {
+            // The cursor must lie in the data: index ≤ the windows per rank of the saving run's ranks. In the first epoch
+            // it is exactly where r.step steps leave each rank: k = step·accum·micro_batch windows read (after the first
+            // epoch a run re-sharded on the way may differ by the windows left over at each epoch's end).
+            std::string sp = ckpt + "/trainer_state.json";
+            size_t per_rank = r.train.num_windows / (size_t)saved_world;
+            unsigned __int128 k = (unsigned __int128)r.step * (unsigned)saved_accum * (unsigned)s.micro_batch;
+            if (cursor_index > per_rank)
+                die("%s: data_cursor.index %zu is past the data: %s holds %zu windows of %d+1 tokens per rank (%d rank(s))",
+                    sp.c_str(), cursor_index, train_path.c_str(), per_rank, s.seq_len, saved_world);
+            if (cursor_epoch == 0 && k <= per_rank && cursor_index != (size_t)k)
+                die("%s: data_cursor (epoch 0, index %zu) is not where %ld steps of %d × %d sequences per rank leave %s "
+                    "(index %zu): the checkpoint and the data do not belong together", sp.c_str(), cursor_index, r.step,
+                    saved_accum, s.micro_batch, train_path.c_str(), (size_t)k);
+            if (cursor_epoch == 0 && k > per_rank)
+                die("%s: data_cursor is in epoch 0, but %ld steps of %d × %d sequences per rank read %s more than once "
+                    "(%zu windows per rank): the checkpoint and the data do not belong together", sp.c_str(), r.step,
+                    saved_accum, s.micro_batch, train_path.c_str(), per_rank);
+            loader_seek(&r.train, ep, ix);
+        }
     }
-    if (!val_path.empty() && file_exists(val_path)) {
+    if (!val_path.empty() && path_exists(val_path)) {
         Shard probe;
         shard_open(&probe, val_path, r.model.cfg.vocab_size);
-        if ((probe.n - 1) / s.seq_len >= (size_t)s.micro_batch) {
+        if (probe.n > 0 && (probe.n - 1) / s.seq_len >= (size_t)s.micro_batch) {
             loader_init(&r.val, val_path, s.micro_batch, s.seq_len, 0, 1, 0, r.model.cfg.vocab_size, false);
             r.has_val = true;
         } else printf("note: the validation split is shorter than one micro-batch; no validation\n");
     } else if (!val_path.empty()) die("train: token shard %s is missing", val_path.c_str());
-    if (dj.contains("val")) r.unigram_bpb = dj["val"].value("unigram_bits_per_byte", 0.0);
+    r.unigram_bpb = val_unigram_bpb;
     // the tokenizer: bytes per token for bits per byte, and the samples
-    r.tokenizer_path = s.data + "/" + dj.value("tokenizer", std::string("tokenizer.json"));
-    if (file_exists(r.tokenizer_path)) {
+    r.tokenizer_path = s.data + "/" + data_tokenizer;
+    if (path_exists(r.tokenizer_path)) {   // (not a regular file: tokenizer_load says what it is)
         r.tok = tokenizer_load(r.tokenizer_path);
         int tv = tokenizer_vocab_size(r.tok), bos = tokenizer_bos_id(r.tok), eos = tokenizer_eos_id(r.tok);
         r.token_bytes.assign(tv, 0);
@@ -1295,10 +1671,12 @@ int cmd_train(int argc, char** argv) {
         }
     } else {
         r.tokenizer_path.clear();
-        r.mean_bytes_per_token = dj.contains("val") ? dj["val"].value("bytes_per_token", 0.0) : 0.0;
+        r.mean_bytes_per_token = val_bytes_per_token;
         printf("note: no tokenizer in %s: no samples; bits per byte from the split's mean bytes per token\n", s.data.c_str());
     }
-    make_dirs(s.out);
+    // OUT: locked for this run, and holding no other (rank 0 speaks for the ranks, which share it)
+    if (s.rank == 0) claim_run_dir(s.out, "train", a.flag("overwrite"), resume ? parent_dir(ckpt) : "");
+    else make_dirs(s.out);
     if (s.rank == 0) {
         if (resume) metrics_truncate(s.out + "/metrics.jsonl", r.step);
         else if (file_exists(s.out + "/metrics.jsonl")) unlink((s.out + "/metrics.jsonl").c_str());
@@ -1327,7 +1705,7 @@ int cmd_train(int argc, char** argv) {
         // the run's story in one line: validation bits per byte from the first evaluation to the last
         double first = NAN, last = NAN;
         for (const json& j : read_jsonl(s.out + "/metrics.jsonl"))
-            if (j.contains("val_bpb")) { if (std::isnan(first)) first = j["val_bpb"]; last = j["val_bpb"]; }
+            if (!std::isnan(metric_num(j, "val_bpb"))) { if (std::isnan(first)) first = metric_num(j, "val_bpb"); last = metric_num(j, "val_bpb"); }
         if (!std::isnan(last))
             printf("validation bits per byte: %.4f -> %.4f (unigram entropy of the validation tokens: %.4f bits/byte)\n", first,
                    last, r.unigram_bpb);
@@ -1722,14 +2100,22 @@ static std::string align_loop(AlignRun* r, const std::function<json(const std::v
 // --resume DIR: the checkpoint's saved flags fill in every flag not given again on the command line
 static std::string align_resume_flags(Args* a) {
     if (!a->has("resume")) return "";
+    if (a->flag("overwrite")) die("%s: --overwrite starts a new run; --resume continues one: give one of them", a->cmd.c_str());
+    require_dir(a->str("resume"), a->cmd + ": --resume");
     std::string ckpt = checkpoint_latest(a->str("resume"));
     if (ckpt.empty()) die("%s: no checkpoint in %s", a->cmd.c_str(), a->str("resume").c_str());
-    json st = parse_json_file(ckpt + "/trainer_state.json");
-    if (!st.is_object() || st.value("stage", std::string()) != a->cmd || !st.contains("settings") || !st["settings"].is_object())
+    std::string sp = ckpt + "/trainer_state.json";
+    json st = json_parse_file(sp);
+    if (!st.is_object() || json_str(st, "stage", sp, "") != a->cmd)
         die("%s: %s is not a checkpoint of a `deepseek %s` run", a->cmd.c_str(), ckpt.c_str(), a->cmd.c_str());
-    for (auto it = st["settings"].begin(); it != st["settings"].end(); ++it) {
-        if (it.key() == "skip-bad") { if (it.value() == true) a->switches["skip-bad"] = true; continue; }
-        if (!a->has(it.key()) && it.value().is_string()) a->values[it.key()] = it.value().get<std::string>();
+    const json* set = json_object(st, "settings", sp, true);
+    for (auto it = set->begin(); it != set->end(); ++it) {   // every saved flag is a string; skip-bad a switch
+        if (it.key() == "skip-bad") {
+            if (json_bool(*set, "skip-bad", sp + ": settings", false)) a->switches["skip-bad"] = true;
+            continue;
+        }
+        std::string v = json_str(*set, it.key().c_str(), sp + ": settings", "", true);
+        if (!a->has(it.key())) a->values[it.key()] = v;
     }
     return ckpt;
 }
@@ -1748,9 +2134,9 @@ static void align_require(const Args& a) {
 // the model to start from (--model) and its tokenizer
 static void align_load(const Args& a, AlignRun* r) {
     std::string dir = a.str("model");
-    if (!dir_exists(dir)) die("%s: model directory %s does not exist", a.cmd.c_str(), dir.c_str());
+    require_dir(dir, a.cmd + ": model directory");
     r->tok_path = a.str("tokenizer", dir + "/tokenizer.json");
-    if (!file_exists(r->tok_path)) die("%s: no tokenizer at %s (give --tokenizer FILE)", a.cmd.c_str(), r->tok_path.c_str());
+    if (!path_exists(r->tok_path)) die("%s: no tokenizer at %s (give --tokenizer FILE)", a.cmd.c_str(), r->tok_path.c_str());
     r->tok = tokenizer_load(r->tok_path);
     model_load_dir(&r->model, dir);
     int V = r->model.cfg.vocab_size, tv = tokenizer_vocab_size(r->tok);
@@ -1766,7 +2152,7 @@ static void align_config(const Args& a, AlignRun* r, int default_epochs, int def
     r->out = a.str("out");
     r->epochs = (int)a.integer("epochs", default_epochs, 1, 100000);
     r->B = (int)a.integer("batch", default_batch, 1, 1 << 20);
-    r->lr = a.real("lr", default_lr, 0, 1);
+    r->lr = a.real("lr", default_lr, 1e-12, 1);
     r->seed = (uint64_t)a.integer("seed", 1, 0, 1ll << 53);
     r->log_every = (int)a.integer("log-every", 10, 1, 1 << 30);
     r->keep = (int)a.integer("keep", 3, 1, 1 << 20);
@@ -1781,51 +2167,66 @@ static void align_device(AlignRun* r, int rows, const std::vector<const std::vec
         for (const ChatSeq& q : *set) T = std::max(T, (int)q.ids.size() - 1);
     backend_open(&r->be, r->device, AdamW(), rows, T, r->stage.c_str());
 }
-// the schedule and the output directory; with a checkpoint, its weights, AdamW state and step
-static void align_start(const Args& a, AlignRun* r, const std::string& ckpt, size_t n_items, double default_warmup_share) {
+// the schedule and the output directory; with a checkpoint, its weights, AdamW state and step. Returns false (and
+// says so) when the checkpoint is a finished run's final/ with no steps left: nothing to do.
+static bool align_start(const Args& a, AlignRun* r, const std::string& ckpt, size_t n_items, double default_warmup_share) {
     r->n_items = n_items;
     r->steps_per_epoch = ((long)n_items + r->B - 1) / r->B;
     r->total = r->steps_per_epoch * r->epochs;
     if (r->warmup < 0) r->warmup = std::max(1L, (long)(r->total * default_warmup_share));
     if (r->save_every < 0) r->save_every = std::max(1L, r->total / 4);
     r->settings = align_settings(a);
-    make_dirs(r->out);
     std::string metrics = r->out + "/metrics.jsonl";
     if (!ckpt.empty()) {
         Model start;   // the checkpoint must have the starting model's shapes
+        std::string sp = ckpt + "/trainer_state.json";
         r->step = checkpoint_read(ckpt, &start, &r->opt);
         if (start.num_parameters != r->model.num_parameters) die("%s: %s does not match --model's shapes", a.cmd.c_str(), ckpt.c_str());
+        if (r->step > r->total)
+            die("%s: step %ld is past this run's %ld steps (%d epoch(s) × %ld steps of %d): give --epochs to match",
+                sp.c_str(), r->step, r->total, r->epochs, r->steps_per_epoch, r->B);
+        if (r->step == r->total && ckpt.size() >= 6 && ckpt.compare(ckpt.size() - 6, 6, "/final") == 0) {
+            printf("%s: %s is finished (step %ld of %ld); nothing to do — give --epochs N (more than %d) to train on from it\n",
+                   a.cmd.c_str(), parent_dir(ckpt).c_str(), r->step, r->total, r->epochs);
+            return false;
+        }
+        json st = json_parse_file(sp);
+        r->elapsed_before = json_num(st, "elapsed_s", sp, 0.0, 0, 1e300);
+        claim_run_dir(r->out, a.cmd.c_str(), false, parent_dir(ckpt));
         r->model.params_memory = start.params_memory;
         param_point(&r->model.params, r->model.params_memory.data(), r->model.param_sizes);
         if (r->be.cuda) {   // the checkpoint's weights and AdamW moments onto the GPU
             cuda_model_set_params(r->be.cuda, r->model);
             cuda_model_set_adam_state(r->be.cuda, r->opt.m.data(), r->opt.v.data());
         }
-        json st = parse_json_file(ckpt + "/trainer_state.json");
-        r->elapsed_before = st.value("elapsed_s", 0.0);
         metrics_truncate(metrics, r->step);
         printf("%s: resuming %s at step %ld of %ld\n", a.cmd.c_str(), ckpt.c_str(), r->step, r->total);
     } else {
+        claim_run_dir(r->out, a.cmd.c_str(), a.flag("overwrite"), "");
         r->opt = AdamW();
-        write_file_atomic(metrics, "");
+        if (file_exists(metrics) || !path_exists(metrics)) write_atomic(metrics, "");   // (a device, e.g. /dev/null, stays)
     }
-    r->metrics = fopen(metrics.c_str(), "a");
-    if (!r->metrics) die("cannot write %s: %s", metrics.c_str(), strerror(errno));
+    r->metrics = metrics_open(metrics);
+    return true;
 }
 static void align_finish(AlignRun* r, const std::string& final_dir) {
     backend_close(&r->be);
-    if (r->metrics) fclose(r->metrics);
+    metrics_close(r->metrics);
     r->metrics = nullptr;
     if (r->tok) tokenizer_free(r->tok);
     r->tok = nullptr;
-    if (r->step == r->total) printf("%s: final model %s (metrics: %s/metrics.jsonl)\n", r->stage.c_str(), final_dir.c_str(), r->out.c_str());
+    if (r->step == r->total && !final_dir.empty()) printf("%s: final model %s (metrics: %s/metrics.jsonl)\n", r->stage.c_str(), final_dir.c_str(), r->out.c_str());
 }
 
 static const char* ALIGN_COMMON_FLAGS =
     "  --tokenizer FILE    tokenizer.json (default: MODEL/tokenizer.json)\n"
-    "  --warmup N          linear warmup steps, then cosine decay to 10%% of the peak\n"
-    "  --save-every N      checkpoint every N steps (default: a quarter of the run); --keep N newest kept (default 3)\n"
-    "  --resume DIR        continue a run from its checkpoint (or its run directory's newest), with the same flags\n"
+    "  --warmup N          linear warmup steps (0 = none), then cosine decay to 10%% of the peak\n"
+    "  --save-every N      checkpoint every N steps (default: a quarter of the run; 0 = only OUT/final and on a\n"
+    "                      signal); --keep N newest kept (default 3)\n"
+    "  --resume DIR        continue a run from its checkpoint (or its run directory's newest, final/ included), with\n"
+    "                      the same flags; a finished run goes on only with more --epochs (else: it says so, exit 0)\n"
+    "  --overwrite         --out holds an earlier run (checkpoints, metrics.jsonl): delete its files and start over\n"
+    "                      (without it such an --out is refused); OUT/.lock makes a second run on one OUT an error\n"
     "  --skip-bad          skip malformed JSONL lines (each reported with its line number) instead of stopping\n"
     "  --log-every N       progress line every N steps (default 10)\n"
     "  --seed S            data order (default 1)      --threads N   OpenMP threads\n"
@@ -1878,7 +2279,7 @@ int cmd_sft(int argc, char** argv) {
         return 0;
     }
     Args a(argc, argv, 2, "sft", {"model", "data", "out", "tokenizer", "val", "epochs", "batch", "lr", "warmup", "save-every",
-           "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad"});
+           "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad", "overwrite"});
     if (!a.positional.empty()) die("sft: unexpected argument '%s'", a.positional[0].c_str());
     set_threads(a);
     std::string ckpt = align_resume_flags(&a);
@@ -1896,7 +2297,7 @@ int cmd_sft(int argc, char** argv) {
     std::vector<ChatSeq> val = fit_context(render_sft(r.tok, val_ex), ctx, "held-out conversations", &vdropped);
     if (train.empty()) die("sft: no conversation fits the context of %d tokens", ctx);
     align_device(&r, r.B, {&train, &val});
-    align_start(a, &r, ckpt, train.size(), 0.03);
+    if (!align_start(a, &r, ckpt, train.size(), 0.03)) { align_finish(&r, ""); return 0; }
     long assistant_tokens = 0, all_tokens = 0;
     for (auto& q : train) {
         all_tokens += (long)q.ids.size();
@@ -1981,7 +2382,7 @@ int cmd_dpo(int argc, char** argv) {
         return 0;
     }
     Args a(argc, argv, 2, "dpo", {"model", "data", "out", "tokenizer", "val", "beta", "epochs", "batch", "lr", "warmup",
-           "save-every", "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad"});
+           "save-every", "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad", "overwrite"});
     if (!a.positional.empty()) die("dpo: unexpected argument '%s'", a.positional[0].c_str());
     set_threads(a);
     std::string ckpt = align_resume_flags(&a);
@@ -2008,7 +2409,7 @@ int cmd_dpo(int argc, char** argv) {
     sequence_logps(&r.be, train, 2 * B, r.pad, &ref);
     if (!val.empty()) sequence_logps(&r.be, val, 2 * B, r.pad, &vref);
     printf("dpo: reference log-probabilities of %zu sequences cached (%.0fs)\n", train.size() + val.size(), now_s() - t0);
-    align_start(a, &r, ckpt, npairs, 0.10);
+    if (!align_start(a, &r, ckpt, npairs, 0.10)) { align_finish(&r, ""); return 0; }
     printf("dpo: %zu pairs (%d bad lines skipped), β %g, %d epoch(s) × %ld steps of %d pairs, lr %g (warmup %ld, cosine)\n",
            npairs, skipped, beta, r.epochs, r.steps_per_epoch, r.B, r.lr, r.warmup);
     auto eval = [&](int epoch) {

@@ -44,16 +44,16 @@ EOF
     cp "$OUT/tokenizer.json" "$OUT/init/"
     stamp "pre-train"
     "$D" train --model "$OUT/init" --data "$OUT/shards" --out "$OUT/pretrain" --steps "$PRETRAIN_STEPS" --batch-tokens 2048 \
-        --seq-len 128 --lr 3e-3 --lr-schedule cosine --eval-every 100 --save-every 100 --threads "$THREADS"
+        --seq-len 128 --lr 3e-3 --lr-schedule cosine --eval-every 100 --save-every 100 --threads "$THREADS" --overwrite
     BASE="$OUT/pretrain/final"
 fi
 
 stamp "SFT"
 "$D" sft --model "$BASE" --data "$OUT/data/sft_subset.jsonl" --val "$OUT/data/sft_heldout.jsonl" --out "$OUT/sft" \
-    --epochs "$SFT_EPOCHS" --batch 16 --lr "$SFT_LR" --log-every 25 --threads "$THREADS"
+    --epochs "$SFT_EPOCHS" --batch 16 --lr "$SFT_LR" --log-every 25 --threads "$THREADS" --overwrite
 stamp "DPO"
 "$D" dpo --model "$OUT/sft/final" --data "$OUT/data/dpo_subset.jsonl" --val "$OUT/data/dpo_heldout.jsonl" --out "$OUT/dpo" \
-    --batch 8 --lr "$DPO_LR" --log-every 25 --threads "$THREADS"
+    --batch 8 --lr "$DPO_LR" --log-every 25 --threads "$THREADS" --overwrite
 
 for stage in base sft dpo; do
     case $stage in base) M="$BASE";; sft) M="$OUT/sft/final";; dpo) M="$OUT/dpo/final";; esac

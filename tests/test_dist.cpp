@@ -369,6 +369,7 @@ TEST_CASE("each step's global batch holds the same windows for one rank of batch
 
 TEST_CASE("mpirun -np 2 with half the micro-batch reproduces one process: losses within 1e-5 for 20 steps") {
     if (skip_multirank("data-parallel training")) return;
+    run_cmd("rm -rf build/test_tmp/dp_one build/test_tmp/dp_two");   // an --out holding an earlier run is refused
     auto one = dp_run(0, dp_flags("build/test_tmp/dp_one") + " --micro-batch 4 --save-every 0");
     auto two = dp_run(2, dp_flags("build/test_tmp/dp_two") + " --micro-batch 2 --save-every 0");
     REQUIRE(one.rc == 0);
@@ -389,6 +390,7 @@ TEST_CASE("mpirun -np 2 with half the micro-batch reproduces one process: losses
 
 TEST_CASE("ZeRO-1 on and off give the same losses and weights within 1e-6 after 20 steps on 2 ranks") {
     if (skip_multirank("ZeRO-1 training")) return;
+    run_cmd("rm -rf build/test_tmp/dp_zero0 build/test_tmp/dp_zero1");
     auto off = dp_run(2, dp_flags("build/test_tmp/dp_zero0") + " --micro-batch 2 --save-every 0");
     auto on = dp_run(2, dp_flags("build/test_tmp/dp_zero1") + " --micro-batch 2 --save-every 0 --zero 1");
     REQUIRE(off.rc == 0);
@@ -434,7 +436,7 @@ TEST_CASE("a 2-rank checkpoint resumes on 2 ranks bit-exactly, with ZeRO-1 and w
 TEST_CASE("a 2-rank ZeRO-1 checkpoint resumes on 1 rank by re-sharding; an impossible split is a clear error") {
     if (skip_multirank("re-sharding on resume")) return;
     std::string a = "build/test_tmp/dp_reshard", b = a + "_one";
-    run_cmd("rm -rf " + a + " " + b);
+    run_cmd("rm -rf " + a + " " + b + " " + a + "_three");
     REQUIRE(dp_run(2, dp_flags(a) + " --micro-batch 2 --save-every 10 --zero 1").rc == 0);
     auto one = dp_run(0, " train --resume " + a + "/step_000010 --out " + b + " --threads 1");
     REQUIRE(one.rc == 0);

@@ -445,6 +445,42 @@ TEST_CASE("data prepare: the shards decode to the text, split by whole documents
     CHECK(rebuilt_val == decoded[1]);
 }
 
+TEST_CASE("data prepare: a text without blank lines holds out its tail as validation (a line boundary, or inside one line)") {
+    std::string d = train_tmp("prepare_tail");
+    std::string lines, one;
+    for (int i = 0; i < 60; i++) lines += "Line " + std::to_string(i) + ": and the word was spoken unto them, saying hello.\n";
+    for (int i = 0; i < 120; i++) one += "mot" + std::to_string(i) + " \xc3\xa9t\xc3\xa9 ";   // one line, with 2-byte characters
+    for (bool single : {false, true}) {
+        const std::string& text = single ? one : lines;
+        std::string in = d + (single ? "/one.txt" : "/lines.txt"), out = d + (single ? "/one" : "/lines");
+        write_file_atomic(in, text);
+        auto r = run_cmd(deepseek_bin() + " data prepare --input " + in + " --vocab-size 300 --out " + out + " --val-fraction 0.1");
+        REQUIRE_MESSAGE(r.rc == 0, r.out);
+        INFO(r.out);
+        CHECK(r.out.find("note: data prepare: too few documents") != std::string::npos);
+        CHECK(r.out.find(single ? "inside a line" : "at a line boundary") != std::string::npos);
+        json dj = json::parse(read_file(out + "/data.json"));
+        CHECK(dj["val_split"] == (single ? "tail, inside a line" : "tail, at a line boundary"));
+        Tokenizer* tok = tokenizer_load(out + "/tokenizer.json");
+        std::string decoded[2];
+        const char* names[2] = {"train", "val"};
+        for (int s = 0; s < 2; s++) {
+            Shard sh;
+            shard_open(&sh, out + "/" + names[s] + ".bin", 0);
+            REQUIRE(sh.n > 1);
+            CHECK((int)sh.tokens[0] == tokenizer_bos_id(tok));
+            decoded[s] = tokenizer_decode(tok, std::vector<int>(sh.tokens + 1, sh.tokens + sh.n));
+        }
+        tokenizer_free(tok);
+        // validation is the text's tail, training the rest: together the whole text
+        CHECK(decoded[0] + decoded[1] == text);
+        double share = (double)decoded[1].size() / text.size();
+        CHECK(share > 0.05);
+        CHECK(share < 0.2);
+        if (!single) CHECK(decoded[0].back() == '\n');   // the cut is at a line's start
+    }
+}
+
 // ---------------------------------------------------------------------------- the training command
 
 static std::string train_cmd(const std::string& model, const std::string& data, const std::string& out, const std::string& extra) {
@@ -550,23 +586,35 @@ TEST_CASE("SIGINT finishes the step, writes a checkpoint and exits cleanly; the 
     CHECK(dir_exists(d + "/run/final"));
 }
 
-TEST_CASE("kill -9 at random moments never leaves the newest complete checkpoint unreadable, and resuming works") {
+TEST_CASE("kill -9 at random moments never leaves the newest complete checkpoint unreadable; resumed, the run ends bit for bit as a straight one") {
     std::string d = train_tmp("kill9");
     std::string data = synthetic_data(d + "/data", 64, 6000, 600), model = micro_model(d + "/model");
+    const int N = 40;   // a checkpoint at every step: ~2 s straight
+    std::string flags = "--steps " + std::to_string(N) + " --save-every 1 --keep 2 --eval-every 0";
+    auto straight = run_cmd(train_cmd(model, data, d + "/straight", flags));
+    REQUIRE_MESSAGE(straight.rc == 0, straight.out);
+    std::string run = d + "/run";
     uint64_t s = 12345;
-    int rounds = asan() ? 3 : 5, loaded = 0;
-    for (int round = 0; round < rounds; round++) {
+    int killed = 0, loaded = 0;
+    for (int round = 0; round < 4; round++) {
+        std::string latest = checkpoint_latest(run);
+        if (latest == run + "/final") break;   // finished before a kill landed
         s = s * 6364136223846793005ull + 1442695040888963407ull;
-        double t = 0.4 + (double)((s >> 33) % 1000) / 1000.0 * (asan() ? 3.0 : 1.6);   // 0.4 … 2.0 s (ASan: slower start)
-        char ts[32];
-        snprintf(ts, sizeof ts, "%.2f", t);
-        std::string latest = checkpoint_latest(d + "/run");
-        std::string cmd = latest.empty()
-            ? train_cmd(model, data, d + "/run", "--steps 1000000 --save-every 1 --keep 2 --eval-every 0")
-            : deepseek_bin() + " train --device cpu --resume " + d + "/run --threads 1";
-        auto r = run_cmd("timeout -s KILL " + std::string(ts) + " " + cmd);
-        CHECK(r.rc == 137);   // killed, not finished nor failed
-        latest = checkpoint_latest(d + "/run");
+        int steps = 2 + (int)((s >> 33) % 6), delay_ms = (int)((s >> 45) % 40);
+        // in the background; once it has logged `steps` steps, up to 40 ms more, so that the kill lands anywhere in a
+        // step or a checkpoint write; then kill -9
+        std::string cmd = latest.empty() ? train_cmd(model, data, run, flags)
+                                         : deepseek_bin() + " train --device cpu --resume " + run + " --threads 1";
+        std::string log = d + "/round" + std::to_string(round) + ".log";
+        char wait_s[32];
+        snprintf(wait_s, sizeof wait_s, "%.3f", delay_ms / 1000.0);
+        auto r = run_cmd(": >" + log + "; " + cmd + " >" + log + " 2>&1 & P=$!; for i in $(seq 1000); do [ $(grep -c '^step ' " + log + ") -ge " +
+                         std::to_string(steps) + " ] && break; kill -0 $P 2>/dev/null || break; sleep 0.01; done; sleep " +
+                         wait_s + "; kill -9 $P 2>/dev/null; wait $P");
+        INFO("round " << round << ": " << read_file(log));
+        CHECK((r.rc == 137 || r.rc == 0));   // killed (or, rarely, finished first)
+        killed += r.rc == 137;
+        latest = checkpoint_latest(run);
         if (latest.empty()) continue;   // killed before the first checkpoint
         try {
             Model m;
@@ -578,13 +626,77 @@ TEST_CASE("kill -9 at random moments never leaves the newest complete checkpoint
             FAIL("round " << round << ": " << latest << " unreadable: " << e.msg);
         }
     }
+    CHECK(killed >= 2);
     CHECK(loaded >= 2);
-    std::string latest = checkpoint_latest(d + "/run");
-    REQUIRE(!latest.empty());
-    long step = json::parse(read_file(latest + "/trainer_state.json"))["step"];
-    auto r = run_cmd(deepseek_bin() + " train --device cpu --resume " + d + "/run --steps " + std::to_string(step + 2) + " --threads 1");
-    CHECK_MESSAGE(r.rc == 0, r.out);
-    CHECK(dir_exists(d + "/run/final"));
+    auto r = run_cmd(deepseek_bin() + " train --device cpu --resume " + run + " --threads 1");
+    REQUIRE_MESSAGE(r.rc == 0, r.out);
+    REQUIRE(dir_exists(run + "/final"));
+    for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
+        bool same = read_file(d + "/straight/final/" + f) == read_file(run + "/final/" + f);
+        if (!same) MESSAGE(f << " differs from the straight run's");
+        CHECK(same);
+    }
+    // and every step's loss and gradient norm, as metrics.jsonl has them
+    std::map<long, std::string> la, lb;
+    for (auto& j : read_jsonl(d + "/straight/metrics.jsonl")) la[j["step"]] = j["loss"].dump() + j["grad_norm"].dump();
+    for (auto& j : read_jsonl(run + "/metrics.jsonl")) lb[j["step"]] = j["loss"].dump() + j["grad_norm"].dump();
+    CHECK(la.size() == (size_t)N);
+    CHECK(la == lb);
+}
+
+TEST_CASE("a full disk while checkpointing is one error line; the earlier checkpoints stay intact and no .tmp is left") {
+    std::string d = train_tmp("fulldisk");
+    std::string data = synthetic_data(d + "/data", 64, 6000, 600), model = micro_model(d + "/model");
+    auto a = run_cmd(train_cmd(model, data, d + "/run", "--steps 2 --save-every 1 --eval-every 0"));
+    REQUIRE_MESSAGE(a.rc == 0, a.out);
+    std::string before = read_file(d + "/run/final/model.safetensors");
+    // files capped at ~40 KB (SIGXFSZ ignored: a write past the cap fails with EFBIG): the 90 KB model.safetensors
+    // of the next checkpoint cannot be written
+    auto r = run_cmd("sh -c \"trap '' XFSZ; ulimit -f 80; " + deepseek_bin() + " train --device cpu --resume " + d +
+                     "/run --steps 4 --threads 1 >/dev/null\"");
+    CHECK(one_error_line(r, "error writing"));
+    auto ls = run_cmd("ls -a " + d + "/run");
+    INFO(ls.out);
+    CHECK(ls.out.find(".tmp") == std::string::npos);
+    CHECK(read_file(d + "/run/final/model.safetensors") == before);
+    Model m;
+    AdamW opt;
+    CHECK(checkpoint_read(d + "/run/step_000001", &m, &opt) == 1);
+    CHECK(checkpoint_read(d + "/run/final", &m, &opt) == 2);
+}
+
+TEST_CASE("one run per --out: a second is refused, --overwrite starts over, --resume of a finished run goes on only with more --steps") {
+    std::string d = train_tmp("outdir");
+    std::string data = synthetic_data(d + "/data", 64, 6000, 600), model = micro_model(d + "/model");
+    std::string run = d + "/run";
+    REQUIRE(run_cmd(train_cmd(model, data, run, "--steps 4 --save-every 1 --eval-every 0")).rc == 0);
+    // the same --out again: refused, and the run is untouched
+    std::string final_model = read_file(run + "/final/model.safetensors");
+    CHECK(one_error_line(run_cmd("(" + train_cmd(model, data, run, "--steps 3 --eval-every 0") + " 2>&1 >/dev/null)"),
+                         "holds another run"));
+    CHECK(read_file(run + "/final/model.safetensors") == final_model);
+    // --resume RUN finds final/: finished, nothing to do (exit 0, one line saying so), the files unchanged
+    CHECK(checkpoint_latest(run) == run + "/final");
+    auto f = run_cmd(deepseek_bin() + " train --device cpu --resume " + run + " --threads 1");
+    CHECK(f.rc == 0);
+    CHECK(f.out.find("is finished (step 4 of 4); nothing to do") != std::string::npos);
+    CHECK(read_file(run + "/final/model.safetensors") == final_model);
+    // with more --steps it goes on from final/
+    auto g = run_cmd(deepseek_bin() + " train --device cpu --resume " + run + " --steps 6 --threads 1");
+    REQUIRE_MESSAGE(g.rc == 0, g.out);
+    CHECK(g.out.find("resuming " + run + "/final at step 4") != std::string::npos);
+    CHECK(json::parse(read_file(run + "/final/trainer_state.json"))["step"] == 6);
+    // --overwrite: the earlier run's checkpoints and metrics are gone, the new run's alone remain
+    auto o = run_cmd(train_cmd(model, data, run, "--steps 2 --save-every 0 --eval-every 0 --overwrite"));
+    REQUIRE_MESSAGE(o.rc == 0, o.out);
+    CHECK(o.out.find("note: --overwrite: removed the earlier run") != std::string::npos);
+    CHECK(!dir_exists(run + "/step_000005"));
+    auto m = read_jsonl(run + "/metrics.jsonl");
+    CHECK(m.size() == 2);
+    CHECK(json::parse(read_file(run + "/final/trainer_state.json"))["step"] == 2);
+    // the lock file names its last holder
+    std::string lock = read_file(run + "/.lock");
+    CHECK(atol(lock.c_str()) > 0);
 }
 
 TEST_CASE("a non-finite loss stops training with a clear message and leaves the last good checkpoint intact") {
@@ -630,7 +742,9 @@ TEST_CASE("bad input to data, plan and train gives one clear error line, never a
     CHECK(one_error_line(run_cmd(t + "--data " + data + " --lr -1"), "--lr"));
     CHECK(one_error_line(run_cmd(t + "--data " + data + " --steps 0"), "--steps"));
     CHECK(one_error_line(run_cmd(deepseek_bin() + " train --data " + data + " --out " + d + "/o"), "--preset"));
-    CHECK(one_error_line(run_cmd(deepseek_bin() + " train --device cpu --resume " + d + "/nothing_here"), "no complete checkpoint"));
+    CHECK(one_error_line(run_cmd(deepseek_bin() + " train --device cpu --resume " + d + "/nothing_here"), "does not exist"));
+    make_dirs(d + "/empty_run");
+    CHECK(one_error_line(run_cmd(deepseek_bin() + " train --device cpu --resume " + d + "/empty_run"), "no complete checkpoint"));
     CHECK(one_error_line(run_cmd(deepseek_bin() + " plan"), "--compute"));
     CHECK(one_error_line(run_cmd(deepseek_bin() + " plan --compute lots"), "--compute"));
     CHECK(one_error_line(run_cmd(deepseek_bin() + " data prepare --input " + d + "/no.txt --vocab-size 300 --out " + d + "/p"),

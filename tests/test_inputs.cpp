@@ -62,9 +62,12 @@ void check_rows(const char* group, const std::vector<BadInput>& rows) {
     for (const BadInput& row : rows) {
         std::string dir = fresh_dir(std::string(group) + "_" + std::to_string(i++));
         std::string args = row.build(dir);
-        INFO(group << ": " << row.what << "\n  deepseek " << args);
+        // (INFO keeps references to its operands: strings, not const char*, which it would print as addresses)
+        std::string where = std::string(group) + ": " + row.what + "\n  deepseek " + args;
+        INFO(where);
         Outcome o = run_row(args);
-        INFO("exit " << o.rc << ", stderr:\n" << o.err);
+        std::string got = "exit " + std::to_string(o.rc) + ", stderr:\n" + o.err;
+        INFO(got);
         CHECK(o.rc >= 1);
         CHECK(o.rc <= 127);
         CHECK(!sanitizer_report(o.err));

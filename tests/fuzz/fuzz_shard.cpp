@@ -1,0 +1,35 @@
+// libFuzzer target: a token shard (shard_open): the 256 × int32 header (magic, version, vocabulary size, token
+// count) and the uint32 tokens. Any input must open or fail with a DeepseekError, with no vocabulary cap and with a
+// model's (64). What opens holds only tokens below its vocabulary, and the data loader reads it: windows of 4+1
+// tokens, 2 per batch, shuffled, for a few batches across an epoch boundary (when it has enough windows).
+#include "fuzz_util.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    static const std::string path = fuzz::scratch() + "/in.bin";
+    fuzz::write_bytes(path, data, size);
+    for (int max_vocab : {0, 64}) {
+        try {
+            Shard s;
+            shard_open(&s, path, max_vocab);
+            for (size_t i = 0; i < s.n; i++)
+                if (s.tokens[i] >= (uint32_t)s.vocab_size) { fprintf(stderr, "fuzz: token %zu is out of the vocabulary\n", i); abort(); }
+            if (max_vocab > 0 && s.vocab_size > max_vocab) { fprintf(stderr, "fuzz: the vocabulary cap was ignored\n"); abort(); }
+        } catch (const DeepseekError&) {
+        }
+    }
+    try {
+        DataLoader d;
+        loader_init(&d, path, 2, 4, 0, 1, 7, 0, true);
+        int in[8], tg[8];
+        for (int k = 0; k < 6; k++) {
+            loader_next(&d, in, tg);
+            for (int i = 0; i < 8; i++)
+                if (in[i] < 0 || in[i] >= d.shard.vocab_size || tg[i] < 0 || tg[i] >= d.shard.vocab_size) {
+                    fprintf(stderr, "fuzz: the loader gave a token outside the vocabulary\n");
+                    abort();
+                }
+        }
+    } catch (const DeepseekError&) {
+    }
+    return 0;
+}

@@ -166,8 +166,9 @@ FUZZ_SECONDS ?= 60
 FUZZ_CXX     ?= clang++
 # libFuzzer harnesses (tests/fuzz/fuzz_*.cpp), one per parser. The four sources are compiled once into build/fuzz/obj
 # with clang and the sanitizers (fuzzer-no-link: coverage instrumentation, libFuzzer's main comes at the link), with
-# DEEPSEEK_TEST (no main()), without OpenMP (the parsers are serial; no libomp needed) and without MPI.
-FUZZ_BASE    := -std=c++17 -O1 -g -fno-omit-frame-pointer -Wno-unknown-pragmas -DDEEPSEEK_TEST
+# DEEPSEEK_TEST (no main()), without OpenMP (the parsers are serial; no libomp needed) and without MPI. Undefined
+# behaviour stops the run (-fno-sanitize-recover), as a sanitizer report does, also when a finding is replayed by hand.
+FUZZ_BASE    := -std=c++17 -O1 -g -fno-omit-frame-pointer -Wno-unknown-pragmas -DDEEPSEEK_TEST -fno-sanitize-recover=undefined
 FUZZ_FLAGS   := $(FUZZ_BASE) -fsanitize=fuzzer,address,undefined
 FUZZ_OBJS    := $(addprefix build/fuzz/obj/,deepseek.o train.o infer.o tokenizer.o)
 FUZZ_BINS    := $(patsubst tests/fuzz/%.cpp,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.cpp))
@@ -179,8 +180,8 @@ build/fuzz/obj/%.o: %.cpp $(HDRS)
 	$(FUZZ_CXX) $(FUZZ_BASE) -fsanitize=fuzzer-no-link,address,undefined -c $< -o $@
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.cpp tests/fuzz/fuzz_util.h $(FUZZ_OBJS)
 	$(FUZZ_CXX) $(FUZZ_FLAGS) $< $(FUZZ_OBJS) -o $@ -lonig
-# this one #includes tokenizer.cpp (for the static tokenizer_parse), so it links every object but tokenizer.o
-build/fuzz/fuzz_tokenizer_json: tests/fuzz/fuzz_tokenizer_json.cpp tests/fuzz/fuzz_util.h tokenizer.cpp $(FUZZ_OBJS)
+# these two #include tokenizer.cpp (for the static tokenizer_parse, tokenizer_from_gguf): every object but tokenizer.o
+build/fuzz/fuzz_tokenizer_json build/fuzz/fuzz_gguf: build/fuzz/%: tests/fuzz/%.cpp tests/fuzz/fuzz_util.h tokenizer.cpp $(FUZZ_OBJS)
 	$(FUZZ_CXX) $(FUZZ_FLAGS) $< $(filter-out %/tokenizer.o,$(FUZZ_OBJS)) -o $@ -lonig
 fuzz-build: $(FUZZ_BINS)
 # clang and its libFuzzer runtime are installed when missing (tests/fuzz/install_deps.sh), as `make test` does for g++

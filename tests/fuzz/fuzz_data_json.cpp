@@ -1,7 +1,8 @@
 // libFuzzer target: a data directory's data.json, read by `deepseek train` (inline in cmd_train: the vocabulary
 // size, the split files, the tokenizer, the special tokens, the unigram figures). Made once: a data directory from
 // a real `deepseek data prepare` (tests/fixtures/infer/tokenizer.json, 368 tokens), a few more files a data.json
-// might name (a shard over a larger vocabulary, a shard too short for a batch, a second tokenizer, a subdirectory)
+// might name (a shard over a larger vocabulary, a shard too short for a batch, a larger tokenizer, a smaller one
+// trained here (300 tokens, fewer than the data's), a subdirectory)
 // and a micro model (V 384). Each input is the data.json of a 1-step run with an evaluation and a 4-token sample
 // (stdout: run with -close_fd_mask=1). Any input must train or fail with a DeepseekError.
 #include "fuzz_util.h"
@@ -25,6 +26,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
         shard_write(g_data + "/big_vocab.bin", fuzz::markov_tokens(400, 1000, 3), 1000);
         shard_write(g_data + "/short.bin", fuzz::markov_tokens(5, 64, 4), 64);
         write_file_atomic(g_data + "/other_tokenizer.json", read_file(fuzz::repo_path("tests/fixtures/tokenizer/variant_digits_grouped.json")));
+        tokenizer_train_files({s + "/text.txt"}, 300, g_data + "/small_tokenizer.json", false);
         make_dirs(g_data + "/sub");
         fuzz::micro_model(g_model, 384);
     });

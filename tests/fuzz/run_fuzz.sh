@@ -6,7 +6,6 @@
 # that ran past FUZZ_TIMEOUT seconds (timeout-*) or past FUZZ_RSS_MB of memory (oom-*). Those files are left in
 # build/fuzz/run/NAME/, and `build/fuzz/fuzz_NAME FILE` replays one.
 #   FUZZ_ONLY="config shard"   run only these harnesses (names without fuzz_)
-#   FUZZ_KEEP_GOING=1          fork mode: keep fuzzing after a finding, to collect several (slower)
 # Everything read comes from the repository (fixtures, corpus, dictionaries, data/vocab/deepseek-llm.gguf); the
 # harnesses' own files go to a private directory under $TMPDIR (default /dev/shm), removed when they exit.
 set -uo pipefail
@@ -23,12 +22,14 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export OMP_NUM_THREADS=1
 
-# name → extra libFuzzer flags; harnesses of JSON files get the JSON dictionary merged with their own
+# name → extra libFuzzer flags. tests/fuzz/dict/NAME.dict is the dictionary; for the JSON inputs (all but args,
+# gguf, shard) it is merged with json.dict
 declare -A EXTRA=(
     [tokenizer_json]="-max_len=40000"
     [encode_decode]="-max_len=4096"
     [shard]="-max_len=8192"
     [safetensors]="-max_len=8192"
+    [gguf]="-max_len=16384"
 )
 export FUZZ_TOKENIZERS="tests/fixtures/tokenizer/variant_merges_as_strings.json:data/vocab/deepseek-llm.gguf"
 
@@ -48,15 +49,13 @@ fuzz_one() {   # NAME: fuzzes it, leaves $RUN/NAME.log, $RUN/NAME/ (artifacts) a
     [ "$n" = tokenizer_json ] && cp tests/fixtures/tokenizer/variant_*.json "$c"/
     local dict=()
     if [ -f "tests/fuzz/dict/$n.dict" ]; then
-        if [ "$n" = args ]; then cp "tests/fuzz/dict/$n.dict" "$RUN/$n.dict"
+        if [[ " args gguf shard " == *" $n "* ]]; then cp "tests/fuzz/dict/$n.dict" "$RUN/$n.dict"
         else cat tests/fuzz/dict/json.dict "tests/fuzz/dict/$n.dict" > "$RUN/$n.dict"; fi
         dict=(-dict="$RUN/$n.dict")
     fi
-    local mode=()
-    [ -n "${FUZZ_KEEP_GOING:-}" ] && mode=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
     # shellcheck disable=SC2086
     "$B/fuzz_$n" -max_total_time="$SECONDS_EACH" -timeout="$TIMEOUT" -rss_limit_mb="$RSS_MB" -print_final_stats=1 -print_funcs=0 \
-        -close_fd_mask=3 -artifact_prefix="$d/" "${dict[@]}" "${mode[@]}" ${EXTRA[$n]:-} "$c" > "$RUN/$n.log" 2>&1
+        -close_fd_mask=3 -artifact_prefix="$d/" "${dict[@]}" ${EXTRA[$n]:-} "$c" > "$RUN/$n.log" 2>&1
     echo $? > "$RUN/$n.rc"
 }
 

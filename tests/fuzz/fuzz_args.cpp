@@ -11,8 +11,7 @@ static const std::vector<std::string> VALUE_FLAGS = {"model", "steps", "lr", "n"
 static const std::vector<std::string> SWITCHES = {"ids", "quiet", "huge-pages", "v"};
 
 [[noreturn]] static void bad(const char* what, const std::string& flag, const std::string& value) {
-    fprintf(stderr, "fuzz: %s for --%s '%s'\n", what, flag.c_str(), value.c_str());
-    abort();
+    fuzz::fail("%s for --%s '%s'", what, flag.c_str(), value.c_str());
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

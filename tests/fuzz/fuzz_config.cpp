@@ -26,6 +26,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     config_flops_per_token(c, c.max_position_embeddings);
     config_write_json(c, again);
     Config back = config_read_json(again);
-    if (!same(c, back)) { fprintf(stderr, "fuzz: config.json does not round-trip\n"); abort(); }
+    if (!same(c, back)) fuzz::fail("config.json does not round-trip");
     return 0;
 }

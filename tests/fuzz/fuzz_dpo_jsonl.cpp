@@ -18,7 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         try {
             int skipped = -1;
             std::vector<DpoExample> ex = dpo_read_jsonl(path, skip_bad, &skipped);
-            if (skipped < 0 || (!skip_bad && skipped != 0)) { fprintf(stderr, "fuzz: skipped = %d\n", skipped); abort(); }
+            if (skipped < 0 || (!skip_bad && skipped != 0)) fuzz::fail("skipped = %d", skipped);
             for (const DpoExample& e : ex) {
                 ChatSeq c, r;
                 dpo_render(g_tok, e, &c, &r);
@@ -26,9 +26,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                     bool any = false;
                     for (uint8_t t : s->trained) any |= t != 0;
                     if (s->ids.size() != s->trained.size() || !any) {
-                        fprintf(stderr, "fuzz: line %d: %zu tokens, %zu mask entries, %s trained\n", e.line, s->ids.size(),
-                                s->trained.size(), any ? "some" : "none");
-                        abort();
+                        fuzz::fail("line %d: %zu tokens, %zu mask entries, %s trained", e.line, s->ids.size(),
+                                   s->trained.size(), any ? "some" : "none");
                     }
                 }
             }

@@ -40,8 +40,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
         std::vector<int> ids = tokenizer_encode(g_toks[k], x, false);
         if (tokenizer_decode(g_toks[k], ids) != x) {
-            fprintf(stderr, "fuzz: decode(encode(x)) != x with tokenizer %zu\n", k);
-            abort();
+            fuzz::fail("decode(encode(x)) != x with tokenizer %zu", k);
         }
     }
     return 0;

@@ -18,9 +18,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         for (auto& kv : st.tensors) {
             const TensorInfo& t = kv.second;
             if (t.data < base + 8 + hlen || t.data + t.nbytes > base + file_size || t.nbytes != t.numel() * dtype_size(t.dtype)) {
-                fprintf(stderr, "fuzz: tensor '%s' (%zu bytes at offset %td) lies outside the data or disagrees with its shape\n",
-                        kv.first.c_str(), t.nbytes, t.data - base);
-                abort();
+                fuzz::fail("tensor '%s' (%zu bytes at offset %td) lies outside the data or disagrees with its shape",
+                           kv.first.c_str(), t.nbytes, t.data - base);
             }
             if (t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16) {
                 std::vector<float> out(std::max<size_t>(1, t.numel()));   // never data() == nullptr (memcpy)
@@ -30,7 +29,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         size_t n = st.tensors.size();
         bool again = true;
         try { st.open_file(path); } catch (const DeepseekError&) { again = false; }
-        if (n > 0 && again) { fprintf(stderr, "fuzz: the same %zu tensors opened twice without an error\n", n); abort(); }
+        if (n > 0 && again) fuzz::fail("the same %zu tensors opened twice without an error", n);
     } catch (const DeepseekError&) {
     }
     return 0;

@@ -32,7 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             st.open_dir(g_dir, ram);
             nlohmann::json j = nlohmann::json::parse(std::string((const char*)data, size));   // it parsed in open_dir
             for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
-                if (!st.has(it.key())) { fprintf(stderr, "fuzz: '%s' is listed but missing\n", it.key().c_str()); abort(); }
+                if (!st.has(it.key())) fuzz::fail("'%s' is listed but missing", it.key().c_str());
             for (auto& kv : st.tensors) {
                 std::vector<float> out(std::max<size_t>(1, kv.second.numel()));   // never data() == nullptr
                 st.read_f32(kv.first, kv.second.shape, out.data());

@@ -19,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         try {
             int skipped = -1;
             std::vector<SftExample> ex = sft_read_jsonl(path, skip_bad, &skipped);
-            if (skipped < 0 || (!skip_bad && skipped != 0)) { fprintf(stderr, "fuzz: skipped = %d\n", skipped); abort(); }
+            if (skipped < 0 || (!skip_bad && skipped != 0)) fuzz::fail("skipped = %d", skipped);
             std::vector<ChatSeq> seqs(ex.size());
             std::vector<const ChatSeq*> rows;
             for (size_t i = 0; i < ex.size(); i++) {
@@ -27,15 +27,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 bool any = false;
                 for (uint8_t t : seqs[i].trained) any |= t != 0;
                 if (seqs[i].ids.size() != seqs[i].trained.size() || !any) {
-                    fprintf(stderr, "fuzz: line %d: %zu tokens, %zu mask entries, %s trained\n", ex[i].line, seqs[i].ids.size(),
-                            seqs[i].trained.size(), any ? "some" : "none");
-                    abort();
+                    fuzz::fail("line %d: %zu tokens, %zu mask entries, %s trained", ex[i].line, seqs[i].ids.size(),
+                               seqs[i].trained.size(), any ? "some" : "none");
                 }
                 rows.push_back(&seqs[i]);
             }
             std::vector<int> in, tg;
             int T = chat_batch(rows, 0, &in, &tg);
-            if (in.size() != rows.size() * (size_t)T || tg.size() != in.size()) { fprintf(stderr, "fuzz: chat_batch sizes\n"); abort(); }
+            if (in.size() != rows.size() * (size_t)T || tg.size() != in.size()) fuzz::fail("chat_batch sizes");
         } catch (const DeepseekError&) {
         }
     }

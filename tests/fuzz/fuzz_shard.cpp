@@ -15,20 +15,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             Shard s;
             shard_open(&s, path, max_vocab);
             if (size < 1024 || s.n != (size - 1024) / 4 || size % 4 != 0) {
-                fprintf(stderr, "fuzz: opened %zu tokens from a file of %zu bytes\n", s.n, size);
-                abort();
+                fuzz::fail("opened %zu tokens from a file of %zu bytes", s.n, size);
             }
             for (size_t i = 0; i < s.n; i++)
-                if (s.tokens[i] >= (uint32_t)s.vocab_size) { fprintf(stderr, "fuzz: token %zu is out of the vocabulary\n", i); abort(); }
-            if (max_vocab > 0 && s.vocab_size > max_vocab) { fprintf(stderr, "fuzz: the vocabulary cap was ignored\n"); abort(); }
+                if (s.tokens[i] >= (uint32_t)s.vocab_size) fuzz::fail("token %zu is out of the vocabulary", i);
+            if (max_vocab > 0 && s.vocab_size > max_vocab) fuzz::fail("the vocabulary cap was ignored");
         } catch (const DeepseekError& e) {
             size_t at = e.msg.find(": token ");
             if (at != std::string::npos) {
                 unsigned long long i = strtoull(e.msg.c_str() + at + 8, nullptr, 10);
                 if (size < 1024 || i >= (size - 1024) / 4) {
-                    fprintf(stderr, "fuzz: shard_open read token %llu of a file that holds %zu: %s\n", i,
-                            size < 1024 ? 0 : (size - 1024) / 4, e.msg.c_str());
-                    abort();
+                    fuzz::fail("shard_open read token %llu of a file that holds %zu: %s", i,
+                               size < 1024 ? 0 : (size - 1024) / 4, e.msg.c_str());
                 }
             }
         }
@@ -41,8 +39,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             loader_next(&d, in, tg);
             for (int i = 0; i < 8; i++)
                 if (in[i] < 0 || in[i] >= d.shard.vocab_size || tg[i] < 0 || tg[i] >= d.shard.vocab_size) {
-                    fprintf(stderr, "fuzz: the loader gave a token outside the vocabulary\n");
-                    abort();
+                    fuzz::fail("the loader gave a token outside the vocabulary");
                 }
         }
     } catch (const DeepseekError&) {

@@ -8,6 +8,8 @@
 #pragma once
 #include "../../deepseek.h"
 #include <algorithm>                             // std::max
+#include <cstdarg>                               // va_list (fail)
+#include <cstring>                               // strlen
 #include <cxxabi.h>                              // abi::__cxa_current_exception_type, __cxa_demangle
 #include <dirent.h>                              // opendir (removing the scratch directory)
 #include <exception>                             // std::set_terminate, std::current_exception
@@ -35,6 +37,18 @@ namespace fuzz {
     }
     __sanitizer_report_error_summary(msg);   // "SUMMARY: fuzz: uncaught exception …" on the report stream
     abort();                                 // libFuzzer: "deadly signal", with the stack at the throw
+}
+
+// A property the harness checks does not hold: "SUMMARY: fuzz: WHAT" on the report stream, then abort (a finding).
+[[noreturn]] inline void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+inline void fail(const char* fmt, ...) {
+    char msg[1200] = "SUMMARY: fuzz: ";
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg + strlen(msg), sizeof msg - strlen(msg), fmt, ap);
+    va_end(ap);
+    __sanitizer_report_error_summary(msg);
+    abort();
 }
 
 inline void remove_tree(const std::string& path) {

@@ -81,7 +81,7 @@ for n in "${names[@]}"; do
     else
         status=1
         printf '%-20s %9s runs  %-22s  FOUND (rc %s), see %s\n' "$n" "${runs:-?}" "${cov:-cov: ?}" "$rc" "$log"
-        grep -E '^==[0-9]+==ERROR|^SUMMARY|runtime error|^==[0-9]+== ERROR: libFuzzer|ALARM|out-of-memory' "$log" | sort -u | head -6 | sed 's/^/    /'
+        grep -E '^==[0-9]+==ERROR|^SUMMARY|runtime error|^==[0-9]+== ERROR: libFuzzer|ALARM|out-of-memory' "$log" | grep -v 'SUMMARY: libFuzzer: deadly signal' | sort -u | head -6 | sed 's/^/    /'
         for f in $found; do echo "    $f   (replay: $B/fuzz_$n $f)"; done
     fi
 done

@@ -7,7 +7,7 @@
 # build/fuzz/run/NAME/, and `build/fuzz/fuzz_NAME FILE` replays one.
 #   FUZZ_ONLY="config shard"   run only these harnesses (names without fuzz_)
 # Everything read comes from the repository (fixtures, corpus, dictionaries, data/vocab/deepseek-llm.gguf); the
-# harnesses' own files go to a private directory under $TMPDIR (default /dev/shm), removed when they exit.
+# harnesses' own files go to a directory under $TMPDIR (default /dev/shm), removed at the end.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_EACH=${1:-60}
@@ -21,6 +21,12 @@ mkdir -p "$RUN"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export OMP_NUM_THREADS=1
+# the harnesses' private directories, in one directory removed at the end (a crashing harness cannot remove its own)
+base=${TMPDIR:-/dev/shm}
+[ -w "$base" ] || base=/tmp
+TMPDIR=$(mktemp -d "$base/deepseek-fuzz-run.XXXXXX") || exit 1
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
 
 # name → extra libFuzzer flags. tests/fuzz/dict/NAME.dict is the dictionary; for the JSON inputs (all but args,
 # gguf, shard) it is merged with json.dict

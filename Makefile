@@ -9,6 +9,7 @@
 #   make bench      speed, side by side with the peers
 #   make deps       install the Debian packages the build, tests and demo need
 #   make gpu-check  GPU validation + benchmarks (tests/gpu_check.sh)
+#   make fuzz       libFuzzer (clang, ASan + UBSan) on every parser, FUZZ_SECONDS (60) each (tests/fuzz/run_fuzz.sh)
 
 CXX        ?= g++
 NVCC       ?= nvcc
@@ -170,15 +171,32 @@ bench-tokenizer: deepseek $(VENV)/.done
 	@bash tests/bench/bench_tokenizer.sh
 FUZZ_SECONDS ?= 60
 FUZZ_CXX     ?= clang++
-FUZZ_FLAGS   := -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer -Wno-unknown-pragmas
-build/fuzz/fuzz_tokenizer_json: tests/fuzz/fuzz_tokenizer_json.cpp tests/fuzz/fuzz_shim.cpp tokenizer.cpp $(HDRS)
+# libFuzzer harnesses (tests/fuzz/fuzz_*.cpp), one per parser. The four sources are compiled once into build/fuzz/obj
+# with clang and the sanitizers (fuzzer-no-link: coverage instrumentation, libFuzzer's main comes at the link), with
+# DEEPSEEK_TEST (no main()), without OpenMP (the parsers are serial; no libomp needed) and without MPI. Undefined
+# behaviour stops the run (-fno-sanitize-recover), as a sanitizer report does, also when a finding is replayed by hand.
+FUZZ_BASE    := -std=c++17 -O1 -g -fno-omit-frame-pointer -Wno-unknown-pragmas -DDEEPSEEK_TEST -fno-sanitize-recover=undefined
+FUZZ_FLAGS   := $(FUZZ_BASE) -fsanitize=fuzzer,address,undefined
+FUZZ_OBJS    := $(addprefix build/fuzz/obj/,deepseek.o train.o infer.o tokenizer.o)
+FUZZ_BINS    := $(patsubst tests/fuzz/%.cpp,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.cpp))
+build/fuzz/obj/%.o: %.cu $(HDRS)
 	@mkdir -p $(@D)
-	$(FUZZ_CXX) $(FUZZ_FLAGS) tests/fuzz/fuzz_tokenizer_json.cpp tests/fuzz/fuzz_shim.cpp -o $@ -lonig
-build/fuzz/fuzz_encode_decode: tests/fuzz/fuzz_encode_decode.cpp tests/fuzz/fuzz_shim.cpp tokenizer.cpp $(HDRS)
+	$(FUZZ_CXX) $(FUZZ_BASE) -fsanitize=fuzzer-no-link,address,undefined -x c++ -c $< -o $@
+build/fuzz/obj/%.o: %.cpp $(HDRS)
 	@mkdir -p $(@D)
-	$(FUZZ_CXX) $(FUZZ_FLAGS) tests/fuzz/fuzz_encode_decode.cpp tests/fuzz/fuzz_shim.cpp tokenizer.cpp -o $@ -lonig
-fuzz: build/fuzz/fuzz_tokenizer_json build/fuzz/fuzz_encode_decode deepseek
+	$(FUZZ_CXX) $(FUZZ_BASE) -fsanitize=fuzzer-no-link,address,undefined -c $< -o $@
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.cpp tests/fuzz/fuzz_util.h $(FUZZ_OBJS)
+	$(FUZZ_CXX) $(FUZZ_FLAGS) $< $(FUZZ_OBJS) -o $@ -lonig
+# these two #include tokenizer.cpp (for the static tokenizer_parse, tokenizer_from_gguf): every object but tokenizer.o
+build/fuzz/fuzz_tokenizer_json build/fuzz/fuzz_gguf: build/fuzz/%: tests/fuzz/%.cpp tests/fuzz/fuzz_util.h tokenizer.cpp $(FUZZ_OBJS)
+	$(FUZZ_CXX) $(FUZZ_FLAGS) $< $(filter-out %/tokenizer.o,$(FUZZ_OBJS)) -o $@ -lonig
+fuzz-build: $(FUZZ_BINS)
+# clang and its libFuzzer runtime are installed when missing (tests/fuzz/install_deps.sh), as `make test` does for g++
+fuzz:
+	@bash tests/fuzz/install_deps.sh
+	@$(MAKE) --no-print-directory fuzz-build
 	@bash tests/fuzz/run_fuzz.sh $(FUZZ_SECONDS)
+.PHONY: fuzz-build
 
 # ---- pre-training: `make demo` (the README's main command) and `make bench-train` (a part of `make bench`)
 .PHONY: bench-train

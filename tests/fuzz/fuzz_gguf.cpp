@@ -1,0 +1,30 @@
+// libFuzzer target: a GGUF vocabulary (tokenizer_from_gguf, `deepseek tokenizer import-gguf`): the header, the
+// key/values (strings, scalars, nested arrays; the tokenizer.ggml.* keys read, the rest skipped). Any input must
+// import or fail with a DeepseekError; what imports must encode and decode a few texts and write tokenizer.json.
+// Seeds: a small synthetic vocabulary (the 256 byte-level symbols, a few merges, BOS/EOS) and near-valid cuts of it.
+#include "../../tokenizer.cpp"   // the static tokenizer_from_gguf
+#include "fuzz_util.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    static const std::string path = fuzz::scratch() + "/in.gguf";
+    fuzz::write_bytes(path, data, size);
+    Tokenizer* t = nullptr;
+    try {
+        t = tokenizer_from_gguf(path);
+    } catch (const DeepseekError&) {
+        return 0;
+    }
+    static const char* samples[] = {"Hello world 123", "ü ø\r\n\t  x", "<｜end▁of▁sentence｜>\xff\xfe", ""};
+    for (const char* s : samples) {
+        try {
+            tokenizer_decode(t, tokenizer_encode(t, s, true));
+        } catch (const DeepseekError&) {
+        }
+    }
+    try {
+        tokenizer_to_json(t);
+    } catch (const DeepseekError&) {
+    }
+    tokenizer_free(t);
+    return 0;
+}

@@ -191,7 +191,8 @@ void shard_open(Shard* s, const std::string& path, int max_vocab) {
     if (s->vocab_size < 1) die("%s: invalid vocabulary size %d in the shard header", path.c_str(), s->vocab_size);
     if (max_vocab > 0 && s->vocab_size > max_vocab)
         die("%s: the shard's vocabulary (%d) is larger than the model's (%d)", path.c_str(), s->vocab_size, max_vocab);
-    if (size != SHARD_HEADER_INTS * 4 + s->n * 4)
+    // in tokens, not bytes: n·4 wraps for a header count ≥ 2^62, and the check would pass a file that holds 10 tokens
+    if ((size - SHARD_HEADER_INTS * 4) % 4 != 0 || s->n != (size - SHARD_HEADER_INTS * 4) / 4)
         die("%s: truncated or corrupt token shard (header says %zu tokens, file has %zu bytes)", path.c_str(), s->n, size);
     s->tokens = (const uint32_t*)((const char*)map + SHARD_HEADER_INTS * 4);
     for (size_t i = 0; i < s->n; i++)

@@ -275,6 +275,16 @@ TEST_CASE("bad input, data and training runs: each is one clear error line") {
         {"shard header: more tokens than the file holds",
          [](const std::string& d) { return train_args(data_with_header(d, 3, 1 << 30), d + "/o"); },
          "truncated or corrupt token shard"},
+        {"shard header: a token count whose byte size wraps 64 bits (n = 2^62 + the true count)",
+         [](const std::string& d) {
+             std::string data = copy_of(train_base() + "/data", d, "data");
+             std::string b = read_file(data + "/train.bin");
+             int32_t hi = 0x40000000;   // header ints 3, 4: the count's low and high 32 bits
+             memcpy(&b[4 * 4], &hi, 4);
+             write_text(data + "/train.bin", b);
+             return train_args(data, d + "/o");
+         },
+         "truncated or corrupt token shard"},
         {"shard header: a vocabulary other than data.json's",
          [](const std::string& d) {
              std::string data = copy_of(train_base() + "/data", d, "data");

@@ -1365,7 +1365,9 @@ static void att_outer4(float* g, const float* p, const float* const* x, int nk, 
 #if defined(__AVX512F__)
 static inline __m512 exp16(__m512 x) {  // exp_fast (deepseek.h): the same operations on 16 lanes, the same bits
     const __mmask16 all = 0xFFFF;  // full masks: the masked forms keep GCC 12's headers free of -Wmaybe-uninitialized
-    x = _mm512_maskz_min_ps(all, _mm512_maskz_max_ps(all, x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+    // the clamp with x second: vmaxps/vminps return their second operand when either is NaN, so NaN in gives NaN
+    // out, as exp_fast (finite inputs: the same bits either way)
+    x = _mm512_maskz_min_ps(all, _mm512_set1_ps(88.3f), _mm512_maskz_max_ps(all, _mm512_set1_ps(-87.3f), x));
     __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(12582912.0f)),
                              _mm512_set1_ps(12582912.0f));
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);

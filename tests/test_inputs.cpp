@@ -87,7 +87,7 @@ TEST_CASE("bad input, model directories: each is one clear error line") {
              std::string m = copy_of(GQA, d, "m");
              std::string s = read_file(m + "/model.safetensors");
              write_text(m + "/model.safetensors", s.substr(0, s.size() - 100));
-             return "generate --model " + m + " --prompt-ids '1 2' --max-new-tokens 2 --device cpu";
+             return "generate --model " + m + " --prompt-ids '1 2' --max-new-tokens 2 --ids --device cpu";   // (--ids: no tokenizer needed)
          },
          "model.safetensors"},
         // (rows of the model-directory group go here)

@@ -3,6 +3,7 @@
 // no sanitizer report, and no hang (each run is killed after 120 s, which reads as status 137: a failure).
 // Rows are grouped by what is read: model directories, tokenizers, data and training runs, command lines.
 #include <doctest/doctest.h>  // TEST_CASE, CHECK, INFO
+#include <cstring>            // memcpy
 #include <functional>         // std::function
 #include <string>             // std::string
 #include <vector>             // std::vector
@@ -42,6 +43,35 @@ void edit_json(const std::string& path, const std::function<void(json&)>& edit) 
     write_text(path, j.dump(1));
 }
 
+// A safetensors file as its header (JSON) and its data bytes, for editing; written back with the header as given.
+struct StParts { json header; std::string data; };
+StParts st_read(const std::string& path) {
+    std::string s = read_file(path);
+    uint64_t hl = 0;
+    memcpy(&hl, s.data(), 8);
+    return {json::parse(s.substr(8, hl)), s.substr(8 + hl)};
+}
+void st_write_raw(const std::string& path, const std::string& header, const std::string& data) {
+    uint64_t hl = header.size();
+    std::string out(8, '\0');
+    memcpy(&out[0], &hl, 8);
+    write_text(path, out + header + data);
+}
+void st_write(const std::string& path, const StParts& p) { st_write_raw(path, p.header.dump(), p.data); }
+// the header's entry for NAME edited in place
+void st_edit(const std::string& path, const std::function<void(json&)>& edit) {
+    StParts p = st_read(path);
+    edit(p.header);
+    st_write(path, p);
+}
+// element i of tensor NAME (F32 or BF16) set to the bit pattern BITS (the low 16 bits for BF16)
+void st_poke(const std::string& path, const std::string& name, size_t i, uint32_t bits) {
+    StParts p = st_read(path);
+    const json& t = p.header.at(name);
+    size_t size = t.at("dtype") == "F32" ? 4 : 2, b = t.at("data_offsets")[0].get<size_t>() + i * size;
+    memcpy(&p.data[b], &bits, size);   // little-endian: the low bytes
+    st_write(path, p);
+}
 struct Outcome { int rc; std::string err; };
 Outcome run_row(const std::string& args) {
     // stdout is dropped, stderr kept; SIGKILL after 120 s so that a hang fails instead of blocking the suite
@@ -73,6 +103,51 @@ void check_rows(const char* group, const std::vector<BadInput>& rows) {
 const std::string GQA = "tests/fixtures/model_gqa";          // config.json, generation_config.json, model.safetensors
 const std::string GEN = "tests/fixtures/infer/gen_gqa";      // the same with tokenizer.json, for generate/chat
 const std::string SHARDED = "tests/fixtures/infer/gen_bf16"; // bf16 in 3 shards + model.safetensors.index.json
+
+// the commands that load a model directory M each way: generate (infer_load; --ids needs no tokenizer), generate
+// from text (with M's tokenizer.json), convert (model_load_dir), info (config and headers only)
+std::string gen_ids(const std::string& m) { return "generate --model " + m + " --prompt-ids '1 2' -n 2 --ids --device cpu"; }
+std::string gen_text(const std::string& m) { return "generate --model " + m + " --prompt hi -n 2 --device cpu"; }
+std::string convert(const std::string& m) { return "convert --model " + m + " --out " + m + "_out"; }
+std::string info(const std::string& m) { return "info --model " + m; }
+// a copy of the GQA model with config.json edited
+std::string gqa_config(const std::string& d, const std::function<void(json&)>& edit) {
+    std::string m = copy_of(GQA, d, "m");
+    edit_json(m + "/config.json", edit);
+    return m;
+}
+// a copy of GEN with generation_config.json edited
+std::string gen_config(const std::string& d, const std::function<void(json&)>& edit) {
+    std::string m = copy_of(GEN, d, "m");
+    edit_json(m + "/generation_config.json", edit);
+    return m;
+}
+// a copy of SHARDED with its index edited
+std::string shard_index(const std::string& d, const std::function<void(json&)>& edit) {
+    std::string m = copy_of(SHARDED, d, "m");
+    edit_json(m + "/model.safetensors.index.json", edit);
+    return m;
+}
+// a copy of the GQA model with model.safetensors' header edited
+std::string gqa_header(const std::string& d, const std::function<void(json&)>& edit) {
+    std::string m = copy_of(GQA, d, "m");
+    st_edit(m + "/model.safetensors", edit);
+    return m;
+}
+// a TemplateProcessing post-processor "BOS $A" whose BOS has these ids and (unless null) these token strings
+void bos_template(json& j, const json& ids, const json& tokens) {
+    json st = {{"id", "B"}, {"ids", ids}};
+    if (!tokens.is_null()) st["tokens"] = tokens;
+    j["post_processor"] = {{"type", "TemplateProcessing"},
+                           {"single", {{{"SpecialToken", {{"id", "B"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+                           {"special_tokens", {{"B", st}}}};
+}
+// a copy of GEN's tokenizer.json edited, and the command that loads it
+std::string tok_edit(const std::string& d, const std::function<void(json&)>& edit) {
+    std::string t = copy_of(GEN + "/tokenizer.json", d, "tokenizer.json");
+    edit_json(t, edit);
+    return "tokenizer encode --tokenizer " + t + " </dev/null";
+}
 
 }  // namespace
 
@@ -106,7 +181,78 @@ TEST_CASE("bad input, tokenizers: each is one clear error line") {
              return "tokenizer encode --tokenizer " + d + "/tokenizer.json </dev/null";
          },
          "tokenizer.json"},
-        // (rows of the tokenizer group go here)
+        {"an empty vocabulary (text would encode to nothing)",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { j["model"]["vocab"] = json::object(); j["model"]["merges"] = json::array(); }); },
+         "the vocabulary is empty"},
+        {"the vocabulary a list", [](const std::string& d) { return tok_edit(d, [](json& j) { j["model"]["vocab"] = {"a", "b"}; }); },
+         "vocab: expected an object"},
+        {"a vocabulary id 2.5", [](const std::string& d) { return tok_edit(d, [](json& j) { j["model"]["vocab"]["!"] = 2.5; }); },
+         "expected an integer"},
+        {"merges an object", [](const std::string& d) { return tok_edit(d, [](json& j) { j["model"]["merges"] = {{"a", "b"}}; }); },
+         "merges: expected a list"},
+        {"a merge of two numbers", [](const std::string& d) { return tok_edit(d, [](json& j) { j["model"]["merges"][0] = {1, 2}; }); },
+         "merges[0]: expected a string"},
+        {"unk_token a number", [](const std::string& d) { return tok_edit(d, [](json& j) { j["model"]["unk_token"] = 3; }); },
+         "unk_token: expected a string"},
+        {"an added token id -5", [](const std::string& d) { return tok_edit(d, [](json& j) { j["added_tokens"][1]["id"] = -5; }); },
+         "added_tokens[1].id: -5 out of range"},
+        {"an added token id a string", [](const std::string& d) { return tok_edit(d, [](json& j) { j["added_tokens"][0]["id"] = "0"; }); },
+         "added_tokens[0].id: expected an integer"},
+        {"an added token whose id disagrees with the vocabulary",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { j["added_tokens"][0]["content"] = "!"; }); },
+         "has id 0 but the vocab says 2"},
+        {"a new added token reusing another's id",
+         [](const std::string& d) {
+             return tok_edit(d, [](json& j) { j["added_tokens"].push_back({{"id", 0}, {"content", "<new>"}, {"special", true}}); });
+         },
+         "reuses id 0"},
+        {"an added token with empty content",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { j["added_tokens"].push_back({{"id", 380}, {"content", ""}}); }); },
+         "has empty content"},
+        {"added_tokens an object", [](const std::string& d) { return tok_edit(d, [](json& j) { j["added_tokens"] = {{"id", 0}}; }); },
+         "added_tokens: expected a list"},
+        {"an added token's special flag a string",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { j["added_tokens"][0]["special"] = "yes"; }); },
+         "\"special\" must be true or false"},
+        {"a template special token id -1",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { bos_template(j, {-1}, nullptr); }); },
+         "special token id -1 out of range"},
+        {"a template special token whose string is another token's",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { bos_template(j, {0}, {"<wrong>"}); }); },
+         "but the template says \"<wrong>\""},
+        {"a template special token id that no token has",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { bos_template(j, {5000}, nullptr); }); },
+         "post_processor: unknown id 5000"},
+        {"a template special token with no ids",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { bos_template(j, json::array(), nullptr); }); },
+         "ids: the list is empty"},
+        {"a template special token's tokens a string",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { bos_template(j, {0}, "<s>"); }); },
+         "tokens: expected a list of 1 strings"},
+        {"tokenizer.json is a FIFO (must not block)",
+         [](const std::string& d) {
+             run_cmd("mkfifo " + d + "/tokenizer.json");
+             return "tokenizer info --tokenizer " + d + "/tokenizer.json";
+         },
+         "FIFO"},
+        {"tokenizer.json is a directory",
+         [](const std::string& d) {
+             make_dirs(d + "/tokenizer.json");
+             return "tokenizer encode --tokenizer " + d + "/tokenizer.json </dev/null";
+         },
+         "is a directory"},
+        {"tokenizer.json a list", [](const std::string& d) { write_text(d + "/t.json", "[1, 2]"); return "tokenizer info --tokenizer " + d + "/t.json"; },
+         "not a JSON object"},
+        {"a tokenizer with more tokens than the model has embedding rows",
+         [](const std::string& d) {
+             std::string m = copy_of(GEN, d, "m");
+             edit_json(m + "/tokenizer.json", [](json& j) { j["added_tokens"].push_back({{"id", 5000}, {"content", "<big>"}}); });
+             return gen_text(m);
+         },
+         "tokenizer.json has 5001 tokens but the model only 384 embedding rows"},
+        {"tokenizer encode --input a directory",
+         [](const std::string& d) { return "tokenizer encode --tokenizer " + GEN + "/tokenizer.json --input " + d; },
+         "is a directory"},
     };
     check_rows("tokenizer", rows);
 }

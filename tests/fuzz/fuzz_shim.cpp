@@ -16,7 +16,7 @@ void die(const char* fmt, ...) {
     va_end(ap);
     throw DeepseekError{buf};
 }
-std::string read_file(const std::string& path) {
+std::string read_file(const std::string& path, size_t) {
     FILE* f = fopen(path.c_str(), "rb");
     if (!f) die("cannot open %s", path.c_str());
     std::string s;

@@ -220,6 +220,10 @@ Args::Args(int argc, char** argv, int first, const std::string& cmd_, const std:
         bool has_value = false;
         size_t eq = name.find('=');
         if (eq != std::string::npos) { value = name.substr(eq + 1); name = name.substr(0, eq); has_value = true; }
+        // a flag given twice is an error, not "the last one wins": `--steps 3 ... --steps 4` is a typo or a
+        // script's default overridden by accident, and either reading would be a silent guess
+        if (known(switch_flags, name) || known(value_flags, name))
+            if (switches.count(name) || values.count(name)) die("%s: --%s is given twice", cmd.c_str(), name.c_str());
         if (known(switch_flags, name)) {
             if (has_value) die("%s: --%s takes no value", cmd.c_str(), name.c_str());
             switches[name] = true;
@@ -246,7 +250,9 @@ long long Args::integer(const std::string& name, long long dflt, long long lo, l
     char* end = nullptr;
     errno = 0;
     double d = strtod(s, &end);  // accepts 1e6 as well as 1000000
-    if (end == s || *end != '\0' || errno != 0 || d != (double)(long long)d || d < lo || d > hi)
+    // range first: the cast to long long is defined only for finite values inside its range (nan, 1e300)
+    if (end == s || *end != '\0' || errno != 0 || !std::isfinite(d) || d < (double)lo || d > (double)hi ||
+        std::fabs(d) >= 9.2e18 || d != std::floor(d))
         die("%s: --%s must be an integer in [%lld, %lld], got '%s'", cmd.c_str(), name.c_str(), lo, hi, s);
     return (long long)d;
 }

@@ -278,6 +278,36 @@ TEST_CASE("bad input, command lines: each is one clear error line") {
         {"an unknown flag",
          [](const std::string&) { return std::string("info --preset tiny --no-such-flag"); },
          "unknown flag"},
+        {"a value flag given twice", [](const std::string&) { return std::string("info --preset tiny --seq-len 3 --seq-len 4"); },
+         "--seq-len is given twice"},
+        {"a value flag given twice, once as --name=value",
+         [](const std::string&) { return "info --model=" + GQA + " --model " + GQA; },
+         "--model is given twice"},
+        {"a switch given twice", [](const std::string&) { return "generate --model " + GEN + " --prompt hi --ids --ids"; },
+         "--ids is given twice"},
+        {"a tokenizer switch given twice",
+         [](const std::string&) { return "tokenizer encode --tokenizer " + GEN + "/tokenizer.json --bos --bos </dev/null"; },
+         "--bos is given twice"},
+        {"tokenizer bench --repeat 0",
+         [](const std::string& d) {
+             write_text(d + "/t.txt", "In the beginning.");
+             return "tokenizer bench --tokenizer " + GEN + "/tokenizer.json --input " + d + "/t.txt --repeat 0";
+         },
+         "--repeat must be an integer in [1,"},
+        {"tokenizer train --vocab-size 0",
+         [](const std::string& d) {
+             write_text(d + "/t.txt", "In the beginning.");
+             return "tokenizer train --input " + d + "/t.txt --vocab-size 0 --out " + d + "/tok.json --quiet";
+         },
+         "--vocab-size must be an integer in [258,"},
+        {"info --seq-len 0", [](const std::string&) { return std::string("info --preset tiny --seq-len 0"); },
+         "--seq-len must be an integer in [1,"},
+        {"--threads 0", [](const std::string&) { return std::string("info --preset tiny --threads 0"); },
+         "--threads must be an integer in [1,"},
+        {"an integer flag 1e300 (no undefined cast)", [](const std::string&) { return std::string("info --preset tiny --seq-len 1e300"); },
+         "--seq-len must be an integer"},
+        {"an integer flag nan", [](const std::string&) { return std::string("info --preset tiny --seq-len nan"); },
+         "--seq-len must be an integer"},
         // (rows of the command-line group go here)
     };
     check_rows("cli", rows);

@@ -37,6 +37,10 @@ double json_num(const nlohmann::json& obj, const char* key, const std::string& w
 bool json_bool(const nlohmann::json& obj, const char* key, const std::string& where, bool dflt, bool required = false);
 std::string json_str(const nlohmann::json& obj, const char* key, const std::string& where, const std::string& dflt,
                      bool required = false);
+// A token id field (bos_token_id, eos_token_id, …): absent or null → {}; else an integer in [0, vocab_size), or with
+// list a list of them (non-empty). Dies naming the field and the vocabulary's range.
+std::vector<int> json_token_ids(const nlohmann::json& obj, const char* key, const std::string& where, int vocab_size,
+                                bool list);
 
 // ----------------------------------------------------------------------------
 // command-line flags: `--name value` pairs and `--switch`es, validated in one place
@@ -282,6 +286,7 @@ struct TensorInfo {
     std::vector<int64_t> shape;
     const uint8_t* data = nullptr;   // into the memory map
     size_t nbytes = 0;
+    std::string file;                // the safetensors file it is in, for messages
     size_t numel() const;
 };
 // A memory-mapped safetensors file (or all shards of a model directory). Validates the header fully.
@@ -290,6 +295,7 @@ struct SafeTensors {
     bool in_ram = false;   // files are read into (huge-page) anonymous memory instead of being memory-mapped
     std::map<std::string, TensorInfo> tensors;
     std::map<std::string, std::string> metadata;
+    std::string source;          // the directory (or file) opened, for messages
     SafeTensors() = default;
     SafeTensors(const SafeTensors&) = delete;
     SafeTensors& operator=(const SafeTensors&) = delete;
@@ -313,6 +319,10 @@ struct TensorOut {
 void safetensors_write(const std::string& path, const std::vector<TensorOut>& tensors, bool store_bf16 = false,
                        const std::map<std::string, std::string>& metadata = {});
 
+// A model directory's tensors against its config.json: every tensor the model uses is there with its shape and a
+// float dtype (F32, BF16, F16), and no other tensor is (rotary_emb.inv_freq buffers aside); with values, every
+// one of them is also scanned for NaN or ±Inf. Dies naming the file and the tensor.
+void model_check_tensors(const SafeTensors& st, const Config& cfg, bool values);
 void model_load_dir(Model* m, const std::string& dir);      // config.json + safetensors → fp32 params
 void model_save_dir(const Model& m, const std::string& dir, bool bf16); // config.json + model.safetensors (+ generation_config.json)
 // a model from --preset NAME or --model DIR (exactly one), for subcommands
@@ -321,6 +331,9 @@ void model_from_args(Model* m, const Args& a, uint64_t seed);
 // file helpers
 bool file_exists(const std::string& path);
 bool dir_exists(const std::string& path);
+bool path_exists(const std::string& path);   // anything at PATH (a file, directory, FIFO, …)
+// opens PATH read-only if it is a regular file (size in *size), else dies naming what it is (a FIFO never blocks)
+int open_regular_fd(const std::string& path, size_t* size);
 // die unless PATH is a directory / a regular file: "WHAT PATH does not exist", "… is a file, not a directory", …
 void require_dir(const std::string& path, const std::string& what);
 void require_file(const std::string& path, const std::string& what);

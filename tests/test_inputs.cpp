@@ -165,7 +165,254 @@ TEST_CASE("bad input, model directories: each is one clear error line") {
              return "generate --model " + m + " --prompt-ids '1 2' --max-new-tokens 2 --ids --device cpu";   // (--ids: no tokenizer needed)
          },
          "model.safetensors"},
-        // (rows of the model-directory group go here)
+        // ---- the directory and config.json as things on disk
+        {"config.json is a FIFO (must not block)",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             run_cmd("rm " + m + "/config.json && mkfifo " + m + "/config.json");
+             return gen_ids(m);
+         },
+         "FIFO"},
+        {"config.json is a directory",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             run_cmd("rm " + m + "/config.json && mkdir " + m + "/config.json");
+             return info(m);
+         },
+         "is a directory"},
+        {"config.json is a symlink to /dev/zero",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             run_cmd("rm " + m + "/config.json && ln -s /dev/zero " + m + "/config.json");
+             return convert(m);
+         },
+         "device"},
+        // ---- config.json fields of the wrong type or outside their range
+        {"config.json model_type a number", [](const std::string& d) { return gen_ids(gqa_config(d, [](json& j) { j["model_type"] = 7; })); },
+         "field 'model_type' must be a string"},
+        {"config.json tie_word_embeddings a string",
+         [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["tie_word_embeddings"] = "no"; })); },
+         "field 'tie_word_embeddings' must be true or false"},
+        {"config.json attention_bias a number",
+         [](const std::string& d) { return convert(gqa_config(d, [](json& j) { j["attention_bias"] = 0; })); },
+         "field 'attention_bias' must be true or false"},
+        {"config.json architectures a string, not a list",
+         [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["architectures"] = "LlamaForCausalLM"; })); },
+         "'architectures' must be a list of strings"},
+        {"config.json architectures holding a number",
+         [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["architectures"] = {7}; })); },
+         "'architectures' must be a list of strings"},
+        {"config.json rope_parameters a string",
+         [](const std::string& d) { return gen_ids(gqa_config(d, [](json& j) { j["rope_parameters"] = "default"; })); },
+         "field 'rope_parameters' must be an object"},
+        {"config.json rope_parameters.rope_theta a string",
+         [](const std::string& d) { return gen_ids(gqa_config(d, [](json& j) { j["rope_parameters"]["rope_theta"] = "big"; })); },
+         "rope_parameters: field 'rope_theta' must be a number"},
+        {"config.json rope_parameters.rope_type a number",
+         [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["rope_parameters"]["rope_type"] = 1; })); },
+         "field 'rope_type' must be a string"},
+        {"config.json rope_scaling linear",
+         [](const std::string& d) {
+             return info(gqa_config(d, [](json& j) { j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}}; }));
+         },
+         "rope_scaling"},
+        {"config.json rope_scaling a number", [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["rope_scaling"] = 2; })); },
+         "field 'rope_scaling' must be an object or null"},
+        {"config.json hidden_act a number", [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["hidden_act"] = 5; })); },
+         "field 'hidden_act' must be a string"},
+        {"config.json rms_norm_eps a string", [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["rms_norm_eps"] = "tiny"; })); },
+         "field 'rms_norm_eps' must be a number"},
+        {"config.json torch_dtype a number", [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["dtype"] = 16; })); },
+         "field 'dtype' must be a string"},
+        {"config.json vocab_size 1e12", [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["vocab_size"] = 1e12; })); },
+         "field 'vocab_size' must be an integer in [1, 4000000]"},
+        {"config.json bos_token_id = vocab_size (outside the vocabulary)",
+         [](const std::string& d) { return gen_ids(gqa_config(d, [](json& j) { j["bos_token_id"] = 257; })); },
+         "field 'bos_token_id' is 257, not a token id of the vocabulary [0, 257)"},
+        {"config.json eos_token_id -1", [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["eos_token_id"] = -1; })); },
+         "field 'eos_token_id' is -1, not a token id"},
+        {"config.json eos_token_id list with an id outside the vocabulary",
+         [](const std::string& d) { return convert(gqa_config(d, [](json& j) { j["eos_token_id"] = {2, 300}; })); },
+         "field 'eos_token_id' is 300, not a token id"},
+        {"config.json eos_token_id list holding a string",
+         [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["eos_token_id"] = {2, "</s>"}; })); },
+         "field 'eos_token_id' must be an integer"},
+        // ---- safetensors headers: lengths, shapes, offsets, names (checked arithmetic, safetensors' own rules)
+        {"header length past the end of the file",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             std::string s = read_file(m + "/model.safetensors");
+             uint64_t hl = 1ull << 40;
+             memcpy(&s[0], &hl, 8);
+             write_text(m + "/model.safetensors", s);
+             return gen_ids(m);
+         },
+         "header says 1099511627776 bytes"},
+        {"header length 2^64 - 1 (8 + length wraps)",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             std::string s = read_file(m + "/model.safetensors");
+             uint64_t hl = ~0ull;
+             memcpy(&s[0], &hl, 8);
+             write_text(m + "/model.safetensors", s);
+             return info(m);
+         },
+         "truncated safetensors file"},
+        {"a shape whose element count overflows 64 bits",
+         [](const std::string& d) {
+             return gen_ids(gqa_header(d, [](json& h) { h["model.norm.weight"]["shape"] = {1ull << 32, 1ull << 32, 48}; }));
+         },
+         "overflows"},
+        {"a shape whose byte count overflows 64 bits",
+         [](const std::string& d) {
+             return info(gqa_header(d, [](json& h) { h["model.norm.weight"]["shape"] = {1ull << 62, 2}; }));
+         },
+         "overflows"},
+        {"a negative dimension",
+         [](const std::string& d) { return gen_ids(gqa_header(d, [](json& h) { h["model.norm.weight"]["shape"] = {-48}; })); },
+         "must be a list of non-negative integers"},
+        {"dtype a number", [](const std::string& d) { return gen_ids(gqa_header(d, [](json& h) { h["model.norm.weight"]["dtype"] = 7; })); },
+         "field 'dtype' must be a string"},
+        {"a header entry that is not an object",
+         [](const std::string& d) { return convert(gqa_header(d, [](json& h) { h["model.norm.weight"] = 5; })); },
+         "malformed header entry"},
+        {"data_offsets with one number",
+         [](const std::string& d) { return gen_ids(gqa_header(d, [](json& h) { h["model.norm.weight"]["data_offsets"] = {263808}; })); },
+         "data_offsets must be [begin, end]"},
+        {"data_offsets negative",
+         [](const std::string& d) { return gen_ids(gqa_header(d, [](json& h) { h["model.norm.weight"]["data_offsets"] = {-192, 0}; })); },
+         "data_offsets must be [begin, end]"},
+        {"data_offsets end before begin",
+         [](const std::string& d) { return info(gqa_header(d, [](json& h) { h["model.norm.weight"]["data_offsets"] = {264000, 263808}; })); },
+         "lie outside"},
+        {"two tensors' byte ranges overlap",
+         [](const std::string& d) {
+             return gen_ids(gqa_header(d, [](json& h) {
+                 h["model.layers.1.input_layernorm.weight"]["data_offsets"] = h["model.layers.0.input_layernorm.weight"]["data_offsets"];
+             }));
+         },
+         "overlap"},
+        {"a gap between two tensors",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             StParts p = st_read(m + "/model.safetensors");
+             size_t at = p.header["model.norm.weight"]["data_offsets"][0];
+             p.data.insert(at, 8, '\0');
+             for (auto& t : p.header.items())
+                 if (t.key() != "__metadata__" && t.value()["data_offsets"][0].get<size_t>() >= at)
+                     for (auto& o : t.value()["data_offsets"]) o = o.get<size_t>() + 8;
+             st_write(m + "/model.safetensors", p);
+             return convert(m);
+         },
+         "a gap of 8 bytes before tensor 'model.norm.weight'"},
+        {"bytes after the last tensor",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             StParts p = st_read(m + "/model.safetensors");
+             p.data += std::string(16, '\0');
+             st_write(m + "/model.safetensors", p);
+             return gen_ids(m);
+         },
+         "16 bytes after the last tensor"},
+        {"a tensor named twice in one header",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             StParts p = st_read(m + "/model.safetensors");
+             std::string h = p.header.dump();
+             h.insert(1, "\"model.norm.weight\":" + p.header["model.norm.weight"].dump() + ",");
+             st_write_raw(m + "/model.safetensors", h, p.data);
+             return gen_ids(m);
+         },
+         "tensor 'model.norm.weight' appears twice"},
+        {"__metadata__ holding a number",
+         [](const std::string& d) { return gen_ids(gqa_header(d, [](json& h) { h["__metadata__"]["format"] = 5; })); },
+         "__metadata__ field 'format' must be a string"},
+        {"a layer more than config.json says (convert)",
+         [](const std::string& d) { return convert(gqa_config(d, [](json& j) { j["num_hidden_layers"] = 1; })); },
+         "tensor 'model.layers.1."},
+        {"model.safetensors is a FIFO (must not block)",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             run_cmd("rm " + m + "/model.safetensors && mkfifo " + m + "/model.safetensors");
+             return gen_ids(m);
+         },
+         "FIFO"},
+        // ---- the shard index
+        {"index weight_map a list",
+         [](const std::string& d) { return gen_ids(shard_index(d, [](json& j) { j["weight_map"] = {"model-00001-of-00003.safetensors"}; })); },
+         "field 'weight_map' must be an object"},
+        {"index without weight_map", [](const std::string& d) { return info(shard_index(d, [](json& j) { j.erase("weight_map"); })); },
+         "missing field 'weight_map'"},
+        {"index weight_map value a number",
+         [](const std::string& d) { return gen_ids(shard_index(d, [](json& j) { j["weight_map"]["lm_head.weight"] = 3; })); },
+         "weight_map['lm_head.weight'] must be a shard file name"},
+        {"index shard name with ..",
+         [](const std::string& d) {
+             return gen_ids(shard_index(d, [](json& j) { j["weight_map"]["lm_head.weight"] = "../m/model-00003-of-00003.safetensors"; }));
+         },
+         "must be a plain file name"},
+        {"index lists a shard that does not exist",
+         [](const std::string& d) {
+             std::string m = copy_of(SHARDED, d, "m");
+             run_cmd("rm " + m + "/model-00002-of-00003.safetensors");
+             return gen_ids(m);
+         },
+         "model-00002-of-00003.safetensors does not exist"},
+        {"index puts a tensor in the wrong shard",
+         [](const std::string& d) {
+             return convert(shard_index(d, [](json& j) { j["weight_map"]["lm_head.weight"] = "model-00001-of-00003.safetensors"; }));
+         },
+         "but the index says"},
+        {"index leaves out a tensor its shard holds",
+         [](const std::string& d) { return gen_ids(shard_index(d, [](json& j) { j["weight_map"].erase("model.layers.0.mlp.up_proj.weight"); })); },
+         "is not listed in the index"},
+        {"index is not JSON",
+         [](const std::string& d) {
+             std::string m = copy_of(SHARDED, d, "m");
+             write_text(m + "/model.safetensors.index.json", "{\"weight_map\": {");
+             return gen_ids(m);
+         },
+         "malformed JSON"},
+        // ---- info --model checks the checkpoint's headers
+        {"info --model on truncated weights",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             std::string s = read_file(m + "/model.safetensors");
+             write_text(m + "/model.safetensors", s.substr(0, s.size() / 2));
+             return info(m);
+         },
+         "truncated"},
+        {"info --model on a shard cut short",
+         [](const std::string& d) {
+             std::string m = copy_of(SHARDED, d, "m");
+             std::string s = read_file(m + "/model-00003-of-00003.safetensors");
+             write_text(m + "/model-00003-of-00003.safetensors", s.substr(0, s.size() - 2));
+             return info(m);
+         },
+         "model-00003-of-00003.safetensors: tensor"},
+        {"info --model whose config.json does not match the weights' shapes",
+         [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["intermediate_size"] = 99; })); },
+         "has shape [100, 48], expected [99, 48]"},
+        // ---- non-finite weights (each dtype, each load path) and non-finite logits
+        {"a +Inf in an F32 weight (convert: the fp32 copy)",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             st_poke(m + "/model.safetensors", "model.norm.weight", 3, 0x7f800000u);
+             return convert(m);
+         },
+         "tensor 'model.norm.weight' holds +Inf at element 3"},
+        {"a -Inf in a BF16 weight of a shard (eval: the fp32 copy)",
+         [](const std::string& d) {
+             std::string m = copy_of(SHARDED, d, "m");
+             std::string file = m + "/model-00003-of-00003.safetensors";
+             StParts p = st_read(file);
+             std::string name;
+             for (auto& t : p.header.items()) if (t.key() != "__metadata__") name = t.key();
+             st_poke(file, name, 0, 0xff80);
+             write_text(d + "/t.txt", "In the beginning was the word.");
+             return "eval --model " + m + " --text " + d + "/t.txt --device cpu";
+         },
+         "holds -Inf at element 0"},
     };
     check_rows("model", rows);
 }
@@ -308,6 +555,18 @@ TEST_CASE("bad input, command lines: each is one clear error line") {
          "--seq-len must be an integer"},
         {"an integer flag nan", [](const std::string&) { return std::string("info --preset tiny --seq-len nan"); },
          "--seq-len must be an integer"},
+        {"eval --max-new-tokens 0",
+         [](const std::string& d) {
+             write_text(d + "/t.txt", "In the beginning.");
+             return "eval --model " + GEN + " --text " + d + "/t.txt --max-new-tokens 0";
+         },
+         "--max-new-tokens must be an integer in [1,"},
+        {"convert --out a file",
+         [](const std::string& d) {
+             write_text(d + "/out", "x");
+             return "convert --preset tiny --out " + d + "/out";
+         },
+         "is a file, not a directory"},
         // (rows of the command-line group go here)
     };
     check_rows("cli", rows);

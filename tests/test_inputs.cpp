@@ -166,6 +166,9 @@ TEST_CASE("bad input, model directories: each is one clear error line") {
          },
          "model.safetensors"},
         // ---- the directory and config.json as things on disk
+        {"--model names a file, not a directory",
+         [](const std::string& d) { write_text(d + "/m", "x"); return gen_ids(d + "/m"); },
+         "is a file, not a directory"},
         {"config.json is a FIFO (must not block)",
          [](const std::string& d) {
              std::string m = copy_of(GQA, d, "m");
@@ -237,6 +240,60 @@ TEST_CASE("bad input, model directories: each is one clear error line") {
         {"config.json eos_token_id list holding a string",
          [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["eos_token_id"] = {2, "</s>"}; })); },
          "field 'eos_token_id' must be an integer"},
+        // ---- generation_config.json: the values the flags that override them would refuse
+        {"generation_config.json temperature -1",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["temperature"] = -1; })); },
+         "field 'temperature' must be a number in [0, 100]"},
+        {"generation_config.json temperature a string",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["temperature"] = "hot"; })); },
+         "field 'temperature' must be a number"},
+        {"generation_config.json top_p 0", [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["top_p"] = 0; })); },
+         "field 'top_p' must be a number in (0, 1]"},
+        {"generation_config.json top_p 1.5", [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["top_p"] = 1.5; })); },
+         "field 'top_p' must be a number in (0, 1]"},
+        {"generation_config.json top_k -3", [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["top_k"] = -3; })); },
+         "field 'top_k' must be an integer in [0,"},
+        {"generation_config.json top_k 2.5", [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["top_k"] = 2.5; })); },
+         "field 'top_k' must be an integer"},
+        {"generation_config.json do_sample a string",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["do_sample"] = "yes"; })); },
+         "field 'do_sample' must be true or false"},
+        {"generation_config.json repetition_penalty 0",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["repetition_penalty"] = 0; })); },
+         "field 'repetition_penalty' must be a number in [0.001, 1000]"},
+        {"generation_config.json max_new_tokens 0",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["max_new_tokens"] = 0; })); },
+         "field 'max_new_tokens' must be an integer in [1,"},
+        {"generation_config.json eos_token_id outside the vocabulary",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["eos_token_id"] = 5000; })); },
+         "field 'eos_token_id' is 5000, not a token id of the vocabulary [0, 384)"},
+        {"generation_config.json eos_token_id list holding a string",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["eos_token_id"] = {1, "a"}; })); },
+         "field 'eos_token_id' must be an integer"},
+        {"generation_config.json bos_token_id -1",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["bos_token_id"] = -1; })); },
+         "field 'bos_token_id' is -1"},
+        {"generation_config.json is a directory",
+         [](const std::string& d) {
+             std::string m = copy_of(GEN, d, "m");
+             run_cmd("rm " + m + "/generation_config.json && mkdir " + m + "/generation_config.json");
+             return gen_text(m);
+         },
+         "is a directory"},
+        {"generation_config.json is not JSON",
+         [](const std::string& d) {
+             std::string m = copy_of(GEN, d, "m");
+             write_text(m + "/generation_config.json", "{\"temperature\": ");
+             return gen_text(m);
+         },
+         "malformed JSON"},
+        {"tokenizer.json is a directory",
+         [](const std::string& d) {
+             std::string m = copy_of(GEN, d, "m");
+             run_cmd("rm " + m + "/tokenizer.json && mkdir " + m + "/tokenizer.json");
+             return gen_text(m);
+         },
+         "is a directory"},
         // ---- safetensors headers: lengths, shapes, offsets, names (checked arithmetic, safetensors' own rules)
         {"header length past the end of the file",
          [](const std::string& d) {
@@ -327,6 +384,17 @@ TEST_CASE("bad input, model directories: each is one clear error line") {
         {"__metadata__ holding a number",
          [](const std::string& d) { return gen_ids(gqa_header(d, [](json& h) { h["__metadata__"]["format"] = 5; })); },
          "__metadata__ field 'format' must be a string"},
+        {"a tensor the model does not use (generate)",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             StParts p = st_read(m + "/model.safetensors");
+             size_t end = p.data.size();
+             p.header["foo.weight"] = {{"dtype", "F32"}, {"shape", {4}}, {"data_offsets", {end, end + 16}}};
+             p.data += std::string(16, '\0');
+             st_write(m + "/model.safetensors", p);
+             return gen_ids(m);
+         },
+         "tensor 'foo.weight' is not part of the model"},
         {"a layer more than config.json says (convert)",
          [](const std::string& d) { return convert(gqa_config(d, [](json& j) { j["num_hidden_layers"] = 1; })); },
          "tensor 'model.layers.1."},
@@ -394,6 +462,13 @@ TEST_CASE("bad input, model directories: each is one clear error line") {
          [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["intermediate_size"] = 99; })); },
          "has shape [100, 48], expected [99, 48]"},
         // ---- non-finite weights (each dtype, each load path) and non-finite logits
+        {"a NaN in an F32 weight (generate: the memory map)",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             st_poke(m + "/model.safetensors", "model.layers.0.mlp.up_proj.weight", 7, 0x7fc00000u);
+             return gen_ids(m);
+         },
+         "tensor 'model.layers.0.mlp.up_proj.weight' holds NaN at element 7"},
         {"a +Inf in an F32 weight (convert: the fp32 copy)",
          [](const std::string& d) {
              std::string m = copy_of(GQA, d, "m");
@@ -401,6 +476,13 @@ TEST_CASE("bad input, model directories: each is one clear error line") {
              return convert(m);
          },
          "tensor 'model.norm.weight' holds +Inf at element 3"},
+        {"a NaN in a BF16 weight of a shard (generate)",
+         [](const std::string& d) {
+             std::string m = copy_of(SHARDED, d, "m");
+             st_poke(m + "/model-00001-of-00003.safetensors", "model.embed_tokens.weight", 100, 0x7fc1);
+             return gen_ids(m);
+         },
+         "holds NaN at element 100"},
         {"a -Inf in a BF16 weight of a shard (eval: the fp32 copy)",
          [](const std::string& d) {
              std::string m = copy_of(SHARDED, d, "m");
@@ -413,6 +495,17 @@ TEST_CASE("bad input, model directories: each is one clear error line") {
              return "eval --model " + m + " --text " + d + "/t.txt --device cpu";
          },
          "holds -Inf at element 0"},
+        {"finite weights whose logits overflow",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             StParts p = st_read(m + "/model.safetensors");
+             size_t b = p.header["lm_head.weight"]["data_offsets"][0], e = p.header["lm_head.weight"]["data_offsets"][1];
+             float big = 3e38f;
+             for (size_t i = b; i < e; i += 4) memcpy(&p.data[i], &big, 4);
+             st_write(m + "/model.safetensors", p);
+             return gen_ids(m) + " --quiet";   // (the model line, printed once the input is valid, is not wanted here)
+         },
+         "logits at position 1 are not finite"},
     };
     check_rows("model", rows);
 }
@@ -535,6 +628,30 @@ TEST_CASE("bad input, command lines: each is one clear error line") {
         {"a tokenizer switch given twice",
          [](const std::string&) { return "tokenizer encode --tokenizer " + GEN + "/tokenizer.json --bos --bos </dev/null"; },
          "--bos is given twice"},
+        {"-n and --max-new-tokens both", [](const std::string&) { return "generate --model " + GEN + " --prompt hi -n 3 --max-new-tokens 4"; },
+         "-n and --max-new-tokens are the same flag"},
+        {"generate -n 0", [](const std::string&) { return "generate --model " + GEN + " --prompt hi -n 0"; },
+         "--n must be an integer in [1,"},
+        {"generate --max-new-tokens 0", [](const std::string&) { return "generate --model " + GEN + " --prompt hi --max-new-tokens 0"; },
+         "--max-new-tokens must be an integer in [1,"},
+        {"generate --context 0", [](const std::string&) { return "generate --model " + GEN + " --prompt hi --context 0"; },
+         "--context must be an integer in [1,"},
+        {"generate --top-p 0", [](const std::string&) { return "generate --model " + GEN + " --prompt hi --top-p 0"; },
+         "--top-p must be a number in (0, 1]"},
+        {"chat -n 0", [](const std::string&) { return "chat --model " + GEN + " --prompt hi -n 0"; },
+         "--n must be an integer in [1,"},
+        {"eval --limit 0",
+         [](const std::string& d) {
+             write_text(d + "/t.txt", "In the beginning.");
+             return "eval --model " + GEN + " --text " + d + "/t.txt --limit 0";
+         },
+         "--limit must be an integer in [1,"},
+        {"eval --max-new-tokens 0",
+         [](const std::string& d) {
+             write_text(d + "/t.txt", "In the beginning.");
+             return "eval --model " + GEN + " --text " + d + "/t.txt --max-new-tokens 0";
+         },
+         "--max-new-tokens must be an integer in [1,"},
         {"tokenizer bench --repeat 0",
          [](const std::string& d) {
              write_text(d + "/t.txt", "In the beginning.");
@@ -555,19 +672,18 @@ TEST_CASE("bad input, command lines: each is one clear error line") {
          "--seq-len must be an integer"},
         {"an integer flag nan", [](const std::string&) { return std::string("info --preset tiny --seq-len nan"); },
          "--seq-len must be an integer"},
-        {"eval --max-new-tokens 0",
-         [](const std::string& d) {
-             write_text(d + "/t.txt", "In the beginning.");
-             return "eval --model " + GEN + " --text " + d + "/t.txt --max-new-tokens 0";
-         },
-         "--max-new-tokens must be an integer in [1,"},
         {"convert --out a file",
          [](const std::string& d) {
              write_text(d + "/out", "x");
              return "convert --preset tiny --out " + d + "/out";
          },
          "is a file, not a directory"},
-        // (rows of the command-line group go here)
+        {"chat: a message that cannot be answered makes the exit status 1",
+         [](const std::string& d) {
+             write_text(d + "/in.txt", "the quick brown fox jumps over the lazy dog, again and again and again\n");
+             return "chat --model " + GEN + " --quiet --context 8 < " + d + "/in.txt";
+         },
+         "the message is too long"},
     };
     check_rows("cli", rows);
 }

@@ -852,7 +852,7 @@ static GenDefaults read_generation_config(const std::string& dir, int vocab_size
     json_int(j, "max_length", path, 0, 1, 1LL << 40);                                // (typed; not used)
     g.eos = json_token_ids(j, "eos_token_id", path, vocab_size, true);
     json_token_ids(j, "bos_token_id", path, vocab_size, false);
-    json_token_ids(j, "pad_token_id", path, vocab_size, false);
+    // (pad_token_id is not read: generation never pads, and -1 is a common way to write "none")
     return g;
 }
 

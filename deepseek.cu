@@ -18,6 +18,8 @@
 #include <cstdlib>       // exit, strtoll, strtod
 #include <cstring>       // memcpy, memset, strcmp, strerror
 #include <cstdint>       // int32_t, uintptr_t
+#include <climits>       // LLONG_MIN, LLONG_MAX
+#include <set>           // std::set (safetensors names)
 #include <fcntl.h>       // open
 #include <sys/mman.h>    // mmap, munmap
 #include <sys/stat.h>    // stat, mkdir
@@ -63,6 +65,10 @@ bool dir_exists(const std::string& path) {
     struct stat st;
     return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
+bool path_exists(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0;
+}
 // What kind of thing PATH is, for messages: "does not exist", "is a directory", "is a file", ...
 static std::string path_kind(const std::string& path) {
     struct stat st;
@@ -86,7 +92,7 @@ void require_file(const std::string& path, const std::string& what) {
 // Opens PATH for reading. Unless streams_ok, only a regular file: a directory, a FIFO, a device (/dev/zero) or a
 // socket is refused with a line that says what it is (O_NONBLOCK so that opening a FIFO cannot block; cleared
 // after). Files whose format this program defines are read this way; a user's text may come from a pipe.
-static FILE* open_for_read(const std::string& path, bool streams_ok, size_t* size) {
+static int open_for_read_fd(const std::string& path, bool streams_ok, size_t* size) {
     int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | (streams_ok ? 0 : O_NONBLOCK));
     if (fd < 0) {
         if (errno == ENOENT) die("%s does not exist", path.c_str());
@@ -101,9 +107,14 @@ static FILE* open_for_read(const std::string& path, bool streams_ok, size_t* siz
             S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device" : S_ISSOCK(st.st_mode) ? "a socket" : "special");
     }
     if (!streams_ok) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    *size = S_ISREG(st.st_mode) ? (size_t)st.st_size : 0;
+    return fd;
+}
+int open_regular_fd(const std::string& path, size_t* size) { return open_for_read_fd(path, false, size); }
+static FILE* open_for_read(const std::string& path, bool streams_ok, size_t* size) {
+    int fd = open_for_read_fd(path, streams_ok, size);
     FILE* f = fdopen(fd, "rb");
     if (!f) { close(fd); die("cannot read %s: %s", path.c_str(), strerror(errno)); }
-    *size = S_ISREG(st.st_mode) ? (size_t)st.st_size : 0;
     return f;
 }
 static std::string read_whole(const std::string& path, size_t max_bytes, bool streams_ok) {
@@ -191,22 +202,60 @@ std::string json_str(const json& obj, const char* key, const std::string& where,
     if (!v->is_string()) die("%s: field '%s' must be a string, got %s", where.c_str(), key, json_short(*v).c_str());
     return v->get<std::string>();
 }
+// A token id field: an integer row of the embedding, [0, vocab_size). LIST: a list of ids is allowed too (EOS).
+static long long json_token_id_value(const json& v, const char* key, const std::string& where, int vocab_size) {
+    json one = {{key, v}};
+    long long id = json_int(one, key, where, 0, LLONG_MIN, LLONG_MAX, true);
+    if (id < 0 || id >= vocab_size)
+        die("%s: field '%s' is %lld, not a token id of the vocabulary [0, %d) (vocab_size)", where.c_str(), key, id, vocab_size);
+    return id;
+}
+std::vector<int> json_token_ids(const json& obj, const char* key, const std::string& where, int vocab_size, bool list) {
+    const json* v = json_field(obj, key, where, false);
+    std::vector<int> ids;
+    if (!v) return ids;
+    if (list && v->is_array()) {
+        if (v->empty()) die("%s: field '%s' is an empty list", where.c_str(), key);
+        for (const json& x : *v) ids.push_back((int)json_token_id_value(x, key, where, vocab_size));
+    } else {
+        ids.push_back((int)json_token_id_value(*v, key, where, vocab_size));
+    }
+    return ids;
+}
+// The last step of PATH.tmp + rename: a failed write or rename removes PATH.tmp before dying, so that no stray
+// half-written .tmp file is left beside PATH.
+static void commit_tmp(const std::string& tmp, const std::string& path, bool written) {
+    if (!written) {
+        int e = errno;
+        unlink(tmp.c_str());
+        die("error writing %s (%s)", tmp.c_str(), e == ENOSPC ? "disk full" : e ? strerror(e) : "disk full?");
+    }
+    if (rename(tmp.c_str(), path.c_str()) != 0) {
+        int e = errno;
+        unlink(tmp.c_str());
+        die("cannot rename %s to %s: %s", tmp.c_str(), path.c_str(), strerror(e));
+    }
+}
 void write_file_atomic(const std::string& path, const std::string& content) {
     std::string tmp = path + ".tmp";
     FILE* f = fopen(tmp.c_str(), "wb");
     if (!f) die("cannot write %s: %s", tmp.c_str(), strerror(errno));
+    errno = 0;   // (what a failed write leaves here is its reason)
     bool ok = fwrite(content.data(), 1, content.size(), f) == content.size();
     ok = (fflush(f) == 0) && ok;
     ok = (fsync(fileno(f)) == 0) && ok;
     ok = (fclose(f) == 0) && ok;
-    if (!ok) die("error writing %s (disk full?)", tmp.c_str());
-    if (rename(tmp.c_str(), path.c_str()) != 0) die("cannot rename %s to %s: %s", tmp.c_str(), path.c_str(), strerror(errno));
+    commit_tmp(tmp, path, ok);
 }
 void make_dirs(const std::string& path) {
     if (path.empty() || dir_exists(path)) return;
     size_t slash = path.find_last_of('/');
     if (slash != std::string::npos && slash > 0) make_dirs(path.substr(0, slash));
-    if (mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) die("cannot create directory %s: %s", path.c_str(), strerror(errno));
+    if (mkdir(path.c_str(), 0755) != 0) {
+        if (errno == EEXIST && dir_exists(path)) return;   // made meanwhile by another process
+        if (errno == EEXIST) require_dir(path, "cannot create directory:");   // "… is a file, not a directory"
+        die("cannot create directory %s: %s", path.c_str(), strerror(errno));
+    }
 }
 
 // ============================================================================
@@ -224,6 +273,10 @@ Args::Args(int argc, char** argv, int first, const std::string& cmd_, const std:
         bool has_value = false;
         size_t eq = name.find('=');
         if (eq != std::string::npos) { value = name.substr(eq + 1); name = name.substr(0, eq); has_value = true; }
+        // a flag given twice is an error, not "the last one wins": `--steps 3 ... --steps 4` is a typo or a
+        // script's default overridden by accident, and either reading would be a silent guess
+        if (known(switch_flags, name) || known(value_flags, name))
+            if (switches.count(name) || values.count(name)) die("%s: --%s is given twice", cmd.c_str(), name.c_str());
         if (known(switch_flags, name)) {
             if (has_value) die("%s: --%s takes no value", cmd.c_str(), name.c_str());
             switches[name] = true;
@@ -250,7 +303,9 @@ long long Args::integer(const std::string& name, long long dflt, long long lo, l
     char* end = nullptr;
     errno = 0;
     double d = strtod(s, &end);  // accepts 1e6 as well as 1000000
-    if (end == s || *end != '\0' || errno != 0 || d != (double)(long long)d || d < lo || d > hi)
+    // range first: the cast to long long is defined only for finite values inside its range (nan, 1e300)
+    if (end == s || *end != '\0' || errno != 0 || !std::isfinite(d) || d < (double)lo || d > (double)hi ||
+        std::fabs(d) >= 9.2e18 || d != std::floor(d))
         die("%s: --%s must be an integer in [%lld, %lld], got '%s'", cmd.c_str(), name.c_str(), lo, hi, s);
     return (long long)d;
 }
@@ -310,76 +365,84 @@ void config_validate(const Config& c, const std::string& where) {
     if (!(c.rope_theta > 1 && std::isfinite(c.rope_theta))) die("%s: rope_theta has an invalid value %g", where.c_str(), c.rope_theta);
 }
 
+// config.json, every field read typed (a wrong type, a value out of range or an unsupported feature is one line
+// naming the file and the field). Ranges are config_validate's, so the message gives them.
 Config config_read_json(const std::string& path) {
-    std::string text = read_file(path);
-    json j;
-    try { j = json::parse(text); } catch (const std::exception& e) { die("%s: malformed JSON (%s)", path.c_str(), e.what()); }
+    json j = json_parse_file(path);
     if (!j.is_object()) die("%s: expected a JSON object", path.c_str());
-    std::string mt = j.value("model_type", std::string("llama"));
+    std::string mt = json_str(j, "model_type", path, "llama");
     if (mt != "llama") die("%s: unsupported model_type '%s' (only llama / LlamaForCausalLM)", path.c_str(), mt.c_str());
-    if (j.contains("architectures") && j["architectures"].is_array())
-        for (auto& a : j["architectures"])
-            if (!a.is_string() || a.get<std::string>() != "LlamaForCausalLM")
+    if (const json* arch = json_field(j, "architectures", path, false)) {
+        if (!arch->is_array()) die("%s: field 'architectures' must be a list of strings, got %s", path.c_str(), json_short(*arch).c_str());
+        for (const json& a : *arch) {
+            if (!a.is_string()) die("%s: field 'architectures' must be a list of strings, got an element %s", path.c_str(), json_short(a).c_str());
+            if (a.get<std::string>() != "LlamaForCausalLM")
                 die("%s: unsupported architecture %s (only LlamaForCausalLM)", path.c_str(), a.dump().c_str());
-    auto get_int = [&](const char* key, bool required, int dflt) -> int {
-        if (!j.contains(key) || j[key].is_null()) {
-            if (required) die("%s: missing field '%s'", path.c_str(), key);
-            return dflt;
         }
-        const json& v = j[key];
-        if (!v.is_number_integer() && !(v.is_number_float() && v.get<double>() == (double)(long long)v.get<double>()))
-            die("%s: field '%s' must be an integer, got %s", path.c_str(), key, v.dump().c_str());
-        double d = v.get<double>();
-        if (d < -2147483648.0 || d > 2147483647.0) die("%s: field '%s' is out of range: %s", path.c_str(), key, v.dump().c_str());
-        return (int)d;
-    };
-    auto get_float = [&](const json& obj, const char* key, double dflt) -> double {
-        if (!obj.contains(key) || obj[key].is_null()) return dflt;
-        if (!obj[key].is_number()) die("%s: field '%s' must be a number, got %s", path.c_str(), key, obj[key].dump().c_str());
-        return obj[key].get<double>();
+    }
+    const char* w = path.c_str();
+    auto get_int = [&](const char* key, bool required, long long dflt, long long lo, long long hi) -> int {
+        return (int)json_int(j, key, w, dflt, lo, hi, required);
     };
     Config c;
-    c.vocab_size = get_int("vocab_size", true, 0);
-    c.hidden_size = get_int("hidden_size", true, 0);
-    c.num_hidden_layers = get_int("num_hidden_layers", true, 0);
-    c.num_attention_heads = get_int("num_attention_heads", true, 0);
-    c.num_key_value_heads = get_int("num_key_value_heads", false, c.num_attention_heads);
-    c.intermediate_size = get_int("intermediate_size", true, 0);
-    c.max_position_embeddings = get_int("max_position_embeddings", false, 2048);
-    if (c.num_attention_heads <= 0) die("%s: num_attention_heads has an invalid value %d", path.c_str(), c.num_attention_heads);
-    c.head_dim = get_int("head_dim", false, c.hidden_size / c.num_attention_heads);
-    c.rms_norm_eps = get_float(j, "rms_norm_eps", 1e-6);
-    c.rope_theta = get_float(j, "rope_theta", 10000.0);
+    c.vocab_size = get_int("vocab_size", true, 0, 1, 4000000);
+    c.hidden_size = get_int("hidden_size", true, 0, 1, 65536);
+    c.num_hidden_layers = get_int("num_hidden_layers", true, 0, 1, 1024);
+    c.num_attention_heads = get_int("num_attention_heads", true, 0, 1, 4096);
+    c.num_key_value_heads = get_int("num_key_value_heads", false, c.num_attention_heads, 1, c.num_attention_heads);
+    c.intermediate_size = get_int("intermediate_size", true, 0, 1, 1048576);
+    c.max_position_embeddings = get_int("max_position_embeddings", false, 2048, 1, 10000000);
+    bool has_head_dim = json_field(j, "head_dim", w, false) != nullptr;
+    c.head_dim = get_int("head_dim", false, c.hidden_size / c.num_attention_heads, 2, 1024);
+    c.rms_norm_eps = json_num(j, "rms_norm_eps", w, 1e-6, 0, 1);
+    c.rope_theta = json_num(j, "rope_theta", w, 10000.0, 1, 1e30);
     // transformers ≥ 5 writes rope_parameters {rope_theta, rope_type}; older files write rope_theta (+ rope_scaling)
-    if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
-        const json& rp = j["rope_parameters"];
-        c.rope_theta = get_float(rp, "rope_theta", c.rope_theta);
-        std::string rt = rp.value("rope_type", std::string("default"));
-        if (rt != "default") die("%s: unsupported rope_type '%s' (only default RoPE)", path.c_str(), rt.c_str());
+    if (const json* rp = json_field(j, "rope_parameters", w, false)) {
+        if (!rp->is_object()) die("%s: field 'rope_parameters' must be an object, got %s", w, json_short(*rp).c_str());
+        std::string rw = path + ": rope_parameters";
+        c.rope_theta = json_num(*rp, "rope_theta", rw, c.rope_theta, 1, 1e30);
+        std::string rt = json_str(*rp, "rope_type", rw, "default");
+        if (rt != "default") die("%s: unsupported rope_type '%s' (only default RoPE)", w, rt.c_str());
     }
-    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) die("%s: rope_scaling is not supported", path.c_str());
-    if (j.value("tie_word_embeddings", false)) die("%s: tie_word_embeddings=true is not supported (DeepSeek LLM unties lm_head)", path.c_str());
-    if (j.value("attention_bias", false) || j.value("mlp_bias", false)) die("%s: attention/MLP biases are not supported", path.c_str());
-    std::string act = j.value("hidden_act", std::string("silu"));
-    if (act != "silu") die("%s: unsupported hidden_act '%s' (only silu)", path.c_str(), act.c_str());
-    c.bos_token_id = get_int("bos_token_id", false, c.bos_token_id);
-    c.eos_token_id = j.contains("eos_token_id") && j["eos_token_id"].is_array() ? c.eos_token_id : get_int("eos_token_id", false, c.eos_token_id);
-    if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) c.torch_dtype = j["torch_dtype"];
-    if (j.contains("dtype") && j["dtype"].is_string()) c.torch_dtype = j["dtype"];
-    if (c.hidden_size != c.num_attention_heads * c.head_dim && !j.contains("head_dim"))
-        die("%s: hidden_size %d is not divisible by num_attention_heads %d", path.c_str(), c.hidden_size, c.num_attention_heads);
+    // rope_scaling: null, or a no-op {"rope_type" (or the older "type"): "default"}; any real scaling is refused
+    if (const json* rs = json_field(j, "rope_scaling", w, false)) {
+        if (!rs->is_object()) die("%s: field 'rope_scaling' must be an object or null, got %s", w, json_short(*rs).c_str());
+        std::string sw = path + ": rope_scaling";
+        std::string rt = json_str(*rs, "rope_type", sw, json_str(*rs, "type", sw, ""));
+        if (rt != "default") die("%s: rope_scaling %s is not supported (only default RoPE)", w, json_short(*rs).c_str());
+    }
+    if (json_bool(j, "tie_word_embeddings", w, false))
+        die("%s: tie_word_embeddings=true is not supported (DeepSeek LLM unties lm_head)", w);
+    if (json_bool(j, "attention_bias", w, false) || json_bool(j, "mlp_bias", w, false))
+        die("%s: attention/MLP biases are not supported", w);
+    std::string act = json_str(j, "hidden_act", w, "silu");
+    if (act != "silu") die("%s: unsupported hidden_act '%s' (only silu)", w, act.c_str());
+    // BOS/EOS ids must name rows of the embedding. Absent (or null, as transformers allows), the DeepSeek default
+    // is kept when the vocabulary holds it, else there is none (-1).
+    // An EOS list (transformers allows one): the first is the model's (generation_config.json lists them all).
+    std::vector<int> bos = json_token_ids(j, "bos_token_id", path, c.vocab_size, false);
+    std::vector<int> eos = json_token_ids(j, "eos_token_id", path, c.vocab_size, true);
+    c.bos_token_id = !bos.empty() ? bos[0] : c.bos_token_id < c.vocab_size ? c.bos_token_id : -1;
+    c.eos_token_id = !eos.empty() ? eos[0] : c.eos_token_id < c.vocab_size ? c.eos_token_id : -1;
+    c.torch_dtype = json_str(j, "torch_dtype", w, c.torch_dtype);
+    c.torch_dtype = json_str(j, "dtype", w, c.torch_dtype);
+    if (c.hidden_size != c.num_attention_heads * c.head_dim && !has_head_dim)
+        die("%s: hidden_size %d is not divisible by num_attention_heads %d", w, c.hidden_size, c.num_attention_heads);
     config_validate(c, path);
     return c;
 }
 
+// a BOS/EOS id as written: null for none (-1) or for an id outside the vocabulary (a Config's DeepSeek default
+// 100000 on a smaller model), which config_read_json would refuse
+static json config_token_json(const Config& c, int id) { return id >= 0 && id < c.vocab_size ? json(id) : json(nullptr); }
 void config_write_json(const Config& c, const std::string& path) {
     json j;
     j["architectures"] = {"LlamaForCausalLM"};
     j["model_type"] = "llama";
     j["attention_bias"] = false;
     j["attention_dropout"] = 0.0;
-    j["bos_token_id"] = c.bos_token_id;
-    j["eos_token_id"] = c.eos_token_id;
+    j["bos_token_id"] = config_token_json(c, c.bos_token_id);
+    j["eos_token_id"] = config_token_json(c, c.eos_token_id);
     j["head_dim"] = c.head_dim;
     j["hidden_act"] = "silu";
     j["hidden_size"] = c.hidden_size;
@@ -1369,7 +1432,9 @@ static void att_outer4(float* g, const float* p, const float* const* x, int nk, 
 #if defined(__AVX512F__)
 static inline __m512 exp16(__m512 x) {  // exp_fast (deepseek.h): the same operations on 16 lanes, the same bits
     const __mmask16 all = 0xFFFF;  // full masks: the masked forms keep GCC 12's headers free of -Wmaybe-uninitialized
-    x = _mm512_maskz_min_ps(all, _mm512_maskz_max_ps(all, x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+    // the clamp with x second: vmaxps/vminps return their second operand when either is NaN, so NaN in gives NaN
+    // out, as exp_fast (finite inputs: the same bits either way)
+    x = _mm512_maskz_min_ps(all, _mm512_set1_ps(88.3f), _mm512_maskz_max_ps(all, _mm512_set1_ps(-87.3f), x));
     __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(12582912.0f)),
                              _mm512_set1_ps(12582912.0f));
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
@@ -3491,12 +3556,20 @@ static void* read_into_huge_pages(int fd, size_t size, const std::string& path) 
     return p;
 }
 
+// safetensors' own rules (the Rust reference's validate()): a header of at most 100 MB; each tensor an object
+// {dtype, shape, data_offsets}, the shape non-negative integers whose product × the dtype's size fits 64 bits and
+// equals end − begin; sorted by begin, the tensors' byte ranges follow each other from 0 with no gap or overlap
+// and end exactly at the end of the file. Every size is checked 64-bit arithmetic: a hostile header cannot wrap.
+static const uint64_t SAFETENSORS_HEADER_MAX = 100000000;
+static bool mul_u64(uint64_t a, uint64_t b, uint64_t* r) {   // *r = a·b; false if it does not fit in 64 bits
+    if (b != 0 && a > UINT64_MAX / b) return false;
+    *r = a * b;
+    return true;
+}
 void SafeTensors::open_file(const std::string& path) {
-    int fd = open(path.c_str(), O_RDONLY);
-    if (fd < 0) die("cannot open %s: %s", path.c_str(), strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) { close(fd); die("cannot stat %s", path.c_str()); }
-    size_t size = (size_t)st.st_size;
+    if (source.empty()) source = path;
+    size_t size = 0;
+    int fd = open_regular_fd(path, &size);   // a directory, FIFO or device is refused by name (a FIFO never blocks)
     if (size < 8) { close(fd); die("%s: truncated safetensors file (%zu bytes)", path.c_str(), size); }
     void* map = in_ram ? read_into_huge_pages(fd, size, path) : mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
@@ -3505,53 +3578,98 @@ void SafeTensors::open_file(const std::string& path) {
     const uint8_t* base = (const uint8_t*)map;
     uint64_t hlen = 0;
     for (int i = 0; i < 8; i++) hlen |= (uint64_t)base[i] << (8 * i);
-    if (hlen > size - 8) die("%s: truncated safetensors file (header says %llu bytes, file has %zu)", path.c_str(), (unsigned long long)hlen, size);
+    if (hlen > size - 8)   // size ≥ 8: no wrap; 8 + hlen ≤ size below
+        die("%s: truncated safetensors file (header says %llu bytes, file has %zu)", path.c_str(), (unsigned long long)hlen, size);
+    if (hlen > SAFETENSORS_HEADER_MAX)
+        die("%s: safetensors header of %llu bytes is larger than the format's limit of 100 MB", path.c_str(), (unsigned long long)hlen);
+    // the top-level names are collected while parsing: a JSON object keeps only the last of duplicate keys
+    std::set<std::string> names;
+    std::string dup;
+    json::parser_callback_t note_names = [&](int depth, json::parse_event_t ev, json& parsed) {
+        if (depth == 1 && ev == json::parse_event_t::key && parsed.is_string() && !names.insert(parsed.get<std::string>()).second &&
+            dup.empty())
+            dup = parsed.get<std::string>();
+        return true;
+    };
     json h;
-    try { h = json::parse(base + 8, base + 8 + hlen); } catch (const std::exception& e) {
+    try { h = json::parse(base + 8, base + 8 + hlen, note_names); } catch (const std::exception& e) {
         die("%s: malformed safetensors header (%s)", path.c_str(), e.what());
     }
     if (!h.is_object()) die("%s: safetensors header is not a JSON object", path.c_str());
+    if (!dup.empty()) die("%s: tensor '%s' appears twice in the header", path.c_str(), dup.c_str());
     const uint8_t* data = base + 8 + hlen;
-    size_t data_size = size - 8 - hlen;
+    uint64_t data_size = size - 8 - hlen;
+    struct Range { uint64_t begin, end; const std::string* name; };
+    std::vector<Range> ranges;
     for (auto it = h.begin(); it != h.end(); ++it) {
         const std::string& name = it.key();
         const json& t = it.value();
-        if (name == "__metadata__") {
-            if (t.is_object())
-                for (auto m = t.begin(); m != t.end(); ++m)
-                    if (m.value().is_string()) metadata[m.key()] = m.value();
+        if (name == "__metadata__") {   // a map of strings to strings, as the format says
+            if (!t.is_object()) die("%s: __metadata__ must be an object of strings, got %s", path.c_str(), json_short(t).c_str());
+            for (auto m = t.begin(); m != t.end(); ++m) {
+                if (!m.value().is_string())
+                    die("%s: __metadata__ field '%s' must be a string, got %s", path.c_str(), m.key().c_str(), json_short(m.value()).c_str());
+                metadata[m.key()] = m.value().get<std::string>();
+            }
             continue;
         }
+        std::string where = path + ": tensor '" + name + "'";
+        if (!t.is_object() || !t.contains("dtype") || !t.contains("shape") || !t.contains("data_offsets"))
+            die("%s has a malformed header entry %s (expected {dtype, shape, data_offsets})", where.c_str(), json_short(t).c_str());
         TensorInfo ti;
         ti.name = name;
-        if (!t.is_object() || !t.contains("dtype") || !t["dtype"].is_string() || !t.contains("shape") || !t["shape"].is_array() ||
-            !t.contains("data_offsets") || !t["data_offsets"].is_array() || t["data_offsets"].size() != 2)
-            die("%s: tensor '%s' has a malformed header entry", path.c_str(), name.c_str());
-        if (!dtype_parse(t["dtype"], &ti.dtype))
-            die("%s: tensor '%s' has unsupported dtype %s", path.c_str(), name.c_str(), t["dtype"].dump().c_str());
-        size_t numel = 1;
-        for (auto& d : t["shape"]) {
-            if (!d.is_number_unsigned() || d.get<uint64_t>() > (1ull << 40))
-                die("%s: tensor '%s' has an invalid shape %s", path.c_str(), name.c_str(), t["shape"].dump().c_str());
-            ti.shape.push_back(d.get<int64_t>());
-            numel *= d.get<size_t>();
-            if (numel > (1ull << 40)) die("%s: tensor '%s' is absurdly large", path.c_str(), name.c_str());
+        ti.file = path;
+        std::string dt = json_str(t, "dtype", where, "", true);
+        if (!dtype_parse(dt, &ti.dtype)) die("%s has unsupported dtype \"%s\" (F32, BF16, F16, I32, I64, U8)", where.c_str(), dt.c_str());
+        const json* shape = json_field(t, "shape", where, true);
+        if (!shape->is_array()) die("%s: shape must be a list of non-negative integers, got %s", where.c_str(), json_short(*shape).c_str());
+        uint64_t numel = 1;
+        bool overflow = false;
+        for (const json& d : *shape) {
+            if (!d.is_number_unsigned() || d.get<uint64_t>() > (uint64_t)INT64_MAX)
+                die("%s: shape %s must be a list of non-negative integers", where.c_str(), json_short(*shape).c_str());
+            ti.shape.push_back((int64_t)d.get<uint64_t>());
+            overflow = overflow || !mul_u64(numel, d.get<uint64_t>(), &numel);
         }
-        const json& off = t["data_offsets"];
-        if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
-            die("%s: tensor '%s' has invalid data_offsets", path.c_str(), name.c_str());
-        uint64_t b = off[0], e = off[1];
+        uint64_t nbytes = 0;
+        if (overflow || !mul_u64(numel, (uint64_t)dtype_size(ti.dtype), &nbytes))
+            die("%s: shape %s overflows: its size in bytes does not fit in 64 bits", where.c_str(), shape_str(ti.shape).c_str());
+        const json* off = json_field(t, "data_offsets", where, true);
+        if (!off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() || !(*off)[1].is_number_unsigned())
+            die("%s: data_offsets must be [begin, end], two non-negative integers, got %s", where.c_str(), json_short(*off).c_str());
+        uint64_t b = (*off)[0].get<uint64_t>(), e = (*off)[1].get<uint64_t>();
         if (b > e || e > data_size)
-            die("%s: tensor '%s' data_offsets [%llu, %llu] lie outside the %zu data bytes (truncated or corrupt file)",
-                path.c_str(), name.c_str(), (unsigned long long)b, (unsigned long long)e, data_size);
-        if (e - b != numel * dtype_size(ti.dtype))
-            die("%s: tensor '%s' has %llu bytes but shape %s of %s needs %zu", path.c_str(), name.c_str(),
-                (unsigned long long)(e - b), shape_str(ti.shape).c_str(), dtype_name(ti.dtype), numel * dtype_size(ti.dtype));
+            die("%s: data_offsets [%llu, %llu] lie outside the %llu data bytes (truncated or corrupt file)", where.c_str(),
+                (unsigned long long)b, (unsigned long long)e, (unsigned long long)data_size);
+        if (e - b != nbytes)
+            die("%s has %llu bytes but shape %s of %s needs %llu", where.c_str(), (unsigned long long)(e - b),
+                shape_str(ti.shape).c_str(), dtype_name(ti.dtype), (unsigned long long)nbytes);
         ti.data = data + b;
         ti.nbytes = e - b;
-        if (tensors.count(name)) die("%s: tensor '%s' appears twice", path.c_str(), name.c_str());
-        tensors[name] = ti;
+        auto prev = tensors.find(name);
+        if (prev != tensors.end()) die("%s appears twice (also in %s)", where.c_str(), prev->second.file.c_str());
+        auto ins = tensors.emplace(name, ti).first;
+        ranges.push_back({b, e, &ins->first});
     }
+    std::sort(ranges.begin(), ranges.end(), [](const Range& x, const Range& y) {
+        return x.begin != y.begin ? x.begin < y.begin : x.end < y.end;
+    });
+    uint64_t pos = 0;
+    const std::string* before = nullptr;
+    for (const Range& r : ranges) {
+        if (r.begin < pos)
+            die("%s: tensor '%s' data_offsets [%llu, %llu] overlap tensor '%s', which ends at %llu", path.c_str(), r.name->c_str(),
+                (unsigned long long)r.begin, (unsigned long long)r.end, before->c_str(), (unsigned long long)pos);
+        if (r.begin > pos)
+            die("%s: a gap of %llu bytes before tensor '%s' (data_offsets [%llu, %llu]; %s ends at %llu): tensors must be contiguous",
+                path.c_str(), (unsigned long long)(r.begin - pos), r.name->c_str(), (unsigned long long)r.begin,
+                (unsigned long long)r.end, before ? ("'" + *before + "'").c_str() : "the header", (unsigned long long)pos);
+        pos = r.end;
+        before = r.name;
+    }
+    if (pos != data_size)
+        die("%s: %llu bytes after the last tensor (the tensors end at %llu of the %llu data bytes): corrupt file", path.c_str(),
+            (unsigned long long)(data_size - pos), (unsigned long long)pos, (unsigned long long)data_size);
 }
 
 // MemAvailable from /proc/meminfo, in bytes (0 when unknown)
@@ -3567,21 +3685,35 @@ static size_t memory_available() {
 }
 
 void SafeTensors::open_dir(const std::string& dir, bool ram_if_fits) {
+    require_dir(dir, "model directory");
+    source = dir;
     std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
     std::vector<std::string> files;
-    json j;
-    if (file_exists(index)) {
-        try { j = json::parse(read_file(index)); } catch (const std::exception& e) { die("%s: malformed JSON (%s)", index.c_str(), e.what()); }
-        if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-            die("%s: missing weight_map", index.c_str());
-        for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-            if (!it.value().is_string()) die("%s: weight_map entries must be file names", index.c_str());
-            std::string f = it.value();
-            if (f.find('/') != std::string::npos) die("%s: shard name '%s' must be a plain file name", index.c_str(), f.c_str());
-            if (std::find(files.begin(), files.end(), dir + "/" + f) == files.end()) files.push_back(dir + "/" + f);
+    std::map<std::string, std::string> listed;   // the index's weight_map: tensor → the path of its shard
+    if (path_exists(index)) {
+        json j = json_parse_file(index);
+        if (!j.is_object()) die("%s: expected a JSON object", index.c_str());
+        const json* wm = json_field(j, "weight_map", index, true);
+        if (!wm->is_object())
+            die("%s: field 'weight_map' must be an object {tensor name: shard file name}, got %s", index.c_str(), json_short(*wm).c_str());
+        if (wm->empty()) die("%s: weight_map is empty", index.c_str());
+        if (const json* md = json_field(j, "metadata", index, false))
+            if (!md->is_object()) die("%s: field 'metadata' must be an object, got %s", index.c_str(), json_short(*md).c_str());
+        for (auto it = wm->begin(); it != wm->end(); ++it) {
+            if (!it.value().is_string())
+                die("%s: weight_map['%s'] must be a shard file name (a string), got %s", index.c_str(), it.key().c_str(), json_short(it.value()).c_str());
+            std::string f = it.value().get<std::string>();
+            // a plain name inside DIR: an index cannot point the loader at another directory
+            if (f.empty() || f.find('/') != std::string::npos || f.find("..") != std::string::npos || f.find('\0') != std::string::npos)
+                die("%s: shard name '%s' (for '%s') must be a plain file name inside %s, without '/' or '..'", index.c_str(), f.c_str(),
+                    it.key().c_str(), dir.c_str());
+            std::string fp = dir + "/" + f;
+            listed[it.key()] = fp;
+            if (std::find(files.begin(), files.end(), fp) == files.end()) files.push_back(fp);
         }
-    } else if (file_exists(single)) {
-        files.push_back(single);
+        for (const std::string& f : files) require_file(f, index + ": shard");
+    } else if (path_exists(single)) {
+        files.push_back(single);   // (a directory or FIFO of that name is refused by name when opened)
     } else {
         die("%s: no model.safetensors or model.safetensors.index.json", dir.c_str());
     }
@@ -3593,21 +3725,32 @@ void SafeTensors::open_dir(const std::string& dir, bool ram_if_fits) {
         in_ram = total < memory_available() / 2;
     }
     for (const std::string& f : files) open_file(f);
-    if (!j.is_null())
-        for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
-            if (!tensors.count(it.key())) die("%s: tensor '%s' is listed but missing from its shard", index.c_str(), it.key().c_str());
+    source = dir;
+    // the index and its shards agree: each listed tensor is in the shard the index names, and no shard holds a
+    // tensor the index leaves out (a mix of two checkpoints' files)
+    if (!listed.empty()) {
+        for (const auto& l : listed) {
+            auto t = tensors.find(l.first);
+            if (t == tensors.end()) die("%s: tensor '%s' is listed but missing from its shard %s", index.c_str(), l.first.c_str(), l.second.c_str());
+            if (t->second.file != l.second)
+                die("%s: tensor '%s' is in %s, but the index says %s", index.c_str(), l.first.c_str(), t->second.file.c_str(), l.second.c_str());
+        }
+        for (const auto& t : tensors)
+            if (!listed.count(t.first))
+                die("%s: tensor '%s' in %s is not listed in the index's weight_map", index.c_str(), t.first.c_str(), t.second.file.c_str());
+    }
 }
 
 const TensorInfo& SafeTensors::get(const std::string& name) const {
     auto it = tensors.find(name);
-    if (it == tensors.end()) die("missing tensor '%s' in safetensors", name.c_str());
+    if (it == tensors.end()) die("missing tensor '%s' in %s", name.c_str(), source.empty() ? "safetensors" : source.c_str());
     return it->second;
 }
 
 void SafeTensors::read_f32(const std::string& name, const std::vector<int64_t>& shape, float* out) const {
     const TensorInfo& t = get(name);
     if (t.shape != shape)
-        die("tensor '%s' has shape %s, expected %s", name.c_str(), shape_str(t.shape).c_str(), shape_str(shape).c_str());
+        die("%s: tensor '%s' has shape %s, expected %s", t.file.c_str(), name.c_str(), shape_str(t.shape).c_str(), shape_str(shape).c_str());
     size_t n = t.numel();
     switch (t.dtype) {
         case DType::F32: memcpy(out, t.data, n * 4); break;
@@ -3619,8 +3762,80 @@ void SafeTensors::read_f32(const std::string& name, const std::vector<int64_t>& 
             #pragma omp parallel for schedule(static)
             for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, t.data + 2 * i, 2); out[i] = f16_to_f32(h); }
             break;
-        default: die("tensor '%s' has dtype %s; expected F32, BF16 or F16", name.c_str(), dtype_name(t.dtype));
+        default: die("%s: tensor '%s' has dtype %s; expected F32, BF16 or F16", t.file.c_str(), name.c_str(), dtype_name(t.dtype));
     }
+}
+
+// The first element of a tensor that is NaN or ±Inf (its exponent all ones), or -1. One pass over the stored bits,
+// the same for F32, BF16 and F16 and for every load path (copied or memory-mapped): the largest |bits| is a max
+// reduction that vectorises; only a tensor that has one is searched again for where.
+template <typename U>
+static long long first_nonfinite_bits(const uint8_t* p, size_t n, U abs_mask, U inf) {
+    U worst = 0;
+    #pragma omp parallel for simd reduction(max : worst) schedule(static) if (n >= ((size_t)1 << 20))
+    for (size_t i = 0; i < n; i++) {
+        U u;
+        memcpy(&u, p + i * sizeof(U), sizeof(U));
+        U a = u & abs_mask;
+        worst = a > worst ? a : worst;
+    }
+    if (worst < inf) return -1;
+    for (size_t i = 0; i < n; i++) {
+        U u;
+        memcpy(&u, p + i * sizeof(U), sizeof(U));
+        if ((U)(u & abs_mask) >= inf) return (long long)i;
+    }
+    return -1;
+}
+static long long first_nonfinite(const TensorInfo& t, float* value) {
+    long long i = -1;
+    switch (t.dtype) {
+        case DType::F32: i = first_nonfinite_bits<uint32_t>(t.data, t.numel(), 0x7fffffffu, 0x7f800000u); break;
+        case DType::BF16: i = first_nonfinite_bits<uint16_t>(t.data, t.numel(), 0x7fff, 0x7f80); break;
+        case DType::F16: i = first_nonfinite_bits<uint16_t>(t.data, t.numel(), 0x7fff, 0x7c00); break;
+        default: return -1;
+    }
+    if (i >= 0) {
+        uint16_t h = 0;
+        if (t.dtype == DType::F32) memcpy(value, t.data + 4 * i, 4);
+        else { memcpy(&h, t.data + 2 * i, 2); *value = t.dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h); }
+    }
+    return i;
+}
+
+// rotary_emb.inv_freq: a buffer older transformers saved with each layer; recomputed here from rope_theta
+static bool ignorable_tensor(const std::string& name) {
+    const std::string suffix = ".rotary_emb.inv_freq";
+    return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// A tensor the model does not use is an error, not a warning (transformers' from_pretrained only warns about
+// "unexpected keys"): here it almost always means that config.json does not describe the weights (more layers than
+// num_hidden_layers, a q_proj.bias under attention_bias false, an lm_head under another name), and loading the rest
+// would run, silently, a different model than the checkpoint's. The same rule holds wherever a model directory is
+// loaded (model_load_dir, infer_load) or checked (info). The one exception is rotary_emb.inv_freq, a buffer older
+// transformers saved: it is a function of rope_theta, recomputed here, so it is ignored, as transformers ignores it.
+void model_check_tensors(const SafeTensors& st, const Config& cfg, bool values) {
+    std::set<std::string> used;
+    for (const ParamView& pv : param_views(cfg)) {
+        const TensorInfo& t = st.get(pv.name);
+        used.insert(pv.name);
+        if (t.shape != pv.shape)
+            die("%s: tensor '%s' has shape %s, expected %s (from config.json)", t.file.c_str(), pv.name.c_str(),
+                shape_str(t.shape).c_str(), shape_str(pv.shape).c_str());
+        if (t.dtype != DType::F32 && t.dtype != DType::BF16 && t.dtype != DType::F16)
+            die("%s: tensor '%s' has dtype %s; expected F32, BF16 or F16", t.file.c_str(), pv.name.c_str(), dtype_name(t.dtype));
+        float bad = 0;
+        long long at = values ? first_nonfinite(t, &bad) : -1;
+        if (at >= 0)
+            die("%s: tensor '%s' holds %s at element %lld: the weights must be finite", t.file.c_str(), pv.name.c_str(),
+                std::isnan(bad) ? "NaN" : bad > 0 ? "+Inf" : "-Inf", at);
+    }
+    for (const auto& t : st.tensors)
+        if (!used.count(t.first) && !ignorable_tensor(t.first))
+            die("%s: tensor '%s' is not part of the model config.json describes (a LlamaForCausalLM with %d layers, no "
+                "biases, an untied lm_head): config.json does not match the weights", t.second.file.c_str(), t.first.c_str(),
+                cfg.num_hidden_layers);
 }
 
 void safetensors_write(const std::string& path, const std::vector<TensorOut>& tensors, bool store_bf16,
@@ -3642,6 +3857,7 @@ void safetensors_write(const std::string& path, const std::vector<TensorOut>& te
     std::string tmp = path + ".tmp";
     FILE* f = fopen(tmp.c_str(), "wb");
     if (!f) die("cannot write %s: %s", tmp.c_str(), strerror(errno));
+    errno = 0;   // (what a failed write leaves here is its reason)
     uint64_t hl = hs.size();
     uint8_t le[8];
     for (int i = 0; i < 8; i++) le[i] = (uint8_t)(hl >> (8 * i));
@@ -3663,8 +3879,7 @@ void safetensors_write(const std::string& path, const std::vector<TensorOut>& te
     ok = (fflush(f) == 0) && ok;
     ok = (fsync(fileno(f)) == 0) && ok;
     ok = (fclose(f) == 0) && ok;
-    if (!ok) die("error writing %s (disk full?)", tmp.c_str());
-    if (rename(tmp.c_str(), path.c_str()) != 0) die("cannot rename %s: %s", tmp.c_str(), strerror(errno));
+    commit_tmp(tmp, path, ok);
 }
 
 // ============================================================================
@@ -3675,6 +3890,7 @@ void model_load_dir(Model* m, const std::string& dir) {
     Config cfg = config_read_json(dir + "/config.json");
     SafeTensors st;
     st.open_dir(dir);
+    model_check_tensors(st, cfg, true);
     model_build(m, cfg);
     for (const ParamView& pv : param_views(cfg)) st.read_f32(pv.name, pv.shape, m->params_memory.data() + pv.offset);
 }
@@ -3687,7 +3903,8 @@ void model_save_dir(const Model& m, const std::string& dir, bool bf16) {
     for (const ParamView& pv : param_views(cfg)) ts.push_back({pv.name, DType::F32, pv.shape, m.params_memory.data() + pv.offset});
     safetensors_write(dir + "/model.safetensors", ts, bf16, {{"format", "pt"}});
     config_write_json(cfg, dir + "/config.json");
-    json gen = {{"bos_token_id", cfg.bos_token_id}, {"eos_token_id", cfg.eos_token_id}, {"_from_model_config", false}};
+    json gen = {{"bos_token_id", config_token_json(cfg, cfg.bos_token_id)}, {"eos_token_id", config_token_json(cfg, cfg.eos_token_id)},
+                {"_from_model_config", false}};
     write_file_atomic(dir + "/generation_config.json", gen.dump(2) + "\n");
 }
 
@@ -3764,6 +3981,8 @@ int cmd_info(int argc, char** argv) {
         printf("usage: deepseek info (--preset NAME | --model DIR) [--seq-len T] [--device auto|cpu|cuda]\n"
                "  prints the shapes, the exact parameter count, the paper's non-embedding FLOPs per token M\n"
                "  (72·L·C² + 12·L·C·l_seq) and the memory for weights, gradients and AdamW state.\n"
+               "  --model DIR also checks the checkpoint: every safetensors header (all shards) against config.json,\n"
+               "  and prints the weights' dtypes and size (the values are not read).\n"
                "  presets: tiny, small, deepseek-llm-7b, deepseek-llm-67b\n");
         return 0;
     }
@@ -3773,8 +3992,13 @@ int cmd_info(int argc, char** argv) {
     Device dev = device_select(a.str("device", "auto"));
     Config cfg;
     if (a.has("preset") == a.has("model")) die("info: give exactly one of --preset NAME or --model DIR");
-    if (a.has("model")) cfg = config_read_json(a.str("model") + "/config.json");
-    else if (!config_preset(a.str("preset"), &cfg)) {
+    SafeTensors st;
+    if (a.has("model")) {   // a checkpoint check: the config, every shard's header, the tensors against the config
+        require_dir(a.str("model"), "info: model directory");
+        cfg = config_read_json(a.str("model") + "/config.json");
+        st.open_dir(a.str("model"));
+        model_check_tensors(st, cfg, false);
+    } else if (!config_preset(a.str("preset"), &cfg)) {
         Model dummy;
         model_from_args(&dummy, a, 0);  // dies with the list of presets
     }
@@ -3792,6 +4016,21 @@ int cmd_info(int argc, char** argv) {
     printf("memory_adamw_state: fp32 m+v %.2f GiB (+ fp32 master weights %.2f GiB when training in bf16)\n", n * 8 / GiB, n * 4 / GiB);
     printf("memory_training: fp32 %.2f GiB (weights+grads+m+v), bf16 mixed precision %.2f GiB (bf16 weights, fp32 master+grads+m+v)\n",
            n * 16 / GiB, n * 18 / GiB);
+    if (a.has("model")) {
+        std::map<std::string, std::pair<size_t, size_t>> by_dtype;   // dtype → tensors, bytes
+        std::set<std::string> files;
+        size_t bytes = 0;
+        for (const auto& t : st.tensors) {
+            auto& d = by_dtype[dtype_name(t.second.dtype)];
+            d.first++;
+            d.second += t.second.nbytes;
+            bytes += t.second.nbytes;
+            files.insert(t.second.file);
+        }
+        printf("weights: %zu tensors in %zu safetensors file%s, %zu bytes (%.2f GiB)\n", st.tensors.size(), files.size(),
+               files.size() == 1 ? "" : "s", bytes, bytes / (1024.0 * 1024.0 * 1024.0));
+        for (const auto& d : by_dtype) printf("weights_dtype: %s, %zu tensors, %zu bytes\n", d.first.c_str(), d.second.first, d.second.second);
+    }
     printf("device: %s", dev == Device::CUDA ? "cuda" : "cpu");
     if (dev == Device::CUDA) printf(" (%s)", cuda_device_name(0).c_str());
     else printf(" (%d threads)", num_threads());

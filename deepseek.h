@@ -37,6 +37,10 @@ double json_num(const nlohmann::json& obj, const char* key, const std::string& w
 bool json_bool(const nlohmann::json& obj, const char* key, const std::string& where, bool dflt, bool required = false);
 std::string json_str(const nlohmann::json& obj, const char* key, const std::string& where, const std::string& dflt,
                      bool required = false);
+// A token id field (bos_token_id, eos_token_id, …): absent or null → {}; else an integer in [0, vocab_size), or with
+// list a list of them (non-empty). Dies naming the field and the vocabulary's range.
+std::vector<int> json_token_ids(const nlohmann::json& obj, const char* key, const std::string& where, int vocab_size,
+                                bool list);
 
 // ----------------------------------------------------------------------------
 // command-line flags: `--name value` pairs and `--switch`es, validated in one place
@@ -191,7 +195,9 @@ extern bool g_cpu_reference;   // true: model_forward/model_backward run the ref
 // r = x − n·ln 2 (ln 2 split in two so r is exact to fp32), e^r ≈ 1 + r + r²·P(r) with P the degree-5
 // minimax polynomial Cephes' expf uses on |r| ≤ ln2/2: relative error ≤ 8e-8 (about 1 ulp, like expf).
 // Inputs are clamped to [−87.3, 88.3]: e^−87.3 ≈ 1e-38, not 0, so callers that need an exact 0 (masked
-// positions) must not call it for them.
+// positions) must not call it for them. Defined for every input: ±Inf clamp like any large value, NaN gives NaN
+// (the clamp lets it through; 2^n is taken from t's bits as an unsigned int, never a float-to-int conversion or
+// a shift of a negative int, which were undefined for NaN).
 // a·b + c with one rounding where the CPU has FMA: then exp_fast gives the same bits in every build (-O1 or -O3,
 // contracted or not) and equals deepseek.cu's 16-lane exp16, so attention's forward and backward agree exactly
 inline float exp_madd(float a, float b, float c) {
@@ -205,7 +211,8 @@ inline float exp_fast(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
     // n = round(x·log2 e) by the 1.5·2^23 trick (adding it pushes the fraction out of the mantissa; exact for
     // |t| < 2^22): floorf would stop GCC from vectorising the loop unless -fno-trapping-math is given
-    float n = exp_madd(x, 1.44269504088896341f, 12582912.0f) - 12582912.0f;
+    float t = exp_madd(x, 1.44269504088896341f, 12582912.0f);
+    float n = t - 12582912.0f;
     float r = exp_madd(-n, 0.693145751953125f, x);
     r = exp_madd(-n, 1.428606765330187e-6f, r);
     float p = 1.9875691500e-4f;
@@ -215,7 +222,11 @@ inline float exp_fast(float x) {
     p = exp_madd(p, r, 1.6666665459e-1f);
     p = exp_madd(p, r, 5.0000001201e-1f);
     p = exp_madd(p, r * r, r) + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;   // 2^n
+    // 2^n: t = 1.5·2^23 + n exactly (|n| ≤ 127, one ulp of t is 1), so t's bits are 0x4B400000 + n in two's
+    // complement and (n + 127) << 23 is 2^n's, in unsigned arithmetic (for NaN any bits: p is NaN, so is p·scale)
+    uint32_t tb;
+    memcpy(&tb, &t, 4);
+    uint32_t bits = (tb - 0x4B400000u + 127u) << 23;
     float scale;
     memcpy(&scale, &bits, 4);
     return p * scale;
@@ -275,6 +286,7 @@ struct TensorInfo {
     std::vector<int64_t> shape;
     const uint8_t* data = nullptr;   // into the memory map
     size_t nbytes = 0;
+    std::string file;                // the safetensors file it is in, for messages
     size_t numel() const;
 };
 // A memory-mapped safetensors file (or all shards of a model directory). Validates the header fully.
@@ -283,6 +295,7 @@ struct SafeTensors {
     bool in_ram = false;   // files are read into (huge-page) anonymous memory instead of being memory-mapped
     std::map<std::string, TensorInfo> tensors;
     std::map<std::string, std::string> metadata;
+    std::string source;          // the directory (or file) opened, for messages
     SafeTensors() = default;
     SafeTensors(const SafeTensors&) = delete;
     SafeTensors& operator=(const SafeTensors&) = delete;
@@ -306,6 +319,10 @@ struct TensorOut {
 void safetensors_write(const std::string& path, const std::vector<TensorOut>& tensors, bool store_bf16 = false,
                        const std::map<std::string, std::string>& metadata = {});
 
+// A model directory's tensors against its config.json: every tensor the model uses is there with its shape and a
+// float dtype (F32, BF16, F16), and no other tensor is (rotary_emb.inv_freq buffers aside); with values, every
+// one of them is also scanned for NaN or ±Inf. Dies naming the file and the tensor.
+void model_check_tensors(const SafeTensors& st, const Config& cfg, bool values);
 void model_load_dir(Model* m, const std::string& dir);      // config.json + safetensors → fp32 params
 void model_save_dir(const Model& m, const std::string& dir, bool bf16); // config.json + model.safetensors (+ generation_config.json)
 // a model from --preset NAME or --model DIR (exactly one), for subcommands
@@ -314,6 +331,9 @@ void model_from_args(Model* m, const Args& a, uint64_t seed);
 // file helpers
 bool file_exists(const std::string& path);
 bool dir_exists(const std::string& path);
+bool path_exists(const std::string& path);   // anything at PATH (a file, directory, FIFO, …)
+// opens PATH read-only if it is a regular file (size in *size), else dies naming what it is (a FIFO never blocks)
+int open_regular_fd(const std::string& path, size_t* size);
 // die unless PATH is a directory / a regular file: "WHAT PATH does not exist", "… is a file, not a directory", …
 void require_dir(const std::string& path, const std::string& what);
 void require_file(const std::string& path, const std::string& what);

@@ -393,10 +393,13 @@ static long long infer_weight(InferModel* im, const std::string& name, const std
 }
 
 void infer_load(InferModel* im, const std::string& dir, int ctx, bool huge_pages) {
-    if (!dir_exists(dir)) die("model directory %s does not exist", dir.c_str());
+    require_dir(dir, "model directory");
     im->cfg = config_read_json(dir + "/config.json");
     const Config& c = im->cfg;
     im->st.open_dir(dir, huge_pages);
+    // the same checks as model_load_dir: names, shapes and dtypes against config.json, and no NaN or ±Inf (a scan
+    // of the mapped data: the pages are read now rather than by the first token)
+    model_check_tensors(im->st, c, true);
     if (huge_pages && !im->st.in_ram)
         fprintf(stderr, "note: --huge-pages: the weights take more than half of the available memory; memory-mapped instead\n");
     int L = c.num_hidden_layers;
@@ -643,6 +646,14 @@ int sampler_sample(Sampler* s, float* z, int V, const std::vector<int>& seen) {
 // ============================================================================
 // generation
 
+// Logits with a NaN or ±Inf (finite weights whose activations overflow) would be sampled as garbage: an error.
+static void check_logits(const float* z, int V, int pos) {
+    for (int i = 0; i < V; i++)
+        if (!std::isfinite(z[i]))
+            die("generate: the logits at position %d are not finite (token %d: %s): the model's activations overflow",
+                pos, i, std::isnan(z[i]) ? "NaN" : z[i] > 0 ? "+Inf" : "-Inf");
+}
+
 std::vector<int> generate_tokens(InferModel* im, const std::vector<int>& prompt, int max_new, const SamplerParams& sp,
                                  const std::vector<int>& eos_ids, GenerateStats* stats,
                                  bool (*on_token)(int id, void* ctx), void* on_token_ctx) {
@@ -668,6 +679,7 @@ std::vector<int> generate_tokens(InferModel* im, const std::vector<int>& prompt,
     st.prefill_s = t1 - t0;
     st.stop_reason = "length";
     for (int i = 0; i < max_new; i++) {
+        check_logits(logits, V, im->pos - 1);
         memcpy(z.data(), logits, V * sizeof(float));
         int next = sampler_sample(&s, z.data(), V, seen);
         if (i == 0) st.first_token_s = now_s() - t0;
@@ -811,38 +823,36 @@ void chat_tokens(const Tokenizer* tok, const std::vector<ChatMessage>& msgs, boo
 // ============================================================================
 // the command line: generate and chat
 
-// generation_config.json: the checkpoint's sampling defaults and EOS ids (an int or a list)
+// generation_config.json: the checkpoint's sampling defaults and EOS ids (an int or a list). Each field is read
+// typed and checked as the flag that overrides it would be (a value --temperature would refuse is refused here
+// too), token ids against the model's vocabulary.
 struct GenDefaults {
     bool do_sample = false, has_sampling = false;
     float temperature = 1.0f, top_p = 1.0f, repetition_penalty = 1.0f;
     int top_k = 0;
+    int max_new_tokens = 0;             // 0: not given
     std::vector<int> eos;
 };
-static GenDefaults read_generation_config(const std::string& dir) {
+static GenDefaults read_generation_config(const std::string& dir, int vocab_size) {
     GenDefaults g;
     std::string path = dir + "/generation_config.json";
-    if (!file_exists(path)) return g;
-    json j;
-    try { j = json::parse(read_file(path)); } catch (const std::exception& e) { die("%s: malformed JSON (%s)", path.c_str(), e.what()); }
+    if (!path_exists(path)) return g;   // (a directory or FIFO of that name is refused by name)
+    json j = json_parse_file(path);
     if (!j.is_object()) die("%s: expected a JSON object", path.c_str());
-    auto num = [&](const char* k, float* dst) {
-        if (!j.contains(k) || j[k].is_null()) return;
-        if (!j[k].is_number()) die("%s: '%s' must be a number", path.c_str(), k);
-        *dst = j[k].get<float>();
-        g.has_sampling = true;
-    };
-    if (j.contains("do_sample") && j["do_sample"].is_boolean()) { g.do_sample = j["do_sample"]; g.has_sampling = true; }
-    num("temperature", &g.temperature);
-    num("top_p", &g.top_p);
-    num("repetition_penalty", &g.repetition_penalty);
-    if (j.contains("top_k") && j["top_k"].is_number_integer()) g.top_k = j["top_k"];
-    if (j.contains("eos_token_id")) {
-        const json& e = j["eos_token_id"];
-        if (e.is_number_integer()) g.eos.push_back(e.get<int>());
-        else if (e.is_array())
-            for (auto& x : e)
-                if (x.is_number_integer()) g.eos.push_back(x.get<int>());
-    }
+    for (const char* k : {"do_sample", "temperature", "top_p", "top_k", "repetition_penalty"})
+        if (json_field(j, k, path, false)) g.has_sampling = true;
+    g.do_sample = json_bool(j, "do_sample", path, false);
+    g.temperature = (float)json_num(j, "temperature", path, 1.0, 0, 100);            // as --temperature
+    double top_p = json_num(j, "top_p", path, 1.0, -1e300, 1e300);                   // as --top-p: (0, 1]
+    if (!(top_p > 0 && top_p <= 1)) die("%s: field 'top_p' must be a number in (0, 1], got %g", path.c_str(), top_p);
+    g.top_p = (float)top_p;
+    g.top_k = (int)json_int(j, "top_k", path, 0, 0, 100000000);                      // as --top-k
+    g.repetition_penalty = (float)json_num(j, "repetition_penalty", path, 1.0, 1e-3, 1000);   // as --repetition-penalty
+    g.max_new_tokens = (int)json_int(j, "max_new_tokens", path, 0, 1, 10000000);     // as -n
+    json_int(j, "max_length", path, 0, 1, 1LL << 40);                                // (typed; not used)
+    g.eos = json_token_ids(j, "eos_token_id", path, vocab_size, true);
+    json_token_ids(j, "bos_token_id", path, vocab_size, false);
+    // (pad_token_id is not read: generation never pads, and -1 is a common way to write "none")
     return g;
 }
 
@@ -874,24 +884,29 @@ static void session_open(Session* s, const Args& a, bool chat, bool need_tokeniz
     Device dev = device_select(a.str("device", "auto"));   // dies if --device cuda cannot run
     if (!a.has("model")) die("%s: --model DIR is required", a.cmd.c_str());
     std::string dir = a.str("model");
-    long long n = a.integer("n", 256, 0, 10000000);
-    s->max_new = (int)a.integer("max-new-tokens", n, 0, 10000000);
-    int ctx = (int)a.integer("context", 0, 0, 10000000);
+    if (a.has("n") && a.has("max-new-tokens")) die("%s: -n and --max-new-tokens are the same flag; give one", a.cmd.c_str());
+    // -n 0 or --context 0 would mean nothing the help describes: refused
+    s->max_new = (int)a.integer(a.has("n") ? "n" : "max-new-tokens", chat ? 512 : 256, 1, 10000000);
+    int ctx = (int)a.integer("context", 0, 1, 10000000);
     float temperature = (float)a.real("temperature", -1, 0, 100);
     int top_k = (int)a.integer("top-k", -1, 0, 100000000);
-    float top_p = (float)a.real("top-p", -1, 0, 1);
+    float top_p = (float)a.real("top-p", -1, -1e300, 1e300);
+    if (a.has("top-p") && !(top_p > 0 && top_p <= 1))
+        die("%s: --top-p must be a number in (0, 1], got '%s'", a.cmd.c_str(), a.str("top-p").c_str());
     float rep = (float)a.real("repetition-penalty", -1, 1e-3, 1000);
     uint64_t seed = a.has("seed") ? (uint64_t)a.integer("seed", 0, 0, (1ll << 62))
                                   : ((uint64_t)time(nullptr) << 20) ^ (uint64_t)getpid();
     s->stop = a.str("stop");
     if (a.has("stop") && s->stop.empty()) die("%s: --stop needs a non-empty string", a.cmd.c_str());
 
-    if (!dir_exists(dir)) die("model directory %s does not exist", dir.c_str());
-    config_read_json(dir + "/config.json");  // an unsupported model type fails here, before anything is mapped
-    if (need_tokenizer && !file_exists(dir + "/tokenizer.json"))
+    require_dir(dir, "model directory");
+    // an unsupported model type fails here, before anything is mapped
+    int vocab = config_read_json(dir + "/config.json").vocab_size;
+    if (need_tokenizer && !path_exists(dir + "/tokenizer.json"))
         die("%s: %s has no tokenizer.json (pass --prompt-ids for raw token ids)", a.cmd.c_str(), dir.c_str());
-    if (need_tokenizer) s->tok = tokenizer_load(dir + "/tokenizer.json");
-    GenDefaults g = read_generation_config(dir);
+    if (need_tokenizer) s->tok = tokenizer_load(dir + "/tokenizer.json");   // (not a regular file: refused by name)
+    GenDefaults g = read_generation_config(dir, vocab);
+    if (g.max_new_tokens > 0 && !a.has("n") && !a.has("max-new-tokens")) s->max_new = g.max_new_tokens;
     // defaults: the checkpoint's generation_config (greedy unless do_sample), for chat the paper's 0.7 / 0.95
     // when the checkpoint says nothing; flags override
     SamplerParams& sp = s->sp;
@@ -926,7 +941,7 @@ static void session_open(Session* s, const Args& a, bool chat, bool need_tokeniz
     }
     s->eos_ids = g.eos;
     if (s->tok && tokenizer_eos_id(s->tok) >= 0) s->eos_ids.push_back(tokenizer_eos_id(s->tok));
-    if (s->eos_ids.empty()) s->eos_ids.push_back(c.eos_token_id);
+    if (s->eos_ids.empty() && c.eos_token_id >= 0) s->eos_ids.push_back(c.eos_token_id);
     if (s->tok && tokenizer_vocab_size(s->tok) > c.vocab_size)
         die("%s: tokenizer.json has %d tokens but the model only %d embedding rows", a.cmd.c_str(),
             tokenizer_vocab_size(s->tok), c.vocab_size);
@@ -990,7 +1005,7 @@ static void generate_usage() {
     printf("usage: deepseek generate --model DIR (--prompt TEXT | --prompt-ids \"ID ID …\") [flags]\n"
            "  completes the prompt (BOS is prepended) and prints the completion to stdout as it is generated;\n"
            "  timings go to stderr.\n"
-           "  -n, --max-new-tokens N   new tokens at most (256)\n"
+           "  -n, --max-new-tokens N   new tokens at most (generation_config.json's max_new_tokens, else 256)\n"
            "  --temperature T          0 = greedy; default from generation_config.json (greedy unless do_sample)\n"
            "  --top-k K                keep the K most likely tokens (0 = off)\n"
            "  --top-p P                keep the smallest set of tokens with probability ≥ P (1 = off)\n"
@@ -998,6 +1013,7 @@ static void generate_usage() {
            "  --seed S                 random seed for sampling (default: from the clock; printed)\n"
            "  --stop STRING            stop when the output contains STRING (not printed)\n"
            "  --ids                    print the generated token ids on one line instead of text\n"
+           "  --quiet                  no model line and no timings on stderr\n"
            "  --context N              KV cache size in tokens (default: the model's max_position_embeddings)\n"
            "  --huge-pages             read the weights into huge pages instead of mapping them, if they take under\n"
            "                           half of the available memory: ~10%% faster decoding, for a slower start\n"
@@ -1012,12 +1028,14 @@ int cmd_generate(int argc, char** argv) {
     if (a.has("prompt") == a.has("prompt-ids")) die("generate: give exactly one of --prompt TEXT or --prompt-ids IDS");
     Session s;
     s.ids_out = a.flag("ids");
+    s.quiet = a.flag("quiet");   // (accepted before but ignored)
     bool need_tok = a.has("prompt") || !s.ids_out;
     session_open(&s, a, false, need_tok);
     std::vector<int> prompt;
     if (a.has("prompt")) {
         prompt = tokenizer_encode(s.tok, a.str("prompt"), false);
         int bos = tokenizer_bos_id(s.tok) >= 0 ? tokenizer_bos_id(s.tok) : s.im.cfg.bos_token_id;
+        if (bos < 0) die("generate: neither tokenizer.json nor config.json names a BOS token to begin the prompt with");
         prompt.insert(prompt.begin(), bos);
     } else {
         prompt = parse_ids(a.str("prompt-ids"), "generate: --prompt-ids");
@@ -1050,7 +1068,7 @@ static void chat_usage() {
            "  interactive on a terminal: type a message; /reset clears the history, /exit (or EOF) quits.\n"
            "  with --prompt: one reply, then exit. With stdin not a terminal: one user message per line.\n"
            "  the history is kept within the context; the oldest turns are dropped (with a notice) when full.\n"
-           "  -n, --max-new-tokens N   new tokens per reply at most (512)\n"
+           "  -n, --max-new-tokens N   new tokens per reply at most (generation_config.json's max_new_tokens, else 512)\n"
            "  --temperature T, --top-k K, --top-p P, --repetition-penalty R, --seed S, --stop STRING\n"
            "                           as for generate; defaults from generation_config.json, else temperature 0.7,\n"
            "                           top_p 0.95 (the paper's chat defaults)\n"
@@ -1104,7 +1122,6 @@ int cmd_chat(int argc, char** argv) {
     Session s;
     s.quiet = a.flag("quiet");
     session_open(&s, a, true, true);
-    if (!a.has("n") && !a.has("max-new-tokens")) s.max_new = 512;
     std::string system = a.str("system");
     std::vector<ChatMessage> history;
     if (!s.quiet) fputs(s.header.c_str(), stderr);
@@ -1113,6 +1130,7 @@ int cmd_chat(int argc, char** argv) {
     if (tty) fprintf(stderr, "chat with %s — /reset clears the history, /exit quits\n", a.str("model").c_str());
     std::string line;
     char buf[4096];
+    int failed = 0;
     for (;;) {
         if (tty) { fprintf(stderr, "\n> "); fflush(stderr); }
         line.clear();
@@ -1127,9 +1145,11 @@ int cmd_chat(int argc, char** argv) {
         if (line.empty()) continue;
         if (line == "/exit" || line == "/quit") break;
         if (line == "/reset") { history.clear(); fprintf(stderr, "[history cleared]\n"); continue; }
-        chat_turn(&s, &history, system, line);
+        if (!chat_turn(&s, &history, system, line)) failed++;
     }
-    return 0;
+    // a message that could not be answered (its error line is on stderr) makes the exit status 1, so that a script
+    // piping messages in sees it; the other messages were still answered
+    return failed > 0 ? 1 : 0;
 }
 
 // ============================================================================
@@ -1190,7 +1210,7 @@ int cmd_eval(int argc, char** argv) {
                "  --tokenizer FILE     tokenizer.json (default: MODEL/tokenizer.json)\n"
                "  --max-new-tokens N   generation limit per answer (default 64)\n"
                "  --limit N            evaluate only the first N conversations / pairs\n"
-               "  --show N             print the first N generations (default 3)\n"
+               "  --show N             print the first N generations (default 3; 0: none)\n"
                "  --json FILE          also write the results as one JSON object\n"
                "  --skip-bad           skip malformed JSONL lines instead of stopping\n"
                "  --threads N          CPU threads\n"
@@ -1206,7 +1226,7 @@ int cmd_eval(int argc, char** argv) {
     if (!a.has("data") && !a.has("pairs") && !a.has("text")) die("eval: give at least one of --data, --pairs, --text");
     if (a.has("ref") && !a.has("pairs")) die("eval: --ref needs --pairs");
     int max_new = (int)a.integer("max-new-tokens", 64, 1, 1 << 20);
-    long limit = a.integer("limit", 0, 0, 1ll << 40);
+    long limit = a.integer("limit", 0, 1, 1ll << 40);   // (absent: all; 0 would mean nothing the help says)
     int show = (int)a.integer("show", 3, 0, 1 << 20);
     double beta = a.real("beta", 0.1, 1e-6, 1e6);
     bool skip_bad = a.flag("skip-bad");
@@ -1220,8 +1240,9 @@ int cmd_eval(int argc, char** argv) {
     if (limit > 0 && (long)conv.size() > limit) conv.resize(limit);
     if (limit > 0 && (long)pairs.size() > limit) pairs.resize(limit);
     std::string dir = a.str("model"), tok_path = a.str("tokenizer", dir + "/tokenizer.json");
-    if (!dir_exists(dir)) die("eval: model directory %s does not exist", dir.c_str());
-    if (!file_exists(tok_path)) die("eval: no tokenizer at %s (give --tokenizer FILE)", tok_path.c_str());
+    require_dir(dir, "eval: model directory");
+    if (!path_exists(tok_path)) die("eval: no tokenizer at %s (give --tokenizer FILE)", tok_path.c_str());
+    require_file(tok_path, "eval: tokenizer");
     Tokenizer* tok = tokenizer_load(tok_path);
     Model m;
     model_load_dir(&m, dir);
@@ -1288,6 +1309,8 @@ int cmd_eval(int argc, char** argv) {
         Backend be{&m, on_device(m, 16, longest)};
         sequence_logps(&be, kept, 16, eos, &lp);
         cuda_model_free(be.cuda);
+        for (size_t i = 0; i < lp.size(); i++)
+            if (!std::isfinite(lp[i])) die("eval: the log-probability of pair %zu is not finite: the model's activations overflow", i / 2);
         double better = 0;
         for (size_t i = 0; i < n; i++) better += lp[2 * i] > lp[2 * i + 1];
         printf("logp_accuracy: %.4f (%zu pairs)\n", better / n, n);
@@ -1300,6 +1323,8 @@ int cmd_eval(int argc, char** argv) {
             Backend rbe{&ref, on_device(ref, 16, longest)};
             sequence_logps(&rbe, kept, 16, eos, &rl);
             cuda_model_free(rbe.cuda);
+            for (size_t i = 0; i < rl.size(); i++)
+                if (!std::isfinite(rl[i])) die("eval: the reference model's log-probability of pair %zu is not finite", i / 2);
             std::vector<double> pc(n), pr(n), rc(n), rr(n);
             for (size_t i = 0; i < n; i++) { pc[i] = lp[2 * i]; pr[i] = lp[2 * i + 1]; rc[i] = rl[2 * i]; rr[i] = rl[2 * i + 1]; }
             DpoStats st;
@@ -1322,6 +1347,7 @@ int cmd_eval(int argc, char** argv) {
             backend_forward(&be, ids.data() + s, tg.data(), 1, T);
             for (int t = 0; t < T; t++) nll += backend_losses(&be)[t];
             count += T;
+            if (!std::isfinite(nll)) die("eval: the loss of %s is not finite in the window from token %zu: the model's activations overflow", a.str("text").c_str(), s);
         }
         cuda_model_free(be.cuda);
         // bytes of the predicted tokens (the first token is never predicted)

@@ -17,7 +17,9 @@
 #include <atomic>               // std::atomic (tokenizer serial numbers, for the per-thread caches)
 #include <chrono>               // steady_clock (bench)
 #include <cstdio>               // fprintf, fread, fwrite
-#include <cstring>              // memcpy, strcmp
+#include <cerrno>               // errno
+#include <cstring>              // memcpy, strcmp, strerror
+#include <sys/stat.h>           // stat (--input: a file or a stream)
 #include <memory>               // std::unique_ptr
 #include <mutex>                // std::call_once
 #include <queue>                // std::priority_queue
@@ -342,6 +344,8 @@ struct Tokenizer {
     // the pipeline
     std::vector<PreStep> pre;
     std::vector<int> post_prefix, post_suffix;   // the post-processor's single template around $A
+    struct PostToken { int id; std::string token, where; };
+    std::vector<PostToken> post_tokens;          // (while loading) the template's ids with the strings it gives them
     bool has_template = false;
     int bos = -1, eos = -1;
     int vocab_size = 0;
@@ -546,13 +550,25 @@ static void load_post_processor(Tokenizer* t, const json& p, const std::string& 
             seen_a = true;
         } else if (item.is_object() && item.contains("SpecialToken")) {
             std::string name = jstr(jget(item["SpecialToken"], "id", w), w + ".SpecialToken.id");
+            std::string sw = where + ".special_tokens." + name;
             const json& st = jget(specials, name.c_str(), where + ".special_tokens");
-            const json& ids = jget(st, "ids", where + ".special_tokens." + name);
-            if (!ids.is_array()) die("%s.special_tokens.%s.ids: expected a list", where.c_str(), name.c_str());
-            for (const json& x : ids) {
-                long long id = jint(x, where + ".special_tokens." + name + ".ids");
-                if (id < 0 || id >= (1 << 30)) die("%s: special token id %lld out of range", where.c_str(), id);
+            const json& ids = jget(st, "ids", sw);
+            if (!ids.is_array()) die("%s.ids: expected a list", sw.c_str());
+            if (ids.empty()) die("%s.ids: the list is empty", sw.c_str());
+            // tokens (the strings of the ids), when given, must match them one for one (checked at the end,
+            // once the vocabulary and the added tokens are in)
+            if (st.contains("tokens") && !st["tokens"].is_null()) {
+                const json& toks = st["tokens"];
+                if (!toks.is_array() || toks.size() != ids.size())
+                    die("%s.tokens: expected a list of %zu strings, one per id", sw.c_str(), ids.size());
+                for (size_t k = 0; k < toks.size(); k++) jstr(toks[k], sw + ".tokens[" + std::to_string(k) + "]");
+            }
+            for (size_t k = 0; k < ids.size(); k++) {
+                long long id = jint(ids[k], sw + ".ids");
+                if (id < 0 || id >= (1 << 30)) die("%s: special token id %lld out of range", sw.c_str(), id);
                 (seen_a ? t->post_suffix : t->post_prefix).push_back((int)id);
+                if (st.contains("tokens") && !st["tokens"].is_null())
+                    t->post_tokens.push_back({(int)id, st["tokens"][k].get<std::string>(), sw});
             }
         } else {
             die("%s: expected {\"Sequence\": …} or {\"SpecialToken\": …}", w.c_str());
@@ -587,6 +603,8 @@ static Tokenizer* tokenizer_from_json(const json& j, const std::string& where) {
     t->ignore_merges = jbool(m, "ignore_merges", false, mw);
     const json& vocab = jget(m, "vocab", mw);
     if (!vocab.is_object()) die("%s.vocab: expected an object", mw.c_str());
+    // no model tokens: every text outside the added tokens would encode to nothing, silently
+    if (vocab.empty()) die("%s.vocab: the vocabulary is empty (a BPE model needs at least its byte tokens)", mw.c_str());
     size_t n_added = j.contains("added_tokens") && j["added_tokens"].is_array() ? j["added_tokens"].size() : 0;
     t->id_limit = (int)std::min<size_t>(1 << 24, 2 * (vocab.size() + n_added) + 65536);
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
@@ -650,6 +668,11 @@ static Tokenizer* tokenizer_from_json(const json& j, const std::string& where) {
     if (dtype != "ByteLevel") die("%s: unsupported decoder \"%s\" (only ByteLevel)", where.c_str(), dtype.c_str());
     for (int id : t->post_prefix) if (id >= (int)t->id_used.size() || !t->id_used[id]) die("%s.post_processor: unknown id %d", where.c_str(), id);
     for (int id : t->post_suffix) if (id >= (int)t->id_used.size() || !t->id_used[id]) die("%s.post_processor: unknown id %d", where.c_str(), id);
+    for (const auto& pt : t->post_tokens)
+        if (t->id_str[pt.id] != pt.token)
+            die("%s: special token id %d is \"%s\" in the vocabulary, but the template says \"%s\"", pt.where.c_str(), pt.id,
+                t->id_str[pt.id].c_str(), pt.token.c_str());
+    t->post_tokens.clear();
     tok_finish(t.get());
     return t.release();
 }
@@ -1450,6 +1473,10 @@ static std::string read_all_stdin() {
     return s;
 }
 
+// --input FILE for encode/decode: a regular file, or a stream (a pipe, /dev/stdin, /dev/null) read to its end,
+// as stdin is; a directory is refused by name, and a stream that never ends (/dev/zero) stops at encode's 2 GiB limit.
+static std::string read_input(const std::string& path) { return read_text_input(path, 0x7FFFFFFFu); }
+
 static void write_stdout(const std::string& s) {
     if (!s.empty() && fwrite(s.data(), 1, s.size(), stdout) != s.size()) die("tokenizer: cannot write to stdout");
     fflush(stdout);
@@ -1494,7 +1521,7 @@ int cmd_tokenizer(int argc, char** argv) {
         if (!a.positional.empty()) die("%s: unexpected argument \"%s\"", name.c_str(), a.positional[0].c_str());
         if (!a.has("tokenizer")) die("%s: --tokenizer FILE is required", name.c_str());
         std::unique_ptr<Tokenizer, void (*)(Tokenizer*)> t(tokenizer_load(a.str("tokenizer")), tokenizer_free);
-        std::string text = a.has("input") ? read_text_input(a.str("input")) : read_all_stdin();
+        std::string text = a.has("input") ? read_input(a.str("input")) : read_all_stdin();
         std::vector<int> ids = tokenizer_encode(t.get(), text, a.flag("bos"));
         std::string out;
         out.reserve(ids.size() * 6 + 1);
@@ -1508,7 +1535,7 @@ int cmd_tokenizer(int argc, char** argv) {
         if (!a.positional.empty()) die("%s: unexpected argument \"%s\"", name.c_str(), a.positional[0].c_str());
         if (!a.has("tokenizer")) die("%s: --tokenizer FILE is required", name.c_str());
         std::unique_ptr<Tokenizer, void (*)(Tokenizer*)> t(tokenizer_load(a.str("tokenizer")), tokenizer_free);
-        std::string text = a.has("input") ? read_text_input(a.str("input")) : read_all_stdin();
+        std::string text = a.has("input") ? read_input(a.str("input")) : read_all_stdin();
         std::vector<int> ids;
         size_t i = 0;
         while (i < text.size()) {

@@ -459,7 +459,9 @@ TEST_CASE("SIGTERM to one rank stops every rank after the same step, with one co
     run_cmd("rm -rf " + out);
     // a long run in the background ($! is `timeout`, its child mpirun, whose children are the ranks); once rank 0
     // has logged a step every rank has its handlers: signal one rank, not mpirun
-    std::string cmd = mpirun(2) + deepseek_bin() + dp_flags(out) + " --steps 100000 --micro-batch 2 --save-every 0 --zero 1 & MP=$!; "
+    std::string flags = dp_flags(out);
+    flags.replace(flags.find("--steps 20"), 10, "--steps 100000");   // (a flag given twice is an error: replaced)
+    std::string cmd = mpirun(2) + deepseek_bin() + flags + " --micro-batch 2 --save-every 0 --zero 1 & MP=$!; "
                       "for i in $(seq 600); do [ -s " + out + "/metrics.jsonl ] && break; sleep 0.1; done; "
                       "kill -TERM $(pgrep -P $(pgrep -P $MP -x mpirun) | tail -n 1); wait $MP";   // a rank: mpirun's child
     auto r = run_cmd(cmd);

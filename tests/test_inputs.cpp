@@ -46,6 +46,35 @@ void edit_json(const std::string& path, const std::function<void(json&)>& edit) 
     write_text(path, j.dump(1));
 }
 
+// A safetensors file as its header (JSON) and its data bytes, for editing; written back with the header as given.
+struct StParts { json header; std::string data; };
+StParts st_read(const std::string& path) {
+    std::string s = read_file(path);
+    uint64_t hl = 0;
+    memcpy(&hl, s.data(), 8);
+    return {json::parse(s.substr(8, hl)), s.substr(8 + hl)};
+}
+void st_write_raw(const std::string& path, const std::string& header, const std::string& data) {
+    uint64_t hl = header.size();
+    std::string out(8, '\0');
+    memcpy(&out[0], &hl, 8);
+    write_text(path, out + header + data);
+}
+void st_write(const std::string& path, const StParts& p) { st_write_raw(path, p.header.dump(), p.data); }
+// the header's entry for NAME edited in place
+void st_edit(const std::string& path, const std::function<void(json&)>& edit) {
+    StParts p = st_read(path);
+    edit(p.header);
+    st_write(path, p);
+}
+// element i of tensor NAME (F32 or BF16) set to the bit pattern BITS (the low 16 bits for BF16)
+void st_poke(const std::string& path, const std::string& name, size_t i, uint32_t bits) {
+    StParts p = st_read(path);
+    const json& t = p.header.at(name);
+    size_t size = t.at("dtype") == "F32" ? 4 : 2, b = t.at("data_offsets")[0].get<size_t>() + i * size;
+    memcpy(&p.data[b], &bits, size);   // little-endian: the low bytes
+    st_write(path, p);
+}
 struct Outcome { int rc; std::string err; };
 Outcome run_row(const std::string& args) {
     // stdout is dropped, stderr kept; SIGKILL after 120 s so that a hang fails instead of blocking the suite
@@ -175,6 +204,51 @@ const std::string GQA = "tests/fixtures/model_gqa";          // config.json, gen
 const std::string GEN = "tests/fixtures/infer/gen_gqa";      // the same with tokenizer.json, for generate/chat
 const std::string SHARDED = "tests/fixtures/infer/gen_bf16"; // bf16 in 3 shards + model.safetensors.index.json
 
+// the commands that load a model directory M each way: generate (infer_load; --ids needs no tokenizer), generate
+// from text (with M's tokenizer.json), convert (model_load_dir), info (config and headers only)
+std::string gen_ids(const std::string& m) { return "generate --model " + m + " --prompt-ids '1 2' -n 2 --ids --device cpu"; }
+std::string gen_text(const std::string& m) { return "generate --model " + m + " --prompt hi -n 2 --device cpu"; }
+std::string convert(const std::string& m) { return "convert --model " + m + " --out " + m + "_out"; }
+std::string info(const std::string& m) { return "info --model " + m; }
+// a copy of the GQA model with config.json edited
+std::string gqa_config(const std::string& d, const std::function<void(json&)>& edit) {
+    std::string m = copy_of(GQA, d, "m");
+    edit_json(m + "/config.json", edit);
+    return m;
+}
+// a copy of GEN with generation_config.json edited
+std::string gen_config(const std::string& d, const std::function<void(json&)>& edit) {
+    std::string m = copy_of(GEN, d, "m");
+    edit_json(m + "/generation_config.json", edit);
+    return m;
+}
+// a copy of SHARDED with its index edited
+std::string shard_index(const std::string& d, const std::function<void(json&)>& edit) {
+    std::string m = copy_of(SHARDED, d, "m");
+    edit_json(m + "/model.safetensors.index.json", edit);
+    return m;
+}
+// a copy of the GQA model with model.safetensors' header edited
+std::string gqa_header(const std::string& d, const std::function<void(json&)>& edit) {
+    std::string m = copy_of(GQA, d, "m");
+    st_edit(m + "/model.safetensors", edit);
+    return m;
+}
+// a TemplateProcessing post-processor "BOS $A" whose BOS has these ids and (unless null) these token strings
+void bos_template(json& j, const json& ids, const json& tokens) {
+    json st = {{"id", "B"}, {"ids", ids}};
+    if (!tokens.is_null()) st["tokens"] = tokens;
+    j["post_processor"] = {{"type", "TemplateProcessing"},
+                           {"single", {{{"SpecialToken", {{"id", "B"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+                           {"special_tokens", {{"B", st}}}};
+}
+// a copy of GEN's tokenizer.json edited, and the command that loads it
+std::string tok_edit(const std::string& d, const std::function<void(json&)>& edit) {
+    std::string t = copy_of(GEN + "/tokenizer.json", d, "tokenizer.json");
+    edit_json(t, edit);
+    return "tokenizer encode --tokenizer " + t + " </dev/null";
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------- model directories
@@ -188,10 +262,350 @@ TEST_CASE("bad input, model directories: each is one clear error line") {
              std::string m = copy_of(GEN, d, "m");
              std::string s = read_file(m + "/model.safetensors");
              write_text(m + "/model.safetensors", s.substr(0, s.size() - 100));
-             return "generate --model " + m + " --prompt-ids '1 2' --max-new-tokens 2 --device cpu";
+             return "generate --model " + m + " --prompt-ids '1 2' --max-new-tokens 2 --ids --device cpu";   // (--ids: no tokenizer needed)
          },
          "model.safetensors"},
-        // (rows of the model-directory group go here)
+        // ---- the directory and config.json as things on disk
+        {"--model names a file, not a directory",
+         [](const std::string& d) { write_text(d + "/m", "x"); return gen_ids(d + "/m"); },
+         "is a file, not a directory"},
+        {"config.json is a FIFO (must not block)",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             run_cmd("rm " + m + "/config.json && mkfifo " + m + "/config.json");
+             return gen_ids(m);
+         },
+         "FIFO"},
+        {"config.json is a directory",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             run_cmd("rm " + m + "/config.json && mkdir " + m + "/config.json");
+             return info(m);
+         },
+         "is a directory"},
+        {"config.json is a symlink to /dev/zero",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             run_cmd("rm " + m + "/config.json && ln -s /dev/zero " + m + "/config.json");
+             return convert(m);
+         },
+         "device"},
+        // ---- config.json fields of the wrong type or outside their range
+        {"config.json model_type a number", [](const std::string& d) { return gen_ids(gqa_config(d, [](json& j) { j["model_type"] = 7; })); },
+         "field 'model_type' must be a string"},
+        {"config.json tie_word_embeddings a string",
+         [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["tie_word_embeddings"] = "no"; })); },
+         "field 'tie_word_embeddings' must be true or false"},
+        {"config.json attention_bias a number",
+         [](const std::string& d) { return convert(gqa_config(d, [](json& j) { j["attention_bias"] = 0; })); },
+         "field 'attention_bias' must be true or false"},
+        {"config.json architectures a string, not a list",
+         [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["architectures"] = "LlamaForCausalLM"; })); },
+         "'architectures' must be a list of strings"},
+        {"config.json architectures holding a number",
+         [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["architectures"] = {7}; })); },
+         "'architectures' must be a list of strings"},
+        {"config.json rope_parameters a string",
+         [](const std::string& d) { return gen_ids(gqa_config(d, [](json& j) { j["rope_parameters"] = "default"; })); },
+         "field 'rope_parameters' must be an object"},
+        {"config.json rope_parameters.rope_theta a string",
+         [](const std::string& d) { return gen_ids(gqa_config(d, [](json& j) { j["rope_parameters"]["rope_theta"] = "big"; })); },
+         "rope_parameters: field 'rope_theta' must be a number"},
+        {"config.json rope_parameters.rope_type a number",
+         [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["rope_parameters"]["rope_type"] = 1; })); },
+         "field 'rope_type' must be a string"},
+        {"config.json rope_scaling linear",
+         [](const std::string& d) {
+             return info(gqa_config(d, [](json& j) { j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}}; }));
+         },
+         "rope_scaling"},
+        {"config.json rope_scaling a number", [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["rope_scaling"] = 2; })); },
+         "field 'rope_scaling' must be an object or null"},
+        {"config.json hidden_act a number", [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["hidden_act"] = 5; })); },
+         "field 'hidden_act' must be a string"},
+        {"config.json rms_norm_eps a string", [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["rms_norm_eps"] = "tiny"; })); },
+         "field 'rms_norm_eps' must be a number"},
+        {"config.json torch_dtype a number", [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["dtype"] = 16; })); },
+         "field 'dtype' must be a string"},
+        {"config.json vocab_size 1e12", [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["vocab_size"] = 1e12; })); },
+         "field 'vocab_size' must be an integer in [1, 4000000]"},
+        {"config.json bos_token_id = vocab_size (outside the vocabulary)",
+         [](const std::string& d) { return gen_ids(gqa_config(d, [](json& j) { j["bos_token_id"] = 257; })); },
+         "field 'bos_token_id' is 257, not a token id of the vocabulary [0, 257)"},
+        {"config.json eos_token_id -1", [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["eos_token_id"] = -1; })); },
+         "field 'eos_token_id' is -1, not a token id"},
+        {"config.json eos_token_id list with an id outside the vocabulary",
+         [](const std::string& d) { return convert(gqa_config(d, [](json& j) { j["eos_token_id"] = {2, 300}; })); },
+         "field 'eos_token_id' is 300, not a token id"},
+        {"config.json eos_token_id list holding a string",
+         [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["eos_token_id"] = {2, "</s>"}; })); },
+         "field 'eos_token_id' must be an integer"},
+        // ---- generation_config.json: the values the flags that override them would refuse
+        {"generation_config.json temperature -1",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["temperature"] = -1; })); },
+         "field 'temperature' must be a number in [0, 100]"},
+        {"generation_config.json temperature a string",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["temperature"] = "hot"; })); },
+         "field 'temperature' must be a number"},
+        {"generation_config.json top_p 0", [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["top_p"] = 0; })); },
+         "field 'top_p' must be a number in (0, 1]"},
+        {"generation_config.json top_p 1.5", [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["top_p"] = 1.5; })); },
+         "field 'top_p' must be a number in (0, 1]"},
+        {"generation_config.json top_k -3", [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["top_k"] = -3; })); },
+         "field 'top_k' must be an integer in [0,"},
+        {"generation_config.json top_k 2.5", [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["top_k"] = 2.5; })); },
+         "field 'top_k' must be an integer"},
+        {"generation_config.json do_sample a string",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["do_sample"] = "yes"; })); },
+         "field 'do_sample' must be true or false"},
+        {"generation_config.json repetition_penalty 0",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["repetition_penalty"] = 0; })); },
+         "field 'repetition_penalty' must be a number in [0.001, 1000]"},
+        {"generation_config.json max_new_tokens 0",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["max_new_tokens"] = 0; })); },
+         "field 'max_new_tokens' must be an integer in [1,"},
+        {"generation_config.json eos_token_id outside the vocabulary",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["eos_token_id"] = 5000; })); },
+         "field 'eos_token_id' is 5000, not a token id of the vocabulary [0, 384)"},
+        {"generation_config.json eos_token_id list holding a string",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["eos_token_id"] = {1, "a"}; })); },
+         "field 'eos_token_id' must be an integer"},
+        {"generation_config.json bos_token_id -1",
+         [](const std::string& d) { return gen_text(gen_config(d, [](json& j) { j["bos_token_id"] = -1; })); },
+         "field 'bos_token_id' is -1"},
+        {"generation_config.json is a directory",
+         [](const std::string& d) {
+             std::string m = copy_of(GEN, d, "m");
+             run_cmd("rm " + m + "/generation_config.json && mkdir " + m + "/generation_config.json");
+             return gen_text(m);
+         },
+         "is a directory"},
+        {"generation_config.json is not JSON",
+         [](const std::string& d) {
+             std::string m = copy_of(GEN, d, "m");
+             write_text(m + "/generation_config.json", "{\"temperature\": ");
+             return gen_text(m);
+         },
+         "malformed JSON"},
+        {"tokenizer.json is a directory",
+         [](const std::string& d) {
+             std::string m = copy_of(GEN, d, "m");
+             run_cmd("rm " + m + "/tokenizer.json && mkdir " + m + "/tokenizer.json");
+             return gen_text(m);
+         },
+         "is a directory"},
+        // ---- safetensors headers: lengths, shapes, offsets, names (checked arithmetic, safetensors' own rules)
+        {"header length past the end of the file",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             std::string s = read_file(m + "/model.safetensors");
+             uint64_t hl = 1ull << 40;
+             memcpy(&s[0], &hl, 8);
+             write_text(m + "/model.safetensors", s);
+             return gen_ids(m);
+         },
+         "header says 1099511627776 bytes"},
+        {"header length 2^64 - 1 (8 + length wraps)",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             std::string s = read_file(m + "/model.safetensors");
+             uint64_t hl = ~0ull;
+             memcpy(&s[0], &hl, 8);
+             write_text(m + "/model.safetensors", s);
+             return info(m);
+         },
+         "truncated safetensors file"},
+        {"a shape whose element count overflows 64 bits",
+         [](const std::string& d) {
+             return gen_ids(gqa_header(d, [](json& h) { h["model.norm.weight"]["shape"] = {1ull << 32, 1ull << 32, 48}; }));
+         },
+         "overflows"},
+        {"a shape whose byte count overflows 64 bits",
+         [](const std::string& d) {
+             return info(gqa_header(d, [](json& h) { h["model.norm.weight"]["shape"] = {1ull << 62, 2}; }));
+         },
+         "overflows"},
+        {"a negative dimension",
+         [](const std::string& d) { return gen_ids(gqa_header(d, [](json& h) { h["model.norm.weight"]["shape"] = {-48}; })); },
+         "must be a list of non-negative integers"},
+        {"dtype a number", [](const std::string& d) { return gen_ids(gqa_header(d, [](json& h) { h["model.norm.weight"]["dtype"] = 7; })); },
+         "field 'dtype' must be a string"},
+        {"a header entry that is not an object",
+         [](const std::string& d) { return convert(gqa_header(d, [](json& h) { h["model.norm.weight"] = 5; })); },
+         "malformed header entry"},
+        {"data_offsets with one number",
+         [](const std::string& d) { return gen_ids(gqa_header(d, [](json& h) { h["model.norm.weight"]["data_offsets"] = {263808}; })); },
+         "data_offsets must be [begin, end]"},
+        {"data_offsets negative",
+         [](const std::string& d) { return gen_ids(gqa_header(d, [](json& h) { h["model.norm.weight"]["data_offsets"] = {-192, 0}; })); },
+         "data_offsets must be [begin, end]"},
+        {"data_offsets end before begin",
+         [](const std::string& d) { return info(gqa_header(d, [](json& h) { h["model.norm.weight"]["data_offsets"] = {264000, 263808}; })); },
+         "lie outside"},
+        {"two tensors' byte ranges overlap",
+         [](const std::string& d) {
+             return gen_ids(gqa_header(d, [](json& h) {
+                 h["model.layers.1.input_layernorm.weight"]["data_offsets"] = h["model.layers.0.input_layernorm.weight"]["data_offsets"];
+             }));
+         },
+         "overlap"},
+        {"a gap between two tensors",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             StParts p = st_read(m + "/model.safetensors");
+             size_t at = p.header["model.norm.weight"]["data_offsets"][0];
+             p.data.insert(at, 8, '\0');
+             for (auto& t : p.header.items())
+                 if (t.key() != "__metadata__" && t.value()["data_offsets"][0].get<size_t>() >= at)
+                     for (auto& o : t.value()["data_offsets"]) o = o.get<size_t>() + 8;
+             st_write(m + "/model.safetensors", p);
+             return convert(m);
+         },
+         "a gap of 8 bytes before tensor 'model.norm.weight'"},
+        {"bytes after the last tensor",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             StParts p = st_read(m + "/model.safetensors");
+             p.data += std::string(16, '\0');
+             st_write(m + "/model.safetensors", p);
+             return gen_ids(m);
+         },
+         "16 bytes after the last tensor"},
+        {"a tensor named twice in one header",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             StParts p = st_read(m + "/model.safetensors");
+             std::string h = p.header.dump();
+             h.insert(1, "\"model.norm.weight\":" + p.header["model.norm.weight"].dump() + ",");
+             st_write_raw(m + "/model.safetensors", h, p.data);
+             return gen_ids(m);
+         },
+         "tensor 'model.norm.weight' appears twice"},
+        {"__metadata__ holding a number",
+         [](const std::string& d) { return gen_ids(gqa_header(d, [](json& h) { h["__metadata__"]["format"] = 5; })); },
+         "__metadata__ field 'format' must be a string"},
+        {"a tensor the model does not use (generate)",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             StParts p = st_read(m + "/model.safetensors");
+             size_t end = p.data.size();
+             p.header["foo.weight"] = {{"dtype", "F32"}, {"shape", {4}}, {"data_offsets", {end, end + 16}}};
+             p.data += std::string(16, '\0');
+             st_write(m + "/model.safetensors", p);
+             return gen_ids(m);
+         },
+         "tensor 'foo.weight' is not part of the model"},
+        {"a layer more than config.json says (convert)",
+         [](const std::string& d) { return convert(gqa_config(d, [](json& j) { j["num_hidden_layers"] = 1; })); },
+         "tensor 'model.layers.1."},
+        {"model.safetensors is a FIFO (must not block)",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             run_cmd("rm " + m + "/model.safetensors && mkfifo " + m + "/model.safetensors");
+             return gen_ids(m);
+         },
+         "FIFO"},
+        // ---- the shard index
+        {"index weight_map a list",
+         [](const std::string& d) { return gen_ids(shard_index(d, [](json& j) { j["weight_map"] = {"model-00001-of-00003.safetensors"}; })); },
+         "field 'weight_map' must be an object"},
+        {"index without weight_map", [](const std::string& d) { return info(shard_index(d, [](json& j) { j.erase("weight_map"); })); },
+         "missing field 'weight_map'"},
+        {"index weight_map value a number",
+         [](const std::string& d) { return gen_ids(shard_index(d, [](json& j) { j["weight_map"]["lm_head.weight"] = 3; })); },
+         "weight_map['lm_head.weight'] must be a shard file name"},
+        {"index shard name with ..",
+         [](const std::string& d) {
+             return gen_ids(shard_index(d, [](json& j) { j["weight_map"]["lm_head.weight"] = "../m/model-00003-of-00003.safetensors"; }));
+         },
+         "must be a plain file name"},
+        {"index lists a shard that does not exist",
+         [](const std::string& d) {
+             std::string m = copy_of(SHARDED, d, "m");
+             run_cmd("rm " + m + "/model-00002-of-00003.safetensors");
+             return gen_ids(m);
+         },
+         "model-00002-of-00003.safetensors does not exist"},
+        {"index puts a tensor in the wrong shard",
+         [](const std::string& d) {
+             return convert(shard_index(d, [](json& j) { j["weight_map"]["lm_head.weight"] = "model-00001-of-00003.safetensors"; }));
+         },
+         "but the index says"},
+        {"index leaves out a tensor its shard holds",
+         [](const std::string& d) { return gen_ids(shard_index(d, [](json& j) { j["weight_map"].erase("model.layers.0.mlp.up_proj.weight"); })); },
+         "is not listed in the index"},
+        {"index is not JSON",
+         [](const std::string& d) {
+             std::string m = copy_of(SHARDED, d, "m");
+             write_text(m + "/model.safetensors.index.json", "{\"weight_map\": {");
+             return gen_ids(m);
+         },
+         "malformed JSON"},
+        // ---- info --model checks the checkpoint's headers
+        {"info --model on truncated weights",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             std::string s = read_file(m + "/model.safetensors");
+             write_text(m + "/model.safetensors", s.substr(0, s.size() / 2));
+             return info(m);
+         },
+         "truncated"},
+        {"info --model on a shard cut short",
+         [](const std::string& d) {
+             std::string m = copy_of(SHARDED, d, "m");
+             std::string s = read_file(m + "/model-00003-of-00003.safetensors");
+             write_text(m + "/model-00003-of-00003.safetensors", s.substr(0, s.size() - 2));
+             return info(m);
+         },
+         "model-00003-of-00003.safetensors: tensor"},
+        {"info --model whose config.json does not match the weights' shapes",
+         [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["intermediate_size"] = 99; })); },
+         "has shape [100, 48], expected [99, 48]"},
+        // ---- non-finite weights (each dtype, each load path) and non-finite logits
+        {"a NaN in an F32 weight (generate: the memory map)",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             st_poke(m + "/model.safetensors", "model.layers.0.mlp.up_proj.weight", 7, 0x7fc00000u);
+             return gen_ids(m);
+         },
+         "tensor 'model.layers.0.mlp.up_proj.weight' holds NaN at element 7"},
+        {"a +Inf in an F32 weight (convert: the fp32 copy)",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             st_poke(m + "/model.safetensors", "model.norm.weight", 3, 0x7f800000u);
+             return convert(m);
+         },
+         "tensor 'model.norm.weight' holds +Inf at element 3"},
+        {"a NaN in a BF16 weight of a shard (generate)",
+         [](const std::string& d) {
+             std::string m = copy_of(SHARDED, d, "m");
+             st_poke(m + "/model-00001-of-00003.safetensors", "model.embed_tokens.weight", 100, 0x7fc1);
+             return gen_ids(m);
+         },
+         "holds NaN at element 100"},
+        {"a -Inf in a BF16 weight of a shard (eval: the fp32 copy)",
+         [](const std::string& d) {
+             std::string m = copy_of(SHARDED, d, "m");
+             std::string file = m + "/model-00003-of-00003.safetensors";
+             StParts p = st_read(file);
+             std::string name;
+             for (auto& t : p.header.items()) if (t.key() != "__metadata__") name = t.key();
+             st_poke(file, name, 0, 0xff80);
+             write_text(d + "/t.txt", "In the beginning was the word.");
+             return "eval --model " + m + " --text " + d + "/t.txt --device cpu";
+         },
+         "holds -Inf at element 0"},
+        {"finite weights whose logits overflow",
+         [](const std::string& d) {
+             std::string m = copy_of(GQA, d, "m");
+             StParts p = st_read(m + "/model.safetensors");
+             size_t b = p.header["lm_head.weight"]["data_offsets"][0], e = p.header["lm_head.weight"]["data_offsets"][1];
+             float big = 3e38f;
+             for (size_t i = b; i < e; i += 4) memcpy(&p.data[i], &big, 4);
+             st_write(m + "/model.safetensors", p);
+             return gen_ids(m) + " --quiet";   // (the model line, printed once the input is valid, is not wanted here)
+         },
+         "logits at position 1 are not finite"},
     };
     check_rows("model", rows);
 }
@@ -207,7 +621,78 @@ TEST_CASE("bad input, tokenizers: each is one clear error line") {
              return "tokenizer encode --tokenizer " + d + "/tokenizer.json </dev/null";
          },
          "tokenizer.json"},
-        // (rows of the tokenizer group go here)
+        {"an empty vocabulary (text would encode to nothing)",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { j["model"]["vocab"] = json::object(); j["model"]["merges"] = json::array(); }); },
+         "the vocabulary is empty"},
+        {"the vocabulary a list", [](const std::string& d) { return tok_edit(d, [](json& j) { j["model"]["vocab"] = {"a", "b"}; }); },
+         "vocab: expected an object"},
+        {"a vocabulary id 2.5", [](const std::string& d) { return tok_edit(d, [](json& j) { j["model"]["vocab"]["!"] = 2.5; }); },
+         "expected an integer"},
+        {"merges an object", [](const std::string& d) { return tok_edit(d, [](json& j) { j["model"]["merges"] = {{"a", "b"}}; }); },
+         "merges: expected a list"},
+        {"a merge of two numbers", [](const std::string& d) { return tok_edit(d, [](json& j) { j["model"]["merges"][0] = {1, 2}; }); },
+         "merges[0]: expected a string"},
+        {"unk_token a number", [](const std::string& d) { return tok_edit(d, [](json& j) { j["model"]["unk_token"] = 3; }); },
+         "unk_token: expected a string"},
+        {"an added token id -5", [](const std::string& d) { return tok_edit(d, [](json& j) { j["added_tokens"][1]["id"] = -5; }); },
+         "added_tokens[1].id: -5 out of range"},
+        {"an added token id a string", [](const std::string& d) { return tok_edit(d, [](json& j) { j["added_tokens"][0]["id"] = "0"; }); },
+         "added_tokens[0].id: expected an integer"},
+        {"an added token whose id disagrees with the vocabulary",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { j["added_tokens"][0]["content"] = "!"; }); },
+         "has id 0 but the vocab says 2"},
+        {"a new added token reusing another's id",
+         [](const std::string& d) {
+             return tok_edit(d, [](json& j) { j["added_tokens"].push_back({{"id", 0}, {"content", "<new>"}, {"special", true}}); });
+         },
+         "reuses id 0"},
+        {"an added token with empty content",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { j["added_tokens"].push_back({{"id", 380}, {"content", ""}}); }); },
+         "has empty content"},
+        {"added_tokens an object", [](const std::string& d) { return tok_edit(d, [](json& j) { j["added_tokens"] = {{"id", 0}}; }); },
+         "added_tokens: expected a list"},
+        {"an added token's special flag a string",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { j["added_tokens"][0]["special"] = "yes"; }); },
+         "\"special\" must be true or false"},
+        {"a template special token id -1",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { bos_template(j, {-1}, nullptr); }); },
+         "special token id -1 out of range"},
+        {"a template special token whose string is another token's",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { bos_template(j, {0}, {"<wrong>"}); }); },
+         "but the template says \"<wrong>\""},
+        {"a template special token id that no token has",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { bos_template(j, {5000}, nullptr); }); },
+         "post_processor: unknown id 5000"},
+        {"a template special token with no ids",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { bos_template(j, json::array(), nullptr); }); },
+         "ids: the list is empty"},
+        {"a template special token's tokens a string",
+         [](const std::string& d) { return tok_edit(d, [](json& j) { bos_template(j, {0}, "<s>"); }); },
+         "tokens: expected a list of 1 strings"},
+        {"tokenizer.json is a FIFO (must not block)",
+         [](const std::string& d) {
+             run_cmd("mkfifo " + d + "/tokenizer.json");
+             return "tokenizer info --tokenizer " + d + "/tokenizer.json";
+         },
+         "FIFO"},
+        {"tokenizer.json is a directory",
+         [](const std::string& d) {
+             make_dirs(d + "/tokenizer.json");
+             return "tokenizer encode --tokenizer " + d + "/tokenizer.json </dev/null";
+         },
+         "is a directory"},
+        {"tokenizer.json a list", [](const std::string& d) { write_text(d + "/t.json", "[1, 2]"); return "tokenizer info --tokenizer " + d + "/t.json"; },
+         "not a JSON object"},
+        {"a tokenizer with more tokens than the model has embedding rows",
+         [](const std::string& d) {
+             std::string m = copy_of(GEN, d, "m");
+             edit_json(m + "/tokenizer.json", [](json& j) { j["added_tokens"].push_back({{"id", 5000}, {"content", "<big>"}}); });
+             return gen_text(m);
+         },
+         "tokenizer.json has 5001 tokens but the model only 384 embedding rows"},
+        {"tokenizer encode --input a directory",
+         [](const std::string& d) { return "tokenizer encode --tokenizer " + GEN + "/tokenizer.json --input " + d; },
+         "is a directory"},
     };
     check_rows("tokenizer", rows);
 }
@@ -507,7 +992,72 @@ TEST_CASE("bad input, command lines: each is one clear error line") {
         {"an unknown flag",
          [](const std::string&) { return std::string("info --preset tiny --no-such-flag"); },
          "unknown flag"},
-        // (rows of the command-line group go here)
+        {"a value flag given twice", [](const std::string&) { return std::string("info --preset tiny --seq-len 3 --seq-len 4"); },
+         "--seq-len is given twice"},
+        {"a value flag given twice, once as --name=value",
+         [](const std::string&) { return "info --model=" + GQA + " --model " + GQA; },
+         "--model is given twice"},
+        {"a switch given twice", [](const std::string&) { return "generate --model " + GEN + " --prompt hi --ids --ids"; },
+         "--ids is given twice"},
+        {"a tokenizer switch given twice",
+         [](const std::string&) { return "tokenizer encode --tokenizer " + GEN + "/tokenizer.json --bos --bos </dev/null"; },
+         "--bos is given twice"},
+        {"-n and --max-new-tokens both", [](const std::string&) { return "generate --model " + GEN + " --prompt hi -n 3 --max-new-tokens 4"; },
+         "-n and --max-new-tokens are the same flag"},
+        {"generate -n 0", [](const std::string&) { return "generate --model " + GEN + " --prompt hi -n 0"; },
+         "--n must be an integer in [1,"},
+        {"generate --max-new-tokens 0", [](const std::string&) { return "generate --model " + GEN + " --prompt hi --max-new-tokens 0"; },
+         "--max-new-tokens must be an integer in [1,"},
+        {"generate --context 0", [](const std::string&) { return "generate --model " + GEN + " --prompt hi --context 0"; },
+         "--context must be an integer in [1,"},
+        {"generate --top-p 0", [](const std::string&) { return "generate --model " + GEN + " --prompt hi --top-p 0"; },
+         "--top-p must be a number in (0, 1]"},
+        {"chat -n 0", [](const std::string&) { return "chat --model " + GEN + " --prompt hi -n 0"; },
+         "--n must be an integer in [1,"},
+        {"eval --limit 0",
+         [](const std::string& d) {
+             write_text(d + "/t.txt", "In the beginning.");
+             return "eval --model " + GEN + " --text " + d + "/t.txt --limit 0";
+         },
+         "--limit must be an integer in [1,"},
+        {"eval --max-new-tokens 0",
+         [](const std::string& d) {
+             write_text(d + "/t.txt", "In the beginning.");
+             return "eval --model " + GEN + " --text " + d + "/t.txt --max-new-tokens 0";
+         },
+         "--max-new-tokens must be an integer in [1,"},
+        {"tokenizer bench --repeat 0",
+         [](const std::string& d) {
+             write_text(d + "/t.txt", "In the beginning.");
+             return "tokenizer bench --tokenizer " + GEN + "/tokenizer.json --input " + d + "/t.txt --repeat 0";
+         },
+         "--repeat must be an integer in [1,"},
+        {"tokenizer train --vocab-size 0",
+         [](const std::string& d) {
+             write_text(d + "/t.txt", "In the beginning.");
+             return "tokenizer train --input " + d + "/t.txt --vocab-size 0 --out " + d + "/tok.json --quiet";
+         },
+         "--vocab-size must be an integer in [258,"},
+        {"info --seq-len 0", [](const std::string&) { return std::string("info --preset tiny --seq-len 0"); },
+         "--seq-len must be an integer in [1,"},
+        {"--threads 0", [](const std::string&) { return std::string("info --preset tiny --threads 0"); },
+         "--threads must be an integer in [1,"},
+        {"an integer flag 1e300 (no undefined cast)", [](const std::string&) { return std::string("info --preset tiny --seq-len 1e300"); },
+         "--seq-len must be an integer"},
+        {"an integer flag nan", [](const std::string&) { return std::string("info --preset tiny --seq-len nan"); },
+         "--seq-len must be an integer"},
+        {"convert --out a file",
+         [](const std::string& d) {
+             write_text(d + "/out", "x");
+             return "convert --preset tiny --out " + d + "/out";
+         },
+         "is a file, not a directory"},
+        {"chat: a message that cannot be answered makes the exit status 1",
+         [](const std::string& d) {
+             write_text(d + "/in.txt", "the quick brown fox jumps over the lazy dog, again and again and again\n");
+             return "chat --model " + GEN + " --quiet --context 8 < " + d + "/in.txt";
+         },
+         "the message is too long"},
     };
     check_rows("cli", rows);
 }

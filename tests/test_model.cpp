@@ -382,8 +382,17 @@ TEST_CASE("bad model directories give one clear error, never a crash") {
         CHECK(load_error(d).find("unsupported dtype") != std::string::npos);
     }
     SUBCASE("a missing tensor") {
+        // a valid file without one tensor (erasing its header entry alone would leave a gap in the data, an
+        // error of its own)
         std::string d = scratch_model("bad_missing_tensor");
-        patch_header(d, [](nlohmann::json& h) { h.erase("model.layers.1.self_attn.k_proj.weight"); });
+        {
+            SafeTensors st;
+            st.open_file("tests/fixtures/model_gqa/model.safetensors");
+            std::vector<TensorOut> keep;
+            for (const auto& t : st.tensors)
+                if (t.first != "model.layers.1.self_attn.k_proj.weight") keep.push_back({t.first, t.second.dtype, t.second.shape, t.second.data});
+            safetensors_write(d + "/model.safetensors", keep);
+        }
         CHECK(load_error(d).find("missing tensor") != std::string::npos);
     }
     SUBCASE("config.json with a missing or absurd field") {
@@ -406,6 +415,29 @@ TEST_CASE("bad model directories give one clear error, never a crash") {
         write_file_atomic(d + "/config.json", "{\"vocab_size\": 3,");
         CHECK(load_error(d).find("malformed JSON") != std::string::npos);
     }
+}
+
+// A tensor the model does not use is an error (tests/test_inputs.cpp), except the rotary_emb.inv_freq buffers older
+// transformers saved: those are recomputed from rope_theta and ignored by every load path.
+TEST_CASE("rotary_emb.inv_freq buffers in a checkpoint are ignored, on every load path") {
+    std::string d = scratch_model("inv_freq");
+    {
+        SafeTensors st;
+        st.open_file("tests/fixtures/model_gqa/model.safetensors");
+        std::vector<TensorOut> ts;
+        for (const auto& t : st.tensors) ts.push_back({t.first, t.second.dtype, t.second.shape, t.second.data});
+        std::vector<float> inv(4, 0.5f);
+        for (int l = 0; l < 2; l++)
+            ts.push_back({"model.layers." + std::to_string(l) + ".self_attn.rotary_emb.inv_freq", DType::F32, {4}, inv.data()});
+        safetensors_write(d + "/model.safetensors", ts);
+    }
+    Model ref, m;
+    model_load_dir(&ref, "tests/fixtures/model_gqa");
+    model_load_dir(&m, d);
+    CHECK(m.params_memory == ref.params_memory);
+    InferModel im;
+    infer_load(&im, d, 0);
+    CHECK(run_cmd(deepseek_bin() + " info --model " + d).rc == 0);
 }
 
 TEST_CASE("the CLI reports bad input in one line with a non-zero exit") {

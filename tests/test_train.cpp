@@ -703,7 +703,9 @@ TEST_CASE("a non-finite loss stops training with a clear message and leaves the 
     std::string d = train_tmp("nonfinite");
     std::string data = synthetic_data(d + "/data", 64, 6000, 600), model = micro_model(d + "/model");
     // an absurd learning rate drives the weights to ~1e30 after one update; the next forward overflows
-    auto r = run_cmd(train_cmd(model, data, d + "/run", "--steps 50 --save-every 1 --eval-every 0 --warmup-steps 0") + " --lr 1e36");
+    std::string cmd = train_cmd(model, data, d + "/run", "--steps 50 --save-every 1 --eval-every 0 --warmup-steps 0");
+    cmd.replace(cmd.find("--lr 1e-2"), 9, "--lr 1e36");   // (a flag given twice is an error: replaced, not repeated)
+    auto r = run_cmd(cmd);
     // progress lines first, then exactly one error line, the last
     size_t at = r.out.find("error: ");
     REQUIRE_MESSAGE(at != std::string::npos, r.out);

@@ -65,9 +65,9 @@ bool dir_exists(const std::string& path) {
     struct stat st;
     return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
-bool path_exists(const std::string& path) {
+bool path_exists(const std::string& path) {   // lstat: a dangling link "exists", and the read that follows says why it fails
     struct stat st;
-    return stat(path.c_str(), &st) == 0;
+    return lstat(path.c_str(), &st) == 0;
 }
 // What kind of thing PATH is, for messages: "does not exist", "is a directory", "is a file", ...
 static std::string path_kind(const std::string& path) {

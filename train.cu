@@ -63,11 +63,6 @@ static std::string hms(double s) {
     else snprintf(b, sizeof b, "%ld:%02ld", t / 60, t % 60);
     return b;
 }
-// Anything at PATH (a file, a directory, a FIFO, a dangling link): "exists" for messages that read it next.
-static bool path_exists(const std::string& path) {
-    struct stat st;
-    return lstat(path.c_str(), &st) == 0;
-}
 // what a non-regular file is, for messages: "a directory", "a pipe (FIFO)", …
 static const char* mode_kind(mode_t m) {
     return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a pipe (FIFO)" : S_ISCHR(m) || S_ISBLK(m) ? "a device" :

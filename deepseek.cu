@@ -520,7 +520,7 @@ void rmsnorm_forward_ref(float* out, float* rstd, const float* inp, const float*
     }
 }
 // With x̂ = x·rstd and g = dy ⊙ w:  dx = rstd · (g − x̂ · mean(g ⊙ x̂)),  dw += Σ_n dy ⊙ x̂
-void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+void rmsnorm_backward_ref(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
                              const float* rstd, int N, int C) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -543,7 +543,7 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
 // RoPE, Hugging Face layout: dimension i pairs with i + D/2, angle = pos · θ^(−2i/D).
 //   (x1, x2) → (x1·cos − x2·sin, x2·cos + x1·sin)
 // inv_freq is computed in fp32 as transformers does; the rotation is linear, so backward rotates by −angle.
-static void rope_rotate(float* x, const int* pos, int N, int heads, int D, float theta, float sign) {
+static void rope_rotate_ref(float* x, const int* pos, int N, int heads, int D, float theta, float sign) {
     int half = D / 2;
     std::vector<float> inv_freq(half);
     for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)D);
@@ -561,13 +561,13 @@ static void rope_rotate(float* x, const int* pos, int N, int heads, int D, float
         }
     }
 }
-void rope_forward(float* x, const int* pos, int N, int heads, int D, float theta) { rope_rotate(x, pos, N, heads, D, theta, 1.0f); }
-void rope_backward(float* dx, const int* pos, int N, int heads, int D, float theta) { rope_rotate(dx, pos, N, heads, D, theta, -1.0f); }
+void rope_forward_ref(float* x, const int* pos, int N, int heads, int D, float theta) { rope_rotate_ref(x, pos, N, heads, D, theta, 1.0f); }
+void rope_backward_ref(float* dx, const int* pos, int N, int heads, int D, float theta) { rope_rotate_ref(dx, pos, N, heads, D, theta, -1.0f); }
 
 // Causal grouped-query attention. q [B,T,H,D], k/v [B,T,KV,D]; query head h reads kv head h / (H/KV).
 //   att[b,h,t,s] = softmax_s≤t (q·k / sqrt(D)),   y[b,t,h] = Σ_s att · v[b,s,h/(H/KV)]
 // The reference keeps att [B,H,T,T] for backward (entries above the diagonal are zero).
-void attention_forward(float* y, float* att, const float* q, const float* k, const float* v,
+void attention_forward_ref(float* y, float* att, const float* q, const float* k, const float* v,
                               int B, int T, int H, int KV, int D) {
     int group = H / KV;
     float scale = 1.0f / sqrtf((float)D);
@@ -600,7 +600,7 @@ void attention_forward(float* y, float* att, const float* q, const float* k, con
 }
 // datt = dy·vᵀ;  dpre = att ⊙ (datt − Σ_s att·datt);  dq += dpre·k·scale;  dk += dpreᵀ·q·scale;  dv += attᵀ·dy
 // Parallel over (b, kv head): the query heads of one group write the same dk/dv rows, so they run in one thread.
-void attention_backward(float* dq, float* dk, float* dv, const float* dy, const float* att, const float* q,
+void attention_backward_ref(float* dq, float* dk, float* dv, const float* dy, const float* att, const float* q,
                                const float* k, const float* v, int B, int T, int H, int KV, int D) {
     int group = H / KV;
     float scale = 1.0f / sqrtf((float)D);
@@ -635,11 +635,11 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dy, const 
 
 // SwiGLU: act = silu(gate) ⊙ up,  silu(x) = x·σ(x),  silu'(x) = σ(x)·(1 + x·(1 − σ(x)))
 float silu(float x) { return x / (1.0f + expf(-x)); }
-void swiglu_forward(float* act, const float* gate, const float* up, size_t n) {
+void swiglu_forward_ref(float* act, const float* gate, const float* up, size_t n) {
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) act[i] = silu(gate[i]) * up[i];
 }
-void swiglu_backward(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n) {
+void swiglu_backward_ref(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n) {
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i], sig = 1.0f / (1.0f + expf(-g));
@@ -649,7 +649,7 @@ void swiglu_backward(float* dgate, float* dup, const float* dact, const float* g
 }
 
 // Cross-entropy per token: nll = logsumexp(logits) − logits[target]; masked tokens (target < 0) give 0.
-void crossentropy_forward(float* losses, const float* logits, const int* targets, int N, int V) {
+void crossentropy_forward_ref(float* losses, const float* logits, const int* targets, int N, int V) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         if (targets[n] < 0) { losses[n] = 0.0f; continue; }
@@ -662,7 +662,7 @@ void crossentropy_forward(float* losses, const float* logits, const int* targets
     }
 }
 // dlogits[n] = dloss[n] · (softmax(logits[n]) − onehot(target)); masked rows get exactly zero.
-void crossentropy_backward(float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V) {
+void crossentropy_backward_ref(float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float* dz = dlogits + (size_t)n * V;
@@ -698,7 +698,7 @@ static int omp_threads() {
 #endif
 }
 
-// exp_fast (e^x in fp32 that vectorises) is defined in deepseek.h: the decode attention in infer.cu uses it too.
+// exp_poly (e^x in fp32 that vectorises) is defined in deepseek.h: the decode attention in infer.cu uses it too.
 
 // ----------------------------------------------------------------------------
 // GEMM: C[M,N] (+)= op(A)[M,K] · op(B)[K,N], fp32, row-major storage.
@@ -938,7 +938,7 @@ static float* gemm_scratch(std::vector<float>* v, size_t n) {
     return (float*)(((uintptr_t)v->data() + 63) & ~(uintptr_t)63);
 }
 
-void gemm_f32(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
+void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
               float* C, int ldc, bool accumulate) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {  // an empty sum
@@ -1012,10 +1012,10 @@ void gemm_f32(int M, int N, int K, const float* A, int lda, bool a_trans, const 
     }
 }
 
-// matmul, fast: the reference's contract (forward writes out; backward accumulates) on gemm_f32.
+// matmul, fast: the reference's contract (forward writes out; backward accumulates) on gemm_cpu.
 // A handful of rows (generation: one token at a time) is a matrix-vector product, bound by reading the
 // weights once: dot products straight from W beat packing it.
-void matmul_forward(float* out, const float* inp, const float* weight, int N, int in, int out_dim) {
+void matmul_forward_cpu(float* out, const float* inp, const float* weight, int N, int in, int out_dim) {
     if (N <= 4) {
         #pragma omp parallel for schedule(static)
         for (int o = 0; o < out_dim; o++) {
@@ -1030,19 +1030,19 @@ void matmul_forward(float* out, const float* inp, const float* weight, int N, in
         }
         return;
     }
-    gemm_f32(N, out_dim, in, inp, in, false, weight, in, true, out, out_dim, false);
+    gemm_cpu(N, out_dim, in, inp, in, false, weight, in, true, out, out_dim, false);
 }
-void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+void matmul_backward_cpu(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
                      int N, int in, int out_dim) {
-    if (dinp) gemm_f32(N, in, out_dim, dout, out_dim, false, weight, in, false, dinp, in, true);
-    if (dweight) gemm_f32(out_dim, in, N, dout, out_dim, true, inp, in, false, dweight, in, true);
+    if (dinp) gemm_cpu(N, in, out_dim, dout, out_dim, false, weight, in, false, dinp, in, true);
+    if (dweight) gemm_cpu(out_dim, in, N, dout, out_dim, true, inp, in, false, dweight, in, true);
 }
 
 // ----------------------------------------------------------------------------
 // RMSNorm, fast: vectorised, and fused with the residual add that precedes it in the model.
 
 // out = rmsnorm(inp) · w, as rmsnorm_forward_ref but summing x² in vector lanes
-void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps) {
+void rmsnorm_forward_cpu(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float* x = inp + (size_t)n * C;
@@ -1058,7 +1058,7 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* wei
 }
 // res += skip, then out = rmsnorm(res) · w — one pass over the row instead of two (the model's
 // "h = x + attention(x); rmsnorm(h)" and "x' = h + mlp(h); rmsnorm(x')")
-void residual_rmsnorm_forward(float* res, float* out, float* rstd, const float* skip, const float* weight, int N, int C, float eps) {
+void residual_rmsnorm_forward_cpu(float* res, float* out, float* rstd, const float* skip, const float* weight, int N, int C, float eps) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float* x = res + (size_t)n * C;
@@ -1076,7 +1076,7 @@ void residual_rmsnorm_forward(float* res, float* out, float* rstd, const float* 
 // dinp = dskip + rstd·(g − x̂·mean(g ⊙ x̂)) with g = dy ⊙ w (dskip: the gradient arriving around the norm
 // through the residual connection; may equal dinp, i.e. accumulate, or be null); dw += Σ_n dy ⊙ x̂.
 // The dw sum runs over rows in order inside each thread's block of columns: no atomics, fixed order.
-void rmsnorm_backward_fast(float* dinp, const float* dskip, float* dweight, const float* dout, const float* inp,
+void rmsnorm_backward_cpu(float* dinp, const float* dskip, float* dweight, const float* dout, const float* inp,
                            const float* weight, const float* rstd, int N, int C) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -1110,7 +1110,7 @@ void rmsnorm_backward_fast(float* dinp, const float* dskip, float* dweight, cons
 // ----------------------------------------------------------------------------
 // RoPE, fast: the angles depend only on (position, i), so a table of cos/sin for positions 0..T−1 is
 // computed once per forward (exactly as the reference computes them) and applied in place to q, k and,
-// rotated back, to their gradients. Bit-identical to rope_rotate.
+// rotated back, to their gradients. Bit-identical to rope_rotate_ref.
 
 void rope_table(float* cosv, float* sinv, int T, int D, float theta) {  // cosv, sinv: [T, D/2]
     int half = D / 2;
@@ -1125,7 +1125,7 @@ void rope_table(float* cosv, float* sinv, int T, int D, float theta) {  // cosv,
         }
 }
 // x [N, heads, D] in place, row n at position pos[n]; sign −1 applies the inverse rotation (backward)
-void rope_apply(float* x, const float* cosv, const float* sinv, const int* pos, int N, int heads, int D, float sign) {
+void rope_apply_cpu(float* x, const float* cosv, const float* sinv, const int* pos, int N, int heads, int D, float sign) {
     int half = D / 2;
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -1146,14 +1146,14 @@ void rope_apply(float* x, const float* cosv, const float* sinv, const int* pos, 
 // ----------------------------------------------------------------------------
 // SwiGLU, fast: vectorised exp; backward computes σ once for both gradients. Backward WRITES (=) dgate, dup.
 
-void swiglu_forward_fast(float* act, const float* gate, const float* up, size_t n) {
+void swiglu_forward_cpu(float* act, const float* gate, const float* up, size_t n) {
     #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) act[i] = gate[i] / (1.0f + exp_fast(-gate[i])) * up[i];
+    for (size_t i = 0; i < n; i++) act[i] = gate[i] / (1.0f + exp_poly(-gate[i])) * up[i];
 }
-void swiglu_backward_fast(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n) {
+void swiglu_backward_cpu(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n) {
     #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float g = gate[i], sig = 1.0f / (1.0f + exp_fast(-g));
+        float g = gate[i], sig = 1.0f / (1.0f + exp_poly(-g));
         dgate[i] = dact[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
         dup[i] = dact[i] * g * sig;
     }
@@ -1187,7 +1187,7 @@ static inline float hsum16(__m512 v) {
 
 // max of x[0..n) in 16 running lane maxima: GCC leaves a plain max reduction scalar (even under `omp simd`, and
 // the lane form too), which had made this max pass 3/4 of the cross-entropy's time
-static inline float max_fast(const float* x, int n) {
+static inline float max_vec(const float* x, int n) {
     int i = 0;
 #if defined(__AVX512F__)
     __m512 vm = _mm512_set1_ps(-INFINITY);
@@ -1204,19 +1204,19 @@ static inline float max_fast(const float* x, int n) {
     return m;
 }
 
-void crossentropy_forward_fast(float* losses, const float* logits, const int* targets, int N, int V) {
+void crossentropy_forward_cpu(float* losses, const float* logits, const int* targets, int N, int V) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         if (targets[n] < 0) { losses[n] = 0.0f; continue; }
         const float* z = logits + (size_t)n * V;
-        float maxv = max_fast(z, V);
+        float maxv = max_vec(z, V);
         float sum = 0.0f;
         #pragma omp simd reduction(+ : sum)
-        for (int i = 0; i < V; i++) sum += exp_fast(z[i] - maxv);
+        for (int i = 0; i < V; i++) sum += exp_poly(z[i] - maxv);
         losses[n] = logf(sum) + maxv - z[targets[n]];
     }
 }
-void crossentropy_backward_fast(float* dlogits, const float* logits, const float* losses, const int* targets,
+void crossentropy_backward_cpu(float* dlogits, const float* logits, const float* losses, const int* targets,
                                 const float* dlosses, int N, int V) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -1225,7 +1225,7 @@ void crossentropy_backward_fast(float* dlogits, const float* logits, const float
         const float* z = logits + (size_t)n * V;
         float lse = losses[n] + z[targets[n]], w = dlosses[n];
         #pragma omp simd
-        for (int i = 0; i < V; i++) dz[i] = w * exp_fast(z[i] - lse);
+        for (int i = 0; i < V; i++) dz[i] = w * exp_poly(z[i] - lse);
         dz[targets[n]] -= w;
     }
 }
@@ -1365,9 +1365,9 @@ static void att_outer4(float* g, const float* p, const float* const* x, int nk, 
 // One row of a score block, in place: s[j] ← e^(s[j]·scale − m') for j < n and 0 for n ≤ j < ATT_BK, with
 // m' = max(m, max_j s[j]·scale) returned and Σ_j e^(s[j]·scale − m') in *sum. GCC leaves a loop's max and its
 // sum's last lane reduction scalar, through memory: they were a third of the forward, so here both are halvings (hmax16, hsum16)
-// in registers, and e^x is exp_fast's polynomial on 16 lanes (forward: 2.0 → 1.55 ms per layer at d512, T 256).
+// in registers, and e^x is exp_poly's polynomial on 16 lanes (forward: 2.0 → 1.55 ms per layer at d512, T 256).
 #if defined(__AVX512F__)
-static inline __m512 exp16(__m512 x) {  // exp_fast (deepseek.h): the same operations on 16 lanes, the same bits
+static inline __m512 exp16(__m512 x) {  // exp_poly (deepseek.h): the same operations on 16 lanes, the same bits
     const __mmask16 all = 0xFFFF;  // full masks: the masked forms keep GCC 12's headers free of -Wmaybe-uninitialized
     x = _mm512_maskz_min_ps(all, _mm512_maskz_max_ps(all, x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
     __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(12582912.0f)),
@@ -1408,7 +1408,7 @@ static inline float att_softmax_row(float* s, int n, float scale, float m, float
     for (int j = 0; j < n; j++) { s[j] *= scale; m = s[j] > m ? s[j] : m; }
     float total = 0.0f;
     #pragma omp simd reduction(+ : total)
-    for (int j = 0; j < n; j++) { s[j] = exp_fast(s[j] - m); total += s[j]; }
+    for (int j = 0; j < n; j++) { s[j] = exp_poly(s[j] - m); total += s[j]; }
     for (int j = n; j < ATT_BK; j++) s[j] = 0.0f;
     *sum = total;
     return m;
@@ -1416,15 +1416,15 @@ static inline float att_softmax_row(float* s, int n, float scale, float m, float
 #endif
 
 // q [B,T,H,D], k/v [B,T,KV,D] → y [B,T,H,D], lse [B,H,T]
-void attention_forward_fast(float* y, float* lse, const float* q, const float* k, const float* v,
+void attention_forward_cpu(float* y, float* lse, const float* q, const float* k, const float* v,
                             int B, int T, int H, int KV, int D) {
-    attention_forward_offset(y, lse, q, k, v, B, T, T, 0, H, KV, D);
+    attention_forward_offset_cpu(y, lse, q, k, v, B, T, T, 0, H, KV, D);
 }
 
 // The same with the queries at absolute positions q0 … q0+Tq−1 over Tk = q0 + Tq keys (generation's prefill: the
 // new tokens' queries over the KV cache, which already holds their keys). q/y [B,Tq,H,D], k/v [B,Tk,KV,D],
 // lse [B,H,Tq] or nullptr.
-void attention_forward_offset(float* y, float* lse, const float* q, const float* k, const float* v,
+void attention_forward_offset_cpu(float* y, float* lse, const float* q, const float* k, const float* v,
                               int B, int Tq, int Tk, int q0, int H, int KV, int D) {
     int T = Tq;   // query rows (the loops below index q, y and lse by row t; its position is q0 + t)
     int group = H / KV, nqb = (T + ATT_BQ - 1) / ATT_BQ, nkb = (Tk + ATT_BK - 1) / ATT_BK;
@@ -1479,7 +1479,7 @@ void attention_forward_offset(float* y, float* lse, const float* q, const float*
                                     size_t ri = (size_t)(h - kh * group) * ATT_BQ + (tr + r - t0);
                                     float m_old = mx[ri], sum;
                                     float m_new = att_softmax_row(sp, nv, scale, m_old, &sum);
-                                    float corr = exp_fast(m_old - m_new);  // m_old = −inf → ~0, times 0
+                                    float corr = exp_poly(m_old - m_new);  // m_old = −inf → ~0, times 0
                                     mx[ri] = m_new;
                                     l[ri] = l[ri] * corr + sum;
                                     float* ar = orow[r];
@@ -1507,7 +1507,7 @@ void attention_forward_offset(float* y, float* lse, const float* q, const float*
 //   dP = dy·vᵀ;  dS = P ⊙ (dP − δ)/√D;  dq += dS·k;  dk += dSᵀ·q;  dv += Pᵀ·dy      (all ACCUMULATE)
 // A task is (b, kv head): it owns the dk/dv rows of its kv head and the dq rows of its query heads, so
 // nothing is shared; within it, key blocks go in order, and queries t ≥ block start in order, four at a time.
-void attention_backward_fast(float* dq, float* dk, float* dv, const float* dy, const float* y, const float* lse,
+void attention_backward_cpu(float* dq, float* dk, float* dv, const float* dy, const float* y, const float* lse,
                              const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D) {
     int group = H / KV;
     float scale = 1.0f / sqrtf((float)D);
@@ -1560,7 +1560,7 @@ void attention_backward_fast(float* dq, float* dk, float* dv, const float* dy, c
                                 float dl = r < rows ? delta[(size_t)(h - kh * group) * T + tr + r] : 0.0f;
                                 #pragma omp simd
                                 for (int j = 0; j < nv; j++) {
-                                    pr[j] = exp_fast(pr[j] * scale - L);
+                                    pr[j] = exp_poly(pr[j] * scale - L);
                                     dr[j] = pr[j] * (dr[j] - dl) * scale;  // dS
                                 }
                                 for (int j = nv; j < ATT_BK; j++) { pr[j] = 0.0f; dr[j] = 0.0f; }
@@ -1686,7 +1686,7 @@ float model_forward(Model* m, const int* inputs, const int* targets, int B, int 
         rope_cos.resize((size_t)T * (D / 2));
         rope_sin.resize((size_t)T * (D / 2));
         rope_table(rope_cos.data(), rope_sin.data(), T, D, c.rope_theta);
-        rmsnorm_forward(a.ln1, a.ln1_rstd, a.residual, p.input_layernorm, BT, C, c.rms_norm_eps);
+        rmsnorm_forward_cpu(a.ln1, a.ln1_rstd, a.residual, p.input_layernorm, BT, C, c.rms_norm_eps);
     }
     for (int l = 0; l < c.num_hidden_layers; l++) {
         float* x = a.residual + (size_t)l * BT * C;
@@ -1708,43 +1708,43 @@ float model_forward(Model* m, const int* inputs, const int* targets, int B, int 
             matmul_forward_ref(q, ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
             matmul_forward_ref(k, ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
             matmul_forward_ref(v, ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
-            rope_forward(q, pos.data(), BT, H, D, c.rope_theta);
-            rope_forward(k, pos.data(), BT, KV, D, c.rope_theta);
-            attention_forward(atty, att, q, k, v, B, T, H, KV, D);
+            rope_forward_ref(q, pos.data(), BT, H, D, c.rope_theta);
+            rope_forward_ref(k, pos.data(), BT, KV, D, c.rope_theta);
+            attention_forward_ref(atty, att, q, k, v, B, T, H, KV, D);
             matmul_forward_ref(mid, atty, p.o_proj + (size_t)l * C * QD, BT, QD, C);
             for (size_t i = 0; i < BT * C; i++) mid[i] += x[i];
             // MLP block: mid + down_proj(silu(gate_proj(ln2)) ⊙ up_proj(ln2))
             rmsnorm_forward_ref(ln2, a.ln2_rstd + (size_t)l * BT, mid, p.post_attention_layernorm + (size_t)l * C, BT, C, c.rms_norm_eps);
             matmul_forward_ref(gate, ln2, p.gate_proj + (size_t)l * F * C, BT, C, F);
             matmul_forward_ref(up, ln2, p.up_proj + (size_t)l * F * C, BT, C, F);
-            swiglu_forward(act, gate, up, BT * F);
+            swiglu_forward_ref(act, gate, up, BT * F);
             matmul_forward_ref(out, act, p.down_proj + (size_t)l * C * F, BT, F, C);
             for (size_t i = 0; i < BT * C; i++) out[i] += mid[i];
             continue;
         }
         // the same on the fast paths; ln1 of this layer was made by the fused residual+norm that ended the last
-        matmul_forward(q, ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
-        matmul_forward(k, ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
-        matmul_forward(v, ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
-        rope_apply(q, rope_cos.data(), rope_sin.data(), pos.data(), BT, H, D, 1.0f);
-        rope_apply(k, rope_cos.data(), rope_sin.data(), pos.data(), BT, KV, D, 1.0f);
-        attention_forward_fast(atty, att, q, k, v, B, T, H, KV, D);
-        matmul_forward(mid, atty, p.o_proj + (size_t)l * C * QD, BT, QD, C);
-        residual_rmsnorm_forward(mid, ln2, a.ln2_rstd + (size_t)l * BT, x, p.post_attention_layernorm + (size_t)l * C, BT, C, c.rms_norm_eps);
-        matmul_forward(gate, ln2, p.gate_proj + (size_t)l * F * C, BT, C, F);
-        matmul_forward(up, ln2, p.up_proj + (size_t)l * F * C, BT, C, F);
-        swiglu_forward_fast(act, gate, up, BT * F);
-        matmul_forward(out, act, p.down_proj + (size_t)l * C * F, BT, F, C);
+        matmul_forward_cpu(q, ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
+        matmul_forward_cpu(k, ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
+        matmul_forward_cpu(v, ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
+        rope_apply_cpu(q, rope_cos.data(), rope_sin.data(), pos.data(), BT, H, D, 1.0f);
+        rope_apply_cpu(k, rope_cos.data(), rope_sin.data(), pos.data(), BT, KV, D, 1.0f);
+        attention_forward_cpu(atty, att, q, k, v, B, T, H, KV, D);
+        matmul_forward_cpu(mid, atty, p.o_proj + (size_t)l * C * QD, BT, QD, C);
+        residual_rmsnorm_forward_cpu(mid, ln2, a.ln2_rstd + (size_t)l * BT, x, p.post_attention_layernorm + (size_t)l * C, BT, C, c.rms_norm_eps);
+        matmul_forward_cpu(gate, ln2, p.gate_proj + (size_t)l * F * C, BT, C, F);
+        matmul_forward_cpu(up, ln2, p.up_proj + (size_t)l * F * C, BT, C, F);
+        swiglu_forward_cpu(act, gate, up, BT * F);
+        matmul_forward_cpu(out, act, p.down_proj + (size_t)l * C * F, BT, F, C);
         bool last = l + 1 == c.num_hidden_layers;  // the next norm: the next layer's input_layernorm, or the final norm
-        residual_rmsnorm_forward(out, last ? a.lnf : a.ln1 + (size_t)(l + 1) * BT * C, last ? a.lnf_rstd : a.ln1_rstd + (size_t)(l + 1) * BT,
+        residual_rmsnorm_forward_cpu(out, last ? a.lnf : a.ln1 + (size_t)(l + 1) * BT * C, last ? a.lnf_rstd : a.ln1_rstd + (size_t)(l + 1) * BT,
                                  mid, last ? p.norm : p.input_layernorm + (size_t)(l + 1) * C, BT, C, c.rms_norm_eps);
     }
     if (ref) rmsnorm_forward_ref(a.lnf, a.lnf_rstd, a.residual + (size_t)c.num_hidden_layers * BT * C, p.norm, BT, C, c.rms_norm_eps);
     if (ref) matmul_forward_ref(a.logits, a.lnf, p.lm_head, BT, C, V);
-    else matmul_forward(a.logits, a.lnf, p.lm_head, BT, C, V);
+    else matmul_forward_cpu(a.logits, a.lnf, p.lm_head, BT, C, V);
     if (!targets) return 0.0f;
-    if (ref) crossentropy_forward(a.losses, a.logits, targets, BT, V);
-    else crossentropy_forward_fast(a.losses, a.logits, targets, BT, V);
+    if (ref) crossentropy_forward_ref(a.losses, a.logits, targets, BT, V);
+    else crossentropy_forward_cpu(a.losses, a.logits, targets, BT, V);
     double sum = 0.0;
     size_t count = 0;
     for (size_t i = 0; i < BT; i++)
@@ -1793,10 +1793,10 @@ static void model_backward_ref(Model* m, const float* dlosses) {
         dq((size_t)BT * QD), dk((size_t)BT * KVD), dv((size_t)BT * KVD), datty((size_t)BT * QD), dact((size_t)BT * F),
         dgate((size_t)BT * F), dup((size_t)BT * F);
 
-    crossentropy_backward(dlogits.data(), a.logits, m->targets.data(), dlosses, BT, V);
+    crossentropy_backward_ref(dlogits.data(), a.logits, m->targets.data(), dlosses, BT, V);
     std::fill(dln.begin(), dln.end(), 0.0f);
     matmul_backward_ref(dln.data(), g.lm_head, dlogits.data(), a.lnf, p.lm_head, BT, C, V);
-    rmsnorm_backward(dres.data(), g.norm, dln.data(), a.residual + (size_t)L * BT * C, p.norm, a.lnf_rstd, BT, C);
+    rmsnorm_backward_ref(dres.data(), g.norm, dln.data(), a.residual + (size_t)L * BT * C, p.norm, a.lnf_rstd, BT, C);
     for (int l = L - 1; l >= 0; l--) {
         const float* x = a.residual + (size_t)l * BT * C;
         const float* mid = a.resid_mid + (size_t)l * BT * C;
@@ -1808,14 +1808,14 @@ static void model_backward_ref(Model* m, const float* dlosses) {
                             p.down_proj + (size_t)l * C * F, BT, F, C);
         std::fill(dgate.begin(), dgate.end(), 0.0f);
         std::fill(dup.begin(), dup.end(), 0.0f);
-        swiglu_backward(dgate.data(), dup.data(), dact.data(), gate, up, (size_t)BT * F);
+        swiglu_backward_ref(dgate.data(), dup.data(), dact.data(), gate, up, (size_t)BT * F);
         std::fill(dln.begin(), dln.end(), 0.0f);
         matmul_backward_ref(dln.data(), g.gate_proj + (size_t)l * F * C, dgate.data(), a.ln2 + (size_t)l * BT * C,
                             p.gate_proj + (size_t)l * F * C, BT, C, F);
         matmul_backward_ref(dln.data(), g.up_proj + (size_t)l * F * C, dup.data(), a.ln2 + (size_t)l * BT * C,
                             p.up_proj + (size_t)l * F * C, BT, C, F);
         dmid = dres;
-        rmsnorm_backward(dmid.data(), g.post_attention_layernorm + (size_t)l * C, dln.data(), mid,
+        rmsnorm_backward_ref(dmid.data(), g.post_attention_layernorm + (size_t)l * C, dln.data(), mid,
                          p.post_attention_layernorm + (size_t)l * C, a.ln2_rstd + (size_t)l * BT, BT, C);
         // attention block
         std::fill(datty.begin(), datty.end(), 0.0f);
@@ -1824,17 +1824,17 @@ static void model_backward_ref(Model* m, const float* dlosses) {
         std::fill(dq.begin(), dq.end(), 0.0f);
         std::fill(dk.begin(), dk.end(), 0.0f);
         std::fill(dv.begin(), dv.end(), 0.0f);
-        attention_backward(dq.data(), dk.data(), dv.data(), datty.data(), a.att + (size_t)l * B * H * T * T,
+        attention_backward_ref(dq.data(), dk.data(), dv.data(), datty.data(), a.att + (size_t)l * B * H * T * T,
                            a.q + (size_t)l * BT * QD, a.k + (size_t)l * BT * KVD, a.v + (size_t)l * BT * KVD, B, T, H, KV, D);
-        rope_backward(dq.data(), pos.data(), BT, H, D, c.rope_theta);
-        rope_backward(dk.data(), pos.data(), BT, KV, D, c.rope_theta);
+        rope_backward_ref(dq.data(), pos.data(), BT, H, D, c.rope_theta);
+        rope_backward_ref(dk.data(), pos.data(), BT, KV, D, c.rope_theta);
         const float* ln1 = a.ln1 + (size_t)l * BT * C;
         std::fill(dln.begin(), dln.end(), 0.0f);
         matmul_backward_ref(dln.data(), g.q_proj + (size_t)l * QD * C, dq.data(), ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
         matmul_backward_ref(dln.data(), g.k_proj + (size_t)l * KVD * C, dk.data(), ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
         matmul_backward_ref(dln.data(), g.v_proj + (size_t)l * KVD * C, dv.data(), ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
         dres = dmid;
-        rmsnorm_backward(dres.data(), g.input_layernorm + (size_t)l * C, dln.data(), x, p.input_layernorm + (size_t)l * C,
+        rmsnorm_backward_ref(dres.data(), g.input_layernorm + (size_t)l * C, dln.data(), x, p.input_layernorm + (size_t)l * C,
                          a.ln1_rstd + (size_t)l * BT, BT, C);
     }
     // embedding: scatter-add, serial over tokens so repeated tokens add in a fixed order
@@ -1848,8 +1848,8 @@ static void model_backward_ref(Model* m, const float* dlosses) {
 // dX = dY·W overwrites (accumulate=false) or adds; dW += dYᵀ·X always adds (gradients accumulate)
 static void matmul_backward_fast(float* dinp, bool dinp_add, float* dweight, const float* dout, const float* inp,
                                  const float* weight, int N, int in, int out_dim) {
-    gemm_f32(N, in, out_dim, dout, out_dim, false, weight, in, false, dinp, in, dinp_add);
-    gemm_f32(out_dim, in, N, dout, out_dim, true, inp, in, false, dweight, in, true);
+    gemm_cpu(N, in, out_dim, dout, out_dim, false, weight, in, false, dinp, in, dinp_add);
+    gemm_cpu(out_dim, in, N, dout, out_dim, true, inp, in, false, dweight, in, true);
 }
 
 void model_backward(Model* m, const float* dlosses) {
@@ -1880,9 +1880,9 @@ void model_backward(Model* m, const float* dlosses) {
         s.first->resize(s.second);
     }
 
-    crossentropy_backward_fast(dlogits.data(), a.logits, a.losses, m->targets.data(), dlosses, BT, V);
+    crossentropy_backward_cpu(dlogits.data(), a.logits, a.losses, m->targets.data(), dlosses, BT, V);
     matmul_backward_fast(dln.data(), false, g.lm_head, dlogits.data(), a.lnf, p.lm_head, BT, C, V);
-    rmsnorm_backward_fast(dres.data(), nullptr, g.norm, dln.data(), a.residual + (size_t)L * BT * C, p.norm, a.lnf_rstd, BT, C);
+    rmsnorm_backward_cpu(dres.data(), nullptr, g.norm, dln.data(), a.residual + (size_t)L * BT * C, p.norm, a.lnf_rstd, BT, C);
     for (int l = L - 1; l >= 0; l--) {
         const float* x = a.residual + (size_t)l * BT * C;
         const float* ln1 = a.ln1 + (size_t)l * BT * C;
@@ -1890,10 +1890,10 @@ void model_backward(Model* m, const float* dlosses) {
         // MLP block: dres is the gradient of the layer's output; it flows to mid directly and through the MLP
         matmul_backward_fast(dact.data(), false, g.down_proj + (size_t)l * C * F, dres.data(), a.act + (size_t)l * BT * F,
                              p.down_proj + (size_t)l * C * F, BT, F, C);
-        swiglu_backward_fast(dgate.data(), dup.data(), dact.data(), a.gate + (size_t)l * BT * F, a.up + (size_t)l * BT * F, (size_t)BT * F);
+        swiglu_backward_cpu(dgate.data(), dup.data(), dact.data(), a.gate + (size_t)l * BT * F, a.up + (size_t)l * BT * F, (size_t)BT * F);
         matmul_backward_fast(dln.data(), false, g.gate_proj + (size_t)l * F * C, dgate.data(), ln2, p.gate_proj + (size_t)l * F * C, BT, C, F);
         matmul_backward_fast(dln.data(), true, g.up_proj + (size_t)l * F * C, dup.data(), ln2, p.up_proj + (size_t)l * F * C, BT, C, F);
-        rmsnorm_backward_fast(dmid.data(), dres.data(), g.post_attention_layernorm + (size_t)l * C, dln.data(),
+        rmsnorm_backward_cpu(dmid.data(), dres.data(), g.post_attention_layernorm + (size_t)l * C, dln.data(),
                               a.resid_mid + (size_t)l * BT * C, p.post_attention_layernorm + (size_t)l * C, a.ln2_rstd + (size_t)l * BT, BT, C);
         // attention block
         matmul_backward_fast(datty.data(), false, g.o_proj + (size_t)l * C * QD, dmid.data(), a.atty + (size_t)l * BT * QD,
@@ -1901,15 +1901,15 @@ void model_backward(Model* m, const float* dlosses) {
         parallel_zero(dq.data(), dq.size());
         parallel_zero(dk.data(), dk.size());
         parallel_zero(dv.data(), dv.size());
-        attention_backward_fast(dq.data(), dk.data(), dv.data(), datty.data(), a.atty + (size_t)l * BT * QD,
+        attention_backward_cpu(dq.data(), dk.data(), dv.data(), datty.data(), a.atty + (size_t)l * BT * QD,
                                 a.att + (size_t)l * B * H * T, a.q + (size_t)l * BT * QD, a.k + (size_t)l * BT * KVD,
                                 a.v + (size_t)l * BT * KVD, B, T, H, KV, D);
-        rope_apply(dq.data(), rope_cos.data(), rope_sin.data(), pos.data(), BT, H, D, -1.0f);
-        rope_apply(dk.data(), rope_cos.data(), rope_sin.data(), pos.data(), BT, KV, D, -1.0f);
+        rope_apply_cpu(dq.data(), rope_cos.data(), rope_sin.data(), pos.data(), BT, H, D, -1.0f);
+        rope_apply_cpu(dk.data(), rope_cos.data(), rope_sin.data(), pos.data(), BT, KV, D, -1.0f);
         matmul_backward_fast(dln.data(), false, g.q_proj + (size_t)l * QD * C, dq.data(), ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
         matmul_backward_fast(dln.data(), true, g.k_proj + (size_t)l * KVD * C, dk.data(), ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
         matmul_backward_fast(dln.data(), true, g.v_proj + (size_t)l * KVD * C, dv.data(), ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
-        rmsnorm_backward_fast(dres.data(), dmid.data(), g.input_layernorm + (size_t)l * C, dln.data(), x,
+        rmsnorm_backward_cpu(dres.data(), dmid.data(), g.input_layernorm + (size_t)l * C, dln.data(), x,
                               p.input_layernorm + (size_t)l * C, a.ln1_rstd + (size_t)l * BT, BT, C);
     }
     // embedding: scatter-add, serial over tokens so repeated tokens add in a fixed order
@@ -2070,8 +2070,8 @@ static int ptr_alignment(const void* p) {
     return a;
 }
 // D[m×n] = op(A)[m×k] · op(B)[k×n] + beta · C   (column-major; C = D when c is null)
-static void gemm(bool ta, bool tb, int m, int n, int k, const bf16* A, int lda, const bf16* B, int ldb, void* D,
-                 cudaDataType_t dtype, int ldd, float beta, const void* c = nullptr) {
+static void gemm_cuda(bool ta, bool tb, int m, int n, int k, const bf16* A, int lda, const bf16* B, int ldb, void* D,
+                      cudaDataType_t dtype, int ldd, float beta, const void* c = nullptr) {
     if (m == 0 || n == 0) return;
     if (!g_blas.lt) {
         cublasCheck(cublasLtCreate(&g_blas.lt));
@@ -2115,13 +2115,13 @@ static void gemm(bool ta, bool tb, int m, int n, int k, const bf16* A, int lda, 
 }
 // out[N,OUT] = inp[N,IN] · W[OUT,IN]ᵀ (+ residual[N,OUT] when given)
 static void matmul_forward_cuda(bf16* out, const bf16* inp, const bf16* w, int N, int IN, int OUT, const bf16* residual = nullptr) {
-    gemm(true, false, OUT, N, IN, w, IN, inp, IN, out, CUDA_R_16BF, OUT, residual ? 1.0f : 0.0f, residual);
+    gemm_cuda(true, false, OUT, N, IN, w, IN, inp, IN, out, CUDA_R_16BF, OUT, residual ? 1.0f : 0.0f, residual);
 }
 // dinp[N,IN] = dout[N,OUT] · W (accumulate: +=);  dW[OUT,IN] += doutᵀ · inp in fp32 (either may be null)
 static void matmul_backward_cuda(bf16* dinp, float* dw, const bf16* dout, const bf16* inp, const bf16* w, int N, int IN,
                                  int OUT, bool accumulate_dinp) {
-    if (dw) gemm(false, true, IN, OUT, N, inp, IN, dout, OUT, dw, CUDA_R_32F, IN, 1.0f);
-    if (dinp) gemm(false, false, IN, N, OUT, w, IN, dout, OUT, dinp, CUDA_R_16BF, IN, accumulate_dinp ? 1.0f : 0.0f);
+    if (dw) gemm_cuda(false, true, IN, OUT, N, inp, IN, dout, OUT, dw, CUDA_R_32F, IN, 1.0f);
+    if (dinp) gemm_cuda(false, false, IN, N, OUT, w, IN, dout, OUT, dinp, CUDA_R_16BF, IN, accumulate_dinp ? 1.0f : 0.0f);
 }
 
 // ----------------------------------------------------------------------------
@@ -2205,7 +2205,7 @@ __global__ void rope_kernel(bf16* x, const float* cos_t, const float* sin_t, int
     v[i] = f2bf(x1 * c - x2 * s);
     v[i + half] = f2bf(x2 * c + x1 * s);
 }
-static void rope_cuda(bf16* x, const float* cos_t, const float* sin_t, int N, int heads, int D, int T, int pos0, float sign) {
+static void rope_apply_cuda(bf16* x, const float* cos_t, const float* sin_t, int N, int heads, int D, int T, int pos0, float sign) {
     size_t total = (size_t)N * heads * (D / 2);
     rope_kernel<<<ceil_div((long long)total, 256), 256>>>(x, cos_t, sin_t, N, heads, D, T, pos0, sign);
     cudaCheck(cudaGetLastError());
@@ -2858,8 +2858,8 @@ float cuda_model_forward(CudaModel* m, const int* inputs, const int* targets, in
         matmul_forward_cuda(q, ln1, p.q_proj + (size_t)l * QD * C, N, C, QD);
         matmul_forward_cuda(k, ln1, p.k_proj + (size_t)l * KVD * C, N, C, KVD);
         matmul_forward_cuda(v, ln1, p.v_proj + (size_t)l * KVD * C, N, C, KVD);
-        rope_cuda(q, m->rope_cos, m->rope_sin, N, H, D, T, 0, 1.0f);
-        rope_cuda(k, m->rope_cos, m->rope_sin, N, KV, D, T, 0, 1.0f);
+        rope_apply_cuda(q, m->rope_cos, m->rope_sin, N, H, D, T, 0, 1.0f);
+        rope_apply_cuda(k, m->rope_cos, m->rope_sin, N, KV, D, T, 0, 1.0f);
         attention_forward_cuda(atty, a.att_lse + (size_t)l * N * H, q, k, v, B, T, H, KV, D);
         matmul_forward_cuda(mid, atty, p.o_proj + (size_t)l * C * QD, N, QD, C, x);   // + x: fused residual add
         // MLP block: mid + down_proj(silu(gate_proj(ln2)) ⊙ up_proj(ln2))
@@ -2935,8 +2935,8 @@ void cuda_model_backward(CudaModel* m, const float* dlosses) {
         const bf16* atty = a.atty + (size_t)l * N * QD;
         matmul_backward_cuda(a.datty, g.o_proj + (size_t)l * C * QD, a.dres16, atty, p.o_proj + (size_t)l * C * QD, N, QD, C, false);
         attention_backward_cuda(a.dq, a.dk, a.dv, a.att_dsum, a.datty, atty, a.att_lse + (size_t)l * N * H, q, k, v, B, T, H, KV, D);
-        rope_cuda(a.dq, m->rope_cos, m->rope_sin, N, H, D, T, 0, -1.0f);
-        rope_cuda(a.dk, m->rope_cos, m->rope_sin, N, KV, D, T, 0, -1.0f);
+        rope_apply_cuda(a.dq, m->rope_cos, m->rope_sin, N, H, D, T, 0, -1.0f);
+        rope_apply_cuda(a.dk, m->rope_cos, m->rope_sin, N, KV, D, T, 0, -1.0f);
         if (m->recompute) rmsnorm_forward_cuda(ln1, nullptr, x, p.input_layernorm + (size_t)l * C, N, C, eps);
         matmul_backward_cuda(a.dln, g.q_proj + (size_t)l * QD * C, a.dq, ln1, p.q_proj + (size_t)l * QD * C, N, C, QD, false);
         matmul_backward_cuda(a.dln, g.k_proj + (size_t)l * KVD * C, a.dk, ln1, p.k_proj + (size_t)l * KVD * C, N, C, KVD, true);
@@ -3074,8 +3074,8 @@ const float* cuda_decode_step(CudaDecode* d, int token, int pos, bool want_logit
         matmul_forward_cuda(d->q, d->ln, p.q_proj + (size_t)l * QD * C, 1, C, QD);
         matmul_forward_cuda(kc + (size_t)pos * KVD, d->ln, p.k_proj + (size_t)l * KVD * C, 1, C, KVD);
         matmul_forward_cuda(vc + (size_t)pos * KVD, d->ln, p.v_proj + (size_t)l * KVD * C, 1, C, KVD);
-        rope_cuda(d->q, d->rope_cos, d->rope_sin, 1, H, D, 1, pos, 1.0f);
-        rope_cuda(kc + (size_t)pos * KVD, d->rope_cos, d->rope_sin, 1, KV, D, 1, pos, 1.0f);
+        rope_apply_cuda(d->q, d->rope_cos, d->rope_sin, 1, H, D, 1, pos, 1.0f);
+        rope_apply_cuda(kc + (size_t)pos * KVD, d->rope_cos, d->rope_sin, 1, KV, D, 1, pos, 1.0f);
         decode_attention_cuda(d->atty, d->q, kc, vc, pos, H, KV, D);
         matmul_forward_cuda(d->mid, d->atty, p.o_proj + (size_t)l * C * QD, 1, QD, C, d->x);
         rmsnorm_forward_cuda(d->ln, nullptr, d->mid, p.post_attention_layernorm + (size_t)l * C, 1, C, eps);
@@ -3128,7 +3128,7 @@ void cuda_op_embedding(float* out, float* dwte, const int* tokens, const float* 
     cudaCheck(cudaGetLastError());
     down_f32(dwte, dw.f(), (size_t)V * C);
 }
-// twin: matmul_forward / matmul_backward. dinp is overwritten (bf16), dweight accumulates (fp32).
+// twin: matmul_forward_ref / matmul_backward_ref. dinp is overwritten (bf16), dweight accumulates (fp32).
 void cuda_op_matmul(float* out, float* dinp, float* dweight, const float* inp, const float* weight, const float* dout,
                     int N, int in, int out_dim) {
     cuda_select_device();
@@ -3144,7 +3144,7 @@ void cuda_op_matmul(float* out, float* dinp, float* dweight, const float* inp, c
     download_bf16(dinp, dx.b(), (size_t)N * in);
     down_f32(dweight, dw.f(), (size_t)out_dim * in);
 }
-// twin: rmsnorm_forward / rmsnorm_backward. dinp (fp32) and dweight accumulate.
+// twin: rmsnorm_forward_ref / rmsnorm_backward_ref. dinp (fp32) and dweight accumulate.
 void cuda_op_rmsnorm(float* out, float* rstd, float* dinp, float* dweight, const float* inp, const float* weight,
                      const float* dout, int N, int C, float eps) {
     cuda_select_device();
@@ -3162,7 +3162,7 @@ void cuda_op_rmsnorm(float* out, float* rstd, float* dinp, float* dweight, const
     down_f32(dinp, dx.f(), (size_t)N * C);
     down_f32(dweight, dw.f(), C);
 }
-// twin: rope_forward (sign 1) / rope_backward (sign −1); x [N, heads, D] in place, position n % T
+// twin: rope_forward_ref (sign 1) / rope_backward_ref (sign −1); x [N, heads, D] in place, position n % T
 void cuda_op_rope(float* x, int N, int T, int heads, int D, float theta, float sign) {
     cuda_select_device();
     std::vector<float> cs((size_t)T * (D / 2)), sn(cs.size());
@@ -3171,10 +3171,10 @@ void cuda_op_rope(float* x, int N, int T, int heads, int D, float theta, float s
     upload_bf16(xb.b(), x, (size_t)N * heads * D);
     up_f32(c.f(), cs.data(), cs.size());
     up_f32(s.f(), sn.data(), sn.size());
-    rope_cuda(xb.b(), c.f(), s.f(), N, heads, D, T, 0, sign);
+    rope_apply_cuda(xb.b(), c.f(), s.f(), N, heads, D, T, 0, sign);
     download_bf16(x, xb.b(), (size_t)N * heads * D);
 }
-// twin: attention_forward / attention_backward (the CPU keeps att [B,H,T,T]; the kernels never form it)
+// twin: attention_forward_ref / attention_backward_ref (the CPU keeps att [B,H,T,T]; the kernels never form it)
 void cuda_op_attention(float* y, float* dq, float* dk, float* dv, const float* q, const float* k, const float* v,
                        const float* dy, int B, int T, int H, int KV, int D) {
     cuda_select_device();
@@ -3192,7 +3192,7 @@ void cuda_op_attention(float* y, float* dq, float* dk, float* dv, const float* q
     download_bf16(dk, dkb.b(), nk);
     download_bf16(dv, dvb.b(), nk);
 }
-// twin: attention_forward's row t = pos for one sequence; q [H,D] at position pos, kc/vc [pos+1, KV, D]
+// twin: attention_forward_ref's row t = pos for one sequence; q [H,D] at position pos, kc/vc [pos+1, KV, D]
 void cuda_op_decode_attention(float* y, const float* q, const float* kc, const float* vc, int pos, int H, int KV, int D) {
     cuda_select_device();
     size_t nk = (size_t)(pos + 1) * KV * D;
@@ -3203,7 +3203,7 @@ void cuda_op_decode_attention(float* y, const float* q, const float* kc, const f
     decode_attention_cuda(yb.b(), qb.b(), kb.b(), vb.b(), pos, H, KV, D);
     download_bf16(y, yb.b(), (size_t)H * D);
 }
-// twin: swiglu_forward / swiglu_backward (dgate, dup overwritten)
+// twin: swiglu_forward_ref / swiglu_backward_ref (dgate, dup overwritten)
 void cuda_op_swiglu(float* act, float* dgate, float* dup, const float* gate, const float* up, const float* dact, size_t n) {
     cuda_select_device();
     DevBuf g(n * 2), u(n * 2), a(n * 2), da(n * 2);
@@ -3216,7 +3216,7 @@ void cuda_op_swiglu(float* act, float* dgate, float* dup, const float* gate, con
     download_bf16(dgate, g.b(), n);
     download_bf16(dup, u.b(), n);
 }
-// twin: crossentropy_forward / crossentropy_backward; dlogits is the logits buffer after the in-place backward
+// twin: crossentropy_forward_ref / crossentropy_backward_ref; dlogits is the logits buffer after the in-place backward
 void cuda_op_crossentropy(float* losses, float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V) {
     cuda_select_device();
     DevBuf z((size_t)N * V * 2), t(N * 4), l(N * 4), lse(N * 4), dl(N * 4);

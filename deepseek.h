@@ -1,16 +1,33 @@
-// deepseek.h — the declarations the four source files share (one header, not a tree of them).
+// deepseek.h — the declarations the source files share (one header, not a tree of them).
 //
-//   deepseek.cu   the model: config/presets, parameters, every layer forward/backward, weights I/O, main()
+//   deepseek.cu   the model as the paper draws it: config/presets, the parameter layout, the fp32 reference layers,
+//                 the model's forward/backward and the tier dispatch, weights I/O, the backends, main(); it #includes
+//   kernels/      the fast paths, compiled as part of deepseek.cu: cpu_*.h (the CPU's GEMM, fused layers, blockwise
+//                 attention, the fast model) and cuda_*.cuh (the CUDA backend)
 //   train.cu      data loader, AdamW, schedules, scaling-law planner, checkpoints, SFT/DPO objectives, MPI/NCCL
 //   infer.cu      KV cache, sampling, chat template, generate/chat/eval
 //   tokenizer.cpp byte-level BPE: tokenizer.json I/O, pre-tokenizer, encode/decode, training, GGUF import
+//
+// Three tiers of every layer, one naming rule (X = matmul_forward, rmsnorm_backward, attention_forward, …):
+//   X_ref    the oracle: the CPU fp32 reference, plain loops written to be read (defined only in deepseek.cu);
+//            tests compare it with transformers, and every other tier with it. g_cpu_reference runs the model on it.
+//   X_cpu    the fast CPU path, the model's default on a CPU: blocked, vectorised, fused (kernels/cpu_*.h), tested
+//            against X_ref in tests/test_fastpath.cpp.
+//   X_cuda   the device path: bf16 kernels and cuBLASLt (kernels/cuda_*.cuh, CUDA builds only); a __global__
+//            kernel is X_kernel and X_cuda launches it. Tests reach the device through cuda_op_X (X_cuda on host
+//            arrays; tests/test_cuda.cpp compares it with X_ref); the CUDA model and decoder are the object APIs
+//            cuda_model_* and cuda_decode_*.
+//   The model follows the rule: model_forward / model_backward dispatch to model_forward_ref / model_backward_ref
+//   or model_forward_cpu / model_backward_cpu. Helpers that no tier owns keep plain names: silu, exp_poly (the
+//   polynomial e^x the _cpu kernels and infer.cu share), rope_table (the cos/sin table of the _cpu and _cuda RoPE),
+//   gemm_cpu's and the attention kernels' internal pieces.
 //
 // Shape legend used everywhere: B = batch, T = time (sequence), C = d_model (hidden_size),
 // H = attention heads, KV = key/value heads, D = head_dim, F = intermediate_size, V = vocab, L = layers.
 #pragma once
 #include <cstddef>   // size_t
 #include <cstdint>   // int32_t, uint16_t, uint64_t
-#include <cstring>   // memcpy (exp_fast)
+#include <cstring>   // memcpy (exp_poly)
 #include <string>    // std::string
 #include <vector>    // std::vector
 #include <map>       // std::map
@@ -170,30 +187,40 @@ void model_mean_loss_weights(const int* targets, int n, std::vector<float>* dlos
 void model_zero_grad(Model* m);
 
 // ----------------------------------------------------------------------------
-// layers (CPU fp32 reference), exposed for inference and tests. Shapes: N rows.
+// layers, in the three tiers named in the header comment (X_ref, X_cpu; X_cuda in the CUDA section). Shapes: N rows.
 
-void matmul_forward(float* out, const float* inp, const float* weight, int N, int in, int out_dim); // out[N,out] = inp[N,in] · weightᵀ
-void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                     int N, int in, int out_dim);  // accumulates into dinp and dweight (either may be null)
-void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
-void rope_forward(float* x, const int* pos, int N, int heads, int D, float theta);  // in place, HF rotate-half
+extern bool g_cpu_reference;   // true: model_forward/model_backward run the _ref layers (the oracle); false: the _cpu ones
+
+// the oracle: the CPU fp32 reference (deepseek.cu, section "layers: the CPU fp32 reference"), plain loops
+// parallel over independent rows; the fast paths and the CUDA kernels are tested against these
+void matmul_forward_ref(float* out, const float* inp, const float* weight, int N, int in, int out_dim);  // out[N,out] = inp[N,in] · weightᵀ
+void matmul_backward_ref(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                         int N, int in, int out_dim);
+void rmsnorm_forward_ref(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
+void rmsnorm_backward_ref(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                          const float* rstd, int N, int C);
+void rope_forward_ref(float* x, const int* pos, int N, int heads, int D, float theta);   // in place, HF rotate-half
+void rope_backward_ref(float* dx, const int* pos, int N, int heads, int D, float theta); // in place, the inverse rotation
+void attention_forward_ref(float* y, float* att, const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
+void attention_backward_ref(float* dq, float* dk, float* dv, const float* dy, const float* att, const float* q,
+                            const float* k, const float* v, int B, int T, int H, int KV, int D);
 float silu(float x);
+void swiglu_forward_ref(float* act, const float* gate, const float* up, size_t n);
+void swiglu_backward_ref(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n);
+void crossentropy_forward_ref(float* losses, const float* logits, const int* targets, int N, int V);
+void crossentropy_backward_ref(float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V);
 
-// ----------------------------------------------------------------------------
-// fast CPU paths (deepseek.cu, section "fast CPU paths"): the functions the model runs on a CPU, each tested
-// against its reference (tests/test_fastpath.cpp). matmul_forward, matmul_backward and rmsnorm_forward above are
-// the fast versions; their references keep the _ref names. All are deterministic and independent of the thread
-// count (each output element is summed by one thread, in an order fixed by the shapes).
-
-extern bool g_cpu_reference;   // true: model_forward/model_backward run the reference layers (the oracle)
+// the fast CPU path (kernels/cpu_*.h): the functions the model runs on a CPU by default, each tested against its
+// _ref twin (tests/test_fastpath.cpp). All are deterministic and independent of the thread count (each output
+// element is summed by one thread, in an order fixed by the shapes).
 
 // e^x in fp32 without libm, so `omp simd` loops vectorise it: e^x = 2^n · e^r, n = round(x·log2 e),
 // r = x − n·ln 2 (ln 2 split in two so r is exact to fp32), e^r ≈ 1 + r + r²·P(r) with P the degree-5
 // minimax polynomial Cephes' expf uses on |r| ≤ ln2/2: relative error ≤ 8e-8 (about 1 ulp, like expf).
 // Inputs are clamped to [−87.3, 88.3]: e^−87.3 ≈ 1e-38, not 0, so callers that need an exact 0 (masked
 // positions) must not call it for them.
-// a·b + c with one rounding where the CPU has FMA: then exp_fast gives the same bits in every build (-O1 or -O3,
-// contracted or not) and equals deepseek.cu's 16-lane exp16, so attention's forward and backward agree exactly
+// a·b + c with one rounding where the CPU has FMA: then exp_poly gives the same bits in every build (-O1 or -O3,
+// contracted or not) and equals kernels/cpu_attention.h's 16-lane exp16, so attention's forward and backward agree exactly
 inline float exp_madd(float a, float b, float c) {
 #if defined(__FMA__)
     return __builtin_fmaf(a, b, c);
@@ -201,7 +228,7 @@ inline float exp_madd(float a, float b, float c) {
     return a * b + c;
 #endif
 }
-inline float exp_fast(float x) {
+inline float exp_poly(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
     // n = round(x·log2 e) by the 1.5·2^23 trick (adding it pushes the fraction out of the mantissa; exact for
     // |t| < 2^22): floorf would stop GCC from vectorising the loop unless -fno-trapping-math is given
@@ -223,41 +250,30 @@ inline float exp_fast(float x) {
 
 const char* gemm_kernel_name(); // the microkernel chosen at build time, e.g. "avx512 14x32"
 // C[M,N] = (accumulate ? C : 0) + op(A)·op(B); op(A)[m,k] = A[m*lda+k], or A[k*lda+m] if a_trans; B likewise
-void gemm_f32(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
+void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
               float* C, int ldc, bool accumulate);
-void residual_rmsnorm_forward(float* res, float* out, float* rstd, const float* skip, const float* weight, int N, int C, float eps);
-void rmsnorm_backward_fast(float* dinp, const float* dskip, float* dweight, const float* dout, const float* inp,
-                           const float* weight, const float* rstd, int N, int C);
-void rope_table(float* cosv, float* sinv, int T, int D, float theta);
-void rope_apply(float* x, const float* cosv, const float* sinv, const int* pos, int N, int heads, int D, float sign);
-void swiglu_forward_fast(float* act, const float* gate, const float* up, size_t n);
-void swiglu_backward_fast(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n);
-void crossentropy_forward_fast(float* losses, const float* logits, const int* targets, int N, int V);
-void crossentropy_backward_fast(float* dlogits, const float* logits, const float* losses, const int* targets,
-                                const float* dlosses, int N, int V);
-void attention_forward_fast(float* y, float* lse, const float* q, const float* k, const float* v,
-                            int B, int T, int H, int KV, int D);
+void matmul_forward_cpu(float* out, const float* inp, const float* weight, int N, int in, int out_dim);
+void matmul_backward_cpu(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                         int N, int in, int out_dim);  // accumulates into dinp and dweight (either may be null)
+void rmsnorm_forward_cpu(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
+void residual_rmsnorm_forward_cpu(float* res, float* out, float* rstd, const float* skip, const float* weight, int N, int C, float eps);
+void rmsnorm_backward_cpu(float* dinp, const float* dskip, float* dweight, const float* dout, const float* inp,
+                          const float* weight, const float* rstd, int N, int C);
+void rope_table(float* cosv, float* sinv, int T, int D, float theta);   // [T, D/2]: shared by the _cpu and _cuda RoPE
+void rope_apply_cpu(float* x, const float* cosv, const float* sinv, const int* pos, int N, int heads, int D, float sign);
+void swiglu_forward_cpu(float* act, const float* gate, const float* up, size_t n);
+void swiglu_backward_cpu(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n);
+void crossentropy_forward_cpu(float* losses, const float* logits, const int* targets, int N, int V);
+void crossentropy_backward_cpu(float* dlogits, const float* logits, const float* losses, const int* targets,
+                               const float* dlosses, int N, int V);
+void attention_forward_cpu(float* y, float* lse, const float* q, const float* k, const float* v,
+                           int B, int T, int H, int KV, int D);
 // queries at positions q0 … q0+Tq−1 over Tk = q0+Tq keys (prefill over a KV cache); lse may be nullptr
-void attention_forward_offset(float* y, float* lse, const float* q, const float* k, const float* v,
-                              int B, int Tq, int Tk, int q0, int H, int KV, int D);
-void attention_backward_fast(float* dq, float* dk, float* dv, const float* dy, const float* y, const float* lse,
-                             const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
-// the references (the oracle), for tests
-void matmul_forward_ref(float* out, const float* inp, const float* weight, int N, int in, int out_dim);
-void matmul_backward_ref(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                         int N, int in, int out_dim);
-void rmsnorm_forward_ref(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
-void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                      const float* rstd, int N, int C);
-void rope_backward(float* dx, const int* pos, int N, int heads, int D, float theta);
-void attention_forward(float* y, float* att, const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
-void attention_backward(float* dq, float* dk, float* dv, const float* dy, const float* att, const float* q,
-                        const float* k, const float* v, int B, int T, int H, int KV, int D);
-void swiglu_forward(float* act, const float* gate, const float* up, size_t n);
-void swiglu_backward(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n);
-void crossentropy_forward(float* losses, const float* logits, const int* targets, int N, int V);
-void crossentropy_backward(float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V);
-// (end of fast CPU paths)
+void attention_forward_offset_cpu(float* y, float* lse, const float* q, const float* k, const float* v,
+                                  int B, int Tq, int Tk, int q0, int H, int KV, int D);
+void attention_backward_cpu(float* dq, float* dk, float* dv, const float* dy, const float* y, const float* lse,
+                            const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
+// (end of the layers)
 
 // ----------------------------------------------------------------------------
 // safetensors and model directories (Hugging Face layout)

@@ -56,12 +56,12 @@ TEST_CASE("the fast matmul (forward, dX and dW) matches the reference on shapes 
         int N = s[0], in = s[1], out = s[2];
         auto x = test_data((size_t)N * in, 1 + N), w = test_data((size_t)out * in, 2 + in), dy = test_data((size_t)N * out, 3 + out);
         std::vector<float> y((size_t)N * out), y_ref(y.size());
-        matmul_forward(y.data(), x.data(), w.data(), N, in, out);
+        matmul_forward_cpu(y.data(), x.data(), w.data(), N, in, out);
         matmul_forward_ref(y_ref.data(), x.data(), w.data(), N, in, out);
         // backward accumulates: start both from the same non-zero gradients
         auto dx = test_data((size_t)N * in, 4), dw = test_data((size_t)out * in, 5);
         auto dx_ref = dx, dw_ref = dw;
-        matmul_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), N, in, out);
+        matmul_backward_cpu(dx.data(), dw.data(), dy.data(), x.data(), w.data(), N, in, out);
         matmul_backward_ref(dx_ref.data(), dw_ref.data(), dy.data(), x.data(), w.data(), N, in, out);
         double e = std::max({rel_err(y, y_ref), rel_err(dx, dx_ref), rel_err(dw, dw_ref)});
         if (e > 1e-4) MESSAGE("N=" << N << " in=" << in << " out=" << out << ": rel err " << e);
@@ -71,7 +71,7 @@ TEST_CASE("the fast matmul (forward, dX and dW) matches the reference on shapes 
     CHECK(worst < 1e-4);
 }
 
-TEST_CASE("gemm_f32 computes op(A)·op(B) for all four transpositions, overwriting or accumulating, with leading dimensions") {
+TEST_CASE("gemm_cpu computes op(A)·op(B) for all four transpositions, overwriting or accumulating, with leading dimensions") {
     // M, N, K: edges of every tile size, K across KC blocks (512), N across NC blocks (512 columns), and in one
     const int shapes[][3] = {{1, 1, 1}, {3, 45, 7}, {17, 33, 300}, {30, 64, 513}, {9, 1500, 33}, {20, 2100, 40}, {4, 8300, 9}, {17, 40, 2100}, {3, 4200, 1030},
                              {45, 1100, 530}};  // the last: rows split between threads, several column and K blocks
@@ -93,14 +93,14 @@ TEST_CASE("gemm_f32 computes op(A)·op(B) for all four transpositions, overwriti
                                        (tb ? B[(size_t)n * ldb + k] : B[(size_t)k * ldb + n]);
                             want[(size_t)m * ldc + n] = (float)sum;
                         }
-                    gemm_f32(M, N, K, A.data(), lda, ta, B.data(), ldb, tb, C.data(), ldc, acc);
+                    gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), ldb, tb, C.data(), ldc, acc);
                     worst = std::max(worst, rel_err(C, want));  // padding columns: untouched on both sides
                 }
-    MESSAGE("gemm_f32 vs double definition: max rel err " << worst);
+    MESSAGE("gemm_cpu vs double definition: max rel err " << worst);
     CHECK(worst < 1e-4);
 }
 
-TEST_CASE("gemm_f32 on every row count up to two microkernel tiles, with column edges; padding never written") {
+TEST_CASE("gemm_cpu on every row count up to two microkernel tiles, with column edges; padding never written") {
     // the edge tiles run kernels specialised on their row count and masked on their columns, on A's strip read in
     // place (row-major A) or packed (transposed A): each one here
     double worst = 0;
@@ -119,10 +119,10 @@ TEST_CASE("gemm_f32 on every row count up to two microkernel tiles, with column 
                                 sum += (double)(ta ? A[(size_t)k * lda + m] : A[(size_t)m * lda + k]) * B[(size_t)n * ldb + k];
                             want[(size_t)m * ldc + n] = (float)sum;
                         }
-                    gemm_f32(M, N, K, A.data(), lda, ta, B.data(), ldb, true, C.data(), ldc, acc);
+                    gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), ldb, true, C.data(), ldc, acc);
                     worst = std::max(worst, rel_err(C, want));
                 }
-    MESSAGE("gemm_f32 edges vs double definition: max rel err " << worst);
+    MESSAGE("gemm_cpu edges vs double definition: max rel err " << worst);
     CHECK(worst < 1e-4);
 }
 
@@ -132,9 +132,9 @@ TEST_CASE("gemm results are bit-identical for 1, 2 and 3 threads") {
     std::vector<float> c1((size_t)M * N), c2(c1.size()), c3(c1.size());
     for (int ta = 0; ta < 2; ta++) {  // A read in place, and A transposed (packed strips); A is M×K or K×M
         int lda = ta ? M : K;
-        with_threads(1, [&] { gemm_f32(M, N, K, A.data(), lda, ta, B.data(), K, true, c1.data(), N, false); });
-        with_threads(2, [&] { gemm_f32(M, N, K, A.data(), lda, ta, B.data(), K, true, c2.data(), N, false); });
-        with_threads(3, [&] { gemm_f32(M, N, K, A.data(), lda, ta, B.data(), K, true, c3.data(), N, false); });
+        with_threads(1, [&] { gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), K, true, c1.data(), N, false); });
+        with_threads(2, [&] { gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), K, true, c2.data(), N, false); });
+        with_threads(3, [&] { gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), K, true, c3.data(), N, false); });
         CHECK(memcmp(c1.data(), c2.data(), c1.size() * 4) == 0);
         CHECK(memcmp(c1.data(), c3.data(), c1.size() * 4) == 0);
     }
@@ -148,7 +148,7 @@ TEST_CASE("fast RMSNorm, the fused residual+RMSNorm and its backward match the r
         auto x = test_data((size_t)N * C, 21), skip = test_data((size_t)N * C, 22), w = test_data(C, 23), dy = test_data((size_t)N * C, 24);
         float eps = 1e-5f;
         std::vector<float> y((size_t)N * C), y_ref(y.size()), r(N), r_ref(N);
-        rmsnorm_forward(y.data(), r.data(), x.data(), w.data(), N, C, eps);
+        rmsnorm_forward_cpu(y.data(), r.data(), x.data(), w.data(), N, C, eps);
         rmsnorm_forward_ref(y_ref.data(), r_ref.data(), x.data(), w.data(), N, C, eps);
         CHECK(rel_err(y, y_ref) < 1e-5);
         CHECK(rel_err(r, r_ref) < 1e-5);
@@ -157,21 +157,21 @@ TEST_CASE("fast RMSNorm, the fused residual+RMSNorm and its backward match the r
         std::vector<float> sum_ref((size_t)N * C);
         for (size_t i = 0; i < sum_ref.size(); i++) sum_ref[i] = x[i] + skip[i];
         rmsnorm_forward_ref(y_ref.data(), r_ref.data(), sum_ref.data(), w.data(), N, C, eps);
-        residual_rmsnorm_forward(res.data(), y.data(), r.data(), skip.data(), w.data(), N, C, eps);
+        residual_rmsnorm_forward_cpu(res.data(), y.data(), r.data(), skip.data(), w.data(), N, C, eps);
         CHECK(memcmp(res.data(), sum_ref.data(), res.size() * 4) == 0);  // the add is the same single rounding
         CHECK(rel_err(y, y_ref) < 1e-5);
         CHECK(rel_err(r, r_ref) < 1e-5);
         // backward, accumulating (dskip = dinp) and with a separate skip gradient
         auto dx = test_data((size_t)N * C, 25), dw = test_data(C, 26);
         auto dx_ref = dx, dw_ref = dw;
-        rmsnorm_backward(dx_ref.data(), dw_ref.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
-        rmsnorm_backward_fast(dx.data(), dx.data(), dw.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
+        rmsnorm_backward_ref(dx_ref.data(), dw_ref.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
+        rmsnorm_backward_cpu(dx.data(), dx.data(), dw.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
         CHECK(rel_err(dx, dx_ref) < 1e-5);
         CHECK(rel_err(dw, dw_ref) < 1e-5);
         auto dskip = test_data((size_t)N * C, 27);
         std::vector<float> dx2((size_t)N * C, 123.0f), dw2(C, 0.0f), dx2_ref = dskip, dw2_ref(C, 0.0f);
-        rmsnorm_backward(dx2_ref.data(), dw2_ref.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
-        rmsnorm_backward_fast(dx2.data(), dskip.data(), dw2.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
+        rmsnorm_backward_ref(dx2_ref.data(), dw2_ref.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
+        rmsnorm_backward_cpu(dx2.data(), dskip.data(), dw2.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
         CHECK(rel_err(dx2, dx2_ref) < 1e-5);
         CHECK(rel_err(dw2, dw2_ref) < 1e-5);
     }
@@ -186,11 +186,11 @@ TEST_CASE("RoPE from the table is bit-identical to the reference rotation, forwa
     for (float theta : {10000.0f, 500000.0f}) {
         rope_table(cs.data(), sn.data(), T, D, theta);
         auto a = x, b = x;
-        rope_apply(a.data(), cs.data(), sn.data(), pos.data(), 2 * T, heads, D, 1.0f);
-        rope_forward(b.data(), pos.data(), 2 * T, heads, D, theta);
+        rope_apply_cpu(a.data(), cs.data(), sn.data(), pos.data(), 2 * T, heads, D, 1.0f);
+        rope_forward_ref(b.data(), pos.data(), 2 * T, heads, D, theta);
         CHECK(memcmp(a.data(), b.data(), a.size() * 4) == 0);
-        rope_apply(a.data(), cs.data(), sn.data(), pos.data(), 2 * T, heads, D, -1.0f);
-        rope_backward(b.data(), pos.data(), 2 * T, heads, D, theta);
+        rope_apply_cpu(a.data(), cs.data(), sn.data(), pos.data(), 2 * T, heads, D, -1.0f);
+        rope_backward_ref(b.data(), pos.data(), 2 * T, heads, D, theta);
         CHECK(memcmp(a.data(), b.data(), a.size() * 4) == 0);
     }
 }
@@ -199,10 +199,10 @@ TEST_CASE("fast SwiGLU forward and backward match the reference") {
     size_t n = 1003;
     auto g = test_data(n, 41, 12.0f), u = test_data(n, 42), da = test_data(n, 43);
     std::vector<float> a(n), a_ref(n), dg(n), du(n), dg_ref(n, 0.0f), du_ref(n, 0.0f);
-    swiglu_forward_fast(a.data(), g.data(), u.data(), n);
-    swiglu_forward(a_ref.data(), g.data(), u.data(), n);
-    swiglu_backward_fast(dg.data(), du.data(), da.data(), g.data(), u.data(), n);  // writes
-    swiglu_backward(dg_ref.data(), du_ref.data(), da.data(), g.data(), u.data(), n);  // accumulates onto 0
+    swiglu_forward_cpu(a.data(), g.data(), u.data(), n);
+    swiglu_forward_ref(a_ref.data(), g.data(), u.data(), n);
+    swiglu_backward_cpu(dg.data(), du.data(), da.data(), g.data(), u.data(), n);  // writes
+    swiglu_backward_ref(dg_ref.data(), du_ref.data(), da.data(), g.data(), u.data(), n);  // accumulates onto 0
     double e = std::max({rel_err(a, a_ref), rel_err(dg, dg_ref), rel_err(du, du_ref)});
     MESSAGE("swiglu fast vs reference: max rel err " << e);
     CHECK(e < 2e-6);
@@ -217,10 +217,10 @@ TEST_CASE("fused cross-entropy matches the reference loss and gradient; masked r
         tg[2] = -1;
         dl[4] = 0.0f;
         std::vector<float> loss(N), loss_ref(N), dz((size_t)N * V, 7.0f), dz_ref((size_t)N * V);
-        crossentropy_forward_fast(loss.data(), z.data(), tg.data(), N, V);
-        crossentropy_forward(loss_ref.data(), z.data(), tg.data(), N, V);
-        crossentropy_backward_fast(dz.data(), z.data(), loss.data(), tg.data(), dl.data(), N, V);
-        crossentropy_backward(dz_ref.data(), z.data(), tg.data(), dl.data(), N, V);
+        crossentropy_forward_cpu(loss.data(), z.data(), tg.data(), N, V);
+        crossentropy_forward_ref(loss_ref.data(), z.data(), tg.data(), N, V);
+        crossentropy_backward_cpu(dz.data(), z.data(), loss.data(), tg.data(), dl.data(), N, V);
+        crossentropy_backward_ref(dz_ref.data(), z.data(), tg.data(), dl.data(), N, V);
         CHECK(rel_err(loss, loss_ref) < 1e-5);
         CHECK(rel_err(dz, dz_ref) < 1e-5);
         CHECK(loss[2] == 0.0f);
@@ -242,14 +242,14 @@ TEST_CASE("blockwise online-softmax attention matches the reference (GQA and MHA
         size_t nq = (size_t)s.B * s.T * s.H * s.D, nk = (size_t)s.B * s.T * s.KV * s.D;
         auto q = test_data(nq, 61, 2.0f), k = test_data(nk, 62, 2.0f), v = test_data(nk, 63), dy = test_data(nq, 64);
         std::vector<float> y(nq), y_ref(nq), lse((size_t)s.B * s.H * s.T), att((size_t)s.B * s.H * s.T * s.T);
-        attention_forward_fast(y.data(), lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.KV, s.D);
-        attention_forward(y_ref.data(), att.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.KV, s.D);
+        attention_forward_cpu(y.data(), lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.KV, s.D);
+        attention_forward_ref(y_ref.data(), att.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.KV, s.D);
         // backward accumulates: both start from the same gradients
         auto dq = test_data(nq, 65), dk = test_data(nk, 66), dv = test_data(nk, 67);
         auto dq_ref = dq, dk_ref = dk, dv_ref = dv;
-        attention_backward_fast(dq.data(), dk.data(), dv.data(), dy.data(), y.data(), lse.data(), q.data(), k.data(), v.data(),
+        attention_backward_cpu(dq.data(), dk.data(), dv.data(), dy.data(), y.data(), lse.data(), q.data(), k.data(), v.data(),
                                 s.B, s.T, s.H, s.KV, s.D);
-        attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dy.data(), att.data(), q.data(), k.data(), v.data(),
+        attention_backward_ref(dq_ref.data(), dk_ref.data(), dv_ref.data(), dy.data(), att.data(), q.data(), k.data(), v.data(),
                            s.B, s.T, s.H, s.KV, s.D);
         double e = std::max({rel_err(y, y_ref), rel_err(dq, dq_ref), rel_err(dk, dk_ref), rel_err(dv, dv_ref)});
         MESSAGE("attention B=" << s.B << " T=" << s.T << " H=" << s.H << " KV=" << s.KV << " D=" << s.D << ": max rel err " << e);
@@ -268,8 +268,8 @@ TEST_CASE("attention matches the reference when the scores span hundreds (the ru
     for (float& x : q) x = roundf(x);
     for (float& x : k) x = roundf(x);
     std::vector<float> y(nq), y_ref(nq), lse((size_t)B * H * T), att((size_t)B * H * T * T);
-    attention_forward_fast(y.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, KV, D);
-    attention_forward(y_ref.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, KV, D);
+    attention_forward_cpu(y.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, KV, D);
+    attention_forward_ref(y_ref.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, KV, D);
     double e = rel_err(y, y_ref);
     MESSAGE("attention, scores within ±1152: max rel err " << e);
     CHECK(e < 1e-4);
@@ -283,8 +283,8 @@ TEST_CASE("attention with a query offset (prefill over a KV cache) equals the sa
         size_t nq = (size_t)s.T * s.H * s.D, nk = (size_t)s.T * s.KV * s.D, row = (size_t)s.H * s.D;
         auto q = test_data(nq, 71, 2.0f), k = test_data(nk, 72, 2.0f), v = test_data(nk, 73);
         std::vector<float> y(nq), lse((size_t)s.H * s.T), yo(nq - s.q0 * row);
-        attention_forward_fast(y.data(), lse.data(), q.data(), k.data(), v.data(), 1, s.T, s.H, s.KV, s.D);
-        attention_forward_offset(yo.data(), nullptr, q.data() + s.q0 * row, k.data(), v.data(), 1, s.T - s.q0, s.T, s.q0,
+        attention_forward_cpu(y.data(), lse.data(), q.data(), k.data(), v.data(), 1, s.T, s.H, s.KV, s.D);
+        attention_forward_offset_cpu(yo.data(), nullptr, q.data() + s.q0 * row, k.data(), v.data(), 1, s.T - s.q0, s.T, s.q0,
                                  s.H, s.KV, s.D);
         std::vector<float> tail(y.begin() + s.q0 * row, y.end());
         worst = std::max(worst, rel_err(yo, tail));

@@ -7,7 +7,8 @@
 // SwiGLU MLP, untied lm_head, no biases. What it deliberately is not: fast. The CPU reference uses OpenMP
 // over independent rows and nothing cleverer; speed lives in fast paths beside it, tested against it.
 //
-// Every backward function ACCUMULATES (+=) into its gradient outputs; callers zero them first.
+// Backward functions: the reference ones accumulate (+=) into their gradient outputs (callers zero them first), except
+// crossentropy_backward_ref, which writes; the fast ones mostly write. deepseek.h's header ("Gradients") has the rule.
 // Shapes: B batch, T time, C d_model, H heads, KV key/value heads, D head_dim, F intermediate, V vocab, L layers.
 #include "deepseek.h"
 #include <algorithm>     // std::max, std::min
@@ -939,10 +940,10 @@ static float* gemm_scratch(std::vector<float>* v, size_t n) {
 }
 
 void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
-              float* C, int ldc, bool accumulate) {
+              float* C, int ldc, Accum accum) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {  // an empty sum
-        if (!accumulate)
+        if (accum == Accum::Overwrite)
             for (int m = 0; m < M; m++) memset(C + (size_t)m * ldc, 0, (size_t)N * sizeof(float));
         return;
     }
@@ -985,7 +986,7 @@ void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const 
             int j_hi = split_rows ? n_panels : (int)((long long)n_panels * (t + 1) / nt);
             for (int pc = 0; pc < K; pc += GEMM_KC) {
                 int kc = std::min(GEMM_KC, K - pc);
-                bool load = accumulate || pc > 0;
+                bool load = accum == Accum::Add || pc > 0;
                 #pragma omp for schedule(static)
                 for (int j = 0; j < n_panels; j++)
                     gemm_pack_b(bpack + (size_t)j * GEMM_NR * kc, B, ldb, b_trans, pc, kc, jc + j * GEMM_NR,
@@ -1012,7 +1013,7 @@ void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const 
     }
 }
 
-// matmul, fast: the reference's contract (forward writes out; backward accumulates) on gemm_cpu.
+// matmul on gemm_cpu: forward writes out; backward adds dW += dYᵀ·X and writes or adds dX = dY·W (dinp_accum).
 // A handful of rows (generation: one token at a time) is a matrix-vector product, bound by reading the
 // weights once: dot products straight from W beat packing it.
 void matmul_forward_cpu(float* out, const float* inp, const float* weight, int N, int in, int out_dim) {
@@ -1030,12 +1031,12 @@ void matmul_forward_cpu(float* out, const float* inp, const float* weight, int N
         }
         return;
     }
-    gemm_cpu(N, out_dim, in, inp, in, false, weight, in, true, out, out_dim, false);
+    gemm_cpu(N, out_dim, in, inp, in, false, weight, in, true, out, out_dim, Accum::Overwrite);
 }
 void matmul_backward_cpu(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                     int N, int in, int out_dim) {
-    if (dinp) gemm_cpu(N, in, out_dim, dout, out_dim, false, weight, in, false, dinp, in, true);
-    if (dweight) gemm_cpu(out_dim, in, N, dout, out_dim, true, inp, in, false, dweight, in, true);
+                         int N, int in, int out_dim, Accum dinp_accum) {
+    if (dinp) gemm_cpu(N, in, out_dim, dout, out_dim, false, weight, in, false, dinp, in, dinp_accum);
+    if (dweight) gemm_cpu(out_dim, in, N, dout, out_dim, true, inp, in, false, dweight, in, Accum::Add);
 }
 
 // ----------------------------------------------------------------------------
@@ -1845,13 +1846,6 @@ static void model_backward_ref(Model* m, const float* dlosses) {
     }
 }
 
-// dX = dY·W overwrites (accumulate=false) or adds; dW += dYᵀ·X always adds (gradients accumulate)
-static void matmul_backward_fast(float* dinp, bool dinp_add, float* dweight, const float* dout, const float* inp,
-                                 const float* weight, int N, int in, int out_dim) {
-    gemm_cpu(N, in, out_dim, dout, out_dim, false, weight, in, false, dinp, in, dinp_add);
-    gemm_cpu(out_dim, in, N, dout, out_dim, true, inp, in, false, dweight, in, true);
-}
-
 void model_backward(Model* m, const float* dlosses) {
     if (m->B == 0 || m->inputs.empty()) die("backward: call forward first");
     if (m->grads_memory.size() != m->num_parameters) model_zero_grad(m);
@@ -1881,23 +1875,23 @@ void model_backward(Model* m, const float* dlosses) {
     }
 
     crossentropy_backward_cpu(dlogits.data(), a.logits, a.losses, m->targets.data(), dlosses, BT, V);
-    matmul_backward_fast(dln.data(), false, g.lm_head, dlogits.data(), a.lnf, p.lm_head, BT, C, V);
+    matmul_backward_cpu(dln.data(), g.lm_head, dlogits.data(), a.lnf, p.lm_head, BT, C, V, Accum::Overwrite);
     rmsnorm_backward_cpu(dres.data(), nullptr, g.norm, dln.data(), a.residual + (size_t)L * BT * C, p.norm, a.lnf_rstd, BT, C);
     for (int l = L - 1; l >= 0; l--) {
         const float* x = a.residual + (size_t)l * BT * C;
         const float* ln1 = a.ln1 + (size_t)l * BT * C;
         const float* ln2 = a.ln2 + (size_t)l * BT * C;
         // MLP block: dres is the gradient of the layer's output; it flows to mid directly and through the MLP
-        matmul_backward_fast(dact.data(), false, g.down_proj + (size_t)l * C * F, dres.data(), a.act + (size_t)l * BT * F,
-                             p.down_proj + (size_t)l * C * F, BT, F, C);
+        matmul_backward_cpu(dact.data(), g.down_proj + (size_t)l * C * F, dres.data(), a.act + (size_t)l * BT * F,
+                             p.down_proj + (size_t)l * C * F, BT, F, C, Accum::Overwrite);
         swiglu_backward_cpu(dgate.data(), dup.data(), dact.data(), a.gate + (size_t)l * BT * F, a.up + (size_t)l * BT * F, (size_t)BT * F);
-        matmul_backward_fast(dln.data(), false, g.gate_proj + (size_t)l * F * C, dgate.data(), ln2, p.gate_proj + (size_t)l * F * C, BT, C, F);
-        matmul_backward_fast(dln.data(), true, g.up_proj + (size_t)l * F * C, dup.data(), ln2, p.up_proj + (size_t)l * F * C, BT, C, F);
+        matmul_backward_cpu(dln.data(), g.gate_proj + (size_t)l * F * C, dgate.data(), ln2, p.gate_proj + (size_t)l * F * C, BT, C, F, Accum::Overwrite);
+        matmul_backward_cpu(dln.data(), g.up_proj + (size_t)l * F * C, dup.data(), ln2, p.up_proj + (size_t)l * F * C, BT, C, F, Accum::Add);
         rmsnorm_backward_cpu(dmid.data(), dres.data(), g.post_attention_layernorm + (size_t)l * C, dln.data(),
                               a.resid_mid + (size_t)l * BT * C, p.post_attention_layernorm + (size_t)l * C, a.ln2_rstd + (size_t)l * BT, BT, C);
         // attention block
-        matmul_backward_fast(datty.data(), false, g.o_proj + (size_t)l * C * QD, dmid.data(), a.atty + (size_t)l * BT * QD,
-                             p.o_proj + (size_t)l * C * QD, BT, QD, C);
+        matmul_backward_cpu(datty.data(), g.o_proj + (size_t)l * C * QD, dmid.data(), a.atty + (size_t)l * BT * QD,
+                             p.o_proj + (size_t)l * C * QD, BT, QD, C, Accum::Overwrite);
         parallel_zero(dq.data(), dq.size());
         parallel_zero(dk.data(), dk.size());
         parallel_zero(dv.data(), dv.size());
@@ -1906,9 +1900,9 @@ void model_backward(Model* m, const float* dlosses) {
                                 a.v + (size_t)l * BT * KVD, B, T, H, KV, D);
         rope_apply_cpu(dq.data(), rope_cos.data(), rope_sin.data(), pos.data(), BT, H, D, -1.0f);
         rope_apply_cpu(dk.data(), rope_cos.data(), rope_sin.data(), pos.data(), BT, KV, D, -1.0f);
-        matmul_backward_fast(dln.data(), false, g.q_proj + (size_t)l * QD * C, dq.data(), ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
-        matmul_backward_fast(dln.data(), true, g.k_proj + (size_t)l * KVD * C, dk.data(), ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
-        matmul_backward_fast(dln.data(), true, g.v_proj + (size_t)l * KVD * C, dv.data(), ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
+        matmul_backward_cpu(dln.data(), g.q_proj + (size_t)l * QD * C, dq.data(), ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD, Accum::Overwrite);
+        matmul_backward_cpu(dln.data(), g.k_proj + (size_t)l * KVD * C, dk.data(), ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD, Accum::Add);
+        matmul_backward_cpu(dln.data(), g.v_proj + (size_t)l * KVD * C, dv.data(), ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD, Accum::Add);
         rmsnorm_backward_cpu(dres.data(), dmid.data(), g.input_layernorm + (size_t)l * C, dln.data(), x,
                               p.input_layernorm + (size_t)l * C, a.ln1_rstd + (size_t)l * BT, BT, C);
     }
@@ -2117,11 +2111,11 @@ static void gemm_cuda(bool ta, bool tb, int m, int n, int k, const bf16* A, int 
 static void matmul_forward_cuda(bf16* out, const bf16* inp, const bf16* w, int N, int IN, int OUT, const bf16* residual = nullptr) {
     gemm_cuda(true, false, OUT, N, IN, w, IN, inp, IN, out, CUDA_R_16BF, OUT, residual ? 1.0f : 0.0f, residual);
 }
-// dinp[N,IN] = dout[N,OUT] · W (accumulate: +=);  dW[OUT,IN] += doutᵀ · inp in fp32 (either may be null)
+// dinp[N,IN] = dout[N,OUT] · W (dinp_accum: = or +=);  dW[OUT,IN] += doutᵀ · inp in fp32 (either may be null)
 static void matmul_backward_cuda(bf16* dinp, float* dw, const bf16* dout, const bf16* inp, const bf16* w, int N, int IN,
-                                 int OUT, bool accumulate_dinp) {
+                                 int OUT, Accum dinp_accum) {
     if (dw) gemm_cuda(false, true, IN, OUT, N, inp, IN, dout, OUT, dw, CUDA_R_32F, IN, 1.0f);
-    if (dinp) gemm_cuda(false, false, IN, N, OUT, w, IN, dout, OUT, dinp, CUDA_R_16BF, IN, accumulate_dinp ? 1.0f : 0.0f);
+    if (dinp) gemm_cuda(false, false, IN, N, OUT, w, IN, dout, OUT, dinp, CUDA_R_16BF, IN, dinp_accum == Accum::Add ? 1.0f : 0.0f);
 }
 
 // ----------------------------------------------------------------------------
@@ -2903,7 +2897,7 @@ void cuda_model_backward(CudaModel* m, const float* dlosses) {
     crossentropy_backward_inplace_kernel<<<N, 512>>>(a.logits, a.logits_lse, a.targets, a.dlosses, V);
     cudaCheck(cudaGetLastError());
     bf16* dlogits = a.logits;
-    matmul_backward_cuda(a.dln, g.lm_head, dlogits, a.lnf, p.lm_head, N, C, V, false);
+    matmul_backward_cuda(a.dln, g.lm_head, dlogits, a.lnf, p.lm_head, N, C, V, Accum::Overwrite);
     cudaCheck(cudaMemset(a.dres, 0, NC * 4));
     rmsnorm_backward_cuda(a.dres, a.dres16, g.norm, a.partial, a.dln, a.residual + (size_t)L * NC, p.norm, a.lnf_rstd, N, C);
     for (int l = L - 1; l >= 0; l--) {
@@ -2921,11 +2915,11 @@ void cuda_model_backward(CudaModel* m, const float* dlosses) {
             rmsnorm_forward_cuda(ln2, nullptr, mid, p.post_attention_layernorm + (size_t)l * C, N, C, eps);
             swiglu_forward_cuda(act, gate, up, NF);
         }
-        matmul_backward_cuda(nullptr, g.down_proj + (size_t)l * C * F, a.dres16, act, nullptr, N, F, C, false);
-        matmul_backward_cuda(act, nullptr, a.dres16, nullptr, p.down_proj + (size_t)l * C * F, N, F, C, false);  // act ← dact
+        matmul_backward_cuda(nullptr, g.down_proj + (size_t)l * C * F, a.dres16, act, nullptr, N, F, C, Accum::Overwrite);
+        matmul_backward_cuda(act, nullptr, a.dres16, nullptr, p.down_proj + (size_t)l * C * F, N, F, C, Accum::Overwrite);  // act ← dact
         swiglu_backward_cuda(gate, up, act, NF);                                                               // gate ← dgate, up ← dup
-        matmul_backward_cuda(a.dln, g.gate_proj + (size_t)l * F * C, gate, ln2, p.gate_proj + (size_t)l * F * C, N, C, F, false);
-        matmul_backward_cuda(a.dln, g.up_proj + (size_t)l * F * C, up, ln2, p.up_proj + (size_t)l * F * C, N, C, F, true);
+        matmul_backward_cuda(a.dln, g.gate_proj + (size_t)l * F * C, gate, ln2, p.gate_proj + (size_t)l * F * C, N, C, F, Accum::Overwrite);
+        matmul_backward_cuda(a.dln, g.up_proj + (size_t)l * F * C, up, ln2, p.up_proj + (size_t)l * F * C, N, C, F, Accum::Add);
         rmsnorm_backward_cuda(a.dres, a.dres16, g.post_attention_layernorm + (size_t)l * C, a.partial, a.dln, mid,
                               p.post_attention_layernorm + (size_t)l * C, rstd2, N, C);
         // attention block
@@ -2933,14 +2927,14 @@ void cuda_model_backward(CudaModel* m, const float* dlosses) {
         const bf16* k = a.k + (size_t)l * N * KVD;
         const bf16* v = a.v + (size_t)l * N * KVD;
         const bf16* atty = a.atty + (size_t)l * N * QD;
-        matmul_backward_cuda(a.datty, g.o_proj + (size_t)l * C * QD, a.dres16, atty, p.o_proj + (size_t)l * C * QD, N, QD, C, false);
+        matmul_backward_cuda(a.datty, g.o_proj + (size_t)l * C * QD, a.dres16, atty, p.o_proj + (size_t)l * C * QD, N, QD, C, Accum::Overwrite);
         attention_backward_cuda(a.dq, a.dk, a.dv, a.att_dsum, a.datty, atty, a.att_lse + (size_t)l * N * H, q, k, v, B, T, H, KV, D);
         rope_apply_cuda(a.dq, m->rope_cos, m->rope_sin, N, H, D, T, 0, -1.0f);
         rope_apply_cuda(a.dk, m->rope_cos, m->rope_sin, N, KV, D, T, 0, -1.0f);
         if (m->recompute) rmsnorm_forward_cuda(ln1, nullptr, x, p.input_layernorm + (size_t)l * C, N, C, eps);
-        matmul_backward_cuda(a.dln, g.q_proj + (size_t)l * QD * C, a.dq, ln1, p.q_proj + (size_t)l * QD * C, N, C, QD, false);
-        matmul_backward_cuda(a.dln, g.k_proj + (size_t)l * KVD * C, a.dk, ln1, p.k_proj + (size_t)l * KVD * C, N, C, KVD, true);
-        matmul_backward_cuda(a.dln, g.v_proj + (size_t)l * KVD * C, a.dv, ln1, p.v_proj + (size_t)l * KVD * C, N, C, KVD, true);
+        matmul_backward_cuda(a.dln, g.q_proj + (size_t)l * QD * C, a.dq, ln1, p.q_proj + (size_t)l * QD * C, N, C, QD, Accum::Overwrite);
+        matmul_backward_cuda(a.dln, g.k_proj + (size_t)l * KVD * C, a.dk, ln1, p.k_proj + (size_t)l * KVD * C, N, C, KVD, Accum::Add);
+        matmul_backward_cuda(a.dln, g.v_proj + (size_t)l * KVD * C, a.dv, ln1, p.v_proj + (size_t)l * KVD * C, N, C, KVD, Accum::Add);
         rmsnorm_backward_cuda(a.dres, a.dres16, g.input_layernorm + (size_t)l * C, a.partial, a.dln, x,
                               p.input_layernorm + (size_t)l * C, rstd1, N, C);
     }
@@ -3139,7 +3133,7 @@ void cuda_op_matmul(float* out, float* dinp, float* dweight, const float* inp, c
     upload_bf16(go.b(), dout, (size_t)N * out_dim);
     up_f32(dw.f(), dweight, (size_t)out_dim * in);
     matmul_forward_cuda(o.b(), x.b(), w.b(), N, in, out_dim);
-    matmul_backward_cuda(dx.b(), dw.f(), go.b(), x.b(), w.b(), N, in, out_dim, false);
+    matmul_backward_cuda(dx.b(), dw.f(), go.b(), x.b(), w.b(), N, in, out_dim, Accum::Overwrite);
     download_bf16(out, o.b(), (size_t)N * out_dim);
     download_bf16(dinp, dx.b(), (size_t)N * in);
     down_f32(dweight, dw.f(), (size_t)out_dim * in);

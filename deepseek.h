@@ -22,6 +22,17 @@
 //   polynomial e^x the _cpu kernels and infer.cu share), rope_table (the cos/sin table of the _cpu and _cuda RoPE),
 //   gemm_cpu's and the attention kernels' internal pieces.
 //
+// Gradients: what a backward function does with its outputs.
+//   Parameter gradients (dweight, the norms' weights, the embedding table) ACCUMULATE (+=) on every tier, so that
+//   micro-batches add up until model_zero_grad / cuda_model_zero_grad.
+//   Activation gradients: the _ref backwards accumulate (+=) into them as well (their callers zero them first),
+//   except crossentropy_backward_ref, which writes dlogits. The _cpu and _cuda backwards WRITE (=) them, being
+//   their only writer, except where an argument says otherwise: matmul_backward_cpu/_cuda and gemm_cpu take an
+//   Accum (Overwrite, or Add where two paths meet: ln1's gradient from q, k and v, ln2's from gate and up);
+//   rmsnorm_backward_cpu writes dinp = dskip + (the norm's part), dskip being the residual's gradient;
+//   rmsnorm_backward_cuda adds into the fp32 residual gradient; attention_backward_cpu adds into dq, dk, dv (the
+//   model zeroes them). RoPE's backward rotates its gradient in place on every tier.
+//
 // Shape legend used everywhere: B = batch, T = time (sequence), C = d_model (hidden_size),
 // H = attention heads, KV = key/value heads, D = head_dim, F = intermediate_size, V = vocab, L = layers.
 #pragma once
@@ -190,6 +201,7 @@ void model_zero_grad(Model* m);
 // layers, in the three tiers named in the header comment (X_ref, X_cpu; X_cuda in the CUDA section). Shapes: N rows.
 
 extern bool g_cpu_reference;   // true: model_forward/model_backward run the _ref layers (the oracle); false: the _cpu ones
+enum class Accum { Overwrite, Add };   // what a gradient (or GEMM) output gets: = or += (see "Gradients" above)
 
 // the oracle: the CPU fp32 reference (deepseek.cu, section "layers: the CPU fp32 reference"), plain loops
 // parallel over independent rows; the fast paths and the CUDA kernels are tested against these
@@ -249,12 +261,13 @@ inline float exp_poly(float x) {
 }
 
 const char* gemm_kernel_name(); // the microkernel chosen at build time, e.g. "avx512 14x32"
-// C[M,N] = (accumulate ? C : 0) + op(A)·op(B); op(A)[m,k] = A[m*lda+k], or A[k*lda+m] if a_trans; B likewise
+// C[M,N] = (accum == Add ? C : 0) + op(A)·op(B); op(A)[m,k] = A[m*lda+k], or A[k*lda+m] if a_trans; B likewise
 void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
-              float* C, int ldc, bool accumulate);
+              float* C, int ldc, Accum accum);
 void matmul_forward_cpu(float* out, const float* inp, const float* weight, int N, int in, int out_dim);
+// dinp = or += dout · weight (dinp_accum), dweight += doutᵀ · inp; either may be null
 void matmul_backward_cpu(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                         int N, int in, int out_dim);  // accumulates into dinp and dweight (either may be null)
+                         int N, int in, int out_dim, Accum dinp_accum);
 void rmsnorm_forward_cpu(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
 void residual_rmsnorm_forward_cpu(float* res, float* out, float* rstd, const float* skip, const float* weight, int N, int C, float eps);
 void rmsnorm_backward_cpu(float* dinp, const float* dskip, float* dweight, const float* dout, const float* inp,

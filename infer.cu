@@ -203,12 +203,12 @@ static void linear_block(float* out, const float* x, const InferWeight& W, int N
 // threads costs microseconds, far more when the machine is busy.
 struct LinearJob { float* out; const InferWeight* W; int out_dim; bool accumulate; };
 
-// Prefill of many tokens is compute-bound: there the packed GEMM of deepseek.cu's fast paths (gemm_cpu) does the
+// Prefill of many tokens is compute-bound: there the packed GEMM of the fast CPU path (gemm_cpu) does the
 // work. fp32 weights are its B operand directly; bf16 weights are upcast a panel of rows at a time.
 static const int GEMM_MIN_TOKENS = 8, BF16_PANEL_ROWS = 256;
 static void linear_gemm(const float* x, int N, int in, const LinearJob& j) {
     if (j.W->f32) {
-        gemm_cpu(N, j.out_dim, in, x, in, false, j.W->f32, in, true, j.out, j.out_dim, j.accumulate);
+        gemm_cpu(N, j.out_dim, in, x, in, false, j.W->f32, in, true, j.out, j.out_dim, j.accumulate ? Accum::Add : Accum::Overwrite);
         return;
     }
     thread_local std::vector<float> panel;
@@ -219,7 +219,7 @@ static void linear_gemm(const float* x, int N, int in, const LinearJob& j) {
         float* dst = panel.data();
         #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < (size_t)rows * in; i++) dst[i] = bf16f(src[i]);
-        gemm_cpu(N, rows, in, x, in, false, dst, in, true, j.out + r0, j.out_dim, j.accumulate);
+        gemm_cpu(N, rows, in, x, in, false, dst, in, true, j.out + r0, j.out_dim, j.accumulate ? Accum::Add : Accum::Overwrite);
     }
 }
 

@@ -61,7 +61,7 @@ TEST_CASE("the fast matmul (forward, dX and dW) matches the reference on shapes 
         // backward accumulates: start both from the same non-zero gradients
         auto dx = test_data((size_t)N * in, 4), dw = test_data((size_t)out * in, 5);
         auto dx_ref = dx, dw_ref = dw;
-        matmul_backward_cpu(dx.data(), dw.data(), dy.data(), x.data(), w.data(), N, in, out);
+        matmul_backward_cpu(dx.data(), dw.data(), dy.data(), x.data(), w.data(), N, in, out, Accum::Add);
         matmul_backward_ref(dx_ref.data(), dw_ref.data(), dy.data(), x.data(), w.data(), N, in, out);
         double e = std::max({rel_err(y, y_ref), rel_err(dx, dx_ref), rel_err(dw, dw_ref)});
         if (e > 1e-4) MESSAGE("N=" << N << " in=" << in << " out=" << out << ": rel err " << e);
@@ -93,7 +93,7 @@ TEST_CASE("gemm_cpu computes op(A)·op(B) for all four transpositions, overwriti
                                        (tb ? B[(size_t)n * ldb + k] : B[(size_t)k * ldb + n]);
                             want[(size_t)m * ldc + n] = (float)sum;
                         }
-                    gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), ldb, tb, C.data(), ldc, acc);
+                    gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), ldb, tb, C.data(), ldc, acc ? Accum::Add : Accum::Overwrite);
                     worst = std::max(worst, rel_err(C, want));  // padding columns: untouched on both sides
                 }
     MESSAGE("gemm_cpu vs double definition: max rel err " << worst);
@@ -119,7 +119,7 @@ TEST_CASE("gemm_cpu on every row count up to two microkernel tiles, with column 
                                 sum += (double)(ta ? A[(size_t)k * lda + m] : A[(size_t)m * lda + k]) * B[(size_t)n * ldb + k];
                             want[(size_t)m * ldc + n] = (float)sum;
                         }
-                    gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), ldb, true, C.data(), ldc, acc);
+                    gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), ldb, true, C.data(), ldc, acc ? Accum::Add : Accum::Overwrite);
                     worst = std::max(worst, rel_err(C, want));
                 }
     MESSAGE("gemm_cpu edges vs double definition: max rel err " << worst);
@@ -132,9 +132,9 @@ TEST_CASE("gemm results are bit-identical for 1, 2 and 3 threads") {
     std::vector<float> c1((size_t)M * N), c2(c1.size()), c3(c1.size());
     for (int ta = 0; ta < 2; ta++) {  // A read in place, and A transposed (packed strips); A is M×K or K×M
         int lda = ta ? M : K;
-        with_threads(1, [&] { gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), K, true, c1.data(), N, false); });
-        with_threads(2, [&] { gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), K, true, c2.data(), N, false); });
-        with_threads(3, [&] { gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), K, true, c3.data(), N, false); });
+        with_threads(1, [&] { gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), K, true, c1.data(), N, Accum::Overwrite); });
+        with_threads(2, [&] { gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), K, true, c2.data(), N, Accum::Overwrite); });
+        with_threads(3, [&] { gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), K, true, c3.data(), N, Accum::Overwrite); });
         CHECK(memcmp(c1.data(), c2.data(), c1.size() * 4) == 0);
         CHECK(memcmp(c1.data(), c3.data(), c1.size() * 4) == 0);
     }

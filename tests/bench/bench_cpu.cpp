@@ -117,7 +117,7 @@ static Rate time_gemm(const Shape& s, bool blas, float* A, float* B, float* C, i
             cblas_sgemm(CblasRowMajor, s.ta ? CblasTrans : CblasNoTrans, s.tb ? CblasTrans : CblasNoTrans, s.M, s.N, s.K,
                         1.0f, A, lda, B, ldb, 0.0f, C, s.N);
         else
-            gemm_cpu(s.M, s.N, s.K, A, lda, s.ta, B, ldb, s.tb, C, s.N, false);
+            gemm_cpu(s.M, s.N, s.K, A, lda, s.ta, B, ldb, s.tb, C, s.N, Accum::Overwrite);
         best = std::min(best, now() - t);
         best_cpu = std::min(best_cpu, cpu_now() - c);
     }

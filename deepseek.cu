@@ -1660,97 +1660,72 @@ void model_init_random(Model* m, uint64_t seed, float std) {
     }
 }
 
-float model_forward(Model* m, const int* inputs, const int* targets, int B, int T) {
+// Layer l's slice of each per-layer activation stack, for the B×T of the current forward (m->B, m->T); x and out are
+// the residual stream entering and leaving the layer. The fp32 parameters' view is layer_weights (deepseek.h).
+struct LayerActs {
+    float *x, *ln1, *ln1_rstd, *q, *k, *v, *att, *atty, *mid, *ln2, *ln2_rstd, *gate, *up, *act, *out;
+};
+static LayerActs layer_acts(const Model* m, int l) {
     const Config& c = m->cfg;
-    if (B < 1 || T < 1) die("forward: empty batch (B=%d, T=%d)", B, T);
-    if (T > c.max_position_embeddings) die("forward: sequence length %d exceeds the model's context %d", T, c.max_position_embeddings);
+    const ActivationTensors& a = m->acts;
+    size_t i = (size_t)l, BT = (size_t)m->B * m->T, C = c.hidden_size, F = c.intermediate_size;
+    size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
+    size_t att = (size_t)m->B * c.num_attention_heads * m->T * att_row_size(m->T);   // one layer's acts.att
+    return {a.residual + i * BT * C, a.ln1 + i * BT * C, a.ln1_rstd + i * BT, a.q + i * BT * QD, a.k + i * BT * KVD,
+            a.v + i * BT * KVD, a.att + i * att, a.atty + i * BT * QD, a.resid_mid + i * BT * C, a.ln2 + i * BT * C,
+            a.ln2_rstd + i * BT, a.gate + i * BT * F, a.up + i * BT * F, a.act + i * BT * F, a.residual + (i + 1) * BT * C};
+}
+
+// The reference forward: the decoder as the paper draws it (and transformers' LlamaForCausalLM computes it), one _ref
+// layer per step. Fills m->acts; the losses only when there are targets.
+static void model_forward_ref(Model* m, const int* inputs, const int* targets, int B, int T) {
+    const Config& c = m->cfg;
     size_t BT = (size_t)B * T;
-    for (size_t i = 0; i < BT; i++) {
-        if (inputs[i] < 0 || inputs[i] >= c.vocab_size) die("forward: token id %d out of range [0, %d)", inputs[i], c.vocab_size);
-        if (targets && targets[i] >= c.vocab_size) die("forward: target id %d out of range [0, %d)", targets[i], c.vocab_size);
-    }
-    model_alloc_acts(m, B, T);
-    m->inputs.assign(inputs, inputs + BT);
-    if (targets) m->targets.assign(targets, targets + BT); else m->targets.assign(BT, -1);
     int C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
     int QD = H * D, KVD = KV * D, V = c.vocab_size;
     ParameterTensors& p = m->params;
     ActivationTensors& a = m->acts;
-    std::vector<int> pos(BT);
+    std::vector<int> pos(BT);   // each row's position in its sequence
     for (size_t i = 0; i < BT; i++) pos[i] = (int)(i % T);
 
-    // token embedding → residual stream
+    // token embedding: the residual stream entering layer 0 holds each token's row of embed_tokens
     for (size_t i = 0; i < BT; i++) memcpy(a.residual + i * C, p.embed_tokens + (size_t)inputs[i] * C, C * sizeof(float));
-    const bool ref = g_cpu_reference;
-    std::vector<float> rope_cos, rope_sin;  // fast path: the RoPE table for positions 0..T-1
-    if (!ref) {
-        rope_cos.resize((size_t)T * (D / 2));
-        rope_sin.resize((size_t)T * (D / 2));
-        rope_table(rope_cos.data(), rope_sin.data(), T, D, c.rope_theta);
-        rmsnorm_forward_cpu(a.ln1, a.ln1_rstd, a.residual, p.input_layernorm, BT, C, c.rms_norm_eps);
-    }
     for (int l = 0; l < c.num_hidden_layers; l++) {
-        float* x = a.residual + (size_t)l * BT * C;
-        float* ln1 = a.ln1 + (size_t)l * BT * C;
-        float* q = a.q + (size_t)l * BT * QD;
-        float* k = a.k + (size_t)l * BT * KVD;
-        float* v = a.v + (size_t)l * BT * KVD;
-        float* att = a.att + (size_t)l * B * H * T * att_row_size(T);
-        float* atty = a.atty + (size_t)l * BT * QD;
-        float* mid = a.resid_mid + (size_t)l * BT * C;
-        float* ln2 = a.ln2 + (size_t)l * BT * C;
-        float* gate = a.gate + (size_t)l * BT * F;
-        float* up = a.up + (size_t)l * BT * F;
-        float* act = a.act + (size_t)l * BT * F;
-        float* out = a.residual + (size_t)(l + 1) * BT * C;
-        if (ref) {
-            // attention block: x + o_proj(attention(rope(q_proj(ln1)), rope(k_proj(ln1)), v_proj(ln1)))
-            rmsnorm_forward_ref(ln1, a.ln1_rstd + (size_t)l * BT, x, p.input_layernorm + (size_t)l * C, BT, C, c.rms_norm_eps);
-            matmul_forward_ref(q, ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
-            matmul_forward_ref(k, ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
-            matmul_forward_ref(v, ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
-            rope_forward_ref(q, pos.data(), BT, H, D, c.rope_theta);
-            rope_forward_ref(k, pos.data(), BT, KV, D, c.rope_theta);
-            attention_forward_ref(atty, att, q, k, v, B, T, H, KV, D);
-            matmul_forward_ref(mid, atty, p.o_proj + (size_t)l * C * QD, BT, QD, C);
-            for (size_t i = 0; i < BT * C; i++) mid[i] += x[i];
-            // MLP block: mid + down_proj(silu(gate_proj(ln2)) ⊙ up_proj(ln2))
-            rmsnorm_forward_ref(ln2, a.ln2_rstd + (size_t)l * BT, mid, p.post_attention_layernorm + (size_t)l * C, BT, C, c.rms_norm_eps);
-            matmul_forward_ref(gate, ln2, p.gate_proj + (size_t)l * F * C, BT, C, F);
-            matmul_forward_ref(up, ln2, p.up_proj + (size_t)l * F * C, BT, C, F);
-            swiglu_forward_ref(act, gate, up, BT * F);
-            matmul_forward_ref(out, act, p.down_proj + (size_t)l * C * F, BT, F, C);
-            for (size_t i = 0; i < BT * C; i++) out[i] += mid[i];
-            continue;
-        }
-        // the same on the fast paths; ln1 of this layer was made by the fused residual+norm that ended the last
-        matmul_forward_cpu(q, ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
-        matmul_forward_cpu(k, ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
-        matmul_forward_cpu(v, ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
-        rope_apply_cpu(q, rope_cos.data(), rope_sin.data(), pos.data(), BT, H, D, 1.0f);
-        rope_apply_cpu(k, rope_cos.data(), rope_sin.data(), pos.data(), BT, KV, D, 1.0f);
-        attention_forward_cpu(atty, att, q, k, v, B, T, H, KV, D);
-        matmul_forward_cpu(mid, atty, p.o_proj + (size_t)l * C * QD, BT, QD, C);
-        residual_rmsnorm_forward_cpu(mid, ln2, a.ln2_rstd + (size_t)l * BT, x, p.post_attention_layernorm + (size_t)l * C, BT, C, c.rms_norm_eps);
-        matmul_forward_cpu(gate, ln2, p.gate_proj + (size_t)l * F * C, BT, C, F);
-        matmul_forward_cpu(up, ln2, p.up_proj + (size_t)l * F * C, BT, C, F);
-        swiglu_forward_cpu(act, gate, up, BT * F);
-        matmul_forward_cpu(out, act, p.down_proj + (size_t)l * C * F, BT, F, C);
-        bool last = l + 1 == c.num_hidden_layers;  // the next norm: the next layer's input_layernorm, or the final norm
-        residual_rmsnorm_forward_cpu(out, last ? a.lnf : a.ln1 + (size_t)(l + 1) * BT * C, last ? a.lnf_rstd : a.ln1_rstd + (size_t)(l + 1) * BT,
-                                 mid, last ? p.norm : p.input_layernorm + (size_t)(l + 1) * C, BT, C, c.rms_norm_eps);
+        const LayerWeights<float> w = layer_weights(p, c, l);
+        const LayerActs la = layer_acts(m, l);
+        // ---- attention block: mid = x + o_proj(attention(rope(q_proj(ln1)), rope(k_proj(ln1)), v_proj(ln1)))
+        // ln1 = input_layernorm(x)
+        rmsnorm_forward_ref(la.ln1, la.ln1_rstd, la.x, w.input_layernorm, BT, C, c.rms_norm_eps);
+        // the query, key and value projections (KV ≤ H heads: grouped-query attention)
+        matmul_forward_ref(la.q, la.ln1, w.q_proj, BT, C, QD);
+        matmul_forward_ref(la.k, la.ln1, w.k_proj, BT, C, KVD);
+        matmul_forward_ref(la.v, la.ln1, w.v_proj, BT, C, KVD);
+        // RoPE rotates q and k by their positions
+        rope_forward_ref(la.q, pos.data(), BT, H, D, c.rope_theta);
+        rope_forward_ref(la.k, pos.data(), BT, KV, D, c.rope_theta);
+        // causal attention: atty = softmax(q·kᵀ/√D) · v, each query head reading its group's kv head
+        attention_forward_ref(la.atty, la.att, la.q, la.k, la.v, B, T, H, KV, D);
+        // o_proj, and the residual connection
+        matmul_forward_ref(la.mid, la.atty, w.o_proj, BT, QD, C);
+        for (size_t i = 0; i < BT * C; i++) la.mid[i] += la.x[i];
+        // ---- MLP block: out = mid + down_proj(silu(gate_proj(ln2)) ⊙ up_proj(ln2))
+        // ln2 = post_attention_layernorm(mid)
+        rmsnorm_forward_ref(la.ln2, la.ln2_rstd, la.mid, w.post_attention_layernorm, BT, C, c.rms_norm_eps);
+        // the gate and up projections
+        matmul_forward_ref(la.gate, la.ln2, w.gate_proj, BT, C, F);
+        matmul_forward_ref(la.up, la.ln2, w.up_proj, BT, C, F);
+        // SwiGLU: act = silu(gate) ⊙ up
+        swiglu_forward_ref(la.act, la.gate, la.up, BT * F);
+        // down_proj, and the residual connection: the stream entering the next layer
+        matmul_forward_ref(la.out, la.act, w.down_proj, BT, F, C);
+        for (size_t i = 0; i < BT * C; i++) la.out[i] += la.mid[i];
     }
-    if (ref) rmsnorm_forward_ref(a.lnf, a.lnf_rstd, a.residual + (size_t)c.num_hidden_layers * BT * C, p.norm, BT, C, c.rms_norm_eps);
-    if (ref) matmul_forward_ref(a.logits, a.lnf, p.lm_head, BT, C, V);
-    else matmul_forward_cpu(a.logits, a.lnf, p.lm_head, BT, C, V);
-    if (!targets) return 0.0f;
-    if (ref) crossentropy_forward_ref(a.losses, a.logits, targets, BT, V);
-    else crossentropy_forward_cpu(a.losses, a.logits, targets, BT, V);
-    double sum = 0.0;
-    size_t count = 0;
-    for (size_t i = 0; i < BT; i++)
-        if (targets[i] >= 0) { sum += a.losses[i]; count++; }
-    return count ? (float)(sum / count) : 0.0f;
+    // the final norm
+    rmsnorm_forward_ref(a.lnf, a.lnf_rstd, a.residual + (size_t)c.num_hidden_layers * BT * C, p.norm, BT, C, c.rms_norm_eps);
+    // lm_head: the next-token logits
+    matmul_forward_ref(a.logits, a.lnf, p.lm_head, BT, C, V);
+    // the loss: each token's negative log-likelihood of its target
+    if (targets) crossentropy_forward_ref(a.losses, a.logits, targets, BT, V);
 }
 
 void model_mean_loss_weights(const int* targets, int n, std::vector<float>* w) {
@@ -1778,7 +1753,8 @@ void model_zero_grad(Model* m) {
     }
 }
 
-// the reference backward: every layer's _ref / reference function, in the order of the math
+// The reference backward: model_forward_ref's steps in reverse, each an _ref backward. The activation gradients of
+// one layer at a time live in scratch, zeroed before each _ref backward adds into them.
 static void model_backward_ref(Model* m, const float* dlosses) {
     const Config& c = m->cfg;
     int B = m->B, T = m->T, BT = B * T;
@@ -1794,49 +1770,41 @@ static void model_backward_ref(Model* m, const float* dlosses) {
         dq((size_t)BT * QD), dk((size_t)BT * KVD), dv((size_t)BT * KVD), datty((size_t)BT * QD), dact((size_t)BT * F),
         dgate((size_t)BT * F), dup((size_t)BT * F);
 
+    // the loss, lm_head and the final norm
     crossentropy_backward_ref(dlogits.data(), a.logits, m->targets.data(), dlosses, BT, V);
     std::fill(dln.begin(), dln.end(), 0.0f);
     matmul_backward_ref(dln.data(), g.lm_head, dlogits.data(), a.lnf, p.lm_head, BT, C, V);
     rmsnorm_backward_ref(dres.data(), g.norm, dln.data(), a.residual + (size_t)L * BT * C, p.norm, a.lnf_rstd, BT, C);
     for (int l = L - 1; l >= 0; l--) {
-        const float* x = a.residual + (size_t)l * BT * C;
-        const float* mid = a.resid_mid + (size_t)l * BT * C;
-        const float* gate = a.gate + (size_t)l * BT * F;
-        const float* up = a.up + (size_t)l * BT * F;
+        const LayerWeights<float> w = layer_weights(p, c, l), gw = layer_weights(g, c, l);
+        const LayerActs la = layer_acts(m, l);
         // MLP block: dres is the gradient of the layer's output; it flows to mid directly and through the MLP
         std::fill(dact.begin(), dact.end(), 0.0f);
-        matmul_backward_ref(dact.data(), g.down_proj + (size_t)l * C * F, dres.data(), a.act + (size_t)l * BT * F,
-                            p.down_proj + (size_t)l * C * F, BT, F, C);
+        matmul_backward_ref(dact.data(), gw.down_proj, dres.data(), la.act, w.down_proj, BT, F, C);
         std::fill(dgate.begin(), dgate.end(), 0.0f);
         std::fill(dup.begin(), dup.end(), 0.0f);
-        swiglu_backward_ref(dgate.data(), dup.data(), dact.data(), gate, up, (size_t)BT * F);
+        swiglu_backward_ref(dgate.data(), dup.data(), dact.data(), la.gate, la.up, (size_t)BT * F);
         std::fill(dln.begin(), dln.end(), 0.0f);
-        matmul_backward_ref(dln.data(), g.gate_proj + (size_t)l * F * C, dgate.data(), a.ln2 + (size_t)l * BT * C,
-                            p.gate_proj + (size_t)l * F * C, BT, C, F);
-        matmul_backward_ref(dln.data(), g.up_proj + (size_t)l * F * C, dup.data(), a.ln2 + (size_t)l * BT * C,
-                            p.up_proj + (size_t)l * F * C, BT, C, F);
+        matmul_backward_ref(dln.data(), gw.gate_proj, dgate.data(), la.ln2, w.gate_proj, BT, C, F);
+        matmul_backward_ref(dln.data(), gw.up_proj, dup.data(), la.ln2, w.up_proj, BT, C, F);
         dmid = dres;
-        rmsnorm_backward_ref(dmid.data(), g.post_attention_layernorm + (size_t)l * C, dln.data(), mid,
-                         p.post_attention_layernorm + (size_t)l * C, a.ln2_rstd + (size_t)l * BT, BT, C);
+        rmsnorm_backward_ref(dmid.data(), gw.post_attention_layernorm, dln.data(), la.mid, w.post_attention_layernorm,
+                             la.ln2_rstd, BT, C);
         // attention block
         std::fill(datty.begin(), datty.end(), 0.0f);
-        matmul_backward_ref(datty.data(), g.o_proj + (size_t)l * C * QD, dmid.data(), a.atty + (size_t)l * BT * QD,
-                            p.o_proj + (size_t)l * C * QD, BT, QD, C);
+        matmul_backward_ref(datty.data(), gw.o_proj, dmid.data(), la.atty, w.o_proj, BT, QD, C);
         std::fill(dq.begin(), dq.end(), 0.0f);
         std::fill(dk.begin(), dk.end(), 0.0f);
         std::fill(dv.begin(), dv.end(), 0.0f);
-        attention_backward_ref(dq.data(), dk.data(), dv.data(), datty.data(), a.att + (size_t)l * B * H * T * T,
-                           a.q + (size_t)l * BT * QD, a.k + (size_t)l * BT * KVD, a.v + (size_t)l * BT * KVD, B, T, H, KV, D);
+        attention_backward_ref(dq.data(), dk.data(), dv.data(), datty.data(), la.att, la.q, la.k, la.v, B, T, H, KV, D);
         rope_backward_ref(dq.data(), pos.data(), BT, H, D, c.rope_theta);
         rope_backward_ref(dk.data(), pos.data(), BT, KV, D, c.rope_theta);
-        const float* ln1 = a.ln1 + (size_t)l * BT * C;
         std::fill(dln.begin(), dln.end(), 0.0f);
-        matmul_backward_ref(dln.data(), g.q_proj + (size_t)l * QD * C, dq.data(), ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD);
-        matmul_backward_ref(dln.data(), g.k_proj + (size_t)l * KVD * C, dk.data(), ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD);
-        matmul_backward_ref(dln.data(), g.v_proj + (size_t)l * KVD * C, dv.data(), ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD);
+        matmul_backward_ref(dln.data(), gw.q_proj, dq.data(), la.ln1, w.q_proj, BT, C, QD);
+        matmul_backward_ref(dln.data(), gw.k_proj, dk.data(), la.ln1, w.k_proj, BT, C, KVD);
+        matmul_backward_ref(dln.data(), gw.v_proj, dv.data(), la.ln1, w.v_proj, BT, C, KVD);
         dres = dmid;
-        rmsnorm_backward_ref(dres.data(), g.input_layernorm + (size_t)l * C, dln.data(), x, p.input_layernorm + (size_t)l * C,
-                         a.ln1_rstd + (size_t)l * BT, BT, C);
+        rmsnorm_backward_ref(dres.data(), gw.input_layernorm, dln.data(), la.x, w.input_layernorm, la.ln1_rstd, BT, C);
     }
     // embedding: scatter-add, serial over tokens so repeated tokens add in a fixed order
     for (int i = 0; i < BT; i++) {
@@ -1846,12 +1814,62 @@ static void model_backward_ref(Model* m, const float* dlosses) {
     }
 }
 
-void model_backward(Model* m, const float* dlosses) {
-    if (m->B == 0 || m->inputs.empty()) die("backward: call forward first");
-    if (m->grads_memory.size() != m->num_parameters) model_zero_grad(m);
-    if (model_alloc_acts(m, m->B, m->T, false) != m->acts_memory.size())  // acts.att's layout differs between the paths
-        die("backward: g_cpu_reference changed between forward and backward");
-    if (g_cpu_reference) { model_backward_ref(m, dlosses); return; }
+// The fast forward: model_forward_ref's steps on the _cpu layers, with two changes of form that leave the math as it
+// is: each residual add runs inside the RMSNorm that follows it (residual_rmsnorm_forward_cpu: one pass over the row
+// instead of two), and RoPE rotates by a cos/sin table made once per call (rope_table).
+static void model_forward_cpu(Model* m, const int* inputs, const int* targets, int B, int T) {
+    const Config& c = m->cfg;
+    size_t BT = (size_t)B * T;
+    int C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
+    int QD = H * D, KVD = KV * D, V = c.vocab_size, L = c.num_hidden_layers;
+    ParameterTensors& p = m->params;
+    ActivationTensors& a = m->acts;
+    std::vector<int> pos(BT);
+    for (size_t i = 0; i < BT; i++) pos[i] = (int)(i % T);
+
+    // token embedding → residual stream
+    for (size_t i = 0; i < BT; i++) memcpy(a.residual + i * C, p.embed_tokens + (size_t)inputs[i] * C, C * sizeof(float));
+    // the RoPE table for positions 0..T-1
+    std::vector<float> rope_cos((size_t)T * (D / 2)), rope_sin((size_t)T * (D / 2));
+    rope_table(rope_cos.data(), rope_sin.data(), T, D, c.rope_theta);
+    // layer 0's input_layernorm (every later norm runs fused with the residual add before it)
+    rmsnorm_forward_cpu(a.ln1, a.ln1_rstd, a.residual, p.input_layernorm, BT, C, c.rms_norm_eps);
+    for (int l = 0; l < L; l++) {
+        const LayerWeights<float> w = layer_weights(p, c, l);
+        const LayerActs la = layer_acts(m, l);
+        // attention block: q, k, v from ln1 (made by the norm that ended the previous layer), RoPE, attention, o_proj
+        matmul_forward_cpu(la.q, la.ln1, w.q_proj, BT, C, QD);
+        matmul_forward_cpu(la.k, la.ln1, w.k_proj, BT, C, KVD);
+        matmul_forward_cpu(la.v, la.ln1, w.v_proj, BT, C, KVD);
+        rope_apply_cpu(la.q, rope_cos.data(), rope_sin.data(), pos.data(), BT, H, D, 1.0f);
+        rope_apply_cpu(la.k, rope_cos.data(), rope_sin.data(), pos.data(), BT, KV, D, 1.0f);
+        attention_forward_cpu(la.atty, la.att, la.q, la.k, la.v, B, T, H, KV, D);
+        matmul_forward_cpu(la.mid, la.atty, w.o_proj, BT, QD, C);
+        // mid += x, and ln2 = post_attention_layernorm(mid)
+        residual_rmsnorm_forward_cpu(la.mid, la.ln2, la.ln2_rstd, la.x, w.post_attention_layernorm, BT, C, c.rms_norm_eps);
+        // MLP block: gate and up projections, SwiGLU, down_proj
+        matmul_forward_cpu(la.gate, la.ln2, w.gate_proj, BT, C, F);
+        matmul_forward_cpu(la.up, la.ln2, w.up_proj, BT, C, F);
+        swiglu_forward_cpu(la.act, la.gate, la.up, BT * F);
+        matmul_forward_cpu(la.out, la.act, w.down_proj, BT, F, C);
+        // out += mid, and the next norm: the next layer's input_layernorm, or the final norm
+        if (l + 1 < L) {
+            const LayerActs next = layer_acts(m, l + 1);
+            residual_rmsnorm_forward_cpu(la.out, next.ln1, next.ln1_rstd, la.mid, layer_weights(p, c, l + 1).input_layernorm,
+                                         BT, C, c.rms_norm_eps);
+        } else {
+            residual_rmsnorm_forward_cpu(la.out, a.lnf, a.lnf_rstd, la.mid, p.norm, BT, C, c.rms_norm_eps);
+        }
+    }
+    // lm_head and the per-token loss
+    matmul_forward_cpu(a.logits, a.lnf, p.lm_head, BT, C, V);
+    if (targets) crossentropy_forward_cpu(a.losses, a.logits, targets, BT, V);
+}
+
+// The fast backward: model_backward_ref's steps on the _cpu backwards, which write their activation gradients (an
+// Accum::Add where two paths meet) instead of adding into zeroed scratch, and fuse the residual's gradient into
+// the RMSNorm backward (dskip).
+static void model_backward_cpu(Model* m, const float* dlosses) {
     const Config& c = m->cfg;
     int B = m->B, T = m->T, BT = B * T;
     int C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
@@ -1874,37 +1892,32 @@ void model_backward(Model* m, const float* dlosses) {
         s.first->resize(s.second);
     }
 
+    // the loss, lm_head and the final norm
     crossentropy_backward_cpu(dlogits.data(), a.logits, a.losses, m->targets.data(), dlosses, BT, V);
     matmul_backward_cpu(dln.data(), g.lm_head, dlogits.data(), a.lnf, p.lm_head, BT, C, V, Accum::Overwrite);
     rmsnorm_backward_cpu(dres.data(), nullptr, g.norm, dln.data(), a.residual + (size_t)L * BT * C, p.norm, a.lnf_rstd, BT, C);
     for (int l = L - 1; l >= 0; l--) {
-        const float* x = a.residual + (size_t)l * BT * C;
-        const float* ln1 = a.ln1 + (size_t)l * BT * C;
-        const float* ln2 = a.ln2 + (size_t)l * BT * C;
+        const LayerWeights<float> w = layer_weights(p, c, l), gw = layer_weights(g, c, l);
+        const LayerActs la = layer_acts(m, l);
         // MLP block: dres is the gradient of the layer's output; it flows to mid directly and through the MLP
-        matmul_backward_cpu(dact.data(), g.down_proj + (size_t)l * C * F, dres.data(), a.act + (size_t)l * BT * F,
-                             p.down_proj + (size_t)l * C * F, BT, F, C, Accum::Overwrite);
-        swiglu_backward_cpu(dgate.data(), dup.data(), dact.data(), a.gate + (size_t)l * BT * F, a.up + (size_t)l * BT * F, (size_t)BT * F);
-        matmul_backward_cpu(dln.data(), g.gate_proj + (size_t)l * F * C, dgate.data(), ln2, p.gate_proj + (size_t)l * F * C, BT, C, F, Accum::Overwrite);
-        matmul_backward_cpu(dln.data(), g.up_proj + (size_t)l * F * C, dup.data(), ln2, p.up_proj + (size_t)l * F * C, BT, C, F, Accum::Add);
-        rmsnorm_backward_cpu(dmid.data(), dres.data(), g.post_attention_layernorm + (size_t)l * C, dln.data(),
-                              a.resid_mid + (size_t)l * BT * C, p.post_attention_layernorm + (size_t)l * C, a.ln2_rstd + (size_t)l * BT, BT, C);
+        matmul_backward_cpu(dact.data(), gw.down_proj, dres.data(), la.act, w.down_proj, BT, F, C, Accum::Overwrite);
+        swiglu_backward_cpu(dgate.data(), dup.data(), dact.data(), la.gate, la.up, (size_t)BT * F);
+        matmul_backward_cpu(dln.data(), gw.gate_proj, dgate.data(), la.ln2, w.gate_proj, BT, C, F, Accum::Overwrite);
+        matmul_backward_cpu(dln.data(), gw.up_proj, dup.data(), la.ln2, w.up_proj, BT, C, F, Accum::Add);
+        rmsnorm_backward_cpu(dmid.data(), dres.data(), gw.post_attention_layernorm, dln.data(), la.mid, w.post_attention_layernorm,
+                             la.ln2_rstd, BT, C);
         // attention block
-        matmul_backward_cpu(datty.data(), g.o_proj + (size_t)l * C * QD, dmid.data(), a.atty + (size_t)l * BT * QD,
-                             p.o_proj + (size_t)l * C * QD, BT, QD, C, Accum::Overwrite);
+        matmul_backward_cpu(datty.data(), gw.o_proj, dmid.data(), la.atty, w.o_proj, BT, QD, C, Accum::Overwrite);
         parallel_zero(dq.data(), dq.size());
         parallel_zero(dk.data(), dk.size());
         parallel_zero(dv.data(), dv.size());
-        attention_backward_cpu(dq.data(), dk.data(), dv.data(), datty.data(), a.atty + (size_t)l * BT * QD,
-                                a.att + (size_t)l * B * H * T, a.q + (size_t)l * BT * QD, a.k + (size_t)l * BT * KVD,
-                                a.v + (size_t)l * BT * KVD, B, T, H, KV, D);
+        attention_backward_cpu(dq.data(), dk.data(), dv.data(), datty.data(), la.atty, la.att, la.q, la.k, la.v, B, T, H, KV, D);
         rope_apply_cpu(dq.data(), rope_cos.data(), rope_sin.data(), pos.data(), BT, H, D, -1.0f);
         rope_apply_cpu(dk.data(), rope_cos.data(), rope_sin.data(), pos.data(), BT, KV, D, -1.0f);
-        matmul_backward_cpu(dln.data(), g.q_proj + (size_t)l * QD * C, dq.data(), ln1, p.q_proj + (size_t)l * QD * C, BT, C, QD, Accum::Overwrite);
-        matmul_backward_cpu(dln.data(), g.k_proj + (size_t)l * KVD * C, dk.data(), ln1, p.k_proj + (size_t)l * KVD * C, BT, C, KVD, Accum::Add);
-        matmul_backward_cpu(dln.data(), g.v_proj + (size_t)l * KVD * C, dv.data(), ln1, p.v_proj + (size_t)l * KVD * C, BT, C, KVD, Accum::Add);
-        rmsnorm_backward_cpu(dres.data(), dmid.data(), g.input_layernorm + (size_t)l * C, dln.data(), x,
-                              p.input_layernorm + (size_t)l * C, a.ln1_rstd + (size_t)l * BT, BT, C);
+        matmul_backward_cpu(dln.data(), gw.q_proj, dq.data(), la.ln1, w.q_proj, BT, C, QD, Accum::Overwrite);
+        matmul_backward_cpu(dln.data(), gw.k_proj, dk.data(), la.ln1, w.k_proj, BT, C, KVD, Accum::Add);
+        matmul_backward_cpu(dln.data(), gw.v_proj, dv.data(), la.ln1, w.v_proj, BT, C, KVD, Accum::Add);
+        rmsnorm_backward_cpu(dres.data(), dmid.data(), gw.input_layernorm, dln.data(), la.x, w.input_layernorm, la.ln1_rstd, BT, C);
     }
     // embedding: scatter-add, serial over tokens so repeated tokens add in a fixed order
     for (int i = 0; i < BT; i++) {
@@ -1913,6 +1926,38 @@ void model_backward(Model* m, const float* dlosses) {
         #pragma omp simd
         for (int j = 0; j < C; j++) dst[j] += src[j];
     }
+}
+
+// The tier dispatch: the checks and the activation buffers both tiers need, then the tier g_cpu_reference picks.
+float model_forward(Model* m, const int* inputs, const int* targets, int B, int T) {
+    const Config& c = m->cfg;
+    if (B < 1 || T < 1) die("forward: empty batch (B=%d, T=%d)", B, T);
+    if (T > c.max_position_embeddings) die("forward: sequence length %d exceeds the model's context %d", T, c.max_position_embeddings);
+    size_t BT = (size_t)B * T;
+    for (size_t i = 0; i < BT; i++) {
+        if (inputs[i] < 0 || inputs[i] >= c.vocab_size) die("forward: token id %d out of range [0, %d)", inputs[i], c.vocab_size);
+        if (targets && targets[i] >= c.vocab_size) die("forward: target id %d out of range [0, %d)", targets[i], c.vocab_size);
+    }
+    model_alloc_acts(m, B, T);
+    m->inputs.assign(inputs, inputs + BT);
+    if (targets) m->targets.assign(targets, targets + BT); else m->targets.assign(BT, -1);
+    if (g_cpu_reference) model_forward_ref(m, inputs, targets, B, T);
+    else model_forward_cpu(m, inputs, targets, B, T);
+    if (!targets) return 0.0f;
+    double sum = 0.0;
+    size_t count = 0;
+    for (size_t i = 0; i < BT; i++)
+        if (targets[i] >= 0) { sum += m->acts.losses[i]; count++; }
+    return count ? (float)(sum / count) : 0.0f;
+}
+
+void model_backward(Model* m, const float* dlosses) {
+    if (m->B == 0 || m->inputs.empty()) die("backward: call forward first");
+    if (m->grads_memory.size() != m->num_parameters) model_zero_grad(m);
+    if (model_alloc_acts(m, m->B, m->T, false) != m->acts_memory.size())  // acts.att's layout differs between the tiers
+        die("backward: g_cpu_reference changed between forward and backward");
+    if (g_cpu_reference) model_backward_ref(m, dlosses);
+    else model_backward_cpu(m, dlosses);
 }
 
 // ============================================================================
@@ -2691,6 +2736,22 @@ struct CudaModel {
     std::vector<std::pair<size_t, size_t>> decay, no_decay;   // AdamW ranges (offset, count) from param_views
 };
 
+// Layer l's slices of the activations for the current B×T (m->B, m->T); with recompute, ln1, ln2 and act are the one
+// slot all layers share. The parameters' and gradients' view is layer_weights (deepseek.h).
+struct CudaLayerActs {
+    bf16 *x, *mid, *out, *ln1, *ln2, *act, *q, *k, *v, *atty, *gate, *up;
+    float *ln1_rstd, *ln2_rstd, *att_lse;
+};
+static CudaLayerActs cuda_layer_acts(const CudaModel* m, int l) {
+    const Config& c = m->cfg;
+    const CudaActs& a = m->a;
+    size_t i = (size_t)l, r = m->recompute ? 0 : i, N = (size_t)m->B * m->T, NC = N * c.hidden_size, NF = N * c.intermediate_size;
+    size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
+    return {a.residual + i * NC, a.resid_mid + i * NC, a.residual + (i + 1) * NC, a.ln1 + r * NC, a.ln2 + r * NC,
+            a.act + r * NF, a.q + i * N * QD, a.k + i * N * KVD, a.v + i * N * KVD, a.atty + i * N * QD, a.gate + i * NF,
+            a.up + i * NF, a.ln1_rstd + i * N, a.ln2_rstd + i * N, a.att_lse + i * N * c.num_attention_heads};
+}
+
 static void cuda_params_point(CudaParams* p, bf16* mem, const size_t s[NUM_PARAM_TENSORS]) {
     bf16** ptrs[NUM_PARAM_TENSORS] = {&p->embed_tokens, &p->input_layernorm, &p->q_proj, &p->k_proj, &p->v_proj,
                                       &p->o_proj, &p->post_attention_layernorm, &p->gate_proj, &p->up_proj,
@@ -2835,33 +2896,23 @@ float cuda_model_forward(CudaModel* m, const int* inputs, const int* targets, in
     embedding_forward_kernel<<<N, 256>>>(a.residual, a.inputs, p.embed_tokens, N, C);
     cudaCheck(cudaGetLastError());
     for (int l = 0; l < L; l++) {
-        bf16* x = a.residual + l * NC;
-        bf16* mid = a.resid_mid + l * NC;
-        bf16* out = a.residual + (l + 1) * NC;
-        bf16* ln1 = a.ln1 + (m->recompute ? 0 : l * NC);
-        bf16* ln2 = a.ln2 + (m->recompute ? 0 : l * NC);
-        bf16* act = a.act + (m->recompute ? 0 : l * NF);
-        bf16* q = a.q + (size_t)l * N * QD;
-        bf16* k = a.k + (size_t)l * N * KVD;
-        bf16* v = a.v + (size_t)l * N * KVD;
-        bf16* atty = a.atty + (size_t)l * N * QD;
-        bf16* gate = a.gate + l * NF;
-        bf16* up = a.up + l * NF;
+        const LayerWeights<bf16> w = layer_weights(p, c, l);
+        const CudaLayerActs la = cuda_layer_acts(m, l);
         // attention block: x + o_proj(attention(rope(q_proj(ln1)), rope(k_proj(ln1)), v_proj(ln1)))
-        rmsnorm_forward_cuda(ln1, a.ln1_rstd + (size_t)l * N, x, p.input_layernorm + (size_t)l * C, N, C, eps);
-        matmul_forward_cuda(q, ln1, p.q_proj + (size_t)l * QD * C, N, C, QD);
-        matmul_forward_cuda(k, ln1, p.k_proj + (size_t)l * KVD * C, N, C, KVD);
-        matmul_forward_cuda(v, ln1, p.v_proj + (size_t)l * KVD * C, N, C, KVD);
-        rope_apply_cuda(q, m->rope_cos, m->rope_sin, N, H, D, T, 0, 1.0f);
-        rope_apply_cuda(k, m->rope_cos, m->rope_sin, N, KV, D, T, 0, 1.0f);
-        attention_forward_cuda(atty, a.att_lse + (size_t)l * N * H, q, k, v, B, T, H, KV, D);
-        matmul_forward_cuda(mid, atty, p.o_proj + (size_t)l * C * QD, N, QD, C, x);   // + x: fused residual add
+        rmsnorm_forward_cuda(la.ln1, la.ln1_rstd, la.x, w.input_layernorm, N, C, eps);
+        matmul_forward_cuda(la.q, la.ln1, w.q_proj, N, C, QD);
+        matmul_forward_cuda(la.k, la.ln1, w.k_proj, N, C, KVD);
+        matmul_forward_cuda(la.v, la.ln1, w.v_proj, N, C, KVD);
+        rope_apply_cuda(la.q, m->rope_cos, m->rope_sin, N, H, D, T, 0, 1.0f);
+        rope_apply_cuda(la.k, m->rope_cos, m->rope_sin, N, KV, D, T, 0, 1.0f);
+        attention_forward_cuda(la.atty, la.att_lse, la.q, la.k, la.v, B, T, H, KV, D);
+        matmul_forward_cuda(la.mid, la.atty, w.o_proj, N, QD, C, la.x);   // + x: fused residual add
         // MLP block: mid + down_proj(silu(gate_proj(ln2)) ⊙ up_proj(ln2))
-        rmsnorm_forward_cuda(ln2, a.ln2_rstd + (size_t)l * N, mid, p.post_attention_layernorm + (size_t)l * C, N, C, eps);
-        matmul_forward_cuda(gate, ln2, p.gate_proj + (size_t)l * F * C, N, C, F);
-        matmul_forward_cuda(up, ln2, p.up_proj + (size_t)l * F * C, N, C, F);
-        swiglu_forward_cuda(act, gate, up, NF);
-        matmul_forward_cuda(out, act, p.down_proj + (size_t)l * C * F, N, F, C, mid);  // + mid
+        rmsnorm_forward_cuda(la.ln2, la.ln2_rstd, la.mid, w.post_attention_layernorm, N, C, eps);
+        matmul_forward_cuda(la.gate, la.ln2, w.gate_proj, N, C, F);
+        matmul_forward_cuda(la.up, la.ln2, w.up_proj, N, C, F);
+        swiglu_forward_cuda(la.act, la.gate, la.up, NF);
+        matmul_forward_cuda(la.out, la.act, w.down_proj, N, F, C, la.mid);  // + mid
     }
     rmsnorm_forward_cuda(a.lnf, a.lnf_rstd, a.residual + (size_t)L * NC, p.norm, N, C, eps);
     matmul_forward_cuda(a.logits, a.lnf, p.lm_head, N, C, V);
@@ -2901,42 +2952,31 @@ void cuda_model_backward(CudaModel* m, const float* dlosses) {
     cudaCheck(cudaMemset(a.dres, 0, NC * 4));
     rmsnorm_backward_cuda(a.dres, a.dres16, g.norm, a.partial, a.dln, a.residual + (size_t)L * NC, p.norm, a.lnf_rstd, N, C);
     for (int l = L - 1; l >= 0; l--) {
-        const bf16* x = a.residual + l * NC;
-        const bf16* mid = a.resid_mid + l * NC;
-        bf16* ln1 = a.ln1 + (m->recompute ? 0 : l * NC);
-        bf16* ln2 = a.ln2 + (m->recompute ? 0 : l * NC);
-        bf16* act = a.act + (m->recompute ? 0 : l * NF);
-        bf16* gate = a.gate + l * NF;
-        bf16* up = a.up + l * NF;
-        const float* rstd1 = a.ln1_rstd + (size_t)l * N;
-        const float* rstd2 = a.ln2_rstd + (size_t)l * N;
+        const LayerWeights<bf16> w = layer_weights(p, c, l);
+        const LayerWeights<float> gw = layer_weights(g, c, l);
+        const CudaLayerActs la = cuda_layer_acts(m, l);
         // MLP block: dres16 is the gradient of the layer's output; it flows to mid directly and through the MLP
         if (m->recompute) {
-            rmsnorm_forward_cuda(ln2, nullptr, mid, p.post_attention_layernorm + (size_t)l * C, N, C, eps);
-            swiglu_forward_cuda(act, gate, up, NF);
+            rmsnorm_forward_cuda(la.ln2, nullptr, la.mid, w.post_attention_layernorm, N, C, eps);
+            swiglu_forward_cuda(la.act, la.gate, la.up, NF);
         }
-        matmul_backward_cuda(nullptr, g.down_proj + (size_t)l * C * F, a.dres16, act, nullptr, N, F, C, Accum::Overwrite);
-        matmul_backward_cuda(act, nullptr, a.dres16, nullptr, p.down_proj + (size_t)l * C * F, N, F, C, Accum::Overwrite);  // act ← dact
-        swiglu_backward_cuda(gate, up, act, NF);                                                               // gate ← dgate, up ← dup
-        matmul_backward_cuda(a.dln, g.gate_proj + (size_t)l * F * C, gate, ln2, p.gate_proj + (size_t)l * F * C, N, C, F, Accum::Overwrite);
-        matmul_backward_cuda(a.dln, g.up_proj + (size_t)l * F * C, up, ln2, p.up_proj + (size_t)l * F * C, N, C, F, Accum::Add);
-        rmsnorm_backward_cuda(a.dres, a.dres16, g.post_attention_layernorm + (size_t)l * C, a.partial, a.dln, mid,
-                              p.post_attention_layernorm + (size_t)l * C, rstd2, N, C);
+        matmul_backward_cuda(nullptr, gw.down_proj, a.dres16, la.act, nullptr, N, F, C, Accum::Overwrite);
+        matmul_backward_cuda(la.act, nullptr, a.dres16, nullptr, w.down_proj, N, F, C, Accum::Overwrite);  // act ← dact
+        swiglu_backward_cuda(la.gate, la.up, la.act, NF);                                                  // gate ← dgate, up ← dup
+        matmul_backward_cuda(a.dln, gw.gate_proj, la.gate, la.ln2, w.gate_proj, N, C, F, Accum::Overwrite);
+        matmul_backward_cuda(a.dln, gw.up_proj, la.up, la.ln2, w.up_proj, N, C, F, Accum::Add);
+        rmsnorm_backward_cuda(a.dres, a.dres16, gw.post_attention_layernorm, a.partial, a.dln, la.mid, w.post_attention_layernorm,
+                              la.ln2_rstd, N, C);
         // attention block
-        const bf16* q = a.q + (size_t)l * N * QD;
-        const bf16* k = a.k + (size_t)l * N * KVD;
-        const bf16* v = a.v + (size_t)l * N * KVD;
-        const bf16* atty = a.atty + (size_t)l * N * QD;
-        matmul_backward_cuda(a.datty, g.o_proj + (size_t)l * C * QD, a.dres16, atty, p.o_proj + (size_t)l * C * QD, N, QD, C, Accum::Overwrite);
-        attention_backward_cuda(a.dq, a.dk, a.dv, a.att_dsum, a.datty, atty, a.att_lse + (size_t)l * N * H, q, k, v, B, T, H, KV, D);
+        matmul_backward_cuda(a.datty, gw.o_proj, a.dres16, la.atty, w.o_proj, N, QD, C, Accum::Overwrite);
+        attention_backward_cuda(a.dq, a.dk, a.dv, a.att_dsum, a.datty, la.atty, la.att_lse, la.q, la.k, la.v, B, T, H, KV, D);
         rope_apply_cuda(a.dq, m->rope_cos, m->rope_sin, N, H, D, T, 0, -1.0f);
         rope_apply_cuda(a.dk, m->rope_cos, m->rope_sin, N, KV, D, T, 0, -1.0f);
-        if (m->recompute) rmsnorm_forward_cuda(ln1, nullptr, x, p.input_layernorm + (size_t)l * C, N, C, eps);
-        matmul_backward_cuda(a.dln, g.q_proj + (size_t)l * QD * C, a.dq, ln1, p.q_proj + (size_t)l * QD * C, N, C, QD, Accum::Overwrite);
-        matmul_backward_cuda(a.dln, g.k_proj + (size_t)l * KVD * C, a.dk, ln1, p.k_proj + (size_t)l * KVD * C, N, C, KVD, Accum::Add);
-        matmul_backward_cuda(a.dln, g.v_proj + (size_t)l * KVD * C, a.dv, ln1, p.v_proj + (size_t)l * KVD * C, N, C, KVD, Accum::Add);
-        rmsnorm_backward_cuda(a.dres, a.dres16, g.input_layernorm + (size_t)l * C, a.partial, a.dln, x,
-                              p.input_layernorm + (size_t)l * C, rstd1, N, C);
+        if (m->recompute) rmsnorm_forward_cuda(la.ln1, nullptr, la.x, w.input_layernorm, N, C, eps);
+        matmul_backward_cuda(a.dln, gw.q_proj, a.dq, la.ln1, w.q_proj, N, C, QD, Accum::Overwrite);
+        matmul_backward_cuda(a.dln, gw.k_proj, a.dk, la.ln1, w.k_proj, N, C, KVD, Accum::Add);
+        matmul_backward_cuda(a.dln, gw.v_proj, a.dv, la.ln1, w.v_proj, N, C, KVD, Accum::Add);
+        rmsnorm_backward_cuda(a.dres, a.dres16, gw.input_layernorm, a.partial, a.dln, la.x, w.input_layernorm, la.ln1_rstd, N, C);
     }
     // embedding: one block per distinct token, positions in a fixed order
     std::vector<int> uniq, starts, order;
@@ -3062,21 +3102,22 @@ const float* cuda_decode_step(CudaDecode* d, int token, int pos, bool want_logit
     cudaCheck(cudaMemcpy(d->token, &token, 4, cudaMemcpyHostToDevice));
     embedding_forward_kernel<<<1, 256>>>(d->x, d->token, p.embed_tokens, 1, C);
     for (int l = 0; l < L; l++) {
+        const LayerWeights<bf16> w = layer_weights(p, c, l);
         bf16* kc = d->kcache + (size_t)l * d->Tmax * KVD;
         bf16* vc = d->vcache + (size_t)l * d->Tmax * KVD;
-        rmsnorm_forward_cuda(d->ln, nullptr, d->x, p.input_layernorm + (size_t)l * C, 1, C, eps);
-        matmul_forward_cuda(d->q, d->ln, p.q_proj + (size_t)l * QD * C, 1, C, QD);
-        matmul_forward_cuda(kc + (size_t)pos * KVD, d->ln, p.k_proj + (size_t)l * KVD * C, 1, C, KVD);
-        matmul_forward_cuda(vc + (size_t)pos * KVD, d->ln, p.v_proj + (size_t)l * KVD * C, 1, C, KVD);
+        rmsnorm_forward_cuda(d->ln, nullptr, d->x, w.input_layernorm, 1, C, eps);
+        matmul_forward_cuda(d->q, d->ln, w.q_proj, 1, C, QD);
+        matmul_forward_cuda(kc + (size_t)pos * KVD, d->ln, w.k_proj, 1, C, KVD);
+        matmul_forward_cuda(vc + (size_t)pos * KVD, d->ln, w.v_proj, 1, C, KVD);
         rope_apply_cuda(d->q, d->rope_cos, d->rope_sin, 1, H, D, 1, pos, 1.0f);
         rope_apply_cuda(kc + (size_t)pos * KVD, d->rope_cos, d->rope_sin, 1, KV, D, 1, pos, 1.0f);
         decode_attention_cuda(d->atty, d->q, kc, vc, pos, H, KV, D);
-        matmul_forward_cuda(d->mid, d->atty, p.o_proj + (size_t)l * C * QD, 1, QD, C, d->x);
-        rmsnorm_forward_cuda(d->ln, nullptr, d->mid, p.post_attention_layernorm + (size_t)l * C, 1, C, eps);
-        matmul_forward_cuda(d->gate, d->ln, p.gate_proj + (size_t)l * F * C, 1, C, F);
-        matmul_forward_cuda(d->up, d->ln, p.up_proj + (size_t)l * F * C, 1, C, F);
+        matmul_forward_cuda(d->mid, d->atty, w.o_proj, 1, QD, C, d->x);
+        rmsnorm_forward_cuda(d->ln, nullptr, d->mid, w.post_attention_layernorm, 1, C, eps);
+        matmul_forward_cuda(d->gate, d->ln, w.gate_proj, 1, C, F);
+        matmul_forward_cuda(d->up, d->ln, w.up_proj, 1, C, F);
         swiglu_forward_cuda(d->act, d->gate, d->up, F);
-        matmul_forward_cuda(d->x, d->act, p.down_proj + (size_t)l * C * F, 1, F, C, d->mid);   // x ← mid + mlp
+        matmul_forward_cuda(d->x, d->act, w.down_proj, 1, F, C, d->mid);   // x ← mid + mlp
     }
     if (!want_logits) return nullptr;
     rmsnorm_forward_cuda(d->ln, nullptr, d->x, p.norm, 1, C, eps);

@@ -42,6 +42,7 @@
 #include <string>    // std::string
 #include <vector>    // std::vector
 #include <map>       // std::map
+#include <type_traits>  // std::remove_pointer_t (layer_weights)
 #include <nlohmann/json.hpp>  // nlohmann::json: the typed JSON reads below
 
 // ----------------------------------------------------------------------------
@@ -145,6 +146,19 @@ struct ParamView {
     bool is_matrix;                // 2-D weights (weight decay applies); norms are 1-D
 };
 std::vector<ParamView> param_views(const Config& cfg);
+// Layer l's slice of every per-layer stack, for any element type: the fp32 parameters, their gradients (the same
+// layout) and the CUDA backend's bf16 copy (CudaParams, with the same fields) all take their layer through this view.
+template <typename T> struct LayerWeights {
+    T *input_layernorm, *q_proj, *k_proj, *v_proj, *o_proj, *post_attention_layernorm, *gate_proj, *up_proj, *down_proj;
+};
+template <typename Params> auto layer_weights(const Params& p, const Config& c, int l) {
+    using T = std::remove_pointer_t<decltype(p.q_proj)>;
+    size_t i = (size_t)l, C = c.hidden_size, F = c.intermediate_size;
+    size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
+    return LayerWeights<T>{p.input_layernorm + i * C,          p.q_proj + i * QD * C,    p.k_proj + i * KVD * C,
+                           p.v_proj + i * KVD * C,             p.o_proj + i * C * QD,    p.post_attention_layernorm + i * C,
+                           p.gate_proj + i * F * C,            p.up_proj + i * F * C,    p.down_proj + i * C * F};
+}
 
 // activations for a forward/backward pass over B×T tokens (all fp32, CPU)
 struct ActivationTensors {

@@ -488,7 +488,7 @@ size_t cuda_model_memory_bytes(const CudaModel* m);
 CudaDecode* cuda_decode_create(CudaModel* m, int Tmax);
 void cuda_decode_free(CudaDecode* d);
 const float* cuda_decode_step(CudaDecode* d, int token, int pos, bool want_logits = true);
-int cmd_bench_gpu(int argc, char** argv);   // hidden subcommand `deepseek bench-gpu` (tests/gpu_check.sh)
+void cuda_synchronize();   // waits for the device to finish its queued work (dies on a CUDA error): for timing
 // Single kernels on host arrays (inputs rounded to bf16 where the kernel reads bf16), for tests/test_cuda.cpp,
 // which compares them with their CPU twins (the _ref layers above). Defined only in the CUDA build.
 void cuda_op_embedding(float* out, float* dwte, const int* tokens, const float* wte, const float* dres, int N, int V, int C);

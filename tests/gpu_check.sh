@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # gpu_check.sh — the whole GPU validation and benchmark in one script (make gpu-check), ≤ 8 minutes on one H200:
-#   1. builds ./deepseek and the test binary for sm_90 (GPU_ARCH=sm_80 etc. to change)
+#   1. builds ./deepseek, the test binary and build/bench/bench_gpu for sm_90 (GPU_ARCH=sm_80 etc. to change)
 #   2. runs the CUDA tests: every kernel and the model against the CPU backend, and the subcommands (train with a
 #      checkpoint resumed on the CPU, generate, sft, dpo) with --device cuda against --device cpu
 #   3. compute-sanitizer memcheck + racecheck on a short training step and a few decode steps (when installed)
-#   4. benchmarks: training tokens/s and MFU for ~124M and ~350M shapes, batch-1 decode tokens/s for a ~1.1B shape
-#      beside its memory-bandwidth bound; PyTorch on the same shapes when it is installed with CUDA
+#   4. benchmarks (tests/bench/bench_gpu.cpp): training tokens/s and MFU for ~124M and ~350M shapes, batch-1 decode
+#      tokens/s for a ~1.1B shape beside its memory-bandwidth bound; PyTorch on the same shapes when it is installed
+#      with CUDA
 #   5. writes a summary to $OUT/gpu_check_summary.txt (or build/gpu_check/ when OUT is unset)
 # Without a GPU it prints "no CUDA device" and exits 0.
 #
@@ -54,7 +55,7 @@ say "nvcc: $(nvcc --version | tail -1)"
 
 # 1. build for this GPU (a separate object directory is not needed: -B rebuilds with the arch flags)
 run "build (nvcc, $ARCH)" 240 make -B -j"$JOBS" CUDA_ARCHS="-gencode arch=compute_${ARCH#sm_},code=$ARCH" \
-    build/cuda/deepseek build/cuda/test_deepseek || { echo "build failed; see $LOG"; exit 1; }
+    build/cuda/deepseek build/cuda/test_deepseek build/bench/bench_gpu || { echo "build failed; see $LOG"; exit 1; }
 cp build/cuda/deepseek ./deepseek
 
 # 2. the GPU tests (kernels vs CPU twins, model vs CPU, trajectory, decode, determinism, and the subcommands on
@@ -75,7 +76,7 @@ SAN="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 
 if [ -n "$SAN" ]; then
     for tool in memcheck racecheck; do
         run "compute-sanitizer $tool" 90 "$SAN" --tool "$tool" --error-exitcode 1 \
-            ./deepseek bench-gpu --shape tiny --batch 2 --seq 40 --steps 1 --warmup 0 --decode 3
+            ./build/bench/bench_gpu --shape tiny --batch 2 --seq 40 --steps 1 --warmup 0 --decode 3
     done
 else
     say "compute-sanitizer: not installed, skipped"
@@ -83,10 +84,10 @@ else
 fi
 
 # 4. benchmarks
-run "train 124m" 90 ./deepseek bench-gpu --shape 124m --batch 16 --seq 1024 --steps 20 --peak-tflops "$PEAK"
-run "train 350m" 120 ./deepseek bench-gpu --shape 350m --batch 8 --seq 1024 --steps 10 --peak-tflops "$PEAK"
-run "train 350m recompute" 120 ./deepseek bench-gpu --shape 350m --batch 8 --seq 1024 --steps 10 --recompute --peak-tflops "$PEAK"
-run "decode 1b" 90 ./deepseek bench-gpu --shape 1b --steps 0 --decode 256 --hbm-tbs "$HBM"
+run "train 124m" 90 ./build/bench/bench_gpu --shape 124m --batch 16 --seq 1024 --steps 20 --peak-tflops "$PEAK"
+run "train 350m" 120 ./build/bench/bench_gpu --shape 350m --batch 8 --seq 1024 --steps 10 --peak-tflops "$PEAK"
+run "train 350m recompute" 120 ./build/bench/bench_gpu --shape 350m --batch 8 --seq 1024 --steps 10 --recompute --peak-tflops "$PEAK"
+run "decode 1b" 90 ./build/bench/bench_gpu --shape 1b --steps 0 --decode 256 --hbm-tbs "$HBM"
 # the peer last, and only while the 8-minute budget allows (it needs ~1-2 minutes)
 if [ $(($(date +%s) - START)) -gt 360 ]; then
     say "pytorch: skipped to stay within 8 minutes"

@@ -47,7 +47,7 @@ endif
 
 SRCS_CU   := deepseek.cu train.cu infer.cu
 TEST_SRCS := $(wildcard tests/*.cpp)
-HDRS      := deepseek.h
+HDRS      := deepseek.h $(wildcard kernels/*)
 
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
 ifeq ($(HAVE_NVCC),)

@@ -456,7 +456,7 @@ std::vector<int> sample_greedy(Model* m, std::vector<int> ids, int n_new, int li
 long checkpoint_read(const std::string& dir, Model* m, AdamW* opt);   // returns the step; dies on a bad checkpoint
 std::string checkpoint_latest(const std::string& dir);   // newest complete checkpoint of a run dir ("" if none)
 
-// ---- CUDA backend (deepseek.cu, built with nvcc; without CUDA these die with a clear line)
+// ---- CUDA backend (kernels/cuda_*.cuh, compiled into deepseek.cu by nvcc; without CUDA these die with a clear line)
 // bf16 parameters and activations, fp32 master weights, gradients and AdamW moments on one GPU.
 // Same semantics as the CPU model: targets −1 are masked, dlosses weights each token's loss, gradients
 // accumulate (+=) until cuda_model_zero_grad. One backward per forward (it consumes the logits in place).
@@ -490,7 +490,7 @@ void cuda_decode_free(CudaDecode* d);
 const float* cuda_decode_step(CudaDecode* d, int token, int pos, bool want_logits = true);
 void cuda_synchronize();   // waits for the device to finish its queued work (dies on a CUDA error): for timing
 // Single kernels on host arrays (inputs rounded to bf16 where the kernel reads bf16), for tests/test_cuda.cpp,
-// which compares them with their CPU twins (the _ref layers above). Defined only in the CUDA build.
+// which compares them with their _ref twins (the layers section above). Defined only in the CUDA build.
 void cuda_op_embedding(float* out, float* dwte, const int* tokens, const float* wte, const float* dres, int N, int V, int C);
 void cuda_op_matmul(float* out, float* dinp, float* dweight, const float* inp, const float* weight, const float* dout,
                     int N, int in, int out_dim);

@@ -477,7 +477,7 @@ void infer_attach_cuda(InferModel* im, CudaModel* gpu) {
     im->cuda = cuda_decode_create(gpu, im->ctx);
 }
 
-// One chunk of N ≤ g_prefill_chunk tokens through the model, the same steps as model_forward in deepseek.cu:
+// One chunk of N ≤ g_prefill_chunk tokens through the model, the same steps as model_forward_ref in deepseek.cu:
 //   x = embed(tokens); per layer: x += o_proj(attn(rope(q), rope(k), v) over the cache); x += down(silu(gate)·up)
 // then the final norm and lm_head (for the last token only unless all_logits).
 // Chunks of 256: a weight matrix packed for the GEMM serves 256 tokens (64 left the packing a seventh of the time).
@@ -518,7 +518,7 @@ static void infer_chunk(InferModel* im, const int* tokens, int N, float* logits_
         linear_forward(xn, N, C, {{q, &ly.q_proj, QD, false}, {knew, &ly.k_proj, KVD, false}, {vnew, &ly.v_proj, KVD, false}});
         rope_rows(q, QD, pos.data(), N, H, D, inv_freq.data());
         rope_rows(knew, KVD, pos.data(), N, KV, D, inv_freq.data());
-        if (N >= GEMM_MIN_TOKENS)   // a prefill chunk: deepseek.cu's blockwise attention, four query rows at a time
+        if (N >= GEMM_MIN_TOKENS)   // a prefill chunk: the fast CPU path's blockwise attention, four query rows at a time
             attention_forward_offset_cpu(y, nullptr, q, kc, vc, 1, N, pos0 + N, pos0, H, KV, D);
         else
             attention_cached(y, q, kc, vc, N, pos0, H, KV, D);

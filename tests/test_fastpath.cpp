@@ -1,4 +1,4 @@
-// Fast CPU paths (deepseek.cu, "fast CPU paths") against the CPU fp32 reference they replace: every fast
+// Fast CPU paths (the _cpu functions, kernels/cpu_*.h) against the fp32 _ref layers they replace: every fast
 // function on shapes that are not multiples of its tile sizes, single rows included, and the whole model.
 // Tolerances: both sides are fp32 and differ only in summation order (and the fast exp, ≤ 1 ulp). A K-term
 // fp32 sum carries a rounding error of up to ~K·2^-24 of its partial sums' size (a random walk, ~√K, in

@@ -1,8 +1,8 @@
 // deepseek.cu — the DeepSeek LLM model, read top to bottom as the paper draws it: configuration and presets, the
 // flat parameter layout, every layer's forward and backward in plain fp32 (the reference: the oracle that the fast
-// CPU path and the CUDA kernels are tested against, itself tested against transformers), the model built from them
-// (allocation, init, the reference forward and backward, the dispatch between the tiers), Hugging Face weights I/O
-// (safetensors, config.json, model directories), the backends, the info and convert subcommands, and main().
+// CPU path and the CUDA kernels are tested against), the model built from them (allocation, init, the reference
+// forward and backward, the dispatch between the tiers), Hugging Face weights I/O (safetensors, config.json, model
+// directories), the backends, the info and convert subcommands, and main().
 //
 // What the model is: a LLaMA-style decoder as DeepSeek LLM uses it — RMSNorm, rotary position embeddings in the
 // Hugging Face rotate-half layout, causal grouped-query attention, SwiGLU MLP, untied lm_head, no biases. The
@@ -519,7 +519,7 @@ void rmsnorm_forward_ref(float* out, float* rstd, const float* inp, const float*
 }
 // With x̂ = x·rstd and g = dy ⊙ w:  dx = rstd · (g − x̂ · mean(g ⊙ x̂)),  dw += Σ_n dy ⊙ x̂
 void rmsnorm_backward_ref(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                             const float* rstd, int N, int C) {
+                          const float* rstd, int N, int C) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float* x = inp + (size_t)n * C;
@@ -566,7 +566,7 @@ void rope_backward_ref(float* dx, const int* pos, int N, int heads, int D, float
 //   att[b,h,t,s] = softmax_s≤t (q·k / sqrt(D)),   y[b,t,h] = Σ_s att · v[b,s,h/(H/KV)]
 // The reference keeps att [B,H,T,T] for backward (entries above the diagonal are zero).
 void attention_forward_ref(float* y, float* att, const float* q, const float* k, const float* v,
-                              int B, int T, int H, int KV, int D) {
+                           int B, int T, int H, int KV, int D) {
     int group = H / KV;
     float scale = 1.0f / sqrtf((float)D);
     #pragma omp parallel for collapse(3) schedule(static)
@@ -599,7 +599,7 @@ void attention_forward_ref(float* y, float* att, const float* q, const float* k,
 // datt = dy·vᵀ;  dpre = att ⊙ (datt − Σ_s att·datt);  dq += dpre·k·scale;  dk += dpreᵀ·q·scale;  dv += attᵀ·dy
 // Parallel over (b, kv head): the query heads of one group write the same dk/dv rows, so they run in one thread.
 void attention_backward_ref(float* dq, float* dk, float* dv, const float* dy, const float* att, const float* q,
-                               const float* k, const float* v, int B, int T, int H, int KV, int D) {
+                            const float* k, const float* v, int B, int T, int H, int KV, int D) {
     int group = H / KV;
     float scale = 1.0f / sqrtf((float)D);
     #pragma omp parallel for collapse(2) schedule(static)

@@ -9,8 +9,8 @@
 //   tokenizer.cpp byte-level BPE: tokenizer.json I/O, pre-tokenizer, encode/decode, training, GGUF import
 //
 // Three tiers of every layer, one naming rule (X = matmul_forward, rmsnorm_backward, attention_forward, …):
-//   X_ref    the oracle: the CPU fp32 reference, plain loops written to be read (defined only in deepseek.cu);
-//            tests compare it with transformers, and every other tier with it. g_cpu_reference runs the model on it.
+//   X_ref    the oracle: the CPU fp32 reference, plain loops written to be read (defined only in deepseek.cu); every
+//            other tier is tested against it. g_cpu_reference = true runs the model on it.
 //   X_cpu    the fast CPU path, the model's default on a CPU: blocked, vectorised, fused (kernels/cpu_*.h), tested
 //            against X_ref in tests/test_fastpath.cpp.
 //   X_cuda   the device path: bf16 kernels and cuBLASLt (kernels/cuda_*.cuh, CUDA builds only); a __global__
@@ -20,7 +20,7 @@
 //   The model follows the rule: model_forward / model_backward dispatch to model_forward_ref / model_backward_ref
 //   or model_forward_cpu / model_backward_cpu. Helpers that no tier owns keep plain names: silu, exp_poly (the
 //   polynomial e^x the _cpu kernels and infer.cu share), rope_table (the cos/sin table of the _cpu and _cuda RoPE),
-//   gemm_cpu's and the attention kernels' internal pieces.
+//   and the static helpers inside a kernel file (gemm_pack_a, att_scores4, …), which are that file's own.
 //
 // Gradients: what a backward function does with its outputs.
 //   Parameter gradients (dweight, the norms' weights, the embedding table) ACCUMULATE (+=) on every tier, so that

@@ -194,7 +194,7 @@ static inline float att_softmax_row(float* s, int n, float scale, float m, float
 
 // q [B,T,H,D], k/v [B,T,KV,D] → y [B,T,H,D], lse [B,H,T]
 void attention_forward_cpu(float* y, float* lse, const float* q, const float* k, const float* v,
-                            int B, int T, int H, int KV, int D) {
+                           int B, int T, int H, int KV, int D) {
     attention_forward_offset_cpu(y, lse, q, k, v, B, T, T, 0, H, KV, D);
 }
 
@@ -202,7 +202,7 @@ void attention_forward_cpu(float* y, float* lse, const float* q, const float* k,
 // new tokens' queries over the KV cache, which already holds their keys). q/y [B,Tq,H,D], k/v [B,Tk,KV,D],
 // lse [B,H,Tq] or nullptr.
 void attention_forward_offset_cpu(float* y, float* lse, const float* q, const float* k, const float* v,
-                              int B, int Tq, int Tk, int q0, int H, int KV, int D) {
+                                  int B, int Tq, int Tk, int q0, int H, int KV, int D) {
     int T = Tq;   // query rows (the loops below index q, y and lse by row t; its position is q0 + t)
     int group = H / KV, nqb = (T + ATT_BQ - 1) / ATT_BQ, nkb = (Tk + ATT_BK - 1) / ATT_BK;
     float scale = 1.0f / sqrtf((float)D);
@@ -285,7 +285,7 @@ void attention_forward_offset_cpu(float* y, float* lse, const float* q, const fl
 // A task is (b, kv head): it owns the dk/dv rows of its kv head and the dq rows of its query heads, so
 // nothing is shared; within it, key blocks go in order, and queries t ≥ block start in order, four at a time.
 void attention_backward_cpu(float* dq, float* dk, float* dv, const float* dy, const float* y, const float* lse,
-                             const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D) {
+                            const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D) {
     int group = H / KV;
     float scale = 1.0f / sqrtf((float)D);
     #pragma omp parallel

@@ -48,7 +48,7 @@ void residual_rmsnorm_forward_cpu(float* res, float* out, float* rstd, const flo
 // through the residual connection; may equal dinp, i.e. accumulate, or be null); dw += Σ_n dy ⊙ x̂.
 // The dw sum runs over rows in order inside each thread's block of columns: no atomics, fixed order.
 void rmsnorm_backward_cpu(float* dinp, const float* dskip, float* dweight, const float* dout, const float* inp,
-                           const float* weight, const float* rstd, int N, int C) {
+                          const float* weight, const float* rstd, int N, int C) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float* x = inp + (size_t)n * C;
@@ -137,7 +137,7 @@ void swiglu_backward_cpu(float* dgate, float* dup, const float* dact, const floa
 
 #if defined(__AVX512F__)
 // halving over 256-bit halves, 128-bit lanes, pairs and neighbours; every lane ends with the total (full masks,
-// as in transpose16: GCC 12's unmasked forms, and its 512 → 256-bit cast, warn -Wmaybe-uninitialized)
+// as in cpu_gemm.h's transpose16: GCC 12's unmasked forms, and its 512 → 256-bit cast, warn -Wmaybe-uninitialized)
 static inline float hmax16(__m512 v) {
     const __mmask16 all = 0xFFFF;
     v = _mm512_maskz_max_ps(all, v, _mm512_maskz_shuffle_f32x4(all, v, v, 0x4E));
@@ -162,7 +162,7 @@ static inline float max_vec(const float* x, int n) {
     int i = 0;
 #if defined(__AVX512F__)
     __m512 vm = _mm512_set1_ps(-INFINITY);
-    for (; i + 16 <= n; i += 16) vm = _mm512_maskz_max_ps(0xFFFF, vm, _mm512_loadu_ps(x + i));  // (maskz: see transpose16)
+    for (; i + 16 <= n; i += 16) vm = _mm512_maskz_max_ps(0xFFFF, vm, _mm512_loadu_ps(x + i));  // (maskz: see transpose16, cpu_gemm.h)
     float m = hmax16(vm);
 #else
     float lane[16], m = -INFINITY;
@@ -188,7 +188,7 @@ void crossentropy_forward_cpu(float* losses, const float* logits, const int* tar
     }
 }
 void crossentropy_backward_cpu(float* dlogits, const float* logits, const float* losses, const int* targets,
-                                const float* dlosses, int N, int V) {
+                               const float* dlosses, int N, int V) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float* dz = dlogits + (size_t)n * V;

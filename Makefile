@@ -48,7 +48,7 @@ endif
 
 SRCS_CU   := deepseek.cu train.cu infer.cu
 TEST_SRCS := $(wildcard tests/*.cpp)
-HDRS      := deepseek.h
+HDRS      := deepseek.h $(wildcard kernels/*)
 
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
 ifeq ($(HAVE_NVCC),)
@@ -121,7 +121,7 @@ build/asan/test_deepseek: build/asan/deepseek_nomain.o build/asan/train.o build/
 # Both targets first install missing Debian packages (quiet when all are present), so they work on a fresh machine.
 test:
 	@bash tests/install_deps.sh
-	@$(MAKE) --no-print-directory deepseek build/$(VARIANT)/test_deepseek
+	@$(MAKE) --no-print-directory deepseek build/$(VARIANT)/test_deepseek $(if $(filter cuda,$(VARIANT)),build/bench/bench_gpu)
 	@DEEPSEEK_BIN=./deepseek OMP_NUM_THREADS=2 ./build/$(VARIANT)/test_deepseek $(TEST_ARGS)
 
 test-asan:
@@ -157,6 +157,12 @@ bench-cpu: build/bench/bench_cpu $(VENV)/.done
 	OMP_NUM_THREADS=$(BENCH_THREADS) ./build/bench/bench_cpu --threads $(BENCH_THREADS) --no-gemm --sweep $(BENCH_ARGS)
 bench: bench-cpu
 .PHONY: bench-cpu
+
+# ---- GPU speed (tests/bench/bench_gpu.cpp, run by tests/gpu_check.sh): training tokens/s and MFU, batch-1 decode
+# tokens/s beside the HBM bound. It links the CUDA objects, so it needs nvcc; `make test` builds it in the CUDA variant.
+build/bench/bench_gpu: tests/bench/bench_gpu.cpp build/cuda/deepseek_nomain.o build/cuda/train.o build/cuda/infer.o build/cuda/tokenizer.o $(HDRS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -DDEEPSEEK_CUDA $(filter-out $(HDRS),$^) -o $@ $(LDLIBS) $(CUDA_LIBS)
 
 gpu-check:
 	@bash tests/gpu_check.sh

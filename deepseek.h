@@ -1,19 +1,48 @@
-// deepseek.h — the declarations the four source files share (one header, not a tree of them).
+// deepseek.h — the declarations the source files share (one header, not a tree of them).
 //
-//   deepseek.cu   the model: config/presets, parameters, every layer forward/backward, weights I/O, main()
+//   deepseek.cu   the model as the paper draws it: config/presets, the parameter layout, the fp32 reference layers,
+//                 the model's forward/backward and the tier dispatch, weights I/O, the backends, main(); it #includes
+//   kernels/      the fast paths, compiled as part of deepseek.cu: cpu_*.h (the CPU's GEMM, fused layers, blockwise
+//                 attention, the fast model) and cuda_*.cuh (the CUDA backend)
 //   train.cu      data loader, AdamW, schedules, scaling-law planner, checkpoints, SFT/DPO objectives, MPI/NCCL
 //   infer.cu      KV cache, sampling, chat template, generate/chat/eval
 //   tokenizer.cpp byte-level BPE: tokenizer.json I/O, pre-tokenizer, encode/decode, training, GGUF import
+//
+// Three tiers of every layer, one naming rule (X = matmul_forward, rmsnorm_backward, attention_forward, …):
+//   X_ref    the oracle: the CPU fp32 reference, plain loops written to be read (defined only in deepseek.cu); every
+//            other tier is tested against it. g_cpu_reference = true runs the model on it.
+//   X_cpu    the fast CPU path, the model's default on a CPU: blocked, vectorised, fused (kernels/cpu_*.h), tested
+//            against X_ref in tests/test_fastpath.cpp.
+//   X_cuda   the device path: bf16 kernels and cuBLASLt (kernels/cuda_*.cuh, CUDA builds only); a __global__
+//            kernel is X_kernel and X_cuda launches it. Tests reach the device through cuda_op_X (X_cuda on host
+//            arrays; tests/test_cuda.cpp compares it with X_ref); the CUDA model and decoder are the object APIs
+//            cuda_model_* and cuda_decode_*.
+//   The model follows the rule: model_forward / model_backward dispatch to model_forward_ref / model_backward_ref
+//   or model_forward_cpu / model_backward_cpu. Helpers that no tier owns keep plain names: silu, exp_poly (the
+//   polynomial e^x the _cpu kernels and infer.cu share), rope_table (the cos/sin table of the _cpu and _cuda RoPE),
+//   and the static helpers inside a kernel file (gemm_pack_a, att_scores4, …), which are that file's own.
+//
+// Gradients: what a backward function does with its outputs.
+//   Parameter gradients (dweight, the norms' weights, the embedding table) ACCUMULATE (+=) on every tier, so that
+//   micro-batches add up until model_zero_grad / cuda_model_zero_grad.
+//   Activation gradients: the _ref backwards accumulate (+=) into them as well (their callers zero them first),
+//   except crossentropy_backward_ref, which writes dlogits. The _cpu and _cuda backwards WRITE (=) them, being
+//   their only writer, except where an argument says otherwise: matmul_backward_cpu/_cuda and gemm_cpu take an
+//   Accum (Overwrite, or Add where two paths meet: ln1's gradient from q, k and v, ln2's from gate and up);
+//   rmsnorm_backward_cpu writes dinp = dskip + (the norm's part), dskip being the residual's gradient;
+//   rmsnorm_backward_cuda adds into the fp32 residual gradient; attention_backward_cpu adds into dq, dk, dv (the
+//   model zeroes them). RoPE's backward rotates its gradient in place on every tier.
 //
 // Shape legend used everywhere: B = batch, T = time (sequence), C = d_model (hidden_size),
 // H = attention heads, KV = key/value heads, D = head_dim, F = intermediate_size, V = vocab, L = layers.
 #pragma once
 #include <cstddef>   // size_t
 #include <cstdint>   // int32_t, uint16_t, uint64_t
-#include <cstring>   // memcpy (exp_fast)
+#include <cstring>   // memcpy (exp_poly)
 #include <string>    // std::string
 #include <vector>    // std::vector
 #include <map>       // std::map
+#include <type_traits>  // std::remove_pointer_t (layer_weights)
 #include <nlohmann/json.hpp>  // nlohmann::json: the typed JSON reads below
 
 // ----------------------------------------------------------------------------
@@ -121,6 +150,19 @@ struct ParamView {
     bool is_matrix;                // 2-D weights (weight decay applies); norms are 1-D
 };
 std::vector<ParamView> param_views(const Config& cfg);
+// Layer l's slice of every per-layer stack, for any element type: the fp32 parameters, their gradients (the same
+// layout) and the CUDA backend's bf16 copy (CudaParams, with the same fields) all take their layer through this view.
+template <typename T> struct LayerWeights {
+    T *input_layernorm, *q_proj, *k_proj, *v_proj, *o_proj, *post_attention_layernorm, *gate_proj, *up_proj, *down_proj;
+};
+template <typename Params> auto layer_weights(const Params& p, const Config& c, int l) {
+    using T = std::remove_pointer_t<decltype(p.q_proj)>;
+    size_t i = (size_t)l, C = c.hidden_size, F = c.intermediate_size;
+    size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
+    return LayerWeights<T>{p.input_layernorm + i * C,          p.q_proj + i * QD * C,    p.k_proj + i * KVD * C,
+                           p.v_proj + i * KVD * C,             p.o_proj + i * C * QD,    p.post_attention_layernorm + i * C,
+                           p.gate_proj + i * F * C,            p.up_proj + i * F * C,    p.down_proj + i * C * F};
+}
 
 // activations for a forward/backward pass over B×T tokens (all fp32, CPU)
 struct ActivationTensors {
@@ -174,22 +216,33 @@ void model_mean_loss_weights(const int* targets, int n, std::vector<float>* dlos
 void model_zero_grad(Model* m);
 
 // ----------------------------------------------------------------------------
-// layers (CPU fp32 reference), exposed for inference and tests. Shapes: N rows.
+// layers, in the three tiers named in the header comment (X_ref, X_cpu; X_cuda in the CUDA section). Shapes: N rows.
 
-void matmul_forward(float* out, const float* inp, const float* weight, int N, int in, int out_dim); // out[N,out] = inp[N,in] · weightᵀ
-void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                     int N, int in, int out_dim);  // accumulates into dinp and dweight (either may be null)
-void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
-void rope_forward(float* x, const int* pos, int N, int heads, int D, float theta);  // in place, HF rotate-half
+extern bool g_cpu_reference;   // true: model_forward/model_backward run the _ref layers (the oracle); false: the _cpu ones
+enum class Accum { Overwrite, Add };   // what a gradient (or GEMM) output gets: = or += (see "Gradients" above)
+
+// the oracle: the CPU fp32 reference (deepseek.cu, section "layers: the CPU fp32 reference"), plain loops
+// parallel over independent rows; the fast paths and the CUDA kernels are tested against these
+void matmul_forward_ref(float* out, const float* inp, const float* weight, int N, int in, int out_dim);  // out[N,out] = inp[N,in] · weightᵀ
+void matmul_backward_ref(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                         int N, int in, int out_dim);
+void rmsnorm_forward_ref(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
+void rmsnorm_backward_ref(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                          const float* rstd, int N, int C);
+void rope_forward_ref(float* x, const int* pos, int N, int heads, int D, float theta);   // in place, HF rotate-half
+void rope_backward_ref(float* dx, const int* pos, int N, int heads, int D, float theta); // in place, the inverse rotation
+void attention_forward_ref(float* y, float* att, const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
+void attention_backward_ref(float* dq, float* dk, float* dv, const float* dy, const float* att, const float* q,
+                            const float* k, const float* v, int B, int T, int H, int KV, int D);
 float silu(float x);
+void swiglu_forward_ref(float* act, const float* gate, const float* up, size_t n);
+void swiglu_backward_ref(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n);
+void crossentropy_forward_ref(float* losses, const float* logits, const int* targets, int N, int V);
+void crossentropy_backward_ref(float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V);
 
-// ----------------------------------------------------------------------------
-// fast CPU paths (deepseek.cu, section "fast CPU paths"): the functions the model runs on a CPU, each tested
-// against its reference (tests/test_fastpath.cpp). matmul_forward, matmul_backward and rmsnorm_forward above are
-// the fast versions; their references keep the _ref names. All are deterministic and independent of the thread
-// count (each output element is summed by one thread, in an order fixed by the shapes).
-
-extern bool g_cpu_reference;   // true: model_forward/model_backward run the reference layers (the oracle)
+// the fast CPU path (kernels/cpu_*.h): the functions the model runs on a CPU by default, each tested against its
+// _ref twin (tests/test_fastpath.cpp). All are deterministic and independent of the thread count (each output
+// element is summed by one thread, in an order fixed by the shapes).
 
 // e^x in fp32 without libm, so `omp simd` loops vectorise it: e^x = 2^n · e^r, n = round(x·log2 e),
 // r = x − n·ln 2 (ln 2 split in two so r is exact to fp32), e^r ≈ 1 + r + r²·P(r) with P the degree-5
@@ -198,8 +251,8 @@ extern bool g_cpu_reference;   // true: model_forward/model_backward run the ref
 // positions) must not call it for them. Defined for every input: ±Inf clamp like any large value, NaN gives NaN
 // (the clamp lets it through; 2^n is taken from t's bits as an unsigned int, never a float-to-int conversion or
 // a shift of a negative int, which were undefined for NaN).
-// a·b + c with one rounding where the CPU has FMA: then exp_fast gives the same bits in every build (-O1 or -O3,
-// contracted or not) and equals deepseek.cu's 16-lane exp16, so attention's forward and backward agree exactly
+// a·b + c with one rounding where the CPU has FMA: then exp_poly gives the same bits in every build (-O1 or -O3,
+// contracted or not) and equals kernels/cpu_attention.h's 16-lane exp16, so attention's forward and backward agree exactly
 inline float exp_madd(float a, float b, float c) {
 #if defined(__FMA__)
     return __builtin_fmaf(a, b, c);
@@ -207,7 +260,7 @@ inline float exp_madd(float a, float b, float c) {
     return a * b + c;
 #endif
 }
-inline float exp_fast(float x) {
+inline float exp_poly(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
     // n = round(x·log2 e) by the 1.5·2^23 trick (adding it pushes the fraction out of the mantissa; exact for
     // |t| < 2^22): floorf would stop GCC from vectorising the loop unless -fno-trapping-math is given
@@ -233,42 +286,32 @@ inline float exp_fast(float x) {
 }
 
 const char* gemm_kernel_name(); // the microkernel chosen at build time, e.g. "avx512 14x32"
-// C[M,N] = (accumulate ? C : 0) + op(A)·op(B); op(A)[m,k] = A[m*lda+k], or A[k*lda+m] if a_trans; B likewise
-void gemm_f32(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
-              float* C, int ldc, bool accumulate);
-void residual_rmsnorm_forward(float* res, float* out, float* rstd, const float* skip, const float* weight, int N, int C, float eps);
-void rmsnorm_backward_fast(float* dinp, const float* dskip, float* dweight, const float* dout, const float* inp,
-                           const float* weight, const float* rstd, int N, int C);
-void rope_table(float* cosv, float* sinv, int T, int D, float theta);
-void rope_apply(float* x, const float* cosv, const float* sinv, const int* pos, int N, int heads, int D, float sign);
-void swiglu_forward_fast(float* act, const float* gate, const float* up, size_t n);
-void swiglu_backward_fast(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n);
-void crossentropy_forward_fast(float* losses, const float* logits, const int* targets, int N, int V);
-void crossentropy_backward_fast(float* dlogits, const float* logits, const float* losses, const int* targets,
-                                const float* dlosses, int N, int V);
-void attention_forward_fast(float* y, float* lse, const float* q, const float* k, const float* v,
-                            int B, int T, int H, int KV, int D);
+// C[M,N] = (accum == Add ? C : 0) + op(A)·op(B); op(A)[m,k] = A[m*lda+k], or A[k*lda+m] if a_trans; B likewise
+void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
+              float* C, int ldc, Accum accum);
+void matmul_forward_cpu(float* out, const float* inp, const float* weight, int N, int in, int out_dim);
+// dinp = or += dout · weight (dinp_accum), dweight += doutᵀ · inp; either may be null
+void matmul_backward_cpu(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                         int N, int in, int out_dim, Accum dinp_accum);
+void rmsnorm_forward_cpu(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
+void residual_rmsnorm_forward_cpu(float* res, float* out, float* rstd, const float* skip, const float* weight, int N, int C, float eps);
+void rmsnorm_backward_cpu(float* dinp, const float* dskip, float* dweight, const float* dout, const float* inp,
+                          const float* weight, const float* rstd, int N, int C);
+void rope_table(float* cosv, float* sinv, int T, int D, float theta);   // [T, D/2]: shared by the _cpu and _cuda RoPE
+void rope_apply_cpu(float* x, const float* cosv, const float* sinv, const int* pos, int N, int heads, int D, float sign);
+void swiglu_forward_cpu(float* act, const float* gate, const float* up, size_t n);
+void swiglu_backward_cpu(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n);
+void crossentropy_forward_cpu(float* losses, const float* logits, const int* targets, int N, int V);
+void crossentropy_backward_cpu(float* dlogits, const float* logits, const float* losses, const int* targets,
+                               const float* dlosses, int N, int V);
+void attention_forward_cpu(float* y, float* lse, const float* q, const float* k, const float* v,
+                           int B, int T, int H, int KV, int D);
 // queries at positions q0 … q0+Tq−1 over Tk = q0+Tq keys (prefill over a KV cache); lse may be nullptr
-void attention_forward_offset(float* y, float* lse, const float* q, const float* k, const float* v,
-                              int B, int Tq, int Tk, int q0, int H, int KV, int D);
-void attention_backward_fast(float* dq, float* dk, float* dv, const float* dy, const float* y, const float* lse,
-                             const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
-// the references (the oracle), for tests
-void matmul_forward_ref(float* out, const float* inp, const float* weight, int N, int in, int out_dim);
-void matmul_backward_ref(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                         int N, int in, int out_dim);
-void rmsnorm_forward_ref(float* out, float* rstd, const float* inp, const float* weight, int N, int C, float eps);
-void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
-                      const float* rstd, int N, int C);
-void rope_backward(float* dx, const int* pos, int N, int heads, int D, float theta);
-void attention_forward(float* y, float* att, const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
-void attention_backward(float* dq, float* dk, float* dv, const float* dy, const float* att, const float* q,
-                        const float* k, const float* v, int B, int T, int H, int KV, int D);
-void swiglu_forward(float* act, const float* gate, const float* up, size_t n);
-void swiglu_backward(float* dgate, float* dup, const float* dact, const float* gate, const float* up, size_t n);
-void crossentropy_forward(float* losses, const float* logits, const int* targets, int N, int V);
-void crossentropy_backward(float* dlogits, const float* logits, const int* targets, const float* dlosses, int N, int V);
-// (end of fast CPU paths)
+void attention_forward_offset_cpu(float* y, float* lse, const float* q, const float* k, const float* v,
+                                  int B, int Tq, int Tk, int q0, int H, int KV, int D);
+void attention_backward_cpu(float* dq, float* dk, float* dv, const float* dy, const float* y, const float* lse,
+                            const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
+// (end of the layers)
 
 // ----------------------------------------------------------------------------
 // safetensors and model directories (Hugging Face layout)
@@ -433,7 +476,7 @@ std::vector<int> sample_greedy(Model* m, std::vector<int> ids, int n_new, int li
 long checkpoint_read(const std::string& dir, Model* m, AdamW* opt);   // returns the step; dies on a bad checkpoint
 std::string checkpoint_latest(const std::string& dir);   // newest complete checkpoint of a run dir ("" if none)
 
-// ---- CUDA backend (deepseek.cu, built with nvcc; without CUDA these die with a clear line)
+// ---- CUDA backend (kernels/cuda_*.cuh, compiled into deepseek.cu by nvcc; without CUDA these die with a clear line)
 // bf16 parameters and activations, fp32 master weights, gradients and AdamW moments on one GPU.
 // Same semantics as the CPU model: targets −1 are masked, dlosses weights each token's loss, gradients
 // accumulate (+=) until cuda_model_zero_grad. One backward per forward (it consumes the logits in place).
@@ -465,9 +508,9 @@ size_t cuda_model_memory_bytes(const CudaModel* m);
 CudaDecode* cuda_decode_create(CudaModel* m, int Tmax);
 void cuda_decode_free(CudaDecode* d);
 const float* cuda_decode_step(CudaDecode* d, int token, int pos, bool want_logits = true);
-int cmd_bench_gpu(int argc, char** argv);   // hidden subcommand `deepseek bench-gpu` (tests/gpu_check.sh)
+void cuda_synchronize();   // waits for the device to finish its queued work (dies on a CUDA error): for timing
 // Single kernels on host arrays (inputs rounded to bf16 where the kernel reads bf16), for tests/test_cuda.cpp,
-// which compares them with their CPU twins (the _ref layers above). Defined only in the CUDA build.
+// which compares them with their _ref twins (the layers section above). Defined only in the CUDA build.
 void cuda_op_embedding(float* out, float* dwte, const int* tokens, const float* wte, const float* dres, int N, int V, int C);
 void cuda_op_matmul(float* out, float* dinp, float* dweight, const float* inp, const float* weight, const float* dout,
                     int N, int in, int out_dim);

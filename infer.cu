@@ -203,12 +203,12 @@ static void linear_block(float* out, const float* x, const InferWeight& W, int N
 // threads costs microseconds, far more when the machine is busy.
 struct LinearJob { float* out; const InferWeight* W; int out_dim; bool accumulate; };
 
-// Prefill of many tokens is compute-bound: there the packed GEMM of deepseek.cu's fast paths (gemm_f32) does the
+// Prefill of many tokens is compute-bound: there the packed GEMM of the fast CPU path (gemm_cpu) does the
 // work. fp32 weights are its B operand directly; bf16 weights are upcast a panel of rows at a time.
 static const int GEMM_MIN_TOKENS = 8, BF16_PANEL_ROWS = 256;
 static void linear_gemm(const float* x, int N, int in, const LinearJob& j) {
     if (j.W->f32) {
-        gemm_f32(N, j.out_dim, in, x, in, false, j.W->f32, in, true, j.out, j.out_dim, j.accumulate);
+        gemm_cpu(N, j.out_dim, in, x, in, false, j.W->f32, in, true, j.out, j.out_dim, j.accumulate ? Accum::Add : Accum::Overwrite);
         return;
     }
     thread_local std::vector<float> panel;
@@ -219,7 +219,7 @@ static void linear_gemm(const float* x, int N, int in, const LinearJob& j) {
         float* dst = panel.data();
         #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < (size_t)rows * in; i++) dst[i] = bf16f(src[i]);
-        gemm_f32(N, rows, in, x, in, false, dst, in, true, j.out + r0, j.out_dim, j.accumulate);
+        gemm_cpu(N, rows, in, x, in, false, dst, in, true, j.out + r0, j.out_dim, j.accumulate ? Accum::Add : Accum::Overwrite);
     }
 }
 
@@ -250,7 +250,7 @@ static void swiglu_linear_forward(float* act, float* up_tmp, const float* x, con
     if (N >= GEMM_MIN_TOKENS) {
         linear_gemm(x, N, in, {act, &gate, F, false});
         linear_gemm(x, N, in, {up_tmp, &up, F, false});
-        swiglu_forward_fast(act, act, up_tmp, (size_t)N * F);   // in place: act = silu(gate) · up, element by element
+        swiglu_forward_cpu(act, act, up_tmp, (size_t)N * F);   // in place: act = silu(gate) · up, element by element
         return;
     }
     #pragma omp parallel
@@ -271,7 +271,7 @@ static void swiglu_linear_forward(float* act, float* up_tmp, const float* x, con
 }
 
 // RMSNorm of N rows, serially: at decode sizes a parallel region would cost more than the arithmetic.
-//   y = w ⊙ x / sqrt(mean(x²) + eps)   (the same formula as rmsnorm_forward in deepseek.cu)
+//   y = w ⊙ x / sqrt(mean(x²) + eps)   (the same formula as rmsnorm_forward_ref in deepseek.cu)
 static void rmsnorm_rows(float* out, const float* inp, const float* weight, int N, int C, float eps) {
     for (int n = 0; n < N; n++) {
         const float* x = inp + (size_t)n * C;
@@ -283,7 +283,7 @@ static void rmsnorm_rows(float* out, const float* inp, const float* weight, int 
     }
 }
 
-// RoPE (Hugging Face rotate-half layout, as rope_forward in deepseek.cu), serially, for N rows of `heads` heads.
+// RoPE (Hugging Face rotate-half layout, as rope_forward_ref in deepseek.cu), serially, for N rows of `heads` heads.
 //   (x_i, x_{i+D/2}) → (x_i·cos − x_{i+D/2}·sin, x_{i+D/2}·cos + x_i·sin),  angle = pos · inv_freq[i]
 // x may have a row stride (the cache rows). inv_freq [D/2] is computed once per model, in fp32 as transformers.
 static void rope_rows(float* x, size_t stride, const int* pos, int N, int heads, int D, const float* inv_freq) {
@@ -334,7 +334,7 @@ static void attention_cached(float* y, const float* q, const float* kc, const fl
                 }
                 float sum = 0.0f;
                 #pragma omp simd reduction(+ : sum)
-                for (int s = 0; s < T; s++) { att[s] = exp_fast(att[s] - maxv); sum += att[s]; }
+                for (int s = 0; s < T; s++) { att[s] = exp_poly(att[s] - maxv); sum += att[s]; }
                 float inv = 1.0f / sum;
                 float* yh = y + ((size_t)n * H + h) * D;
                 for (int i = 0; i < D; i++) yh[i] = 0.0f;
@@ -480,7 +480,7 @@ void infer_attach_cuda(InferModel* im, CudaModel* gpu) {
     im->cuda = cuda_decode_create(gpu, im->ctx);
 }
 
-// One chunk of N ≤ g_prefill_chunk tokens through the model, the same steps as model_forward in deepseek.cu:
+// One chunk of N ≤ g_prefill_chunk tokens through the model, the same steps as model_forward_ref in deepseek.cu:
 //   x = embed(tokens); per layer: x += o_proj(attn(rope(q), rope(k), v) over the cache); x += down(silu(gate)·up)
 // then the final norm and lm_head (for the last token only unless all_logits).
 // Chunks of 256: a weight matrix packed for the GEMM serves 256 tokens (64 left the packing a seventh of the time).
@@ -521,8 +521,8 @@ static void infer_chunk(InferModel* im, const int* tokens, int N, float* logits_
         linear_forward(xn, N, C, {{q, &ly.q_proj, QD, false}, {knew, &ly.k_proj, KVD, false}, {vnew, &ly.v_proj, KVD, false}});
         rope_rows(q, QD, pos.data(), N, H, D, inv_freq.data());
         rope_rows(knew, KVD, pos.data(), N, KV, D, inv_freq.data());
-        if (N >= GEMM_MIN_TOKENS)   // a prefill chunk: deepseek.cu's blockwise attention, four query rows at a time
-            attention_forward_offset(y, nullptr, q, kc, vc, 1, N, pos0 + N, pos0, H, KV, D);
+        if (N >= GEMM_MIN_TOKENS)   // a prefill chunk: the fast CPU path's blockwise attention, four query rows at a time
+            attention_forward_offset_cpu(y, nullptr, q, kc, vc, 1, N, pos0 + N, pos0, H, KV, D);
         else
             attention_cached(y, q, kc, vc, N, pos0, H, KV, D);
         linear_forward(y, N, QD, {{x, &ly.o_proj, C, true}});

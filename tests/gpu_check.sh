@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # gpu_check.sh — the whole GPU validation and benchmark in one script (make gpu-check), ≤ 8 minutes on one H200:
 #   0. the third-party packages: tests/gpu_deps.sh unpack (the .debs carried in .gpu-debs/, NCCL from the image)
-#   1. builds ./deepseek and the test binary for sm_90 (GPU_ARCH=sm_80 etc. to change), make -j<cores>
+#   1. builds ./deepseek, the test binary and build/bench/bench_gpu for sm_90 (GPU_ARCH=sm_80 etc. to change), make -j<cores>
 #   2. runs the CUDA tests: every kernel and the model against the CPU backend, and the subcommands (train with a
 #      checkpoint resumed on the CPU, generate, sft, dpo) with --device cuda against --device cpu; when that process
 #      crashes or hangs, each test case again in its own process, so one crash does not hide the others
 #   3. compute-sanitizer memcheck + racecheck on a short training step and a few decode steps (when installed)
-#   4. benchmarks: training tokens/s and MFU for ~124M and ~350M shapes, batch-1 decode tokens/s for a ~1.1B shape
+#   4. benchmarks (tests/bench/bench_gpu.cpp): training tokens/s and MFU for ~124M and ~350M shapes, batch-1 decode tokens/s for a ~1.1B shape
 #      beside its memory-bandwidth bound; PyTorch on the same shapes when it is installed with CUDA
 #   5. the summary, $OUT/gpu_check_summary.txt, beside the whole log, $OUT/gpu_check.log (build/gpu_check/ when
 #      OUT is unset); the summary is rewritten after every step, so a crash or a kill still leaves one
@@ -151,7 +151,7 @@ if step "packages (tests/gpu_deps.sh unpack)" 60 bash tests/gpu_deps.sh unpack b
 fi
 [ -n "${CUDA_HOME:-}" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$CUDA_HOME/lib64"
 
-# 1. build for this GPU: only the two binaries; -B when build/cuda was last built for another arch (or never)
+# 1. build for this GPU: only the three binaries; -B when build/cuda was last built for another arch (or never)
 ARCHS="-gencode arch=compute_${ARCH#sm_},code=$ARCH"
 if ! command -v nvcc >/dev/null 2>&1; then
     say "error: a CUDA device is present but nvcc is neither on PATH nor in /usr/local/cuda/bin"
@@ -160,7 +160,7 @@ else
     B=(-B)
     [ -f build/cuda/.archs ] && [ "$(cat build/cuda/.archs)" = "$ARCHS" ] && B=()
     if step "build (nvcc, $ARCH, make -j$JOBS)" 240 make ${B[@]+"${B[@]}"} -j"$JOBS" CUDA_ARCHS="$ARCHS" \
-        build/cuda/deepseek build/cuda/test_deepseek; then
+        build/cuda/deepseek build/cuda/test_deepseek build/bench/bench_gpu; then
         echo "$ARCHS" > build/cuda/.archs
         cp build/cuda/deepseek deepseek.tmp && mv -f deepseek.tmp ./deepseek && built=1
     else
@@ -211,17 +211,17 @@ SAN="$(command -v compute-sanitizer || true)"
 if [ -n "$SAN" ]; then
     for tool in memcheck racecheck; do
         step "compute-sanitizer $tool" 60 "$SAN" --tool "$tool" --error-exitcode 1 \
-            ./deepseek bench-gpu --shape tiny --batch 2 --seq 40 --steps 1 --warmup 0 --decode 3
+            ./build/bench/bench_gpu --shape tiny --batch 2 --seq 40 --steps 1 --warmup 0 --decode 3
     done
 else
     skip "compute-sanitizer" "not installed"
 fi
 
 # 4. benchmarks
-step "train 124m" 60 ./deepseek bench-gpu --shape 124m --batch 16 --seq 1024 --steps 20 --peak-tflops "$PEAK"
-step "train 350m" 60 ./deepseek bench-gpu --shape 350m --batch 8 --seq 1024 --steps 10 --peak-tflops "$PEAK"
-step "train 350m recompute" 60 ./deepseek bench-gpu --shape 350m --batch 8 --seq 1024 --steps 10 --recompute --peak-tflops "$PEAK"
-step "decode 1b" 60 ./deepseek bench-gpu --shape 1b --steps 0 --decode 256 --hbm-tbs "$HBM"
+step "train 124m" 60 ./build/bench/bench_gpu --shape 124m --batch 16 --seq 1024 --steps 20 --peak-tflops "$PEAK"
+step "train 350m" 60 ./build/bench/bench_gpu --shape 350m --batch 8 --seq 1024 --steps 10 --peak-tflops "$PEAK"
+step "train 350m recompute" 60 ./build/bench/bench_gpu --shape 350m --batch 8 --seq 1024 --steps 10 --recompute --peak-tflops "$PEAK"
+step "decode 1b" 60 ./build/bench/bench_gpu --shape 1b --steps 0 --decode 256 --hbm-tbs "$HBM"
 # the peer last, and only while the budget allows it ~90 s
 PY=""
 for p in /opt/torch/.venv/bin/python3 python3; do

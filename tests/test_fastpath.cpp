@@ -1,4 +1,4 @@
-// Fast CPU paths (deepseek.cu, "fast CPU paths") against the CPU fp32 reference they replace: every fast
+// Fast CPU paths (the _cpu functions, kernels/cpu_*.h) against the fp32 _ref layers they replace: every fast
 // function on shapes that are not multiples of its tile sizes, single rows included, and the whole model.
 // Tolerances: both sides are fp32 and differ only in summation order (and the fast exp, ≤ 1 ulp). A K-term
 // fp32 sum carries a rounding error of up to ~K·2^-24 of its partial sums' size (a random walk, ~√K, in
@@ -56,12 +56,12 @@ TEST_CASE("the fast matmul (forward, dX and dW) matches the reference on shapes 
         int N = s[0], in = s[1], out = s[2];
         auto x = test_data((size_t)N * in, 1 + N), w = test_data((size_t)out * in, 2 + in), dy = test_data((size_t)N * out, 3 + out);
         std::vector<float> y((size_t)N * out), y_ref(y.size());
-        matmul_forward(y.data(), x.data(), w.data(), N, in, out);
+        matmul_forward_cpu(y.data(), x.data(), w.data(), N, in, out);
         matmul_forward_ref(y_ref.data(), x.data(), w.data(), N, in, out);
         // backward accumulates: start both from the same non-zero gradients
         auto dx = test_data((size_t)N * in, 4), dw = test_data((size_t)out * in, 5);
         auto dx_ref = dx, dw_ref = dw;
-        matmul_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), N, in, out);
+        matmul_backward_cpu(dx.data(), dw.data(), dy.data(), x.data(), w.data(), N, in, out, Accum::Add);
         matmul_backward_ref(dx_ref.data(), dw_ref.data(), dy.data(), x.data(), w.data(), N, in, out);
         double e = std::max({rel_err(y, y_ref), rel_err(dx, dx_ref), rel_err(dw, dw_ref)});
         if (e > 1e-4) MESSAGE("N=" << N << " in=" << in << " out=" << out << ": rel err " << e);
@@ -71,7 +71,7 @@ TEST_CASE("the fast matmul (forward, dX and dW) matches the reference on shapes 
     CHECK(worst < 1e-4);
 }
 
-TEST_CASE("gemm_f32 computes op(A)·op(B) for all four transpositions, overwriting or accumulating, with leading dimensions") {
+TEST_CASE("gemm_cpu computes op(A)·op(B) for all four transpositions, overwriting or accumulating, with leading dimensions") {
     // M, N, K: edges of every tile size, K across KC blocks (512), N across NC blocks (512 columns), and in one
     const int shapes[][3] = {{1, 1, 1}, {3, 45, 7}, {17, 33, 300}, {30, 64, 513}, {9, 1500, 33}, {20, 2100, 40}, {4, 8300, 9}, {17, 40, 2100}, {3, 4200, 1030},
                              {45, 1100, 530}};  // the last: rows split between threads, several column and K blocks
@@ -93,14 +93,14 @@ TEST_CASE("gemm_f32 computes op(A)·op(B) for all four transpositions, overwriti
                                        (tb ? B[(size_t)n * ldb + k] : B[(size_t)k * ldb + n]);
                             want[(size_t)m * ldc + n] = (float)sum;
                         }
-                    gemm_f32(M, N, K, A.data(), lda, ta, B.data(), ldb, tb, C.data(), ldc, acc);
+                    gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), ldb, tb, C.data(), ldc, acc ? Accum::Add : Accum::Overwrite);
                     worst = std::max(worst, rel_err(C, want));  // padding columns: untouched on both sides
                 }
-    MESSAGE("gemm_f32 vs double definition: max rel err " << worst);
+    MESSAGE("gemm_cpu vs double definition: max rel err " << worst);
     CHECK(worst < 1e-4);
 }
 
-TEST_CASE("gemm_f32 on every row count up to two microkernel tiles, with column edges; padding never written") {
+TEST_CASE("gemm_cpu on every row count up to two microkernel tiles, with column edges; padding never written") {
     // the edge tiles run kernels specialised on their row count and masked on their columns, on A's strip read in
     // place (row-major A) or packed (transposed A): each one here
     double worst = 0;
@@ -119,10 +119,10 @@ TEST_CASE("gemm_f32 on every row count up to two microkernel tiles, with column 
                                 sum += (double)(ta ? A[(size_t)k * lda + m] : A[(size_t)m * lda + k]) * B[(size_t)n * ldb + k];
                             want[(size_t)m * ldc + n] = (float)sum;
                         }
-                    gemm_f32(M, N, K, A.data(), lda, ta, B.data(), ldb, true, C.data(), ldc, acc);
+                    gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), ldb, true, C.data(), ldc, acc ? Accum::Add : Accum::Overwrite);
                     worst = std::max(worst, rel_err(C, want));
                 }
-    MESSAGE("gemm_f32 edges vs double definition: max rel err " << worst);
+    MESSAGE("gemm_cpu edges vs double definition: max rel err " << worst);
     CHECK(worst < 1e-4);
 }
 
@@ -132,9 +132,9 @@ TEST_CASE("gemm results are bit-identical for 1, 2 and 3 threads") {
     std::vector<float> c1((size_t)M * N), c2(c1.size()), c3(c1.size());
     for (int ta = 0; ta < 2; ta++) {  // A read in place, and A transposed (packed strips); A is M×K or K×M
         int lda = ta ? M : K;
-        with_threads(1, [&] { gemm_f32(M, N, K, A.data(), lda, ta, B.data(), K, true, c1.data(), N, false); });
-        with_threads(2, [&] { gemm_f32(M, N, K, A.data(), lda, ta, B.data(), K, true, c2.data(), N, false); });
-        with_threads(3, [&] { gemm_f32(M, N, K, A.data(), lda, ta, B.data(), K, true, c3.data(), N, false); });
+        with_threads(1, [&] { gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), K, true, c1.data(), N, Accum::Overwrite); });
+        with_threads(2, [&] { gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), K, true, c2.data(), N, Accum::Overwrite); });
+        with_threads(3, [&] { gemm_cpu(M, N, K, A.data(), lda, ta, B.data(), K, true, c3.data(), N, Accum::Overwrite); });
         CHECK(memcmp(c1.data(), c2.data(), c1.size() * 4) == 0);
         CHECK(memcmp(c1.data(), c3.data(), c1.size() * 4) == 0);
     }
@@ -148,7 +148,7 @@ TEST_CASE("fast RMSNorm, the fused residual+RMSNorm and its backward match the r
         auto x = test_data((size_t)N * C, 21), skip = test_data((size_t)N * C, 22), w = test_data(C, 23), dy = test_data((size_t)N * C, 24);
         float eps = 1e-5f;
         std::vector<float> y((size_t)N * C), y_ref(y.size()), r(N), r_ref(N);
-        rmsnorm_forward(y.data(), r.data(), x.data(), w.data(), N, C, eps);
+        rmsnorm_forward_cpu(y.data(), r.data(), x.data(), w.data(), N, C, eps);
         rmsnorm_forward_ref(y_ref.data(), r_ref.data(), x.data(), w.data(), N, C, eps);
         CHECK(rel_err(y, y_ref) < 1e-5);
         CHECK(rel_err(r, r_ref) < 1e-5);
@@ -157,21 +157,21 @@ TEST_CASE("fast RMSNorm, the fused residual+RMSNorm and its backward match the r
         std::vector<float> sum_ref((size_t)N * C);
         for (size_t i = 0; i < sum_ref.size(); i++) sum_ref[i] = x[i] + skip[i];
         rmsnorm_forward_ref(y_ref.data(), r_ref.data(), sum_ref.data(), w.data(), N, C, eps);
-        residual_rmsnorm_forward(res.data(), y.data(), r.data(), skip.data(), w.data(), N, C, eps);
+        residual_rmsnorm_forward_cpu(res.data(), y.data(), r.data(), skip.data(), w.data(), N, C, eps);
         CHECK(memcmp(res.data(), sum_ref.data(), res.size() * 4) == 0);  // the add is the same single rounding
         CHECK(rel_err(y, y_ref) < 1e-5);
         CHECK(rel_err(r, r_ref) < 1e-5);
         // backward, accumulating (dskip = dinp) and with a separate skip gradient
         auto dx = test_data((size_t)N * C, 25), dw = test_data(C, 26);
         auto dx_ref = dx, dw_ref = dw;
-        rmsnorm_backward(dx_ref.data(), dw_ref.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
-        rmsnorm_backward_fast(dx.data(), dx.data(), dw.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
+        rmsnorm_backward_ref(dx_ref.data(), dw_ref.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
+        rmsnorm_backward_cpu(dx.data(), dx.data(), dw.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
         CHECK(rel_err(dx, dx_ref) < 1e-5);
         CHECK(rel_err(dw, dw_ref) < 1e-5);
         auto dskip = test_data((size_t)N * C, 27);
         std::vector<float> dx2((size_t)N * C, 123.0f), dw2(C, 0.0f), dx2_ref = dskip, dw2_ref(C, 0.0f);
-        rmsnorm_backward(dx2_ref.data(), dw2_ref.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
-        rmsnorm_backward_fast(dx2.data(), dskip.data(), dw2.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
+        rmsnorm_backward_ref(dx2_ref.data(), dw2_ref.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
+        rmsnorm_backward_cpu(dx2.data(), dskip.data(), dw2.data(), dy.data(), sum_ref.data(), w.data(), r_ref.data(), N, C);
         CHECK(rel_err(dx2, dx2_ref) < 1e-5);
         CHECK(rel_err(dw2, dw2_ref) < 1e-5);
     }
@@ -186,11 +186,11 @@ TEST_CASE("RoPE from the table is bit-identical to the reference rotation, forwa
     for (float theta : {10000.0f, 500000.0f}) {
         rope_table(cs.data(), sn.data(), T, D, theta);
         auto a = x, b = x;
-        rope_apply(a.data(), cs.data(), sn.data(), pos.data(), 2 * T, heads, D, 1.0f);
-        rope_forward(b.data(), pos.data(), 2 * T, heads, D, theta);
+        rope_apply_cpu(a.data(), cs.data(), sn.data(), pos.data(), 2 * T, heads, D, 1.0f);
+        rope_forward_ref(b.data(), pos.data(), 2 * T, heads, D, theta);
         CHECK(memcmp(a.data(), b.data(), a.size() * 4) == 0);
-        rope_apply(a.data(), cs.data(), sn.data(), pos.data(), 2 * T, heads, D, -1.0f);
-        rope_backward(b.data(), pos.data(), 2 * T, heads, D, theta);
+        rope_apply_cpu(a.data(), cs.data(), sn.data(), pos.data(), 2 * T, heads, D, -1.0f);
+        rope_backward_ref(b.data(), pos.data(), 2 * T, heads, D, theta);
         CHECK(memcmp(a.data(), b.data(), a.size() * 4) == 0);
     }
 }
@@ -199,10 +199,10 @@ TEST_CASE("fast SwiGLU forward and backward match the reference") {
     size_t n = 1003;
     auto g = test_data(n, 41, 12.0f), u = test_data(n, 42), da = test_data(n, 43);
     std::vector<float> a(n), a_ref(n), dg(n), du(n), dg_ref(n, 0.0f), du_ref(n, 0.0f);
-    swiglu_forward_fast(a.data(), g.data(), u.data(), n);
-    swiglu_forward(a_ref.data(), g.data(), u.data(), n);
-    swiglu_backward_fast(dg.data(), du.data(), da.data(), g.data(), u.data(), n);  // writes
-    swiglu_backward(dg_ref.data(), du_ref.data(), da.data(), g.data(), u.data(), n);  // accumulates onto 0
+    swiglu_forward_cpu(a.data(), g.data(), u.data(), n);
+    swiglu_forward_ref(a_ref.data(), g.data(), u.data(), n);
+    swiglu_backward_cpu(dg.data(), du.data(), da.data(), g.data(), u.data(), n);  // writes
+    swiglu_backward_ref(dg_ref.data(), du_ref.data(), da.data(), g.data(), u.data(), n);  // accumulates onto 0
     double e = std::max({rel_err(a, a_ref), rel_err(dg, dg_ref), rel_err(du, du_ref)});
     MESSAGE("swiglu fast vs reference: max rel err " << e);
     CHECK(e < 2e-6);
@@ -217,10 +217,10 @@ TEST_CASE("fused cross-entropy matches the reference loss and gradient; masked r
         tg[2] = -1;
         dl[4] = 0.0f;
         std::vector<float> loss(N), loss_ref(N), dz((size_t)N * V, 7.0f), dz_ref((size_t)N * V);
-        crossentropy_forward_fast(loss.data(), z.data(), tg.data(), N, V);
-        crossentropy_forward(loss_ref.data(), z.data(), tg.data(), N, V);
-        crossentropy_backward_fast(dz.data(), z.data(), loss.data(), tg.data(), dl.data(), N, V);
-        crossentropy_backward(dz_ref.data(), z.data(), tg.data(), dl.data(), N, V);
+        crossentropy_forward_cpu(loss.data(), z.data(), tg.data(), N, V);
+        crossentropy_forward_ref(loss_ref.data(), z.data(), tg.data(), N, V);
+        crossentropy_backward_cpu(dz.data(), z.data(), loss.data(), tg.data(), dl.data(), N, V);
+        crossentropy_backward_ref(dz_ref.data(), z.data(), tg.data(), dl.data(), N, V);
         CHECK(rel_err(loss, loss_ref) < 1e-5);
         CHECK(rel_err(dz, dz_ref) < 1e-5);
         CHECK(loss[2] == 0.0f);
@@ -242,14 +242,14 @@ TEST_CASE("blockwise online-softmax attention matches the reference (GQA and MHA
         size_t nq = (size_t)s.B * s.T * s.H * s.D, nk = (size_t)s.B * s.T * s.KV * s.D;
         auto q = test_data(nq, 61, 2.0f), k = test_data(nk, 62, 2.0f), v = test_data(nk, 63), dy = test_data(nq, 64);
         std::vector<float> y(nq), y_ref(nq), lse((size_t)s.B * s.H * s.T), att((size_t)s.B * s.H * s.T * s.T);
-        attention_forward_fast(y.data(), lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.KV, s.D);
-        attention_forward(y_ref.data(), att.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.KV, s.D);
+        attention_forward_cpu(y.data(), lse.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.KV, s.D);
+        attention_forward_ref(y_ref.data(), att.data(), q.data(), k.data(), v.data(), s.B, s.T, s.H, s.KV, s.D);
         // backward accumulates: both start from the same gradients
         auto dq = test_data(nq, 65), dk = test_data(nk, 66), dv = test_data(nk, 67);
         auto dq_ref = dq, dk_ref = dk, dv_ref = dv;
-        attention_backward_fast(dq.data(), dk.data(), dv.data(), dy.data(), y.data(), lse.data(), q.data(), k.data(), v.data(),
+        attention_backward_cpu(dq.data(), dk.data(), dv.data(), dy.data(), y.data(), lse.data(), q.data(), k.data(), v.data(),
                                 s.B, s.T, s.H, s.KV, s.D);
-        attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dy.data(), att.data(), q.data(), k.data(), v.data(),
+        attention_backward_ref(dq_ref.data(), dk_ref.data(), dv_ref.data(), dy.data(), att.data(), q.data(), k.data(), v.data(),
                            s.B, s.T, s.H, s.KV, s.D);
         double e = std::max({rel_err(y, y_ref), rel_err(dq, dq_ref), rel_err(dk, dk_ref), rel_err(dv, dv_ref)});
         MESSAGE("attention B=" << s.B << " T=" << s.T << " H=" << s.H << " KV=" << s.KV << " D=" << s.D << ": max rel err " << e);
@@ -268,8 +268,8 @@ TEST_CASE("attention matches the reference when the scores span hundreds (the ru
     for (float& x : q) x = roundf(x);
     for (float& x : k) x = roundf(x);
     std::vector<float> y(nq), y_ref(nq), lse((size_t)B * H * T), att((size_t)B * H * T * T);
-    attention_forward_fast(y.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, KV, D);
-    attention_forward(y_ref.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, KV, D);
+    attention_forward_cpu(y.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, KV, D);
+    attention_forward_ref(y_ref.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, KV, D);
     double e = rel_err(y, y_ref);
     MESSAGE("attention, scores within ±1152: max rel err " << e);
     CHECK(e < 1e-4);
@@ -283,8 +283,8 @@ TEST_CASE("attention with a query offset (prefill over a KV cache) equals the sa
         size_t nq = (size_t)s.T * s.H * s.D, nk = (size_t)s.T * s.KV * s.D, row = (size_t)s.H * s.D;
         auto q = test_data(nq, 71, 2.0f), k = test_data(nk, 72, 2.0f), v = test_data(nk, 73);
         std::vector<float> y(nq), lse((size_t)s.H * s.T), yo(nq - s.q0 * row);
-        attention_forward_fast(y.data(), lse.data(), q.data(), k.data(), v.data(), 1, s.T, s.H, s.KV, s.D);
-        attention_forward_offset(yo.data(), nullptr, q.data() + s.q0 * row, k.data(), v.data(), 1, s.T - s.q0, s.T, s.q0,
+        attention_forward_cpu(y.data(), lse.data(), q.data(), k.data(), v.data(), 1, s.T, s.H, s.KV, s.D);
+        attention_forward_offset_cpu(yo.data(), nullptr, q.data() + s.q0 * row, k.data(), v.data(), 1, s.T - s.q0, s.T, s.q0,
                                  s.H, s.KV, s.D);
         std::vector<float> tail(y.begin() + s.q0 * row, y.end());
         worst = std::max(worst, rel_err(yo, tail));
@@ -380,9 +380,9 @@ TEST_CASE("switching g_cpu_reference between forward and backward is a clear err
     CHECK(threw);
 }
 
-// ---------------------------------------------------------------------------- exp_fast on every input
+// ---------------------------------------------------------------------------- exp_poly on every input
 
-// exp_fast as it was before NaN was defined (2^n through a float-to-int conversion and a shift of an int, both
+// exp_poly as it was before NaN was defined (2^n through a float-to-int conversion and a shift of an int, both
 // undefined for NaN): for finite inputs the two must give the same bits
 static float exp_fast_before(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
@@ -403,21 +403,21 @@ static float exp_fast_before(float x) {
 }
 
 // (runs under make test-asan too: UBSan reported a left shift of a negative int for NaN before)
-TEST_CASE("exp_fast is defined for NaN, ±Inf and huge inputs, and keeps every finite result's bits") {
+TEST_CASE("exp_poly is defined for NaN, ±Inf and huge inputs, and keeps every finite result's bits") {
     volatile float nan = NAN, inf = INFINITY;   // volatile: computed at run time, where UBSan looks
-    CHECK(std::isnan(exp_fast(nan)));
-    CHECK(std::isnan(exp_fast(-nan)));
-    float top = exp_fast(inf), bottom = exp_fast(-inf);
+    CHECK(std::isnan(exp_poly(nan)));
+    CHECK(std::isnan(exp_poly(-nan)));
+    float top = exp_poly(inf), bottom = exp_poly(-inf);
     CHECK(std::isfinite(top));
     CHECK(top > 1e38f);                          // e^88.3, the clamp
     CHECK(bottom >= 0.0f);
     CHECK(bottom < 1e-37f);                      // e^-87.3
     volatile float big = 1e30f, up = 89.0f, down = -88.0f;
-    CHECK(exp_fast(big) == top);
-    CHECK(exp_fast(up) == top);
-    CHECK(exp_fast(-big) == bottom);
-    CHECK(exp_fast(down) == bottom);
-    CHECK(std::fabs(exp_fast(1.0f) - 2.718281828f) < 1e-6f);
+    CHECK(exp_poly(big) == top);
+    CHECK(exp_poly(up) == top);
+    CHECK(exp_poly(-big) == bottom);
+    CHECK(exp_poly(down) == bottom);
+    CHECK(std::fabs(exp_poly(1.0f) - 2.718281828f) < 1e-6f);
     // finite inputs: the same bits as before, over [-100, 100] in steps of 997 bit patterns (both signs)
     size_t checked = 0, differ = 0;
     uint32_t hi;
@@ -428,11 +428,11 @@ TEST_CASE("exp_fast is defined for NaN, ±Inf and huge inputs, and keeps every f
             uint32_t b = u | sign;
             float x, y0, y1;
             memcpy(&x, &b, 4);
-            y0 = exp_fast(x);
+            y0 = exp_poly(x);
             y1 = exp_fast_before(x);
             differ += memcmp(&y0, &y1, 4) != 0;
             checked++;
         }
-    MESSAGE("exp_fast: " << checked << " finite inputs compared bit for bit with the former exp_fast");
+    MESSAGE("exp_poly: " << checked << " finite inputs compared bit for bit with the former exp_fast");
     CHECK(differ == 0);
 }

@@ -1,6 +1,6 @@
 // bench_cpu — the CPU speed benchmark (make bench-cpu), every figure measured in this one run:
 //   1. the machine's fp32 FMA peak: independent FMA chains in registers, per thread, all threads at once
-//   2. our GEMM (gemm_f32) on the benchmark model's products, in GFLOP/s, as a fraction of that peak and
+//   2. our GEMM (gemm_cpu) on the benchmark model's products, in GFLOP/s, as a fraction of that peak and
 //      against OpenBLAS sgemm on the same shapes and layouts (OpenBLAS is linked into this binary only)
 //   3. training tokens/s: model_forward + model_backward + AdamW (train.cu's adamw_update) on the benchmark
 //      model, against PyTorch (transformers' LlamaForCausalLM, same shape, fp32, torch.optim.AdamW) run by
@@ -11,7 +11,7 @@
 // run, which a loaded machine disturbs far less). For CPU time to mean that, idle threads must sleep rather than
 // spin: this program sets OMP_WAIT_POLICY=passive (ours and PyTorch's OpenMP) and OPENBLAS_THREAD_TIMEOUT=4
 // (OpenBLAS's workers) unless they are set. We print the best and the worst round. Ratios are ours / peer.
-#include "../../deepseek.h"   // gemm_f32, gemm_kernel_name, Model, model_*, adamw_update, Args
+#include "../../deepseek.h"   // gemm_cpu, gemm_kernel_name, Model, model_*, adamw_update, Args
 #include <algorithm>          // std::max, std::min, std::sort
 #include <chrono>             // steady_clock
 #include <cstdio>             // printf, popen
@@ -117,7 +117,7 @@ static Rate time_gemm(const Shape& s, bool blas, float* A, float* B, float* C, i
             cblas_sgemm(CblasRowMajor, s.ta ? CblasTrans : CblasNoTrans, s.tb ? CblasTrans : CblasNoTrans, s.M, s.N, s.K,
                         1.0f, A, lda, B, ldb, 0.0f, C, s.N);
         else
-            gemm_f32(s.M, s.N, s.K, A, lda, s.ta, B, ldb, s.tb, C, s.N, false);
+            gemm_cpu(s.M, s.N, s.K, A, lda, s.ta, B, ldb, s.tb, C, s.N, Accum::Overwrite);
         best = std::min(best, now() - t);
         best_cpu = std::min(best_cpu, cpu_now() - c);
     }

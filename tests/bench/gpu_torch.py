@@ -1,4 +1,4 @@
-"""The PyTorch peer for tests/gpu_check.sh: the same shapes as `deepseek bench-gpu`, trained the usual PyTorch way
+"""The PyTorch peer for tests/gpu_check.sh: the same shapes as tests/bench/bench_gpu.cpp, trained the usual PyTorch way
 (fp32 parameters under bf16 autocast, F.scaled_dot_product_attention, fused AdamW) and decoded at batch 1 with a
 KV cache. Prints lines in the same format, with the same FLOPs formula and peak, so the two sit side by side.
 """
@@ -8,7 +8,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-SHAPES = {  # name: (vocab, hidden, layers, heads, kv_heads, intermediate) — as bench_shape() in deepseek.cu
+SHAPES = {  # name: (vocab, hidden, layers, heads, kv_heads, intermediate) — as bench_shape() in tests/bench/bench_gpu.cpp
     "124m": (32000, 768, 12, 12, 12, 2048),
     "350m": (32000, 1024, 24, 16, 16, 2816),
     "1b": (32000, 2048, 22, 32, 4, 5632),

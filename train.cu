@@ -537,9 +537,17 @@ static double chunked_sum_squares(const float* x, size_t n) {
 
 double grad_global_norm(const float* g, size_t n) { return sqrt(chunked_sum_squares(g, n)); }
 
+// torch's clip coefficient: max_norm / (norm + 1e-6), clamped to 1 (in double; a NaN norm gives 1, no scaling, and
+// the loop's non-finite check stops the run). Every clipping site uses it: clip_grad_norm, dist_clip_grad_norm and the
+// CUDA backend's grad_scale (backend_clip_grad_norm), each applying it to the gradients as a float.
+static double clip_coefficient(double norm, double max_norm) {
+    double coef = max_norm / (norm + 1e-6);
+    return coef < 1.0 ? coef : 1.0;
+}
+
 double clip_grad_norm(float* g, size_t n, double max_norm) {
     double norm = grad_global_norm(g, n);
-    double coef = max_norm / (norm + 1e-6);
+    double coef = clip_coefficient(norm, max_norm);
     if (coef < 1.0) {
         float c = (float)coef;
         #pragma omp parallel for schedule(static)
@@ -689,8 +697,8 @@ static void backend_zero_grad(Backend* be) {
 static double backend_clip_grad_norm(Backend* be, float* grad_scale) {
     *grad_scale = 1.0f;
     if (!be->cuda) return clip_grad_norm(be->host->grads_memory.data(), be->host->num_parameters, CLIP_GRAD_NORM);
-    double norm = cuda_model_grad_norm(be->cuda), coef = CLIP_GRAD_NORM / (norm + 1e-6);
-    if (coef < 1.0) *grad_scale = (float)coef;
+    double norm = cuda_model_grad_norm(be->cuda);
+    *grad_scale = (float)clip_coefficient(norm, CLIP_GRAD_NORM);   // 1.0f when no clipping is needed
     return norm;
 }
 // adamw_update on either backend (the same constants); opt->t counts the updates on both
@@ -2608,10 +2616,10 @@ double dist_sum_squares(const Dist& d, const float* x, size_t n, bool sharded) {
 // over ranks, so every rank gets the same clip coefficient as an unsharded run; AdamW then updates the shard of the
 // weights with the shard of m and v (1/world of the optimizer memory), and an all-gather reassembles the weights.
 
-// torch.nn.utils.clip_grad_norm_ on the valid part of g: norm = sqrt(Σ g²), g ← g · min(1, max_norm / (norm + 1e-6))
+// torch.nn.utils.clip_grad_norm_ on the valid part of g: norm = sqrt(Σ g²), g ← g · clip_coefficient(norm, max_norm)
 double dist_clip_grad_norm(const Dist& d, float* g, size_t n, double max_norm, bool sharded) {
     double norm = sqrt(dist_sum_squares(d, g, n, sharded));
-    double coef = max_norm / (norm + 1e-6);
+    double coef = clip_coefficient(norm, max_norm);
     if (coef < 1.0) {
         float c = (float)coef;
         size_t b = sharded ? d.shard_begin() : 0, e = sharded ? d.shard_end() : n;

@@ -467,7 +467,7 @@ struct ScalingPlan { double compute, batch_tokens, learning_rate, flops_per_toke
 ScalingPlan scaling_plan(double compute);
 Config plan_shape(double flops_per_token, int seq_len, int vocab_size);
 
-// pre-training objective: forward + per-token loss weights (the plug-in point for SFT/DPO)
+// pre-training objective: forward + per-token loss weights (the mean loss: 1/N per token)
 float pretrain_objective(Model* m, const int* inputs, const int* targets, int B, int T, std::vector<float>* dlosses);
 struct EvalResult { double loss = 0, bits_per_byte = 0; size_t tokens = 0; };
 EvalResult evaluate(Model* m, DataLoader* val, int max_windows, const std::vector<int>& token_bytes, double mean_bytes_per_token);

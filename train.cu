@@ -1,17 +1,21 @@
-// train.cu — pre-training the DeepSeek LLM recipe: token shards, the data loader, AdamW, the multi-step
-// learning-rate schedule, the paper's scaling laws, gradient clipping and accumulation, checkpoints that resume
-// bit-exactly, validation in bits per byte, metrics, the loss-curve picture. SFT and DPO plug into the same loop
-// through an objective (a function that turns a micro-batch into per-token loss weights); data parallelism plugs in
-// through the loader's rank/world and one gradient all-reduce point.
+// train.cu — training the DeepSeek LLM recipe. Pre-training: token shards, the data loader, the multi-step
+// learning-rate schedule, the paper's scaling laws, gradient accumulation, validation in bits per byte, the
+// loss-curve picture. SFT and DPO: chat JSONL, the assistant-token loss, the DPO loss against a frozen reference.
+// All three run one training loop (run_training, section "the training loop"): AdamW, clipping at norm 1.0, the
+// non-finite check, the learning-rate schedule, metrics.jsonl, progress lines, evaluation points, checkpoints that
+// resume bit-exactly, pruning and signals exist there once; a stage (struct Stage) supplies one step's gradients and
+// metrics from its batch (windows of a token shard; items in a shuffled order per epoch), its evaluation, the wording
+// of its progress line and its trainer_state.json. Data parallelism (MPI, NCCL, ZeRO-1) plugs into pre-training
+// through the loader's rank/world and one gradient all-reduce point; SFT and DPO run one rank.
 //
 // What it is: the plain fp32 CPU training loop, deterministic to the bit (a run stopped and resumed gives the same
 // weights as a run that never stopped). What it is not: fast — the speed is the model's forward/backward.
-// With --device cuda the same loops drive the CUDA backend (deepseek.cu) through a few backend_* calls (section
+// With --device cuda the same loop drives the CUDA backend (deepseek.cu) through a few backend_* calls (section
 // "the backend a loop runs on"); checkpoints are the same files either way.
 //
 // Shapes: B sequences per micro-batch, T tokens per sequence; a step = accum micro-batches × world ranks.
 #include "deepseek.h"
-#include <functional>          // std::function (checkpoint_save's per-rank hook)
+#include <functional>    // std::function: a stage's hooks, checkpoint_save's per-rank hook, the JSONL readers
 #include <algorithm>     // std::sort, std::min, std::max
 #include <chrono>        // steady_clock: tokens/s, ETA
 #include <cerrno>        // errno
@@ -533,9 +537,17 @@ static double chunked_sum_squares(const float* x, size_t n) {
 
 double grad_global_norm(const float* g, size_t n) { return sqrt(chunked_sum_squares(g, n)); }
 
+// torch's clip coefficient: max_norm / (norm + 1e-6), clamped to 1 (in double; a NaN norm gives 1, no scaling, and
+// the loop's non-finite check stops the run). Every clipping site uses it: clip_grad_norm, dist_clip_grad_norm and the
+// CUDA backend's grad_scale (backend_clip_grad_norm), each applying it to the gradients as a float.
+static double clip_coefficient(double norm, double max_norm) {
+    double coef = max_norm / (norm + 1e-6);
+    return coef < 1.0 ? coef : 1.0;
+}
+
 double clip_grad_norm(float* g, size_t n, double max_norm) {
     double norm = grad_global_norm(g, n);
-    double coef = max_norm / (norm + 1e-6);
+    double coef = clip_coefficient(norm, max_norm);
     if (coef < 1.0) {
         float c = (float)coef;
         #pragma omp parallel for schedule(static)
@@ -644,12 +656,13 @@ int cmd_plan(int argc, char** argv) {
 }
 
 // ============================================================================
-// objectives: a micro-batch → its loss and per-token loss weights
+// objectives: a batch → its loss and per-token loss weights
 //
-// The loop is the same for every training stage; only the objective differs. It runs the forward pass, returns the
-// micro-batch's loss (for the log) and fills dlosses[B·T] with ∂(loss)/∂(nll of each token), so that
-// model_backward(dlosses) gives the gradient. Pre-training: the mean next-token cross-entropy (1/N per token).
-// SFT masks the prompt tokens (target −1); DPO fills per-sequence weights ±β·σ(…) from the sequences' log-probs.
+// Every stage's gradient comes from per-token loss weights: the forward pass gives each token's nll, the objective
+// fills dlosses[B·T] with ∂(loss)/∂(nll of each token), and model_backward(dlosses) gives the gradient.
+// Pre-training (pretrain_objective): the mean next-token cross-entropy, 1/N per token. SFT (sft_forward_backward):
+// the same mean over the assistant tokens only (the others' targets are −1). DPO (dpo_forward_backward):
+// per-sequence weights ±β·σ(…)/n from the sequences' log-probs. A stage's step (struct Stage) runs its objective.
 
 float pretrain_objective(Model* m, const int* inputs, const int* targets, int B, int T, std::vector<float>* dlosses) {
     float loss = model_forward(m, inputs, targets, B, T);
@@ -660,7 +673,7 @@ float pretrain_objective(Model* m, const int* inputs, const int* targets, int B,
 // ============================================================================
 // the backend a loop runs on (struct Backend, deepseek.h): the CPU's Model, or the CUDA backend's copy of it
 // (--device cuda: bf16 parameters and activations, fp32 master weights, gradients and AdamW moments on the GPU).
-// The loops call these where they called model_* and adamw_update; with be->cuda null each is exactly that CPU call.
+// The loop and the objectives call these for model_* and adamw_update; with be->cuda null each is exactly that CPU call.
 // The host Model stays the run's copy for checkpoints: backend_to_host fetches the fp32 master weights and AdamW
 // moments before each save, so a checkpoint has one format and resumes on either backend.
 
@@ -685,8 +698,8 @@ static void backend_zero_grad(Backend* be) {
 static double backend_clip_grad_norm(Backend* be, float* grad_scale) {
     *grad_scale = 1.0f;
     if (!be->cuda) return clip_grad_norm(be->host->grads_memory.data(), be->host->num_parameters, CLIP_GRAD_NORM);
-    double norm = cuda_model_grad_norm(be->cuda), coef = CLIP_GRAD_NORM / (norm + 1e-6);
-    if (coef < 1.0) *grad_scale = (float)coef;
+    double norm = cuda_model_grad_norm(be->cuda);
+    *grad_scale = (float)clip_coefficient(norm, CLIP_GRAD_NORM);   // 1.0f when no clipping is needed
     return norm;
 }
 // adamw_update on either backend (the same constants); opt->t counts the updates on both
@@ -1093,23 +1106,186 @@ static std::string plot_loss_curve(const std::string& out) {
 }
 
 // ============================================================================
-// the training loop
+// the training loop: one loop for pre-training, SFT and DPO
+//
+// One step: zero the gradients; the stage's objective reads its batch and fills them (all-reduced over the ranks) and
+// returns its metrics; the ranks agree on the loss (their mean) and on a stop request; clipping at global norm 1.0;
+// a non-finite loss or norm stops the run before any update; lr_at(step) and AdamW. Then the step's metrics record,
+// the progress line every log_every steps (and the last), the evaluation every eval_every steps (and the last; also
+// before the first step of a new run), a checkpoint every save_every steps or on SIGINT/SIGTERM (then the run stops),
+// the newest keep kept; after the last step OUT/final instead. What differs between the stages is their struct Stage: the objective and its batch (windows
+// of a token shard; items in a shuffled order per epoch), their fields of the metrics record, the wording of their
+// progress line, their evaluation, and what they write to trainer_state.json.
 
-struct TrainRun {
-    TrainSettings s;
-    Dist dist;                      // MPI ranks (and, under ZeRO-1, this rank's shard of the parameters)
+// A run as the loop sees it. TrainRun (pre-training) and AlignRun (SFT, DPO) extend it with their data.
+struct Trainer {
+    std::string cmd;                // "train", "sft", "dpo": `deepseek CMD --resume …` in the stop message
+    std::string out;                // the run directory
+    std::string tokenizer_path;     // copied into each checkpoint ("" when there is none)
+    Dist dist;                      // MPI ranks (pre-training; SFT and DPO run one rank) and ZeRO-1's shards
+    int zero = 0;                   // ZeRO-1: each rank keeps its shard of AdamW's state
     Model model;
     AdamW opt;
     Backend be{&model};             // --device cuda: be.cuda holds the model on the GPU (backend_open)
     float grad_scale = 1.0f;        // CUDA: the clip coefficient AdamW applies (backend_clip_grad_norm)
+    long step = 0, steps = 0;       // updates done; the run's last step
+    double lr = 0;                  // the peak learning rate of the schedule
+    LRSchedule schedule = LRSchedule::MULTISTEP;
+    long warmup = 0;
+    long log_every = 1;             // a progress line every log_every steps (≥ 1) and at the last
+    long eval_every = 0;            // Stage::evaluate every eval_every steps and at the last (0: never)
+    long save_every = 0;            // a checkpoint every save_every steps (0: only OUT/final and on a signal)
+    int keep = 3;                   // step_NNNNNN checkpoints kept
+    double elapsed_before = 0;      // seconds spent by earlier processes of this run (resume)
+    FILE* metrics = nullptr;        // OUT/metrics.jsonl on rank 0 (open_run); the loop closes it
+};
+
+// An update just taken, for the stage's fields of its metrics record and its progress line.
+struct StepReport {
+    double loss = 0, lr = 0, norm = 0;   // the global batch's loss, the learning rate used, the gradient norm (unclipped)
+    double step_s = 0;                   // this step's seconds: its gradients and its update
+    double line_s = 0;                   // seconds since the last progress line (or the loop's start)
+    double elapsed = 0, eta = 0;         // the run's seconds so far (earlier processes included); an estimate of those left
+    std::map<std::string, double> sums;  // each numeric metric of Stage::step summed over the steps since the last line
+    int nsum = 0;                        // those steps
+};
+
+struct Stage {
+    std::string step_word;          // a step in its messages: "step" (pre-training), "sft step", "dpo step"
+    std::string none_saved;         // the non-finite message's last good checkpoint when this process wrote none
+    // One step's gradients, accumulated into the zeroed gradients and summed over the ranks; returns this rank's
+    // metrics for the record and the progress line, "loss" among them (this rank's; the loop averages it over ranks).
+    std::function<json()> step;
+    std::function<void(json* record, const StepReport&)> record;   // its fields of the step's metrics record
+    std::function<void(const StepReport&)> progress;               // its progress line
+    std::function<void()> evaluate;                                // held-out evaluation, samples
+    std::function<json(double elapsed)> state;                     // trainer_state.json of a checkpoint
+};
+
+// clipping at the global norm; under ZeRO-1 the norm adds the shards' parts over ranks
+static double clip_gradients(Trainer* t) {
+    if (t->be.cuda) return backend_clip_grad_norm(&t->be, &t->grad_scale);
+    if (!t->zero) return clip_grad_norm(t->model.grads_memory.data(), t->model.num_parameters, CLIP_GRAD_NORM);
+    return dist_clip_grad_norm(t->dist, t->model.grads_memory.data(), t->model.num_parameters, CLIP_GRAD_NORM, true);
+}
+// AdamW; under ZeRO-1 each rank updates its shard, then the ranks all-gather the weights
+static void optimizer_update(Trainer* t, float lr) {
+    if (t->be.cuda) { backend_adamw(&t->be, &t->opt, lr, t->grad_scale); return; }
+    if (!t->zero) { adamw_update(&t->model, &t->opt, lr); return; }
+    zero_adamw_update(t->dist, &t->model, &t->opt, lr);
+    dist_allgather(t->dist, t->model.params_memory.data());
+}
+
+static void write_metric(FILE* f, const json& j) {
+    if (!f) return;
+    std::string line = j.dump() + "\n";
+    if (fwrite(line.data(), 1, line.size(), f) != line.size() || fflush(f) != 0)
+        die("cannot write %s: %s", g_metrics_path.c_str(), strerror(errno));
+}
+
+// Called on every rank. Rank 0 writes the model directory and trainer state; without ZeRO-1 also the (replicated)
+// optimizer state, with ZeRO-1 each rank writes its shard into rank 0's temporary directory, which across machines
+// must be on a shared filesystem.
+static void save_checkpoint(Trainer* t, const std::string& dir, const json& state) {
+    backend_to_host(&t->be, &t->opt);   // --device cuda: the weights and AdamW state from the GPU
+    if (!t->zero) {
+        if (t->dist.rank == 0) checkpoint_save(dir, t->model, t->opt, state, t->tokenizer_path);
+        dist_barrier(t->dist);
+        return;
+    }
+    auto write_shard = [t](const std::string& tmp) {
+        dist_barrier(t->dist);   // rank 0 has made the temporary directory
+        zero_state_save(t->dist, tmp, {{"exp_avg", t->opt.m.data()}, {"exp_avg_sq", t->opt.v.data()}}, t->model.num_parameters);
+        dist_barrier(t->dist);   // every shard is written
+    };
+    if (t->dist.rank == 0) checkpoint_save(dir, t->model, t->opt, state, t->tokenizer_path, write_shard);
+    else write_shard(dir + ".tmp");
+    dist_barrier(t->dist);       // the checkpoint is in place
+}
+
+// Runs the optimisation from t->step to t->steps; returns the final checkpoint's path (OUT/final), or after a signal
+// the checkpoint it wrote. Closes t->metrics.
+static std::string run_training(Trainer* t, const Stage& st) {
+    install_stop_handlers();
+    if (t->step == 0 && t->eval_every > 0) st.evaluate();   // the untrained model's numbers, for the curve
+    double t_start = now_s(), t_line = t_start;
+    long first_step = t->step;
+    std::string last_ckpt;
+    StepReport rep;
+    while (t->step < t->steps) {
+        double t0 = now_s();
+        backend_zero_grad(&t->be);
+        json m = st.step();
+        double shared[2] = {m["loss"].get<double>(), (double)g_stop_signal};   // the global batch's loss; a stop request on any rank
+        dist_allreduce_sum(t->dist, shared, 2);
+        double loss = shared[0] / t->dist.world;
+        bool stop = shared[1] > 0;
+        double norm = clip_gradients(t);
+        if (!std::isfinite(loss) || !std::isfinite(norm)) {
+            if (t->metrics) fclose(t->metrics);
+            t->metrics = nullptr;
+            die("%s %ld: the loss is not finite (loss %g, grad norm %g): stopping without an update; the last good "
+                "checkpoint is %s", st.step_word.c_str(), t->step + 1, loss, norm,
+                last_ckpt.empty() ? st.none_saved.c_str() : last_ckpt.c_str());
+        }
+        double lr = lr_at(t->schedule, t->lr, t->step, t->steps, t->warmup);
+        optimizer_update(t, (float)lr);
+        t->step++;
+        double t1 = now_s();
+        m["loss"] = loss;
+        for (auto it = m.begin(); it != m.end(); ++it)
+            if (it.value().is_number()) rep.sums[it.key()] += it.value().get<double>();
+        rep.nsum++;
+        rep.loss = loss; rep.lr = lr; rep.norm = norm; rep.step_s = t1 - t0; rep.line_s = t1 - t_line;
+        rep.elapsed = t->elapsed_before + (t1 - t_start);
+        double per_step = (t1 - t_start) / (double)(t->step - first_step);
+        rep.eta = per_step * (t->steps - t->step);
+        json record = m;
+        record["step"] = t->step; record["lr"] = lr; record["grad_norm"] = norm; record["elapsed_s"] = rep.elapsed;
+        st.record(&record, rep);
+        write_metric(t->metrics, record);
+        bool last = t->step == t->steps;
+        if (t->step % t->log_every == 0 || last) {
+            st.progress(rep);
+            fflush(stdout);
+            rep.sums.clear();
+            rep.nsum = 0;
+            t_line = t1;
+        }
+        if (t->eval_every > 0 && (t->step % t->eval_every == 0 || last)) st.evaluate();
+        if (!last && ((t->save_every > 0 && t->step % t->save_every == 0) || stop)) {
+            last_ckpt = t->out + "/" + step_name(t->step);
+            save_checkpoint(t, last_ckpt, st.state(rep.elapsed));
+            if (t->dist.rank == 0) checkpoint_prune(t->out, t->keep);
+            printf("checkpoint: %s\n", last_ckpt.c_str());
+        }
+        if (stop && !last) {
+            metrics_close(t->metrics);
+            t->metrics = nullptr;
+            std::string by = g_stop_signal ? std::to_string((int)g_stop_signal) : "on another rank";
+            printf("stopped by signal %s after step %ld; resume with: deepseek %s --resume %s\n", by.c_str(), t->step,
+                   t->cmd.c_str(), last_ckpt.c_str());
+            return last_ckpt;
+        }
+    }
+    metrics_close(t->metrics);
+    t->metrics = nullptr;
+    std::string final_dir = t->out + "/final";
+    save_checkpoint(t, final_dir, st.state(t->elapsed_before + (now_s() - t_start)));
+    return final_dir;
+}
+
+// ============================================================================
+// pre-training's stage: accum micro-batches of windows from the token shard per step and rank, the mean next-token
+// loss (pretrain_objective), validation bits per byte and a greedy sample at each evaluation
+
+struct TrainRun : Trainer {
+    TrainSettings s;
     DataLoader train, val;
     bool has_val = false;
     std::vector<int> token_bytes;   // for bits per byte
     Tokenizer* tok = nullptr;       // for samples (null if the data directory has none)
-    std::string tokenizer_path;
-    long step = 0;                  // updates done
     double tokens_seen = 0;
-    double elapsed_before = 0;      // seconds spent by earlier processes of this run (resume)
     double unigram_bpb = 0;
     double mean_bytes_per_token = 0;  // bits per byte without a tokenizer
 };
@@ -1120,19 +1296,6 @@ static void allreduce_gradients(TrainRun* r) {
     if (r->be.cuda) return;   // --device cuda runs one rank (cmd_train): nothing to sum
     if (r->s.zero) dist_reduce_scatter_sum(r->dist, r->model.grads_memory.data());
     else dist_allreduce_sum(r->dist, r->model.grads_memory.data(), r->model.num_parameters);
-}
-// clipping at the global norm; under ZeRO-1 the norm adds the shards' parts over ranks
-static double clip_gradients(TrainRun* r) {
-    if (r->be.cuda) return backend_clip_grad_norm(&r->be, &r->grad_scale);
-    if (!r->s.zero) return clip_grad_norm(r->model.grads_memory.data(), r->model.num_parameters, CLIP_GRAD_NORM);
-    return dist_clip_grad_norm(r->dist, r->model.grads_memory.data(), r->model.num_parameters, CLIP_GRAD_NORM, true);
-}
-// AdamW; under ZeRO-1 each rank updates its shard, then the ranks all-gather the weights
-static void optimizer_update(TrainRun* r, float lr) {
-    if (r->be.cuda) { backend_adamw(&r->be, &r->opt, lr, r->grad_scale); return; }
-    if (!r->s.zero) { adamw_update(&r->model, &r->opt, lr); return; }
-    zero_adamw_update(r->dist, &r->model, &r->opt, lr);
-    dist_allgather(r->dist, r->model.params_memory.data());
 }
 // AdamW state from a checkpoint, for this rank: optimizer.safetensors (replicated; sliced under ZeRO-1) or the
 // ZeRO-1 files of any world size (re-sharded; assembled whole without ZeRO-1)
@@ -1163,19 +1326,12 @@ static json trainer_state(const TrainRun& r, double elapsed) {
             {"settings", settings_json(r.s)}};
 }
 
-static void write_metric(FILE* f, const json& j) {
-    if (!f) return;
-    std::string line = j.dump() + "\n";
-    if (fwrite(line.data(), 1, line.size(), f) != line.size() || fflush(f) != 0)
-        die("cannot write %s: %s", g_metrics_path.c_str(), strerror(errno));
-}
-
-static void run_eval(TrainRun* r, FILE* metrics) {
+static void run_eval(TrainRun* r) {
     if (!r->has_val || r->s.rank != 0) return;
     EvalResult e = evaluate_on(&r->be, &r->val, r->s.eval_windows, r->token_bytes, r->mean_bytes_per_token);
     printf("eval  step %ld | val loss %.4f | val bpb %.4f (unigram %.4f) | %zu tokens\n", r->step, e.loss, e.bits_per_byte,
            r->unigram_bpb, e.tokens);
-    write_metric(metrics, {{"step", r->step}, {"tokens", r->tokens_seen}, {"val_loss", e.loss}, {"val_bpb", e.bits_per_byte}});
+    write_metric(r->metrics, {{"step", r->step}, {"tokens", r->tokens_seen}, {"val_loss", e.loss}, {"val_bpb", e.bits_per_byte}});
     if (r->tok && r->s.sample_tokens > 0) {
         std::vector<int> prompt;
         for (int i = 0; i < 8 && i < (int)r->val.shard.n; i++) prompt.push_back((int)r->val.shard.tokens[i]);
@@ -1195,90 +1351,47 @@ static void run_eval(TrainRun* r, FILE* metrics) {
     fflush(stdout);
 }
 
-// Called on every rank. Rank 0 writes the model directory and trainer state; without ZeRO-1 also the (replicated)
-// optimizer state, with ZeRO-1 each rank writes its shard into rank 0's temporary directory, which across machines
-// must be on a shared filesystem.
-static void save_checkpoint(TrainRun* r, const std::string& dir, double elapsed) {
-    backend_to_host(&r->be, &r->opt);   // --device cuda: the weights and AdamW state from the GPU
-    if (!r->s.zero) {
-        if (r->s.rank == 0) checkpoint_save(dir, r->model, r->opt, trainer_state(*r, elapsed), r->tokenizer_path);
-        dist_barrier(r->dist);
-        return;
-    }
-    auto write_shard = [r](const std::string& tmp) {
-        dist_barrier(r->dist);   // rank 0 has made the temporary directory
-        zero_state_save(r->dist, tmp, {{"exp_avg", r->opt.m.data()}, {"exp_avg_sq", r->opt.v.data()}}, r->model.num_parameters);
-        dist_barrier(r->dist);   // every shard is written
-    };
-    if (r->s.rank == 0) checkpoint_save(dir, r->model, r->opt, trainer_state(*r, elapsed), r->tokenizer_path, write_shard);
-    else write_shard(dir + ".tmp");
-    dist_barrier(r->dist);       // the checkpoint is in place
+// the loop's settings from the run's (once they are final: after --resume's changes)
+static void train_loop_settings(TrainRun* r) {
+    const TrainSettings& s = r->s;
+    r->cmd = "train"; r->out = s.out; r->zero = s.zero;
+    r->steps = s.steps; r->lr = s.lr; r->schedule = s.schedule; r->warmup = s.warmup;
+    r->log_every = 1; r->eval_every = s.eval_every; r->save_every = s.save_every; r->keep = s.keep;
 }
 
-// Runs the optimisation from r->step to r->s.steps; returns the final checkpoint's path.
-static std::string train_loop(TrainRun* r, float (*objective)(Backend*, const int*, const int*, int, int, std::vector<float>*)) {
-    TrainSettings& s = r->s;
+// Pre-training's stage on the loop: r->s.steps steps from r->step; returns the final checkpoint's path.
+static std::string train_loop(TrainRun* r) {
+    const TrainSettings& s = r->s;
     int B = s.micro_batch, T = s.seq_len;
     std::vector<int> in((size_t)B * T), tg((size_t)B * T);
     std::vector<float> dl;
-    FILE* metrics = r->s.rank == 0 ? metrics_open(s.out + "/metrics.jsonl") : nullptr;
-    install_stop_handlers();
-    double t_start = now_s(), step_tokens = (double)B * T * s.accum * s.world;
-    long first_step = r->step;
-    std::string last_ckpt;
-    if (r->step == 0 && s.eval_every > 0) run_eval(r, metrics);   // the untrained model's numbers, for the curve
-    while (r->step < s.steps) {
-        double t0 = now_s();
-        backend_zero_grad(&r->be);
+    double step_tokens = (double)B * T * s.accum * s.world;
+    Stage st;
+    st.step_word = "step";
+    st.none_saved = "(none written by this process)";
+    st.step = [&]() -> json {
         double loss = 0;
         for (int k = 0; k < s.accum; k++) {
             loader_next(&r->train, in.data(), tg.data());
-            loss += objective(&r->be, in.data(), tg.data(), B, T, &dl) / s.accum;
+            loss += pretrain_objective_on(&r->be, in.data(), tg.data(), B, T, &dl) / s.accum;
             for (float& w : dl) w /= (float)(s.accum * s.world);   // the step's loss: the mean over micro-batches and ranks
             backend_backward(&r->be, dl.data());
         }
         allreduce_gradients(r);
-        double shared[2] = {loss, (double)g_stop_signal};   // the global batch's loss; a stop request on any rank
-        dist_allreduce_sum(r->dist, shared, 2);
-        loss = shared[0] / s.world;
-        bool stop = shared[1] > 0;
-        double norm = clip_gradients(r);
-        if (!std::isfinite(loss) || !std::isfinite(norm)) {
-            if (metrics) fclose(metrics);
-            die("step %ld: the loss is not finite (loss %g, grad norm %g): stopping without an update; the last good "
-                "checkpoint is %s", r->step + 1, loss, norm, last_ckpt.empty() ? "(none written by this process)" : last_ckpt.c_str());
-        }
-        double lr = lr_at(s.schedule, s.lr, r->step, s.steps, s.warmup);
-        optimizer_update(r, (float)lr);
-        r->step++;
-        r->tokens_seen += step_tokens;
-        double t1 = now_s(), elapsed = r->elapsed_before + (t1 - t_start);
-        double per_step = (t1 - t_start) / (double)(r->step - first_step);
-        printf("step %ld/%ld | loss %.4f | lr %.3e | norm %.3f | %.0f tok/s | %s elapsed | ETA %s\n", r->step, s.steps, loss,
-               lr, norm, step_tokens / (t1 - t0), hms(elapsed).c_str(), hms(per_step * (s.steps - r->step)).c_str());
-        fflush(stdout);
-        write_metric(metrics, {{"step", r->step}, {"tokens", r->tokens_seen}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
-                               {"tokens_per_s", step_tokens / (t1 - t0)}, {"elapsed_s", elapsed}});
-        bool last = r->step == s.steps;
-        if (s.eval_every > 0 && (r->step % s.eval_every == 0 || last)) run_eval(r, metrics);
-        if (!last && ((s.save_every > 0 && r->step % s.save_every == 0) || stop)) {
-            last_ckpt = s.out + "/" + step_name(r->step);
-            save_checkpoint(r, last_ckpt, elapsed);
-            if (r->s.rank == 0) checkpoint_prune(s.out, s.keep);
-            printf("checkpoint: %s\n", last_ckpt.c_str());
-        }
-        if (stop && !last) {
-            metrics_close(metrics);
-            std::string by = g_stop_signal ? std::to_string((int)g_stop_signal) : "on another rank";
-            printf("stopped by signal %s after step %ld; resume with: deepseek train --resume %s\n", by.c_str(), r->step,
-                   last_ckpt.c_str());
-            return last_ckpt;
-        }
-    }
-    metrics_close(metrics);
-    std::string final_dir = s.out + "/final";
-    save_checkpoint(r, final_dir, r->elapsed_before + (now_s() - t_start));
-    return final_dir;
+        r->tokens_seen += step_tokens;   // read: the step's tokens are seen
+        return {{"loss", loss}};
+    };
+    st.record = [&](json* rec, const StepReport& p) {
+        (*rec)["tokens"] = r->tokens_seen;
+        (*rec)["tokens_per_s"] = step_tokens / p.step_s;
+    };
+    st.progress = [&](const StepReport& p) {
+        printf("step %ld/%ld | loss %.4f | lr %.3e | norm %.3f | %.0f tok/s | %s elapsed | ETA %s\n", r->step, s.steps, p.loss,
+               p.lr, p.norm, step_tokens / p.step_s, hms(p.elapsed).c_str(), hms(p.eta).c_str());
+    };
+    st.evaluate = [r]() { run_eval(r); };
+    st.state = [r](double elapsed) { return trainer_state(*r, elapsed); };
+    return run_training(r, st);
 }
 
 // ============================================================================
@@ -1370,6 +1483,31 @@ static void claim_run_dir(const std::string& out, const char* cmd, bool overwrit
     printf("note: --overwrite: removed the earlier run in %s (%s)\n", out.c_str(), list.c_str());
 }
 
+// OUT for a run of any stage: locked, holding no other run (claim_run_dir; resume_of: the resumed checkpoint's run
+// directory, "" for a new run), and OUT/metrics.jsonl opened for the loop (t->metrics), cut back to t->step on
+// resume or started afresh. Rank 0's work; the other ranks only make OUT.
+static void open_run(Trainer* t, bool overwrite, const std::string& resume_of) {
+    if (t->dist.rank != 0) { make_dirs(t->out); return; }
+    claim_run_dir(t->out, t->cmd.c_str(), overwrite, resume_of);
+    std::string path = t->out + "/metrics.jsonl";
+    if (!resume_of.empty()) metrics_truncate(path, t->step);
+    else if (file_exists(path)) unlink(path.c_str());   // (a device standing in for it, e.g. /dev/null, stays)
+    t->metrics = metrics_open(path);
+}
+
+// --resume continues a run, --overwrite starts a new one: never both
+static void refuse_overwrite_on_resume(const Args& a) {
+    if (a.flag("overwrite")) die("%s: --overwrite starts a new run; --resume continues one: give one of them", a.cmd.c_str());
+}
+
+// --resume of a finished run (its final/, no steps left): says so, and that `more` would go on; the caller exits 0
+static bool run_finished(const char* cmd, const std::string& ckpt, long step, long steps, const std::string& more) {
+    if (step != steps || ckpt.size() < 6 || ckpt.compare(ckpt.size() - 6, 6, "/final") != 0) return false;
+    printf("%s: %s is finished (step %ld of %ld); nothing to do — give %s to train on from it\n", cmd,
+           parent_dir(ckpt).c_str(), step, steps, more.c_str());
+    return true;
+}
+
 // ============================================================================
 // deepseek train
 
@@ -1456,7 +1594,7 @@ int cmd_train(int argc, char** argv) {
     if (resume) {
         if (a.has("preset") || a.has("model") || a.has("compute"))
             die("train: --resume continues a run with its own model and settings; drop --preset/--model/--compute");
-        if (a.flag("overwrite")) die("train: --overwrite starts a new run; --resume continues one: give one of them");
+        refuse_overwrite_on_resume(a);
         for (const char* k : RESUME_KEEPS)
             if (a.has(k))
                 die("train: --%s cannot change on --resume (the run keeps its settings; a resumed run takes --out, --data, "
@@ -1500,9 +1638,7 @@ int cmd_train(int argc, char** argv) {
         if (a.has("save-every")) s.save_every = a.integer("save-every", 0, 0, MAX_STEPS);
         if (r.step > s.steps) die("train: the checkpoint is at step %ld, past --steps %ld", r.step, s.steps);
         // a finished run (its final/) has nothing left to do unless --steps goes further; say so, and succeed
-        if (r.step == s.steps && ckpt.size() >= 6 && ckpt.compare(ckpt.size() - 6, 6, "/final") == 0) {
-            printf("train: %s is finished (step %ld of %ld); nothing to do — give --steps N (more than %ld) to train on "
-                   "from it\n", parent_dir(ckpt).c_str(), r.step, s.steps, r.step);
+        if (run_finished("train", ckpt, r.step, s.steps, "--steps N (more than " + std::to_string(r.step) + ")")) {
             dist_finalize(&r.dist);
             return 0;
         }
@@ -1671,12 +1807,8 @@ int cmd_train(int argc, char** argv) {
         printf("note: no tokenizer in %s: no samples; bits per byte from the split's mean bytes per token\n", s.data.c_str());
     }
     // OUT: locked for this run, and holding no other (rank 0 speaks for the ranks, which share it)
-    if (s.rank == 0) claim_run_dir(s.out, "train", a.flag("overwrite"), resume ? parent_dir(ckpt) : "");
-    else make_dirs(s.out);
-    if (s.rank == 0) {
-        if (resume) metrics_truncate(s.out + "/metrics.jsonl", r.step);
-        else if (file_exists(s.out + "/metrics.jsonl")) unlink((s.out + "/metrics.jsonl").c_str());
-    }
+    train_loop_settings(&r);
+    open_run(&r, a.flag("overwrite"), resume ? parent_dir(ckpt) : "");
 
     printf("model: %s, %zu parameters, M = %.3g FLOPs/token\n", s.model_source.c_str(), r.model.num_parameters,
            config_flops_per_token(r.model.cfg, s.seq_len));
@@ -1693,7 +1825,7 @@ int cmd_train(int argc, char** argv) {
     backend_open(&r.be, dev, r.opt, s.micro_batch, s.seq_len, "train");
     fflush(stdout);
 
-    std::string final_dir = train_loop(&r, pretrain_objective_on);
+    std::string final_dir = train_loop(&r);
     backend_close(&r.be);
     if (r.tok) tokenizer_free(r.tok);
     if (r.step == s.steps && s.rank == 0) {
@@ -1724,7 +1856,6 @@ int cmd_train(int argc, char** argv) {
 //        with log π(y|x) = −Σ_{t ∈ reply} nll_t, so dL/dnll_t = −dL/dlog π(y|x) on the reply's tokens.
 // Both only need what the model already exposes: model_forward's per-token NLL (acts.losses) and
 // model_backward's per-token loss weights; the chat template and its assistant mask are infer.cu's chat_tokens.
-#include <functional>         // std::function: one JSONL reader for both formats, the loop's step callback
 
 // ---------------------------------------------------------------------------- JSONL readers
 
@@ -1972,30 +2103,25 @@ double dpo_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, c
     return dpo_forward_backward(&be, rows, ref_chosen, ref_rejected, beta, pad, stats);
 }
 
-// ---------------------------------------------------------------------------- the alignment loop
+// ---------------------------------------------------------------------------- the alignment stages on the loop
 //
-// SFT and DPO run on pre-training's machinery: AdamW (adamw_update: β1 0.9, β2 0.95, weight decay 0.1 on matrices),
-// clipping at norm 1.0, linear warmup then cosine decay to 10% of the peak (lr_at), checkpoints (checkpoint_save: a
-// model directory + optimizer.safetensors + trainer_state.json) every --save-every steps and OUT/final at the end,
-// --resume, SIGINT/SIGTERM → finish the step, checkpoint, exit, and OUT/metrics.jsonl. What differs from pre-training
-// is the data: items (conversations or pairs), B per step, in a fresh seeded order each epoch — so the step alone
-// fixes the data cursor (epoch = step / steps_per_epoch), and a resumed run reads exactly what the first would have.
+// SFT and DPO run on the training loop (run_training): AdamW, clipping at norm 1.0, the non-finite check, linear
+// warmup then cosine decay to 10% of the peak (lr_at), checkpoints every --save-every steps and OUT/final at the end,
+// --resume, SIGINT/SIGTERM → finish the step, checkpoint, exit, and OUT/metrics.jsonl; one rank. What differs from
+// pre-training is the batch: items (conversations or pairs), B per step, in a fresh seeded order each epoch — so the
+// step alone fixes the data cursor (epoch = step / steps_per_epoch), and a resumed run reads exactly what the first
+// would have. Their evaluation runs before training and after each epoch; their progress line averages the steps
+// since the last one.
 
-struct AlignRun {
-    std::string stage, out, tok_path;
-    Model model;
-    AdamW opt;
+struct AlignRun : Trainer {
     Device device = Device::CPU;          // --device (not saved with the settings: a run resumes on either backend)
-    Backend be{&model};                   // --device cuda: be.cuda holds the model on the GPU (align_device)
     Tokenizer* tok = nullptr;
     int pad = 0;                          // padding input id (EOS); padded targets are −1
     json settings;                        // the run's flags, kept in trainer_state.json for --resume
     size_t n_items = 0;
-    int B = 0, epochs = 0, log_every = 10, keep = 3;
-    long steps_per_epoch = 0, total = 0, warmup = 0, save_every = 0, step = 0;
-    double lr = 0, elapsed_before = 0;
+    int B = 0, epochs = 0;
+    long steps_per_epoch = 0;
     uint64_t seed = 1;
-    FILE* metrics = nullptr;
 };
 
 // epoch e's order of n items: a Fisher–Yates shuffle driven by splitmix64 from (seed, e) (same on every platform)
@@ -2014,7 +2140,7 @@ static std::vector<int> epoch_order(size_t n, uint64_t seed, long epoch) {
 }
 
 static json align_state(const AlignRun& r, double elapsed) {
-    return {{"stage", r.stage}, {"step", r.step}, {"elapsed_s", elapsed},
+    return {{"stage", r.cmd}, {"step", r.step}, {"elapsed_s", elapsed},
             {"data_cursor", {{"epoch", r.step / r.steps_per_epoch}, {"index", (r.step % r.steps_per_epoch) * r.B}}},
             {"rng", {{"kind", "splitmix64 item shuffle per epoch"}, {"seed", r.seed}}},
             {"optimizer", {{"name", "AdamW"}, {"beta1", ADAMW_BETA1}, {"beta2", ADAMW_BETA2}, {"eps", ADAMW_EPS},
@@ -2022,73 +2148,38 @@ static json align_state(const AlignRun& r, double elapsed) {
             {"settings", r.settings}};
 }
 
-// step_fn: gradients of one step's items (accumulated into zeroed grads) → its metrics, "loss" among them.
-// epoch_end: held-out evaluation after each epoch. Returns the final checkpoint (or the signal's checkpoint).
+// An alignment stage on the loop. step_fn: gradients of one step's items (accumulated into the zeroed gradients) →
+// its metrics, "loss" among them (SFT: "tokens", the step's, gives the line's tok/s). eval(epoch): held-out
+// evaluation, epoch 0 before training. Returns the final checkpoint (or the signal's checkpoint).
 static std::string align_loop(AlignRun* r, const std::function<json(const std::vector<int>&)>& step_fn,
-                              const std::function<void(int epoch)>& epoch_end) {
-    install_stop_handlers();
-    double t_start = now_s();
-    long first = r->step, order_epoch = -1;
+                              const std::function<void(int epoch)>& eval) {
+    long order_epoch = -1;
     std::vector<int> order;
-    std::string last_ckpt;
-    std::map<std::string, double> sums;   // metrics averaged over the steps since the last progress line
-    int nsum = 0;
-    double t_line = t_start;
-    while (r->step < r->total) {
-        double t0 = now_s();
+    auto epoch_of_last_step = [r]() { return (r->step - 1) / r->steps_per_epoch + 1; };   // 1-based
+    Stage st;
+    st.step_word = r->cmd + " step";
+    st.none_saved = "(none)";
+    st.step = [&]() -> json {
         long ep = r->step / r->steps_per_epoch, k = r->step % r->steps_per_epoch;
         if (ep != order_epoch) { order = epoch_order(r->n_items, r->seed, ep); order_epoch = ep; }
         std::vector<int> items(order.begin() + k * r->B, order.begin() + std::min(r->n_items, (size_t)(k + 1) * r->B));
-        backend_zero_grad(&r->be);
-        json m = step_fn(items);
-        double loss = m["loss"].get<double>();
-        float grad_scale;
-        double norm = backend_clip_grad_norm(&r->be, &grad_scale);
-        if (!std::isfinite(loss) || !std::isfinite(norm))
-            die("%s step %ld: the loss is not finite (loss %g, grad norm %g): stopping without an update; the last good "
-                "checkpoint is %s", r->stage.c_str(), r->step + 1, loss, norm, last_ckpt.empty() ? "(none)" : last_ckpt.c_str());
-        double lr = lr_at(LRSchedule::COSINE, r->lr, r->step, r->total, r->warmup);
-        backend_adamw(&r->be, &r->opt, (float)lr, grad_scale);
-        r->step++;
-        double t1 = now_s(), elapsed = r->elapsed_before + (t1 - t_start);
-        for (auto it = m.begin(); it != m.end(); ++it)
-            if (it.value().is_number()) sums[it.key()] += it.value().get<double>();
-        nsum++;
-        m["stage"] = r->stage; m["step"] = r->step; m["epoch"] = ep + 1; m["lr"] = lr; m["grad_norm"] = norm;
-        m["step_s"] = t1 - t0; m["elapsed_s"] = elapsed;
-        write_metric(r->metrics, m);
-        bool last = r->step == r->total, epoch_done = r->step % r->steps_per_epoch == 0 || last;
-        if (r->step % r->log_every == 0 || last) {
-            printf("%s step %ld/%ld | epoch %ld", r->stage.c_str(), r->step, r->total, ep + 1);
-            for (auto& kv : sums)
-                if (kv.first == "tokens") printf(" | %.0f tok/s", kv.second / (t1 - t_line));
-                else printf(" | %s %.4f", kv.first.c_str(), kv.second / nsum);
-            t_line = t1;
-            double per_step = (t1 - t_start) / (double)(r->step - first);
-            printf(" | lr %.3g | norm %.3f | %s elapsed | ETA %s\n", lr, norm, hms(elapsed).c_str(),
-                   hms(per_step * (r->total - r->step)).c_str());
-            fflush(stdout);
-            sums.clear();
-            nsum = 0;
-        }
-        if (epoch_done && epoch_end) epoch_end((int)ep + 1);
-        if (!last && ((r->save_every > 0 && r->step % r->save_every == 0) || g_stop_signal)) {
-            last_ckpt = r->out + "/" + step_name(r->step);
-            backend_to_host(&r->be, &r->opt);
-            checkpoint_save(last_ckpt, r->model, r->opt, align_state(*r, elapsed), r->tok_path);
-            checkpoint_prune(r->out, r->keep);
-            printf("checkpoint: %s\n", last_ckpt.c_str());
-        }
-        if (g_stop_signal && !last) {
-            printf("stopped by signal %d after step %ld; resume with: deepseek %s --resume %s\n", (int)g_stop_signal,
-                   r->step, r->stage.c_str(), last_ckpt.c_str());
-            return last_ckpt;
-        }
-    }
-    std::string final_dir = r->out + "/final";
-    backend_to_host(&r->be, &r->opt);
-    checkpoint_save(final_dir, r->model, r->opt, align_state(*r, r->elapsed_before + (now_s() - t_start)), r->tok_path);
-    return final_dir;
+        return step_fn(items);
+    };
+    st.record = [&](json* rec, const StepReport& p) {
+        (*rec)["stage"] = r->cmd;
+        (*rec)["epoch"] = epoch_of_last_step();
+        (*rec)["step_s"] = p.step_s;
+    };
+    st.progress = [&](const StepReport& p) {
+        printf("%s step %ld/%ld | epoch %ld", r->cmd.c_str(), r->step, r->steps, epoch_of_last_step());
+        for (auto& kv : p.sums)
+            if (kv.first == "tokens") printf(" | %.0f tok/s", kv.second / p.line_s);
+            else printf(" | %s %.4f", kv.first.c_str(), kv.second / p.nsum);
+        printf(" | lr %.3g | norm %.3f | %s elapsed | ETA %s\n", p.lr, p.norm, hms(p.elapsed).c_str(), hms(p.eta).c_str());
+    };
+    st.evaluate = [&]() { eval((int)(r->step / r->steps_per_epoch)); };   // at each epoch's end (eval_every)
+    st.state = [r](double elapsed) { return align_state(*r, elapsed); };
+    return run_training(r, st);
 }
 
 // ---------------------------------------------------------------------------- shared command plumbing
@@ -2096,7 +2187,7 @@ static std::string align_loop(AlignRun* r, const std::function<json(const std::v
 // --resume DIR: the checkpoint's saved flags fill in every flag not given again on the command line
 static std::string align_resume_flags(Args* a) {
     if (!a->has("resume")) return "";
-    if (a->flag("overwrite")) die("%s: --overwrite starts a new run; --resume continues one: give one of them", a->cmd.c_str());
+    refuse_overwrite_on_resume(*a);
     require_dir(a->str("resume"), a->cmd + ": --resume");
     std::string ckpt = checkpoint_latest(a->str("resume"));
     if (ckpt.empty()) die("%s: no checkpoint in %s", a->cmd.c_str(), a->str("resume").c_str());
@@ -2131,19 +2222,20 @@ static void align_require(const Args& a) {
 static void align_load(const Args& a, AlignRun* r) {
     std::string dir = a.str("model");
     require_dir(dir, a.cmd + ": model directory");
-    r->tok_path = a.str("tokenizer", dir + "/tokenizer.json");
-    if (!path_exists(r->tok_path)) die("%s: no tokenizer at %s (give --tokenizer FILE)", a.cmd.c_str(), r->tok_path.c_str());
-    r->tok = tokenizer_load(r->tok_path);
+    r->tokenizer_path = a.str("tokenizer", dir + "/tokenizer.json");
+    if (!path_exists(r->tokenizer_path))
+        die("%s: no tokenizer at %s (give --tokenizer FILE)", a.cmd.c_str(), r->tokenizer_path.c_str());
+    r->tok = tokenizer_load(r->tokenizer_path);
     model_load_dir(&r->model, dir);
     int V = r->model.cfg.vocab_size, tv = tokenizer_vocab_size(r->tok);
     if (tv > V) die("%s: the tokenizer has %d tokens but the model only %d embedding rows", a.cmd.c_str(), tv, V);
     if (tokenizer_bos_id(r->tok) < 0 || tokenizer_eos_id(r->tok) < 0)
-        die("%s: the tokenizer %s has no BOS/EOS token, which the chat template needs", a.cmd.c_str(), r->tok_path.c_str());
+        die("%s: the tokenizer %s has no BOS/EOS token, which the chat template needs", a.cmd.c_str(), r->tokenizer_path.c_str());
     r->pad = tokenizer_eos_id(r->tok);   // pad = EOS (the release's tokenizer_config); padded targets are −1
 }
 // the flags every stage shares (read before the data, so a bad value stops the run at once)
 static void align_config(const Args& a, AlignRun* r, int default_epochs, int default_batch, double default_lr) {
-    r->stage = a.cmd;
+    r->cmd = a.cmd;
     r->device = device_select(a.str("device", "auto"));   // dies here if --device cuda cannot run
     r->out = a.str("out");
     r->epochs = (int)a.integer("epochs", default_epochs, 1, 100000);
@@ -2161,57 +2253,53 @@ static void align_device(AlignRun* r, int rows, const std::vector<const std::vec
     int T = 1;
     for (const auto* set : sets)
         for (const ChatSeq& q : *set) T = std::max(T, (int)q.ids.size() - 1);
-    backend_open(&r->be, r->device, AdamW(), rows, T, r->stage.c_str());
+    backend_open(&r->be, r->device, AdamW(), rows, T, r->cmd.c_str());
 }
 // the schedule and the output directory; with a checkpoint, its weights, AdamW state and step. Returns false (and
 // says so) when the checkpoint is a finished run's final/ with no steps left: nothing to do.
 static bool align_start(const Args& a, AlignRun* r, const std::string& ckpt, size_t n_items, double default_warmup_share) {
     r->n_items = n_items;
     r->steps_per_epoch = ((long)n_items + r->B - 1) / r->B;
-    r->total = r->steps_per_epoch * r->epochs;
-    if (r->warmup < 0) r->warmup = std::max(1L, (long)(r->total * default_warmup_share));
-    if (r->save_every < 0) r->save_every = std::max(1L, r->total / 4);
+    r->steps = r->steps_per_epoch * r->epochs;
+    r->schedule = LRSchedule::COSINE;
+    if (r->warmup < 0) r->warmup = std::max(1L, (long)(r->steps * default_warmup_share));
+    if (r->save_every < 0) r->save_every = std::max(1L, r->steps / 4);
+    r->eval_every = r->steps_per_epoch;   // held-out evaluation at each epoch's end
     r->settings = align_settings(a);
-    std::string metrics = r->out + "/metrics.jsonl";
     if (!ckpt.empty()) {
         Model start;   // the checkpoint must have the starting model's shapes
         std::string sp = ckpt + "/trainer_state.json";
-        r->step = checkpoint_read(ckpt, &start, &r->opt);
+        json st = checkpoint_load(ckpt, &start, &r->opt);
+        r->step = r->opt.t;
         if (start.num_parameters != r->model.num_parameters) die("%s: %s does not match --model's shapes", a.cmd.c_str(), ckpt.c_str());
-        if (r->step > r->total)
+        if (r->step > r->steps)
             die("%s: step %ld is past this run's %ld steps (%d epoch(s) × %ld steps of %d): give --epochs to match",
-                sp.c_str(), r->step, r->total, r->epochs, r->steps_per_epoch, r->B);
-        if (r->step == r->total && ckpt.size() >= 6 && ckpt.compare(ckpt.size() - 6, 6, "/final") == 0) {
-            printf("%s: %s is finished (step %ld of %ld); nothing to do — give --epochs N (more than %d) to train on from it\n",
-                   a.cmd.c_str(), parent_dir(ckpt).c_str(), r->step, r->total, r->epochs);
+                sp.c_str(), r->step, r->steps, r->epochs, r->steps_per_epoch, r->B);
+        if (run_finished(a.cmd.c_str(), ckpt, r->step, r->steps, "--epochs N (more than " + std::to_string(r->epochs) + ")"))
             return false;
-        }
-        json st = json_parse_file(sp);
         r->elapsed_before = json_num(st, "elapsed_s", sp, 0.0, 0, 1e300);
-        claim_run_dir(r->out, a.cmd.c_str(), false, parent_dir(ckpt));
+        open_run(r, false, parent_dir(ckpt));
         r->model.params_memory = start.params_memory;
         param_point(&r->model.params, r->model.params_memory.data(), r->model.param_sizes);
         if (r->be.cuda) {   // the checkpoint's weights and AdamW moments onto the GPU
             cuda_model_set_params(r->be.cuda, r->model);
             cuda_model_set_adam_state(r->be.cuda, r->opt.m.data(), r->opt.v.data());
         }
-        metrics_truncate(metrics, r->step);
-        printf("%s: resuming %s at step %ld of %ld\n", a.cmd.c_str(), ckpt.c_str(), r->step, r->total);
+        printf("%s: resuming %s at step %ld of %ld\n", a.cmd.c_str(), ckpt.c_str(), r->step, r->steps);
     } else {
-        claim_run_dir(r->out, a.cmd.c_str(), a.flag("overwrite"), "");
+        open_run(r, a.flag("overwrite"), "");
         r->opt = AdamW();
-        if (file_exists(metrics) || !path_exists(metrics)) write_atomic(metrics, "");   // (a device, e.g. /dev/null, stays)
     }
-    r->metrics = metrics_open(metrics);
     return true;
 }
 static void align_finish(AlignRun* r, const std::string& final_dir) {
     backend_close(&r->be);
-    metrics_close(r->metrics);
+    metrics_close(r->metrics);   // (already closed by the loop, when it ran)
     r->metrics = nullptr;
     if (r->tok) tokenizer_free(r->tok);
     r->tok = nullptr;
-    if (r->step == r->total && !final_dir.empty()) printf("%s: final model %s (metrics: %s/metrics.jsonl)\n", r->stage.c_str(), final_dir.c_str(), r->out.c_str());
+    if (r->step == r->steps && !final_dir.empty())
+        printf("%s: final model %s (metrics: %s/metrics.jsonl)\n", r->cmd.c_str(), final_dir.c_str(), r->out.c_str());
 }
 
 static const char* ALIGN_COMMON_FLAGS =
@@ -2310,7 +2398,6 @@ int cmd_sft(int argc, char** argv) {
                epoch ? ("after epoch " + std::to_string(epoch)).c_str() : "before training", val.size());
         write_metric(r.metrics, {{"stage", "sft"}, {"step", r.step}, {"epoch", epoch}, {"val_loss", vl}});
     };
-    if (r.step == 0) eval(0);
     std::string final_dir = align_loop(&r, [&](const std::vector<int>& items) -> json {
         std::vector<const ChatSeq*> rows;
         long tokens = 0;
@@ -2419,7 +2506,6 @@ int cmd_dpo(int argc, char** argv) {
                                  {"val_reward_accuracy", v.reward_accuracy}, {"val_reward_margin", v.reward_margin},
                                  {"val_logp_accuracy", lpacc}});
     };
-    if (r.step == 0) eval(0);
     std::string final_dir = align_loop(&r, [&](const std::vector<int>& pairs) -> json {
         // rows: chosen 0..n−1, then rejected n..2n−1
         int n = (int)pairs.size();
@@ -2604,10 +2690,10 @@ double dist_sum_squares(const Dist& d, const float* x, size_t n, bool sharded) {
 // over ranks, so every rank gets the same clip coefficient as an unsharded run; AdamW then updates the shard of the
 // weights with the shard of m and v (1/world of the optimizer memory), and an all-gather reassembles the weights.
 
-// torch.nn.utils.clip_grad_norm_ on the valid part of g: norm = sqrt(Σ g²), g ← g · min(1, max_norm / (norm + 1e-6))
+// torch.nn.utils.clip_grad_norm_ on the valid part of g: norm = sqrt(Σ g²), g ← g · clip_coefficient(norm, max_norm)
 double dist_clip_grad_norm(const Dist& d, float* g, size_t n, double max_norm, bool sharded) {
     double norm = sqrt(dist_sum_squares(d, g, n, sharded));
-    double coef = max_norm / (norm + 1e-6);
+    double coef = clip_coefficient(norm, max_norm);
     if (coef < 1.0) {
         float c = (float)coef;
         size_t b = sharded ? d.shard_begin() : 0, e = sharded ? d.shard_end() : n;

@@ -71,51 +71,33 @@ cpu: build/cpu/deepseek
 cuda: build/cuda/deepseek
 	@cp $< deepseek.tmp && mv -f deepseek.tmp deepseek && echo "built ./deepseek (cuda)"
 
-# ---- CPU-only objects: the .cu files are plain C++ to g++
+# ---- object and link rules, one template for the three variants:
+#   cpu   the .cu files are plain C++ to g++
+#   cuda  nvcc compiles the .cu files (host code through g++), tokenizer.cpp and the tests stay g++
+#   asan  CPU-only, -O1, ASan + UBSan
 # The test binary links deepseek.o with main() weakened (objcopy), so the test runner's main() wins and the
 # largest file is compiled once.
-build/cpu/%.o: %.cu $(HDRS)
-	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) -x c++ -c $< -o $@
-build/cpu/%.o: %.cpp $(HDRS)
-	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) -c $< -o $@
-build/cpu/deepseek_nomain.o: build/cpu/deepseek.o
-	objcopy --weaken-symbol=main $< $@
-build/cpu/deepseek: build/cpu/deepseek.o build/cpu/train.o build/cpu/infer.o build/cpu/tokenizer.o
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
-build/cpu/test_deepseek: build/cpu/deepseek_nomain.o build/cpu/train.o build/cpu/infer.o build/cpu/tokenizer.o $(TEST_SRCS:%.cpp=build/cpu/%.o)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+# $(1) variant, $(2) the .cu compile, $(3) the .cpp compile, $(4) the link, $(5) the link's extra libraries
+define VARIANT_RULES
+build/$(1)/%.o: %.cu $$(HDRS)
+	@mkdir -p $$(@D)
+	$(2) -c $$< -o $$@
+build/$(1)/%.o: %.cpp $$(HDRS)
+	@mkdir -p $$(@D)
+	$(3) -c $$< -o $$@
+build/$(1)/deepseek_nomain.o: build/$(1)/deepseek.o
+	objcopy --weaken-symbol=main $$< $$@
+build/$(1)/deepseek: build/$(1)/deepseek.o build/$(1)/train.o build/$(1)/infer.o build/$(1)/tokenizer.o
+	$(4) $$^ -o $$@ $(5)
+build/$(1)/test_deepseek: build/$(1)/deepseek_nomain.o build/$(1)/train.o build/$(1)/infer.o build/$(1)/tokenizer.o $$(TEST_SRCS:%.cpp=build/$(1)/%.o)
+	$(4) $$^ -o $$@ $(5)
+endef
 
-# ---- CUDA objects: nvcc compiles the .cu files (host code through g++), tokenizer.cpp stays g++
-build/cuda/%.o: %.cu $(HDRS)
-	@mkdir -p $(@D)
-	$(NVCC) $(NVCCFLAGS) -c $< -o $@
-build/cuda/%.o: %.cpp $(HDRS)
-	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) -DDEEPSEEK_CUDA -c $< -o $@
-build/cuda/deepseek_nomain.o: build/cuda/deepseek.o
-	objcopy --weaken-symbol=main $< $@
-build/cuda/deepseek: build/cuda/deepseek.o build/cuda/train.o build/cuda/infer.o build/cuda/tokenizer.o
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
-build/cuda/test_deepseek: build/cuda/deepseek_nomain.o build/cuda/train.o build/cuda/infer.o build/cuda/tokenizer.o $(TEST_SRCS:%.cpp=build/cuda/%.o)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
-
-# ---- sanitizer build: CPU-only, -O1, ASan + UBSan
 ASAN_FLAGS := -std=c++17 -O1 -march=$(ARCH) $(VEC) -fno-math-errno -fopenmp -g $(WARN) -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 ASAN_FLAGS += $(MPI_FLAGS)
-build/asan/%.o: %.cu $(HDRS)
-	@mkdir -p $(@D)
-	$(CXX) $(ASAN_FLAGS) -x c++ -c $< -o $@
-build/asan/%.o: %.cpp $(HDRS)
-	@mkdir -p $(@D)
-	$(CXX) $(ASAN_FLAGS) -c $< -o $@
-build/asan/deepseek_nomain.o: build/asan/deepseek.o
-	objcopy --weaken-symbol=main $< $@
-build/asan/deepseek: build/asan/deepseek.o build/asan/train.o build/asan/infer.o build/asan/tokenizer.o
-	$(CXX) $(ASAN_FLAGS) $^ -o $@ $(LDLIBS)
-build/asan/test_deepseek: build/asan/deepseek_nomain.o build/asan/train.o build/asan/infer.o build/asan/tokenizer.o $(TEST_SRCS:%.cpp=build/asan/%.o)
-	$(CXX) $(ASAN_FLAGS) $^ -o $@ $(LDLIBS)
+$(eval $(call VARIANT_RULES,cpu,$$(CXX) $$(CXXFLAGS) -x c++,$$(CXX) $$(CXXFLAGS),$$(CXX) $$(CXXFLAGS),$$(LDLIBS)))
+$(eval $(call VARIANT_RULES,cuda,$$(NVCC) $$(NVCCFLAGS),$$(CXX) $$(CXXFLAGS) -DDEEPSEEK_CUDA,$$(CXX) $$(CXXFLAGS),$$(LDLIBS) $$(CUDA_LIBS)))
+$(eval $(call VARIANT_RULES,asan,$$(CXX) $$(ASAN_FLAGS) -x c++,$$(CXX) $$(ASAN_FLAGS),$$(CXX) $$(ASAN_FLAGS),$$(LDLIBS)))
 
 # The suite runs from the repository root; CLI tests run the binary named by DEEPSEEK_BIN.
 # Both targets first install missing Debian packages (quiet when all are present), so they work on a fresh machine.

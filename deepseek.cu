@@ -16,6 +16,7 @@
 #include "deepseek.h"
 #include <algorithm>     // std::max, std::min
 #include <cerrno>        // errno
+#include <chrono>        // steady_clock (now_seconds)
 #include <cmath>         // expf, sqrtf, logf, cos, sin, pow
 #include <cstdarg>       // va_list
 #include <cstdio>        // printf, fprintf, FILE
@@ -323,6 +324,11 @@ bool is_help(int argc, char** argv, int first) {
     for (int i = first; i < argc; i++)
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return true;
     return false;
+}
+bool print_help(int argc, char** argv, int first, const char* usage) {
+    if (!is_help(argc, argv, first)) return false;
+    fputs(usage, stdout);
+    return true;
 }
 
 // ============================================================================
@@ -1019,12 +1025,6 @@ void model_backward(Model* m, const float* dlosses) {
 // ============================================================================
 // number formats
 
-float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 uint16_t f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
@@ -1528,6 +1528,9 @@ int num_threads() {
     return 1;
 #endif
 }
+double now_seconds() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 // One line naming the backend a subcommand runs on, e.g. "cuda (NVIDIA H200, 139.8 GiB)" or "cpu (16 threads)",
 // so that --device auto says what it picked.
@@ -1596,16 +1599,15 @@ static void print_config(const Config& c) {
            c.intermediate_size, c.max_position_embeddings, c.rms_norm_eps, c.rope_theta);
 }
 
+static const char* INFO_USAGE =
+    "usage: deepseek info (--preset NAME | --model DIR) [--seq-len T] [--device auto|cpu|cuda]\n"
+    "  prints the shapes, the exact parameter count, the paper's non-embedding FLOPs per token M\n"
+    "  (72·L·C² + 12·L·C·l_seq) and the memory for weights, gradients and AdamW state.\n"
+    "  --model DIR also checks the checkpoint: every safetensors header (all shards) against config.json,\n"
+    "  and prints the weights' dtypes and size (the values are not read).\n"
+    "  presets: tiny, small, deepseek-llm-7b, deepseek-llm-67b\n";
 int cmd_info(int argc, char** argv) {
-    if (is_help(argc, argv, 2)) {
-        printf("usage: deepseek info (--preset NAME | --model DIR) [--seq-len T] [--device auto|cpu|cuda]\n"
-               "  prints the shapes, the exact parameter count, the paper's non-embedding FLOPs per token M\n"
-               "  (72·L·C² + 12·L·C·l_seq) and the memory for weights, gradients and AdamW state.\n"
-               "  --model DIR also checks the checkpoint: every safetensors header (all shards) against config.json,\n"
-               "  and prints the weights' dtypes and size (the values are not read).\n"
-               "  presets: tiny, small, deepseek-llm-7b, deepseek-llm-67b\n");
-        return 0;
-    }
+    if (print_help(argc, argv, 2, INFO_USAGE)) return 0;
     Args a(argc, argv, 2, "info", {"preset", "model", "seq-len", "device", "threads"}, {});
     if (!a.positional.empty()) die("info: unexpected argument '%s'", a.positional[0].c_str());
     set_threads(a);
@@ -1659,14 +1661,13 @@ int cmd_info(int argc, char** argv) {
 }
 
 // convert: a model directory from a preset, a config.json (random init) or another model directory (re-save)
+static const char* CONVERT_USAGE =
+    "usage: deepseek convert (--preset NAME | --config config.json | --model DIR) --out DIR\n"
+    "                        [--dtype f32|bf16] [--seed S] [--init-std X]\n"
+    "  writes a Hugging Face model directory (config.json, model.safetensors, generation_config.json);\n"
+    "  --preset/--config initialise randomly (normal(0, init-std), the paper's 0.006 by default).\n";
 static int cmd_convert(int argc, char** argv) {
-    if (is_help(argc, argv, 2)) {
-        printf("usage: deepseek convert (--preset NAME | --config config.json | --model DIR) --out DIR\n"
-               "                        [--dtype f32|bf16] [--seed S] [--init-std X]\n"
-               "  writes a Hugging Face model directory (config.json, model.safetensors, generation_config.json);\n"
-               "  --preset/--config initialise randomly (normal(0, init-std), the paper's 0.006 by default).\n");
-        return 0;
-    }
+    if (print_help(argc, argv, 2, CONVERT_USAGE)) return 0;
     Args a(argc, argv, 2, "convert", {"preset", "config", "model", "out", "dtype", "seed", "init-std", "threads"}, {});
     set_threads(a);
     if (!a.has("out")) die("convert: --out DIR is required");

@@ -90,8 +90,11 @@ struct Args {
     bool flag(const std::string& name) const;     // a switch
 };
 bool is_help(int argc, char** argv, int first);  // -h / --help among the arguments
+// a subcommand's --help: prints usage to stdout and returns true when -h / --help is among argv[first..]
+bool print_help(int argc, char** argv, int first, const char* usage);
 void set_threads(const Args& a);                  // --threads N → OpenMP threads (deepseek.cu)
-int num_threads();                               // OpenMP threads in use
+int num_threads();                               // OpenMP threads in use (1 without OpenMP)
+double now_seconds();                            // a monotonic clock (steady_clock), in seconds: for timings
 
 // ----------------------------------------------------------------------------
 // model configuration (Hugging Face config.json of LlamaForCausalLM)
@@ -319,7 +322,13 @@ void attention_backward_cpu(float* dq, float* dk, float* dv, const float* dy, co
 enum class DType { F32, BF16, F16, I32, I64, U8 };
 const char* dtype_name(DType t);
 size_t dtype_size(DType t);
-float bf16_to_f32(uint16_t h);
+// bf16 → fp32 is a 16-bit shift; inline so the compiler vectorises it inside the decode loops' dot products
+inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 uint16_t f32_to_bf16(float f);   // round to nearest even
 float f16_to_f32(uint16_t h);
 

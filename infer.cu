@@ -9,7 +9,6 @@
 // What it is not: a CUDA path (inference runs on the CPU), batched generation, or quantisation.
 #include "deepseek.h"
 #include <algorithm>     // std::sort, std::partial_sort, std::max
-#include <chrono>        // steady_clock for timings
 #include <cmath>         // expf, sqrtf, INFINITY
 #include <cstdio>        // printf, fprintf, fflush, fgets
 #include <cstdlib>       // calloc, free
@@ -27,20 +26,8 @@
 
 using json = nlohmann::json;
 
-static double now_s() {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 // ============================================================================
 // kernels. Shapes: N tokens in a chunk, C = hidden, H/KV heads, D = head_dim, F = intermediate, V = vocab.
-
-// bf16 → fp32 is a 16-bit shift; written inline so the compiler vectorises it inside the dot products
-static inline float bf16f(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 // Four dot products of x[in] with four weight rows at once: four independent FMA chains hide the latency, and x is
 // loaded once for all four. Decode is bound by memory bandwidth: each weight is read once per token, so what
@@ -126,10 +113,10 @@ static inline void dot4_bf16(float out[4], const float* x, const uint16_t* w0, c
     float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     #pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int i = 0; i < in; i++) {
-        s0 = fmaf(x[i], bf16f(w0[i]), s0);
-        s1 = fmaf(x[i], bf16f(w1[i]), s1);
-        s2 = fmaf(x[i], bf16f(w2[i]), s2);
-        s3 = fmaf(x[i], bf16f(w3[i]), s3);
+        s0 = fmaf(x[i], bf16_to_f32(w0[i]), s0);
+        s1 = fmaf(x[i], bf16_to_f32(w1[i]), s1);
+        s2 = fmaf(x[i], bf16_to_f32(w2[i]), s2);
+        s3 = fmaf(x[i], bf16_to_f32(w3[i]), s3);
     }
     out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
 }
@@ -175,7 +162,7 @@ static void linear_block(float* out, const float* x, const InferWeight& W, int N
             const uint16_t* src = W.bf16 + (size_t)r[j] * in;
             float* dst = buf.data() + (size_t)j * in;
             #pragma omp simd
-            for (int i = 0; i < in; i++) dst[i] = bf16f(src[i]);
+            for (int i = 0; i < in; i++) dst[i] = bf16_to_f32(src[i]);
             w[j] = dst;
         }
     }
@@ -218,7 +205,7 @@ static void linear_gemm(const float* x, int N, int in, const LinearJob& j) {
         const uint16_t* src = j.W->bf16 + (size_t)r0 * in;
         float* dst = panel.data();
         #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < (size_t)rows * in; i++) dst[i] = bf16f(src[i]);
+        for (size_t i = 0; i < (size_t)rows * in; i++) dst[i] = bf16_to_f32(src[i]);
         gemm_cpu(N, rows, in, x, in, false, dst, in, true, j.out + r0, j.out_dim, j.accumulate ? Accum::Add : Accum::Overwrite);
     }
 }
@@ -504,7 +491,7 @@ static void infer_chunk(InferModel* im, const int* tokens, int N, float* logits_
     for (int n = 0; n < N; n++) {
         float* xr = x + (size_t)n * C;
         if (im->embed_tokens.f32) memcpy(xr, im->embed_tokens.f32 + (size_t)tokens[n] * C, C * sizeof(float));
-        else for (int i = 0; i < C; i++) xr[i] = bf16f(im->embed_tokens.bf16[(size_t)tokens[n] * C + i]);
+        else for (int i = 0; i < C; i++) xr[i] = bf16_to_f32(im->embed_tokens.bf16[(size_t)tokens[n] * C + i]);
     }
     float eps = (float)c.rms_norm_eps;
     int half = D / 2;
@@ -673,16 +660,16 @@ std::vector<int> generate_tokens(InferModel* im, const std::vector<int>& prompt,
     std::vector<int> seen = prompt, out;
     int V = im->cfg.vocab_size;
     std::vector<float> z(V);
-    double t0 = now_s();
+    double t0 = now_seconds();
     const float* logits = infer_forward(im, prompt.data() + keep, st.prefill_tokens);
-    double t1 = now_s();
+    double t1 = now_seconds();
     st.prefill_s = t1 - t0;
     st.stop_reason = "length";
     for (int i = 0; i < max_new; i++) {
         check_logits(logits, V, im->pos - 1);
         memcpy(z.data(), logits, V * sizeof(float));
         int next = sampler_sample(&s, z.data(), V, seen);
-        if (i == 0) st.first_token_s = now_s() - t0;
+        if (i == 0) st.first_token_s = now_seconds() - t0;
         if (std::find(eos_ids.begin(), eos_ids.end(), next) != eos_ids.end()) { st.stop_reason = "eos"; break; }
         out.push_back(next);
         seen.push_back(next);
@@ -692,7 +679,7 @@ std::vector<int> generate_tokens(InferModel* im, const std::vector<int>& prompt,
         if (im->pos >= im->ctx) { st.stop_reason = "context"; break; }
         logits = infer_forward(im, &next, 1);
     }
-    st.decode_s = now_s() - t1;
+    st.decode_s = now_seconds() - t1;
     if (stats) *stats = st;
     return out;
 }
@@ -919,7 +906,7 @@ static void session_open(Session* s, const Args& a, bool chat, bool need_tokeniz
     if (rep > 0) sp.repetition_penalty = rep;
     sp.seed = seed;
 
-    double t0 = now_s();
+    double t0 = now_seconds();
     // on the GPU the host weights are never read by the decoder: keep them mapped, not copied into memory
     infer_load(&s->im, dir, ctx, a.flag("huge-pages") && dev != Device::CUDA);
     const Config& c = s->im.cfg;
@@ -949,7 +936,7 @@ static void session_open(Session* s, const Args& a, bool chat, bool need_tokeniz
     snprintf(line, sizeof line, "[model %s: %d layers, d_model %d, %s weights %s, context %d, loaded in %.2f s; "
              "temperature %g, top_k %d, top_p %g, repetition_penalty %g, seed %llu]\n",
              dir.c_str(), c.num_hidden_layers, c.hidden_size, s->im.is_bf16 ? "bf16" : "fp32",
-             s->im.st.in_ram ? "in memory" : "memory-mapped", s->im.ctx, now_s() - t0,
+             s->im.st.in_ram ? "in memory" : "memory-mapped", s->im.ctx, now_seconds() - t0,
              sp.temperature, sp.top_k, sp.top_p, sp.repetition_penalty, (unsigned long long)sp.seed);
     s->header = line;
     s->header += "[device: " + device + "]\n";   // the backend --device chose (auto: the GPU when there is one)
@@ -1001,27 +988,26 @@ static std::vector<int> parse_ids(const std::string& s, const char* what) {
     return ids;
 }
 
-static void generate_usage() {
-    printf("usage: deepseek generate --model DIR (--prompt TEXT | --prompt-ids \"ID ID …\") [flags]\n"
-           "  completes the prompt (BOS is prepended) and prints the completion to stdout as it is generated;\n"
-           "  timings go to stderr.\n"
-           "  -n, --max-new-tokens N   new tokens at most (generation_config.json's max_new_tokens, else 256)\n"
-           "  --temperature T          0 = greedy; default from generation_config.json (greedy unless do_sample)\n"
-           "  --top-k K                keep the K most likely tokens (0 = off)\n"
-           "  --top-p P                keep the smallest set of tokens with probability ≥ P (1 = off)\n"
-           "  --repetition-penalty R   divide positive / multiply negative logits of seen tokens by R (1 = off)\n"
-           "  --seed S                 random seed for sampling (default: from the clock; printed)\n"
-           "  --stop STRING            stop when the output contains STRING (not printed)\n"
-           "  --ids                    print the generated token ids on one line instead of text\n"
-           "  --quiet                  no model line and no timings on stderr\n"
-           "  --context N              KV cache size in tokens (default: the model's max_position_embeddings)\n"
-           "  --huge-pages             read the weights into huge pages instead of mapping them, if they take under\n"
-           "                           half of the available memory: ~10%% faster decoding, for a slower start\n"
-           "  --threads N, --device auto|cpu|cuda   (auto: the GPU when there is one; the choice is printed)\n");
-}
+static const char* GENERATE_USAGE =
+    "usage: deepseek generate --model DIR (--prompt TEXT | --prompt-ids \"ID ID …\") [flags]\n"
+    "  completes the prompt (BOS is prepended) and prints the completion to stdout as it is generated;\n"
+    "  timings go to stderr.\n"
+    "  -n, --max-new-tokens N   new tokens at most (generation_config.json's max_new_tokens, else 256)\n"
+    "  --temperature T          0 = greedy; default from generation_config.json (greedy unless do_sample)\n"
+    "  --top-k K                keep the K most likely tokens (0 = off)\n"
+    "  --top-p P                keep the smallest set of tokens with probability ≥ P (1 = off)\n"
+    "  --repetition-penalty R   divide positive / multiply negative logits of seen tokens by R (1 = off)\n"
+    "  --seed S                 random seed for sampling (default: from the clock; printed)\n"
+    "  --stop STRING            stop when the output contains STRING (not printed)\n"
+    "  --ids                    print the generated token ids on one line instead of text\n"
+    "  --quiet                  no model line and no timings on stderr\n"
+    "  --context N              KV cache size in tokens (default: the model's max_position_embeddings)\n"
+    "  --huge-pages             read the weights into huge pages instead of mapping them, if they take under\n"
+    "                           half of the available memory: ~10% faster decoding, for a slower start\n"
+    "  --threads N, --device auto|cpu|cuda   (auto: the GPU when there is one; the choice is printed)\n";
 
 int cmd_generate(int argc, char** argv) {
-    if (is_help(argc, argv, 2)) { generate_usage(); return 0; }
+    if (print_help(argc, argv, 2, GENERATE_USAGE)) return 0;
     Args a(argc, argv, 2, "generate", GEN_VALUE_FLAGS, {"ids", "quiet", "huge-pages"});
     if (!a.positional.empty()) die("generate: unexpected argument '%s'", a.positional[0].c_str());
     if (a.has("system")) die("generate: --system is a chat flag");
@@ -1061,20 +1047,19 @@ int cmd_generate(int argc, char** argv) {
     return 0;
 }
 
-static void chat_usage() {
-    printf("usage: deepseek chat --model DIR [--system TEXT] [--prompt TEXT] [flags]\n"
-           "  talks with a chat model using DeepSeek LLM's template:\n"
-           "    <bos>[system\\n\\n]User: …\\n\\nAssistant: …<eos>User: …\\n\\nAssistant:\n"
-           "  interactive on a terminal: type a message; /reset clears the history, /exit (or EOF) quits.\n"
-           "  with --prompt: one reply, then exit. With stdin not a terminal: one user message per line.\n"
-           "  the history is kept within the context; the oldest turns are dropped (with a notice) when full.\n"
-           "  -n, --max-new-tokens N   new tokens per reply at most (generation_config.json's max_new_tokens, else 512)\n"
-           "  --temperature T, --top-k K, --top-p P, --repetition-penalty R, --seed S, --stop STRING\n"
-           "                           as for generate; defaults from generation_config.json, else temperature 0.7,\n"
-           "                           top_p 0.95 (the paper's chat defaults)\n"
-           "  --system TEXT            a system prompt (the release recommends none)\n"
-           "  --context N, --huge-pages, --threads N, --device auto|cpu|cuda\n");
-}
+static const char* CHAT_USAGE =
+    "usage: deepseek chat --model DIR [--system TEXT] [--prompt TEXT] [flags]\n"
+    "  talks with a chat model using DeepSeek LLM's template:\n"
+    "    <bos>[system\\n\\n]User: …\\n\\nAssistant: …<eos>User: …\\n\\nAssistant:\n"
+    "  interactive on a terminal: type a message; /reset clears the history, /exit (or EOF) quits.\n"
+    "  with --prompt: one reply, then exit. With stdin not a terminal: one user message per line.\n"
+    "  the history is kept within the context; the oldest turns are dropped (with a notice) when full.\n"
+    "  -n, --max-new-tokens N   new tokens per reply at most (generation_config.json's max_new_tokens, else 512)\n"
+    "  --temperature T, --top-k K, --top-p P, --repetition-penalty R, --seed S, --stop STRING\n"
+    "                           as for generate; defaults from generation_config.json, else temperature 0.7,\n"
+    "                           top_p 0.95 (the paper's chat defaults)\n"
+    "  --system TEXT            a system prompt (the release recommends none)\n"
+    "  --context N, --huge-pages, --threads N, --device auto|cpu|cuda\n";
 
 // One chat turn: render the history + the new user message (dropping the oldest turns until the prompt and a
 // reply of max_new tokens fit the context), stream the reply, append it to the history.
@@ -1115,7 +1100,7 @@ static bool chat_turn(Session* s, std::vector<ChatMessage>* history, const std::
 }
 
 int cmd_chat(int argc, char** argv) {
-    if (is_help(argc, argv, 2)) { chat_usage(); return 0; }
+    if (print_help(argc, argv, 2, CHAT_USAGE)) return 0;
     Args a(argc, argv, 2, "chat", GEN_VALUE_FLAGS, {"quiet", "huge-pages"});
     if (!a.positional.empty()) die("chat: unexpected argument '%s'", a.positional[0].c_str());
     if (a.has("prompt-ids")) die("chat: --prompt-ids is a generate flag");
@@ -1197,27 +1182,26 @@ bool text_is_repetitive(const std::string& text) {
     return false;
 }
 
+static const char* EVAL_USAGE =
+    "usage: deepseek eval --model DIR [--data chat.jsonl] [--pairs prefs.jsonl [--ref DIR]] [--text FILE]\n\n"
+    "  --model DIR          the model (its tokenizer.json unless --tokenizer)\n"
+    "  --data FILE          held-out conversations: exact-match accuracy of greedy answers (the last assistant\n"
+    "                       message is the reference) and the repetition ratio of the generations\n"
+    "  --pairs FILE         held-out preference pairs: log-prob accuracy; with --ref DIR, DPO reward accuracy/margin\n"
+    "  --ref DIR            the DPO reference model (usually the SFT model)\n"
+    "  --beta X             β for the rewards (default 0.1)\n"
+    "  --text FILE          validation loss and bits per byte of a text file\n"
+    "  --tokenizer FILE     tokenizer.json (default: MODEL/tokenizer.json)\n"
+    "  --max-new-tokens N   generation limit per answer (default 64)\n"
+    "  --limit N            evaluate only the first N conversations / pairs\n"
+    "  --show N             print the first N generations (default 3; 0: none)\n"
+    "  --json FILE          also write the results as one JSON object\n"
+    "  --skip-bad           skip malformed JSONL lines instead of stopping\n"
+    "  --threads N          CPU threads\n"
+    "  --device D           auto (the GPU when there is one) | cpu | cuda (bf16 on the GPU)\n\n"
+    "Repetition ratio: share of generations in which a sentence (between . ! ? or newlines) occurs twice.\n";
 int cmd_eval(int argc, char** argv) {
-    if (is_help(argc, argv, 2)) {
-        printf("usage: deepseek eval --model DIR [--data chat.jsonl] [--pairs prefs.jsonl [--ref DIR]] [--text FILE]\n\n"
-               "  --model DIR          the model (its tokenizer.json unless --tokenizer)\n"
-               "  --data FILE          held-out conversations: exact-match accuracy of greedy answers (the last assistant\n"
-               "                       message is the reference) and the repetition ratio of the generations\n"
-               "  --pairs FILE         held-out preference pairs: log-prob accuracy; with --ref DIR, DPO reward accuracy/margin\n"
-               "  --ref DIR            the DPO reference model (usually the SFT model)\n"
-               "  --beta X             β for the rewards (default 0.1)\n"
-               "  --text FILE          validation loss and bits per byte of a text file\n"
-               "  --tokenizer FILE     tokenizer.json (default: MODEL/tokenizer.json)\n"
-               "  --max-new-tokens N   generation limit per answer (default 64)\n"
-               "  --limit N            evaluate only the first N conversations / pairs\n"
-               "  --show N             print the first N generations (default 3; 0: none)\n"
-               "  --json FILE          also write the results as one JSON object\n"
-               "  --skip-bad           skip malformed JSONL lines instead of stopping\n"
-               "  --threads N          CPU threads\n"
-               "  --device D           auto (the GPU when there is one) | cpu | cuda (bf16 on the GPU)\n\n"
-               "Repetition ratio: share of generations in which a sentence (between . ! ? or newlines) occurs twice.\n");
-        return 0;
-    }
+    if (print_help(argc, argv, 2, EVAL_USAGE)) return 0;
     Args a(argc, argv, 2, "eval", {"model", "data", "pairs", "ref", "beta", "text", "tokenizer", "max-new-tokens",
            "limit", "show", "json", "threads", "device"}, {"skip-bad"});
     set_threads(a);

@@ -1513,7 +1513,7 @@ static const char* TOKENIZER_USAGE =
 
 int cmd_tokenizer(int argc, char** argv) {
     if (argc < 3) { fputs(TOKENIZER_USAGE, stderr); return 1; }
-    if (is_help(argc, argv, 2)) { fputs(TOKENIZER_USAGE, stdout); return 0; }
+    if (print_help(argc, argv, 2, TOKENIZER_USAGE)) return 0;
     std::string sub = argv[2];
     std::string name = "tokenizer " + sub;
     if (sub == "encode") {

@@ -1,19 +1,11 @@
 // defines: gemm_cpu, gemm_kernel_name, matmul_forward_cpu, matmul_backward_cpu
-//          (internals: omp_threads, GEMM_MR/NR/KC/NC, transpose16, gemm_pack_a/b, gemm_kernel*, gemm_scratch)
+//          (internals: GEMM_MR/NR/KC/NC, transpose16, gemm_pack_a/b, gemm_kernel*, gemm_scratch)
 // The fast CPU path's matrix multiply: a cache-blocked fp32 GEMM whose microkernel (AVX-512 14×32, AVX2 6×16 or
 // portable 4×16) is chosen at build time by -march, and the model's matmul on it. Part of deepseek.cu (#included).
 #pragma once
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>  // _mm512_* / _mm256_*: the microkernels
 #endif
-
-static int omp_threads() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
 
 // ----------------------------------------------------------------------------
 // GEMM: C[M,N] (+)= op(A)[M,K] · op(B)[K,N], fp32, row-major storage.
@@ -264,7 +256,7 @@ void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const 
     static thread_local std::vector<float> bpack_buf;  // per calling thread: callers may run in parallel
     float* bpack = gemm_scratch(&bpack_buf, (size_t)GEMM_KC * GEMM_NC);
     bool in_place = GEMM_A_IN_PLACE && !a_trans;  // read A's strips where they lie, or pack each one
-    int P = omp_threads();
+    int P = num_threads();
     int m_strips = (M + GEMM_MR - 1) / GEMM_MR;
     bool split_rows = m_strips >= 2 * P || N <= GEMM_NR;
     #pragma omp parallel num_threads(P)

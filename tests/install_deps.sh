@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages that the build, the tests and the demo need. Idempotent; quiet when all are present.
+# Installs the Debian packages that the build, the tests and the demo need, or the packages named as arguments
+# (tests/fuzz/install_deps.sh names clang's). Idempotent; quiet when all are present.
 set -euo pipefail
-PKGS="g++ make doctest-dev nlohmann-json3-dev libonig-dev libopenmpi-dev openmpi-bin bible-kjv gnuplot-nox"
+PKGS="${*:-g++ make doctest-dev nlohmann-json3-dev libonig-dev libopenmpi-dev openmpi-bin bible-kjv gnuplot-nox}"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

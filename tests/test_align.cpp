@@ -10,12 +10,7 @@
 #include "../deepseek.h"      // dpo_loss, chat_tokens, sft_/dpo_forward_backward, readers, Model, Tokenizer
 #include "test_util.h"        // run_cmd, deepseek_bin, max_rel_err
 
-static std::string align_tmp(const std::string& name) {
-    std::string d = "build/test_tmp/align_" + name;
-    run_cmd("rm -rf " + d);
-    make_dirs(d);
-    return d;
-}
+static std::string align_tmp(const std::string& name) { return tmp_dir("align_" + name); }
 static void write_text(const std::string& path, const std::string& text) {
     FILE* f = fopen(path.c_str(), "wb");
     REQUIRE(f);

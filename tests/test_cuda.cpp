@@ -464,25 +464,13 @@ TEST_CASE("CUDA batch-1 decoding with the KV cache reproduces the CPU forward's 
 // clipping and the multi-step schedule: each step's loss is one forward (≤ 1%) on weights that drifted as in the
 // trajectory test (≤ 3%); we allow 5% per step.
 
-static std::string cli_tmp(const std::string& name) {
-    std::string d = "build/test_tmp/cuda_" + name;
-    run_cmd("rm -rf " + d);
-    make_dirs(d);
-    return d;
-}
+static std::string cli_tmp(const std::string& name) { return tmp_dir("cuda_" + name); }
 // a learnable token stream (next = 5·prev + 3 + noise mod V) as `deepseek data prepare` lays it out, and a micro model
 static std::string cli_data(const std::string& dir, int V) {
     make_dirs(dir);
     for (int split = 0; split < 2; split++) {
         size_t n = split ? 600 : 6000;
-        std::vector<uint32_t> t(n);
-        uint64_t s = 1 + split;
-        t[0] = 1;
-        for (size_t i = 1; i < n; i++) {
-            s = s * 6364136223846793005ull + 1442695040888963407ull;
-            t[i] = (uint32_t)((5 * t[i - 1] + 3 + (s >> 33) % 3) % V);
-        }
-        shard_write(dir + (split ? "/val.bin" : "/train.bin"), t, V);
+        shard_write(dir + (split ? "/val.bin" : "/train.bin"), markov_tokens(n, V, 1 + split), V);
     }
     write_file_atomic(dir + "/data.json", "{\"vocab_size\": " + std::to_string(V) + ", \"train\": {\"file\": \"train.bin\", "
                       "\"bytes_per_token\": 4.0}, \"val\": {\"file\": \"val.bin\", \"bytes_per_token\": 4.0}}");

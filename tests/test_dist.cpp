@@ -168,18 +168,11 @@ TEST_CASE("CUDA NCCL collectives on device memory equal the host sums on every G
 
 // ---------------------------------------------------------------------------- ZeRO-1 optimizer state files
 
-static std::string fresh_dir(const std::string& name) {
-    std::string d = "build/test_tmp/" + name;
-    run_cmd("rm -rf " + d);
-    make_dirs(d);
-    return d;
-}
-
 TEST_CASE("ZeRO-1 optimizer state saved by 2 ranks loads into 1, 2 and 3 ranks exactly (re-sharding)") {
     const size_t n = 1000;
     std::vector<float> m(n), v(n);
     for (size_t i = 0; i < n; i++) { m[i] = 0.001f * i - 0.3f; v[i] = 1e-6f * (float)(i * i % 97); }
-    std::string dir = fresh_dir("zero_state");
+    std::string dir = tmp_dir("zero_state");
     for (int r = 0; r < 2; r++) {   // each rank writes its own slice: no communication needed
         Dist d;
         d.world = 2;
@@ -205,7 +198,7 @@ TEST_CASE("ZeRO-1 optimizer state saved by 2 ranks loads into 1, 2 and 3 ranks e
 TEST_CASE("ZeRO-1 optimizer state that is missing a rank or belongs to another model is a clear error") {
     const size_t n = 100;
     std::vector<float> m(n, 1.0f);
-    std::string dir = fresh_dir("zero_state_bad");
+    std::string dir = tmp_dir("zero_state_bad");
     Dist d;
     d.world = 2;
     d.rank = 0;

@@ -16,12 +16,6 @@ static const std::string FX = "tests/fixtures/infer/";
 static CmdResult run_stdout(const std::string& cmd) { return run_cmd("( (" + cmd + ") 2>/dev/null )"); }
 static CmdResult run_stderr(const std::string& cmd) { return run_cmd("( (" + cmd + ") 2>&1 >/dev/null )"); }
 static json load_json(const std::string& path) { return json::parse(read_file(path)); }
-static std::string tmp_dir(const std::string& name) {
-    std::string d = "build/test_tmp/" + name;
-    run_cmd("rm -rf " + d);
-    make_dirs(d);
-    return d;
-}
 static std::string ids_str(const std::vector<int>& v) {
     std::string s;
     for (size_t i = 0; i < v.size(); i++) s += (i ? " " : "") + std::to_string(v[i]);

@@ -108,17 +108,6 @@ void check_rows(const char* group, const std::vector<BadInput>& rows) {
 
 // ---- the training group's material: a tiny data directory (V 64), a micro model, one short run with checkpoints
 
-// a learnable stream over V tokens: next = (5·prev + 3 + noise) mod V
-std::vector<uint32_t> markov_tokens(size_t n, int V, uint64_t seed) {
-    std::vector<uint32_t> t(n);
-    uint64_t s = seed;
-    t[0] = 1;
-    for (size_t i = 1; i < n; i++) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        t[i] = (uint32_t)((5 * t[i - 1] + 3 + (s >> 33) % 3) % V);
-    }
-    return t;
-}
 // DIR/base: data/ (as data prepare lays it out, without a tokenizer), model/ (V 64, 2 layers), run/ (2 steps:
 // step_000001/ and final/), made once per test process
 const std::string& train_base() {
@@ -132,13 +121,7 @@ const std::string& train_base() {
     json dj = {{"vocab_size", 64}, {"train", {{"file", "train.bin"}, {"bytes_per_token", 4.0}}},
                {"val", {{"file", "val.bin"}, {"bytes_per_token", 4.0}}}};
     write_text(b + "/data/data.json", dj.dump(1));
-    Config c;
-    c.vocab_size = 64; c.hidden_size = 32; c.num_hidden_layers = 2; c.num_attention_heads = 4; c.num_key_value_heads = 2;
-    c.head_dim = 8; c.intermediate_size = 64; c.max_position_embeddings = 64; c.bos_token_id = 0; c.eos_token_id = 1;
-    Model m;
-    model_build(&m, c);
-    model_init_random(&m, 11, 0.02f);
-    model_save_dir(m, b + "/model", false);
+    micro_model(b + "/model");
     CmdResult r = run_cmd(deepseek_bin() + " train --device cpu --model " + b + "/model --data " + b + "/data --out " + b +
                           "/run --seq-len 16 --batch-tokens 128 --micro-batch 4 --eval-windows 8 --threads 1 --steps 2 "
                           "--save-every 1 --eval-every 0");

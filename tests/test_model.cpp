@@ -9,13 +9,6 @@
 #include "../deepseek.h"      // Model, SafeTensors, config_*, model_*
 #include "test_util.h"        // run_cmd, deepseek_bin, max_rel_err
 
-static std::string tmp_dir(const std::string& name) {
-    std::string d = "build/test_tmp/" + name;
-    run_cmd("rm -rf " + d);
-    make_dirs(d);
-    return d;
-}
-
 // ---------------------------------------------------------------------------- configuration
 
 TEST_CASE("info prints the released models' exact parameter counts and the paper's M") {

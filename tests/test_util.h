@@ -1,5 +1,7 @@
-// Helpers shared by the test files: fixture paths, running the CLI, comparing tensors.
+// Helpers shared by the test files (and the fuzz harnesses, tests/fuzz/fuzz_util.h): fixture paths, running the
+// CLI, scratch directories, the micro model and synthetic token data, comparing tensors.
 #pragma once
+#include "../deepseek.h"  // make_dirs, shard_write, write_file_atomic, Config, Model, model_*
 #include <cmath>      // fabs
 #include <cstdio>     // popen
 #include <cstdlib>    // getenv
@@ -40,4 +42,47 @@ inline double max_rel_err(const float* a, const float* b, size_t n, double floor
         if (!(d <= worst)) worst = d;  // NaN propagates as failure
     }
     return worst;
+}
+// A fresh scratch directory build/test_tmp/NAME (emptied first); returns its path.
+inline std::string tmp_dir(const std::string& name) {
+    std::string d = "build/test_tmp/" + name;
+    run_cmd("rm -rf " + d);
+    make_dirs(d);
+    return d;
+}
+// n tokens below V, a learnable stream: next = (5·prev + 3 + noise) mod V, noise ∈ {0, 1, 2}
+inline std::vector<uint32_t> markov_tokens(size_t n, int V, uint64_t seed) {
+    std::vector<uint32_t> t(n);
+    uint64_t s = seed;
+    t[0] = 1;
+    for (size_t i = 1; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        t[i] = (uint32_t)((5 * t[i - 1] + 3 + (s >> 33) % 3) % V);
+    }
+    return t;
+}
+// A data directory as `deepseek data prepare` writes it, minus the tokenizer: train.bin, val.bin, data.json (bits per
+// byte from bytes_per_token). Returns dir.
+inline std::string synthetic_data(const std::string& dir, int V, size_t n_train, size_t n_val) {
+    make_dirs(dir);
+    shard_write(dir + "/train.bin", markov_tokens(n_train, V, 1), V);
+    shard_write(dir + "/val.bin", markov_tokens(n_val, V, 2), V);
+    nlohmann::json j = {
+        {"vocab_size", V},
+        {"train", {{"file", "train.bin"}, {"tokens", n_train}, {"bytes", 4 * n_train}, {"bytes_per_token", 4.0}}},
+        {"val", {{"file", "val.bin"}, {"tokens", n_val}, {"bytes", 4 * n_val}, {"bytes_per_token", 4.0}}}};
+    write_file_atomic(dir + "/data.json", j.dump(2));
+    return dir;
+}
+// A very small model directory (V 64 by default, C 32, 2 layers, GQA 4/2), so CLI training runs take milliseconds per
+// step. Returns dir.
+inline std::string micro_model(const std::string& dir, int V = 64, int ctx = 64) {
+    Config c;
+    c.vocab_size = V; c.hidden_size = 32; c.num_hidden_layers = 2; c.num_attention_heads = 4; c.num_key_value_heads = 2;
+    c.head_dim = 8; c.intermediate_size = 64; c.max_position_embeddings = ctx; c.bos_token_id = 0; c.eos_token_id = 1;
+    Model m;
+    model_build(&m, c);
+    model_init_random(&m, 11, 0.02f);
+    model_save_dir(m, dir, false);
+    return dir;
 }

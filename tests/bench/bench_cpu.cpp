@@ -191,15 +191,14 @@ static void compare_training(const Config& c, int B, int T, int P, int steps, in
     }
 }
 
+static const char* USAGE =
+    "usage: bench_cpu [--threads N] [--rounds R] [--batch B] [--seq-len T] [--steps S] [--no-torch] [--no-train]\n"
+    "                 [--no-gemm] [--sweep] [--hidden C] [--layers L] [--heads H] [--kv-heads KV] [--ffn F] [--vocab V]\n"
+    "  FMA peak, our GEMM vs OpenBLAS on the benchmark model's shapes, training tokens/s vs PyTorch.\n"
+    "  The model: d_model 512, 4 layers, 8 / 2 heads, SwiGLU 1408, vocabulary 8192 unless the flags say otherwise.\n"
+    "  --sweep: also training vs PyTorch on the four corners of d_model 256–512 × 4–8 layers.\n";
 int main(int argc, char** argv) {
-    if (is_help(argc, argv, 1)) {
-        printf("usage: bench_cpu [--threads N] [--rounds R] [--batch B] [--seq-len T] [--steps S] [--no-torch] [--no-train]\n"
-               "                 [--no-gemm] [--sweep] [--hidden C] [--layers L] [--heads H] [--kv-heads KV] [--ffn F] [--vocab V]\n"
-               "  FMA peak, our GEMM vs OpenBLAS on the benchmark model's shapes, training tokens/s vs PyTorch.\n"
-               "  The model: d_model 512, 4 layers, 8 / 2 heads, SwiGLU 1408, vocabulary 8192 unless the flags say otherwise.\n"
-               "  --sweep: also training vs PyTorch on the four corners of d_model 256–512 × 4–8 layers.\n");
-        return 0;
-    }
+    if (print_help(argc, argv, 1, USAGE)) return 0;
     // OpenBLAS 0.3.21 (Debian 12) does not know this CPU model and falls back to its SSE3 "Prescott" kernels,
     // a fifth of its speed here. A fair comparison gives it its best kernel for the instruction set: the
     // choice is read when the library loads, so set it and restart once.

@@ -10,13 +10,7 @@
 #include <cstdio>             // printf
 #include <string>             // std::string
 #include <vector>             // std::vector
-#include <time.h>             // clock_gettime
 
-static double wall_seconds() {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
 // splitmix64 (as deepseek.cu's model_init_random uses): the random tokens and the parameters' hash below
 static uint64_t splitmix64(uint64_t* s) {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
@@ -39,15 +33,14 @@ static bool bench_shape(const std::string& name, Config* c) {
     return true;
 }
 
+static const char* USAGE =
+    "usage: bench_gpu [--shape 124m|350m|1b|tiny|small] [--batch B] [--seq T] [--steps N] [--warmup W]\n"
+    "                 [--recompute] [--decode N] [--peak-tflops 989] [--hbm-tbs 4.8]\n"
+    "  trains the shape on random tokens for N steps (forward, backward, grad norm, AdamW) and prints\n"
+    "  tokens/s and MFU = tokens/s × (6·N_matmul + 12·L·H·D·T) / peak; with --decode N (or --steps 0),\n"
+    "  also times N batch-1 decode steps and prints tokens/s beside the HBM bound.\n";
 int main(int argc, char** argv) {
-    if (is_help(argc, argv, 1)) {
-        printf("usage: bench_gpu [--shape 124m|350m|1b|tiny|small] [--batch B] [--seq T] [--steps N] [--warmup W]\n"
-               "                 [--recompute] [--decode N] [--peak-tflops 989] [--hbm-tbs 4.8]\n"
-               "  trains the shape on random tokens for N steps (forward, backward, grad norm, AdamW) and prints\n"
-               "  tokens/s and MFU = tokens/s × (6·N_matmul + 12·L·H·D·T) / peak; with --decode N (or --steps 0),\n"
-               "  also times N batch-1 decode steps and prints tokens/s beside the HBM bound.\n");
-        return 0;
-    }
+    if (print_help(argc, argv, 1, USAGE)) return 0;
     Args a(argc, argv, 1, "bench_gpu", {"shape", "batch", "seq", "steps", "warmup", "decode", "peak-tflops", "hbm-tbs", "seed"},
            {"recompute"});
     Config c;
@@ -88,7 +81,7 @@ int main(int argc, char** argv) {
         double t0 = 0;
         float loss = 0;
         for (int it = 0; it < warmup + steps; it++) {
-            if (it == warmup) { cuda_synchronize(); t0 = wall_seconds(); }
+            if (it == warmup) { cuda_synchronize(); t0 = now_seconds(); }
             for (int i = 0; i < N; i++) { in[i] = rnd(c.vocab_size); tg[i] = rnd(c.vocab_size); }
             loss = cuda_model_forward(m, in.data(), tg.data(), B, T);
             cuda_model_zero_grad(m);
@@ -97,7 +90,7 @@ int main(int argc, char** argv) {
             cuda_model_adamw(m, 3e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, norm > 1.0f ? 1.0f / norm : 1.0f, it + 1);
         }
         cuda_synchronize();
-        double dt = wall_seconds() - t0, tps = (double)steps * N / dt;
+        double dt = now_seconds() - t0, tps = (double)steps * N / dt;
         printf("train: shape %s B=%d T=%d%s steps %d: %.0f tok/s, %.1f ms/step, loss %.3f, model FLOPs/token %.4g "
                "(6·%zu + 12·L·H·D·T), MFU %.1f%% of %.0f TFLOP/s\n", shape.c_str(), B, T, a.flag("recompute") ? " recompute" : "",
                steps, tps, 1e3 * dt / steps, loss, flops_tok, Pm, 100.0 * tps * flops_tok / peak, peak / 1e12);
@@ -109,14 +102,14 @@ int main(int argc, char** argv) {
         int tok = 1;
         for (int pos = 0; pos < 8 && pos < ndecode; pos++) cuda_decode_step(d, tok, pos, true);   // warm-up (plans, clocks)
         cuda_synchronize();
-        double t0 = wall_seconds();
+        double t0 = now_seconds();
         for (int pos = 0; pos < ndecode; pos++) {
             const float* z = cuda_decode_step(d, tok, pos, true);
             int best = 0;
             for (int i = 1; i < c.vocab_size; i++) if (z[i] > z[best]) best = i;
             tok = best;
         }
-        double dt = wall_seconds() - t0, tps = ndecode / dt;
+        double dt = now_seconds() - t0, tps = ndecode / dt;
         double kv_bytes = 2.0 * L * c.num_key_value_heads * c.head_dim * 2 * (ndecode / 2.0);   // the average cache read
         double bytes = 2.0 * Pm + 2.0 * c.hidden_size + kv_bytes;
         printf("decode: shape %s batch 1, %d tokens: %.0f tok/s (%.3f ms/token); bound %.0f tok/s = %.2f TB/s / %.1f MB per token "

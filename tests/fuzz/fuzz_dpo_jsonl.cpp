@@ -18,18 +18,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         try {
             int skipped = -1;
             std::vector<DpoExample> ex = dpo_read_jsonl(path, skip_bad, &skipped);
-            if (skipped < 0 || (!skip_bad && skipped != 0)) fuzz::fail("skipped = %d", skipped);
+            fuzz::check_skipped(skipped, skip_bad);
             for (const DpoExample& e : ex) {
                 ChatSeq c, r;
                 dpo_render(g_tok, e, &c, &r);
-                for (const ChatSeq* s : {&c, &r}) {
-                    bool any = false;
-                    for (uint8_t t : s->trained) any |= t != 0;
-                    if (s->ids.size() != s->trained.size() || !any) {
-                        fuzz::fail("line %d: %zu tokens, %zu mask entries, %s trained", e.line, s->ids.size(),
-                                   s->trained.size(), any ? "some" : "none");
-                    }
-                }
+                for (const ChatSeq* s : {&c, &r}) fuzz::check_trained(e.line, s->ids, s->trained);
             }
         } catch (const DeepseekError&) {
         }

@@ -14,17 +14,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     } catch (const DeepseekError&) {
         return 0;
     }
-    static const char* samples[] = {"Hello world 123", "ü ø\r\n\t  x", "<｜end▁of▁sentence｜>\xff\xfe", ""};
-    for (const char* s : samples) {
-        try {
-            tokenizer_decode(t, tokenizer_encode(t, s, true));
-        } catch (const DeepseekError&) {
-        }
-    }
-    try {
-        tokenizer_to_json(t);
-    } catch (const DeepseekError&) {
-    }
-    tokenizer_free(t);
+    fuzz::exercise_tokenizer(t, {"Hello world 123", "ü ø\r\n\t  x", "<｜end▁of▁sentence｜>\xff\xfe", ""});
     return 0;
 }

@@ -19,17 +19,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         try {
             int skipped = -1;
             std::vector<SftExample> ex = sft_read_jsonl(path, skip_bad, &skipped);
-            if (skipped < 0 || (!skip_bad && skipped != 0)) fuzz::fail("skipped = %d", skipped);
+            fuzz::check_skipped(skipped, skip_bad);
             std::vector<ChatSeq> seqs(ex.size());
             std::vector<const ChatSeq*> rows;
             for (size_t i = 0; i < ex.size(); i++) {
                 chat_tokens(g_tok, ex[i].messages, false, &seqs[i].ids, &seqs[i].trained);
-                bool any = false;
-                for (uint8_t t : seqs[i].trained) any |= t != 0;
-                if (seqs[i].ids.size() != seqs[i].trained.size() || !any) {
-                    fuzz::fail("line %d: %zu tokens, %zu mask entries, %s trained", ex[i].line, seqs[i].ids.size(),
-                               seqs[i].trained.size(), any ? "some" : "none");
-                }
+                fuzz::check_trained(ex[i].line, seqs[i].ids, seqs[i].trained);
                 rows.push_back(&seqs[i]);
             }
             std::vector<int> in, tg;

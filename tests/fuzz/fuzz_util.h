@@ -7,12 +7,14 @@
 // and aborts before the stack unwinds, so the report's stack shows where it was thrown.
 #pragma once
 #include "../../deepseek.h"
+#include "../test_util.h"                          // markov_tokens, micro_model, synthetic_data
 #include <algorithm>                             // std::max
 #include <cstdarg>                               // va_list (fail)
 #include <cstring>                               // strlen
 #include <cxxabi.h>                              // abi::__cxa_current_exception_type, __cxa_demangle
 #include <dirent.h>                              // opendir (removing the scratch directory)
 #include <exception>                             // std::set_terminate, std::current_exception
+#include <initializer_list>                      // std::initializer_list (exercise_tokenizer)
 #include <sanitizer/common_interface_defs.h>     // __sanitizer_report_error_summary
 #include <cstdio>                                // fopen, fwrite, snprintf
 #include <cstdlib>                               // getenv, mkdtemp, abort, atexit
@@ -115,38 +117,38 @@ template <class F> void setup(const char* what, F f) {
     try { f(); } catch (const DeepseekError& e) { fprintf(stderr, "fuzz setup (%s) failed: %s\n", what, e.msg.c_str()); abort(); }
 }
 
-// A very small model directory (C 32, 2 layers, GQA 4/2) over V tokens, as tests/test_train.cpp makes it.
-inline void micro_model(const std::string& dir, int V, int ctx = 64) {
-    Config c;
-    c.vocab_size = V; c.hidden_size = 32; c.num_hidden_layers = 2; c.num_attention_heads = 4; c.num_key_value_heads = 2;
-    c.head_dim = 8; c.intermediate_size = 64; c.max_position_embeddings = ctx; c.bos_token_id = 0; c.eos_token_id = 1;
-    Model m;
-    model_build(&m, c);
-    model_init_random(&m, 11, 0.02f);
-    model_save_dir(m, dir, false);
-}
-// n tokens below V, a learnable stream (next = 5·prev + 3 + noise mod V)
-inline std::vector<uint32_t> markov_tokens(size_t n, int V, uint64_t seed) {
-    std::vector<uint32_t> t(n);
-    uint64_t s = seed;
-    t[0] = 1;
-    for (size_t i = 1; i < n; i++) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        t[i] = (uint32_t)((5 * t[i - 1] + 3 + (s >> 33) % 3) % V);
-    }
-    return t;
-}
+// the micro model and the synthetic token data, as the doctest tests make them (tests/test_util.h)
+using ::markov_tokens;
+using ::micro_model;
+using ::synthetic_data;
 
-// A data directory as `deepseek data prepare` writes it, minus the tokenizer: train.bin, val.bin, data.json.
-inline void synthetic_data(const std::string& dir, int V, size_t n_train, size_t n_val) {
-    make_dirs(dir);
-    shard_write(dir + "/train.bin", markov_tokens(n_train, V, 1), V);
-    shard_write(dir + "/val.bin", markov_tokens(n_val, V, 2), V);
-    nlohmann::json j = {
-        {"vocab_size", V},
-        {"train", {{"file", "train.bin"}, {"tokens", n_train}, {"bytes", 4 * n_train}, {"bytes_per_token", 4.0}}},
-        {"val", {{"file", "val.bin"}, {"tokens", n_val}, {"bytes", 4 * n_val}, {"bytes_per_token", 4.0}}}};
-    write_file_atomic(dir + "/data.json", j.dump(2));
+// A chat reader's count of skipped lines: never negative, and 0 when reading strictly.
+inline void check_skipped(int skipped, bool skip_bad) {
+    if (skipped < 0 || (!skip_bad && skipped != 0)) fail("skipped = %d", skipped);
+}
+// A rendered chat sequence (from the example on `line`): one mask entry per token, at least one token trained.
+inline void check_trained(int line, const std::vector<int>& ids, const std::vector<uint8_t>& trained) {
+    bool any = false;
+    for (uint8_t t : trained) any |= t != 0;
+    if (ids.size() != trained.size() || !any)
+        fail("line %d: %zu tokens, %zu mask entries, %s trained", line, ids.size(), trained.size(), any ? "some" : "none");
+}
+// What a parsed tokenizer must do (a DeepseekError is fine for each): encode and decode each sample, write
+// tokenizer.json. Then frees it. (A template: tokenizer_to_json is static in tokenizer.cpp, which only the two
+// tokenizer harnesses #include; it is looked up where they instantiate this.)
+template <class Tok> void exercise_tokenizer(Tok* t, std::initializer_list<const char*> samples) {
+    for (const char* s : samples) {
+        try {
+            std::vector<int> ids = tokenizer_encode(t, s, true);
+            tokenizer_decode(t, ids);
+        } catch (const DeepseekError&) {
+        }
+    }
+    try {
+        tokenizer_to_json(t);
+    } catch (const DeepseekError&) {
+    }
+    tokenizer_free(t);
 }
 
 // The repository root holds the fixtures; the harnesses run from there (make fuzz) or name it in FUZZ_ROOT.

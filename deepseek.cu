@@ -1554,6 +1554,65 @@ std::string device_describe(Device dev) {
     return buf;
 }
 
+// The Backend a training loop runs on (struct Backend, deepseek.h): the CPU's Model, or the CUDA backend's copy of it
+// (--device cuda: bf16 parameters and activations, fp32 master weights, gradients and AdamW moments on the GPU).
+// The loop and the objectives call these for model_* and adamw_update; with be->cuda null each is exactly that CPU call.
+// The host Model stays the run's copy for checkpoints: backend_to_host fetches the fp32 master weights and AdamW
+// moments before each save, so a checkpoint has one format and resumes on either backend.
+
+float backend_forward(Backend* be, const int* inputs, const int* targets, int B, int T) {
+    if (!be->cuda) return model_forward(be->host, inputs, targets, B, T);
+    float loss = cuda_model_forward(be->cuda, inputs, targets, B, T);
+    be->losses.resize((size_t)B * T);
+    cuda_model_get_losses(be->cuda, be->losses.data());
+    return loss;
+}
+const float* backend_losses(const Backend* be) { return be->cuda ? be->losses.data() : be->host->acts.losses; }
+void backend_backward(Backend* be, const float* dlosses) {
+    if (be->cuda) cuda_model_backward(be->cuda, dlosses);
+    else model_backward(be->host, dlosses);
+}
+void backend_zero_grad(Backend* be) {
+    if (be->cuda) cuda_model_zero_grad(be->cuda);
+    else model_zero_grad(be->host);
+}
+// clip_grad_norm on either backend: returns the norm. The CPU scales its gradients in place; the GPU leaves them and
+// sets *grad_scale to the clip coefficient, which its AdamW multiplies each gradient by as it reads it (same values).
+double backend_clip_grad_norm(Backend* be, float* grad_scale) {
+    *grad_scale = 1.0f;
+    if (!be->cuda) return clip_grad_norm(be->host->grads_memory.data(), be->host->num_parameters, CLIP_GRAD_NORM);
+    double norm = cuda_model_grad_norm(be->cuda);
+    *grad_scale = (float)clip_coefficient(norm, CLIP_GRAD_NORM);   // 1.0f when no clipping is needed
+    return norm;
+}
+// adamw_update on either backend (the same constants); opt->t counts the updates on both
+void backend_adamw(Backend* be, AdamW* opt, float lr, float grad_scale) {
+    if (!be->cuda) { adamw_update(be->host, opt, lr); return; }
+    opt->t++;
+    cuda_model_adamw(be->cuda, lr, (float)ADAMW_BETA1, (float)ADAMW_BETA2, (float)ADAMW_EPS, (float)WEIGHT_DECAY, grad_scale,
+                     (int)opt->t);
+}
+// before a checkpoint: the device's fp32 master weights and AdamW moments into the host Model and opt (CPU: nothing)
+void backend_to_host(Backend* be, AdamW* opt) {
+    if (!be->cuda) return;
+    cuda_model_get_params(be->cuda, be->host);
+    opt->m.resize(be->host->num_parameters);
+    opt->v.resize(be->host->num_parameters);
+    cuda_model_get_adam_state(be->cuda, opt->m.data(), opt->v.data());
+}
+// The model onto the GPU for --device cuda (with AdamW moments when resuming), activations sized for B×T tokens;
+// prints the device and the memory of each kind. Says which backend runs either way.
+void backend_open(Backend* be, Device dev, const AdamW& opt, int B, int T, const char* who) {
+    printf("%s: device %s\n", who, device_describe(dev).c_str());
+    if (dev != Device::CUDA) return;
+    be->cuda = cuda_model_create(*be->host, B, T, false, true);
+    if (opt.m.size() == be->host->num_parameters) cuda_model_set_adam_state(be->cuda, opt.m.data(), opt.v.data());
+}
+void backend_close(Backend* be) {
+    cuda_model_free(be->cuda);
+    be->cuda = nullptr;
+}
+
 // The CUDA backend (CUDA builds): kernels/cuda_*.cuh, each building on the ones before it.
 #ifdef DEEPSEEK_CUDA
 #include "kernels/cuda_common.cuh"     // bf16, error checks, reductions, host↔device copies; precision and determinism

@@ -422,6 +422,38 @@ enum class Device { CPU, CUDA };
 Device device_select(const std::string& flag);   // "auto" | "cpu" | "cuda"; dies with a clear line if cuda is unavailable
 int cuda_device_count();                          // 0 when built without CUDA or no device
 std::string cuda_device_name(int i);
+std::string device_describe(Device dev);   // "cuda (NVIDIA H200, 139.8 GiB, sm_90)" / "cpu (16 threads)"
+
+// The model a training loop, an objective or an evaluation runs on: the host Model (the CPU backend) or, when cuda
+// is set, the CUDA backend's copy of it; the host Model then keeps the run's checkpoint copy (backend_to_host fetches
+// the fp32 master weights and AdamW moments before each save, so a checkpoint has one format for both). Each
+// backend_X is model_X (or adamw_update, clip_grad_norm) on the CPU and cuda_model_X on the GPU.
+struct CudaModel;
+struct AdamW;
+struct Backend {
+    Model* host = nullptr;
+    CudaModel* cuda = nullptr;
+    std::vector<float> losses;     // CUDA: the last forward's per-token nll [B·T], copied from the device
+    explicit Backend(Model* m, CudaModel* gpu = nullptr) : host(m), cuda(gpu) {}
+};
+// the paper's optimizer (AdamW, clipping), which backend_adamw and backend_clip_grad_norm apply on either backend
+constexpr double ADAMW_BETA1 = 0.9;
+constexpr double ADAMW_BETA2 = 0.95;
+constexpr double ADAMW_EPS = 1e-8;           // not stated in the paper: PyTorch's default
+constexpr double WEIGHT_DECAY = 0.1;
+constexpr double CLIP_GRAD_NORM = 1.0;
+float backend_forward(Backend* be, const int* inputs, const int* targets, int B, int T);   // model_forward on either
+const float* backend_losses(const Backend* be);   // the last forward's per-token nll [B·T] (acts.losses on the CPU)
+void backend_backward(Backend* be, const float* dlosses);
+void backend_zero_grad(Backend* be);
+// the global norm, clipped at CLIP_GRAD_NORM: the CPU scales its gradients in place; the GPU sets *grad_scale to
+// the clip coefficient, which its AdamW applies as it reads each gradient
+double backend_clip_grad_norm(Backend* be, float* grad_scale);
+void backend_adamw(Backend* be, AdamW* opt, float lr, float grad_scale);
+void backend_to_host(Backend* be, AdamW* opt);
+// the model onto the GPU for Device::CUDA (with AdamW moments when resuming), sized for B×T tokens; prints the device
+void backend_open(Backend* be, Device dev, const AdamW& opt, int B, int T, const char* who);
+void backend_close(Backend* be);
 
 // ---- train.cu: token shards, data loader, AdamW, clipping, schedules, scaling laws, checkpoints (pre-training)
 
@@ -466,6 +498,8 @@ struct AdamW { std::vector<float> m, v; long t = 0; };
 void adamw_update(Model* model, AdamW* opt, float lr);        // weight decay 0.1 on matrices, none on norm weights
 double sum_squares(const float* x, size_t n);                 // Σ x², in double, in a fixed order
 double grad_global_norm(const float* g, size_t n);            // deterministic: independent of the thread count
+// torch's clip coefficient max_norm / (norm + 1e-6), at most 1 (a NaN norm gives 1: no scaling); every clip uses it
+double clip_coefficient(double norm, double max_norm);
 double clip_grad_norm(float* g, size_t n, double max_norm);   // torch.nn.utils.clip_grad_norm_; returns the norm
 
 enum class LRSchedule { MULTISTEP, COSINE };
@@ -477,9 +511,10 @@ ScalingPlan scaling_plan(double compute);
 Config plan_shape(double flops_per_token, int seq_len, int vocab_size);
 
 // pre-training objective: forward + per-token loss weights (the mean loss: 1/N per token)
-float pretrain_objective(Model* m, const int* inputs, const int* targets, int B, int T, std::vector<float>* dlosses);
+struct Backend;
+float pretrain_objective(Backend* be, const int* inputs, const int* targets, int B, int T, std::vector<float>* dlosses);
 struct EvalResult { double loss = 0, bits_per_byte = 0; size_t tokens = 0; };
-EvalResult evaluate(Model* m, DataLoader* val, int max_windows, const std::vector<int>& token_bytes, double mean_bytes_per_token);
+EvalResult evaluate(Backend* be, DataLoader* val, int max_windows, const std::vector<int>& token_bytes, double mean_bytes_per_token);
 std::vector<int> sample_greedy(Model* m, std::vector<int> ids, int n_new, int limit);
 // checkpoints: DIR = HF model directory + optimizer.safetensors (exp_avg.*, exp_avg_sq.*) + trainer_state.json
 long checkpoint_read(const std::string& dir, Model* m, AdamW* opt);   // returns the step; dies on a bad checkpoint
@@ -489,7 +524,6 @@ std::string checkpoint_latest(const std::string& dir);   // newest complete chec
 // bf16 parameters and activations, fp32 master weights, gradients and AdamW moments on one GPU.
 // Same semantics as the CPU model: targets −1 are masked, dlosses weights each token's loss, gradients
 // accumulate (+=) until cuda_model_zero_grad. One backward per forward (it consumes the logits in place).
-std::string device_describe(Device dev);   // "cuda (NVIDIA H200, 139.8 GiB, sm_90)" / "cpu (16 threads)"
 struct CudaModel;
 struct CudaDecode;
 // Copies the host model's config and fp32 parameters; activations are sized for B×T tokens up front.
@@ -674,23 +708,12 @@ void dpo_render(const Tokenizer* tok, const DpoExample& ex, ChatSeq* chosen, Cha
 // Rows → inputs/targets [B, T] (T = the longest row − 1): targets[t] = ids[t+1] where trained[t+1], else −1.
 // Padding: input `pad`, target −1. Returns T.
 int chat_batch(const std::vector<const ChatSeq*>& rows, int pad, std::vector<int>* inputs, std::vector<int>* targets);
-// The model the objectives and evaluations run on: the host Model (the CPU backend) or, when cuda is set, the CUDA
-// backend's copy of it; the host Model then keeps the run's checkpoint copy (fetched from the device before saves).
-struct Backend {
-    Model* host = nullptr;
-    CudaModel* cuda = nullptr;
-    std::vector<float> losses;     // CUDA: the last forward's per-token nll [B·T], copied from the device
-    explicit Backend(Model* m, CudaModel* gpu = nullptr) : host(m), cuda(gpu) {}
-};
-float backend_forward(Backend* be, const int* inputs, const int* targets, int B, int T);   // model_forward on either
-const float* backend_losses(const Backend* be);   // the last forward's per-token nll [B·T] (acts.losses on the CPU)
 // log π(trained tokens | the rest) = −Σ nll_t over each sequence's trained tokens, `batch` sequences at a time
-void sequence_logps(Model* m, const std::vector<ChatSeq>& seqs, int batch, int pad, std::vector<double>* out);
 void sequence_logps(Backend* be, const std::vector<ChatSeq>& seqs, int batch, int pad, std::vector<double>* out);
 // One step's gradients (accumulated into m->grads; zero them first). SFT: mean NLL over the rows' trained tokens,
 // returned. DPO: rows = n chosen sequences then their n rejected ones; returns the DPO loss.
-float sft_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, int pad);
-double dpo_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, const double* ref_chosen,
+float sft_forward_backward(Backend* be, const std::vector<const ChatSeq*>& rows, int pad);
+double dpo_forward_backward(Backend* be, const std::vector<const ChatSeq*>& rows, const double* ref_chosen,
                             const double* ref_rejected, double beta, int pad, DpoStats* stats);
 // chat evaluation (infer.cu)
 bool text_is_repetitive(const std::string& text);   // some sentence (between . ! ? newline) occurs twice

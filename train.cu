@@ -41,11 +41,7 @@ using json = nlohmann::json;
 // ============================================================================
 // the paper's constants (DeepSeek LLM, arXiv 2401.02954, §2.3 and §3)
 
-constexpr double ADAMW_BETA1 = 0.9;
-constexpr double ADAMW_BETA2 = 0.95;
-constexpr double ADAMW_EPS = 1e-8;           // not stated in the paper: PyTorch's default
-constexpr double WEIGHT_DECAY = 0.1;
-constexpr double CLIP_GRAD_NORM = 1.0;
+// (AdamW's β1, β2, ε, weight decay and the clipping norm: deepseek.h, beside the Backend that applies them)
 constexpr long PAPER_WARMUP_STEPS = 2000;
 constexpr double MULTISTEP_AT_1 = 0.8, MULTISTEP_FACTOR_1 = 0.316;  // after 80% of the tokens: 31.6% of the peak
 constexpr double MULTISTEP_AT_2 = 0.9, MULTISTEP_FACTOR_2 = 0.1;    // after 90%: 10%
@@ -57,9 +53,6 @@ constexpr double MOPT_K = 0.1715, MOPT_E = 0.5243, DOPT_K = 5.8316, DOPT_E = 0.4
 // ============================================================================
 // small helpers
 
-static double now_s() {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 static std::string hms(double s) {
     long t = (long)(s + 0.5);
     char b[32];
@@ -540,7 +533,7 @@ double grad_global_norm(const float* g, size_t n) { return sqrt(chunked_sum_squa
 // torch's clip coefficient: max_norm / (norm + 1e-6), clamped to 1 (in double; a NaN norm gives 1, no scaling, and
 // the loop's non-finite check stops the run). Every clipping site uses it: clip_grad_norm, dist_clip_grad_norm and the
 // CUDA backend's grad_scale (backend_clip_grad_norm), each applying it to the gradients as a float.
-static double clip_coefficient(double norm, double max_norm) {
+double clip_coefficient(double norm, double max_norm) {
     double coef = max_norm / (norm + 1e-6);
     return coef < 1.0 ? coef : 1.0;
 }
@@ -617,16 +610,16 @@ Config plan_shape(double M_target, int seq_len, int vocab_size) {
     return best;
 }
 
-int cmd_plan(int argc, char** argv) {
-    if (is_help(argc, argv, 2)) {
-        printf("usage: deepseek plan (--compute C | --flops-per-token M --tokens D) [--seq-len T] [--vocab-size V]\n"
+static const char* PLAN_USAGE =
+    "usage: deepseek plan (--compute C | --flops-per-token M --tokens D) [--seq-len T] [--vocab-size V]\n"
                "  the paper's scaling laws for a compute budget C = M·D (FLOPs):\n"
                "    batch_tokens  B_opt = 0.2920·C^0.3271      learning_rate  η_opt = 0.3118·C^-0.1250\n"
                "    flops_per_token M_opt = 0.1715·C^0.5243   tokens         D_opt = 5.8316·C^0.4757\n"
                "  and a concrete shape (layers, hidden_size, heads) whose M = 72·L·C² + 12·L·C·T is near M_opt\n"
-               "  (T = --seq-len, default 4096 as in the paper).\n");
-        return 0;
-    }
+               "  (T = --seq-len, default 4096 as in the paper).\n";
+
+int cmd_plan(int argc, char** argv) {
+    if (print_help(argc, argv, 2, PLAN_USAGE)) return 0;
     Args a(argc, argv, 2, "plan", {"compute", "flops-per-token", "tokens", "seq-len", "vocab-size"}, {});
     if (!a.positional.empty()) die("plan: unexpected argument '%s'", a.positional[0].c_str());
     double C;
@@ -664,74 +657,13 @@ int cmd_plan(int argc, char** argv) {
 // the same mean over the assistant tokens only (the others' targets are −1). DPO (dpo_forward_backward):
 // per-sequence weights ±β·σ(…)/n from the sequences' log-probs. A stage's step (struct Stage) runs its objective.
 
-float pretrain_objective(Model* m, const int* inputs, const int* targets, int B, int T, std::vector<float>* dlosses) {
-    float loss = model_forward(m, inputs, targets, B, T);
-    model_mean_loss_weights(targets, B * T, dlosses);
-    return loss;
-}
+// (pretrain_objective, below the backend section: it runs on either backend)
 
 // ============================================================================
-// the backend a loop runs on (struct Backend, deepseek.h): the CPU's Model, or the CUDA backend's copy of it
-// (--device cuda: bf16 parameters and activations, fp32 master weights, gradients and AdamW moments on the GPU).
-// The loop and the objectives call these for model_* and adamw_update; with be->cuda null each is exactly that CPU call.
-// The host Model stays the run's copy for checkpoints: backend_to_host fetches the fp32 master weights and AdamW
-// moments before each save, so a checkpoint has one format and resumes on either backend.
+// (the Backend a loop runs on — the CPU's Model or the CUDA model — is deepseek.cu's section "backends")
 
-float backend_forward(Backend* be, const int* inputs, const int* targets, int B, int T) {
-    if (!be->cuda) return model_forward(be->host, inputs, targets, B, T);
-    float loss = cuda_model_forward(be->cuda, inputs, targets, B, T);
-    be->losses.resize((size_t)B * T);
-    cuda_model_get_losses(be->cuda, be->losses.data());
-    return loss;
-}
-const float* backend_losses(const Backend* be) { return be->cuda ? be->losses.data() : be->host->acts.losses; }
-static void backend_backward(Backend* be, const float* dlosses) {
-    if (be->cuda) cuda_model_backward(be->cuda, dlosses);
-    else model_backward(be->host, dlosses);
-}
-static void backend_zero_grad(Backend* be) {
-    if (be->cuda) cuda_model_zero_grad(be->cuda);
-    else model_zero_grad(be->host);
-}
-// clip_grad_norm on either backend: returns the norm. The CPU scales its gradients in place; the GPU leaves them and
-// sets *grad_scale to the clip coefficient, which its AdamW multiplies each gradient by as it reads it (same values).
-static double backend_clip_grad_norm(Backend* be, float* grad_scale) {
-    *grad_scale = 1.0f;
-    if (!be->cuda) return clip_grad_norm(be->host->grads_memory.data(), be->host->num_parameters, CLIP_GRAD_NORM);
-    double norm = cuda_model_grad_norm(be->cuda);
-    *grad_scale = (float)clip_coefficient(norm, CLIP_GRAD_NORM);   // 1.0f when no clipping is needed
-    return norm;
-}
-// adamw_update on either backend (the same constants); opt->t counts the updates on both
-static void backend_adamw(Backend* be, AdamW* opt, float lr, float grad_scale) {
-    if (!be->cuda) { adamw_update(be->host, opt, lr); return; }
-    opt->t++;
-    cuda_model_adamw(be->cuda, lr, (float)ADAMW_BETA1, (float)ADAMW_BETA2, (float)ADAMW_EPS, (float)WEIGHT_DECAY, grad_scale,
-                     (int)opt->t);
-}
-// before a checkpoint: the device's fp32 master weights and AdamW moments into the host Model and opt (CPU: nothing)
-static void backend_to_host(Backend* be, AdamW* opt) {
-    if (!be->cuda) return;
-    cuda_model_get_params(be->cuda, be->host);
-    opt->m.resize(be->host->num_parameters);
-    opt->v.resize(be->host->num_parameters);
-    cuda_model_get_adam_state(be->cuda, opt->m.data(), opt->v.data());
-}
-// The model onto the GPU for --device cuda (with AdamW moments when resuming), activations sized for B×T tokens;
-// prints the device and the memory of each kind. Says which backend runs either way.
-static void backend_open(Backend* be, Device dev, const AdamW& opt, int B, int T, const char* who) {
-    printf("%s: device %s\n", who, device_describe(dev).c_str());
-    if (dev != Device::CUDA) return;
-    be->cuda = cuda_model_create(*be->host, B, T, false, true);
-    if (opt.m.size() == be->host->num_parameters) cuda_model_set_adam_state(be->cuda, opt.m.data(), opt.v.data());
-}
-static void backend_close(Backend* be) {
-    cuda_model_free(be->cuda);
-    be->cuda = nullptr;
-}
-// pre-training's objective on either backend (pretrain_objective's arithmetic)
-static float pretrain_objective_on(Backend* be, const int* inputs, const int* targets, int B, int T, std::vector<float>* dlosses) {
-    if (!be->cuda) return pretrain_objective(be->host, inputs, targets, B, T, dlosses);
+// pre-training's objective: the forward (mean loss over the unmasked tokens) and the per-token weights 1/N
+float pretrain_objective(Backend* be, const int* inputs, const int* targets, int B, int T, std::vector<float>* dlosses) {
     float loss = backend_forward(be, inputs, targets, B, T);
     model_mean_loss_weights(targets, B * T, dlosses);
     return loss;
@@ -743,7 +675,7 @@ static float pretrain_objective_on(Backend* be, const int* inputs, const int* ta
 // Bits per byte = Σ nll / ln 2 / Σ bytes of the target tokens: independent of the tokenizer, as in the paper.
 // token_bytes[id] is the byte length of each token (0 for special tokens such as BOS); without a tokenizer (empty
 // table) the split's mean bytes per token stands in.
-static EvalResult evaluate_on(Backend* be, DataLoader* val, int max_windows, const std::vector<int>& token_bytes,
+EvalResult evaluate(Backend* be, DataLoader* val, int max_windows, const std::vector<int>& token_bytes,
                               double mean_bytes_per_token) {
     EvalResult r;
     int B = val->B, T = val->T;
@@ -766,10 +698,6 @@ static EvalResult evaluate_on(Backend* be, DataLoader* val, int max_windows, con
     r.bits_per_byte = bytes > 0 ? nll / log(2.0) / bytes : 0;
     r.tokens = tokens;
     return r;
-}
-EvalResult evaluate(Model* m, DataLoader* val, int max_windows, const std::vector<int>& token_bytes, double mean_bytes_per_token) {
-    Backend be{m};
-    return evaluate_on(&be, val, max_windows, token_bytes, mean_bytes_per_token);
 }
 
 // Greedy decoding by full recomputation (the KV-cache sampler lives in infer.cu): argmax over the ids below limit.
@@ -1208,12 +1136,12 @@ static void save_checkpoint(Trainer* t, const std::string& dir, const json& stat
 static std::string run_training(Trainer* t, const Stage& st) {
     install_stop_handlers();
     if (t->step == 0 && t->eval_every > 0) st.evaluate();   // the untrained model's numbers, for the curve
-    double t_start = now_s(), t_line = t_start;
+    double t_start = now_seconds(), t_line = t_start;
     long first_step = t->step;
     std::string last_ckpt;
     StepReport rep;
     while (t->step < t->steps) {
-        double t0 = now_s();
+        double t0 = now_seconds();
         backend_zero_grad(&t->be);
         json m = st.step();
         double shared[2] = {m["loss"].get<double>(), (double)g_stop_signal};   // the global batch's loss; a stop request on any rank
@@ -1231,7 +1159,7 @@ static std::string run_training(Trainer* t, const Stage& st) {
         double lr = lr_at(t->schedule, t->lr, t->step, t->steps, t->warmup);
         optimizer_update(t, (float)lr);
         t->step++;
-        double t1 = now_s();
+        double t1 = now_seconds();
         m["loss"] = loss;
         for (auto it = m.begin(); it != m.end(); ++it)
             if (it.value().is_number()) rep.sums[it.key()] += it.value().get<double>();
@@ -1271,7 +1199,7 @@ static std::string run_training(Trainer* t, const Stage& st) {
     metrics_close(t->metrics);
     t->metrics = nullptr;
     std::string final_dir = t->out + "/final";
-    save_checkpoint(t, final_dir, st.state(t->elapsed_before + (now_s() - t_start)));
+    save_checkpoint(t, final_dir, st.state(t->elapsed_before + (now_seconds() - t_start)));
     return final_dir;
 }
 
@@ -1328,7 +1256,7 @@ static json trainer_state(const TrainRun& r, double elapsed) {
 
 static void run_eval(TrainRun* r) {
     if (!r->has_val || r->s.rank != 0) return;
-    EvalResult e = evaluate_on(&r->be, &r->val, r->s.eval_windows, r->token_bytes, r->mean_bytes_per_token);
+    EvalResult e = evaluate(&r->be, &r->val, r->s.eval_windows, r->token_bytes, r->mean_bytes_per_token);
     printf("eval  step %ld | val loss %.4f | val bpb %.4f (unigram %.4f) | %zu tokens\n", r->step, e.loss, e.bits_per_byte,
            r->unigram_bpb, e.tokens);
     write_metric(r->metrics, {{"step", r->step}, {"tokens", r->tokens_seen}, {"val_loss", e.loss}, {"val_bpb", e.bits_per_byte}});
@@ -1373,7 +1301,7 @@ static std::string train_loop(TrainRun* r) {
         double loss = 0;
         for (int k = 0; k < s.accum; k++) {
             loader_next(&r->train, in.data(), tg.data());
-            loss += pretrain_objective_on(&r->be, in.data(), tg.data(), B, T, &dl) / s.accum;
+            loss += pretrain_objective(&r->be, in.data(), tg.data(), B, T, &dl) / s.accum;
             for (float& w : dl) w /= (float)(s.accum * s.world);   // the step's loss: the mean over micro-batches and ranks
             backend_backward(&r->be, dl.data());
         }
@@ -1511,8 +1439,8 @@ static bool run_finished(const char* cmd, const std::string& ckpt, long step, lo
 // ============================================================================
 // deepseek train
 
-static void train_usage() {
-    printf("usage: deepseek train (--preset NAME | --model DIR | --compute C) --data DIR --out DIR [flags]\n"
+static const char* TRAIN_USAGE =
+    "usage: deepseek train (--preset NAME | --model DIR | --compute C) --data DIR --out DIR [flags]\n"
            "       deepseek train --resume CHECKPOINT|RUN_DIR [--out DIR] [--data DIR] [--steps N] [--eval-every K]\n"
            "                      [--save-every K] [--zero 0|1] [--threads N] [--device D]\n"
            "  pre-training on token shards from `deepseek data prepare` (DIR/train.bin, DIR/val.bin, DIR/data.json).\n"
@@ -1526,8 +1454,8 @@ static void train_usage() {
            "  --seq-len T          tokens per sequence (default min(256, the model's context))\n"
            "  --micro-batch N      sequences per forward pass (default: up to 4096 tokens); accumulation fills the batch\n"
            "  --lr X               peak learning rate (default: η_opt with --compute, else 1e-3)\n"
-           "  --lr-schedule S      multistep (the paper's: 31.6%% of peak after 80%% of tokens, 10%% after 90%%) | cosine\n"
-           "  --warmup-steps N     linear warmup (default: 5%% of the steps, at most the paper's 2000; 0 = none)\n"
+           "  --lr-schedule S      multistep (the paper's: 31.6% of peak after 80% of tokens, 10% after 90%) | cosine\n"
+           "  --warmup-steps N     linear warmup (default: 5% of the steps, at most the paper's 2000; 0 = none)\n"
            "  --eval-every K       validation loss, bits per byte and a greedy sample every K steps (default steps/10;\n"
            "                       0 = never)\n"
            "  --eval-windows N     validation sequences per evaluation (default 64)\n"
@@ -1550,8 +1478,7 @@ static void train_usage() {
            "  outputs: OUT/metrics.jsonl, OUT/step_NNNNNN/ checkpoints, OUT/final/ (model directory + optimizer and\n"
            "  trainer state), OUT/loss.png. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n"
            "  one run per --out: OUT/.lock (an flock held while training, naming the holder's pid and host; under MPI\n"
-           "  rank 0 holds it for the ranks) makes a second run on the same OUT an error.\n");
-}
+           "  rank 0 holds it for the ranks) makes a second run on the same OUT an error.\n";
 
 // data.json's entry for a split ("" when it has none): {"file": NAME, ...}, NAME relative to the data directory
 static std::string data_file(const std::string& data, const json& dj, const std::string& where, const char* split) {
@@ -1566,7 +1493,7 @@ static const char* const RESUME_KEEPS[] = {"batch-tokens", "seq-len", "micro-bat
                                            "eval-windows", "keep", "sample-tokens", "seed"};
 
 int cmd_train(int argc, char** argv) {
-    if (is_help(argc, argv, 2)) { train_usage(); return 0; }
+    if (print_help(argc, argv, 2, TRAIN_USAGE)) return 0;
     Args a(argc, argv, 2, "train",
            {"preset", "model", "data", "out", "steps", "batch-tokens", "seq-len", "micro-batch", "lr", "lr-schedule",
             "warmup-steps", "compute", "eval-every", "eval-windows", "save-every", "keep", "sample-tokens", "seed", "resume", "zero",
@@ -2042,10 +1969,6 @@ void sequence_logps(Backend* be, const std::vector<ChatSeq>& seqs, int batch, in
         for (size_t b = 0; b < rows.size(); b++) (*out)[i + b] = -row_nll(backend_losses(be), (int)b, T);
     }
 }
-void sequence_logps(Model* m, const std::vector<ChatSeq>& seqs, int batch, int pad, std::vector<double>* out) {
-    Backend be{m};
-    sequence_logps(&be, seqs, batch, pad, out);
-}
 
 // Drops sequences longer than the context (+1: the last token is only a target) or with nothing to train on.
 static std::vector<ChatSeq> fit_context(std::vector<ChatSeq> seqs, int ctx, const char* what, int* dropped) {
@@ -2062,7 +1985,7 @@ static std::vector<ChatSeq> fit_context(std::vector<ChatSeq> seqs, int ctx, cons
 
 // ---------------------------------------------------------------------------- the two objectives, one step each
 
-static float sft_forward_backward(Backend* be, const std::vector<const ChatSeq*>& rows, int pad) {
+float sft_forward_backward(Backend* be, const std::vector<const ChatSeq*>& rows, int pad) {
     std::vector<int> in, tg;
     std::vector<float> w;
     int T = chat_batch(rows, pad, &in, &tg);
@@ -2071,12 +1994,8 @@ static float sft_forward_backward(Backend* be, const std::vector<const ChatSeq*>
     backend_backward(be, w.data());
     return loss;
 }
-float sft_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, int pad) {
-    Backend be{m};
-    return sft_forward_backward(&be, rows, pad);
-}
 
-static double dpo_forward_backward(Backend* be, const std::vector<const ChatSeq*>& rows, const double* ref_chosen,
+double dpo_forward_backward(Backend* be, const std::vector<const ChatSeq*>& rows, const double* ref_chosen,
                                    const double* ref_rejected, double beta, int pad, DpoStats* stats) {
     if (rows.empty() || rows.size() % 2) die("dpo: rows must be n chosen then n rejected sequences");
     int n = (int)rows.size() / 2;
@@ -2096,11 +2015,6 @@ static double dpo_forward_backward(Backend* be, const std::vector<const ChatSeq*
     }
     backend_backward(be, w.data());
     return loss;
-}
-double dpo_forward_backward(Model* m, const std::vector<const ChatSeq*>& rows, const double* ref_chosen,
-                            const double* ref_rejected, double beta, int pad, DpoStats* stats) {
-    Backend be{m};
-    return dpo_forward_backward(&be, rows, ref_chosen, ref_rejected, beta, pad, stats);
 }
 
 // ---------------------------------------------------------------------------- the alignment stages on the loop
@@ -2302,22 +2216,22 @@ static void align_finish(AlignRun* r, const std::string& final_dir) {
         printf("%s: final model %s (metrics: %s/metrics.jsonl)\n", r->cmd.c_str(), final_dir.c_str(), r->out.c_str());
 }
 
-static const char* ALIGN_COMMON_FLAGS =
-    "  --tokenizer FILE    tokenizer.json (default: MODEL/tokenizer.json)\n"
-    "  --warmup N          linear warmup steps (0 = none), then cosine decay to 10%% of the peak\n"
-    "  --save-every N      checkpoint every N steps (default: a quarter of the run; 0 = only OUT/final and on a\n"
-    "                      signal); --keep N newest kept (default 3)\n"
-    "  --resume DIR        continue a run from its checkpoint (or its run directory's newest, final/ included), with\n"
-    "                      the same flags; a finished run goes on only with more --epochs (else: it says so, exit 0)\n"
-    "  --overwrite         --out holds an earlier run (checkpoints, metrics.jsonl): delete its files and start over\n"
-    "                      (without it such an --out is refused); OUT/.lock makes a second run on one OUT an error\n"
-    "  --skip-bad          skip malformed JSONL lines (each reported with its line number) instead of stopping\n"
-    "  --log-every N       progress line every N steps (default 10)\n"
-    "  --seed S            data order (default 1)      --threads N   OpenMP threads\n"
-    "  --device D          auto (the GPU when there is one) | cpu | cuda; checkpoints resume on either\n"
-    "  AdamW (β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1 on matrices), gradient clipping at 1.0, as pre-training.\n"
-    "  outputs: OUT/final/ (model directory + tokenizer + optimizer + trainer state), OUT/step_NNNNNN/ checkpoints,\n"
-    "  OUT/metrics.jsonl. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n";
+#define ALIGN_COMMON_FLAGS \
+    "  --tokenizer FILE    tokenizer.json (default: MODEL/tokenizer.json)\n" \
+    "  --warmup N          linear warmup steps (0 = none), then cosine decay to 10% of the peak\n" \
+    "  --save-every N      checkpoint every N steps (default: a quarter of the run; 0 = only OUT/final and on a\n" \
+    "                      signal); --keep N newest kept (default 3)\n" \
+    "  --resume DIR        continue a run from its checkpoint (or its run directory's newest, final/ included), with\n" \
+    "                      the same flags; a finished run goes on only with more --epochs (else: it says so, exit 0)\n" \
+    "  --overwrite         --out holds an earlier run (checkpoints, metrics.jsonl): delete its files and start over\n" \
+    "                      (without it such an --out is refused); OUT/.lock makes a second run on one OUT an error\n" \
+    "  --skip-bad          skip malformed JSONL lines (each reported with its line number) instead of stopping\n" \
+    "  --log-every N       progress line every N steps (default 10)\n" \
+    "  --seed S            data order (default 1)      --threads N   OpenMP threads\n" \
+    "  --device D          auto (the GPU when there is one) | cpu | cuda; checkpoints resume on either\n" \
+    "  AdamW (β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1 on matrices), gradient clipping at 1.0, as pre-training.\n" \
+    "  outputs: OUT/final/ (model directory + tokenizer + optimizer + trainer state), OUT/step_NNNNNN/ checkpoints,\n" \
+    "  OUT/metrics.jsonl. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n"
 
 // ---------------------------------------------------------------------------- deepseek sft
 
@@ -2344,9 +2258,8 @@ static std::vector<ChatSeq> render_sft(const Tokenizer* tok, const std::vector<S
     return seqs;
 }
 
-int cmd_sft(int argc, char** argv) {
-    if (is_help(argc, argv, 2)) {
-        printf("usage: deepseek sft --model BASE_DIR --data chat.jsonl --out DIR [flags]\n"
+static const char* SFT_USAGE =
+    "usage: deepseek sft --model BASE_DIR --data chat.jsonl --out DIR [flags]\n"
                "       deepseek sft --resume CHECKPOINT|RUN_DIR [--threads N]\n\n"
                "Supervised fine-tuning on chat conversations, JSONL lines {\"messages\": [{\"role\": \"user\"|\"assistant\"|\"system\",\n"
                "\"content\": ...}, ...]}, rendered with the DeepSeek chat template; the loss is the mean NLL of the assistant\n"
@@ -2359,9 +2272,10 @@ int cmd_sft(int argc, char** argv) {
                "  --epochs N          passes over the data (default 2; the paper: 4 for 7B, 2 for 67B)\n"
                "  --batch N           conversations per step (default 16)\n"
                "  --lr X              peak learning rate (default 1e-5, the paper's 7B SFT rate)\n"
-               "  (warmup default: 3%% of the steps)\n%s", ALIGN_COMMON_FLAGS);
-        return 0;
-    }
+               "  (warmup default: 3% of the steps)\n" ALIGN_COMMON_FLAGS;
+
+int cmd_sft(int argc, char** argv) {
+    if (print_help(argc, argv, 2, SFT_USAGE)) return 0;
     Args a(argc, argv, 2, "sft", {"model", "data", "out", "tokenizer", "val", "epochs", "batch", "lr", "warmup", "save-every",
            "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad", "overwrite"});
     if (!a.positional.empty()) die("sft: unexpected argument '%s'", a.positional[0].c_str());
@@ -2444,9 +2358,8 @@ static DpoStats dpo_eval(Backend* be, const std::vector<ChatSeq>& seqs, const st
     return st;
 }
 
-int cmd_dpo(int argc, char** argv) {
-    if (is_help(argc, argv, 2)) {
-        printf("usage: deepseek dpo --model SFT_DIR --data prefs.jsonl --out DIR [flags]\n"
+static const char* DPO_USAGE =
+    "usage: deepseek dpo --model SFT_DIR --data prefs.jsonl --out DIR [flags]\n"
                "       deepseek dpo --resume CHECKPOINT|RUN_DIR [--threads N]\n\n"
                "Direct Preference Optimization. JSONL lines {\"prompt\": \"...\" | \"messages\": [... ending with a user turn],\n"
                "\"chosen\": \"...\", \"rejected\": \"...\"}. The policy starts from the SFT model; the reference is the same\n"
@@ -2461,9 +2374,10 @@ int cmd_dpo(int argc, char** argv) {
                "  --epochs N          passes over the pairs (default 1, the paper's)\n"
                "  --batch N           pairs per step (default 8)\n"
                "  --lr X              peak learning rate (default 5e-6, the paper's)\n"
-               "  (warmup default: 10%% of the steps)\n%s", ALIGN_COMMON_FLAGS);
-        return 0;
-    }
+               "  (warmup default: 10% of the steps)\n" ALIGN_COMMON_FLAGS;
+
+int cmd_dpo(int argc, char** argv) {
+    if (print_help(argc, argv, 2, DPO_USAGE)) return 0;
     Args a(argc, argv, 2, "dpo", {"model", "data", "out", "tokenizer", "val", "beta", "epochs", "batch", "lr", "warmup",
            "save-every", "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad", "overwrite"});
     if (!a.positional.empty()) die("dpo: unexpected argument '%s'", a.positional[0].c_str());
@@ -2487,11 +2401,11 @@ int cmd_dpo(int argc, char** argv) {
     align_device(&r, 2 * B, {&train, &val});
     // the frozen reference: the starting weights' log-probabilities, once, before any update (on the same backend as
     // the policy's, so that before the first update policy and reference agree exactly)
-    double t0 = now_s();
+    double t0 = now_seconds();
     std::vector<double> ref, vref;
     sequence_logps(&r.be, train, 2 * B, r.pad, &ref);
     if (!val.empty()) sequence_logps(&r.be, val, 2 * B, r.pad, &vref);
-    printf("dpo: reference log-probabilities of %zu sequences cached (%.0fs)\n", train.size() + val.size(), now_s() - t0);
+    printf("dpo: reference log-probabilities of %zu sequences cached (%.0fs)\n", train.size() + val.size(), now_seconds() - t0);
     if (!align_start(a, &r, ckpt, npairs, 0.10)) { align_finish(&r, ""); return 0; }
     printf("dpo: %zu pairs (%d bad lines skipped), β %g, %d epoch(s) × %ld steps of %d pairs, lr %g (warmup %ld, cosine)\n",
            npairs, skipped, beta, r.epochs, r.steps_per_epoch, r.B, r.lr, r.warmup);

@@ -123,6 +123,7 @@ TEST_CASE("SFT: user, system and template tokens get exactly zero gradient") {
     Tokenizer* tok = test_tokenizer();
     Model m;
     small_model(&m, tok);
+    Backend be(&m);   // the CPU backend
     ChatSeq a, b;
     chat_tokens(tok, {{"system", "Answer briefly."}, {"user", "What is 12 + 7?"}, {"assistant", "The answer is 19."},
                       {"user", "Sort the list: 5 2 8"}, {"assistant", "The answer is 2 5 8."}}, false, &a.ids, &a.trained);
@@ -151,7 +152,7 @@ TEST_CASE("SFT: user, system and template tokens get exactly zero gradient") {
     // end to end: the gradient of the step equals, bit for bit, the gradient of a loss in which every
     // user/system/template position predicts its real next token but with weight 0 — their terms contribute nothing
     model_zero_grad(&m);
-    float loss1 = sft_forward_backward(&m, {&a, &b}, pad);
+    float loss1 = sft_forward_backward(&be, {&a, &b}, pad);
     std::vector<float> g1 = m.grads_memory;
     std::vector<int> tg_all = tg;
     for (int r = 0; r < 2; r++) {
@@ -168,7 +169,7 @@ TEST_CASE("SFT: user, system and template tokens get exactly zero gradient") {
     std::fill(a_all.trained.begin(), a_all.trained.end(), 1);
     std::fill(b_all.trained.begin(), b_all.trained.end(), 1);
     model_zero_grad(&m);
-    sft_forward_backward(&m, {&a_all, &b_all}, pad);
+    sft_forward_backward(&be, {&a_all, &b_all}, pad);
     CHECK(memcmp(m.grads_memory.data(), g1.data(), g1.size() * sizeof(float)) != 0);
 }
 
@@ -192,6 +193,7 @@ TEST_CASE("DPO gradient through the model matches finite differences of the DPO 
     Tokenizer* tok = test_tokenizer();
     Model m;
     small_model(&m, tok, 128, 11);
+    Backend be(&m);   // the CPU backend
     int pad = tokenizer_eos_id(tok);
     DpoExample e1{{{"user", "What is 12 + 7?"}}, "The answer is 19.", "The answer is 18.", 1};
     DpoExample e2{{{"user", "Sort the list: 5 2 8"}}, "The answer is 2 5 8.", "The answer is 2 5 8. The answer is 2 5 8.", 2};
@@ -203,12 +205,12 @@ TEST_CASE("DPO gradient through the model matches finite differences of the DPO 
     auto loss_at = [&]() {
         std::vector<ChatSeq> seqs = {c1, c2, r1, r2};
         std::vector<double> lp;
-        sequence_logps(&m, seqs, 4, pad, &lp);
+        sequence_logps(&be, seqs, 4, pad, &lp);
         return dpo_loss(&lp[0], &lp[2], rc, rr, 2, beta, nullptr, nullptr, nullptr);
     };
     model_zero_grad(&m);
     DpoStats st;
-    double loss = dpo_forward_backward(&m, rows, rc, rr, beta, pad, &st);
+    double loss = dpo_forward_backward(&be, rows, rc, rr, beta, pad, &st);
     CHECK(loss == doctest::Approx(loss_at()).epsilon(1e-6));
     // the 6 largest-|g| parameters: central differences in fp32 with h = 1e-2 (truncation ~h², rounding ~1e-6/h)
     std::vector<size_t> idx(m.num_parameters);

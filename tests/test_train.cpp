@@ -336,19 +336,20 @@ TEST_CASE("gradient accumulation over two micro-batches equals one batch of both
     Model m;
     model_build(&m, c);
     model_init_random(&m, 3, 0.2f);
+    Backend be(&m);   // the CPU backend: the objective runs on the host Model
     const int B = 4, T = 8;
     std::vector<uint32_t> s = markov_tokens(B * T + 1, c.vocab_size, 9);
     std::vector<int> in(B * T), tg(B * T);
     for (int i = 0; i < B * T; i++) { in[i] = (int)s[i]; tg[i] = (int)s[i + 1]; }
     std::vector<float> dl;
     model_zero_grad(&m);
-    float full = pretrain_objective(&m, in.data(), tg.data(), B, T, &dl);
+    float full = pretrain_objective(&be, in.data(), tg.data(), B, T, &dl);
     model_backward(&m, dl.data());
     std::vector<float> g_full = m.grads_memory;
     model_zero_grad(&m);
     double acc = 0;
     for (int k = 0; k < 2; k++) {   // as the training loop does: each micro-batch's weights divided by accum
-        acc += pretrain_objective(&m, in.data() + k * (B / 2) * T, tg.data() + k * (B / 2) * T, B / 2, T, &dl) / 2.0;
+        acc += pretrain_objective(&be, in.data() + k * (B / 2) * T, tg.data() + k * (B / 2) * T, B / 2, T, &dl) / 2.0;
         for (float& w : dl) w /= 2.0f;
         model_backward(&m, dl.data());
     }

@@ -1029,6 +1029,9 @@ int cmd_generate(int argc, char** argv) {
     }
     if ((int)prompt.size() > s.im.ctx)
         die("generate: the prompt has %zu tokens, more than the context of %d tokens", prompt.size(), s.im.ctx);
+    for (int id : prompt)   // before the header is printed, so that a bad id is the only line on stderr
+        if (id < 0 || id >= s.im.cfg.vocab_size)
+            die("generate: --prompt-ids: id %d is outside the model's vocabulary [0, %d)", id, s.im.cfg.vocab_size);
     if (!s.quiet) fputs(s.header.c_str(), stderr);
     StreamCtx sc{&s, TextStream{}, ""};
     sc.ts.stop = s.stop;

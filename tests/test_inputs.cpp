@@ -972,6 +972,9 @@ TEST_CASE("bad input, data and training runs: each is one clear error line") {
 
 TEST_CASE("bad input, command lines: each is one clear error line") {
     std::vector<BadInput> rows = {
+        {"generate --prompt-ids with an id outside the vocabulary",
+         [](const std::string&) { return "generate --model " + GEN + " --prompt-ids '1 99999' -n 2 --ids --device cpu"; },
+         "outside the model's vocabulary"},
         {"an unknown flag",
          [](const std::string&) { return std::string("info --preset tiny --no-such-flag"); },
          "unknown flag"},

@@ -14,6 +14,7 @@
 #include <cstdlib>       // calloc, free
 #include <cstring>       // memcpy, strcmp
 #include <initializer_list>  // std::initializer_list (fused linears)
+#include <memory>        // std::unique_ptr: eval's tokenizer, freed also when an error unwinds
 #include <ctime>         // time (the default seed)
 #include <unistd.h>      // isatty, getpid
 #include <nlohmann/json.hpp>  // nlohmann::json: generation_config.json
@@ -1230,7 +1231,8 @@ int cmd_eval(int argc, char** argv) {
     require_dir(dir, "eval: model directory");
     if (!path_exists(tok_path)) die("eval: no tokenizer at %s (give --tokenizer FILE)", tok_path.c_str());
     require_file(tok_path, "eval: tokenizer");
-    Tokenizer* tok = tokenizer_load(tok_path);
+    std::unique_ptr<Tokenizer, void (*)(Tokenizer*)> tok_owner(tokenizer_load(tok_path), tokenizer_free);
+    Tokenizer* tok = tok_owner.get();   // (freed also when an error unwinds: tests and fuzzers make die() throw)
     Model m;
     model_load_dir(&m, dir);
     if (tokenizer_vocab_size(tok) > m.cfg.vocab_size)
@@ -1346,6 +1348,5 @@ int cmd_eval(int argc, char** argv) {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     printf("eval: done in %.0fs\n", secs);
     if (a.has("json")) write_file_atomic(a.str("json"), result.dump(2) + "\n");
-    tokenizer_free(tok);
     return 0;
 }

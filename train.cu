@@ -23,6 +23,7 @@
 #include <csignal>       // sigaction: SIGINT/SIGTERM finish the step and checkpoint
 #include <cstdio>        // printf, FILE
 #include <cstring>       // memcpy, strerror
+#include <memory>        // std::unique_ptr: a tokenizer freed also when an error unwinds
 #include <dirent.h>      // opendir: listing checkpoints
 #include <fcntl.h>       // open (fsync of directories)
 #include <climits>       // PATH_MAX
@@ -344,7 +345,8 @@ static int cmd_data_prepare(int argc, char** argv) {
         tokenizer_train_files({train_txt}, vocab, tok_path, false);
         unlink(train_txt.c_str());
     }
-    Tokenizer* tok = tokenizer_load(tok_path);
+    std::unique_ptr<Tokenizer, void (*)(Tokenizer*)> tok_owner(tokenizer_load(tok_path), tokenizer_free);
+    Tokenizer* tok = tok_owner.get();   // (freed also when an error unwinds: tests and fuzzers make die() throw)
     int V = tokenizer_vocab_size(tok);
     std::vector<uint32_t> split_tokens[2];
     size_t split_bytes[2] = {0, 0};
@@ -385,7 +387,6 @@ static int cmd_data_prepare(int argc, char** argv) {
     }
     if (tok_path != out + "/tokenizer.json") copy_file(tok_path, out + "/tokenizer.json");
     write_atomic(out + "/data.json", j.dump(2) + "\n");
-    tokenizer_free(tok);
     printf("data prepare: wrote %s/{train.bin,val.bin,data.json,tokenizer.json} from %ld file(s)\n", out.c_str(), docs_done);
     return 0;
 }
@@ -1212,10 +1213,14 @@ struct TrainRun : Trainer {
     DataLoader train, val;
     bool has_val = false;
     std::vector<int> token_bytes;   // for bits per byte
-    Tokenizer* tok = nullptr;       // for samples (null if the data directory has none)
+    Tokenizer* tok = nullptr;       // for samples (null if the data directory has none); freed with the run
     double tokens_seen = 0;
     double unigram_bpb = 0;
     double mean_bytes_per_token = 0;  // bits per byte without a tokenizer
+    TrainRun() = default;
+    TrainRun(const TrainRun&) = delete;
+    TrainRun& operator=(const TrainRun&) = delete;
+    ~TrainRun() { tokenizer_free(tok); }   // (also when an error unwinds: tests and fuzzers make die() throw)
 };
 
 // The gradient all-reduce point. Each rank's loss weights carry 1/world, so the sum over ranks is the gradient of
@@ -1754,7 +1759,6 @@ int cmd_train(int argc, char** argv) {
 
     std::string final_dir = train_loop(&r);
     backend_close(&r.be);
-    if (r.tok) tokenizer_free(r.tok);
     if (r.step == s.steps && s.rank == 0) {
         std::string png = plot_loss_curve(s.out);
         // the run's story in one line: validation bits per byte from the first evaluation to the last
@@ -2029,13 +2033,17 @@ double dpo_forward_backward(Backend* be, const std::vector<const ChatSeq*>& rows
 
 struct AlignRun : Trainer {
     Device device = Device::CPU;          // --device (not saved with the settings: a run resumes on either backend)
-    Tokenizer* tok = nullptr;
+    Tokenizer* tok = nullptr;             // freed with the run (~AlignRun), also when an error unwinds
     int pad = 0;                          // padding input id (EOS); padded targets are −1
     json settings;                        // the run's flags, kept in trainer_state.json for --resume
     size_t n_items = 0;
     int B = 0, epochs = 0;
     long steps_per_epoch = 0;
     uint64_t seed = 1;
+    AlignRun() = default;
+    AlignRun(const AlignRun&) = delete;
+    AlignRun& operator=(const AlignRun&) = delete;
+    ~AlignRun() { tokenizer_free(tok); }
 };
 
 // epoch e's order of n items: a Fisher–Yates shuffle driven by splitmix64 from (seed, e) (same on every platform)

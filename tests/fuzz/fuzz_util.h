@@ -157,4 +157,22 @@ inline std::string repo_path(const std::string& rel) {
     return (r && *r ? std::string(r) + "/" : std::string()) + rel;
 }
 
+// The chat-data harnesses' frame: the fixture tokenizer (loaded once), and each input written to a file and read
+// strictly, then with skip_bad — read(path, skip_bad) either reads it or throws a DeepseekError, which is fine.
+inline Tokenizer* chat_tokenizer() {
+    static Tokenizer* tok = nullptr;
+    if (!tok) setup("tokenizer", [] { tok = tokenizer_load(repo_path("tests/fixtures/infer/tokenizer.json")); });
+    return tok;
+}
+template <class F> void read_both_ways(const uint8_t* data, size_t size, F read) {
+    static const std::string path = scratch() + "/in.jsonl";
+    write_bytes(path, data, size);
+    for (bool skip_bad : {false, true}) {
+        try {
+            read(path, skip_bad);
+        } catch (const DeepseekError&) {
+        }
+    }
+}
+
 }  // namespace fuzz

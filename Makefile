@@ -48,7 +48,7 @@ endif
 
 SRCS_CU   := deepseek.cu train.cu infer.cu
 TEST_SRCS := $(wildcard tests/*.cpp)
-HDRS      := deepseek.h $(wildcard kernels/*)
+HDRS      := deepseek.h util.h $(wildcard kernels/*)
 
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
 ifeq ($(HAVE_NVCC),)

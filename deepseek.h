@@ -1,12 +1,14 @@
-// deepseek.h — the declarations the source files share (one header, not a tree of them).
+// deepseek.h — the declarations the source files share (one header, not a tree of them), one section per source
+// file, in this order (each builds on the ones above it):
 //
+//   util.h        errors, file checks and bounded reads, typed JSON reads, atomic writes, command-line flags
 //   deepseek.cu   the model as the paper draws it: config/presets, the parameter layout, the fp32 reference layers,
 //                 the model's forward/backward and the tier dispatch, weights I/O, the backends, main(); it #includes
-//   kernels/      the fast paths, compiled as part of deepseek.cu: cpu_*.h (the CPU's GEMM, fused layers, blockwise
-//                 attention, the fast model) and cuda_*.cuh (the CUDA backend)
-//   train.cu      data loader, AdamW, schedules, scaling-law planner, checkpoints, SFT/DPO objectives, MPI/NCCL
-//   infer.cu      KV cache, sampling, chat template, generate/chat/eval
+//                 util.h and kernels/: the fast paths, compiled as part of deepseek.cu, cpu_*.h (the CPU's GEMM,
+//                 fused layers, blockwise attention, the fast model) and cuda_*.cuh (the CUDA backend)
 //   tokenizer.cpp byte-level BPE: tokenizer.json I/O, pre-tokenizer, encode/decode, training, GGUF import
+//   infer.cu      KV cache, sampling, chat template, generate/chat/eval
+//   train.cu      data loader, AdamW, schedules, scaling-law planner, checkpoints, SFT/DPO objectives, MPI/NCCL
 //
 // Three tiers of every layer, one naming rule (X = matmul_forward, rmsnorm_backward, attention_forward, …):
 //   X_ref    the oracle: the CPU fp32 reference, plain loops written to be read (defined only in deepseek.cu); every
@@ -19,7 +21,7 @@
 //            cuda_model_* and cuda_decode_*.
 //   The model follows the rule: model_forward / model_backward dispatch to model_forward_ref / model_backward_ref
 //   or model_forward_cpu / model_backward_cpu. Helpers that no tier owns keep plain names: silu, exp_poly (the
-//   polynomial e^x the _cpu kernels and infer.cu share), rope_table (the cos/sin table of the _cpu and _cuda RoPE),
+//   polynomial e^x of kernels/cpu_exp.h, which the _cpu kernels and infer.cu share), rope_table (the cos/sin table of the _cpu and _cuda RoPE),
 //   and the static helpers inside a kernel file (gemm_pack_a, att_scores4, …), which are that file's own.
 //
 // Gradients: what a backward function does with its outputs.
@@ -38,12 +40,16 @@
 #pragma once
 #include <cstddef>   // size_t
 #include <cstdint>   // int32_t, uint16_t, uint64_t
-#include <cstring>   // memcpy (exp_poly)
+#include <cstring>   // memcpy (bf16_to_f32)
 #include <string>    // std::string
 #include <vector>    // std::vector
 #include <map>       // std::map
 #include <type_traits>  // std::remove_pointer_t (layer_weights)
 #include <nlohmann/json.hpp>  // nlohmann::json: the typed JSON reads below
+
+// ====================================================================================================================
+// util.h (#included by deepseek.cu): errors, files, typed JSON reads, command-line flags, threads, time
+// ====================================================================================================================
 
 // ----------------------------------------------------------------------------
 // errors: one clear line on stderr and a non-zero exit
@@ -71,6 +77,25 @@ std::string json_str(const nlohmann::json& obj, const char* key, const std::stri
 std::vector<int> json_token_ids(const nlohmann::json& obj, const char* key, const std::string& where, int vocab_size,
                                 bool list);
 
+// files: checks, bounded reads, atomic writes
+bool file_exists(const std::string& path);
+bool dir_exists(const std::string& path);
+bool path_exists(const std::string& path);   // anything at PATH (a file, directory, FIFO, …)
+// opens PATH read-only if it is a regular file (size in *size), else dies naming what it is (a FIFO never blocks)
+int open_regular_fd(const std::string& path, size_t* size);
+// die unless PATH is a directory / a regular file: "WHAT PATH does not exist", "… is a file, not a directory", …
+void require_dir(const std::string& path, const std::string& what);
+void require_file(const std::string& path, const std::string& what);
+// The whole of a regular file (a directory, FIFO, device or socket is refused, by name); dies if unreadable or
+// larger than max_bytes.
+std::string read_file(const std::string& path, size_t max_bytes = (size_t)1 << 32);
+// A user's text (--input, --text): a regular file, or a pipe or character device (/dev/stdin, <(cmd), /dev/null),
+// read to its end up to max_bytes.
+std::string read_text_input(const std::string& path, size_t max_bytes = (size_t)1 << 32);
+void write_file_atomic(const std::string& path, const std::string& content);  // PATH.tmp then rename
+void make_dirs(const std::string& path);
+
+
 // ----------------------------------------------------------------------------
 // command-line flags: `--name value` pairs and `--switch`es, validated in one place
 
@@ -79,22 +104,26 @@ struct Args {
     std::vector<std::string> positional;          // non-flag arguments, in order
     std::map<std::string, std::string> values;    // --name value
     std::map<std::string, bool> switches;         // --name (no value)
-    // Parses argv[first..argc). `value_flags` / `switch_flags` list the accepted names (without "--");
-    // anything else is a clear error. "-n" style short aliases may be given as "n".
-    Args(int argc, char** argv, int first, const std::string& cmd,
-         const std::vector<std::string>& value_flags, const std::vector<std::string>& switch_flags);
+    // Parses argv[first..argc). -h / --help among them prints `usage` to stdout and exits 0 (unless usage is null).
+    // `value_flags` / `switch_flags` list the accepted names (without "--"); "-n" style short aliases may be given
+    // as "n". Anything else is a clear error, and so is a positional argument beyond max_positional (-1: any).
+    // A --threads N among the value flags sets OpenMP's thread count.
+    Args(int argc, char** argv, int first, const std::string& cmd, const char* usage,
+         const std::vector<std::string>& value_flags, const std::vector<std::string>& switch_flags,
+         int max_positional = 0);
     bool has(const std::string& name) const;
     std::string str(const std::string& name, const std::string& dflt = "") const;
     long long integer(const std::string& name, long long dflt, long long lo, long long hi) const;
     double real(const std::string& name, double dflt, double lo, double hi) const;
     bool flag(const std::string& name) const;     // a switch
 };
-bool is_help(int argc, char** argv, int first);  // -h / --help among the arguments
-// a subcommand's --help: prints usage to stdout and returns true when -h / --help is among argv[first..]
-bool print_help(int argc, char** argv, int first, const char* usage);
-void set_threads(const Args& a);                  // --threads N → OpenMP threads (deepseek.cu)
+bool is_help(int argc, char** argv, int first);  // -h / --help among argv[first..]
 int num_threads();                               // OpenMP threads in use (1 without OpenMP)
 double now_seconds();                            // a monotonic clock (steady_clock), in seconds: for timings
+
+// ====================================================================================================================
+// deepseek.cu: the model — configuration, parameters, the layers in three tiers (with kernels/), weights I/O, backends
+// ====================================================================================================================
 
 // ----------------------------------------------------------------------------
 // model configuration (Hugging Face config.json of LlamaForCausalLM)
@@ -247,47 +276,6 @@ void crossentropy_backward_ref(float* dlogits, const float* logits, const int* t
 // _ref twin (tests/test_fastpath.cpp). All are deterministic and independent of the thread count (each output
 // element is summed by one thread, in an order fixed by the shapes).
 
-// e^x in fp32 without libm, so `omp simd` loops vectorise it: e^x = 2^n · e^r, n = round(x·log2 e),
-// r = x − n·ln 2 (ln 2 split in two so r is exact to fp32), e^r ≈ 1 + r + r²·P(r) with P the degree-5
-// minimax polynomial Cephes' expf uses on |r| ≤ ln2/2: relative error ≤ 8e-8 (about 1 ulp, like expf).
-// Inputs are clamped to [−87.3, 88.3]: e^−87.3 ≈ 1e-38, not 0, so callers that need an exact 0 (masked
-// positions) must not call it for them. Defined for every input: ±Inf clamp like any large value, NaN gives NaN
-// (the clamp lets it through; 2^n is taken from t's bits as an unsigned int, never a float-to-int conversion or
-// a shift of a negative int, which were undefined for NaN).
-// a·b + c with one rounding where the CPU has FMA: then exp_poly gives the same bits in every build (-O1 or -O3,
-// contracted or not) and equals kernels/cpu_attention.h's 16-lane exp16, so attention's forward and backward agree exactly
-inline float exp_madd(float a, float b, float c) {
-#if defined(__FMA__)
-    return __builtin_fmaf(a, b, c);
-#else
-    return a * b + c;
-#endif
-}
-inline float exp_poly(float x) {
-    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
-    // n = round(x·log2 e) by the 1.5·2^23 trick (adding it pushes the fraction out of the mantissa; exact for
-    // |t| < 2^22): floorf would stop GCC from vectorising the loop unless -fno-trapping-math is given
-    float t = exp_madd(x, 1.44269504088896341f, 12582912.0f);
-    float n = t - 12582912.0f;
-    float r = exp_madd(-n, 0.693145751953125f, x);
-    r = exp_madd(-n, 1.428606765330187e-6f, r);
-    float p = 1.9875691500e-4f;
-    p = exp_madd(p, r, 1.3981999507e-3f);
-    p = exp_madd(p, r, 8.3334519073e-3f);
-    p = exp_madd(p, r, 4.1665795894e-2f);
-    p = exp_madd(p, r, 1.6666665459e-1f);
-    p = exp_madd(p, r, 5.0000001201e-1f);
-    p = exp_madd(p, r * r, r) + 1.0f;
-    // 2^n: t = 1.5·2^23 + n exactly (|n| ≤ 127, one ulp of t is 1), so t's bits are 0x4B400000 + n in two's
-    // complement and (n + 127) << 23 is 2^n's, in unsigned arithmetic (for NaN any bits: p is NaN, so is p·scale)
-    uint32_t tb;
-    memcpy(&tb, &t, 4);
-    uint32_t bits = (tb - 0x4B400000u + 127u) << 23;
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return p * scale;
-}
-
 const char* gemm_kernel_name(); // the microkernel chosen at build time, e.g. "avx512 14x32"
 // C[M,N] = (accum == Add ? C : 0) + op(A)·op(B); op(A)[m,k] = A[m*lda+k], or A[k*lda+m] if a_trans; B likewise
 void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
@@ -380,41 +368,6 @@ void model_save_dir(const Model& m, const std::string& dir, bool bf16); // confi
 // a model from --preset NAME or --model DIR (exactly one), for subcommands
 void model_from_args(Model* m, const Args& a, uint64_t seed);
 
-// file helpers
-bool file_exists(const std::string& path);
-bool dir_exists(const std::string& path);
-bool path_exists(const std::string& path);   // anything at PATH (a file, directory, FIFO, …)
-// opens PATH read-only if it is a regular file (size in *size), else dies naming what it is (a FIFO never blocks)
-int open_regular_fd(const std::string& path, size_t* size);
-// die unless PATH is a directory / a regular file: "WHAT PATH does not exist", "… is a file, not a directory", …
-void require_dir(const std::string& path, const std::string& what);
-void require_file(const std::string& path, const std::string& what);
-// The whole of a regular file (a directory, FIFO, device or socket is refused, by name); dies if unreadable or
-// larger than max_bytes.
-std::string read_file(const std::string& path, size_t max_bytes = (size_t)1 << 32);
-// A user's text (--input, --text): a regular file, or a pipe or character device (/dev/stdin, <(cmd), /dev/null),
-// read to its end up to max_bytes.
-std::string read_text_input(const std::string& path, size_t max_bytes = (size_t)1 << 32);
-void write_file_atomic(const std::string& path, const std::string& content);  // PATH.tmp then rename
-void make_dirs(const std::string& path);
-
-// ----------------------------------------------------------------------------
-// tokenizer (tokenizer.cpp): byte-level BPE with Hugging Face tokenizer.json interop
-
-struct Tokenizer;                                              // opaque
-Tokenizer* tokenizer_load(const std::string& path);            // tokenizer.json; dies with a clear line on bad input
-void tokenizer_free(Tokenizer* tok);
-std::vector<int> tokenizer_encode(const Tokenizer* tok, const std::string& text, bool add_bos);
-std::string tokenizer_decode(const Tokenizer* tok, const std::vector<int>& ids);   // dies on an unknown id
-std::string tokenizer_token_bytes(const Tokenizer* tok, int id);  // the raw bytes one token stands for
-int tokenizer_vocab_size(const Tokenizer* tok);                // highest id + 1, added tokens included
-int tokenizer_token_id(const Tokenizer* tok, const std::string& content);  // -1 if not a token (e.g. special tokens)
-int tokenizer_bos_id(const Tokenizer* tok);                    // -1 if none
-int tokenizer_eos_id(const Tokenizer* tok);                    // -1 if none
-// trains byte-level BPE with DeepSeek's pre-tokenizer on the files; writes tokenizer.json (atomically)
-void tokenizer_train_files(const std::vector<std::string>& files, int vocab_size, const std::string& out_path,
-                           bool verbose);
-
 // ----------------------------------------------------------------------------
 // backends
 
@@ -455,72 +408,8 @@ void backend_to_host(Backend* be, AdamW* opt);
 void backend_open(Backend* be, Device dev, const AdamW& opt, int B, int T, const char* who);
 void backend_close(Backend* be);
 
-// ---- train.cu: token shards, data loader, AdamW, clipping, schedules, scaling laws, checkpoints (pre-training)
-
-// token shard: a 256 × int32 header (magic 20240102, version 1, vocab size, token count lo/hi) then uint32 tokens
-void shard_write(const std::string& path, const std::vector<uint32_t>& tokens, int vocab_size);
-struct Shard {                        // a memory-mapped, fully validated shard
-    const uint32_t* tokens = nullptr;
-    size_t n = 0;                     // tokens
-    int vocab_size = 0;               // from the header
-    void* map = nullptr;
-    size_t map_size = 0;
-    Shard() = default;
-    Shard(const Shard&) = delete;
-    Shard& operator=(const Shard&) = delete;
-    ~Shard();
-};
-// dies (one clear line) on a bad magic/version, a truncated file, a vocabulary above max_vocab (if > 0), a bad token
-void shard_open(Shard* s, const std::string& path, int max_vocab);
-double unigram_entropy_bits(const std::vector<uint32_t>& tokens, int vocab_size);   // bits per token
-// blank-line documents; document i goes to val iff floor((i+1)·F) > floor(i·F)
-void split_train_val(const std::string& text, double val_fraction, std::string* train, std::string* val);
-
-// windows of T+1 tokens, shuffled per epoch from (seed, epoch), rank r of `world` reads permutation positions ≡ r
-struct DataLoader {
-    Shard shard;
-    int B = 0, T = 0, rank = 0, world = 1;
-    uint64_t seed = 0;
-    bool shuffle = true;
-    size_t num_windows = 0, per_rank = 0;
-    uint64_t epoch = 0;               // cursor: the epoch and the windows this rank has read in it
-    size_t index = 0;
-    std::vector<uint32_t> perm;       // this epoch's window order
-};
-void loader_init(DataLoader* d, const std::string& path, int B, int T, int rank, int world, uint64_t seed, int max_vocab,
-                 bool shuffle);
-void loader_seek(DataLoader* d, uint64_t epoch, size_t index);
-void loader_next(DataLoader* d, int* inputs, int* targets);   // [B, T] each
-
-// AdamW with torch.optim.AdamW's arithmetic (β1 0.9, β2 0.95, ε 1e-8); t = update count starting at 1
-void adamw_step(float* p, const float* g, float* m, float* v, size_t n, float lr, float weight_decay, long t);
-struct AdamW { std::vector<float> m, v; long t = 0; };
-void adamw_update(Model* model, AdamW* opt, float lr);        // weight decay 0.1 on matrices, none on norm weights
-double sum_squares(const float* x, size_t n);                 // Σ x², in double, in a fixed order
-double grad_global_norm(const float* g, size_t n);            // deterministic: independent of the thread count
-// torch's clip coefficient max_norm / (norm + 1e-6), at most 1 (a NaN norm gives 1: no scaling); every clip uses it
-double clip_coefficient(double norm, double max_norm);
-double clip_grad_norm(float* g, size_t n, double max_norm);   // torch.nn.utils.clip_grad_norm_; returns the norm
-
-enum class LRSchedule { MULTISTEP, COSINE };
-long default_warmup_steps(long total_steps);
-double lr_at(LRSchedule sched, double peak, long step, long total, long warmup);   // step = 0-based update index
-
-struct ScalingPlan { double compute, batch_tokens, learning_rate, flops_per_token, tokens; };
-ScalingPlan scaling_plan(double compute);
-Config plan_shape(double flops_per_token, int seq_len, int vocab_size);
-
-// pre-training objective: forward + per-token loss weights (the mean loss: 1/N per token)
-struct Backend;
-float pretrain_objective(Backend* be, const int* inputs, const int* targets, int B, int T, std::vector<float>* dlosses);
-struct EvalResult { double loss = 0, bits_per_byte = 0; size_t tokens = 0; };
-EvalResult evaluate(Backend* be, DataLoader* val, int max_windows, const std::vector<int>& token_bytes, double mean_bytes_per_token);
-std::vector<int> sample_greedy(Model* m, std::vector<int> ids, int n_new, int limit);
-// checkpoints: DIR = HF model directory + optimizer.safetensors (exp_avg.*, exp_avg_sq.*) + trainer_state.json
-long checkpoint_read(const std::string& dir, Model* m, AdamW* opt);   // returns the step; dies on a bad checkpoint
-std::string checkpoint_latest(const std::string& dir);   // newest complete checkpoint of a run dir ("" if none)
-
-// ---- CUDA backend (kernels/cuda_*.cuh, compiled into deepseek.cu by nvcc; without CUDA these die with a clear line)
+// ----------------------------------------------------------------------------
+// the CUDA backend (kernels/cuda_*.cuh, compiled into deepseek.cu by nvcc; without CUDA these die with a clear line)
 // bf16 parameters and activations, fp32 master weights, gradients and AdamW moments on one GPU.
 // Same semantics as the CPU model: targets −1 are masked, dlosses weights each token's loss, gradients
 // accumulate (+=) until cuda_model_zero_grad. One backward per forward (it consumes the logits in place).
@@ -568,23 +457,36 @@ void cuda_op_crossentropy(float* losses, float* dlogits, const float* logits, co
 void cuda_op_adamw(float* master, float* param, float* m, float* v, const float* grad, size_t n, float lr, float beta1,
                    float beta2, float eps, float weight_decay, float grad_scale, int step);
 float cuda_op_grad_norm(const float* g, size_t n);
-// ---- end of CUDA backend
+
+// subcommands
+int cmd_info(int argc, char** argv);
+
+// ====================================================================================================================
+// tokenizer.cpp: byte-level BPE with Hugging Face tokenizer.json interop
+// ====================================================================================================================
+
+struct Tokenizer;                                              // opaque
+Tokenizer* tokenizer_load(const std::string& path);            // tokenizer.json; dies with a clear line on bad input
+void tokenizer_free(Tokenizer* tok);
+std::vector<int> tokenizer_encode(const Tokenizer* tok, const std::string& text, bool add_bos);
+std::string tokenizer_decode(const Tokenizer* tok, const std::vector<int>& ids);   // dies on an unknown id
+std::string tokenizer_token_bytes(const Tokenizer* tok, int id);  // the raw bytes one token stands for
+int tokenizer_vocab_size(const Tokenizer* tok);                // highest id + 1, added tokens included
+int tokenizer_token_id(const Tokenizer* tok, const std::string& content);  // -1 if not a token (e.g. special tokens)
+int tokenizer_bos_id(const Tokenizer* tok);                    // -1 if none
+int tokenizer_eos_id(const Tokenizer* tok);                    // -1 if none
+// trains byte-level BPE with DeepSeek's pre-tokenizer on the files; writes tokenizer.json (atomically)
+void tokenizer_train_files(const std::vector<std::string>& files, int vocab_size, const std::string& out_path,
+                           bool verbose);
+
+int cmd_tokenizer(int argc, char** argv);
+
+// ====================================================================================================================
+// infer.cu: generation with a KV cache, sampling, the chat template, chat evaluation; generate, chat, eval
+// ====================================================================================================================
 
 // ----------------------------------------------------------------------------
-// subcommands (each file implements its own)
-
-int cmd_info(int argc, char** argv);        // deepseek.cu
-int cmd_tokenizer(int argc, char** argv);   // tokenizer.cpp
-int cmd_plan(int argc, char** argv);        // train.cu
-int cmd_data(int argc, char** argv);        // train.cu
-int cmd_train(int argc, char** argv);       // train.cu
-int cmd_sft(int argc, char** argv);         // train.cu
-int cmd_dpo(int argc, char** argv);         // train.cu
-int cmd_eval(int argc, char** argv);        // infer.cu
-int cmd_generate(int argc, char** argv);    // infer.cu
-int cmd_chat(int argc, char** argv);        // infer.cu
-
-// ---- infer.cu: inference with a KV cache, sampling, the chat template, generation (reused by eval and SFT)
+// inference with a KV cache, sampling, generation, the chat template
 
 // A weight matrix [out, in] as stored: fp32, or bf16 kept bf16 (memory-mapped; upcast inside the dot products).
 struct InferWeight {
@@ -685,8 +587,85 @@ std::string chat_render(const std::vector<ChatMessage>& msgs, bool add_generatio
 void chat_tokens(const Tokenizer* tok, const std::vector<ChatMessage>& msgs, bool add_generation_prompt,
                  std::vector<int>* ids, std::vector<uint8_t>* assistant_mask);
 
+// chat evaluation
+bool text_is_repetitive(const std::string& text);   // some sentence (between . ! ? newline) occurs twice
+
+// subcommands
+int cmd_eval(int argc, char** argv);
+int cmd_generate(int argc, char** argv);
+int cmd_chat(int argc, char** argv);
+
+// ====================================================================================================================
+// train.cu: pre-training, SFT and DPO, data parallelism; plan, data, train, sft, dpo
+// ====================================================================================================================
+
 // ----------------------------------------------------------------------------
-// alignment: chat/preference data, SFT and DPO objectives (train.cu), evaluation (infer.cu)
+// token shards, data loader, AdamW, clipping, schedules, scaling laws, checkpoints
+
+// token shard: a 256 × int32 header (magic 20240102, version 1, vocab size, token count lo/hi) then uint32 tokens
+void shard_write(const std::string& path, const std::vector<uint32_t>& tokens, int vocab_size);
+struct Shard {                        // a memory-mapped, fully validated shard
+    const uint32_t* tokens = nullptr;
+    size_t n = 0;                     // tokens
+    int vocab_size = 0;               // from the header
+    void* map = nullptr;
+    size_t map_size = 0;
+    Shard() = default;
+    Shard(const Shard&) = delete;
+    Shard& operator=(const Shard&) = delete;
+    ~Shard();
+};
+// dies (one clear line) on a bad magic/version, a truncated file, a vocabulary above max_vocab (if > 0), a bad token
+void shard_open(Shard* s, const std::string& path, int max_vocab);
+double unigram_entropy_bits(const std::vector<uint32_t>& tokens, int vocab_size);   // bits per token
+// blank-line documents; document i goes to val iff floor((i+1)·F) > floor(i·F)
+void split_train_val(const std::string& text, double val_fraction, std::string* train, std::string* val);
+
+// windows of T+1 tokens, shuffled per epoch from (seed, epoch), rank r of `world` reads permutation positions ≡ r
+struct DataLoader {
+    Shard shard;
+    int B = 0, T = 0, rank = 0, world = 1;
+    uint64_t seed = 0;
+    bool shuffle = true;
+    size_t num_windows = 0, per_rank = 0;
+    uint64_t epoch = 0;               // cursor: the epoch and the windows this rank has read in it
+    size_t index = 0;
+    std::vector<uint32_t> perm;       // this epoch's window order
+};
+void loader_init(DataLoader* d, const std::string& path, int B, int T, int rank, int world, uint64_t seed, int max_vocab,
+                 bool shuffle);
+void loader_seek(DataLoader* d, uint64_t epoch, size_t index);
+void loader_next(DataLoader* d, int* inputs, int* targets);   // [B, T] each
+
+// AdamW with torch.optim.AdamW's arithmetic (β1 0.9, β2 0.95, ε 1e-8); t = update count starting at 1
+void adamw_step(float* p, const float* g, float* m, float* v, size_t n, float lr, float weight_decay, long t);
+struct AdamW { std::vector<float> m, v; long t = 0; };
+void adamw_update(Model* model, AdamW* opt, float lr);        // weight decay 0.1 on matrices, none on norm weights
+double sum_squares(const float* x, size_t n);                 // Σ x², in double, in a fixed order
+double grad_global_norm(const float* g, size_t n);            // deterministic: independent of the thread count
+// torch's clip coefficient max_norm / (norm + 1e-6), at most 1 (a NaN norm gives 1: no scaling); every clip uses it
+double clip_coefficient(double norm, double max_norm);
+double clip_grad_norm(float* g, size_t n, double max_norm);   // torch.nn.utils.clip_grad_norm_; returns the norm
+
+enum class LRSchedule { MULTISTEP, COSINE };
+long default_warmup_steps(long total_steps);
+double lr_at(LRSchedule sched, double peak, long step, long total, long warmup);   // step = 0-based update index
+
+struct ScalingPlan { double compute, batch_tokens, learning_rate, flops_per_token, tokens; };
+ScalingPlan scaling_plan(double compute);
+Config plan_shape(double flops_per_token, int seq_len, int vocab_size);
+
+// pre-training objective: forward + per-token loss weights (the mean loss: 1/N per token)
+float pretrain_objective(Backend* be, const int* inputs, const int* targets, int B, int T, std::vector<float>* dlosses);
+struct EvalResult { double loss = 0, bits_per_byte = 0; size_t tokens = 0; };
+EvalResult evaluate(Backend* be, DataLoader* val, int max_windows, const std::vector<int>& token_bytes, double mean_bytes_per_token);
+std::vector<int> sample_greedy(Model* m, std::vector<int> ids, int n_new, int limit);
+// checkpoints: DIR = HF model directory + optimizer.safetensors (exp_avg.*, exp_avg_sq.*) + trainer_state.json
+long checkpoint_read(const std::string& dir, Model* m, AdamW* opt);   // returns the step; dies on a bad checkpoint
+std::string checkpoint_latest(const std::string& dir);   // newest complete checkpoint of a run dir ("" if none)
+
+// ----------------------------------------------------------------------------
+// alignment: chat/preference data, the SFT and DPO objectives
 
 struct SftExample { std::vector<ChatMessage> messages; int line = 0; };
 // prompt: the conversation up to and including the last user turn; chosen/rejected: the two assistant replies
@@ -715,9 +694,9 @@ void sequence_logps(Backend* be, const std::vector<ChatSeq>& seqs, int batch, in
 float sft_forward_backward(Backend* be, const std::vector<const ChatSeq*>& rows, int pad);
 double dpo_forward_backward(Backend* be, const std::vector<const ChatSeq*>& rows, const double* ref_chosen,
                             const double* ref_rejected, double beta, int pad, DpoStats* stats);
-// chat evaluation (infer.cu)
-bool text_is_repetitive(const std::string& text);   // some sentence (between . ! ? newline) occurs twice
-// data parallelism (train.cu): MPI ranks, gradient sums over ranks (MPI on CPU, NCCL on GPUs), ZeRO-1 shards.
+
+// ----------------------------------------------------------------------------
+// data parallelism: MPI ranks, gradient sums over ranks (MPI on CPU, NCCL on GPUs), ZeRO-1 shards.
 // Without an MPI launch every function is a no-op on a single process (rank 0 of 1).
 
 struct Dist {
@@ -762,3 +741,11 @@ void zero_state_save(const Dist& d, const std::string& dir, const std::vector<st
 void zero_state_load(const Dist& d, const std::string& dir, const std::vector<std::pair<std::string, float*>>& tensors,
                      size_t n);   // tensors: this rank's shard buffers
 int zero_state_world(const std::string& dir);  // the world size that saved DIR's optimizer state (0: none)
+
+// subcommands
+int cmd_plan(int argc, char** argv);
+int cmd_data(int argc, char** argv);
+int cmd_train(int argc, char** argv);
+int cmd_sft(int argc, char** argv);
+int cmd_dpo(int argc, char** argv);
+

@@ -8,6 +8,7 @@
 // (logits within 1e-5 at every position) and to transformers' greedy generate (token for token).
 // What it is not: a CUDA path (inference runs on the CPU), batched generation, or quantisation.
 #include "deepseek.h"
+#include "kernels/cpu_exp.h"   // exp_poly: the softmax of cached attention
 #include <algorithm>     // std::sort, std::partial_sort, std::max
 #include <cmath>         // expf, sqrtf, INFINITY
 #include <cstdio>        // printf, fprintf, fflush, fgets
@@ -47,77 +48,53 @@ static inline float hsum(__m512 v) {
     for (int i = 0; i < 16; i++) s += t[i];
     return s;
 }
-static inline void dot4_f32(float out[4], const float* x, const float* w0, const float* w1, const float* w2,
-                            const float* w3, int in, const void* next) {
-    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-    int i = 0;
-    for (; i + 16 <= in; i += 16) {
-        _mm_prefetch((const char*)next + (size_t)i * 16, _MM_HINT_T0);       // 4 rows × 16 floats ahead per step: 256 bytes
-        _mm_prefetch((const char*)next + (size_t)i * 16 + 128, _MM_HINT_T0);
-        __m512 xv = _mm512_loadu_ps(x + i);
-        s0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w0 + i), s0);
-        s1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w1 + i), s1);
-        s2 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w2 + i), s2);
-        s3 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w3 + i), s3);
-    }
-    if (i < in) {  // the tail: masked loads read nothing past the row
-        __mmask16 m = (__mmask16)((1u << (in - i)) - 1);
-        __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
-        s0 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, w0 + i), s0);
-        s1 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, w1 + i), s1);
-        s2 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, w2 + i), s2);
-        s3 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, w3 + i), s3);
-    }
-    out[0] = hsum(s0); out[1] = hsum(s1); out[2] = hsum(s2); out[3] = hsum(s3);
-}
 // 16 bf16 → 16 fp32: widen to 32 bits and shift the bits into the high half (bf16 is fp32's top 16 bits)
 static inline __m512 bf16x16(__m256i h) {
     return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, h), 16));
 }
-static inline void dot4_bf16(float out[4], const float* x, const uint16_t* w0, const uint16_t* w1, const uint16_t* w2,
-                             const uint16_t* w3, int in, const void* next) {
+// 16 weights as fp32, from fp32 or bf16 rows; with a mask, only the masked lanes are read (the row's tail)
+static inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
+static inline __m512 load16(const uint16_t* w) { return bf16x16(_mm256_loadu_si256((const __m256i*)w)); }
+static inline __m512 load16(const float* w, __mmask16 m) { return _mm512_maskz_loadu_ps(m, w); }
+static inline __m512 load16(const uint16_t* w, __mmask16 m) { return bf16x16(_mm256_maskz_loadu_epi16(m, w)); }
+template <typename W>   // float or uint16_t (bf16) rows
+static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, const W* w2, const W* w3, int in,
+                        const void* next) {
     __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     int i = 0;
     for (; i + 16 <= in; i += 16) {
-        _mm_prefetch((const char*)next + (size_t)i * 8, _MM_HINT_T0);        // 4 rows × 16 bf16 ahead per step: 128 bytes
+        // the next four rows' 16 elements each, 64·sizeof(W) bytes ahead per step: one prefetch per 128 bytes
+        for (size_t o = 0; o < 64 * sizeof(W); o += 128)
+            _mm_prefetch((const char*)next + (size_t)i * 4 * sizeof(W) + o, _MM_HINT_T0);
         __m512 xv = _mm512_loadu_ps(x + i);
-        s0 = _mm512_fmadd_ps(xv, bf16x16(_mm256_loadu_si256((const __m256i*)(w0 + i))), s0);
-        s1 = _mm512_fmadd_ps(xv, bf16x16(_mm256_loadu_si256((const __m256i*)(w1 + i))), s1);
-        s2 = _mm512_fmadd_ps(xv, bf16x16(_mm256_loadu_si256((const __m256i*)(w2 + i))), s2);
-        s3 = _mm512_fmadd_ps(xv, bf16x16(_mm256_loadu_si256((const __m256i*)(w3 + i))), s3);
+        s0 = _mm512_fmadd_ps(xv, load16(w0 + i), s0);
+        s1 = _mm512_fmadd_ps(xv, load16(w1 + i), s1);
+        s2 = _mm512_fmadd_ps(xv, load16(w2 + i), s2);
+        s3 = _mm512_fmadd_ps(xv, load16(w3 + i), s3);
     }
-    if (i < in) {
+    if (i < in) {  // the tail: masked loads read nothing past the row
         __mmask16 m = (__mmask16)((1u << (in - i)) - 1);
         __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
-        s0 = _mm512_fmadd_ps(xv, bf16x16(_mm256_maskz_loadu_epi16(m, w0 + i)), s0);
-        s1 = _mm512_fmadd_ps(xv, bf16x16(_mm256_maskz_loadu_epi16(m, w1 + i)), s1);
-        s2 = _mm512_fmadd_ps(xv, bf16x16(_mm256_maskz_loadu_epi16(m, w2 + i)), s2);
-        s3 = _mm512_fmadd_ps(xv, bf16x16(_mm256_maskz_loadu_epi16(m, w3 + i)), s3);
+        s0 = _mm512_fmadd_ps(xv, load16(w0 + i, m), s0);
+        s1 = _mm512_fmadd_ps(xv, load16(w1 + i, m), s1);
+        s2 = _mm512_fmadd_ps(xv, load16(w2 + i, m), s2);
+        s3 = _mm512_fmadd_ps(xv, load16(w3 + i, m), s3);
     }
     out[0] = hsum(s0); out[1] = hsum(s1); out[2] = hsum(s2); out[3] = hsum(s3);
 }
 #else
-static inline void dot4_f32(float out[4], const float* x, const float* w0, const float* w1, const float* w2,
-                            const float* w3, int in, const void* next) {
+static inline float widen(float w) { return w; }
+static inline float widen(uint16_t w) { return bf16_to_f32(w); }
+template <typename W>   // float or uint16_t (bf16) rows
+static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, const W* w2, const W* w3, int in,
+                        const void* next) {
     float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     #pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int i = 0; i < in; i++) {   // fmaf: FMAs under ISO C++'s fp-contract=off
-        s0 = fmaf(x[i], w0[i], s0);
-        s1 = fmaf(x[i], w1[i], s1);
-        s2 = fmaf(x[i], w2[i], s2);
-        s3 = fmaf(x[i], w3[i], s3);
-    }
-    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
-}
-static inline void dot4_bf16(float out[4], const float* x, const uint16_t* w0, const uint16_t* w1, const uint16_t* w2,
-                             const uint16_t* w3, int in, const void* next) {
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    #pragma omp simd reduction(+ : s0, s1, s2, s3)
-    for (int i = 0; i < in; i++) {
-        s0 = fmaf(x[i], bf16_to_f32(w0[i]), s0);
-        s1 = fmaf(x[i], bf16_to_f32(w1[i]), s1);
-        s2 = fmaf(x[i], bf16_to_f32(w2[i]), s2);
-        s3 = fmaf(x[i], bf16_to_f32(w3[i]), s3);
+        s0 = fmaf(x[i], widen(w0[i]), s0);
+        s1 = fmaf(x[i], widen(w1[i]), s1);
+        s2 = fmaf(x[i], widen(w2[i]), s2);
+        s3 = fmaf(x[i], widen(w3[i]), s3);
     }
     out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
 }
@@ -149,7 +126,7 @@ static void linear_block(float* out, const float* x, const InferWeight& W, int N
     if (W.bf16 && N == 1) {
         float s[4];
         const uint16_t* w0 = W.bf16 + (size_t)r[0] * in;
-        dot4_bf16(s, x, w0, W.bf16 + (size_t)r[1] * in, W.bf16 + (size_t)r[2] * in, W.bf16 + (size_t)r[3] * in, in,
+        dot4(s, x, w0, W.bf16 + (size_t)r[1] * in, W.bf16 + (size_t)r[2] * in, W.bf16 + (size_t)r[3] * in, in,
                   more ? w0 + (size_t)4 * in : w0);
         for (int j = 0; j < rows; j++) out[o0 + j] = accumulate ? out[o0 + j] + s[j] : s[j];
         return;
@@ -180,7 +157,7 @@ static void linear_block(float* out, const float* x, const InferWeight& W, int N
     }
     for (; n < N; n++) {
         float s[4];
-        dot4_f32(s, x + (size_t)n * in, w[0], w[1], w[2], w[3], in, W.f32 && more ? w[0] + (size_t)4 * in : w[0]);
+        dot4(s, x + (size_t)n * in, w[0], w[1], w[2], w[3], in, W.f32 && more ? w[0] + (size_t)4 * in : w[0]);
         float* p = out + (size_t)n * out_dim + o0;
         for (int j = 0; j < rows; j++) p[j] = accumulate ? p[j] + s[j] : s[j];
     }
@@ -867,7 +844,6 @@ static const std::vector<std::string> GEN_VALUE_FLAGS = {"model", "prompt", "pro
     "temperature", "top-k", "top-p", "repetition-penalty", "seed", "stop", "threads", "device", "context", "system"};
 
 static void session_open(Session* s, const Args& a, bool chat, bool need_tokenizer) {
-    set_threads(a);
     // validate every flag before the (possibly slow) load
     Device dev = device_select(a.str("device", "auto"));   // dies if --device cuda cannot run
     if (!a.has("model")) die("%s: --model DIR is required", a.cmd.c_str());
@@ -1008,9 +984,7 @@ static const char* GENERATE_USAGE =
     "  --threads N, --device auto|cpu|cuda   (auto: the GPU when there is one; the choice is printed)\n";
 
 int cmd_generate(int argc, char** argv) {
-    if (print_help(argc, argv, 2, GENERATE_USAGE)) return 0;
-    Args a(argc, argv, 2, "generate", GEN_VALUE_FLAGS, {"ids", "quiet", "huge-pages"});
-    if (!a.positional.empty()) die("generate: unexpected argument '%s'", a.positional[0].c_str());
+    Args a(argc, argv, 2, "generate", GENERATE_USAGE, GEN_VALUE_FLAGS, {"ids", "quiet", "huge-pages"});
     if (a.has("system")) die("generate: --system is a chat flag");
     if (a.has("prompt") == a.has("prompt-ids")) die("generate: give exactly one of --prompt TEXT or --prompt-ids IDS");
     Session s;
@@ -1104,9 +1078,7 @@ static bool chat_turn(Session* s, std::vector<ChatMessage>* history, const std::
 }
 
 int cmd_chat(int argc, char** argv) {
-    if (print_help(argc, argv, 2, CHAT_USAGE)) return 0;
-    Args a(argc, argv, 2, "chat", GEN_VALUE_FLAGS, {"quiet", "huge-pages"});
-    if (!a.positional.empty()) die("chat: unexpected argument '%s'", a.positional[0].c_str());
+    Args a(argc, argv, 2, "chat", CHAT_USAGE, GEN_VALUE_FLAGS, {"quiet", "huge-pages"});
     if (a.has("prompt-ids")) die("chat: --prompt-ids is a generate flag");
     Session s;
     s.quiet = a.flag("quiet");
@@ -1205,10 +1177,8 @@ static const char* EVAL_USAGE =
     "  --device D           auto (the GPU when there is one) | cpu | cuda (bf16 on the GPU)\n\n"
     "Repetition ratio: share of generations in which a sentence (between . ! ? or newlines) occurs twice.\n";
 int cmd_eval(int argc, char** argv) {
-    if (print_help(argc, argv, 2, EVAL_USAGE)) return 0;
-    Args a(argc, argv, 2, "eval", {"model", "data", "pairs", "ref", "beta", "text", "tokenizer", "max-new-tokens",
+    Args a(argc, argv, 2, "eval", EVAL_USAGE, {"model", "data", "pairs", "ref", "beta", "text", "tokenizer", "max-new-tokens",
            "limit", "show", "json", "threads", "device"}, {"skip-bad"});
-    set_threads(a);
     Device dev = device_select(a.str("device", "auto"));   // dies if --device cuda cannot run
     if (!a.has("model")) die("eval: --model DIR is required");
     if (!a.has("data") && !a.has("pairs") && !a.has("text")) die("eval: give at least one of --data, --pairs, --text");
@@ -1294,12 +1264,18 @@ int cmd_eval(int argc, char** argv) {
         size_t n = kept.size() / 2;
         int longest = 1;
         for (const ChatSeq& q : kept) longest = std::max(longest, (int)q.ids.size() - 1);
-        std::vector<double> lp;
-        Backend be{&m, on_device(m, 16, longest)};
-        sequence_logps(&be, kept, 16, eos, &lp);
-        cuda_model_free(be.cuda);
-        for (size_t i = 0; i < lp.size(); i++)
-            if (!std::isfinite(lp[i])) die("eval: the log-probability of pair %zu is not finite: the model's activations overflow", i / 2);
+        // log π of every kept sequence under a model (on the GPU when there is one); a non-finite one is an error
+        auto pair_logps = [&](Model& model, const char* whose) {
+            std::vector<double> lps;
+            Backend be{&model, on_device(model, 16, longest)};
+            sequence_logps(&be, kept, 16, eos, &lps);
+            cuda_model_free(be.cuda);
+            for (size_t i = 0; i < lps.size(); i++)
+                if (!std::isfinite(lps[i]))
+                    die("eval: %s log-probability of pair %zu is not finite: its activations overflow", whose, i / 2);
+            return lps;
+        };
+        std::vector<double> lp = pair_logps(m, "the model's");
         double better = 0;
         for (size_t i = 0; i < n; i++) better += lp[2 * i] > lp[2 * i + 1];
         printf("logp_accuracy: %.4f (%zu pairs)\n", better / n, n);
@@ -1308,12 +1284,7 @@ int cmd_eval(int argc, char** argv) {
         if (a.has("ref")) {
             Model ref;
             model_load_dir(&ref, a.str("ref"));
-            std::vector<double> rl;
-            Backend rbe{&ref, on_device(ref, 16, longest)};
-            sequence_logps(&rbe, kept, 16, eos, &rl);
-            cuda_model_free(rbe.cuda);
-            for (size_t i = 0; i < rl.size(); i++)
-                if (!std::isfinite(rl[i])) die("eval: the reference model's log-probability of pair %zu is not finite", i / 2);
+            std::vector<double> rl = pair_logps(ref, "the reference model's");
             std::vector<double> pc(n), pr(n), rc(n), rr(n);
             for (size_t i = 0; i < n; i++) { pc[i] = lp[2 * i]; pr[i] = lp[2 * i + 1]; rc[i] = rl[2 * i]; rr[i] = rl[2 * i + 1]; }
             DpoStats st;

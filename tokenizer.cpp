@@ -1513,12 +1513,11 @@ static const char* TOKENIZER_USAGE =
 
 int cmd_tokenizer(int argc, char** argv) {
     if (argc < 3) { fputs(TOKENIZER_USAGE, stderr); return 1; }
-    if (print_help(argc, argv, 2, TOKENIZER_USAGE)) return 0;
+    if (is_help(argc, argv, 2)) { fputs(TOKENIZER_USAGE, stdout); return 0; }
     std::string sub = argv[2];
     std::string name = "tokenizer " + sub;
     if (sub == "encode") {
-        Args a(argc, argv, 3, name, {"tokenizer", "input"}, {"bos"});
-        if (!a.positional.empty()) die("%s: unexpected argument \"%s\"", name.c_str(), a.positional[0].c_str());
+        Args a(argc, argv, 3, name, nullptr, {"tokenizer", "input"}, {"bos"});
         if (!a.has("tokenizer")) die("%s: --tokenizer FILE is required", name.c_str());
         std::unique_ptr<Tokenizer, void (*)(Tokenizer*)> t(tokenizer_load(a.str("tokenizer")), tokenizer_free);
         std::string text = a.has("input") ? read_input(a.str("input")) : read_all_stdin();
@@ -1531,8 +1530,7 @@ int cmd_tokenizer(int argc, char** argv) {
         return 0;
     }
     if (sub == "decode") {
-        Args a(argc, argv, 3, name, {"tokenizer", "input"}, {});
-        if (!a.positional.empty()) die("%s: unexpected argument \"%s\"", name.c_str(), a.positional[0].c_str());
+        Args a(argc, argv, 3, name, nullptr, {"tokenizer", "input"}, {});
         if (!a.has("tokenizer")) die("%s: --tokenizer FILE is required", name.c_str());
         std::unique_ptr<Tokenizer, void (*)(Tokenizer*)> t(tokenizer_load(a.str("tokenizer")), tokenizer_free);
         std::string text = a.has("input") ? read_input(a.str("input")) : read_all_stdin();
@@ -1554,7 +1552,7 @@ int cmd_tokenizer(int argc, char** argv) {
         return 0;
     }
     if (sub == "import-gguf") {
-        Args a(argc, argv, 3, name, {"out"}, {});
+        Args a(argc, argv, 3, name, nullptr, {"out"}, {}, -1);
         if (a.positional.size() != 1) die("%s: give one GGUF file", name.c_str());
         if (!a.has("out")) die("%s: --out tokenizer.json is required", name.c_str());
         std::unique_ptr<Tokenizer, void (*)(Tokenizer*)> t(tokenizer_from_gguf(a.positional[0]), tokenizer_free);
@@ -1564,7 +1562,7 @@ int cmd_tokenizer(int argc, char** argv) {
         return 0;
     }
     if (sub == "train") {
-        Args a(argc, argv, 3, name, {"input", "vocab-size", "out"}, {"quiet"});
+        Args a(argc, argv, 3, name, nullptr, {"input", "vocab-size", "out"}, {"quiet"}, -1);
         std::vector<std::string> files;
         if (a.has("input")) files.push_back(a.str("input"));
         for (const std::string& p : a.positional) files.push_back(p);
@@ -1575,7 +1573,7 @@ int cmd_tokenizer(int argc, char** argv) {
         return 0;
     }
     if (sub == "info") {
-        Args a(argc, argv, 3, name, {"tokenizer"}, {});
+        Args a(argc, argv, 3, name, nullptr, {"tokenizer"}, {});
         if (!a.has("tokenizer")) die("%s: --tokenizer FILE is required", name.c_str());
         std::unique_ptr<Tokenizer, void (*)(Tokenizer*)> t(tokenizer_load(a.str("tokenizer")), tokenizer_free);
         printf("vocabulary size: %d (%zu BPE tokens, %zu merges, %zu added tokens)\n", t->vocab_size, t->vocab.size(),
@@ -1590,7 +1588,7 @@ int cmd_tokenizer(int argc, char** argv) {
         return 0;
     }
     if (sub == "bench") {
-        Args a(argc, argv, 3, name, {"tokenizer", "input", "repeat"}, {});
+        Args a(argc, argv, 3, name, nullptr, {"tokenizer", "input", "repeat"}, {});
         if (!a.has("tokenizer") || !a.has("input")) die("%s: --tokenizer FILE and --input FILE are required", name.c_str());
         int repeat = (int)a.integer("repeat", 3, 1, 1000);
         auto t0 = std::chrono::steady_clock::now();

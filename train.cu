@@ -300,9 +300,7 @@ static int cmd_data_prepare(int argc, char** argv) {
             i = j - 1;
         } else rest.push_back(argv[i]);
     }
-    Args a((int)rest.size(), rest.data(), 3, "data prepare", {"tokenizer", "vocab-size", "out", "val-fraction", "threads"}, {});
-    set_threads(a);
-    if (!a.positional.empty()) die("data prepare: unexpected argument '%s'", a.positional[0].c_str());
+    Args a((int)rest.size(), rest.data(), 3, "data prepare", nullptr, {"tokenizer", "vocab-size", "out", "val-fraction", "threads"}, {});
     if (inputs.empty()) die("data prepare: --input FILE... is required");
     if (a.has("tokenizer") == a.has("vocab-size"))
         die("data prepare: give --tokenizer FILE, or --vocab-size N to train one on the training split");
@@ -620,9 +618,7 @@ static const char* PLAN_USAGE =
                "  (T = --seq-len, default 4096 as in the paper).\n";
 
 int cmd_plan(int argc, char** argv) {
-    if (print_help(argc, argv, 2, PLAN_USAGE)) return 0;
-    Args a(argc, argv, 2, "plan", {"compute", "flops-per-token", "tokens", "seq-len", "vocab-size"}, {});
-    if (!a.positional.empty()) die("plan: unexpected argument '%s'", a.positional[0].c_str());
+    Args a(argc, argv, 2, "plan", PLAN_USAGE, {"compute", "flops-per-token", "tokens", "seq-len", "vocab-size"}, {});
     double C;
     if (a.has("compute")) {
         if (a.has("flops-per-token") || a.has("tokens")) die("plan: give --compute C or --flops-per-token M --tokens D, not both");
@@ -1498,14 +1494,11 @@ static const char* const RESUME_KEEPS[] = {"batch-tokens", "seq-len", "micro-bat
                                            "eval-windows", "keep", "sample-tokens", "seed"};
 
 int cmd_train(int argc, char** argv) {
-    if (print_help(argc, argv, 2, TRAIN_USAGE)) return 0;
-    Args a(argc, argv, 2, "train",
+    Args a(argc, argv, 2, "train", TRAIN_USAGE,
            {"preset", "model", "data", "out", "steps", "batch-tokens", "seq-len", "micro-batch", "lr", "lr-schedule",
             "warmup-steps", "compute", "eval-every", "eval-windows", "save-every", "keep", "sample-tokens", "seed", "resume", "zero",
             "threads", "device"},
            {"overwrite"});
-    if (!a.positional.empty()) die("train: unexpected argument '%s'", a.positional[0].c_str());
-    set_threads(a);
     std::string device = a.str("device", "auto");
     Device dev = device_select(device);   // dies here if --device cuda cannot run
     TrainRun r;
@@ -1962,16 +1955,24 @@ static double row_nll(const float* losses, int b, int T) {
     return s;
 }
 
-void sequence_logps(Backend* be, const std::vector<ChatSeq>& seqs, int batch, int pad, std::vector<double>* out) {
-    out->assign(seqs.size(), 0.0);
+// Forward passes over seqs, `batch` rows at a time (each batch padded to its longest row); after each one,
+// visit(i, n, targets, T): rows i … i+n−1, their targets [n, T], and backend_losses(be) holding their nll.
+template <typename Visit>
+static void forward_chat_batches(Backend* be, const std::vector<ChatSeq>& seqs, int batch, int pad, Visit visit) {
     std::vector<int> in, tg;
     for (size_t i = 0; i < seqs.size(); i += batch) {
         std::vector<const ChatSeq*> rows;
         for (size_t j = i; j < std::min(seqs.size(), i + batch); j++) rows.push_back(&seqs[j]);
         int T = chat_batch(rows, pad, &in, &tg);
         backend_forward(be, in.data(), tg.data(), (int)rows.size(), T);
-        for (size_t b = 0; b < rows.size(); b++) (*out)[i + b] = -row_nll(backend_losses(be), (int)b, T);
+        visit(i, rows.size(), tg, T);
     }
+}
+void sequence_logps(Backend* be, const std::vector<ChatSeq>& seqs, int batch, int pad, std::vector<double>* out) {
+    out->assign(seqs.size(), 0.0);
+    forward_chat_batches(be, seqs, batch, pad, [&](size_t i, size_t n, const std::vector<int>&, int T) {
+        for (size_t b = 0; b < n; b++) (*out)[i + b] = -row_nll(backend_losses(be), (int)b, T);
+    });
 }
 
 // Drops sequences longer than the context (+1: the last token is only a target) or with nothing to train on.
@@ -2240,6 +2241,14 @@ static void align_finish(AlignRun* r, const std::string& final_dir) {
     "  AdamW (β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1 on matrices), gradient clipping at 1.0, as pre-training.\n" \
     "  outputs: OUT/final/ (model directory + tokenizer + optimizer + trainer state), OUT/step_NNNNNN/ checkpoints,\n" \
     "  OUT/metrics.jsonl. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n"
+// the flags of ALIGN_COMMON_FLAGS and the ones sft and dpo share, with a command's own added
+static std::vector<std::string> align_value_flags(std::vector<std::string> own) {
+    for (const char* f : {"model", "data", "out", "tokenizer", "val", "epochs", "batch", "lr", "warmup", "save-every", "keep",
+                          "resume", "log-every", "seed", "threads", "device"})
+        own.push_back(f);
+    return own;
+}
+static const std::vector<std::string> ALIGN_SWITCHES = {"skip-bad", "overwrite"};
 
 // ---------------------------------------------------------------------------- deepseek sft
 
@@ -2247,16 +2256,11 @@ static void align_finish(AlignRun* r, const std::string& final_dir) {
 static double sft_eval_loss(Backend* be, const std::vector<ChatSeq>& seqs, int batch, int pad) {
     double nll = 0;
     long count = 0;
-    std::vector<int> in, tg;
-    for (size_t i = 0; i < seqs.size(); i += batch) {
-        std::vector<const ChatSeq*> rows;
-        for (size_t j = i; j < std::min(seqs.size(), i + batch); j++) rows.push_back(&seqs[j]);
-        int T = chat_batch(rows, pad, &in, &tg);
-        backend_forward(be, in.data(), tg.data(), (int)rows.size(), T);
+    forward_chat_batches(be, seqs, batch, pad, [&](size_t, size_t, const std::vector<int>& tg, int) {
         const float* losses = backend_losses(be);
         for (size_t k = 0; k < tg.size(); k++)
             if (tg[k] >= 0) { nll += losses[k]; count++; }
-    }
+    });
     return count ? nll / count : 0.0;
 }
 
@@ -2283,11 +2287,7 @@ static const char* SFT_USAGE =
                "  (warmup default: 3% of the steps)\n" ALIGN_COMMON_FLAGS;
 
 int cmd_sft(int argc, char** argv) {
-    if (print_help(argc, argv, 2, SFT_USAGE)) return 0;
-    Args a(argc, argv, 2, "sft", {"model", "data", "out", "tokenizer", "val", "epochs", "batch", "lr", "warmup", "save-every",
-           "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad", "overwrite"});
-    if (!a.positional.empty()) die("sft: unexpected argument '%s'", a.positional[0].c_str());
-    set_threads(a);
+    Args a(argc, argv, 2, "sft", SFT_USAGE, align_value_flags({}), ALIGN_SWITCHES);
     std::string ckpt = align_resume_flags(&a);
     align_require(a);
     AlignRun r;
@@ -2385,11 +2385,7 @@ static const char* DPO_USAGE =
                "  (warmup default: 10% of the steps)\n" ALIGN_COMMON_FLAGS;
 
 int cmd_dpo(int argc, char** argv) {
-    if (print_help(argc, argv, 2, DPO_USAGE)) return 0;
-    Args a(argc, argv, 2, "dpo", {"model", "data", "out", "tokenizer", "val", "beta", "epochs", "batch", "lr", "warmup",
-           "save-every", "keep", "resume", "log-every", "seed", "threads", "device"}, {"skip-bad", "overwrite"});
-    if (!a.positional.empty()) die("dpo: unexpected argument '%s'", a.positional[0].c_str());
-    set_threads(a);
+    Args a(argc, argv, 2, "dpo", DPO_USAGE, align_value_flags({"beta"}), ALIGN_SWITCHES);
     std::string ckpt = align_resume_flags(&a);
     align_require(a);
     AlignRun r;
@@ -2693,43 +2689,34 @@ void dist_nccl_allreduce_sum(const Dist& d, float* x, size_t n, void* stream) {
 #endif
 }
 
-void dist_nccl_reduce_scatter_sum(const Dist& d, float* x, void* stream) {
+// The two sharded collectives, in place on x[n]: reduce-scatter (each rank's shard receives the sum over ranks) and
+// all-gather (every rank's shard copied to all ranks).
+static void nccl_sharded(const Dist& d, float* x, void* stream, bool reduce, const char* what) {
 #ifdef DEEPSEEK_CUDA
-    if (d.shard.size() != (size_t)d.world + 1) die("reduce-scatter: call dist_shards first");
+    if (d.shard.size() != (size_t)d.world + 1) die("%s: call dist_shards first", what);
     cudaStream_t s = (cudaStream_t)stream;
-    if (shards_equal(d)) {   // in place: NCCL's result for rank r lands at x + r·count
+    ncclComm_t comm = nccl_comm(d);
+    if (shards_equal(d)) {   // NCCL's own collective: rank r's part lies at x + r·count
         size_t count = d.shard[1] - d.shard[0];
-        ncclCheck(ncclReduceScatter(x, x + d.shard_begin(), count, ncclFloat, ncclSum, nccl_comm(d), s));
+        if (reduce) ncclCheck(ncclReduceScatter(x, x + d.shard_begin(), count, ncclFloat, ncclSum, comm, s));
+        else ncclCheck(ncclAllGather(x + d.shard_begin(), x, count, ncclFloat, comm, s));
         return;
     }
-    ncclCheck(ncclGroupStart());
-    for (int r = 0; r < d.world; r++)
-        ncclCheck(ncclReduce(x + d.shard[r], x + d.shard[r], d.shard[r + 1] - d.shard[r], ncclFloat, ncclSum, r, nccl_comm(d), s));
+    ncclCheck(ncclGroupStart());   // unequal shards: a reduce to (a broadcast from) each shard's owner
+    for (int r = 0; r < d.world; r++) {
+        float* part = x + d.shard[r];
+        size_t count = d.shard[r + 1] - d.shard[r];
+        if (reduce) ncclCheck(ncclReduce(part, part, count, ncclFloat, ncclSum, r, comm, s));
+        else ncclCheck(ncclBroadcast(part, part, count, ncclFloat, r, comm, s));
+    }
     ncclCheck(ncclGroupEnd());
 #else
-    (void)d; (void)x; (void)stream;
+    (void)d; (void)x; (void)stream; (void)reduce; (void)what;
     die("NCCL: this binary was built without CUDA");
 #endif
 }
-
-void dist_nccl_allgather(const Dist& d, float* x, void* stream) {
-#ifdef DEEPSEEK_CUDA
-    if (d.shard.size() != (size_t)d.world + 1) die("all-gather: call dist_shards first");
-    cudaStream_t s = (cudaStream_t)stream;
-    if (shards_equal(d)) {
-        size_t count = d.shard[1] - d.shard[0];
-        ncclCheck(ncclAllGather(x + d.shard_begin(), x, count, ncclFloat, nccl_comm(d), s));
-        return;
-    }
-    ncclCheck(ncclGroupStart());
-    for (int r = 0; r < d.world; r++)
-        ncclCheck(ncclBroadcast(x + d.shard[r], x + d.shard[r], d.shard[r + 1] - d.shard[r], ncclFloat, r, nccl_comm(d), s));
-    ncclCheck(ncclGroupEnd());
-#else
-    (void)d; (void)x; (void)stream;
-    die("NCCL: this binary was built without CUDA");
-#endif
-}
+void dist_nccl_reduce_scatter_sum(const Dist& d, float* x, void* stream) { nccl_sharded(d, x, stream, true, "reduce-scatter"); }
+void dist_nccl_allgather(const Dist& d, float* x, void* stream) { nccl_sharded(d, x, stream, false, "all-gather"); }
 
 // The GPU check's probe of the NCCL path (tests/gpu_check.sh runs it under mpirun on every GPU): all-reduce,
 // reduce-scatter and all-gather of n floats on device memory against the sums computed on the host. Rank r's input

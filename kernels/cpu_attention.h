@@ -3,6 +3,7 @@
 // The fast CPU path's causal grouped-query attention: blockwise, with an online softmax (the FlashAttention
 // recurrence) and no T×T matrix. Part of deepseek.cu (#included, after cpu_layers.h, whose hmax16/hsum16 it uses).
 #pragma once
+#include "cpu_exp.h"    // exp_madd, exp_poly
 #if defined(__AVX512F__)
 #include <immintrin.h>  // _mm512_*: the register-blocked block products
 #endif

@@ -2,9 +2,10 @@
 //          swiglu_forward_cpu, swiglu_backward_cpu, crossentropy_forward_cpu, crossentropy_backward_cpu
 //          (internals: hmax16, hsum16, max_vec)
 // The fast CPU path's row-wise layers: RMSNorm vectorised and fused with the residual add, RoPE from a cos/sin
-// table, SwiGLU and cross-entropy on exp_poly (deepseek.h, which infer.cu's decode uses too). Part of deepseek.cu
+// table, SwiGLU and cross-entropy on exp_poly (cpu_exp.h, which infer.cu's decode uses too). Part of deepseek.cu
 // (#included).
 #pragma once
+#include "cpu_exp.h"    // exp_poly
 #if defined(__AVX512F__)
 #include <immintrin.h>  // _mm512_*: the horizontal max and sum
 #endif

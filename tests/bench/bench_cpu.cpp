@@ -198,14 +198,14 @@ static const char* USAGE =
     "  The model: d_model 512, 4 layers, 8 / 2 heads, SwiGLU 1408, vocabulary 8192 unless the flags say otherwise.\n"
     "  --sweep: also training vs PyTorch on the four corners of d_model 256–512 × 4–8 layers.\n";
 int main(int argc, char** argv) {
-    if (print_help(argc, argv, 1, USAGE)) return 0;
+    Args a(argc, argv, 1, "bench_cpu", USAGE, {"threads", "rounds", "batch", "seq-len", "steps", "hidden", "layers", "heads",
+           "kv-heads", "ffn", "vocab"}, {"no-torch", "no-train", "no-gemm", "sweep"});
     // OpenBLAS 0.3.21 (Debian 12) does not know this CPU model and falls back to its SSE3 "Prescott" kernels,
     // a fifth of its speed here. A fair comparison gives it its best kernel for the instruction set: the
     // choice is read when the library loads, so set it and restart once.
     // The passive wait policy keeps our OpenMP threads from spinning against OpenBLAS's own pthreads in the GEMM
     // comparison. The training comparison (--no-gemm) runs both trainers in their default environments instead.
-    bool gemm_part = true;
-    for (int i = 1; i < argc; i++) gemm_part &= strcmp(argv[i], "--no-gemm") != 0;
+    bool gemm_part = !a.flag("no-gemm");
     if (!getenv("OPENBLAS_CORETYPE") || (gemm_part && !getenv("OMP_WAIT_POLICY")) || !getenv("OPENBLAS_THREAD_TIMEOUT")) {
         const char* core = __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : __builtin_cpu_supports("avx512f") ? "SkylakeX"
                          : __builtin_cpu_supports("avx2") ? "Haswell" : nullptr;
@@ -217,8 +217,6 @@ int main(int argc, char** argv) {
         setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0);
         execv("/proc/self/exe", argv);
     }
-    Args a(argc, argv, 1, "bench_cpu", {"threads", "rounds", "batch", "seq-len", "steps", "hidden", "layers", "heads",
-           "kv-heads", "ffn", "vocab"}, {"no-torch", "no-train", "no-gemm", "sweep"});
     int P = (int)a.integer("threads", 2, 1, 256), rounds = (int)a.integer("rounds", 3, 1, 100);
     int B = (int)a.integer("batch", 4, 1, 1024), T = (int)a.integer("seq-len", 256, 1, 65536);
     int steps = (int)a.integer("steps", 3, 1, 1000);

@@ -40,8 +40,7 @@ static const char* USAGE =
     "  tokens/s and MFU = tokens/s × (6·N_matmul + 12·L·H·D·T) / peak; with --decode N (or --steps 0),\n"
     "  also times N batch-1 decode steps and prints tokens/s beside the HBM bound.\n";
 int main(int argc, char** argv) {
-    if (print_help(argc, argv, 1, USAGE)) return 0;
-    Args a(argc, argv, 1, "bench_gpu", {"shape", "batch", "seq", "steps", "warmup", "decode", "peak-tflops", "hbm-tbs", "seed"},
+    Args a(argc, argv, 1, "bench_gpu", USAGE, {"shape", "batch", "seq", "steps", "warmup", "decode", "peak-tflops", "hbm-tbs", "seed"},
            {"recompute"});
     Config c;
     std::string shape = a.str("shape", "124m");

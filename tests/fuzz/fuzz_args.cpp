@@ -28,7 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     int argc = (int)words.size();
     is_help(argc, argv.data(), 2);
     try {
-        Args a(argc, argv.data(), 2, "fuzz", VALUE_FLAGS, SWITCHES);
+        Args a(argc, argv.data(), 2, "fuzz", nullptr, VALUE_FLAGS, SWITCHES, -1);
         for (const std::string& s : SWITCHES) a.flag(s);
         static const long long int_ranges[][2] = {{-10, 10}, {0, 1LL << 40}, {1, 1}, {LLONG_MIN, LLONG_MAX}};
         static const double real_ranges[][2] = {{0, 1}, {-1e300, 1e300}, {1e-12, 1e30}};

@@ -5,6 +5,7 @@
 #   make test       build and run the whole test suite (last line: "N passed, N failed")
 #   make test-asan  the suite again, CPU-only, under AddressSanitizer + UBSan
 #   make demo       the main job: train a small DeepSeek model on the King James Bible
+#   make sweep      the paper's scaling-law study on the same corpus (deepseek sweep run, ~20 min on 2 cores)
 #   make fixtures   regenerate tests/fixtures from PyTorch / transformers / tokenizers (venv from PyPI)
 #   make bench      speed, side by side with the peers
 #   make deps       install the Debian packages the build, tests and demo need
@@ -59,7 +60,7 @@ endif
 PYTHON ?= python3
 VENV   := .venv
 
-.PHONY: all cpu cuda test test-asan demo fixtures bench deps gpu-check clean print-variant FORCE
+.PHONY: all cpu cuda test test-asan demo sweep fixtures bench deps gpu-check clean print-variant FORCE
 all: deepseek
 
 # ./deepseek is a copy of the variant's binary; `make cpu` forces the CPU-only one.
@@ -87,9 +88,9 @@ build/$(1)/%.o: %.cpp $$(HDRS)
 	$(3) -c $$< -o $$@
 build/$(1)/deepseek_nomain.o: build/$(1)/deepseek.o
 	objcopy --weaken-symbol=main $$< $$@
-build/$(1)/deepseek: build/$(1)/deepseek.o build/$(1)/train.o build/$(1)/infer.o build/$(1)/tokenizer.o
+build/$(1)/deepseek: build/$(1)/deepseek.o build/$(1)/train.o build/$(1)/infer.o build/$(1)/tokenizer.o build/$(1)/sweep.o
 	$(4) $$^ -o $$@ $(5)
-build/$(1)/test_deepseek: build/$(1)/deepseek_nomain.o build/$(1)/train.o build/$(1)/infer.o build/$(1)/tokenizer.o $$(TEST_SRCS:%.cpp=build/$(1)/%.o)
+build/$(1)/test_deepseek: build/$(1)/deepseek_nomain.o build/$(1)/train.o build/$(1)/infer.o build/$(1)/tokenizer.o build/$(1)/sweep.o $$(TEST_SRCS:%.cpp=build/$(1)/%.o)
 	$(4) $$^ -o $$@ $(5)
 endef
 
@@ -130,7 +131,7 @@ fixtures: $(VENV)/.done deepseek
 # ---- CPU speed (tests/bench/bench_cpu.cpp): FMA peak, our GEMM vs OpenBLAS, training tokens/s vs PyTorch.
 # OpenBLAS (Debian libopenblas-dev) is linked into this benchmark only, never into ./deepseek.
 BENCH_THREADS ?= 2
-build/bench/bench_cpu: tests/bench/bench_cpu.cpp build/cpu/deepseek_nomain.o build/cpu/train.o build/cpu/infer.o build/cpu/tokenizer.o $(HDRS)
+build/bench/bench_cpu: tests/bench/bench_cpu.cpp build/cpu/deepseek_nomain.o build/cpu/train.o build/cpu/infer.o build/cpu/tokenizer.o build/cpu/sweep.o $(HDRS)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $(filter-out $(HDRS),$^) -o $@ $(LDLIBS) -lopenblas
 # two runs: the GEMMs beside OpenBLAS (passive OpenMP waits), then training beside PyTorch, each in its default environment
@@ -142,7 +143,7 @@ bench: bench-cpu
 
 # ---- GPU speed (tests/bench/bench_gpu.cpp, run by tests/gpu_check.sh): training tokens/s and MFU, batch-1 decode
 # tokens/s beside the HBM bound. It links the CUDA objects, so it needs nvcc; `make test` builds it in the CUDA variant.
-build/bench/bench_gpu: tests/bench/bench_gpu.cpp build/cuda/deepseek_nomain.o build/cuda/train.o build/cuda/infer.o build/cuda/tokenizer.o $(HDRS)
+build/bench/bench_gpu: tests/bench/bench_gpu.cpp build/cuda/deepseek_nomain.o build/cuda/train.o build/cuda/infer.o build/cuda/tokenizer.o build/cuda/sweep.o $(HDRS)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) -DDEEPSEEK_CUDA $(filter-out $(HDRS),$^) -o $@ $(LDLIBS) $(CUDA_LIBS)
 
@@ -165,7 +166,7 @@ FUZZ_CXX     ?= clang++
 # behaviour stops the run (-fno-sanitize-recover), as a sanitizer report does, also when a finding is replayed by hand.
 FUZZ_BASE    := -std=c++17 -O1 -g -fno-omit-frame-pointer -Wno-unknown-pragmas -DDEEPSEEK_TEST -fno-sanitize-recover=undefined
 FUZZ_FLAGS   := $(FUZZ_BASE) -fsanitize=fuzzer,address,undefined
-FUZZ_OBJS    := $(addprefix build/fuzz/obj/,deepseek.o train.o infer.o tokenizer.o)
+FUZZ_OBJS    := $(addprefix build/fuzz/obj/,deepseek.o train.o infer.o tokenizer.o sweep.o)
 FUZZ_BINS    := $(patsubst tests/fuzz/%.cpp,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.cpp))
 build/fuzz/obj/%.o: %.cu $(HDRS)
 	@mkdir -p $(@D)
@@ -190,6 +191,8 @@ fuzz:
 .PHONY: bench-train
 demo: deps deepseek
 	@bash tests/demo.sh
+sweep: deps deepseek
+	@bash tests/sweep.sh
 bench: bench-train
 bench-train: deepseek $(VENV)/.done
 	OMP_NUM_THREADS=$(or $(BENCH_THREADS),2) $(VENV)/bin/python tests/bench/bench_train.py --threads $(or $(BENCH_THREADS),2)

@@ -1448,6 +1448,7 @@ static void usage() {
            "  info       shapes, parameter count, FLOPs per token, memory      (--preset NAME | --model DIR)\n"
            "  convert    write a model directory (random init or re-save)\n"
            "  plan       the paper's scaling laws for a compute budget         (--compute C)\n"
+           "  sweep      the paper's scaling-law experiments: runs, fits, report (--data DIR --out DIR)\n"
            "  tokenizer  train | encode | decode | import-gguf | info\n"
            "  data       prepare: text → token shards\n"
            "  train      pre-training       sft   supervised fine-tuning      dpo   preference optimisation\n"
@@ -1483,17 +1484,12 @@ static int run_command(int argc, char** argv) {
         "cpu"
 #endif
         : ""); return 0; }
-    if (cmd == "info") return cmd_info(argc, argv);
-    if (cmd == "convert") return cmd_convert(argc, argv);
-    if (cmd == "plan") return cmd_plan(argc, argv);
-    if (cmd == "tokenizer") return cmd_tokenizer(argc, argv);
-    if (cmd == "data") return cmd_data(argc, argv);
-    if (cmd == "train") return cmd_train(argc, argv);
-    if (cmd == "sft") return cmd_sft(argc, argv);
-    if (cmd == "dpo") return cmd_dpo(argc, argv);
-    if (cmd == "eval") return cmd_eval(argc, argv);
-    if (cmd == "generate") return cmd_generate(argc, argv);
-    if (cmd == "chat") return cmd_chat(argc, argv);
+    static const struct { const char* name; int (*run)(int, char**); } commands[] = {
+        {"info", cmd_info}, {"convert", cmd_convert}, {"plan", cmd_plan}, {"tokenizer", cmd_tokenizer}, {"data", cmd_data},
+        {"train", cmd_train}, {"sft", cmd_sft}, {"dpo", cmd_dpo}, {"sweep", cmd_sweep}, {"eval", cmd_eval},
+        {"generate", cmd_generate}, {"chat", cmd_chat}};
+    for (const auto& c : commands)
+        if (cmd == c.name) return c.run(argc, argv);
     die("unknown command '%s' (see deepseek --help)", cmd.c_str());
 }
 #endif

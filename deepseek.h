@@ -9,6 +9,7 @@
 //   tokenizer.cpp byte-level BPE: tokenizer.json I/O, pre-tokenizer, encode/decode, training, GGUF import
 //   infer.cu      KV cache, sampling, chat template, generate/chat/eval
 //   train.cu      data loader, AdamW, schedules, scaling-law planner, checkpoints, SFT/DPO objectives, MPI/NCCL
+//   sweep.cpp     the scaling-law experiments: runs of `deepseek train` over budgets, fits, pictures, report
 //
 // Three tiers of every layer, one naming rule (X = matmul_forward, rmsnorm_backward, attention_forward, …):
 //   X_ref    the oracle: the CPU fp32 reference, plain loops written to be read (defined only in deepseek.cu); every
@@ -38,6 +39,7 @@
 // Shape legend used everywhere: B = batch, T = time (sequence), C = d_model (hidden_size),
 // H = attention heads, KV = key/value heads, D = head_dim, F = intermediate_size, V = vocab, L = layers.
 #pragma once
+#include <cmath>     // NAN
 #include <cstddef>   // size_t
 #include <cstdint>   // int32_t, uint16_t, uint64_t
 #include <cstring>   // memcpy (bf16_to_f32)
@@ -749,3 +751,42 @@ int cmd_train(int argc, char** argv);
 int cmd_sft(int argc, char** argv);
 int cmd_dpo(int argc, char** argv);
 
+// ====================================================================================================================
+// sweep.cpp: the paper's scaling-law experiments (hparams, isoflop, check), their fits, pictures and report; sweep
+// ====================================================================================================================
+
+// one finished run: a line of SWEEP/results.jsonl
+struct SweepResult {
+    std::string study, id;          // study: "hparams" | "isoflop" | "check"
+    double compute = 0, batch_tokens = 0, learning_rate = 0, flops_per_token = 0, tokens = 0, params = 0, val_bpb = 0;
+    bool diverged = false;          // the run stopped on a non-finite loss: no val_bpb, left out of the fits
+    int line = 0;                   // in the file, for messages
+};
+// Reads a results file; a line that is not an object with the fields above (params optional; val_bpb too when
+// "diverged": true) is an error FILE:LINE.
+std::vector<SweepResult> sweep_read_results(const std::string& path);
+// y = coef·C^exp, least squares in log–log space; the 95% bootstrap intervals when sweep_fit made them (else NaN)
+struct PowerLaw {
+    double coef = NAN, exp = NAN, coef_lo = NAN, coef_hi = NAN, exp_lo = NAN, exp_hi = NAN;
+    int points = 0;
+};
+PowerLaw power_law_fit(const std::vector<double>& C, const std::vector<double>& y);   // NaN with fewer than two C
+// one budget's IsoFLOP profile: the minimum of bpb = coef[0] + coef[1]·ln D + coef[2]·ln² D (parabola; else the best run)
+struct IsoflopMin {
+    double compute = 0, d_opt = 0, m_opt = 0, n_opt = 0, bpb_min = 0, coef[3] = {0, 0, 0};
+    double best_d = 0, best_m = 0, best_n = 0, best_bpb = 0;   // the best run of the profile
+    bool parabola = false, inside = false;                      // inside: the minimum lies in the sampled range of D
+};
+struct SweepFits {
+    PowerLaw batch, lr;                      // B_opt(C), η_opt(C) through the near-optimal hparams runs
+    PowerLaw model, data, model_6n, loss;    // M_opt(C), D_opt(C), 6·N_opt(C) and the minima's bpb(C)
+    std::vector<IsoflopMin> minima;          // one per isoflop budget, in increasing C
+    std::vector<const SweepResult*> near_optimal;   // hparams runs within 0.25% of their budget's best
+};
+// The fits, with `bootstrap` resamples (the runs of each budget drawn with replacement) for the intervals.
+SweepFits sweep_fit(const std::vector<SweepResult>& results, int bootstrap, uint64_t seed);
+// the small model of the sweep's family whose M (at seq_len) is nearest M_target
+Config sweep_shape(double M_target, int seq_len, int vocab_size);
+
+// subcommands
+int cmd_sweep(int argc, char** argv);

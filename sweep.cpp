@@ -83,36 +83,45 @@ static std::string shape_name(const Config& c) {
 // ============================================================================
 // results: SWEEP/results.jsonl, one finished run a line
 
-std::vector<SweepResult> sweep_read_results(const std::string& path) {
-    std::vector<SweepResult> out;
+// the non-blank lines of a file, with their line numbers
+static std::vector<std::pair<int, std::string>> text_lines(const std::string& path) {
+    std::vector<std::pair<int, std::string>> out;
     std::string text = read_file(path, (size_t)1 << 30);
-    size_t pos = 0;
     int line = 0;
-    while (pos < text.size()) {
+    for (size_t pos = 0; pos < text.size();) {
         size_t nl = text.find('\n', pos);
         std::string s = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
         pos = nl == std::string::npos ? text.size() : nl + 1;
         line++;
-        if (s.find_first_not_of(" \t\r") == std::string::npos) continue;
-        std::string where = path + ":" + std::to_string(line);
-        json j = json::parse(s, nullptr, false);
-        if (j.is_discarded() || !j.is_object()) die("%s: not a JSON object", where.c_str());
-        SweepResult r;
-        r.line = line;
-        r.study = json_str(j, "study", where, "", true);
-        if (r.study != "hparams" && r.study != "isoflop" && r.study != "check")
-            die("%s: field 'study' must be \"hparams\", \"isoflop\" or \"check\", got \"%s\"", where.c_str(), r.study.c_str());
-        r.id = json_str(j, "id", where, "");
-        r.compute = json_num(j, "compute", where, 0, 1e-300, 1e300, true);
-        r.batch_tokens = json_num(j, "batch_tokens", where, 0, 1e-300, 1e300, true);
-        r.learning_rate = json_num(j, "learning_rate", where, 0, 1e-300, 1e300, true);
-        r.flops_per_token = json_num(j, "flops_per_token", where, 0, 1e-300, 1e300, true);
-        r.tokens = json_num(j, "tokens", where, 0, 1e-300, 1e300, true);
-        r.params = json_num(j, "params", where, 0, 0, 1e300);
-        r.diverged = json_bool(j, "diverged", where, false);
-        r.val_bpb = r.diverged ? NAN : json_num(j, "val_bpb", where, 0, 1e-300, 1e300, true);
-        out.push_back(r);
+        if (s.find_first_not_of(" \t\r") != std::string::npos) out.push_back({line, s});
     }
+    return out;
+}
+
+// one results line, read strictly: WHERE names the file and line in messages
+static SweepResult result_from_line(const std::string& s, int line, const std::string& where) {
+    json j = json::parse(s, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) die("%s: not a JSON object", where.c_str());
+    SweepResult r;
+    r.line = line;
+    r.study = json_str(j, "study", where, "", true);
+    if (r.study != "hparams" && r.study != "isoflop" && r.study != "check")
+        die("%s: field 'study' must be \"hparams\", \"isoflop\" or \"check\", got \"%s\"", where.c_str(), r.study.c_str());
+    r.id = json_str(j, "id", where, "");
+    r.compute = json_num(j, "compute", where, 0, 1e-300, 1e300, true);
+    r.batch_tokens = json_num(j, "batch_tokens", where, 0, 1e-300, 1e300, true);
+    r.learning_rate = json_num(j, "learning_rate", where, 0, 1e-300, 1e300, true);
+    r.flops_per_token = json_num(j, "flops_per_token", where, 0, 1e-300, 1e300, true);
+    r.tokens = json_num(j, "tokens", where, 0, 1e-300, 1e300, true);
+    r.params = json_num(j, "params", where, 0, 0, 1e300);
+    r.diverged = json_bool(j, "diverged", where, false);
+    r.val_bpb = r.diverged ? NAN : json_num(j, "val_bpb", where, 0, 1e-300, 1e300, true);
+    return r;
+}
+
+std::vector<SweepResult> sweep_read_results(const std::string& path) {
+    std::vector<SweepResult> out;
+    for (const auto& l : text_lines(path)) out.push_back(result_from_line(l.second, l.first, path + ":" + std::to_string(l.first)));
     return out;
 }
 
@@ -176,12 +185,13 @@ static bool parabola_fit(const std::vector<double>& x, const std::vector<double>
 static IsoflopMin isoflop_minimum(double C, const std::vector<const SweepResult*>& pts) {
     IsoflopMin mn;
     mn.compute = C;
-    std::vector<double> x, y, lnN;
+    std::vector<double> x, y, D, N;
     const SweepResult* best = pts[0];
     for (const SweepResult* p : pts) {
         x.push_back(log(p->tokens));
         y.push_back(p->val_bpb);
-        lnN.push_back(log(std::max(p->params, 1.0)));
+        D.push_back(p->tokens);
+        N.push_back(std::max(p->params, 1.0));
         if (p->val_bpb < best->val_bpb) best = p;
     }
     mn.best_d = best->tokens; mn.best_m = best->flops_per_token; mn.best_bpb = best->val_bpb;
@@ -199,14 +209,10 @@ static IsoflopMin isoflop_minimum(double C, const std::vector<const SweepResult*
     }
     mn.d_opt = exp(xs);
     mn.m_opt = C / mn.d_opt;
-    // all parameters at the optimum: ln N is near-linear in ln D along a profile (N ∝ M, M = C/D), so a line through
-    // the profile's (ln D, ln N) read at ln D_opt
-    double mx = 0, my = 0;
-    for (size_t i = 0; i < x.size(); i++) { mx += x[i]; my += lnN[i]; }
-    mx /= x.size(); my /= x.size();
-    double sxx = 0, sxy = 0;
-    for (size_t i = 0; i < x.size(); i++) { sxx += (x[i] - mx) * (x[i] - mx); sxy += (x[i] - mx) * (lnN[i] - my); }
-    mn.n_opt = exp(sxx > 0 ? my + sxy / sxx * (xs - mx) : my);
+    // all parameters at the optimum: N is near a power of D along a profile (N ∝ M roughly, M = C/D), so that law
+    // through the profile's runs, read at D_opt (a profile of one size: its N)
+    PowerLaw nd = power_law_fit(D, N);
+    mn.n_opt = std::isfinite(nd.exp) ? nd.coef * pow(mn.d_opt, nd.exp) : N[0];
     return mn;
 }
 
@@ -446,14 +452,13 @@ static double run_point(const SweepSettings& s, const Point& p, double* val_loss
     std::string runs = s.out + "/runs", run = runs + "/" + p.id, log = runs + "/" + p.id + ".log";
     make_dirs(runs);
     std::string model = s.out + "/models/" + shape_name(p.shape);
-    if (!dir_exists(model + "/final")) {   // the shape's initial weights, once (the same for every run on it)
+    if (!dir_exists(model)) {   // the shape's initial weights, once (the same for every run on it)
         Model m;
         model_build(&m, p.shape);
         model_init_random(&m, s.seed, 0.006f);
         model_save_dir(m, model + ".tmp", false);
-        make_dirs(model);
-        if (rename((model + ".tmp").c_str(), (model + "/final").c_str()) != 0)
-            die("sweep: cannot rename %s.tmp to %s/final: %s", model.c_str(), model.c_str(), strerror(errno));
+        if (rename((model + ".tmp").c_str(), model.c_str()) != 0)
+            die("sweep: cannot rename %s.tmp to %s: %s", model.c_str(), model.c_str(), strerror(errno));
     }
     std::vector<std::string> args;
     std::istringstream words(s.launcher);
@@ -474,7 +479,7 @@ static double run_point(const SweepSettings& s, const Point& p, double* val_loss
         char lr[32];
         snprintf(lr, sizeof lr, "%.6g", p.lr);
         long save = std::max(1L, p.steps / 4);
-        args.insert(args.end(), {"--model", model + "/final", "--data", s.data, "--out", run, "--steps", std::to_string(p.steps),
+        args.insert(args.end(), {"--model", model, "--data", s.data, "--out", run, "--steps", std::to_string(p.steps),
                                  "--batch-tokens", std::to_string((long)p.seqs * s.seq_len), "--micro-batch", std::to_string(micro),
                                  "--seq-len", std::to_string(s.seq_len), "--lr", lr, "--eval-every", std::to_string(p.steps),
                                  "--eval-windows", std::to_string(s.eval_windows > 0 ? s.eval_windows : 1 << 20),
@@ -521,12 +526,9 @@ static double run_point(const SweepSettings& s, const Point& p, double* val_loss
     }
     double bpb = NAN;
     *val_loss = NAN;
-    std::string mpath = run + "/metrics.jsonl", text = read_file(mpath, (size_t)1 << 30);
-    size_t pos = 0;
-    while (pos < text.size()) {   // the last evaluation's record
-        size_t nl = text.find('\n', pos);
-        json j = json::parse(text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos), nullptr, false);
-        pos = nl == std::string::npos ? text.size() : nl + 1;
+    std::string mpath = run + "/metrics.jsonl";
+    for (const auto& l : text_lines(mpath)) {   // the last evaluation's record
+        json j = json::parse(l.second, nullptr, false);
         if (j.is_object() && j.contains("val_bpb") && j["val_bpb"].is_number()) {
             bpb = j["val_bpb"].get<double>();
             *val_loss = j.value("val_loss", NAN);
@@ -578,7 +580,8 @@ static void run_points(Sweep* sw, const std::vector<Point>& pts, const char* wha
         std::string all;
         for (const std::string& l : sw->lines) all += l + "\n";
         write_file_atomic(sw->results_path, all);   // the whole file each time: never a half-written line
-        sw->results = sweep_read_results(sw->results_path);
+        int line = (int)sw->lines.size();
+        sw->results.push_back(result_from_line(sw->lines.back(), line, sw->results_path + ":" + std::to_string(line)));
     }
 }
 
@@ -906,48 +909,41 @@ int cmd_sweep(int argc, char** argv) {
         if (!saved.is_object()) die("%s: not a JSON object", settings_path.c_str());
     } else if (step == "report") die("sweep report: %s holds no sweep (no sweep.json)", s.out.c_str());
     // each setting: the flag, else the saved value, else the default; a flag that contradicts the saved value is refused
-    auto pick = [&](const char* flag, const char* key, const std::string& given, const json& dflt) -> json {
-        json v = dflt;
-        if (saved.contains(key)) v = saved[key];
-        if (a.has(flag)) {
-            json mine = given.empty() ? json(a.str(flag)) : json::parse(given);
-            if (saved.contains(key) && saved[key] != mine)
-                die("sweep %s: --%s %s differs from this sweep's %s (%s): give the same, or a new --out", step.c_str(), flag,
-                    a.str(flag).c_str(), key, saved[key].dump().c_str());
-            v = mine;
-        }
-        return v;
+    // (given: the flag's parsed value, null when the flag is absent)
+    auto pick = [&](const char* flag, const char* key, const json& given, const json& dflt) -> json {
+        if (given.is_null()) return saved.contains(key) ? saved[key] : dflt;
+        if (saved.contains(key) && saved[key] != given)
+            die("sweep %s: --%s %s differs from this sweep's %s (%s): give the same, or a new --out", step.c_str(), flag,
+                a.str(flag).c_str(), key, saved[key].dump().c_str());
+        return given;
     };
-    std::string budgets_given;
-    if (a.has("budgets")) budgets_given = json(parse_budgets(a.str("budgets"))).dump();
-    json jb = pick("budgets", "budgets", budgets_given, json(std::vector<double>{1e10, 3e10, 1e11, 3e11}));
+    json jb = pick("budgets", "budgets", a.has("budgets") ? json(parse_budgets(a.str("budgets"))) : json(),
+                   json(std::vector<double>{1e10, 3e10, 1e11, 3e11}));
     if (!jb.is_array() || jb.empty()) die("%s: field 'budgets' must be a non-empty list", settings_path.c_str());
     for (const json& x : jb) {
         if (!x.is_number() || !(x.get<double>() >= 1e3 && x.get<double>() <= 1e30))
             die("%s: field 'budgets' must hold FLOPs in [1e3, 1e30]", settings_path.c_str());
         s.budgets.push_back(x.get<double>());
     }
-    std::string grid_given;
+    json grid_given;
     if (a.has("grid")) {
         int gb = 0, gl = 0;
         char tail = 0;
         if (sscanf(a.str("grid").c_str(), "%dx%d%c", &gb, &gl, &tail) != 2 || gb < 1 || gl < 1 || gb > 50 || gl > 50)
             die("sweep: --grid must be BxL, batch sizes × learning rates, each 1 to 50 (e.g. 3x3), got '%s'", a.str("grid").c_str());
-        grid_given = json(std::to_string(gb) + "x" + std::to_string(gl)).dump();
+        grid_given = std::to_string(gb) + "x" + std::to_string(gl);
     }
     std::string grid = pick("grid", "grid", grid_given, "5x5").get<std::string>();
     if (sscanf(grid.c_str(), "%dx%d", &s.grid_batch, &s.grid_lr) != 2 || s.grid_batch < 1 || s.grid_lr < 1)
         die("%s: field 'grid' must be BxL", settings_path.c_str());
     auto num_flag = [&](const char* flag, const char* key, double dflt, double lo, double hi) {
-        std::string given = a.has(flag) ? json(a.real(flag, dflt, lo, hi)).dump() : "";
-        json v = pick(flag, key, given, dflt);
+        json v = pick(flag, key, a.has(flag) ? json(a.real(flag, dflt, lo, hi)) : json(), dflt);
         if (!v.is_number() || v.get<double>() < lo || v.get<double>() > hi)
             die("%s: field '%s' must be a number in [%g, %g]", settings_path.c_str(), key, lo, hi);
         return v.get<double>();
     };
     auto int_flag = [&](const char* flag, const char* key, long long dflt, long long lo, long long hi) {
-        std::string given = a.has(flag) ? json(a.integer(flag, dflt, lo, hi)).dump() : "";
-        json v = pick(flag, key, given, dflt);
+        json v = pick(flag, key, a.has(flag) ? json(a.integer(flag, dflt, lo, hi)) : json(), dflt);
         if (!v.is_number_integer() || v.get<long long>() < lo || v.get<long long>() > hi)
             die("%s: field '%s' must be an integer in [%lld, %lld]", settings_path.c_str(), key, lo, hi);
         return v.get<long long>();
@@ -959,7 +955,7 @@ int cmd_sweep(int argc, char** argv) {
     s.seq_len = (int)int_flag("seq-len", "seq_len", 128, 8, 65536);
     s.eval_windows = (int)int_flag("eval-windows", "eval_windows", 0, 0, 1 << 20);
     s.seed = (uint64_t)int_flag("seed", "seed", 1, 0, 1LL << 50);
-    json jd = pick("data", "data", a.has("data") ? json(a.str("data")).dump() : "", json(""));
+    json jd = pick("data", "data", a.has("data") ? json(a.str("data")) : json(), json(""));
     s.data = jd.is_string() ? jd.get<std::string>() : "";
     if (s.data.empty() && step != "report") die("sweep %s: --data DIR is required", step.c_str());
     s.bootstrap = (int)a.integer("bootstrap", 1000, 0, 1000000);
@@ -974,17 +970,11 @@ int cmd_sweep(int argc, char** argv) {
     make_dirs(s.out);
     if (!path_exists(settings_path)) write_file_atomic(settings_path, settings_json(s).dump(2) + "\n");
     sw.results_path = s.out + "/results.jsonl";
-    if (path_exists(sw.results_path)) {
-        sw.results = sweep_read_results(sw.results_path);
-        std::string text = read_file(sw.results_path, (size_t)1 << 30);
-        size_t pos = 0;
-        while (pos < text.size()) {
-            size_t nl = text.find('\n', pos);
-            std::string l = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-            if (l.find_first_not_of(" \t\r") != std::string::npos) sw.lines.push_back(l);
-            pos = nl == std::string::npos ? text.size() : nl + 1;
+    if (path_exists(sw.results_path))
+        for (const auto& l : text_lines(sw.results_path)) {
+            sw.lines.push_back(l.second);
+            sw.results.push_back(result_from_line(l.second, l.first, sw.results_path + ":" + std::to_string(l.first)));
         }
-    }
     if (step == "report") { sweep_report(&sw); return 0; }
     signal(SIGINT, on_sweep_signal);
     signal(SIGTERM, on_sweep_signal);

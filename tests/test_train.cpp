@@ -26,12 +26,6 @@ static std::vector<json> read_jsonl(const std::string& path) {
         if (!line.empty()) v.push_back(json::parse(line));
     return v;
 }
-static bool one_error_line(const CmdResult& r, const std::string& needle) {
-    bool ok = r.rc == 1 && r.out.rfind("error: ", 0) == 0 && r.out.find(needle) != std::string::npos &&
-              r.out.find("\n") == r.out.size() - 1;
-    if (!ok) MESSAGE("rc " << r.rc << ", output: " << r.out);
-    return ok;
-}
 
 // ---------------------------------------------------------------------------- schedules
 

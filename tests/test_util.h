@@ -34,6 +34,14 @@ inline int count_lines(const std::string& s) {
     for (char c : s) n += c == '\n';
     return n;
 }
+// A CLI refusal as the project promises it: exit status 1 and one stderr line "error: …" holding NEEDLE. Prints what
+// came instead when it does not hold.
+inline bool one_error_line(const CmdResult& r, const std::string& needle) {
+    bool ok = r.rc == 1 && r.out.rfind("error: ", 0) == 0 && r.out.find(needle) != std::string::npos &&
+              r.out.find('\n') == r.out.size() - 1;
+    if (!ok) fprintf(stderr, "expected one error line holding \"%s\"; rc %d, output: %s\n", needle.c_str(), r.rc, r.out.c_str());
+    return ok;
+}
 // max over elements of |a-b| / max(|b|, floor): relative error with an absolute floor
 inline double max_rel_err(const float* a, const float* b, size_t n, double floor_) {
     double worst = 0;

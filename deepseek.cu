@@ -138,6 +138,15 @@ Config config_read_json(const std::string& path) {
     c.eos_token_id = !eos.empty() ? eos[0] : c.eos_token_id < c.vocab_size ? c.eos_token_id : -1;
     c.torch_dtype = json_str(j, "torch_dtype", w, c.torch_dtype);
     c.torch_dtype = json_str(j, "dtype", w, c.torch_dtype);
+    if (const json* q = json_field(j, "quantization_config", w, false)) {
+        if (!q->is_object()) die("%s: field 'quantization_config' must be an object, got %s", w, json_short(*q).c_str());
+        std::string qw = path + ": quantization_config";
+        c.quantization = json_str(*q, "quant_method", qw, "");
+        if (c.quantization != "q8_0")
+            die("%s: quantization_config %s is not supported (only q8_0, as convert --dtype q8_0 writes)", w, json_short(*q).c_str());
+        if (json_int(*q, "group_size", qw, Q8_BLOCK, 1, 1 << 20) != Q8_BLOCK)
+            die("%s: q8_0 group_size must be %d", w, Q8_BLOCK);
+    }
     if (c.hidden_size != c.num_attention_heads * c.head_dim && !has_head_dim)
         die("%s: hidden_size %d is not divisible by num_attention_heads %d", w, c.hidden_size, c.num_attention_heads);
     config_validate(c, path);
@@ -172,6 +181,8 @@ void config_write_json(const Config& c, const std::string& path) {
     j["torch_dtype"] = c.torch_dtype;
     j["use_cache"] = true;
     j["vocab_size"] = c.vocab_size;
+    // (transformers refuses an unknown quant_method by name: better than loading int8 weights as if they were floats)
+    if (!c.quantization.empty()) j["quantization_config"] = {{"quant_method", c.quantization}, {"group_size", Q8_BLOCK}};
     write_file_atomic(path, j.dump(2) + "\n");
 }
 
@@ -755,6 +766,48 @@ float f16_to_f32(uint16_t h) {
     memcpy(&f, &u, 4);
     return f;
 }
+// fp32 → fp16, round to nearest even (as the F16C instruction vcvtps2ph): overflow gives ±Inf, tiny values round
+// into fp16's subnormals (steps of 2^-24) or to ±0, NaN stays a quiet NaN.
+uint16_t f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00 | (uint16_t)((a >> 13) & 0x3ff);   // NaN (quiet)
+    if (a >= 0x477ff000u) return sign | 0x7c00;   // ≥ 65520 (half-way past 65504, the largest fp16) → Inf
+    if (a >= 0x38800000u) {   // normal in fp16 (≥ 2^-14): rebias the exponent, round the 13 dropped bits
+        uint32_t r = a - ((127u - 15u) << 23);
+        r += 0xfffu + ((r >> 13) & 1u);
+        return sign | (uint16_t)(r >> 13);
+    }
+    if (a < 0x33000000u) return sign;   // < 2^-25 (half the smallest subnormal, and ties go to even 0) → ±0
+    // subnormal: the significand with its implicit bit, shifted to units of 2^-24, rounded to nearest even
+    uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, shift = 126 - e;   // 14..24 for e in 102..112
+    uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1))) q++;
+    return sign | (uint16_t)q;
+}
+
+// q8_0: blocks of 32 weights, each stored as 32 int8 and one fp16 scale d, as GGUF's Q8_0. The rule is the one
+// llama.cpp's reference quantiser uses, so a GGUF written from these blocks is what llama.cpp itself would make:
+//   d = max|x| / 127,  q_i = round(x_i / d) (half away from zero, through 1/d in fp32),  stored d = fp16(d)
+// A weight comes back as q_i · fp16(d): within d/2 (plus fp16's rounding of d) of the original.
+void q8_0_quantize(const float* x, size_t n, int8_t* q, uint16_t* d) {
+    for (size_t b = 0; b < n / Q8_BLOCK; b++) {
+        const float* xb = x + b * Q8_BLOCK;
+        float amax = 0.0f;
+        for (int i = 0; i < Q8_BLOCK; i++) amax = std::max(amax, fabsf(xb[i]));
+        float s = amax / 127.0f, inv = s != 0.0f ? 1.0f / s : 0.0f;
+        d[b] = f32_to_f16(s);
+        for (int i = 0; i < Q8_BLOCK; i++) q[b * Q8_BLOCK + i] = (int8_t)roundf(xb[i] * inv);
+    }
+}
+void q8_0_dequantize(const int8_t* q, const uint16_t* d, size_t n, float* out) {
+    for (size_t b = 0; b < n / Q8_BLOCK; b++) {
+        float s = f16_to_f32(d[b]);
+        for (int i = 0; i < Q8_BLOCK; i++) out[b * Q8_BLOCK + i] = (float)q[b * Q8_BLOCK + i] * s;
+    }
+}
 
 // ============================================================================
 // safetensors: 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, the data
@@ -767,6 +820,7 @@ const char* dtype_name(DType t) {
         case DType::I32: return "I32";
         case DType::I64: return "I64";
         case DType::U8: return "U8";
+        case DType::I8: return "I8";
     }
     return "?";
 }
@@ -775,13 +829,14 @@ size_t dtype_size(DType t) {
         case DType::F32: case DType::I32: return 4;
         case DType::BF16: case DType::F16: return 2;
         case DType::I64: return 8;
-        case DType::U8: return 1;
+        case DType::U8: case DType::I8: return 1;
     }
     return 0;
 }
 static bool dtype_parse(const std::string& s, DType* t) {
     static const std::pair<const char*, DType> names[] = {{"F32", DType::F32}, {"BF16", DType::BF16}, {"F16", DType::F16},
-                                                          {"I32", DType::I32}, {"I64", DType::I64},  {"U8", DType::U8}};
+                                                          {"I32", DType::I32}, {"I64", DType::I64},  {"U8", DType::U8},
+                                                          {"I8", DType::I8}};
     for (auto& n : names)
         if (s == n.first) { *t = n.second; return true; }
     return false;
@@ -1018,6 +1073,23 @@ const TensorInfo& SafeTensors::get(const std::string& name) const {
     return it->second;
 }
 
+// An I8 matrix NAME [rows, cols] (q8_0, convert --dtype q8_0) has its scales in NAME_scale: F16 [rows, cols/32].
+const TensorInfo& SafeTensors::q8_scale(const std::string& name) const {
+    const TensorInfo& t = get(name);
+    auto it = tensors.find(name + "_scale");
+    if (it == tensors.end())
+        die("%s: tensor '%s' is I8 but '%s_scale' is missing (a q8_0 matrix needs its scales)", t.file.c_str(), name.c_str(), name.c_str());
+    const TensorInfo& s = it->second;
+    if (t.shape.size() != 2 || t.shape[1] % Q8_BLOCK != 0)
+        die("%s: I8 tensor '%s' has shape %s: q8_0 matrices are 2-D with rows a multiple of %d long", t.file.c_str(),
+            name.c_str(), shape_str(t.shape).c_str(), Q8_BLOCK);
+    std::vector<int64_t> want = {t.shape[0], t.shape[1] / Q8_BLOCK};
+    if (s.dtype != DType::F16 || s.shape != want)
+        die("%s: tensor '%s_scale' is %s %s; expected F16 %s (one scale per %d weights of '%s')", s.file.c_str(), name.c_str(),
+            dtype_name(s.dtype), shape_str(s.shape).c_str(), shape_str(want).c_str(), Q8_BLOCK, name.c_str());
+    return s;
+}
+
 void SafeTensors::read_f32(const std::string& name, const std::vector<int64_t>& shape, float* out) const {
     const TensorInfo& t = get(name);
     if (t.shape != shape)
@@ -1033,6 +1105,18 @@ void SafeTensors::read_f32(const std::string& name, const std::vector<int64_t>& 
             #pragma omp parallel for schedule(static)
             for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, t.data + 2 * i, 2); out[i] = f16_to_f32(h); }
             break;
+        case DType::I8: {   // q8_0: int8 × its block's fp16 scale
+            const TensorInfo& sc = q8_scale(name);
+            size_t nb = n / Q8_BLOCK;
+            #pragma omp parallel for schedule(static)
+            for (size_t b = 0; b < nb; b++) {
+                uint16_t h;
+                memcpy(&h, sc.data + 2 * b, 2);
+                float d = f16_to_f32(h);
+                for (int i = 0; i < Q8_BLOCK; i++) out[b * Q8_BLOCK + i] = (float)(int8_t)t.data[b * Q8_BLOCK + i] * d;
+            }
+            break;
+        }
         default: die("%s: tensor '%s' has dtype %s; expected F32, BF16 or F16", t.file.c_str(), name.c_str(), dtype_name(t.dtype));
     }
 }
@@ -1094,12 +1178,17 @@ void model_check_tensors(const SafeTensors& st, const Config& cfg, bool values) 
         if (t.shape != pv.shape)
             die("%s: tensor '%s' has shape %s, expected %s (from config.json)", t.file.c_str(), pv.name.c_str(),
                 shape_str(t.shape).c_str(), shape_str(pv.shape).c_str());
-        if (t.dtype != DType::F32 && t.dtype != DType::BF16 && t.dtype != DType::F16)
-            die("%s: tensor '%s' has dtype %s; expected F32, BF16 or F16", t.file.c_str(), pv.name.c_str(), dtype_name(t.dtype));
+        const TensorInfo* checked = &t;   // for I8 (q8_0), its scales are what can be non-finite
+        if (t.dtype == DType::I8 && pv.shape.size() == 2) {
+            checked = &st.q8_scale(pv.name);
+            used.insert(pv.name + "_scale");
+        } else if (t.dtype != DType::F32 && t.dtype != DType::BF16 && t.dtype != DType::F16)
+            die("%s: tensor '%s' has dtype %s; expected F32, BF16 or F16 (or I8 with scales, for a matrix)", t.file.c_str(),
+                pv.name.c_str(), dtype_name(t.dtype));
         float bad = 0;
-        long long at = values ? first_nonfinite(t, &bad) : -1;
+        long long at = values ? first_nonfinite(*checked, &bad) : -1;
         if (at >= 0)
-            die("%s: tensor '%s' holds %s at element %lld: the weights must be finite", t.file.c_str(), pv.name.c_str(),
+            die("%s: tensor '%s' holds %s at element %lld: the weights must be finite", t.file.c_str(), checked->name.c_str(),
                 std::isnan(bad) ? "NaN" : bad > 0 ? "+Inf" : "-Inf", at);
     }
     for (const auto& t : st.tensors)
@@ -1166,13 +1255,36 @@ void model_load_dir(Model* m, const std::string& dir) {
     for (const ParamView& pv : param_views(cfg)) st.read_f32(pv.name, pv.shape, m->params_memory.data() + pv.offset);
 }
 
-void model_save_dir(const Model& m, const std::string& dir, bool bf16) {
-    make_dirs(dir);
+void model_save_dir(const Model& m, const std::string& dir, StoreDtype dtype) {
     Config cfg = m.cfg;
-    cfg.torch_dtype = bf16 ? "bfloat16" : "float32";
+    bool q8 = dtype == StoreDtype::Q8_0;
+    if (q8)   // every matrix's rows (hidden, heads × head_dim, intermediate) must split into whole blocks
+        for (const ParamView& pv : param_views(cfg))
+            if (pv.shape.size() == 2 && pv.shape[1] % Q8_BLOCK != 0)
+                die("q8_0: '%s' has rows of %lld weights, not a multiple of %d (the block size)", pv.name.c_str(),
+                    (long long)pv.shape[1], Q8_BLOCK);
+    make_dirs(dir);
+    cfg.torch_dtype = dtype == StoreDtype::BF16 ? "bfloat16" : "float32";   // (q8_0: the norms stay fp32)
+    cfg.quantization = q8 ? "q8_0" : "";
     std::vector<TensorOut> ts;
-    for (const ParamView& pv : param_views(cfg)) ts.push_back({pv.name, DType::F32, pv.shape, m.params_memory.data() + pv.offset});
-    safetensors_write(dir + "/model.safetensors", ts, bf16, {{"format", "pt"}});
+    // q8_0: each matrix as int8 NAME and fp16 NAME_scale (SafeTensors::q8_scale); the norms stay fp32
+    std::vector<std::vector<int8_t>> qs;
+    std::vector<std::vector<uint16_t>> ds;
+    std::vector<std::string> scale_names;
+    const std::vector<ParamView> views = param_views(cfg);
+    if (q8) { qs.reserve(views.size()); ds.reserve(views.size()); scale_names.reserve(views.size()); }
+    for (const ParamView& pv : views) {
+        const float* w = m.params_memory.data() + pv.offset;
+        if (!q8 || pv.shape.size() != 2) { ts.push_back({pv.name, DType::F32, pv.shape, w}); continue; }
+        size_t n = (size_t)pv.shape[0] * pv.shape[1];
+        qs.emplace_back(n);
+        ds.emplace_back(n / Q8_BLOCK);
+        q8_0_quantize(w, n, qs.back().data(), ds.back().data());
+        scale_names.push_back(pv.name + "_scale");
+        ts.push_back({pv.name, DType::I8, pv.shape, qs.back().data()});
+        ts.push_back({scale_names.back(), DType::F16, {pv.shape[0], pv.shape[1] / Q8_BLOCK}, ds.back().data()});
+    }
+    safetensors_write(dir + "/model.safetensors", ts, dtype == StoreDtype::BF16, {{"format", "pt"}});
     config_write_json(cfg, dir + "/config.json");
     json gen = {{"bos_token_id", config_token_json(cfg, cfg.bos_token_id)}, {"eos_token_id", config_token_json(cfg, cfg.eos_token_id)},
                 {"_from_model_config", false}};
@@ -1412,14 +1524,14 @@ int cmd_info(int argc, char** argv) {
 // convert: a model directory from a preset, a config.json (random init) or another model directory (re-save)
 static const char* CONVERT_USAGE =
     "usage: deepseek convert (--preset NAME | --config config.json | --model DIR) --out DIR\n"
-    "                        [--dtype f32|bf16] [--seed S] [--init-std X]\n"
+    "                        [--dtype f32|bf16|q8_0] [--seed S] [--init-std X]\n"
     "  writes a Hugging Face model directory (config.json, model.safetensors, generation_config.json);\n"
     "  --preset/--config initialise randomly (normal(0, init-std), the paper's 0.006 by default).\n";
 static int cmd_convert(int argc, char** argv) {
     Args a(argc, argv, 2, "convert", CONVERT_USAGE, {"preset", "config", "model", "out", "dtype", "seed", "init-std", "threads"}, {});
     if (!a.has("out")) die("convert: --out DIR is required");
     std::string dt = a.str("dtype", "f32");
-    if (dt != "f32" && dt != "bf16") die("convert: --dtype must be f32 or bf16, got '%s'", dt.c_str());
+    if (dt != "f32" && dt != "bf16" && dt != "q8_0") die("convert: --dtype must be f32, bf16 or q8_0, got '%s'", dt.c_str());
     int sources = a.has("preset") + a.has("config") + a.has("model");
     if (sources != 1) die("convert: give exactly one of --preset, --config or --model");
     uint64_t seed = (uint64_t)a.integer("seed", 1337, 0, (1ll << 62));
@@ -1433,7 +1545,7 @@ static int cmd_convert(int argc, char** argv) {
         model_build(&m, cfg);
         model_init_random(&m, seed, std);
     }
-    model_save_dir(m, a.str("out"), dt == "bf16");
+    model_save_dir(m, a.str("out"), dt == "bf16" ? StoreDtype::BF16 : dt == "q8_0" ? StoreDtype::Q8_0 : StoreDtype::F32);
     printf("wrote %s (%zu parameters, %s)\n", a.str("out").c_str(), m.num_parameters, dt.c_str());
     return 0;
 }

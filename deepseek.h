@@ -144,6 +144,7 @@ struct Config {
     int bos_token_id = 100000;
     int eos_token_id = 100001;
     std::string torch_dtype = "float32";
+    std::string quantization;            // "" or "q8_0" (config.json's quantization_config.quant_method)
 };
 bool config_preset(const std::string& name, Config* cfg);    // false if unknown
 std::vector<std::string> config_preset_names();
@@ -309,7 +310,7 @@ void attention_backward_cpu(float* dq, float* dk, float* dv, const float* dy, co
 // ----------------------------------------------------------------------------
 // safetensors and model directories (Hugging Face layout)
 
-enum class DType { F32, BF16, F16, I32, I64, U8 };
+enum class DType { F32, BF16, F16, I32, I64, U8, I8 };
 const char* dtype_name(DType t);
 size_t dtype_size(DType t);
 // bf16 → fp32 is a 16-bit shift; inline so the compiler vectorises it inside the decode loops' dot products
@@ -321,6 +322,11 @@ inline float bf16_to_f32(uint16_t h) {
 }
 uint16_t f32_to_bf16(float f);   // round to nearest even
 float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);    // round to nearest even (as F16C's vcvtps2ph)
+// q8_0 (GGUF's Q8_0): blocks of Q8_BLOCK weights as int8 q and one fp16 scale d; weight = q·d. n % Q8_BLOCK == 0.
+const int Q8_BLOCK = 32;
+void q8_0_quantize(const float* x, size_t n, int8_t* q, uint16_t* d);   // llama.cpp's reference rule
+void q8_0_dequantize(const int8_t* q, const uint16_t* d, size_t n, float* out);
 
 struct TensorInfo {
     std::string name;
@@ -348,7 +354,9 @@ struct SafeTensors {
     void open_dir(const std::string& dir, bool ram_if_fits = false);
     const TensorInfo& get(const std::string& name) const;  // dies if missing
     bool has(const std::string& name) const { return tensors.count(name) > 0; }
-    // copies a tensor into fp32, checking its shape
+    // the scales of the q8_0 matrix NAME (I8): NAME_scale, F16 [rows, cols/Q8_BLOCK]; dies if missing or misshapen
+    const TensorInfo& q8_scale(const std::string& name) const;
+    // copies a tensor into fp32 (I8: dequantised with its scales), checking its shape
     void read_f32(const std::string& name, const std::vector<int64_t>& shape, float* out) const;
 };
 struct TensorOut {
@@ -366,7 +374,9 @@ void safetensors_write(const std::string& path, const std::vector<TensorOut>& te
 // one of them is also scanned for NaN or ±Inf. Dies naming the file and the tensor.
 void model_check_tensors(const SafeTensors& st, const Config& cfg, bool values);
 void model_load_dir(Model* m, const std::string& dir);      // config.json + safetensors → fp32 params
-void model_save_dir(const Model& m, const std::string& dir, bool bf16); // config.json + model.safetensors (+ generation_config.json)
+// config.json + model.safetensors (+ generation_config.json); Q8_0: matrices as int8 + fp16 scales, norms fp32
+enum class StoreDtype { F32, BF16, Q8_0 };
+void model_save_dir(const Model& m, const std::string& dir, StoreDtype dtype);
 // a model from --preset NAME or --model DIR (exactly one), for subcommands
 void model_from_args(Model* m, const Args& a, uint64_t seed);
 
@@ -490,10 +500,13 @@ int cmd_tokenizer(int argc, char** argv);
 // ----------------------------------------------------------------------------
 // inference with a KV cache, sampling, generation, the chat template
 
-// A weight matrix [out, in] as stored: fp32, or bf16 kept bf16 (memory-mapped; upcast inside the dot products).
+// A weight matrix [out, in] as stored: fp32, bf16 kept bf16, or q8_0 (int8 + fp16 scale per 32) kept q8_0
+// (memory-mapped; upcast inside the dot products). Exactly one pointer is set.
 struct InferWeight {
     const float* f32 = nullptr;
     const uint16_t* bf16 = nullptr;
+    const int8_t* q8 = nullptr;            // [out, in]
+    const uint16_t* q8_scale = nullptr;    // [out, in/Q8_BLOCK], fp16
 };
 struct InferLayer {
     const float* input_layernorm;            // [C]
@@ -509,7 +522,7 @@ struct InferModel {
     InferWeight embed_tokens, lm_head; // [V, C]
     const float* norm = nullptr;       // [C]
     std::vector<InferLayer> layers;
-    bool is_bf16 = false;              // the matrices are bf16
+    const char* weights_dtype = "fp32"; // of the matrices: "fp32", "bf16" or "q8_0" 
     int ctx = 0;                       // cache capacity in tokens (≤ max_position_embeddings)
     int pos = 0;                       // tokens in the cache
     std::vector<int> cached;           // the token ids in the cache, [pos]

@@ -6,7 +6,8 @@
 // at a time is decoded. Weights are pointed into (the memory map of the safetensors files), never copied, so a
 // bf16 7B checkpoint (~14 GB) stays bf16 in memory; activations are fp32. Tests hold this path to the reference
 // (logits within 1e-5 at every position) and to transformers' greedy generate (token for token).
-// What it is not: a CUDA path (inference runs on the CPU), batched generation, or quantisation.
+// Weights may also be q8_0 (convert --dtype q8_0): int8 blocks of 32 with an fp16 scale, dotted with int8 x.
+// What it is not: a CUDA path (inference runs on the CPU), batched generation, or other quantisations.
 #include "deepseek.h"
 #include "kernels/cpu_exp.h"   // exp_poly: the softmax of cached attention
 #include <algorithm>     // std::sort, std::partial_sort, std::max
@@ -19,8 +20,8 @@
 #include <ctime>         // time (the default seed)
 #include <unistd.h>      // isatty, getpid
 #include <nlohmann/json.hpp>  // nlohmann::json: generation_config.json
-#if defined(__AVX512F__)
-#include <immintrin.h>  // _mm512_*: the decode dot products
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>  // _mm512_* / _mm256_*: the decode dot products
 #endif
 #ifdef _OPENMP
 #include <omp.h>         // omp_set_num_threads, omp_get_max_threads
@@ -35,9 +36,8 @@ using json = nlohmann::json;
 // loaded once for all four. Decode is bound by memory bandwidth: each weight is read once per token, so what
 // matters is keeping enough cache-line requests in flight. `next` is the start of the next block's four rows (the
 // next block of the same thread under schedule(static)); they are prefetched while this one is summed, one
-// prefetch per 16 elements: every other line, the hardware's adjacent-line prefetch brings the rest.
-// Measured on this machine (110M-parameter shapes, 2 threads): bf16 rows 71 → 110 tokens/s of matvecs, fp32 rows
-// 65 → 69, against the auto-vectorised loops in the portable branch. Those stay as the fallback for other CPUs.
+// prefetch per 64-byte line: AMD's cores have no adjacent-line prefetcher to fetch the other half of a pair.
+// The SIMD width is chosen at build time (-march=native): AVX-512, AVX2 + FMA, or portable loops for other CPUs.
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 // (GCC 12's _mm512_reduce_add_ps and the unmasked widening intrinsics trip -Wmaybe-uninitialized inside its own
 // headers; the masked forms with a full mask and a plain store compile to the same instructions without it.)
@@ -63,8 +63,8 @@ static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, 
     __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     int i = 0;
     for (; i + 16 <= in; i += 16) {
-        // the next four rows' 16 elements each, 64·sizeof(W) bytes ahead per step: one prefetch per 128 bytes
-        for (size_t o = 0; o < 64 * sizeof(W); o += 128)
+        // the next four rows' 16 elements each, 64·sizeof(W) bytes ahead per step
+        for (size_t o = 0; o < 64 * sizeof(W); o += 64)
             _mm_prefetch((const char*)next + (size_t)i * 4 * sizeof(W) + o, _MM_HINT_T0);
         __m512 xv = _mm512_loadu_ps(x + i);
         s0 = _mm512_fmadd_ps(xv, load16(w0 + i), s0);
@@ -81,6 +81,41 @@ static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, 
         s3 = _mm512_fmadd_ps(xv, load16(w3 + i, m), s3);
     }
     out[0] = hsum(s0); out[1] = hsum(s1); out[2] = hsum(s2); out[3] = hsum(s3);
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+static inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+static inline __m256 load8(const uint16_t* w) {   // 8 bf16 → 8 fp32
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)w)), 16));
+}
+static inline float widen(float w) { return w; }
+static inline float widen(uint16_t w) { return bf16_to_f32(w); }
+template <typename W>   // float or uint16_t (bf16) rows
+static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, const W* w2, const W* w3, int in,
+                        const void* next) {
+    // two accumulators per row (eight chains): AVX2 has half AVX-512's width, so twice the steps in flight
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    int i = 0;
+    for (; i + 16 <= in; i += 16) {
+        for (size_t o = 0; o < 64 * sizeof(W); o += 64)
+            _mm_prefetch((const char*)next + (size_t)i * 4 * sizeof(W) + o, _MM_HINT_T0);
+        __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
+        a0 = _mm256_fmadd_ps(x0, load8(w0 + i), a0); b0 = _mm256_fmadd_ps(x1, load8(w0 + i + 8), b0);
+        a1 = _mm256_fmadd_ps(x0, load8(w1 + i), a1); b1 = _mm256_fmadd_ps(x1, load8(w1 + i + 8), b1);
+        a2 = _mm256_fmadd_ps(x0, load8(w2 + i), a2); b2 = _mm256_fmadd_ps(x1, load8(w2 + i + 8), b2);
+        a3 = _mm256_fmadd_ps(x0, load8(w3 + i), a3); b3 = _mm256_fmadd_ps(x1, load8(w3 + i + 8), b3);
+    }
+    float s0 = hsum(_mm256_add_ps(a0, b0)), s1 = hsum(_mm256_add_ps(a1, b1));
+    float s2 = hsum(_mm256_add_ps(a2, b2)), s3 = hsum(_mm256_add_ps(a3, b3));
+    for (; i < in; i++) {   // the tail, scalar
+        s0 = fmaf(x[i], widen(w0[i]), s0); s1 = fmaf(x[i], widen(w1[i]), s1);
+        s2 = fmaf(x[i], widen(w2[i]), s2); s3 = fmaf(x[i], widen(w3[i]), s3);
+    }
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
 }
 #else
 static inline float widen(float w) { return w; }
@@ -100,6 +135,81 @@ static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, 
 }
 #endif
 
+// q8_0 rows (convert --dtype q8_0): the activation x is quantised to q8_0 as well, once per token, and each block
+// of 32 is an integer dot product, as in llama.cpp's Q8_0 × Q8_0:
+//   row · x = Σ_b dw[b] · dx[b] · Σ_i qw[b,i] · qx[b,i]      (qw, qx int8 in [-127, 127]; the inner sum is exact)
+// It reads one byte per weight (and 2 bytes of scale per 32): a quarter of fp32, about half of bf16.
+struct Q8Act { const int8_t* q; const float* d; };   // one token's x: int8 [in], scales (fp16 values) [in/32]
+static void q8_act_quantize(const float* x, int in, int8_t* q, float* d) {
+    std::vector<uint16_t> h(in / Q8_BLOCK);
+    q8_0_quantize(x, in, q, h.data());
+    for (int b = 0; b < in / Q8_BLOCK; b++) d[b] = f16_to_f32(h[b]);
+}
+// dw[b]·dx[b] for eight blocks of four rows: the products each block's integer sum is scaled by
+static inline void q8_scales8(float sc[4][8], const uint16_t* const s[4], const float* xd, int b0, int kb) {
+    for (int r = 0; r < 4; r++)
+        for (int k = 0; k < 8; k++) sc[r][k] = k < kb ? f16_to_f32(s[r][b0 + k]) * xd[b0 + k] : 0.0f;
+}
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+// Σ over 32 int8 pairs, as 8 int32 partial sums. The instructions multiply unsigned by signed bytes, so x's sign
+// moves onto w: |x| · (w · sign x). |x| ≤ 127, so vpmaddubsw's pairs (≤ 2·127·127) never saturate int16.
+static inline __m256i dot_i8x32(__m256i ax, __m256i xv, const int8_t* w) {
+    __m256i sw = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)w), xv);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sw);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, sw);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), _mm256_set1_epi16(1));
+#endif
+}
+static inline void dot4_q8(float out[4], const Q8Act& x, const int8_t* const w[4], const uint16_t* const s[4], int nb,
+                           const int8_t* next) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b0 = 0; b0 < nb; b0 += 8) {
+        int kb = std::min(8, nb - b0);
+        alignas(32) float sc[4][8];
+        if (kb == 8) {   // eight fp16 scales at once (F16C), times x's
+            __m256 xd = _mm256_loadu_ps(x.d + b0);
+            for (int r = 0; r < 4; r++)
+                _mm256_store_ps(sc[r], _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(s[r] + b0))), xd));
+        } else q8_scales8(sc, s, x.d, b0, kb);
+        for (int k = 0; k < kb; k++) {
+            size_t o = (size_t)(b0 + k) * Q8_BLOCK;
+            // the next block's four rows, 128 bytes ahead per step of 4 × 32
+            _mm_prefetch((const char*)next + o * 4, _MM_HINT_T0);
+            _mm_prefetch((const char*)next + o * 4 + 64, _MM_HINT_T0);
+            __m256i xv = _mm256_loadu_si256((const __m256i*)(x.q + o));
+            __m256i ax = _mm256_sign_epi8(xv, xv);
+            for (int r = 0; r < 4; r++)
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8x32(ax, xv, w[r] + o)), _mm256_broadcast_ss(&sc[r][k]), acc[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
+}
+#else
+static inline void dot4_q8(float out[4], const Q8Act& x, const int8_t* const w[4], const uint16_t* const s[4], int nb,
+                           const int8_t* next) {
+    float acc[4] = {0, 0, 0, 0};
+    for (int b0 = 0; b0 < nb; b0 += 8) {
+        int kb = std::min(8, nb - b0);
+        float sc[4][8];
+        q8_scales8(sc, s, x.d, b0, kb);
+        for (int k = 0; k < kb; k++) {
+            const int8_t* xb = x.q + (size_t)(b0 + k) * Q8_BLOCK;
+            for (int r = 0; r < 4; r++) {
+                const int8_t* wb = w[r] + (size_t)(b0 + k) * Q8_BLOCK;
+                int32_t sum = 0;
+                #pragma omp simd reduction(+ : sum)
+                for (int i = 0; i < Q8_BLOCK; i++) sum += (int32_t)wb[i] * (int32_t)xb[i];
+                acc[r] = fmaf((float)sum, sc[r][k], acc[r]);
+            }
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = acc[r];
+}
+#endif
+
 // Prefill's block: four weight rows against two tokens, eight accumulators; each step loads 4 + 2 vectors for
 // 8 FMAs (register-blocked like a GEMM micro-kernel; 8 + 6 vector registers fit even AVX2's 16).
 static inline void dot4x2_f32(float out[8], const float* x0, const float* x1, const float* w0, const float* w1,
@@ -113,16 +223,41 @@ static inline void dot4x2_f32(float out[8], const float* x0, const float* x1, co
     out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3; out[4] = b0; out[5] = b1; out[6] = b2; out[7] = b3;
 }
 
-// linear: out[n,o] = Σ_i x[n,i] · W[o,i]   (W [out, in], fp32 or bf16; with `accumulate`, out += instead)
+// rows [r0, r0+rows) of a bf16 or q8_0 matrix as fp32, into dst [rows, in]
+static void rows_to_f32(const InferWeight& W, size_t r0, size_t rows, int in, float* dst) {
+    if (W.bf16) {
+        const uint16_t* src = W.bf16 + r0 * in;
+        #pragma omp simd
+        for (size_t i = 0; i < rows * in; i++) dst[i] = bf16_to_f32(src[i]);
+    } else {
+        q8_0_dequantize(W.q8 + r0 * in, W.q8_scale + r0 * (in / Q8_BLOCK), rows * in, dst);
+    }
+}
+
+// linear: out[n,o] = Σ_i x[n,i] · W[o,i]   (W [out, in], fp32, bf16 or q8_0; with `accumulate`, out += instead)
 // Work is split into blocks of four output rows. Decode (N = 1) streams each weight row once: it is bound by
-// memory bandwidth, so bf16 weights are read as bf16. Prefill (N > 1) upcasts a bf16 block once into `buf`
-// [4, in] and reuses it for all N tokens, two at a time.
-static void linear_block(float* out, const float* x, const InferWeight& W, int N, int in, int out_dim, int b,
-                         bool accumulate, std::vector<float>& buf) {
+// memory bandwidth, so bf16 and q8_0 weights are read as stored. q8_0 rows take x quantised (xq, one per token)
+// for every N. Prefill (N > 1) upcasts a bf16 block once into `buf` [4, in] and reuses it for all N tokens, two
+// at a time.
+static void linear_block(float* out, const float* x, const Q8Act* xq, const InferWeight& W, int N, int in,
+                         int out_dim, int b, bool accumulate, std::vector<float>& buf) {
     int o0 = b * 4, rows = std::min(4, out_dim - o0);
     int r[4];  // row indices; a short last block repeats its last row (computed, not stored)
     for (int j = 0; j < 4; j++) r[j] = o0 + std::min(j, rows - 1);
     bool more = o0 + 4 < out_dim;  // the next block, to prefetch (this block again at the end of the matrix)
+    if (W.q8) {
+        int nb = in / Q8_BLOCK;
+        const int8_t* w[4];
+        const uint16_t* s[4];
+        for (int j = 0; j < 4; j++) { w[j] = W.q8 + (size_t)r[j] * in; s[j] = W.q8_scale + (size_t)r[j] * nb; }
+        for (int n = 0; n < N; n++) {
+            float d[4];
+            dot4_q8(d, xq[n], w, s, nb, more ? w[0] + (size_t)4 * in : w[0]);
+            float* p = out + (size_t)n * out_dim + o0;
+            for (int j = 0; j < rows; j++) p[j] = accumulate ? p[j] + d[j] : d[j];
+        }
+        return;
+    }
     if (W.bf16 && N == 1) {
         float s[4];
         const uint16_t* w0 = W.bf16 + (size_t)r[0] * in;
@@ -137,11 +272,8 @@ static void linear_block(float* out, const float* x, const InferWeight& W, int N
     } else {
         if (buf.size() < (size_t)4 * in) buf.resize((size_t)4 * in);
         for (int j = 0; j < 4; j++) {
-            const uint16_t* src = W.bf16 + (size_t)r[j] * in;
-            float* dst = buf.data() + (size_t)j * in;
-            #pragma omp simd
-            for (int i = 0; i < in; i++) dst[i] = bf16_to_f32(src[i]);
-            w[j] = dst;
+            rows_to_f32(W, r[j], 1, in, buf.data() + (size_t)j * in);
+            w[j] = buf.data() + (size_t)j * in;
         }
     }
     int n = 0;
@@ -163,27 +295,45 @@ static void linear_block(float* out, const float* x, const InferWeight& W, int N
     }
 }
 
+// x [N, in] quantised to q8_0 for the q8_0 matrices among `jobs` (an empty list when there are none); serial:
+// it is a few hundred multiplications per token, less than one synchronisation of the threads
+struct Q8Input {
+    std::vector<int8_t> q;
+    std::vector<float> d;
+    std::vector<Q8Act> rows;
+    const Q8Act* get(const float* x, int N, int in, bool any_q8) {
+        if (!any_q8) return nullptr;
+        q.resize((size_t)N * in);
+        d.resize((size_t)N * in / Q8_BLOCK);
+        rows.resize(N);
+        for (int n = 0; n < N; n++) {
+            q8_act_quantize(x + (size_t)n * in, in, q.data() + (size_t)n * in, d.data() + (size_t)n * (in / Q8_BLOCK));
+            rows[n] = {q.data() + (size_t)n * in, d.data() + (size_t)n * (in / Q8_BLOCK)};
+        }
+        return rows.data();
+    }
+};
+
 // Several linears of the same input x [N, in] in one parallel loop: one barrier instead of one each (q, k, v).
 // Barriers matter: a decode step of a small model is ~10 µs of work per layer, and each synchronisation of the
 // threads costs microseconds, far more when the machine is busy.
 struct LinearJob { float* out; const InferWeight* W; int out_dim; bool accumulate; };
 
 // Prefill of many tokens is compute-bound: there the packed GEMM of the fast CPU path (gemm_cpu) does the
-// work. fp32 weights are its B operand directly; bf16 weights are upcast a panel of rows at a time.
-static const int GEMM_MIN_TOKENS = 8, BF16_PANEL_ROWS = 256;
+// work. fp32 weights are its B operand directly; bf16 and q8_0 weights are upcast a panel of rows at a time.
+static const int GEMM_MIN_TOKENS = 8, PANEL_ROWS = 256;
 static void linear_gemm(const float* x, int N, int in, const LinearJob& j) {
     if (j.W->f32) {
         gemm_cpu(N, j.out_dim, in, x, in, false, j.W->f32, in, true, j.out, j.out_dim, j.accumulate ? Accum::Add : Accum::Overwrite);
         return;
     }
     thread_local std::vector<float> panel;
-    panel.resize((size_t)BF16_PANEL_ROWS * in);
-    for (int r0 = 0; r0 < j.out_dim; r0 += BF16_PANEL_ROWS) {
-        int rows = std::min(BF16_PANEL_ROWS, j.out_dim - r0);
-        const uint16_t* src = j.W->bf16 + (size_t)r0 * in;
+    panel.resize((size_t)PANEL_ROWS * in);
+    for (int r0 = 0; r0 < j.out_dim; r0 += PANEL_ROWS) {
+        int rows = std::min(PANEL_ROWS, j.out_dim - r0);
         float* dst = panel.data();
         #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < (size_t)rows * in; i++) dst[i] = bf16_to_f32(src[i]);
+        for (int r = 0; r < rows; r++) rows_to_f32(*j.W, (size_t)r0 + r, 1, in, dst + (size_t)r * in);
         gemm_cpu(N, rows, in, x, in, false, dst, in, true, j.out + r0, j.out_dim, j.accumulate ? Accum::Add : Accum::Overwrite);
     }
 }
@@ -195,7 +345,10 @@ static void linear_forward(const float* x, int N, int in, std::initializer_list<
     }
     std::vector<LinearJob> J(jobs);
     std::vector<int> first(J.size() + 1, 0);   // the first block of each job
-    for (size_t j = 0; j < J.size(); j++) first[j + 1] = first[j] + (J[j].out_dim + 3) / 4;
+    bool any_q8 = false;
+    for (size_t j = 0; j < J.size(); j++) { first[j + 1] = first[j] + (J[j].out_dim + 3) / 4; any_q8 |= J[j].W->q8 != nullptr; }
+    thread_local Q8Input xin;
+    const Q8Act* xq = xin.get(x, N, in, any_q8);
     #pragma omp parallel
     {
         std::vector<float> buf;
@@ -203,7 +356,7 @@ static void linear_forward(const float* x, int N, int in, std::initializer_list<
         for (int b = 0; b < first.back(); b++) {
             size_t j = 0;
             while (b >= first[j + 1]) j++;
-            linear_block(J[j].out, x, *J[j].W, N, in, J[j].out_dim, b - first[j], J[j].accumulate, buf);
+            linear_block(J[j].out, x, xq, *J[j].W, N, in, J[j].out_dim, b - first[j], J[j].accumulate, buf);
         }
     }
 }
@@ -218,13 +371,15 @@ static void swiglu_linear_forward(float* act, float* up_tmp, const float* x, con
         swiglu_forward_cpu(act, act, up_tmp, (size_t)N * F);   // in place: act = silu(gate) · up, element by element
         return;
     }
+    thread_local Q8Input xin;
+    const Q8Act* xq = xin.get(x, N, in, gate.q8 || up.q8);
     #pragma omp parallel
     {
         std::vector<float> buf;
         #pragma omp for schedule(static)
         for (int b = 0; b < (F + 3) / 4; b++) {
-            linear_block(act, x, gate, N, in, F, b, false, buf);
-            linear_block(up_tmp, x, up, N, in, F, b, false, buf);
+            linear_block(act, x, xq, gate, N, in, F, b, false, buf);
+            linear_block(up_tmp, x, xq, up, N, in, F, b, false, buf);
             int o0 = b * 4, rows = std::min(4, F - o0);
             for (int n = 0; n < N; n++)
                 for (int j = 0; j < rows; j++) {
@@ -349,6 +504,13 @@ static long long infer_weight(InferModel* im, const std::string& name, const std
         die("tensor '%s' has shape [%s], expected [%s]", name.c_str(), got.c_str(), want.c_str());
     }
     uintptr_t addr = (uintptr_t)t.data;
+    if (t.dtype == DType::I8) {   // q8_0: int8 rows and their fp16 scales, both pointed into
+        const TensorInfo& sc = im->st.q8_scale(name);
+        if ((uintptr_t)sc.data % 2 != 0) die("%s: tensor '%s_scale' is not 2-byte aligned in the file", t.file.c_str(), name.c_str());
+        w->q8 = (const int8_t*)t.data;
+        w->q8_scale = (const uint16_t*)sc.data;
+        return -1;
+    }
     if (t.dtype == DType::BF16 && addr % 2 == 0) { w->bf16 = (const uint16_t*)t.data; return -1; }
     if (t.dtype == DType::F32 && addr % 4 == 0) { w->f32 = (const float*)t.data; return -1; }
     size_t off = im->owned.size();
@@ -403,7 +565,8 @@ void infer_load(InferModel* im, const std::string& dir, int ctx, bool huge_pages
     }
     for (auto& f : fix_norm) *f.second = im->owned.data() + f.first;
     for (auto& f : fix_w) f.second->f32 = im->owned.data() + f.first;
-    im->is_bf16 = im->layers[0].q_proj.bf16 != nullptr;
+    const InferWeight& q0 = im->layers[0].q_proj;
+    im->weights_dtype = q0.q8 ? "q8_0" : q0.bf16 ? "bf16" : "fp32";
     infer_alloc_cache(im, ctx);
 }
 
@@ -429,7 +592,7 @@ void infer_from_model(InferModel* im, const Model& m, int ctx) {
         ly.up_proj.f32 = p.up_proj + l * F * C;
         ly.down_proj.f32 = p.down_proj + l * C * F;
     }
-    im->is_bf16 = false;
+    im->weights_dtype = "fp32";
     infer_alloc_cache(im, ctx);
 }
 
@@ -469,7 +632,7 @@ static void infer_chunk(InferModel* im, const int* tokens, int N, float* logits_
     for (int n = 0; n < N; n++) {
         float* xr = x + (size_t)n * C;
         if (im->embed_tokens.f32) memcpy(xr, im->embed_tokens.f32 + (size_t)tokens[n] * C, C * sizeof(float));
-        else for (int i = 0; i < C; i++) xr[i] = bf16_to_f32(im->embed_tokens.bf16[(size_t)tokens[n] * C + i]);
+        else rows_to_f32(im->embed_tokens, tokens[n], 1, C, xr);
     }
     float eps = (float)c.rms_norm_eps;
     int half = D / 2;
@@ -912,7 +1075,7 @@ static void session_open(Session* s, const Args& a, bool chat, bool need_tokeniz
     char line[1024];
     snprintf(line, sizeof line, "[model %s: %d layers, d_model %d, %s weights %s, context %d, loaded in %.2f s; "
              "temperature %g, top_k %d, top_p %g, repetition_penalty %g, seed %llu]\n",
-             dir.c_str(), c.num_hidden_layers, c.hidden_size, s->im.is_bf16 ? "bf16" : "fp32",
+             dir.c_str(), c.num_hidden_layers, c.hidden_size, s->im.weights_dtype,
              s->im.st.in_ram ? "in memory" : "memory-mapped", s->im.ctx, now_seconds() - t0,
              sp.temperature, sp.top_k, sp.top_p, sp.repetition_penalty, (unsigned long long)sp.seed);
     s->header = line;

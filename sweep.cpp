@@ -456,7 +456,7 @@ static double run_point(const SweepSettings& s, const Point& p, double* val_loss
         Model m;
         model_build(&m, p.shape);
         model_init_random(&m, s.seed, 0.006f);
-        model_save_dir(m, model + ".tmp", false);
+        model_save_dir(m, model + ".tmp", StoreDtype::F32);
         if (rename((model + ".tmp").c_str(), model.c_str()) != 0)
             die("sweep: cannot rename %s.tmp to %s: %s", model.c_str(), model.c_str(), strerror(errno));
     }

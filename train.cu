@@ -751,7 +751,7 @@ void checkpoint_save(const std::string& dir, const Model& m, const AdamW& opt, c
     TmpGuard guard(tmp);   // a failed save (a full disk) leaves no DIR.tmp behind
     make_dirs(tmp);
     if (write_shards) write_shards(tmp);
-    model_save_dir(m, tmp, false);
+    model_save_dir(m, tmp, StoreDtype::F32);
     if (!write_shards) {
         std::vector<TensorOut> ts;
         for (const ParamView& pv : param_views(m.cfg)) {

@@ -308,7 +308,7 @@ static std::string tiny_base(const std::string& name) {
     std::string d = align_tmp(name);
     Model m;
     small_model(&m, tok, 96, 3);
-    model_save_dir(m, d + "/base", false);
+    model_save_dir(m, d + "/base", StoreDtype::F32);
     run_cmd("cp " + tokpath + " " + d + "/base/tokenizer.json");
     return d;
 }

@@ -483,7 +483,7 @@ static std::string cli_model(const std::string& dir, int V) {
     Model m;
     model_build(&m, c);
     model_init_random(&m, 11, 0.02f);
-    model_save_dir(m, dir, false);
+    model_save_dir(m, dir, StoreDtype::F32);
     return dir;
 }
 // step → value of `key` in a run's metrics.jsonl

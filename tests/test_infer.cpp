@@ -89,7 +89,7 @@ TEST_CASE("logits with the KV cache equal full recomputation at every position w
 TEST_CASE("bf16 weights: the cached path equals the reference on the same bf16-rounded weights within 1e-5") {
     InferModel bf;
     infer_load(&bf, FX + "gen_bf16", 0);
-    REQUIRE(bf.is_bf16);
+    REQUIRE(std::string(bf.weights_dtype) == "bf16");
     REQUIRE(bf.layers[0].q_proj.bf16 != nullptr);  // kept bf16, pointed into the map
     Model m;
     model_load_dir(&m, FX + "gen_bf16");            // the reference upcasts the same bf16 values to fp32
@@ -113,10 +113,10 @@ TEST_CASE("bf16 weights, decoding one token at a time, equal the reference on th
     model_build(&r, c);
     model_init_random(&r, 11, 0.2f);
     std::string d = tmp_dir("bf16_decode");
-    model_save_dir(r, d, true);
+    model_save_dir(r, d, StoreDtype::BF16);
     InferModel bf;
     infer_load(&bf, d, 0);
-    REQUIRE(bf.is_bf16);
+    REQUIRE(std::string(bf.weights_dtype) == "bf16");
     Model m;
     model_load_dir(&m, d);   // the same bf16 values, upcast to fp32
     int T = 40;

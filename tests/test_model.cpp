@@ -241,8 +241,8 @@ TEST_CASE("a model saved here loads back with identical parameters (fp32) and ro
     model_build(&m, c);
     model_init_random(&m, 1, 0.02f);
     std::string d = tmp_dir("roundtrip");
-    model_save_dir(m, d + "/f32", false);
-    model_save_dir(m, d + "/bf16", true);
+    model_save_dir(m, d + "/f32", StoreDtype::F32);
+    model_save_dir(m, d + "/bf16", StoreDtype::BF16);
     Model a, b;
     model_load_dir(&a, d + "/f32");
     model_load_dir(&b, d + "/bf16");

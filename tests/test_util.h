@@ -91,6 +91,6 @@ inline std::string micro_model(const std::string& dir, int V = 64, int ctx = 64)
     Model m;
     model_build(&m, c);
     model_init_random(&m, 11, 0.02f);
-    model_save_dir(m, dir, false);
+    model_save_dir(m, dir, StoreDtype::F32);
     return dir;
 }

@@ -551,6 +551,9 @@ void infer_rewind(InferModel* im, int keep);
 // bf16 on the GPU) with a KV cache of im->ctx positions on the device. The caller frees im->cuda
 // (cuda_decode_free), then gpu.
 void infer_attach_cuda(InferModel* im, CudaModel* gpu);
+// out [N, out_dim] = x [N, in] · Wᵀ as generation computes it: N < 8 on the stored rows (q8_0: x quantised to
+// q8_0 per token, int8 dot products), N ≥ 8 through the GEMM (q8_0 and bf16 rows upcast). For tests.
+void infer_linear(float* out, const float* x, int N, int in, const InferWeight& W, int out_dim);
 
 // Sampling, in transformers' order: repetition penalty over the tokens seen, temperature, top-k, top-p, then a
 // draw; temperature 0 is greedy (argmax after the repetition penalty).

@@ -360,6 +360,10 @@ static void linear_forward(const float* x, int N, int in, std::initializer_list<
         }
     }
 }
+// One linear through the path generation takes (for tests: decode N < 8 on the stored rows, prefill through the GEMM)
+void infer_linear(float* out, const float* x, int N, int in, const InferWeight& W, int out_dim) {
+    linear_forward(x, N, in, {{out, &W, out_dim, false}});
+}
 
 // The MLP's first half, fused: act[n,f] = silu(x·gate_projᵀ) · (x·up_projᵀ), four rows f at a time, so gate and
 // up need no second pass or barrier. act, up_tmp: [N, F].

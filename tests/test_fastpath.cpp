@@ -16,7 +16,6 @@
 #include "../kernels/cpu_exp.h"  // exp_poly
 #include "test_util.h"        // max_rel_err
 
-static bool under_asan() { return getenv("DEEPSEEK_ASAN") != nullptr; }
 
 // deterministic, varied test data in about [-scale, scale]
 static std::vector<float> test_data(size_t n, uint32_t seed, float scale = 1.0f) {
@@ -237,7 +236,7 @@ TEST_CASE("fused cross-entropy matches the reference loss and gradient; masked r
 TEST_CASE("blockwise online-softmax attention matches the reference (GQA and MHA, T off the block sizes, T = 1)") {
     struct S { int B, T, H, KV, D; };
     std::vector<S> shapes = {{1, 1, 2, 1, 4}, {2, 13, 6, 2, 8}, {1, 70, 4, 4, 10}, {2, 131, 4, 2, 16}};
-    if (!under_asan()) shapes.push_back({1, 260, 8, 2, 64});
+    if (!asan()) shapes.push_back({1, 260, 8, 2, 64});
     double worst = 0;
     for (auto s : shapes) {
         size_t nq = (size_t)s.B * s.T * s.H * s.D, nk = (size_t)s.B * s.T * s.KV * s.D;
@@ -329,7 +328,7 @@ static ModelRun run_model(const Config& c, bool reference, int B, int T) {
 // sum of their errors: 2e-4. (A fast path that is wrong, not just rounded differently, misses by orders more.)
 TEST_CASE("the model on the fast paths matches the reference model: logits, loss and every gradient") {
     Config c = fast_test_config();
-    int B = 2, T = under_asan() ? 37 : 75;  // T crosses attention blocks and is no multiple of a tile
+    int B = 2, T = asan() ? 37 : 75;  // T crosses attention blocks and is no multiple of a tile
     ModelRun fast = run_model(c, false, B, T), ref = run_model(c, true, B, T);
     double el = rel_err(fast.logits, ref.logits);
     MESSAGE("model fast vs reference: logits " << el << ", loss " << fast.loss << " vs " << ref.loss);

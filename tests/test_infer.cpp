@@ -135,6 +135,150 @@ TEST_CASE("bf16 weights, decoding one token at a time, equal the reference on th
     CHECK(worst < 1e-5);
 }
 
+// ---------------------------------------------------------------------------- q8_0 weights (convert --dtype q8_0)
+
+// tests/reference/fixtures_quant.py: weights chosen to reach every branch of the rule (zeros, exact ties, fp16
+// subnormal and near-maximal scales, negative maxima) and the gguf package's Q8_0 blocks of them.
+TEST_CASE("q8_0 blocks equal the gguf package's Q8_0 (llama.cpp's reference rule) byte for byte") {
+    SafeTensors st;
+    st.open_file("tests/fixtures/quant/q8_0.safetensors");
+    const TensorInfo& x = st.get("x");
+    const TensorInfo& b = st.get("blocks");
+    size_t n = x.numel(), nb = n / Q8_BLOCK;
+    REQUIRE(x.dtype == DType::F32);
+    REQUIRE(n % Q8_BLOCK == 0);
+    REQUIRE(b.shape == std::vector<int64_t>{(int64_t)nb, 2 + Q8_BLOCK});
+    std::vector<float> xv(n);
+    memcpy(xv.data(), x.data, n * sizeof(float));
+    std::vector<int8_t> q(n);
+    std::vector<uint16_t> d(nb);
+    q8_0_quantize(xv.data(), n, q.data(), d.data());
+    size_t bad_scale = 0, bad_q = 0;
+    for (size_t k = 0; k < nb; k++) {
+        const uint8_t* blk = b.data + (2 + Q8_BLOCK) * k;
+        uint16_t want;
+        memcpy(&want, blk, 2);
+        bad_scale += want != d[k];
+        bad_q += memcmp(blk + 2, q.data() + Q8_BLOCK * k, Q8_BLOCK) != 0;
+    }
+    MESSAGE(nb << " blocks: " << bad_scale << " scales and " << bad_q << " blocks of int8 differ from the gguf package's");
+    CHECK(bad_scale == 0);
+    CHECK(bad_q == 0);
+}
+
+// A q8_0 matrix [out, in] of random rows (row scales spread over four decades) and its dequantised fp32 copy
+struct Q8Matrix {
+    std::vector<int8_t> q;
+    std::vector<uint16_t> d;
+    std::vector<double> deq;
+    InferWeight w;
+    Q8Matrix(int out, int in, uint64_t seed) : q((size_t)out * in), d((size_t)out * in / Q8_BLOCK), deq((size_t)out * in) {
+        std::mt19937 g((unsigned)seed);
+        std::normal_distribution<float> nd(0.0f, 1.0f);
+        std::vector<float> f((size_t)out * in);
+        for (int o = 0; o < out; o++) {
+            float sc = powf(10.0f, -3.0f + 4.0f * (float)o / (float)std::max(1, out - 1));
+            for (int i = 0; i < in; i++) f[(size_t)o * in + i] = sc * nd(g);
+        }
+        q8_0_quantize(f.data(), f.size(), q.data(), d.data());
+        for (size_t i = 0; i < f.size(); i++) deq[i] = (double)q[i] * f16_to_f32(d[i / Q8_BLOCK]);
+        w.q8 = q.data();
+        w.q8_scale = d.data();
+    }
+};
+
+// Decode (N < 8) quantises each token's x to q8_0 and sums int8 products exactly per block, scaling by the two
+// fp16 scales: the result must equal that sum taken in float64 up to fp32 rounding of the scaled block sums. Prefill
+// (N ≥ 8) upcasts the rows for the GEMM: it must equal the dequantised matrix times x. Shapes with a row count that
+// is not a multiple of four and block counts that are not a multiple of eight reach every tail.
+TEST_CASE("q8_0 linear: decode equals the exact int8 sums of the quantised operands, prefill the dequantised product") {
+    std::mt19937 g(5);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (auto shape : {std::pair<int, int>{13, 96}, {37, 800}, {8, 256}, {5, 32}}) {
+        int out = shape.first, in = shape.second, nb = in / Q8_BLOCK;
+        Q8Matrix W(out, in, 100 + out);
+        for (int N : {1, 3, 9}) {
+            std::vector<float> x((size_t)N * in), y((size_t)N * out, NAN);
+            for (auto& v : x) v = nd(g) * (nd(g) > 1.5f ? 20.0f : 1.0f);   // a few outliers, as activations have
+            infer_linear(y.data(), x.data(), N, in, W.w, out);
+            double worst = 0;
+            for (int n = 0; n < N; n++) {
+                const float* xr = x.data() + (size_t)n * in;
+                std::vector<int8_t> qx(in);
+                std::vector<uint16_t> dx(nb);
+                q8_0_quantize(xr, in, qx.data(), dx.data());
+                for (int o = 0; o < out; o++) {
+                    double exact = 0, mag = 0;
+                    if (N < 8) {   // Σ_b dw·dx·Σ_i qw·qx
+                        for (int b = 0; b < nb; b++) {
+                            long long isum = 0;
+                            for (int i = 0; i < Q8_BLOCK; i++)
+                                isum += (long long)W.q[(size_t)o * in + b * Q8_BLOCK + i] * qx[b * Q8_BLOCK + i];
+                            double t = (double)f16_to_f32(W.d[(size_t)o * nb + b]) * f16_to_f32(dx[b]) * (double)isum;
+                            exact += t;
+                            mag += fabs(t);
+                        }
+                    } else {       // the dequantised row · x
+                        for (int i = 0; i < in; i++) {
+                            double t = W.deq[(size_t)o * in + i] * xr[i];
+                            exact += t;
+                            mag += fabs(t);
+                        }
+                    }
+                    worst = std::max(worst, fabs((double)y[(size_t)n * out + o] - exact) / std::max(mag, 1e-30));
+                }
+            }
+            INFO("out " << out << ", in " << in << ", N " << N << ": max error relative to Σ|terms| " << worst);
+            CHECK(worst < 1e-6);   // fp32 products and sums of ≤ 800 terms: a few units of 2^-24 times the sum of |terms|
+        }
+    }
+}
+
+// The acceptance bar for q8_0: a trained model's perplexity within 1% of the same model in bf16. The model is
+// trained here (the Markov stream of test_util.h, ~3 choices per token: perplexity far below the vocabulary's 64)
+// and scored one token at a time, so every matrix product takes decode's int8 path.
+TEST_CASE("q8_0: a trained model's perplexity is within 1% of the same model's in bf16 (token by token, the decode path)") {
+    std::string d = tmp_dir("q8_ppl");
+    std::string data = synthetic_data(d + "/data", 64, 40000, 2000);
+    Config c;
+    c.vocab_size = 64; c.hidden_size = 64; c.num_hidden_layers = 2; c.num_attention_heads = 4; c.num_key_value_heads = 2;
+    c.head_dim = 16; c.intermediate_size = 128; c.max_position_embeddings = 128; c.bos_token_id = 0; c.eos_token_id = 1;
+    {
+        Model m;
+        model_build(&m, c);
+        model_init_random(&m, 3, 0.02f);
+        model_save_dir(m, d + "/init", StoreDtype::F32);
+    }
+    auto r = run_cmd(deepseek_bin() + " train --device cpu --model " + d + "/init --data " + data + " --out " + d +
+                     "/run --seq-len 64 --batch-tokens 512 --micro-batch 8 --lr 1e-2 --steps " + (asan() ? "40" : "150") +
+                     " --eval-every 0 --save-every 0 --threads 2");
+    REQUIRE_MESSAGE(r.rc == 0, r.out);
+    Model trained;
+    model_load_dir(&trained, d + "/run/final");
+    model_save_dir(trained, d + "/bf16", StoreDtype::BF16);
+    model_save_dir(trained, d + "/q8", StoreDtype::Q8_0);
+    std::vector<uint32_t> text = markov_tokens(120, 64, 77);   // a stream the model has not seen
+    auto perplexity = [&](const std::string& dir, const char* dtype) {
+        InferModel im;
+        infer_load(&im, dir, 0);
+        REQUIRE(std::string(im.weights_dtype) == dtype);
+        double nll = 0;
+        for (size_t t = 0; t + 1 < text.size(); t++) {
+            int tok = (int)text[t];
+            const float* z = infer_forward(&im, &tok, 1);
+            double mx = z[0], sum = 0;
+            for (int v = 1; v < c.vocab_size; v++) mx = std::max(mx, (double)z[v]);
+            for (int v = 0; v < c.vocab_size; v++) sum += exp((double)z[v] - mx);
+            nll += mx + log(sum) - z[text[t + 1]];
+        }
+        return exp(nll / (double)(text.size() - 1));
+    };
+    double p_bf16 = perplexity(d + "/bf16", "bf16"), p_q8 = perplexity(d + "/q8", "q8_0");
+    MESSAGE("perplexity: bf16 " << p_bf16 << ", q8_0 " << p_q8 << " (ratio " << p_q8 / p_bf16 << ")");
+    CHECK(p_bf16 < 8.0);                        // the model learned the stream (uniform: 64)
+    CHECK(fabs(p_q8 / p_bf16 - 1.0) < 0.01);
+}
+
 TEST_CASE("the cache rewinds to a shared prefix and the context limit is enforced") {
     Model m;
     model_load_dir(&m, FX + "gen_gqa");

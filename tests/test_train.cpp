@@ -16,7 +16,6 @@
 using json = nlohmann::json;
 
 static std::string train_tmp(const std::string& name) { return tmp_dir("train_" + name); }
-static bool asan() { return getenv("DEEPSEEK_ASAN") != nullptr; }
 
 static std::vector<json> read_jsonl(const std::string& path) {
     std::vector<json> v;

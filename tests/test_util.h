@@ -9,7 +9,9 @@
 #include <string>     // std::string
 #include <vector>     // std::vector
 
-extern int g_tests_skipped;  // tests that could not run here (e.g. no CUDA device) bump this and say why
+extern int g_tests_skipped;
+// under make test-asan (AddressSanitizer is ~10x slower): long cases do less work
+inline bool asan() { return getenv("DEEPSEEK_ASAN") != nullptr; }  // tests that could not run here (e.g. no CUDA device) bump this and say why
 
 // the binary under test (./deepseek, or the ASan build under make test-asan)
 inline std::string deepseek_bin() {

@@ -200,7 +200,11 @@ bench-train: deepseek $(VENV)/.done
 # ---- generation: `make bench-infer` (a part of `make bench`): ./deepseek beside llama.cpp and transformers
 .PHONY: bench-infer
 bench: bench-infer
-bench-infer: deepseek $(VENV)/.done
+# build/bench/bench_mem (tests/bench/bench_mem.cpp): the memory read bandwidth each decode figure is printed beside
+build/bench/bench_mem: tests/bench/bench_mem.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) $< -o $@
+bench-infer: deepseek build/bench/bench_mem $(VENV)/.done
 	@$(VENV)/bin/python -c "import llama_cpp" 2>/dev/null || nice -n 19 $(VENV)/bin/pip install -q llama-cpp-python==0.3.36
 	@$(VENV)/bin/python -c "import gguf" 2>/dev/null || $(VENV)/bin/pip install -q gguf==0.19.0
 	$(VENV)/bin/python tests/bench/bench_infer.py $(BENCH_INFER_ARGS)

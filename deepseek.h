@@ -280,6 +280,7 @@ void crossentropy_backward_ref(float* dlogits, const float* logits, const int* t
 // element is summed by one thread, in an order fixed by the shapes).
 
 const char* gemm_kernel_name(); // the microkernel chosen at build time, e.g. "avx512 14x32"
+int gemm_block_columns();       // NC, the packed B block's columns, chosen at run time from the L2 size
 // C[M,N] = (accum == Add ? C : 0) + op(A)·op(B); op(A)[m,k] = A[m*lda+k], or A[k*lda+m] if a_trans; B likewise
 void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
               float* C, int ldc, Accum accum);

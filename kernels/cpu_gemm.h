@@ -1,4 +1,4 @@
-// defines: gemm_cpu, gemm_kernel_name, matmul_forward_cpu, matmul_backward_cpu
+// defines: gemm_cpu, gemm_kernel_name, gemm_block_columns, matmul_forward_cpu, matmul_backward_cpu
 //          (internals: GEMM_MR/NR/KC/NC, transpose16, gemm_pack_a/b, gemm_kernel*, gemm_scratch)
 // The fast CPU path's matrix multiply: a cache-blocked fp32 GEMM whose microkernel (AVX-512 14×32, AVX2 6×16 or
 // portable 4×16) is chosen at build time by -march, and the model's matmul on it. Part of deepseek.cu (#included).
@@ -49,8 +49,27 @@ static const char* GEMM_KERNEL = "avx2 6x16";
 static const int GEMM_MR = 4, GEMM_NR = 16;
 static const char* GEMM_KERNEL = "portable 4x16";
 #endif
-static const int GEMM_KC = 512, GEMM_NC = 512;  // the packed B block, KC×NC·4 B = 1 MiB
+// The packed B block, KC×NC floats, is read by every core from its own L2: NC is chosen at run time so that it takes
+// half of the L2 the CPU reports (the rest holds C tiles and the streams that pass): 2 MiB (Sapphire Rapids) →
+// NC 512, a 1 MiB block; 1 MiB (Zen 4/5) → 256; 512 KiB (Zen 2/3) → 128. DEEPSEEK_GEMM_NC overrides it (for
+// measurements). Results do not depend on NC (each C element is one FMA chain over k, below).
+static const int GEMM_KC = 512;
+static int gemm_nc_choose() {
+    if (const char* e = getenv("DEEPSEEK_GEMM_NC")) {
+        int v = atoi(e);
+        if (v >= GEMM_NR && v <= 8192) return v / GEMM_NR * GEMM_NR;
+    }
+    long l2 = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    if (l2 <= 0) l2 = 1l << 20;   // unknown: 1 MiB, today's smallest common L2 per core among AVX-512 CPUs
+    long nc = l2 / 2 / (GEMM_KC * (long)sizeof(float)) / GEMM_NR * GEMM_NR;
+    return (int)std::min(1024l, std::max(2l * GEMM_NR, nc));
+}
+static const int GEMM_NC = gemm_nc_choose();
 const char* gemm_kernel_name() { return GEMM_KERNEL; }
+int gemm_block_columns() { return GEMM_NC; }
 
 #if defined(__AVX512F__)
 // 16×16 transpose in registers (row i = r[i] in, column i = r[i] out): pairs of rows interleaved as 32-bit,

@@ -217,6 +217,14 @@ std::string gqa_header(const std::string& d, const std::function<void(json&)>& e
     st_edit(m + "/model.safetensors", edit);
     return m;
 }
+// a q8_0 model (convert --preset tiny --dtype q8_0: int8 matrices, F16 NAME_scale beside each) at DIR/m, with
+// model.safetensors' header edited
+std::string q8_header(const std::string& d, const std::function<void(json&)>& edit) {
+    std::string m = d + "/m";
+    run_cmd(deepseek_bin() + " convert --preset tiny --dtype q8_0 --out " + m);
+    st_edit(m + "/model.safetensors", edit);
+    return m;
+}
 // a TemplateProcessing post-processor "BOS $A" whose BOS has these ids and (unless null) these token strings
 void bos_template(json& j, const json& ids, const json& tokens) {
     json st = {{"id", "B"}, {"ids", ids}};
@@ -544,6 +552,53 @@ TEST_CASE("bad input, model directories: each is one clear error line") {
         {"info --model whose config.json does not match the weights' shapes",
          [](const std::string& d) { return info(gqa_config(d, [](json& j) { j["intermediate_size"] = 99; })); },
          "has shape [100, 48], expected [99, 48]"},
+        // ---- q8_0 models (convert --dtype q8_0)
+        {"convert --dtype q8_0 of a model whose rows are not whole blocks of 32",
+         [](const std::string& d) { return "convert --model " + GQA + " --dtype q8_0 --out " + d + "/q8"; },
+         "not a multiple of 32 (the block size)"},
+        {"a q8_0 matrix whose scales are missing (renamed)",
+         [](const std::string& d) {
+             return gen_ids(q8_header(d, [](json& h) {
+                 h["unused_scale"] = h["lm_head.weight_scale"];
+                 h.erase("lm_head.weight_scale");
+             }));
+         },
+         "'lm_head.weight_scale' is missing"},
+        {"a q8_0 matrix whose scales are BF16, not F16",
+         [](const std::string& d) { return info(q8_header(d, [](json& h) { h["lm_head.weight_scale"]["dtype"] = "BF16"; })); },
+         "'lm_head.weight_scale' is BF16 [4096, 4]; expected F16 [4096, 4]"},
+        {"an I8 norm (only matrices are q8_0)",
+         [](const std::string& d) {
+             std::string m = d + "/m";
+             run_cmd(deepseek_bin() + " convert --preset tiny --dtype q8_0 --out " + m);
+             StParts p = st_read(m + "/model.safetensors");   // the F32 [128] norm as I8 [512]: the same 512 bytes
+             p.header["model.norm.weight"]["dtype"] = "I8";
+             p.header["model.norm.weight"]["shape"] = {512};
+             st_write(m + "/model.safetensors", p);
+             return gen_ids(m);
+         },
+         "tensor 'model.norm.weight' has shape [512], expected [128]"},
+        {"a NaN in a q8_0 scale",
+         [](const std::string& d) {
+             std::string m = q8_header(d, [](json&) {});
+             st_poke(m + "/model.safetensors", "model.layers.1.self_attn.o_proj.weight_scale", 5, 0x7e00u);
+             return gen_ids(m);
+         },
+         "tensor 'model.layers.1.self_attn.o_proj.weight_scale' holds NaN at element 5"},
+        {"quantization_config of another method",
+         [](const std::string& d) {
+             std::string m = q8_header(d, [](json&) {});
+             edit_json(m + "/config.json", [](json& j) { j["quantization_config"] = {{"quant_method", "gptq"}, {"bits", 4}}; });
+             return gen_ids(m);
+         },
+         "is not supported (only q8_0"},
+        {"q8_0 with another group size",
+         [](const std::string& d) {
+             std::string m = q8_header(d, [](json&) {});
+             edit_json(m + "/config.json", [](json& j) { j["quantization_config"]["group_size"] = 64; });
+             return info(m);
+         },
+         "q8_0 group_size must be 32"},
         // ---- non-finite weights (each dtype, each load path) and non-finite logits
         {"a NaN in an F32 weight (generate: the memory map)",
          [](const std::string& d) {

@@ -6,7 +6,10 @@ build/bench_infer/ by transformers (save_pretrained) and converted to GGUF by gg
 converter on the gguf package's writer). The same prompt of PROMPT token ids is prefilled, then NEW tokens are
 decoded greedily one at a time, by each engine with the same thread count. Printed: prefill and decode tokens/s
 and the ratios ours / peer. Nothing is asserted: the numbers are for reading (the machine is shared, so they
-are noisy; the ratios come from runs made back to back).
+are noisy; the ratios come from runs made back to back). Printed first: the CPU (model, SIMD features, caches) and
+the memory read bandwidth measured here (build/bench/bench_mem, the same thread count); beside each decode figure,
+the share of its bound, bandwidth / bytes read per token (tests/bench/bench_machine.py: every matrix as stored, the
+KV cache at the mean decode position). A model that fits the last-level cache can pass that bound.
 
   --threads N (2)  --prompt N (128)  --new N (128)  --models 15m,110m,110m-bf16  --repeat R (2: best of R)
   --engines deepseek,deepseek-huge,llama.cpp,transformers   (deepseek-huge: ours with --huge-pages)
@@ -21,6 +24,9 @@ import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_machine  # noqa: E402  cpu_description, read_bandwidth, decode_bytes
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 WORK = os.path.join(ROOT, "build", "bench_infer")
@@ -218,6 +224,10 @@ def main():
     import transformers
     print(f"torch {torch.__version__}, transformers {transformers.__version__}; {a.threads} threads, prompt "
           f"{a.prompt} tokens, {a.new} new tokens, best of {a.repeat}", flush=True)
+    print(f"CPU: {bench_machine.cpu_description()}", flush=True)
+    bw = bench_machine.read_bandwidth(a.threads)
+    print(f"memory read bandwidth, {a.threads} threads: " + (f"{bw:.1f} GB/s" if bw else "not measured (make build/bench/bench_mem)"),
+          flush=True)
     rng = np.random.default_rng(0)
     prompt = [1] + rng.integers(259, VOCAB, a.prompt - 1).tolist()
     rows = []
@@ -244,12 +254,13 @@ def main():
                 print(f"  {name:10s} {e:13s} prefill {r[0]:8.1f} tok/s   decode {r[1]:7.1f} tok/s", flush=True)
         agree = {e: next((i for i, (x, y) in enumerate(zip(outs[e], outs["deepseek"])) if x != y), len(outs[e]))
                  for e in outs if not e.startswith("deepseek")} if "deepseek" in outs else {}
-        rows.append((name, res, agree))
+        rows.append((name, res, agree, bench_machine.decode_bytes(path, a.prompt + a.new // 2)))
 
     # ours/peer for our default (weights memory-mapped, as llama.cpp's default) and, after the bar, --huge-pages
-    print("\n| model | engine | prefill tok/s | decode tok/s | ours/peer prefill | ours/peer decode | same greedy tokens |")
-    print("|---|---|---|---|---|---|---|")
-    for name, res, agree in rows:
+    print("\n| model | engine | prefill tok/s | decode tok/s | decode / bound | ours/peer prefill | ours/peer decode | same greedy tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, res, agree, nbytes in rows:
+        bound = bw * 1e9 / nbytes if bw else None
         ours, huge = res.get("deepseek"), res.get("deepseek-huge")
         for e, (pf, dc) in res.items():
             if e.startswith("deepseek") or not ours:
@@ -259,7 +270,11 @@ def main():
                 if huge:
                     ratio = f"{ours[0] / pf:.2f}× / {huge[0] / pf:.2f}× | {ours[1] / dc:.2f}× / {huge[1] / dc:.2f}×"
             same = f"first {agree[e]}" if e in agree else "—"
-            print(f"| {name} | {e} | {pf:.1f} | {dc:.1f} | {ratio} | {same} |")
+            of_bound = f"{dc / bound:.0%} of {bound:.0f}" if bound else "—"
+            print(f"| {name} | {e} | {pf:.1f} | {dc:.1f} | {of_bound} | {ratio} | {same} |")
+    for name, _, _, nbytes in rows:
+        print(f"({name}: {nbytes / 1e6:.1f} MB read per decoded token" + (f", bound {bw * 1e9 / nbytes:.0f} tokens/s at "
+              f"{bw:.1f} GB/s)" if bw else ")"))
     if any(r[1].get("deepseek-huge") for r in rows):
         print("(ratios: ours default / ours --huge-pages)")
     return 0

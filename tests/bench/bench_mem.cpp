@@ -1,0 +1,51 @@
+// bench_mem.cpp — the memory read bandwidth that batch-1 decoding is bound by, for `make bench-infer`.
+//
+// Decoding one token reads every weight matrix once, so tokens/s ≤ bandwidth / bytes per token. This measures
+// that bandwidth the way decode reads: T threads (OpenMP, static split) each stream their part of one large
+// array (far larger than the last-level cache) with vector loads, summing it so the loads cannot be dropped.
+// Best of R passes; prints one line "read_bandwidth_GBps: X" (10^9 bytes per second) for bench_infer.py.
+//
+//   bench_mem [--threads T (2)] [--mib N (1024)] [--repeat R (5)]
+#include <omp.h>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <algorithm>
+#include <vector>
+
+int main(int argc, char** argv) {
+    int threads = 2, repeat = 5;
+    size_t mib = 1024;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--mib")) mib = (size_t)atol(argv[i + 1]);
+        else if (!strcmp(argv[i], "--repeat")) repeat = atoi(argv[i + 1]);
+        else { fprintf(stderr, "bench_mem: unknown flag %s\n", argv[i]); return 2; }
+    }
+    if (threads < 1 || repeat < 1 || mib < 64) { fprintf(stderr, "bench_mem: bad arguments\n"); return 2; }
+    omp_set_num_threads(threads);
+    size_t n = mib * (1u << 20) / sizeof(float);
+    std::vector<float> a(n);
+    #pragma omp parallel for schedule(static)   // first touch by the thread that reads it later
+    for (size_t i = 0; i < n; i++) a[i] = (float)(i & 1023) * 1e-3f;
+    double best = 0, sink = 0;
+    for (int r = 0; r < repeat; r++) {
+        auto t0 = std::chrono::steady_clock::now();
+        double total = 0;
+        #pragma omp parallel for schedule(static) reduction(+ : total)
+        for (size_t b = 0; b < n; b += 4096) {   // 16 KiB chunks, 32 independent sums (four 256-bit vectors)
+            float s[32] = {};
+            size_t e = b + 4096 < n ? b + 4096 : n;
+            for (size_t i = b; i + 32 <= e; i += 32)
+                for (int k = 0; k < 32; k++) s[k] += a[i + k];
+            for (int k = 0; k < 32; k++) total += s[k];
+        }
+        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        sink += total;
+        best = std::max(best, (double)n * sizeof(float) / dt / 1e9);
+    }
+    printf("read_bandwidth_GBps: %.2f\n", best);
+    printf("threads: %d, array: %zu MiB, best of %d (checksum %g)\n", threads, mib, repeat, sink);
+    return 0;
+}

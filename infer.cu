@@ -1451,7 +1451,7 @@ static const char* EVAL_USAGE =
     "  --beta X             β for the rewards (default 0.1)\n"
     "  --text FILE          validation loss and bits per byte of a text file\n"
     "  --task FILE          multiple-choice JSONL {\"context\", \"choices\": [...], \"label\": K}: acc and acc_norm,\n"
-    "                       scored as lm-evaluation-harness scores HellaSwag and ARC (README, section eval)\n"
+    "                       scored as lm-evaluation-harness scores HellaSwag and ARC (README: eval --task)\n"
     "  --tokenizer FILE     tokenizer.json (default: MODEL/tokenizer.json)\n"
     "  --max-new-tokens N   generation limit per answer (default 64)\n"
     "  --limit N            evaluate only the first N conversations / pairs / task items\n"

@@ -46,6 +46,7 @@
 #include <string>    // std::string
 #include <vector>    // std::vector
 #include <map>       // std::map
+#include <functional>   // std::function (read_jsonl_records)
 #include <type_traits>  // std::remove_pointer_t (layer_weights)
 #include <nlohmann/json.hpp>  // nlohmann::json: the typed JSON reads below
 
@@ -609,6 +610,23 @@ void chat_tokens(const Tokenizer* tok, const std::vector<ChatMessage>& msgs, boo
 // chat evaluation
 bool text_is_repetitive(const std::string& text);   // some sentence (between . ! ? newline) occurs twice
 
+// multiple-choice tasks (eval --task): one JSONL line {"context", "choices", "label"}, tokenised as EleutherAI's
+// lm-evaluation-harness does (its _encode_pair; the rules above mc_read_jsonl in infer.cu)
+struct McItem {
+    std::string context;
+    std::vector<std::string> choices;
+    int label = 0;
+    int line = 0;                                   // in the file, for messages
+    std::vector<int> context_ids;                   // what every continuation is conditioned on (never empty)
+    std::vector<std::vector<int>> continuation_ids; // per choice: the scored tokens (never empty)
+    std::vector<int> chars;                         // per choice: its length in Unicode characters (acc_norm's divisor)
+};
+// Reads and tokenises a task file. A bad line (not JSON, a missing or ill-typed field, fewer than 2 choices, an
+// empty choice, a label out of range, a choice with no continuation tokens or more than context_len of them) is
+// an error "FILE:LINE: why"; with skip_bad it is reported, skipped and counted in *skipped instead.
+std::vector<McItem> mc_read_jsonl(const std::string& path, const Tokenizer* tok, int context_len, bool skip_bad,
+                                  int* skipped);
+
 // subcommands
 int cmd_eval(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
@@ -691,6 +709,10 @@ struct SftExample { std::vector<ChatMessage> messages; int line = 0; };
 struct DpoExample { std::vector<ChatMessage> prompt; std::string chosen, rejected; int line = 0; };
 // JSONL readers. A bad line (malformed JSON, missing/ill-typed fields, roles out of order) is an error
 // "FILE:LINE: why"; with skip_bad it is reported on stderr, skipped and counted in *skipped instead.
+// read_jsonl_records is that rule for any record: take(object, line) returns "" or what is wrong with the line
+// (a line that is not a JSON object never reaches it); blank lines are ignored. (eval's mc_read_jsonl uses it too.)
+void read_jsonl_records(const std::string& path, bool skip_bad, int* skipped,
+                        const std::function<std::string(const nlohmann::json&, int)>& take);
 std::vector<SftExample> sft_read_jsonl(const std::string& path, bool skip_bad, int* skipped);
 std::vector<DpoExample> dpo_read_jsonl(const std::string& path, bool skip_bad, int* skipped);
 // DPO (sigmoid) over n pairs of sequence log-probabilities: L = mean_i −log σ(β[(πc−rc) − (πr−rr)]).

@@ -1283,13 +1283,15 @@ int cmd_chat(int argc, char** argv) {
 // ============================================================================
 // evaluation
 //
-// `deepseek eval` measures a model on held-out data, three ways:
+// `deepseek eval` measures a model on held-out data, four ways:
 //   --data FILE    chat JSONL: greedy answers to every conversation's prompt (all turns but the last, rendered with
 //                  the chat template and the generation prompt) → exact-match accuracy against the last assistant
 //                  message (both trimmed of surrounding whitespace) and the repetition ratio of the generations
 //   --pairs FILE   preference pairs: log-prob accuracy (share of pairs where log π(chosen) > log π(rejected)); with
 //                  --ref DIR also DPO's reward accuracy and margin, rewards β·(log π − log ref)
 //   --text FILE    loss and bits per byte of a text, in context-length windows: bpb = Σ nll / ln 2 / bytes
+//   --task FILE    multiple-choice items (HellaSwag, ARC, …): acc and acc_norm as lm-evaluation-harness computes
+//                  them, from each choice's log-likelihood given the context (section "multiple-choice tasks")
 // Repetition ratio: the share of generations in which some sentence (text between . ! ? or a newline, trimmed,
 // non-empty) occurs twice or more — the looping the paper counts, which exact answers never contain.
 #include <algorithm>          // std::max_element
@@ -1325,8 +1327,126 @@ bool text_is_repetitive(const std::string& text) {
     return false;
 }
 
+// ---------------------------------------------------------------------------- multiple-choice tasks
+//
+// `--task FILE`, JSONL {"context": "...", "choices": ["...", ...], "label": K}, is scored as EleutherAI's
+// lm-evaluation-harness scores its multiple_choice tasks (HellaSwag, ARC):
+//   tokens   the harness's _encode_pair: the context's trailing whitespace (what Python's str.rstrip() removes)
+//            moves to the front of the choice; ctx = encode(context), whole = encode(context + choice),
+//            continuation = whole[len(ctx):], and the model reads ctx + continuation. No BOS, as for --text (the
+//            harness's default for Hugging Face models, add_bos_token False); a context with no tokens becomes the
+//            BOS token alone (else EOS: the harness's prefix_token_id). Beyond the model's context the oldest
+//            tokens are dropped (the harness's left truncation); a continuation must fit whole.
+//   ll_i     Σ log p(continuation token | the tokens before it): choice i's log-likelihood
+//   acc      argmax_i ll_i = label;  acc_norm: argmax_i ll_i / len_i = label, len_i = choice i's length in Unicode
+//            characters as written in the file (Python's len(choice), the harness's divisor); ties go to the first
+//            (numpy's argmax)
+// The harness joins context and choice with a target delimiter, " ": a converted task writes it at the end of the
+// context, where the rule above moves it to the continuation while len_i counts the choice alone, as the harness's.
+
+// Python's str.isspace() characters, which str.rstrip() removes
+static bool py_isspace(uint32_t c) {
+    return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+// bytes of s's trailing whitespace (s is valid UTF-8: the JSON parser refuses anything else)
+static size_t trailing_space_bytes(const std::string& s) {
+    size_t end = s.size();
+    while (end > 0) {
+        size_t b = end - 1;
+        while (b > 0 && ((unsigned char)s[b] & 0xC0) == 0x80) b--;   // back to the character's lead byte
+        unsigned char c0 = s[b];
+        int n = (int)(end - b);
+        uint32_t cp = n == 1 ? c0 : c0 & (0x7F >> n);
+        for (int k = 1; k < n; k++) cp = (cp << 6) | ((unsigned char)s[b + k] & 0x3F);
+        if (!py_isspace(cp)) break;
+        end = b;
+    }
+    return s.size() - end;
+}
+static int utf8_chars(const std::string& s) {
+    int n = 0;
+    for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+    return n;
+}
+
+std::vector<McItem> mc_read_jsonl(const std::string& path, const Tokenizer* tok, int context_len, bool skip_bad,
+                                  int* skipped) {
+    std::vector<McItem> out;
+    int prefix = tokenizer_bos_id(tok) >= 0 ? tokenizer_bos_id(tok) : tokenizer_eos_id(tok);
+    read_jsonl_records(path, skip_bad, skipped, [&](const json& j, int line) -> std::string {
+        McItem it;
+        it.line = line;
+        if (!j.contains("context")) return "no \"context\" field";
+        if (!j["context"].is_string()) return "\"context\" must be a string, got " + j["context"].dump();
+        it.context = j["context"];
+        if (!j.contains("choices")) return "no \"choices\" field";
+        const json& cs = j["choices"];
+        if (!cs.is_array()) return "\"choices\" must be a list of strings, got " + cs.dump();
+        if (cs.size() < 2) return "\"choices\" holds " + std::to_string(cs.size()) + " choice" + (cs.size() == 1 ? "" : "s") + " (at least 2)";
+        for (size_t k = 0; k < cs.size(); k++) {
+            std::string where = "choices[" + std::to_string(k) + "]";
+            if (!cs[k].is_string()) return where + " must be a string, got " + cs[k].dump();
+            it.choices.push_back(cs[k]);
+            if (it.choices.back().empty()) return where + " is empty (acc_norm divides by its length)";
+            it.chars.push_back(utf8_chars(it.choices.back()));
+        }
+        if (!j.contains("label")) return "no \"label\" field";
+        const json& l = j["label"];
+        if (!l.is_number_integer()) return "\"label\" must be an integer, got " + l.dump();
+        if (l.is_number_unsigned() ? l.get<uint64_t>() >= cs.size() : l.get<int64_t>() < 0 || l.get<int64_t>() >= (int64_t)cs.size())
+            return "\"label\" " + l.dump() + " is not the index of a choice (0 to " + std::to_string(cs.size() - 1) + ")";
+        it.label = l.get<int>();
+        // the harness's tokens (the rules above)
+        std::string head = it.context.substr(0, it.context.size() - trailing_space_bytes(it.context));
+        std::string tail = it.context.substr(head.size());
+        it.context_ids = tokenizer_encode(tok, head, false);
+        for (size_t k = 0; k < it.choices.size(); k++) {
+            std::vector<int> whole = tokenizer_encode(tok, head + tail + it.choices[k], false);
+            size_t from = std::min(whole.size(), it.context_ids.size());
+            it.continuation_ids.emplace_back(whole.begin() + from, whole.end());
+            const std::vector<int>& c = it.continuation_ids.back();
+            std::string where = "choices[" + std::to_string(k) + "]";
+            if (c.empty())
+                return where + " adds no tokens to the context's " + std::to_string(it.context_ids.size()) +
+                       " (encode(context + choice) is no longer than encode(context))";
+            if ((int)c.size() > context_len)
+                return where + " is " + std::to_string(c.size()) + " tokens, more than the model's context of " +
+                       std::to_string(context_len);
+        }
+        if (it.context_ids.empty()) {
+            if (prefix < 0) return "the context has no tokens and the tokenizer no BOS or EOS token to put there";
+            it.context_ids = {prefix};
+        }
+        out.push_back(std::move(it));
+        return "";
+    });
+    if (out.empty()) die("%s: no items", path.c_str());
+    return out;
+}
+
+// Choice k of an item as a scored sequence: context + continuation, the continuation trained; beyond
+// context_len + 1 tokens (the last one is only a target) the oldest are dropped, and *truncated counts it.
+static ChatSeq mc_sequence(const McItem& it, size_t k, int context_len, long* truncated) {
+    ChatSeq s;
+    s.ids = it.context_ids;
+    s.ids.insert(s.ids.end(), it.continuation_ids[k].begin(), it.continuation_ids[k].end());
+    s.trained.assign(s.ids.size(), 0);
+    std::fill(s.trained.end() - it.continuation_ids[k].size(), s.trained.end(), 1);
+    size_t keep = (size_t)context_len + 1;
+    if (s.ids.size() > keep) {
+        s.ids.erase(s.ids.begin(), s.ids.end() - keep);
+        s.trained.erase(s.trained.begin(), s.trained.end() - keep);
+        (*truncated)++;
+    }
+    return s;
+}
+static int first_argmax(const std::vector<double>& v) {
+    return (int)(std::max_element(v.begin(), v.end()) - v.begin());   // the first of equal maxima
+}
+
 static const char* EVAL_USAGE =
-    "usage: deepseek eval --model DIR [--data chat.jsonl] [--pairs prefs.jsonl [--ref DIR]] [--text FILE]\n\n"
+    "usage: deepseek eval --model DIR [--data chat.jsonl] [--pairs prefs.jsonl [--ref DIR]] [--text FILE] [--task FILE]\n\n"
     "  --model DIR          the model (its tokenizer.json unless --tokenizer)\n"
     "  --data FILE          held-out conversations: exact-match accuracy of greedy answers (the last assistant\n"
     "                       message is the reference) and the repetition ratio of the generations\n"
@@ -1334,21 +1454,24 @@ static const char* EVAL_USAGE =
     "  --ref DIR            the DPO reference model (usually the SFT model)\n"
     "  --beta X             β for the rewards (default 0.1)\n"
     "  --text FILE          validation loss and bits per byte of a text file\n"
+    "  --task FILE          multiple-choice JSONL {\"context\", \"choices\": [...], \"label\": K}: acc and acc_norm,\n"
+    "                       scored as lm-evaluation-harness scores HellaSwag and ARC (README: eval --task)\n"
     "  --tokenizer FILE     tokenizer.json (default: MODEL/tokenizer.json)\n"
     "  --max-new-tokens N   generation limit per answer (default 64)\n"
-    "  --limit N            evaluate only the first N conversations / pairs\n"
+    "  --limit N            evaluate only the first N conversations / pairs / task items\n"
     "  --show N             print the first N generations (default 3; 0: none)\n"
-    "  --json FILE          also write the results as one JSON object\n"
+    "  --json FILE          also write the results as one JSON object (with --task: every item's log-likelihoods)\n"
     "  --skip-bad           skip malformed JSONL lines instead of stopping\n"
     "  --threads N          CPU threads\n"
     "  --device D           auto (the GPU when there is one) | cpu | cuda (bf16 on the GPU)\n\n"
     "Repetition ratio: share of generations in which a sentence (between . ! ? or newlines) occurs twice.\n";
 int cmd_eval(int argc, char** argv) {
-    Args a(argc, argv, 2, "eval", EVAL_USAGE, {"model", "data", "pairs", "ref", "beta", "text", "tokenizer", "max-new-tokens",
+    Args a(argc, argv, 2, "eval", EVAL_USAGE, {"model", "data", "pairs", "ref", "beta", "text", "task", "tokenizer", "max-new-tokens",
            "limit", "show", "json", "threads", "device"}, {"skip-bad"});
     Device dev = device_select(a.str("device", "auto"));   // dies if --device cuda cannot run
     if (!a.has("model")) die("eval: --model DIR is required");
-    if (!a.has("data") && !a.has("pairs") && !a.has("text")) die("eval: give at least one of --data, --pairs, --text");
+    if (!a.has("data") && !a.has("pairs") && !a.has("text") && !a.has("task"))
+        die("eval: give at least one of --data, --pairs, --text, --task");
     if (a.has("ref") && !a.has("pairs")) die("eval: --ref needs --pairs");
     int max_new = (int)a.integer("max-new-tokens", 64, 1, 1 << 20);
     long limit = a.integer("limit", 0, 1, 1ll << 40);   // (absent: all; 0 would mean nothing the help says)
@@ -1370,6 +1493,14 @@ int cmd_eval(int argc, char** argv) {
     require_file(tok_path, "eval: tokenizer");
     std::unique_ptr<Tokenizer, void (*)(Tokenizer*)> tok_owner(tokenizer_load(tok_path), tokenizer_free);
     Tokenizer* tok = tok_owner.get();   // (freed also when an error unwinds: tests and fuzzers make die() throw)
+    // the task's items are tokenised here, still before the weights load: their length check needs only config.json
+    std::vector<McItem> items;
+    if (a.has("task")) {
+        require_file(dir + "/config.json", "eval: model config");
+        items = mc_read_jsonl(a.str("task"), tok, config_read_json(dir + "/config.json").max_position_embeddings,
+                              skip_bad, nullptr);
+        if (limit > 0 && (long)items.size() > limit) items.resize(limit);
+    }
     Model m;
     model_load_dir(&m, dir);
     if (tokenizer_vocab_size(tok) > m.cfg.vocab_size)
@@ -1482,6 +1613,52 @@ int cmd_eval(int argc, char** argv) {
         printf("val_loss: %.4f (%ld tokens)\nbits_per_byte: %.4f\n", nll / count, count, nll / log(2.0) / bytes);
         result["val_loss"] = nll / count;
         result["bits_per_byte"] = nll / log(2.0) / bytes;
+    }
+    if (!items.empty()) {
+        // one forward per item, its choices as the rows of the batch (they share the context: little padding)
+        int widest = 1, longest = 1;
+        for (const McItem& it : items) {
+            widest = std::max(widest, (int)it.choices.size());
+            for (const std::vector<int>& c : it.continuation_ids)
+                longest = std::max(longest, std::min(ctx, (int)(it.context_ids.size() + c.size()) - 1));
+        }
+        Backend be{&m, on_device(m, widest, longest)};
+        long right = 0, right_norm = 0, truncated = 0;
+        json per_item = json::array();
+        for (size_t i = 0; i < items.size(); i++) {
+            const McItem& it = items[i];
+            std::vector<ChatSeq> seqs;
+            for (size_t k = 0; k < it.choices.size(); k++) seqs.push_back(mc_sequence(it, k, ctx, &truncated));
+            std::vector<double> ll, norm;
+            sequence_logps(&be, seqs, (int)seqs.size(), std::max(eos, 0), &ll);   // (padding: any id; never a target)
+            std::vector<int> tokens;
+            for (size_t k = 0; k < ll.size(); k++) {
+                if (!std::isfinite(ll[k]))
+                    die("eval: %s:%d: the log-likelihood of choice %zu is not finite: the model's activations overflow",
+                        a.str("task").c_str(), it.line, k);
+                norm.push_back(ll[k] / it.chars[k]);
+                tokens.push_back((int)it.continuation_ids[k].size());
+            }
+            int pred = first_argmax(ll), pred_norm = first_argmax(norm);
+            right += pred == it.label;
+            right_norm += pred_norm == it.label;
+            per_item.push_back({{"line", it.line}, {"label", it.label}, {"loglikelihoods", ll}, {"tokens", tokens},
+                                {"chars", it.chars}, {"pred", pred}, {"pred_norm", pred_norm}});
+            if ((i + 1) % 100 == 0 && i + 1 < items.size())
+                fprintf(stderr, "eval: %zu/%zu items, acc %.4f, acc_norm %.4f so far\n", i + 1, items.size(),
+                        (double)right / (i + 1), (double)right_norm / (i + 1));
+        }
+        cuda_model_free(be.cuda);
+        if (truncated)
+            fprintf(stderr, "warning: %ld choice sequences longer than the context (%d tokens) lost their oldest tokens\n",
+                    truncated, ctx);
+        double n = (double)items.size();
+        printf("items: %zu\nacc: %.4f\nacc_norm: %.4f\n", items.size(), right / n, right_norm / n);
+        result["task"] = a.str("task");
+        result["items"] = items.size();
+        result["acc"] = right / n;
+        result["acc_norm"] = right_norm / n;
+        result["item_results"] = per_item;
     }
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     printf("eval: done in %.0fs\n", secs);

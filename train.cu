@@ -1808,10 +1808,10 @@ static std::string parse_messages(const json& j, std::vector<ChatMessage>* out) 
     return "";
 }
 
-// Reads PATH line by line; `take` parses one JSON value and returns "" or what is wrong with it.
+// Reads PATH line by line; `take` parses one JSON object and returns "" or what is wrong with it.
 // Blank lines are ignored. Bad lines stop the run (die) unless skip_bad, which reports and counts them.
-static void read_jsonl(const std::string& path, bool skip_bad, int* skipped,
-                       const std::function<std::string(const json&, int)>& take) {
+void read_jsonl_records(const std::string& path, bool skip_bad, int* skipped,
+                        const std::function<std::string(const json&, int)>& take) {
     std::string text = read_file(path);
     int line = 0, bad = 0;
     size_t pos = 0;
@@ -1843,7 +1843,7 @@ static void read_jsonl(const std::string& path, bool skip_bad, int* skipped,
 
 std::vector<SftExample> sft_read_jsonl(const std::string& path, bool skip_bad, int* skipped) {
     std::vector<SftExample> out;
-    read_jsonl(path, skip_bad, skipped, [&](const json& j, int line) -> std::string {
+    read_jsonl_records(path, skip_bad, skipped, [&](const json& j, int line) -> std::string {
         if (!j.contains("messages")) return "no \"messages\" field";
         SftExample ex;
         std::string why = parse_messages(j["messages"], &ex.messages);
@@ -1862,7 +1862,7 @@ std::vector<SftExample> sft_read_jsonl(const std::string& path, bool skip_bad, i
 
 std::vector<DpoExample> dpo_read_jsonl(const std::string& path, bool skip_bad, int* skipped) {
     std::vector<DpoExample> out;
-    read_jsonl(path, skip_bad, skipped, [&](const json& j, int line) -> std::string {
+    read_jsonl_records(path, skip_bad, skipped, [&](const json& j, int line) -> std::string {
         DpoExample ex;
         bool has_p = j.contains("prompt"), has_m = j.contains("messages");
         if (has_p == has_m) return "give exactly one of \"prompt\" (a string) or \"messages\" (a list)";

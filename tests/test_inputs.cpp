@@ -164,6 +164,12 @@ std::string align_args(const std::string& stage, const std::string& dir, const s
     return stage + " --device cpu --model tests/fixtures/infer/gen_gqa --data " + dir + "/d.jsonl --out " + dir +
            "/o --threads 1";
 }
+const std::string TASK_LINE = "{\"context\": \"The quick brown \", \"choices\": [\"fox\", \"dog\"], \"label\": 0}\n";
+// eval --task on the fixture model with DIR/d.jsonl holding `lines`
+std::string task_args(const std::string& dir, const std::string& lines) {
+    write_text(dir + "/d.jsonl", lines);
+    return "eval --device cpu --model tests/fixtures/infer/gen_gqa --task " + dir + "/d.jsonl --threads 1";
+}
 // holds OUT/.lock as a running training does (flock, "pid host"), for as long as it lives
 struct LockHolder {
     int fd = -1;
@@ -997,6 +1003,68 @@ TEST_CASE("bad input, data and training runs: each is one clear error line") {
              return align_args("dpo", d, "{\"prompt\": 3, \"chosen\": \"a\", \"rejected\": \"b\"}\n");
          },
          "\"prompt\" must be a string"},
+        {"task line: not JSON",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "The quick brown fox\n"); },
+         "d.jsonl:2: invalid JSON"},
+        {"task line: a list, not an object",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "[\"The\", \"fox\"]\n"); },
+         "d.jsonl:2: expected a JSON object"},
+        {"task line: no context",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"choices\": [\"a\", \"b\"], \"label\": 0}\n"); },
+         "d.jsonl:2: no \"context\" field"},
+        {"task line: context a number",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": 5, \"choices\": [\"a\", \"b\"], \"label\": 0}\n"); },
+         "d.jsonl:2: \"context\" must be a string, got 5"},
+        {"task line: choices a string",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"x\", \"choices\": \"a\", \"label\": 0}\n"); },
+         "d.jsonl:2: \"choices\" must be a list of strings"},
+        {"task line: choices empty",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"x\", \"choices\": [], \"label\": 0}\n"); },
+         "d.jsonl:2: \"choices\" holds 0 choices (at least 2)"},
+        {"task line: one choice",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"x\", \"choices\": [\"a\"], \"label\": 0}\n"); },
+         "d.jsonl:2: \"choices\" holds 1 choice (at least 2)"},
+        {"task line: a choice null",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"x\", \"choices\": [\"a\", null], \"label\": 0}\n"); },
+         "d.jsonl:2: choices[1] must be a string, got null"},
+        {"task line: an empty choice",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"x\", \"choices\": [\"\", \"b\"], \"label\": 1}\n"); },
+         "d.jsonl:2: choices[0] is empty"},
+        {"task line: no label",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"x\", \"choices\": [\"a\", \"b\"]}\n"); },
+         "d.jsonl:2: no \"label\" field"},
+        {"task line: label past the choices",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"x\", \"choices\": [\"a\", \"b\"], \"label\": 2}\n"); },
+         "d.jsonl:2: \"label\" 2 is not the index of a choice (0 to 1)"},
+        {"task line: a negative label",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"x\", \"choices\": [\"a\", \"b\"], \"label\": -1}\n"); },
+         "d.jsonl:2: \"label\" -1 is not the index of a choice"},
+        {"task line: label 2^64 - 1",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"x\", \"choices\": [\"a\", \"b\"], \"label\": 18446744073709551615}\n"); },
+         "d.jsonl:2: \"label\" 18446744073709551615 is not the index"},
+        {"task line: label a float",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"x\", \"choices\": [\"a\", \"b\"], \"label\": 1.0}\n"); },
+         "d.jsonl:2: \"label\" must be an integer, got 1.0"},
+        {"task line: label a string (HellaSwag's raw form)",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"x\", \"choices\": [\"a\", \"b\"], \"label\": \"1\"}\n"); },
+         "d.jsonl:2: \"label\" must be an integer, got \"1\""},
+        {"task line: a byte that is not UTF-8 in the context",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"caf\xe9 \", \"choices\": [\"a\", \"b\"], \"label\": 0}\n"); },
+         "invalid string: ill-formed UTF-8 byte"},
+        {"task line: a lone surrogate escape in a choice",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"x\", \"choices\": [\"\\ud800\", \"b\"], \"label\": 0}\n"); },
+         "invalid string: surrogate U+D800..U+DBFF must be followed by U+DC00..U+DFFF"},
+        {"task line: a choice that merges into the context's last token (no continuation tokens)",
+         [](const std::string& d) { return task_args(d, TASK_LINE + "{\"context\": \"The qu\", \"choices\": [\"ick brown fox\", \"iet\"], \"label\": 0}\n"); },
+         "d.jsonl:2: choices[0] adds no tokens to the context"},
+        {"task line: a choice longer than the model's context (digits are one token each)",
+         [](const std::string& d) {
+             return task_args(d, TASK_LINE + "{\"context\": \"x \", \"choices\": [\"" + std::string(200, '7') + "\", \"b\"], \"label\": 1}\n");
+         },
+         "d.jsonl:2: choices[0] is 201 tokens, more than the model's context of 160"},
+        {"task file: empty",
+         [](const std::string& d) { return task_args(d, "\n\n"); },
+         "d.jsonl: no items"},
         {"sft checkpoint: a saved flag that is not a string",
          [](const std::string& d) {
              make_dirs(d + "/ck");

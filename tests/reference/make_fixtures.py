@@ -400,7 +400,9 @@ def make_roundtrip_fixture():
 # further fixture scripts: tests/reference/fixtures_*.py, each run with this python from the repo root
 
 def run_other_scripts():
-    for script in sorted(glob.glob(os.path.join("tests", "reference", "fixtures_*.py"))):
+    # by name, except fixtures_eval.py last: it reads the models fixtures_infer.py writes
+    scripts = sorted(glob.glob(os.path.join("tests", "reference", "fixtures_*.py")))
+    for script in sorted(scripts, key=lambda s: os.path.basename(s) == "fixtures_eval.py"):
         print(f"\n== {script}", flush=True)
         r = subprocess.run([sys.executable, script])
         check(f"{script} succeeds", r.returncode == 0, f"exit {r.returncode}" if r.returncode else "")

@@ -677,6 +677,8 @@ std::string text_stream_finish(TextStream* ts);
 
 // DeepSeek LLM's chat template (deepseek-llm-7b-chat's tokenizer_config.json):
 //   {bos}[{system}\n\n]User: {u1}\n\nAssistant: {a1}{eos}User: {u2}\n\n…[Assistant:]
+// the template itself as the Jinja string of that tokenizer_config.json (what a GGUF's tokenizer.chat_template carries)
+extern const char* const CHAT_TEMPLATE_JINJA;
 struct ChatMessage { std::string role, content; };   // role: "system" | "user" | "assistant"
 std::string chat_render(const std::vector<ChatMessage>& msgs, bool add_generation_prompt, const std::string& bos,
                         const std::string& eos);
@@ -684,8 +686,6 @@ std::string chat_render(const std::vector<ChatMessage>& msgs, bool add_generatio
 // on assistant tokens (the reply after "Assistant:", its EOS included): the SFT loss mask.
 void chat_tokens(const Tokenizer* tok, const std::vector<ChatMessage>& msgs, bool add_generation_prompt,
                  std::vector<int>* ids, std::vector<uint8_t>* assistant_mask);
-// the same template as the Jinja string of deepseek-llm-7b-chat's tokenizer_config.json (for GGUF's chat_template)
-extern const char* const CHAT_TEMPLATE_JINJA;
 
 // chat evaluation
 bool text_is_repetitive(const std::string& text);   // some sentence (between . ! ? newline) occurs twice

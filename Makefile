@@ -7,7 +7,7 @@
 #   make demo       the main job: train a small DeepSeek model on the King James Bible
 #   make sweep      the paper's scaling-law study on the same corpus (deepseek sweep run, ~20 min on 2 cores)
 #   make fixtures   regenerate tests/fixtures from PyTorch / transformers / tokenizers (venv from PyPI)
-#   make bench      speed, side by side with the peers
+#   make bench      speed, side by side with the peers (and make check-gguf: our GGUF export in llama.cpp)
 #   make deps       install the Debian packages the build, tests and demo need
 #   make gpu-check  GPU validation + benchmarks (tests/gpu_check.sh)
 #   make fuzz       libFuzzer (clang, ASan + UBSan) on every parser, FUZZ_SECONDS (60) each (tests/fuzz/run_fuzz.sh)
@@ -208,3 +208,12 @@ bench-infer: deepseek build/bench/bench_mem $(VENV)/.done
 	@$(VENV)/bin/python -c "import llama_cpp" 2>/dev/null || nice -n 19 $(VENV)/bin/pip install -q llama-cpp-python==0.3.36
 	@$(VENV)/bin/python -c "import gguf" 2>/dev/null || $(VENV)/bin/pip install -q gguf==0.19.0
 	$(VENV)/bin/python tests/bench/bench_infer.py $(BENCH_INFER_ARGS)
+
+# ---- GGUF export: `make check-gguf` (a part of `make bench`): `deepseek convert --to gguf` read back by the gguf
+# package, tokenized and decoded greedily by llama.cpp beside ./deepseek (tests/reference/check_gguf.py)
+.PHONY: check-gguf
+bench: check-gguf
+check-gguf: deepseek $(VENV)/.done
+	@$(VENV)/bin/python -c "import llama_cpp" 2>/dev/null || nice -n 19 $(VENV)/bin/pip install -q llama-cpp-python==0.3.36
+	@$(VENV)/bin/python -c "import gguf" 2>/dev/null || $(VENV)/bin/pip install -q gguf==0.19.0
+	$(VENV)/bin/python tests/reference/check_gguf.py --threads $(or $(BENCH_THREADS),2)

@@ -22,6 +22,7 @@
 #include <cstdlib>       // exit, malloc
 #include <cstring>       // memcpy, memset, strcmp, strerror
 #include <cstdint>       // int32_t, uintptr_t
+#include <memory>        // std::unique_ptr (the tokenizer in model_export_gguf)
 #include <set>           // std::set (safetensors names)
 #include <fcntl.h>       // open
 #include <sys/mman.h>    // mmap, munmap
@@ -1305,6 +1306,353 @@ void model_from_args(Model* m, const Args& a, uint64_t seed) {
 }
 
 // ============================================================================
+// GGUF: llama.cpp's format (the layout is in deepseek.h). The vocabulary import (tokenizer.cpp) and gguf_read share
+// the cursor; model_export_gguf writes a "llama" architecture file with our weights and tokenizer.
+
+size_t gguf_scalar_size(uint32_t type) {
+    switch (type) {
+        case GGUF_U8: case GGUF_I8: case GGUF_BOOL: return 1;
+        case GGUF_U16: case GGUF_I16: return 2;
+        case GGUF_U32: case GGUF_I32: case GGUF_F32: return 4;
+        case GGUF_U64: case GGUF_I64: case GGUF_F64: return 8;
+        default: return 0;
+    }
+}
+bool ggml_type_bytes(uint32_t type, uint64_t n, size_t* bytes) {
+    switch (type) {
+        case GGML_TYPE_F32: *bytes = n * 4; return true;
+        case GGML_TYPE_F16: case GGML_TYPE_BF16: *bytes = n * 2; return true;
+        case GGML_TYPE_Q8_0: *bytes = n / Q8_BLOCK * Q8_0_BLOCK_BYTES; return n % Q8_BLOCK == 0;
+        default: return false;
+    }
+}
+
+long long GgufReader::scalar_int(uint32_t type) {
+    size_t sz = gguf_scalar_size(type);
+    if (!sz || type == GGUF_F32 || type == GGUF_F64) die("%s: expected an integer value in GGUF", where.c_str());
+    need(sz);
+    long long v = 0;
+    switch (type) {
+        case GGUF_U8: case GGUF_BOOL: v = p[pos]; break;
+        case GGUF_I8: v = (int8_t)p[pos]; break;
+        case GGUF_U16: { uint16_t x; memcpy(&x, p + pos, 2); v = x; break; }
+        case GGUF_I16: { int16_t x; memcpy(&x, p + pos, 2); v = x; break; }
+        case GGUF_U32: { uint32_t x; memcpy(&x, p + pos, 4); v = x; break; }
+        case GGUF_I32: { int32_t x; memcpy(&x, p + pos, 4); v = x; break; }
+        case GGUF_U64: { uint64_t x; memcpy(&x, p + pos, 8); v = (long long)x; break; }
+        case GGUF_I64: { int64_t x; memcpy(&x, p + pos, 8); v = x; break; }
+    }
+    pos += sz;
+    return v;
+}
+double GgufReader::scalar_float(uint32_t type) {
+    if (type == GGUF_F32) { need(4); float x; memcpy(&x, p + pos, 4); pos += 4; return x; }
+    if (type == GGUF_F64) { need(8); double x; memcpy(&x, p + pos, 8); pos += 8; return x; }
+    return (double)scalar_int(type);
+}
+void GgufReader::skip(uint32_t type, int depth) {
+    if (depth > 4) die("%s: GGUF arrays nested too deep", where.c_str());
+    if (type == GGUF_STRING) { str(); return; }
+    if (type == GGUF_ARRAY) {
+        uint32_t et = u32();
+        uint64_t cnt = u64();
+        for (uint64_t i = 0; i < cnt; i++) skip(et, depth + 1);
+        return;
+    }
+    size_t sz = gguf_scalar_size(type);
+    if (!sz) die("%s: unknown GGUF value type %u", where.c_str(), type);
+    need(sz);
+    pos += sz;
+}
+
+static void gguf_put_string(std::string& b, const std::string& s) {
+    uint64_t l = s.size();
+    b.append((const char*)&l, 8);
+    b += s;
+}
+template <typename T> static void gguf_put_raw(std::string& b, T v) { b.append((const char*)&v, sizeof(T)); }
+static void gguf_put_key(GgufMeta* m, const std::string& key, uint32_t type) {
+    gguf_put_string(m->bytes, key);
+    gguf_put_raw<uint32_t>(m->bytes, type);
+    m->count++;
+}
+void GgufMeta::put_str(const std::string& key, const std::string& v) { gguf_put_key(this, key, GGUF_STRING); gguf_put_string(bytes, v); }
+void GgufMeta::put_u32(const std::string& key, uint32_t v) { gguf_put_key(this, key, GGUF_U32); gguf_put_raw(bytes, v); }
+void GgufMeta::put_f32(const std::string& key, float v) { gguf_put_key(this, key, GGUF_F32); gguf_put_raw(bytes, v); }
+void GgufMeta::put_bool(const std::string& key, bool v) { gguf_put_key(this, key, GGUF_BOOL); gguf_put_raw<uint8_t>(bytes, v ? 1 : 0); }
+void GgufMeta::put_str_array(const std::string& key, const std::vector<std::string>& v) {
+    gguf_put_key(this, key, GGUF_ARRAY);
+    gguf_put_raw<uint32_t>(bytes, GGUF_STRING);
+    gguf_put_raw<uint64_t>(bytes, v.size());
+    for (const std::string& s : v) gguf_put_string(bytes, s);
+}
+void GgufMeta::put_i32_array(const std::string& key, const std::vector<int32_t>& v) {
+    gguf_put_key(this, key, GGUF_ARRAY);
+    gguf_put_raw<uint32_t>(bytes, GGUF_I32);
+    gguf_put_raw<uint64_t>(bytes, v.size());
+    bytes.append((const char*)v.data(), v.size() * 4);
+}
+
+static uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+void gguf_read(const std::string& path, GgufFile* f) {
+    f->bytes = read_file(path, (size_t)1 << 40);
+    GgufReader r{(const unsigned char*)f->bytes.data(), f->bytes.size(), 0, path};
+    r.need(4);
+    if (memcmp(f->bytes.data(), "GGUF", 4) != 0) die("%s: not a GGUF file (bad magic)", path.c_str());
+    r.pos = 4;
+    f->version = r.u32();
+    if (f->version < 2 || f->version > 3) die("%s: GGUF version %u is not supported (2 or 3)", path.c_str(), f->version);
+    uint64_t ntensors = r.u64(), nkv = r.u64();
+    if (ntensors > r.n || nkv > r.n) die("%s: GGUF counts %llu tensors, %llu keys: more than the file holds", path.c_str(),
+                                         (unsigned long long)ntensors, (unsigned long long)nkv);
+    for (uint64_t k = 0; k < nkv; k++) {
+        std::string key = r.str();
+        GgufValue v;
+        v.type = r.u32();
+        if (v.type == GGUF_STRING) v.s = r.str();
+        else if (v.type == GGUF_ARRAY) {
+            v.elem_type = r.u32();
+            uint64_t cnt = r.u64();
+            if (cnt > r.n - r.pos) die("%s: '%s' has %llu entries, more than the file holds", path.c_str(), key.c_str(), (unsigned long long)cnt);
+            for (uint64_t i = 0; i < cnt; i++) {
+                if (v.elem_type == GGUF_STRING) v.strs.push_back(r.str());
+                else if (v.elem_type == GGUF_F32 || v.elem_type == GGUF_F64) v.floats.push_back(r.scalar_float(v.elem_type));
+                else if (gguf_scalar_size(v.elem_type)) v.ints.push_back(r.scalar_int(v.elem_type));
+                else r.skip(v.elem_type, 1);   // arrays of arrays: kept as nothing
+            }
+        } else if (v.type == GGUF_F32 || v.type == GGUF_F64) v.f = r.scalar_float(v.type);
+        else v.i = r.scalar_int(v.type);
+        if (!f->kv.emplace(key, v).second) die("%s: key '%s' appears twice", path.c_str(), key.c_str());
+    }
+    if (const GgufValue* a = f->find("general.alignment")) {
+        if (a->type != GGUF_U32 || a->i == 0 || (a->i & (a->i - 1)))
+            die("%s: general.alignment must be a u32 power of two", path.c_str());
+        f->alignment = (uint32_t)a->i;
+    }
+    for (uint64_t t = 0; t < ntensors; t++) {
+        GgufTensor ti;
+        ti.name = r.str();
+        uint32_t nd = r.u32();
+        if (nd == 0 || nd > 4) die("%s: tensor '%s' has %u dimensions (1 to 4)", path.c_str(), ti.name.c_str(), nd);
+        uint64_t n = 1;
+        for (uint32_t d = 0; d < nd; d++) {
+            ti.ne.push_back(r.u64());
+            if (ti.ne.back() == 0 || ti.ne.back() > r.n || n > r.n / ti.ne.back())
+                die("%s: tensor '%s' has a bad dimension", path.c_str(), ti.name.c_str());
+            n *= ti.ne.back();
+        }
+        ti.type = r.u32();
+        ti.offset = r.u64();
+        if (!ggml_type_bytes(ti.type, n, &ti.nbytes) || (ti.type == GGML_TYPE_Q8_0 && ti.ne[0] % Q8_BLOCK))
+            die("%s: tensor '%s' has ggml type %u (known: F32 0, F16 1, Q8_0 8 with rows in blocks of %d, BF16 30)",
+                path.c_str(), ti.name.c_str(), ti.type, Q8_BLOCK);
+        f->tensors.push_back(ti);
+    }
+    f->data_offset = align_up(r.pos, f->alignment);
+    for (GgufTensor& ti : f->tensors) {
+        if (ti.offset % f->alignment) die("%s: tensor '%s' is not aligned to %u bytes", path.c_str(), ti.name.c_str(), f->alignment);
+        if (f->data_offset > f->bytes.size() || ti.offset > f->bytes.size() - f->data_offset ||
+            ti.nbytes > f->bytes.size() - f->data_offset - ti.offset)
+            die("%s: tensor '%s' runs past the end of the file", path.c_str(), ti.name.c_str());
+        ti.data = (const uint8_t*)f->bytes.data() + f->data_offset + ti.offset;
+    }
+}
+
+// llama.cpp's tensor names for ours (Hugging Face's)
+static std::string gguf_tensor_name(const std::string& hf) {
+    if (hf == "model.embed_tokens.weight") return "token_embd.weight";
+    if (hf == "model.norm.weight") return "output_norm.weight";
+    if (hf == "lm_head.weight") return "output.weight";
+    static const std::pair<const char*, const char*> per_layer[] = {
+        {"input_layernorm.weight", "attn_norm.weight"}, {"self_attn.q_proj.weight", "attn_q.weight"},
+        {"self_attn.k_proj.weight", "attn_k.weight"},   {"self_attn.v_proj.weight", "attn_v.weight"},
+        {"self_attn.o_proj.weight", "attn_output.weight"}, {"post_attention_layernorm.weight", "ffn_norm.weight"},
+        {"mlp.gate_proj.weight", "ffn_gate.weight"},    {"mlp.up_proj.weight", "ffn_up.weight"},
+        {"mlp.down_proj.weight", "ffn_down.weight"}};
+    const std::string pre = "model.layers.";
+    size_t dot = hf.find('.', pre.size());
+    for (auto& p : per_layer)
+        if (hf.compare(0, pre.size(), pre) == 0 && dot != std::string::npos && hf.substr(dot + 1) == p.first)
+            return "blk." + hf.substr(pre.size(), dot - pre.size()) + "." + p.second;
+    die("gguf: no llama.cpp name for tensor '%s'", hf.c_str());
+}
+
+// RoPE's pairing: Hugging Face's Llama rotates dimension i with i + D/2 (the two halves of a head), llama.cpp's
+// "llama" architecture rotates 2i with 2i+1. So q_proj's and k_proj's rows are reordered within each head: GGUF row
+// 2i is our row i, GGUF row 2i+1 our row D/2 + i. (heads = 0: no reordering.)
+static int64_t gguf_source_row(int64_t r, int heads, int64_t D) {
+    if (heads == 0) return r;
+    int64_t h = r / D, j = r % D;
+    return h * D + (j % 2) * (D / 2) + j / 2;
+}
+
+// One tensor's bytes as TYPE, rows reordered for q/k. Reads the source in its own dtype: bf16 → BF16 and
+// q8_0 → Q8_0 are copies of the stored bits, everything else goes through fp32.
+static void gguf_tensor_data(const SafeTensors& st, const ParamView& pv, uint32_t type, int heads, int64_t D,
+                             std::string* out) {
+    const TensorInfo& t = st.get(pv.name);
+    int64_t rows = pv.shape.size() == 2 ? pv.shape[0] : 1, cols = pv.shape.back();
+    size_t n = (size_t)rows * cols, bytes = 0;
+    ggml_type_bytes(type, n, &bytes);
+    out->resize(bytes);
+    char* o = &(*out)[0];
+    if (type == GGML_TYPE_BF16 && t.dtype == DType::BF16) {
+        for (int64_t r = 0; r < rows; r++) memcpy(o + r * cols * 2, t.data + gguf_source_row(r, heads, D) * cols * 2, cols * 2);
+        return;
+    }
+    if (type == GGML_TYPE_Q8_0 && t.dtype == DType::I8) {
+        const TensorInfo& sc = st.q8_scale(pv.name);
+        int64_t nb = cols / Q8_BLOCK;
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t s = gguf_source_row(r, heads, D);
+            for (int64_t b = 0; b < nb; b++) {
+                char* blk = o + (r * nb + b) * Q8_0_BLOCK_BYTES;
+                memcpy(blk, sc.data + (s * nb + b) * 2, 2);
+                memcpy(blk + 2, t.data + s * cols + b * Q8_BLOCK, Q8_BLOCK);
+            }
+        }
+        return;
+    }
+    std::vector<float> w(n);
+    st.read_f32(pv.name, pv.shape, w.data());
+    if (type == GGML_TYPE_F32) {
+        for (int64_t r = 0; r < rows; r++) memcpy(o + r * cols * 4, w.data() + gguf_source_row(r, heads, D) * cols, cols * 4);
+    } else if (type == GGML_TYPE_BF16) {
+        #pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const float* src = w.data() + gguf_source_row(r, heads, D) * cols;
+            for (int64_t c = 0; c < cols; c++) { uint16_t h = f32_to_bf16(src[c]); memcpy(o + (r * cols + c) * 2, &h, 2); }
+        }
+    } else {   // Q8_0: blocks never cross rows (cols % 32 == 0), so a row's blocks move with it
+        int64_t nb = cols / Q8_BLOCK;
+        #pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const float* src = w.data() + gguf_source_row(r, heads, D) * cols;
+            std::vector<int8_t> q(cols);
+            std::vector<uint16_t> d(nb);
+            q8_0_quantize(src, cols, q.data(), d.data());
+            for (int64_t b = 0; b < nb; b++) {
+                char* blk = o + (r * nb + b) * Q8_0_BLOCK_BYTES;
+                memcpy(blk, &d[b], 2);
+                memcpy(blk + 2, q.data() + b * Q8_BLOCK, Q8_BLOCK);
+            }
+        }
+    }
+}
+
+void model_export_gguf(const std::string& dir, const std::string& tokenizer_path, const std::string& default_chat_template,
+                       const std::string& out, StoreDtype dtype) {
+    require_dir(dir, "convert: model directory");
+    Config cfg = config_read_json(dir + "/config.json");
+    SafeTensors st;
+    st.open_dir(dir);
+    model_check_tensors(st, cfg, true);
+    const std::vector<ParamView> views = param_views(cfg);
+    if (dtype == StoreDtype::Q8_0)   // as model_save_dir: every matrix's rows split into whole blocks
+        for (const ParamView& pv : views)
+            if (pv.shape.size() == 2 && pv.shape[1] % Q8_BLOCK != 0)
+                die("convert: q8_0: '%s' has rows of %lld weights, not a multiple of %d (the block size)", pv.name.c_str(),
+                    (long long)pv.shape[1], Q8_BLOCK);
+    std::unique_ptr<Tokenizer, void (*)(Tokenizer*)> tok(tokenizer_load(tokenizer_path), tokenizer_free);
+
+    GgufMeta kv;
+    std::string name = dir;
+    while (name.size() > 1 && name.back() == '/') name.pop_back();
+    name = name.substr(name.find_last_of('/') == std::string::npos ? 0 : name.find_last_of('/') + 1);
+    kv.put_str("general.architecture", "llama");
+    kv.put_str("general.name", name);
+    kv.put_u32("general.alignment", GGUF_DEFAULT_ALIGNMENT);
+    kv.put_u32("general.file_type", dtype == StoreDtype::Q8_0 ? GGUF_FTYPE_MOSTLY_Q8_0
+                                    : dtype == StoreDtype::BF16 ? GGUF_FTYPE_MOSTLY_BF16 : GGUF_FTYPE_ALL_F32);
+    kv.put_u32("llama.context_length", cfg.max_position_embeddings);
+    kv.put_u32("llama.embedding_length", cfg.hidden_size);
+    kv.put_u32("llama.block_count", cfg.num_hidden_layers);
+    kv.put_u32("llama.feed_forward_length", cfg.intermediate_size);
+    kv.put_u32("llama.attention.head_count", cfg.num_attention_heads);
+    kv.put_u32("llama.attention.head_count_kv", cfg.num_key_value_heads);
+    if (cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size) {   // llama.cpp assumes C / H otherwise
+        kv.put_u32("llama.attention.key_length", cfg.head_dim);
+        kv.put_u32("llama.attention.value_length", cfg.head_dim);
+    }
+    kv.put_u32("llama.rope.dimension_count", cfg.head_dim);
+    kv.put_f32("llama.rope.freq_base", (float)cfg.rope_theta);
+    kv.put_f32("llama.attention.layer_norm_rms_epsilon", (float)cfg.rms_norm_eps);
+    kv.put_u32("llama.vocab_size", cfg.vocab_size);
+    tokenizer_gguf_metadata(tok.get(), cfg.vocab_size, &kv);
+    std::string chat_template = default_chat_template;
+    if (file_exists(dir + "/tokenizer_config.json")) {   // its chat template and pad token, when it names them
+        nlohmann::json tc = json_parse_file(dir + "/tokenizer_config.json");
+        std::string where = dir + "/tokenizer_config.json";
+        if (tc.is_object() && tc.contains("chat_template") && tc["chat_template"].is_string())
+            chat_template = tc["chat_template"].get<std::string>();
+        if (tc.is_object() && tc.contains("pad_token")) {
+            const nlohmann::json& p = tc["pad_token"];
+            std::string pad = p.is_string() ? p.get<std::string>() : p.is_object() ? json_str(p, "content", where + ": pad_token", "") : "";
+            int id = pad.empty() ? -1 : tokenizer_token_id(tok.get(), pad);
+            if (id >= 0) kv.put_u32("tokenizer.ggml.padding_token_id", (uint32_t)id);
+        }
+    }
+    kv.put_str("tokenizer.chat_template", chat_template);
+
+    // the tensor infos: matrices in the chosen type, norms F32; offsets aligned
+    struct Out { const ParamView* pv; std::string name; uint32_t type; int heads; uint64_t offset; size_t bytes; };
+    std::vector<Out> outs;
+    std::string infos;
+    uint64_t off = 0;
+    for (const ParamView& pv : views) {
+        Out o{&pv, gguf_tensor_name(pv.name), GGML_TYPE_F32, 0, 0, 0};
+        if (pv.shape.size() == 2)
+            o.type = dtype == StoreDtype::Q8_0 ? GGML_TYPE_Q8_0 : dtype == StoreDtype::BF16 ? GGML_TYPE_BF16 : GGML_TYPE_F32;
+        if (pv.name.find("q_proj") != std::string::npos) o.heads = cfg.num_attention_heads;
+        if (pv.name.find("k_proj") != std::string::npos) o.heads = cfg.num_key_value_heads;
+        size_t n = 1;
+        for (int64_t d : pv.shape) n *= (size_t)d;
+        ggml_type_bytes(o.type, n, &o.bytes);
+        o.offset = off;
+        off = align_up(off + o.bytes, GGUF_DEFAULT_ALIGNMENT);
+        gguf_put_string(infos, o.name);
+        gguf_put_raw<uint32_t>(infos, (uint32_t)pv.shape.size());
+        for (size_t d = pv.shape.size(); d-- > 0;) gguf_put_raw<uint64_t>(infos, (uint64_t)pv.shape[d]);   // ne[0] fastest
+        gguf_put_raw<uint32_t>(infos, o.type);
+        gguf_put_raw<uint64_t>(infos, o.offset);
+        outs.push_back(o);
+    }
+    std::string head = "GGUF";
+    gguf_put_raw<uint32_t>(head, GGUF_VERSION);
+    gguf_put_raw<uint64_t>(head, outs.size());
+    gguf_put_raw<uint64_t>(head, kv.count);
+    head += kv.bytes;
+    head += infos;
+    head.resize(align_up(head.size(), GGUF_DEFAULT_ALIGNMENT), '\0');
+
+    std::string tmp = out + ".tmp";
+    FILE* f = fopen(tmp.c_str(), "wb");
+    if (!f) die("cannot write %s: %s", tmp.c_str(), strerror(errno));
+    errno = 0;
+    bool ok = fwrite(head.data(), 1, head.size(), f) == head.size();
+    uint64_t written = 0, total = off, next_report = total / 10;
+    bool progress = total > ((uint64_t)256 << 20);   // a large model: a line every tenth of the data
+    std::string data;
+    for (size_t i = 0; i < outs.size() && ok; i++) {
+        const Out& o = outs[i];
+        gguf_tensor_data(st, *o.pv, o.type, o.heads, cfg.head_dim, &data);
+        data.resize(align_up(data.size(), GGUF_DEFAULT_ALIGNMENT), '\0');
+        ok = fwrite(data.data(), 1, data.size(), f) == data.size();
+        written += data.size();
+        if (progress && (written >= next_report || i + 1 == outs.size())) {
+            fprintf(stderr, "convert: %zu/%zu tensors, %.2f of %.2f GiB\n", i + 1, outs.size(), written / 1073741824.0,
+                    total / 1073741824.0);
+            next_report = written + total / 10;
+        }
+    }
+    ok = (fflush(f) == 0) && ok;
+    ok = (fsync(fileno(f)) == 0) && ok;
+    ok = (fclose(f) == 0) && ok;
+    commit_tmp(tmp, out, ok);
+}
+
+// ============================================================================
 // backends
 
 int cuda_device_count() {
@@ -1521,17 +1869,37 @@ int cmd_info(int argc, char** argv) {
     return 0;
 }
 
-// convert: a model directory from a preset, a config.json (random init) or another model directory (re-save)
+// convert: a model directory from a preset, a config.json (random init) or another model directory (re-save), or
+// a model directory as one GGUF file for llama.cpp (--to gguf)
 static const char* CONVERT_USAGE =
     "usage: deepseek convert (--preset NAME | --config config.json | --model DIR) --out DIR\n"
     "                        [--dtype f32|bf16|q8_0] [--seed S] [--init-std X]\n"
+    "       deepseek convert --model DIR --to gguf --out FILE.gguf [--dtype f32|bf16|q8_0] [--tokenizer FILE]\n"
     "  writes a Hugging Face model directory (config.json, model.safetensors, generation_config.json);\n"
-    "  --preset/--config initialise randomly (normal(0, init-std), the paper's 0.006 by default).\n";
+    "  --preset/--config initialise randomly (normal(0, init-std), the paper's 0.006 by default).\n"
+    "  --to gguf writes one GGUF (v3) that llama.cpp runs as a \"llama\" model: the weights (norms fp32, the\n"
+    "  matrices as --dtype), the hyperparameters, the vocabulary (DIR/tokenizer.json or --tokenizer FILE, with\n"
+    "  DeepSeek LLM's pre-tokenizer) and the chat template (DIR/tokenizer_config.json's, else DeepSeek LLM's).\n";
 static int cmd_convert(int argc, char** argv) {
-    Args a(argc, argv, 2, "convert", CONVERT_USAGE, {"preset", "config", "model", "out", "dtype", "seed", "init-std", "threads"}, {});
+    Args a(argc, argv, 2, "convert", CONVERT_USAGE,
+           {"preset", "config", "model", "out", "dtype", "seed", "init-std", "threads", "to", "tokenizer"}, {});
     if (!a.has("out")) die("convert: --out DIR is required");
     std::string dt = a.str("dtype", "f32");
     if (dt != "f32" && dt != "bf16" && dt != "q8_0") die("convert: --dtype must be f32, bf16 or q8_0, got '%s'", dt.c_str());
+    StoreDtype dtype = dt == "bf16" ? StoreDtype::BF16 : dt == "q8_0" ? StoreDtype::Q8_0 : StoreDtype::F32;
+    if (a.has("to")) {
+        if (a.str("to") != "gguf") die("convert: --to must be gguf (leave it out for a model directory), got '%s'", a.str("to").c_str());
+        if (!a.has("model") || a.has("preset") || a.has("config"))
+            die("convert: --to gguf converts a model directory: give --model DIR (save a preset with convert --preset first)");
+        if (a.has("seed") || a.has("init-std")) die("convert: --seed and --init-std are for a random init, not --to gguf");
+        std::string dir = a.str("model"), tok = a.str("tokenizer", dir + "/tokenizer.json");
+        if (!a.has("tokenizer") && !path_exists(tok))
+            die("convert: %s has no tokenizer.json; a GGUF carries the vocabulary, so pass --tokenizer FILE", dir.c_str());
+        model_export_gguf(dir, tok, CHAT_TEMPLATE_JINJA, a.str("out"), dtype);
+        printf("wrote %s (GGUF, %s)\n", a.str("out").c_str(), dt.c_str());
+        return 0;
+    }
+    if (a.has("tokenizer")) die("convert: --tokenizer is for --to gguf (a model directory's tokenizer.json is copied by hand)");
     int sources = a.has("preset") + a.has("config") + a.has("model");
     if (sources != 1) die("convert: give exactly one of --preset, --config or --model");
     uint64_t seed = (uint64_t)a.integer("seed", 1337, 0, (1ll << 62));
@@ -1545,7 +1913,7 @@ static int cmd_convert(int argc, char** argv) {
         model_build(&m, cfg);
         model_init_random(&m, seed, std);
     }
-    model_save_dir(m, a.str("out"), dt == "bf16" ? StoreDtype::BF16 : dt == "q8_0" ? StoreDtype::Q8_0 : StoreDtype::F32);
+    model_save_dir(m, a.str("out"), dtype);
     printf("wrote %s (%zu parameters, %s)\n", a.str("out").c_str(), m.num_parameters, dt.c_str());
     return 0;
 }
@@ -1558,7 +1926,7 @@ static void usage() {
     printf("deepseek — the DeepSeek LLM recipe (tokenizer, model, pre-training, SFT, DPO, generation) in one binary\n\n"
            "usage: deepseek COMMAND [flags]   (deepseek COMMAND --help for each)\n\n"
            "  info       shapes, parameter count, FLOPs per token, memory      (--preset NAME | --model DIR)\n"
-           "  convert    write a model directory (random init or re-save)\n"
+           "  convert    write a model directory (random init or re-save), or a GGUF for llama.cpp\n"
            "  plan       the paper's scaling laws for a compute budget         (--compute C)\n"
            "  sweep      the paper's scaling-law experiments: runs, fits, report (--data DIR --out DIR)\n"
            "  tokenizer  train | encode | decode | import-gguf | info\n"

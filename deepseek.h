@@ -6,7 +6,7 @@
 //                 the model's forward/backward and the tier dispatch, weights I/O, the backends, main(); it #includes
 //                 util.h and kernels/: the fast paths, compiled as part of deepseek.cu, cpu_*.h (the CPU's GEMM,
 //                 fused layers, blockwise attention, the fast model) and cuda_*.cuh (the CUDA backend)
-//   tokenizer.cpp byte-level BPE: tokenizer.json I/O, pre-tokenizer, encode/decode, training, GGUF import
+//   tokenizer.cpp byte-level BPE: tokenizer.json I/O, pre-tokenizer, encode/decode, training, GGUF import/export
 //   infer.cu      KV cache, sampling, chat template, generate/chat/eval
 //   train.cu      data loader, AdamW, schedules, scaling-law planner, checkpoints, SFT/DPO objectives, MPI/NCCL
 //   sweep.cpp     the scaling-law experiments: runs of `deepseek train` over budgets, fits, pictures, report
@@ -383,6 +383,84 @@ void model_save_dir(const Model& m, const std::string& dir, StoreDtype dtype);
 void model_from_args(Model* m, const Args& a, uint64_t seed);
 
 // ----------------------------------------------------------------------------
+// GGUF (llama.cpp's file format, version 3; little-endian):
+//   "GGUF", u32 version, u64 tensor count, u64 key/value count, the key/values, the tensor infos, zero padding to
+//   general.alignment (32 unless the key says otherwise), then the tensor data, each tensor at an aligned offset
+//   from the data's start. A string is u64 length + bytes; a key/value is a string key, a u32 value type and the
+//   value; an array is a u32 item type, a u64 count and the items. A tensor info is a string name, u32 n_dims,
+//   u64 ne[n_dims] — ne[0] varies fastest, so a row-major [out, in] matrix is {in, out} —, u32 ggml type, u64 offset.
+enum GgufValueType : uint32_t { GGUF_U8 = 0, GGUF_I8 = 1, GGUF_U16 = 2, GGUF_I16 = 3, GGUF_U32 = 4, GGUF_I32 = 5,
+                                GGUF_F32 = 6, GGUF_BOOL = 7, GGUF_STRING = 8, GGUF_ARRAY = 9, GGUF_U64 = 10,
+                                GGUF_I64 = 11, GGUF_F64 = 12 };
+// ggml tensor types we write or read; Q8_0 is a block of Q8_BLOCK weights: fp16 scale d, then Q8_BLOCK int8
+enum GgmlType : uint32_t { GGML_TYPE_F32 = 0, GGML_TYPE_F16 = 1, GGML_TYPE_Q8_0 = 8, GGML_TYPE_BF16 = 30 };
+const uint32_t GGUF_VERSION = 3, GGUF_DEFAULT_ALIGNMENT = 32;
+const size_t Q8_0_BLOCK_BYTES = 2 + Q8_BLOCK;
+// general.file_type (llama.cpp's llama_ftype): what most tensors are
+enum GgufFileType : uint32_t { GGUF_FTYPE_ALL_F32 = 0, GGUF_FTYPE_MOSTLY_Q8_0 = 7, GGUF_FTYPE_MOSTLY_BF16 = 32 };
+size_t gguf_scalar_size(uint32_t value_type);                // bytes of a scalar value type; 0: string, array, unknown
+bool ggml_type_bytes(uint32_t type, uint64_t n, size_t* bytes);   // false: a type we do not know, or n not in blocks
+
+// A bounds-checked cursor over GGUF bytes (the vocabulary import and gguf_read): a short file dies naming WHERE.
+struct GgufReader {
+    const unsigned char* p; size_t n, pos = 0; std::string where;
+    void need(size_t k) { if (k > n - pos) die("%s: truncated GGUF file", where.c_str()); }
+    uint32_t u32() { need(4); uint32_t v; memcpy(&v, p + pos, 4); pos += 4; return v; }
+    uint64_t u64() { need(8); uint64_t v; memcpy(&v, p + pos, 8); pos += 8; return v; }
+    std::string str() { uint64_t l = u64(); need(l); std::string s((const char*)p + pos, l); pos += l; return s; }
+    long long scalar_int(uint32_t type);          // an integer or bool value of TYPE; dies on any other type
+    double scalar_float(uint32_t type);           // a float (or integer) value of TYPE
+    void skip(uint32_t type, int depth = 0);      // past one value of TYPE
+};
+
+// Key/values of a GGUF being written, serialised as they are added.
+struct GgufMeta {
+    std::string bytes;
+    uint64_t count = 0;
+    void put_str(const std::string& key, const std::string& v);
+    void put_u32(const std::string& key, uint32_t v);
+    void put_f32(const std::string& key, float v);
+    void put_bool(const std::string& key, bool v);
+    void put_str_array(const std::string& key, const std::vector<std::string>& v);
+    void put_i32_array(const std::string& key, const std::vector<int32_t>& v);
+};
+
+// A GGUF file read whole and validated (every tensor's type, size, alignment and extent): what tests read back.
+struct GgufValue {
+    uint32_t type = 0, elem_type = 0;   // elem_type: of an array
+    long long i = 0;                    // integer and bool scalars
+    double f = 0;                       // float scalars
+    std::string s;                      // a string
+    std::vector<std::string> strs;      // an array of strings
+    std::vector<long long> ints;        // an array of integers or bools
+    std::vector<double> floats;         // an array of floats
+};
+struct GgufTensor {
+    std::string name;
+    std::vector<uint64_t> ne;           // ne[0] fastest
+    uint32_t type = 0;
+    uint64_t offset = 0;                // from the start of the data
+    const uint8_t* data = nullptr;      // into GgufFile::bytes
+    size_t nbytes = 0;
+};
+struct GgufFile {
+    std::string bytes;
+    uint32_t version = 0, alignment = GGUF_DEFAULT_ALIGNMENT;
+    size_t data_offset = 0;             // where the tensor data starts
+    std::map<std::string, GgufValue> kv;
+    std::vector<GgufTensor> tensors;
+    const GgufValue* find(const std::string& key) const { auto it = kv.find(key); return it == kv.end() ? nullptr : &it->second; }
+};
+void gguf_read(const std::string& path, GgufFile* f);
+
+// convert --to gguf: a model directory and a tokenizer.json → one GGUF that llama.cpp runs as its "llama"
+// architecture (PATH.tmp, then rename). F32: every tensor fp32; BF16: matrices bf16 (a bf16 source copied bit for
+// bit); Q8_0: matrices q8_0 (a q8_0 source's blocks copied, others quantised by q8_0_quantize); norms always F32.
+// tokenizer.chat_template: DIR/tokenizer_config.json's chat_template if it has one, else default_chat_template.
+void model_export_gguf(const std::string& dir, const std::string& tokenizer_path, const std::string& default_chat_template,
+                       const std::string& out, StoreDtype dtype);
+
+// ----------------------------------------------------------------------------
 // backends
 
 enum class Device { CPU, CUDA };
@@ -476,7 +554,7 @@ float cuda_op_grad_norm(const float* g, size_t n);
 int cmd_info(int argc, char** argv);
 
 // ====================================================================================================================
-// tokenizer.cpp: byte-level BPE with Hugging Face tokenizer.json interop
+// tokenizer.cpp: byte-level BPE with Hugging Face tokenizer.json interop (and GGUF's vocabulary keys)
 // ====================================================================================================================
 
 struct Tokenizer;                                              // opaque
@@ -489,6 +567,11 @@ int tokenizer_vocab_size(const Tokenizer* tok);                // highest id + 1
 int tokenizer_token_id(const Tokenizer* tok, const std::string& content);  // -1 if not a token (e.g. special tokens)
 int tokenizer_bos_id(const Tokenizer* tok);                    // -1 if none
 int tokenizer_eos_id(const Tokenizer* tok);                    // -1 if none
+// The vocabulary as llama.cpp's GGUF keys (tokenizer.ggml.*: model "gpt2", pre "deepseek-llm", tokens, token_type,
+// merges, bos/eos, add_bos_token), padded with "[PAD<id>]" user-defined tokens to vocab_size (the embedding rows).
+// Dies if the pre-tokenizer is not DeepSeek LLM's (llama.cpp would split text differently) or the tokenizer has more
+// ids than vocab_size.
+void tokenizer_gguf_metadata(const Tokenizer* tok, int vocab_size, GgufMeta* meta);
 // trains byte-level BPE with DeepSeek's pre-tokenizer on the files; writes tokenizer.json (atomically)
 void tokenizer_train_files(const std::vector<std::string>& files, int vocab_size, const std::string& out_path,
                            bool verbose);
@@ -599,6 +682,8 @@ std::string text_stream_finish(TextStream* ts);
 
 // DeepSeek LLM's chat template (deepseek-llm-7b-chat's tokenizer_config.json):
 //   {bos}[{system}\n\n]User: {u1}\n\nAssistant: {a1}{eos}User: {u2}\n\n…[Assistant:]
+// the template itself as the Jinja string of that tokenizer_config.json (what a GGUF's tokenizer.chat_template carries)
+extern const char* const CHAT_TEMPLATE_JINJA;
 struct ChatMessage { std::string role, content; };   // role: "system" | "user" | "assistant"
 std::string chat_render(const std::vector<ChatMessage>& msgs, bool add_generation_prompt, const std::string& bos,
                         const std::string& eos);

@@ -910,6 +910,15 @@ std::string text_stream_finish(TextStream* ts) {
 //   {{ bos }} then per message: user → "User: " + c + "\n\n"; assistant → "Assistant: " + c + eos;
 //   system → c + "\n\n"; and with add_generation_prompt, "Assistant:" (no trailing space).
 
+// The same template in Jinja, verbatim from deepseek-llm-7b-chat's tokenizer_config.json (a test compares it with
+// tests/fixtures/infer/chat_template.jinja): what a GGUF's tokenizer.chat_template carries for llama.cpp.
+const char* const CHAT_TEMPLATE_JINJA =
+    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}{{ bos_token }}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token }}"
+    "{% elif message['role'] == 'system' %}{{ message['content'] + '\n\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
+
 // the rendered text and, for chat_tokens, the byte ranges of the assistant replies (" " + content + eos)
 static std::string chat_render_spans(const std::vector<ChatMessage>& msgs, bool add_generation_prompt,
                                      const std::string& bos, const std::string& eos,

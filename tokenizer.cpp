@@ -1147,43 +1147,11 @@ int tokenizer_bos_id(const Tokenizer* tok) { return tok->bos; }
 int tokenizer_eos_id(const Tokenizer* tok) { return tok->eos; }
 
 // ----------------------------------------------------------------------------
-// GGUF import: the vocabulary of a llama.cpp GGUF file (tokens, merges, token types) → tokenizer.json.
-// GGUF v2/v3: "GGUF", u32 version, u64 tensor count, u64 key/value count, then key/values:
-// string = u64 length + bytes; value type u32 (0 u8 … 12 f64, 8 string, 9 array = u32 type + u64 count + items).
-
-struct GgufReader {
-    const unsigned char* p; size_t n, pos = 0; std::string where;
-    void need(size_t k) { if (k > n - pos) die("%s: truncated GGUF file", where.c_str()); }
-    uint32_t u32() { need(4); uint32_t v; memcpy(&v, p + pos, 4); pos += 4; return v; }
-    uint64_t u64() { need(8); uint64_t v; memcpy(&v, p + pos, 8); pos += 8; return v; }
-    std::string str() { uint64_t l = u64(); need(l); std::string s((const char*)p + pos, l); pos += l; return s; }
-    static size_t scalar_size(uint32_t type) {
-        switch (type) { case 0: case 1: case 7: return 1; case 2: case 3: return 2; case 4: case 5: case 6: return 4;
-                        case 10: case 11: case 12: return 8; default: return 0; }
-    }
-    long long scalar_int(uint32_t type) {
-        size_t sz = scalar_size(type);
-        if (!sz || type == 6 || type == 12) die("%s: expected an integer value in GGUF", where.c_str());
-        need(sz);
-        long long v = 0;
-        switch (type) {
-            case 0: v = p[pos]; break; case 1: v = (int8_t)p[pos]; break; case 7: v = p[pos]; break;
-            case 2: { uint16_t x; memcpy(&x, p + pos, 2); v = x; break; } case 3: { int16_t x; memcpy(&x, p + pos, 2); v = x; break; }
-            case 4: { uint32_t x; memcpy(&x, p + pos, 4); v = x; break; } case 5: { int32_t x; memcpy(&x, p + pos, 4); v = x; break; }
-            case 10: { uint64_t x; memcpy(&x, p + pos, 8); v = (long long)x; break; } case 11: { int64_t x; memcpy(&x, p + pos, 8); v = x; break; }
-        }
-        pos += sz;
-        return v;
-    }
-    void skip(uint32_t type, int depth = 0) {
-        if (depth > 4) die("%s: GGUF arrays nested too deep", where.c_str());
-        if (type == 8) { str(); return; }
-        if (type == 9) { uint32_t et = u32(); uint64_t cnt = u64(); for (uint64_t i = 0; i < cnt; i++) skip(et, depth + 1); return; }
-        size_t sz = scalar_size(type);
-        if (!sz) die("%s: unknown GGUF value type %u", where.c_str(), type);
-        need(sz); pos += sz;
-    }
-};
+// GGUF import: the vocabulary of a llama.cpp GGUF file (tokens, merges, token types) → tokenizer.json, and the
+// export of ours as GGUF keys (convert --to gguf). The file layout and the cursor (GgufReader) are in deepseek.h.
+// GGUF token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+enum GgufTokenType { GGUF_TOKEN_NORMAL = 1, GGUF_TOKEN_UNKNOWN = 2, GGUF_TOKEN_CONTROL = 3, GGUF_TOKEN_USER_DEFINED = 4,
+                     GGUF_TOKEN_UNUSED = 5 };
 
 static Tokenizer* tokenizer_from_gguf(const std::string& path) {
     std::string data = read_file(path);
@@ -1203,20 +1171,20 @@ static Tokenizer* tokenizer_from_gguf(const std::string& path) {
     for (uint64_t k = 0; k < nkv; k++) {
         std::string key = r.str();
         uint32_t type = r.u32();
-        if ((key == "tokenizer.ggml.tokens" || key == "tokenizer.ggml.merges" || key == "tokenizer.ggml.token_type") && type == 9) {
+        if ((key == "tokenizer.ggml.tokens" || key == "tokenizer.ggml.merges" || key == "tokenizer.ggml.token_type") && type == GGUF_ARRAY) {
             uint32_t et = r.u32();
             uint64_t cnt = r.u64();
             if (cnt > (1u << 24)) die("%s: %s has %llu entries", path.c_str(), key.c_str(), (unsigned long long)cnt);
             for (uint64_t i = 0; i < cnt; i++) {
                 if (key == "tokenizer.ggml.token_type") types.push_back(r.scalar_int(et));
-                else if (et != 8) die("%s: %s must hold strings", path.c_str(), key.c_str());
+                else if (et != GGUF_STRING) die("%s: %s must hold strings", path.c_str(), key.c_str());
                 else (key == "tokenizer.ggml.tokens" ? tokens : merges).push_back(r.str());
             }
-        } else if ((key == "tokenizer.ggml.model" || key == "tokenizer.ggml.pre") && type == 8) {
+        } else if ((key == "tokenizer.ggml.model" || key == "tokenizer.ggml.pre") && type == GGUF_STRING) {
             (key == "tokenizer.ggml.model" ? model : pre) = r.str();
-        } else if (key == "tokenizer.ggml.bos_token_id" && type != 8 && type != 9) { bos = r.scalar_int(type);
-        } else if (key == "tokenizer.ggml.eos_token_id" && type != 8 && type != 9) { eos = r.scalar_int(type);
-        } else if (key == "tokenizer.ggml.add_bos_token" && type == 7) { add_bos = r.scalar_int(type) != 0;
+        } else if (key == "tokenizer.ggml.bos_token_id" && type != GGUF_STRING && type != GGUF_ARRAY) { bos = r.scalar_int(type);
+        } else if (key == "tokenizer.ggml.eos_token_id" && type != GGUF_STRING && type != GGUF_ARRAY) { eos = r.scalar_int(type);
+        } else if (key == "tokenizer.ggml.add_bos_token" && type == GGUF_BOOL) { add_bos = r.scalar_int(type) != 0;
         } else {
             r.skip(type);
         }
@@ -1229,9 +1197,8 @@ static Tokenizer* tokenizer_from_gguf(const std::string& path) {
     std::unique_ptr<Tokenizer> t(new Tokenizer());
     // llama.cpp pads the vocabulary to the embedding size with "[PAD<id>]" user-defined tokens: not tokens.
     size_t count = tokens.size();
-    while (count > 0 && types[count - 1] == 4 && tokens[count - 1] == "[PAD" + std::to_string(count - 1) + "]") count--;
-    // GGUF token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
-    for (size_t i = 0; i < count; i++) if (types[i] == 1) tok_add_vocab(t.get(), tokens[i], (int)i, path + ": tokens");
+    while (count > 0 && types[count - 1] == GGUF_TOKEN_USER_DEFINED && tokens[count - 1] == "[PAD" + std::to_string(count - 1) + "]") count--;
+    for (size_t i = 0; i < count; i++) if (types[i] == GGUF_TOKEN_NORMAL) tok_add_vocab(t.get(), tokens[i], (int)i, path + ": tokens");
     t->merge_map.reserve(merges.size() + 1);
     for (size_t i = 0; i < merges.size(); i++) {
         const std::string& s = merges[i];
@@ -1240,10 +1207,10 @@ static Tokenizer* tokenizer_from_gguf(const std::string& path) {
         tok_add_merge(t.get(), s.substr(0, sp), s.substr(sp + 1), path + ": merges");
     }
     for (size_t i = 0; i < count; i++) {
-        if (types[i] == 1 || types[i] == 5) continue;
+        if (types[i] == GGUF_TOKEN_NORMAL || types[i] == GGUF_TOKEN_UNUSED) continue;
         AddedToken a;
         a.id = (int)i; a.content = tokens[i];
-        a.special = types[i] == 3 || types[i] == 2;
+        a.special = types[i] == GGUF_TOKEN_CONTROL || types[i] == GGUF_TOKEN_UNKNOWN;
         a.normalized = !a.special;
         tok_add_added(t.get(), a, path + ": tokens");
     }
@@ -1257,6 +1224,56 @@ static Tokenizer* tokenizer_from_gguf(const std::string& path) {
     t->eos = eos >= 0 && eos < (long long)t->id_used.size() && t->id_used[eos] ? (int)eos : -1;
     tok_finish(t.get());
     return t.release();
+}
+
+// DeepSeek LLM's pre-tokenizer exactly (deepseek_pretokenizer's steps): what llama.cpp's "deepseek-llm" means
+static bool tokenizer_pre_is_deepseek(const Tokenizer* t) {
+    const size_t nsplit = sizeof(DEEPSEEK_SPLIT_PATTERNS) / sizeof(DEEPSEEK_SPLIT_PATTERNS[0]);
+    if (t->pre.size() != nsplit + 2) return false;
+    for (size_t i = 0; i < nsplit; i++) {
+        const PreStep& s = t->pre[i];
+        if (s.kind != PreStep::SPLIT || s.pattern != DEEPSEEK_SPLIT_PATTERNS[i] || !s.pattern_is_regex ||
+            s.behavior != Behavior::Isolated || s.invert) return false;
+    }
+    const PreStep& d = t->pre[nsplit];
+    const PreStep& b = t->pre[nsplit + 1];
+    return d.kind == PreStep::DIGITS && d.individual_digits && b.kind == PreStep::BYTELEVEL && !b.use_regex && !b.add_prefix_space;
+}
+
+// The export: every id below vocab_size gets a string and a type. Model-vocabulary tokens are normal (their
+// byte-level strings, as in tokenizer.json); added tokens are control when special (BOS, EOS), user-defined
+// otherwise (llama.cpp matches both in raw text, as tokenizers does); ids no token has — the embedding rows past the
+// tokenizer's vocabulary — are "[PAD<id>]" user-defined tokens, as llama.cpp's own converter pads, and the import
+// above drops them again. Merges are "left right" by rank.
+void tokenizer_gguf_metadata(const Tokenizer* t, int vocab_size, GgufMeta* kv) {
+    if (!tokenizer_pre_is_deepseek(t))
+        die("convert: the tokenizer's pre-tokenizer is not DeepSeek LLM's (Split patterns, Digits, ByteLevel); llama.cpp "
+            "would split text differently (its \"deepseek-llm\" pre-tokenizer), so it is not exported");
+    if (t->vocab_size > vocab_size)
+        die("convert: the tokenizer has %d ids but the model only %d embedding rows (vocab_size)", t->vocab_size, vocab_size);
+    std::vector<const AddedToken*> added(vocab_size, nullptr);
+    for (const AddedToken& a : t->added) added[a.id] = &a;
+    std::vector<std::string> tokens(vocab_size);
+    std::vector<int32_t> types(vocab_size);
+    for (int id = 0; id < vocab_size; id++) {
+        bool used = id < (int)t->id_used.size() && t->id_used[id];
+        if (!used) { tokens[id] = "[PAD" + std::to_string(id) + "]"; types[id] = GGUF_TOKEN_USER_DEFINED; continue; }
+        tokens[id] = t->id_str[id];
+        types[id] = !added[id] ? GGUF_TOKEN_NORMAL : added[id]->special ? GGUF_TOKEN_CONTROL : GGUF_TOKEN_USER_DEFINED;
+    }
+    std::vector<std::string> merges;
+    merges.reserve(t->merges.size());
+    for (const auto& m : t->merges) merges.push_back(t->id_str[m.first] + " " + t->id_str[m.second]);
+    kv->put_str("tokenizer.ggml.model", "gpt2");
+    kv->put_str("tokenizer.ggml.pre", "deepseek-llm");
+    kv->put_str_array("tokenizer.ggml.tokens", tokens);
+    kv->put_i32_array("tokenizer.ggml.token_type", types);
+    kv->put_str_array("tokenizer.ggml.merges", merges);
+    if (t->bos >= 0) kv->put_u32("tokenizer.ggml.bos_token_id", (uint32_t)t->bos);
+    if (t->eos >= 0) kv->put_u32("tokenizer.ggml.eos_token_id", (uint32_t)t->eos);
+    // the post-processor's template: BOS before the text (DeepSeek's), EOS after it (none of ours)
+    kv->put_bool("tokenizer.ggml.add_bos_token", t->has_template && t->post_prefix.size() == 1 && t->post_prefix[0] == t->bos);
+    kv->put_bool("tokenizer.ggml.add_eos_token", t->has_template && t->post_suffix.size() == 1 && t->post_suffix[0] == t->eos);
 }
 
 // ----------------------------------------------------------------------------

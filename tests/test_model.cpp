@@ -463,3 +463,223 @@ TEST_CASE("--device cuda is a clear error when CUDA is unavailable, and --device
     CHECK(a.rc == 0);
     CHECK(a.out.find("device: cpu") != std::string::npos);
 }
+
+// ---------------------------------------------------------------------------- GGUF export (convert --to gguf)
+
+namespace {
+const std::string GGUF_FX = "tests/fixtures/infer/";
+// convert --to gguf of DIR at DTYPE into build/test_tmp/gguf/NAME.gguf, read back
+std::string gguf_export(const std::string& dir, const std::string& dtype, const std::string& name, GgufFile* f,
+                        const std::string& extra = "") {
+    make_dirs("build/test_tmp/gguf");
+    std::string out = "build/test_tmp/gguf/" + name + ".gguf";
+    CmdResult r = run_cmd(deepseek_bin() + " convert --model " + dir + " --to gguf --dtype " + dtype + " --out " + out + " " + extra);
+    REQUIRE_MESSAGE(r.rc == 0, r.out);
+    gguf_read(out, f);
+    return out;
+}
+const GgufTensor* gguf_tensor(const GgufFile& f, const std::string& name) {
+    for (const GgufTensor& t : f.tensors)
+        if (t.name == name) return &t;
+    return nullptr;
+}
+// the row of our (Hugging Face) matrix that GGUF row r holds: within a head of D rows, GGUF row 2i is row i and
+// GGUF row 2i+1 is row D/2 + i (llama.cpp rotates adjacent pairs, transformers the two halves); heads 0: identity
+int64_t hf_row(int64_t r, bool permuted, int64_t D) {
+    if (!permuted) return r;
+    int64_t h = r / D, j = r % D;
+    return j % 2 == 0 ? h * D + j / 2 : h * D + D / 2 + j / 2;
+}
+std::string gguf_name_of(const std::string& hf) {
+    if (hf == "model.embed_tokens.weight") return "token_embd.weight";
+    if (hf == "model.norm.weight") return "output_norm.weight";
+    if (hf == "lm_head.weight") return "output.weight";
+    size_t a = std::string("model.layers.").size(), b = hf.find('.', a);
+    std::string rest = hf.substr(b + 1), l = hf.substr(a, b - a);
+    static const std::map<std::string, std::string> m = {
+        {"input_layernorm.weight", "attn_norm"}, {"self_attn.q_proj.weight", "attn_q"}, {"self_attn.k_proj.weight", "attn_k"},
+        {"self_attn.v_proj.weight", "attn_v"}, {"self_attn.o_proj.weight", "attn_output"},
+        {"post_attention_layernorm.weight", "ffn_norm"}, {"mlp.gate_proj.weight", "ffn_gate"},
+        {"mlp.up_proj.weight", "ffn_up"}, {"mlp.down_proj.weight", "ffn_down"}};
+    return "blk." + l + "." + m.at(rest) + ".weight";
+}
+// gen_gqa's shape with an FFN of 192 (q8_0 needs rows in whole blocks of 32; the fixture's is 176), random
+// weights N(0, 0.1²), the fixture's tokenizer: made once per run
+const std::string& gguf_model32() {
+    static std::string dir;
+    if (dir.empty()) {
+        dir = "build/test_tmp/gguf/model32";
+        run_cmd("rm -rf " + dir);
+        make_dirs("build/test_tmp/gguf");
+        nlohmann::json c = nlohmann::json::parse(read_file(GGUF_FX + "gen_gqa/config.json"));
+        c["intermediate_size"] = 192;
+        write_file_atomic("build/test_tmp/gguf/model32.json", c.dump());
+        CmdResult r = run_cmd(deepseek_bin() + " convert --config build/test_tmp/gguf/model32.json --init-std 0.1 --seed 5 --out " + dir);
+        REQUIRE_MESSAGE(r.rc == 0, r.out);
+        run_cmd("cp " + GGUF_FX + "gen_gqa/tokenizer.json " + dir + "/");
+    }
+    return dir;
+}
+}  // namespace
+
+TEST_CASE("gguf: convert --to gguf writes llama.cpp's llama layout: hyperparameters, names, dims, types, alignment") {
+    GgufFile f;
+    gguf_export(GGUF_FX + "gen_gqa", "f32", "meta", &f);
+    Config c = config_read_json(GGUF_FX + "gen_gqa/config.json");
+    CHECK(f.version == 3);
+    auto u = [&](const std::string& k) { const GgufValue* v = f.find(k); REQUIRE_MESSAGE(v, k); CHECK(v->type == GGUF_U32); return v->i; };
+    auto fl = [&](const std::string& k) { const GgufValue* v = f.find(k); REQUIRE_MESSAGE(v, k); CHECK(v->type == GGUF_F32); return v->f; };
+    REQUIRE(f.find("general.architecture"));
+    CHECK(f.find("general.architecture")->s == "llama");
+    CHECK(u("general.file_type") == 0);
+    CHECK(u("general.alignment") == 32);
+    CHECK(u("llama.context_length") == c.max_position_embeddings);
+    CHECK(u("llama.embedding_length") == c.hidden_size);
+    CHECK(u("llama.block_count") == c.num_hidden_layers);
+    CHECK(u("llama.feed_forward_length") == c.intermediate_size);
+    CHECK(u("llama.attention.head_count") == c.num_attention_heads);
+    CHECK(u("llama.attention.head_count_kv") == c.num_key_value_heads);
+    CHECK(c.num_key_value_heads < c.num_attention_heads);   // (the fixture is GQA: attn_k has fewer rows)
+    CHECK(u("llama.rope.dimension_count") == c.head_dim);
+    CHECK(u("llama.vocab_size") == c.vocab_size);
+    CHECK(fl("llama.rope.freq_base") == (float)c.rope_theta);
+    CHECK(fl("llama.attention.layer_norm_rms_epsilon") == (float)c.rms_norm_eps);
+    // the chat template: ours (the fixture's tokenizer_config.json has none), the Jinja transformers renders
+    REQUIRE(f.find("tokenizer.chat_template"));
+    std::string jinja = read_file(GGUF_FX + "chat_template.jinja");
+    CHECK(f.find("tokenizer.chat_template")->s == jinja);
+    CHECK(std::string(CHAT_TEMPLATE_JINJA) == jinja);
+    CHECK(u("tokenizer.ggml.padding_token_id") == 1);   // tokenizer_config.json's pad_token, EOS
+    // every parameter once, under llama.cpp's name, dims reversed (ne[0] = columns), aligned offsets, F32 throughout
+    std::vector<ParamView> views = param_views(c);
+    CHECK(f.tensors.size() == views.size());
+    CHECK(f.data_offset % 32 == 0);
+    for (const ParamView& pv : views) {
+        const GgufTensor* t = gguf_tensor(f, gguf_name_of(pv.name));
+        REQUIRE_MESSAGE(t, pv.name);
+        std::vector<uint64_t> want(pv.shape.rbegin(), pv.shape.rend());
+        CHECK_MESSAGE(t->ne == want, pv.name);
+        CHECK(t->type == GGML_TYPE_F32);
+        CHECK(t->offset % 32 == 0);
+        CHECK(t->nbytes == 4 * (size_t)t->ne[0] * (t->ne.size() > 1 ? t->ne[1] : 1));
+    }
+}
+
+TEST_CASE("gguf: every tensor equals its source: f32 exactly (q/k rows permuted per head), bf16 rounded, q8_0 blocks") {
+    Model m;
+    model_load_dir(&m, gguf_model32());
+    const Config& c = m.cfg;
+    for (std::string dt : {"f32", "bf16", "q8_0"}) {
+        CAPTURE(dt);
+        GgufFile f;
+        gguf_export(gguf_model32(), dt, "values_" + dt, &f);
+        CHECK(f.find("general.file_type")->i == (dt == "f32" ? 0 : dt == "bf16" ? 32 : 7));
+        size_t mismatched = 0, permuted_rows_differ = 0;
+        for (const ParamView& pv : param_views(c)) {
+            const GgufTensor* t = gguf_tensor(f, gguf_name_of(pv.name));
+            REQUIRE(t);
+            const float* w = m.params_memory.data() + pv.offset;
+            bool matrix = pv.shape.size() == 2, perm = pv.name.find("q_proj") != std::string::npos || pv.name.find("k_proj") != std::string::npos;
+            int64_t rows = matrix ? pv.shape[0] : 1, cols = pv.shape.back();
+            uint32_t want_type = !matrix || dt == "f32" ? GGML_TYPE_F32 : dt == "bf16" ? GGML_TYPE_BF16 : GGML_TYPE_Q8_0;
+            CHECK_MESSAGE(t->type == want_type, pv.name);
+            for (int64_t r = 0; r < rows; r++) {
+                const float* src = w + hf_row(r, perm, c.head_dim) * cols;
+                if (perm && hf_row(r, perm, c.head_dim) != r && memcmp(src, w + r * cols, cols * 4) != 0) permuted_rows_differ++;
+                if (t->type == GGML_TYPE_F32) {
+                    mismatched += memcmp(t->data + r * cols * 4, src, cols * 4) != 0;
+                } else if (t->type == GGML_TYPE_BF16) {
+                    for (int64_t k = 0; k < cols; k++) {
+                        uint16_t h;
+                        memcpy(&h, t->data + (r * cols + k) * 2, 2);
+                        mismatched += h != f32_to_bf16(src[k]);
+                    }
+                } else {
+                    int64_t nb = cols / Q8_BLOCK;
+                    std::vector<int8_t> q(cols);
+                    std::vector<uint16_t> d(nb);
+                    q8_0_quantize(src, cols, q.data(), d.data());
+                    for (int64_t b = 0; b < nb; b++) {
+                        const uint8_t* blk = t->data + (r * nb + b) * 34;   // fp16 scale, then 32 int8
+                        mismatched += memcmp(blk, &d[b], 2) != 0 || memcmp(blk + 2, q.data() + b * Q8_BLOCK, Q8_BLOCK) != 0;
+                    }
+                }
+            }
+        }
+        CHECK(mismatched == 0);
+        CHECK(permuted_rows_differ > 0);   // the permutation moved rows that differ: the check above could fail
+    }
+}
+
+TEST_CASE("gguf: a bf16 source gives bit-identical BF16 and a q8_0 source's blocks are copied, not requantised") {
+    // bf16 (sharded) source → BF16: the stored bits themselves
+    GgufFile fb;
+    gguf_export(GGUF_FX + "gen_bf16", "bf16", "bf16_src", &fb);
+    SafeTensors sb;
+    sb.open_dir(GGUF_FX + "gen_bf16");
+    Config cb = config_read_json(GGUF_FX + "gen_bf16/config.json");
+    size_t bad = 0, checked = 0;
+    for (const ParamView& pv : param_views(cb)) {
+        const TensorInfo& ti = sb.get(pv.name);
+        const GgufTensor* t = gguf_tensor(fb, gguf_name_of(pv.name));
+        REQUIRE(t);
+        if (pv.shape.size() != 2 || pv.name.find("_proj") == std::string::npos || pv.name.find("q_proj") != std::string::npos ||
+            pv.name.find("k_proj") != std::string::npos) continue;   // unpermuted matrices: one memcmp
+        REQUIRE(ti.dtype == DType::BF16);
+        bad += t->nbytes != ti.nbytes || memcmp(t->data, ti.data, ti.nbytes) != 0;
+        checked++;
+    }
+    CHECK(checked > 0);
+    CHECK(bad == 0);
+    // a q8_0 model directory → Q8_0 GGUF: each block is the stored scale's bits and int8s (rows permuted for q/k)
+    std::string q8dir = "build/test_tmp/gguf/gen_gqa_q8";
+    run_cmd("rm -rf " + q8dir);
+    CmdResult r = run_cmd(deepseek_bin() + " convert --model " + gguf_model32() + " --dtype q8_0 --out " + q8dir);
+    REQUIRE_MESSAGE(r.rc == 0, r.out);
+    run_cmd("cp " + GGUF_FX + "gen_gqa/tokenizer.json " + q8dir + "/");
+    GgufFile fq;
+    gguf_export(q8dir, "q8_0", "q8_src", &fq);
+    SafeTensors sq;
+    sq.open_dir(q8dir);
+    Config c = config_read_json(q8dir + "/config.json");
+    bad = 0;
+    for (const ParamView& pv : param_views(c)) {
+        if (pv.shape.size() != 2) continue;
+        const TensorInfo& q = sq.get(pv.name);
+        const TensorInfo& s = sq.q8_scale(pv.name);
+        const GgufTensor* t = gguf_tensor(fq, gguf_name_of(pv.name));
+        REQUIRE(t);
+        REQUIRE(t->type == GGML_TYPE_Q8_0);
+        bool perm = pv.name.find("q_proj") != std::string::npos || pv.name.find("k_proj") != std::string::npos;
+        int64_t rows = pv.shape[0], cols = pv.shape[1], nb = cols / Q8_BLOCK;
+        for (int64_t row = 0; row < rows; row++)
+            for (int64_t b = 0; b < nb; b++) {
+                int64_t sr = hf_row(row, perm, c.head_dim);
+                const uint8_t* blk = t->data + (row * nb + b) * 34;
+                bad += memcmp(blk, s.data + (sr * nb + b) * 2, 2) != 0 || memcmp(blk + 2, q.data + sr * cols + b * Q8_BLOCK, Q8_BLOCK) != 0;
+            }
+    }
+    CHECK(bad == 0);
+}
+
+TEST_CASE("gguf: convert --to gguf refuses bad input in one error line and leaves no file") {
+    std::string bin = deepseek_bin(), d = "build/test_tmp/gguf/notok", out = "build/test_tmp/gguf/bad.gguf";
+    run_cmd("rm -rf " + d + " " + out + " " + out + ".tmp");
+    make_dirs(d);
+    run_cmd("cp " + GGUF_FX + "gen_gqa/config.json " + GGUF_FX + "gen_gqa/model.safetensors " + d + "/");
+    CHECK(one_error_line(run_cmd(bin + " convert --model " + d + " --to gguf --out " + out), "pass --tokenizer FILE"));
+    CHECK(one_error_line(run_cmd(bin + " convert --model " + GGUF_FX + "gen_gqa --to gguf --dtype q4_0 --out " + out), "--dtype must be f32, bf16 or q8_0"));
+    CHECK(one_error_line(run_cmd(bin + " convert --model " + GGUF_FX + "gen_gqa --to onnx --out " + out), "--to must be gguf"));
+    CHECK(one_error_line(run_cmd(bin + " convert --preset tiny --to gguf --out " + out), "give --model DIR"));
+    CHECK(one_error_line(run_cmd(bin + " convert --model " + d + " --to gguf --tokenizer " + d + "/missing.json --out " + out), "missing.json"));
+    CHECK(one_error_line(run_cmd(bin + " convert --model " + GGUF_FX + "gen_gqa --tokenizer x.json --out " + d + "/o"), "--tokenizer is for --to gguf"));
+    // a tokenizer whose pre-tokenizer llama.cpp's "deepseek-llm" would not reproduce (GPT-2's ByteLevel regex)
+    CHECK(one_error_line(run_cmd(bin + " convert --model " + d + " --to gguf --tokenizer tests/fixtures/tokenizer/variant_gpt2_bytelevel_regex.json --out " + out),
+                         "not DeepSeek LLM's"));
+    // a vocabulary larger than the model's embedding: the released one (100015 ids) against 384 rows
+    CmdResult imp = run_cmd(bin + " tokenizer import-gguf data/vocab/deepseek-llm.gguf --out " + d + "/big.json");
+    REQUIRE_MESSAGE(imp.rc == 0, imp.out);
+    CHECK(one_error_line(run_cmd(bin + " convert --model " + d + " --to gguf --tokenizer " + d + "/big.json --out " + out), "embedding rows"));
+    CHECK(!path_exists(out));
+    CHECK(!path_exists(out + ".tmp"));
+}

@@ -361,3 +361,58 @@ TEST_CASE("tokenizer CLI: encode, decode, info, train and import-gguf keep the i
     r = run_cmd(bin + " tokenizer --help");
     CHECK(r.rc == 0);
 }
+
+// The GGUF export (convert --to gguf) of the released vocabulary, against the released GGUF that llama.cpp's own
+// converter wrote: the same tokens, token types, merges and special ids, and the tokenizer read back from it
+// encodes our multilingual text as the tokenizer.json it came from. (A one-layer model with DeepSeek's 102400
+// embedding rows carries it; q8_0 keeps the file small.)
+TEST_CASE("tokenizer gguf: the released vocabulary exported by convert --to gguf is the released GGUF's, and encodes alike") {
+    std::string dir = TMP + "gguf_model", out = TMP + "gguf_model.gguf";
+    run_cmd("rm -rf " + dir);
+    json cfg = json::parse(slurp("tests/fixtures/infer/gen_gqa/config.json"));
+    cfg["vocab_size"] = 102400;
+    cfg["num_hidden_layers"] = 1;
+    cfg["intermediate_size"] = 192;
+    cfg["bos_token_id"] = 100000;
+    cfg["eos_token_id"] = 100001;
+    mkdirs();
+    spit(TMP + "gguf_config.json", cfg.dump());
+    CmdResult r = run_cmd(deepseek_bin() + " convert --config " + TMP + "gguf_config.json --out " + dir);
+    REQUIRE_MESSAGE(r.rc == 0, r.out);
+    r = run_cmd(deepseek_bin() + " convert --model " + dir + " --to gguf --dtype q8_0 --tokenizer " + deepseek_json() + " --out " + out);
+    REQUIRE_MESSAGE(r.rc == 0, r.out);
+    GgufFile ours, released;
+    gguf_read(out, &ours);
+    gguf_read(GGUF, &released);
+    for (const char* key : {"tokenizer.ggml.model", "tokenizer.ggml.pre"}) {
+        REQUIRE(ours.find(key));
+        CHECK_MESSAGE(ours.find(key)->s == released.find(key)->s, key);
+    }
+    const GgufValue *tok = ours.find("tokenizer.ggml.tokens"), *typ = ours.find("tokenizer.ggml.token_type"),
+                    *mer = ours.find("tokenizer.ggml.merges");
+    REQUIRE(tok);
+    REQUIRE(typ);
+    REQUIRE(mer);
+    CHECK(tok->strs.size() == 102400);
+    CHECK(tok->strs == released.find("tokenizer.ggml.tokens")->strs);
+    CHECK(typ->elem_type == GGUF_I32);
+    CHECK(typ->ints == released.find("tokenizer.ggml.token_type")->ints);
+    CHECK(mer->strs.size() == 99757);
+    CHECK(mer->strs == released.find("tokenizer.ggml.merges")->strs);
+    for (const char* key : {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.add_bos_token",
+                            "tokenizer.ggml.add_eos_token"}) {
+        REQUIRE_MESSAGE(ours.find(key), key);
+        CHECK_MESSAGE(ours.find(key)->i == released.find(key)->i, key);
+    }
+    CHECK(ours.find("tokenizer.ggml.bos_token_id")->i == 100000);
+    CHECK(ours.find("tokenizer.ggml.add_bos_token")->i == 1);
+    // read back through the GGUF import: the same ids on the multilingual text (BOS too) as the source tokenizer.json
+    r = run_cmd(deepseek_bin() + " tokenizer import-gguf " + out + " --out " + TMP + "gguf_back.json");
+    REQUIRE_MESSAGE(r.rc == 0, r.out);
+    TokHolder back(TMP + "gguf_back.json");
+    std::string text = slurp("data/multilingual_test.txt");
+    std::vector<int> want = tokenizer_encode(deepseek(), text, true), got = tokenizer_encode(back.t, text, true);
+    CHECK(want.size() > 10000);
+    CHECK(first_diff(got, want) == -1);
+    CHECK(tokenizer_vocab_size(back.t) == 100015);
+}

@@ -1,9 +1,10 @@
 """bench_infer.py — generation speed of ./deepseek beside llama.cpp (llama-cpp-python) and transformers, in one run.
 
 `make bench-infer` (part of `make bench`) runs it with the venv's python from the repository root. For each model:
-random weights in LLaMA shapes (llama2.c's 15M and 110M: V 32000; the 110M also in bf16), written once under
-build/bench_infer/ by transformers (save_pretrained) and converted to GGUF by gguf_convert() below (our own small
-converter on the gguf package's writer). The same prompt of PROMPT token ids is prefilled, then NEW tokens are
+random weights in LLaMA shapes (llama2.c's 15M and 110M: V 32000; the 110M also in bf16; both also in q8_0),
+written once under build/bench_infer/ by transformers (save_pretrained) with a 32000-token vocabulary made from
+DeepSeek's (bench_tokenizer() below), and converted to GGUF for llama.cpp by our own `deepseek convert --to gguf`
+(f32, bf16, and q8_0 beside our `convert --dtype q8_0` model: the "-q8" rows). The same prompt of PROMPT token ids is prefilled, then NEW tokens are
 decoded greedily one at a time, by each engine with the same thread count. Printed: prefill and decode tokens/s
 and the ratios ours / peer. Nothing is asserted: the numbers are for reading (the machine is shared, so they
 are noisy; the ratios come from runs made back to back). Printed first: the CPU (model, SIMD features, caches) and
@@ -11,7 +12,7 @@ the memory read bandwidth measured here (build/bench/bench_mem, the same thread 
 the share of its bound, bandwidth / bytes read per token (tests/bench/bench_machine.py: every matrix as stored, the
 KV cache at the mean decode position). A model that fits the last-level cache can pass that bound.
 
-  --threads N (2)  --prompt N (128)  --new N (128)  --models 15m,110m,110m-bf16  --repeat R (2: best of R)
+  --threads N (2)  --prompt N (128)  --new N (128)  --models 15m,110m,110m-bf16,15m-q8,110m-q8  --repeat R (2: best of R)
   --engines deepseek,deepseek-huge,llama.cpp,transformers   (deepseek-huge: ours with --huge-pages)
 """
 
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +43,9 @@ SHAPES = {
     "110m-bf16": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
                       intermediate_size=2048, dtype="bfloat16"),
 }
+# q8_0 rows: our `convert --dtype q8_0` of the f32 model beside llama.cpp's Q8_0 GGUF of the same weights (both the
+# same blocks: ours are what `convert --to gguf --dtype q8_0` copies); transformers has no q8_0 and sits these out
+Q8_MODELS = {"15m-q8": "15m", "110m-q8": "110m"}
 VOCAB, CONTEXT = 32000, 1024
 
 
@@ -63,79 +68,58 @@ def make_hf_model(name, spec):
     return path
 
 
-def gguf_convert(hf_dir, out_path):
-    """config.json + model.safetensors → a llama-architecture GGUF. llama.cpp's llama arch applies RoPE to adjacent
-    pairs, Hugging Face's to the two halves of a head, so q_proj/k_proj rows are permuted: within each head, row
-    i of the first half goes to 2i, row i of the second half to 2i+1. The vocabulary is a placeholder (SentencePiece
-    style: <unk> <s> </s>, 256 byte tokens, then fillers) since the benchmark feeds token ids."""
-    import gguf
-    from safetensors import safe_open
-    cfg = json.load(open(os.path.join(hf_dir, "config.json")))
-    C, L, H = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
-    KV, F, V = cfg["num_key_value_heads"], cfg["intermediate_size"], cfg["vocab_size"]
-    D = C // H
-    bf16 = cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
-    w = gguf.GGUFWriter(out_path, "llama")
-    w.add_name(os.path.basename(hf_dir))
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(C)
-    w.add_block_count(L)
-    w.add_feed_forward_length(F)
-    w.add_rope_dimension_count(D)
-    w.add_head_count(H)
-    w.add_head_count_kv(KV)
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    rope = cfg.get("rope_parameters", {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
-    w.add_rope_freq_base(rope)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if bf16 else gguf.LlamaFileType.ALL_F32)
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
-    tokens += [f"▁t{i}" for i in range(V - len(tokens))]
-    types = [2, 3, 3] + [6] * 256 + [1] * (V - 259)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(V - 259)])
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
+def bench_tokenizer():
+    """The bench models' vocabulary, V 32000, made here from what the repository holds (nothing downloaded): the
+    released DeepSeek LLM vocabulary (`deepseek tokenizer import-gguf data/vocab/deepseek-llm.gguf`) cut to its first
+    31998 tokens and the merges whose two parts and result all stay inside them (DeepSeek's ids follow its merge
+    order, so every kept token is still reachable), with its BOS and EOS at ids 31998 and 31999 and its pre-tokenizer.
+    The 13 added byte tokens (ids 100002-100014, bytes that never occur in UTF-8) are left out."""
+    path = os.path.join(WORK, "tokenizer-32000.json")
+    if os.path.exists(path):
+        return path
+    full = os.path.join(WORK, "deepseek-llm.json")
+    r = subprocess.run([BIN, "tokenizer", "import-gguf", os.path.join(ROOT, "data/vocab/deepseek-llm.gguf"), "--out", full],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"deepseek tokenizer import-gguf failed: {r.stderr.strip()}")
+    t = json.load(open(full, encoding="utf-8"))
+    n = VOCAB - 2
+    vocab = {s: i for s, i in t["model"]["vocab"].items() if i < n}
+    merges = []
+    for m in t["model"]["merges"]:
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        if a in vocab and b in vocab and a + b in vocab:
+            merges.append(m)
+    t["model"]["vocab"], t["model"]["merges"] = vocab, merges
+    special = {100000: n, 100001: n + 1}   # BOS, EOS
+    t["added_tokens"] = [dict(a, id=special[a["id"]]) for a in t["added_tokens"] if a["id"] in special]
+    pp = t.get("post_processor")
+    if pp and pp.get("special_tokens"):
+        for v in pp["special_tokens"].values():
+            v["ids"] = [special[i] for i in v["ids"]]
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(t, f, ensure_ascii=False)
+    os.replace(path + ".tmp", path)
+    return path
 
-    def permute(x, heads):  # [heads*D, C]: halves layout → adjacent pairs layout
-        return x.reshape(heads, 2, D // 2, x.shape[1]).swapaxes(1, 2).reshape(x.shape)
 
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    per_layer = {"input_layernorm.weight": "attn_norm.weight", "self_attn.q_proj.weight": "attn_q.weight",
-                 "self_attn.k_proj.weight": "attn_k.weight", "self_attn.v_proj.weight": "attn_v.weight",
-                 "self_attn.o_proj.weight": "attn_output.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
-                 "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-                 "mlp.down_proj.weight": "ffn_down.weight"}
-    for l in range(L):
-        for k, v in per_layer.items():
-            names[f"model.layers.{l}.{k}"] = f"blk.{l}.{v}"
-    with safe_open(os.path.join(hf_dir, "model.safetensors"), "np" if not bf16 else "pt") as f:
-        for hf_name, gg_name in names.items():
-            t = f.get_tensor(hf_name)
-            if bf16:  # numpy has no bf16: carry the raw 16-bit patterns
-                import torch
-                t = t.view(torch.int16).numpy().view(np.uint16)
-            else:
-                t = np.ascontiguousarray(t, dtype=np.float32)
-            if hf_name.endswith("q_proj.weight"):
-                t = permute(t, H)
-            elif hf_name.endswith("k_proj.weight"):
-                t = permute(t, KV)
-            t = np.ascontiguousarray(t)
-            if t.ndim == 1:  # norms stay f32
-                t = t.astype(np.float32) if not bf16 else (t.astype(np.uint32) << 16).view(np.float32)
-                w.add_tensor(gg_name, t)
-            elif bf16:
-                w.add_tensor(gg_name, t, raw_shape=t.shape, raw_dtype=gguf.GGMLQuantizationType.BF16)
-            else:
-                w.add_tensor(gg_name, t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+def gguf_convert(model_dir, out_path, dtype):
+    """Our exporter: `deepseek convert --model DIR --to gguf --dtype DTYPE` (the q/k permutation for llama.cpp's
+    llama architecture, the vocabulary from DIR/tokenizer.json)."""
+    r = subprocess.run([BIN, "convert", "--model", model_dir, "--to", "gguf", "--dtype", dtype, "--out", out_path],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"deepseek convert --to gguf failed: {r.stderr.strip()}")
+
+
+def our_q8_model(name, base):
+    """Our q8_0 model directory (`deepseek convert --dtype q8_0`) of the f32 model BASE, once."""
+    path = os.path.join(WORK, name)
+    if not os.path.exists(os.path.join(path, "config.json")):
+        r = subprocess.run([BIN, "convert", "--model", base, "--dtype", "q8_0", "--out", path], capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"deepseek convert --dtype q8_0 failed: {r.stderr.strip()}")
+    return path
 
 
 # ------------------------------------------------------------------------------------------------ engines
@@ -208,7 +192,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=128)
-    ap.add_argument("--models", default="15m,110m,110m-bf16")
+    ap.add_argument("--models", default="15m,110m,110m-bf16,15m-q8,110m-q8")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--engines", default="deepseek,deepseek-huge,llama.cpp,transformers")
     a = ap.parse_args()
@@ -231,15 +215,27 @@ def main():
     rng = np.random.default_rng(0)
     prompt = [1] + rng.integers(259, VOCAB, a.prompt - 1).tolist()
     rows = []
+    tokenizer = bench_tokenizer()
     for name in a.models.split(","):
-        path = make_hf_model(name, SHAPES[name])
-        gg = path + ".gguf"
-        if "llama.cpp" in engines and not os.path.exists(gg):
-            gguf_convert(path, gg + ".tmp")
-            os.replace(gg + ".tmp", gg)
+        if name not in SHAPES and name not in Q8_MODELS:
+            sys.exit(f"unknown model '{name}' (known: {', '.join(list(SHAPES) + list(Q8_MODELS))})")
+        base = Q8_MODELS.get(name, name)
+        path = make_hf_model(base, SHAPES[base])
+        if not os.path.exists(os.path.join(path, "tokenizer.json")):
+            shutil.copy(tokenizer, os.path.join(path, "tokenizer.json"))
+        dtype = "q8_0" if name in Q8_MODELS else "bf16" if SHAPES[base]["dtype"] == "bfloat16" else "f32"
+        if name in Q8_MODELS:
+            path = our_q8_model(name, path)
+            if not os.path.exists(os.path.join(path, "tokenizer.json")):
+                shutil.copy(tokenizer, os.path.join(path, "tokenizer.json"))
+        gg = os.path.join(WORK, name + ".gguf")   # written each run by the binary under test
+        if "llama.cpp" in engines:
+            gguf_convert(path, gg, dtype)
         res, outs = {}, {}
         for rep in range(a.repeat):
             for e in engines:  # interleaved, so a noisy moment hits every engine alike
+                if e == "transformers" and name in Q8_MODELS:
+                    continue
                 if e == "deepseek":
                     r = run_ours(path, prompt, a.new, a.threads)
                 elif e == "deepseek-huge":   # ours with --huge-pages (weights read into huge pages, not mapped)

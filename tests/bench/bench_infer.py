@@ -1,7 +1,7 @@
 """bench_infer.py — generation speed of ./deepseek beside llama.cpp (llama-cpp-python) and transformers, in one run.
 
 `make bench-infer` (part of `make bench`) runs it with the venv's python from the repository root. For each model:
-random weights in LLaMA shapes (llama2.c's 15M and 110M: V 32000; the 110M also in bf16; both also in q8_0),
+random weights in LLaMA shapes (llama2.c's 15M and 110M: V 32000; each also in bf16 and in q8_0),
 written once under build/bench_infer/ by transformers (save_pretrained) with a 32000-token vocabulary made from
 DeepSeek's (bench_tokenizer() below), and converted to GGUF for llama.cpp by our own `deepseek convert --to gguf`
 (f32, bf16, and q8_0 beside our `convert --dtype q8_0` model: the "-q8" rows). The same prompt of PROMPT token ids is prefilled, then NEW tokens are
@@ -12,7 +12,7 @@ the memory read bandwidth measured here (build/bench/bench_mem, the same thread 
 the share of its bound, bandwidth / bytes read per token (tests/bench/bench_machine.py: every matrix as stored, the
 KV cache at the mean decode position). A model that fits the last-level cache can pass that bound.
 
-  --threads N (2)  --prompt N (128)  --new N (128)  --models 15m,110m,110m-bf16,15m-q8,110m-q8  --repeat R (2: best of R)
+  --threads N (2)  --prompt N (128)  --new N (128)  --models 15m,15m-bf16,15m-q8,110m,110m-bf16,110m-q8  --repeat R (2: best of R)
   --engines deepseek,deepseek-huge,llama.cpp,transformers   (deepseek-huge: ours with --huge-pages)
 """
 
@@ -40,6 +40,8 @@ SHAPES = {
                 intermediate_size=768, dtype="float32"),
     "110m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
                  intermediate_size=2048, dtype="float32"),
+    "15m-bf16": dict(hidden_size=288, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=6,
+                     intermediate_size=768, dtype="bfloat16"),
     "110m-bf16": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
                       intermediate_size=2048, dtype="bfloat16"),
 }
@@ -192,7 +194,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=128)
-    ap.add_argument("--models", default="15m,110m,110m-bf16,15m-q8,110m-q8")
+    ap.add_argument("--models", default="15m,15m-bf16,15m-q8,110m,110m-bf16,110m-q8")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--engines", default="deepseek,deepseek-huge,llama.cpp,transformers")
     a = ap.parse_args()

@@ -285,6 +285,9 @@ int gemm_block_columns();       // NC, the packed B block's columns, chosen at r
 // C[M,N] = (accum == Add ? C : 0) + op(A)·op(B); op(A)[m,k] = A[m*lda+k], or A[k*lda+m] if a_trans; B likewise
 void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
               float* C, int ldc, Accum accum);
+// C[M,N] = (accum == Add ? C : 0) + A·Wᵀ, W [N,K] stored as bf16 (w_bf16) or q8_0 (w_q8, w_q8_scale; K % 32 == 0)
+void gemm_cpu_lowp(int M, int N, int K, const float* A, int lda, const uint16_t* w_bf16, const int8_t* w_q8,
+                   const uint16_t* w_q8_scale, float* C, int ldc, Accum accum);
 void matmul_forward_cpu(float* out, const float* inp, const float* weight, int N, int in, int out_dim);
 // dinp = or += dout · weight (dinp_accum), dweight += doutᵀ · inp; either may be null
 void matmul_backward_cpu(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,

@@ -319,23 +319,13 @@ struct Q8Input {
 // threads costs microseconds, far more when the machine is busy.
 struct LinearJob { float* out; const InferWeight* W; int out_dim; bool accumulate; };
 
-// Prefill of many tokens is compute-bound: there the packed GEMM of the fast CPU path (gemm_cpu) does the
-// work. fp32 weights are its B operand directly; bf16 and q8_0 weights are upcast a panel of rows at a time.
-static const int GEMM_MIN_TOKENS = 8, PANEL_ROWS = 256;
+// Prefill of many tokens is compute-bound: there the packed GEMM of the fast CPU path does the work. fp32 weights
+// are gemm_cpu's B operand directly; bf16 and q8_0 rows are widened as each panel is packed (gemm_cpu_lowp).
+static const int GEMM_MIN_TOKENS = 8;
 static void linear_gemm(const float* x, int N, int in, const LinearJob& j) {
-    if (j.W->f32) {
-        gemm_cpu(N, j.out_dim, in, x, in, false, j.W->f32, in, true, j.out, j.out_dim, j.accumulate ? Accum::Add : Accum::Overwrite);
-        return;
-    }
-    thread_local std::vector<float> panel;
-    panel.resize((size_t)PANEL_ROWS * in);
-    for (int r0 = 0; r0 < j.out_dim; r0 += PANEL_ROWS) {
-        int rows = std::min(PANEL_ROWS, j.out_dim - r0);
-        float* dst = panel.data();
-        #pragma omp parallel for schedule(static)
-        for (int r = 0; r < rows; r++) rows_to_f32(*j.W, (size_t)r0 + r, 1, in, dst + (size_t)r * in);
-        gemm_cpu(N, rows, in, x, in, false, dst, in, true, j.out + r0, j.out_dim, j.accumulate ? Accum::Add : Accum::Overwrite);
-    }
+    Accum acc = j.accumulate ? Accum::Add : Accum::Overwrite;
+    if (j.W->f32) gemm_cpu(N, j.out_dim, in, x, in, false, j.W->f32, in, true, j.out, j.out_dim, acc);
+    else gemm_cpu_lowp(N, j.out_dim, in, x, in, j.W->bf16, j.W->q8, j.W->q8_scale, j.out, j.out_dim, acc);
 }
 
 static void linear_forward(const float* x, int N, int in, std::initializer_list<LinearJob> jobs) {
@@ -447,9 +437,24 @@ static void attention_cached(float* y, const float* q, const float* kc, const fl
                 int kh = h / group, T = pos0 + n + 1;
                 const float* qh = q + ((size_t)n * H + h) * D;
                 float maxv = -INFINITY;
-                for (int s = 0; s < T; s++) {
+                int s = 0;
+                // four keys a step: each element of q is loaded once for four products (four vector sums)
+                for (; s + 4 <= T; s += 4) {
+                    const float* k0 = kc + (size_t)s * KVD + (size_t)kh * D;
+                    const float *k1 = k0 + KVD, *k2 = k1 + KVD, *k3 = k2 + KVD;
+                    for (int j = 0; j < 4; j++)
+                        if (s + j + PREFETCH_ROWS < T) prefetch_row(k0 + (size_t)(j + PREFETCH_ROWS) * KVD, D);
+                    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+                    #pragma omp simd reduction(+ : d0, d1, d2, d3)
+                    for (int i = 0; i < D; i++) {
+                        float qi = qh[i];
+                        d0 = fmaf(qi, k0[i], d0); d1 = fmaf(qi, k1[i], d1); d2 = fmaf(qi, k2[i], d2); d3 = fmaf(qi, k3[i], d3);
+                    }
+                    att[s] = d0 * scale; att[s + 1] = d1 * scale; att[s + 2] = d2 * scale; att[s + 3] = d3 * scale;
+                    maxv = std::max(std::max(maxv, std::max(att[s], att[s + 1])), std::max(att[s + 2], att[s + 3]));
+                }
+                for (; s < T; s++) {
                     const float* ks = kc + (size_t)s * KVD + (size_t)kh * D;
-                    if (s + PREFETCH_ROWS < T) prefetch_row(ks + (size_t)PREFETCH_ROWS * KVD, D);
                     float dot = 0.0f;
                     #pragma omp simd reduction(+ : dot)
                     for (int i = 0; i < D; i++) dot = fmaf(qh[i], ks[i], dot);
@@ -462,9 +467,19 @@ static void attention_cached(float* y, const float* q, const float* kc, const fl
                 float inv = 1.0f / sum;
                 float* yh = y + ((size_t)n * H + h) * D;
                 for (int i = 0; i < D; i++) yh[i] = 0.0f;
-                for (int s = 0; s < T; s++) {
+                // four values a step, added in order of s (the same sums as one at a time): yh is loaded and stored
+                // once per four rows
+                for (s = 0; s + 4 <= T; s += 4) {
+                    const float* v0 = vc + (size_t)s * KVD + (size_t)kh * D;
+                    const float *v1 = v0 + KVD, *v2 = v1 + KVD, *v3 = v2 + KVD;
+                    for (int j = 0; j < 4; j++)
+                        if (s + j + PREFETCH_ROWS < T) prefetch_row(v0 + (size_t)(j + PREFETCH_ROWS) * KVD, D);
+                    float a0 = att[s] * inv, a1 = att[s + 1] * inv, a2 = att[s + 2] * inv, a3 = att[s + 3] * inv;
+                    #pragma omp simd
+                    for (int i = 0; i < D; i++) yh[i] = fmaf(a3, v3[i], fmaf(a2, v2[i], fmaf(a1, v1[i], fmaf(a0, v0[i], yh[i]))));
+                }
+                for (; s < T; s++) {
                     const float* vs = vc + (size_t)s * KVD + (size_t)kh * D;
-                    if (s + PREFETCH_ROWS < T) prefetch_row(vs + (size_t)PREFETCH_ROWS * KVD, D);
                     float a = att[s] * inv;
                     #pragma omp simd
                     for (int i = 0; i < D; i++) yh[i] = fmaf(a, vs[i], yh[i]);

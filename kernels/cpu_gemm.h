@@ -1,5 +1,5 @@
-// defines: gemm_cpu, gemm_kernel_name, gemm_block_columns, matmul_forward_cpu, matmul_backward_cpu
-//          (internals: GEMM_MR/NR/KC/NC, transpose16, gemm_pack_a/b, gemm_kernel*, gemm_scratch)
+// defines: gemm_cpu, gemm_cpu_lowp, gemm_kernel_name, gemm_block_columns, matmul_forward_cpu, matmul_backward_cpu
+//          (internals: GEMM_MR/NR/KC/NC, transpose16/8, gemm_pack_a/b, gemm_blocked, gemm_kernel*, gemm_scratch)
 // The fast CPU path's matrix multiply: a cache-blocked fp32 GEMM whose microkernel (AVX-512 14×32, AVX2 6×16 or
 // portable 4×16) is chosen at build time by -march, and the model's matmul on it. Part of deepseek.cu (#included).
 #pragma once
@@ -99,6 +99,24 @@ static inline void transpose16(__m512 r[16]) {
         r[i + 12] = _mm512_maskz_shuffle_f32x4(all, t[i + 4], t[i + 12], 0xdd);
     }
 }
+#elif defined(__AVX2__)
+// 8×8 transpose in registers for the AVX2 build's B packing (the same reason): rows interleaved as 32-bit, then
+// 64-bit elements (shuffles within 128-bit lanes), then the lanes exchanged.
+static inline void transpose8(__m256 r[8]) {
+    __m256 t[8];
+    for (int i = 0; i < 8; i += 2) { t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]); t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]); }
+    for (int i = 0; i < 8; i += 4) {
+        r[i]     = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i]     = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+        t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+    }
+    for (int i = 0; i < 8; i++) r[i] = t[i];
+}
 #endif
 
 // pack op(A)[m0.., k0..k0+kc) into panels of MR rows: panel p holds A[m0+p·MR+r, k0+k] at [p·MR·kc + k·MR + r],
@@ -143,6 +161,14 @@ static void gemm_pack_b(float* bp, const float* B, int ldb, bool trans, int k0, 
                 for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (size_t)(half * 16 + i) * ldb + k);
                 transpose16(r);
                 for (int j = 0; j < 16; j++) _mm512_store_ps(bp + (size_t)(k + j) * GEMM_NR + half * 16, r[j]);
+            }
+#elif defined(__AVX2__)
+        for (; k + 8 <= kc; k += 8)  // two 8×8 squares: columns 0–7 and 8–15
+            for (int half = 0; half < 2; half++) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + (size_t)(half * 8 + i) * ldb + k);
+                transpose8(r);
+                for (int j = 0; j < 8; j++) _mm256_store_ps(bp + (size_t)(k + j) * GEMM_NR + half * 8, r[j]);
             }
 #endif
         for (; k < kc; k++)
@@ -264,8 +290,11 @@ static float* gemm_scratch(std::vector<float>* v, size_t n) {
     return (float*)(((uintptr_t)v->data() + 63) & ~(uintptr_t)63);
 }
 
-void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
-              float* C, int ldc, Accum accum) {
+// The blocked product; pack_b(bp, k0, kc, n0, cols) packs one NR-wide panel of op(B) (gemm_pack_b's contract), so
+// the same loops serve fp32 B (gemm_cpu) and weights stored as bf16 or q8_0 (gemm_cpu_lowp).
+template <class PackB>
+static void gemm_blocked(int M, int N, int K, const float* A, int lda, bool a_trans, float* C, int ldc, Accum accum,
+                         const PackB& pack_b) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {  // an empty sum
         if (accum == Accum::Overwrite)
@@ -314,8 +343,7 @@ void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const 
                 bool load = accum == Accum::Add || pc > 0;
                 #pragma omp for schedule(static)
                 for (int j = 0; j < n_panels; j++)
-                    gemm_pack_b(bpack + (size_t)j * GEMM_NR * kc, B, ldb, b_trans, pc, kc, jc + j * GEMM_NR,
-                                std::min(GEMM_NR, nc - j * GEMM_NR));
+                    pack_b(bpack + (size_t)j * GEMM_NR * kc, pc, kc, jc + j * GEMM_NR, std::min(GEMM_NR, nc - j * GEMM_NR));
                 // (implicit barrier: the packed B block is complete)
                 for (int ir = m_lo; ir < m_hi; ir += GEMM_MR) {
                     int rows = std::min(GEMM_MR, m_hi - ir);
@@ -336,6 +364,37 @@ void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const 
             }
         }
     }
+}
+
+void gemm_cpu(int M, int N, int K, const float* A, int lda, bool a_trans, const float* B, int ldb, bool b_trans,
+              float* C, int ldc, Accum accum) {
+    gemm_blocked(M, N, K, A, lda, a_trans, C, ldc, accum, [&](float* bp, int k0, int kc, int n0, int cols) {
+        gemm_pack_b(bp, B, ldb, b_trans, k0, kc, n0, cols);
+    });
+}
+
+// C = (accum ? C : 0) + A · Wᵀ with W [N, K] stored as bf16 rows (w_bf16) or q8_0 (w_q8 + its fp16 scales, K a
+// multiple of Q8_BLOCK): generation's prefill. Each panel's rows are widened into a per-thread [NR, KC] buffer
+// (in L1/L2), which gemm_pack_b then transposes as it would an fp32 W: the weights are read once per column block
+// as stored, and no fp32 copy of the matrix is made. Results equal gemm_cpu on the widened W, bit for bit.
+void gemm_cpu_lowp(int M, int N, int K, const float* A, int lda, const uint16_t* w_bf16, const int8_t* w_q8,
+                   const uint16_t* w_q8_scale, float* C, int ldc, Accum accum) {
+    gemm_blocked(M, N, K, A, lda, false, C, ldc, accum, [&](float* bp, int k0, int kc, int n0, int cols) {
+        static thread_local std::vector<float> rows_buf;
+        float* rows = gemm_scratch(&rows_buf, (size_t)GEMM_NR * GEMM_KC);
+        for (int c = 0; c < cols; c++) {
+            float* dst = rows + (size_t)c * kc;
+            size_t at = (size_t)(n0 + c) * K + k0;
+            if (w_bf16) {
+                const uint16_t* src = w_bf16 + at;
+                #pragma omp simd
+                for (int k = 0; k < kc; k++) dst[k] = bf16_to_f32(src[k]);
+            } else {   // k0 and kc are whole blocks: KC and K are multiples of Q8_BLOCK
+                q8_0_dequantize(w_q8 + at, w_q8_scale + at / Q8_BLOCK, (size_t)kc, dst);
+            }
+        }
+        gemm_pack_b(bp, rows, kc, true, 0, kc, 0, cols);
+    });
 }
 
 // matmul on gemm_cpu: forward writes out; backward adds dW += dYᵀ·X and writes or adds dX = dY·W (dinp_accum).

@@ -140,6 +140,33 @@ TEST_CASE("gemm results are bit-identical for 1, 2 and 3 threads") {
     }
 }
 
+// Generation's prefill with bf16 or q8_0 weights widens each panel's rows as it packs them: the product must be the
+// fp32 GEMM's on the widened matrix, bit for bit (K past one KC block, N and M off the tiles, accumulating too).
+TEST_CASE("gemm_cpu_lowp (bf16 and q8_0 weights widened while packing) equals gemm_cpu on the widened weights, bit for bit") {
+    int K = 544;   // 17 blocks of 32: two KC passes
+    for (int M : {1, 8, 61}) for (int N : {5, 130}) {
+        auto A = test_data((size_t)M * K, 31), W = test_data((size_t)N * K, 32), C0 = test_data((size_t)M * N, 33);
+        std::vector<uint16_t> wb((size_t)N * K), wd((size_t)N * K / Q8_BLOCK);
+        std::vector<int8_t> wq((size_t)N * K);
+        std::vector<float> wide_b((size_t)N * K), wide_q((size_t)N * K);
+        for (size_t i = 0; i < wb.size(); i++) { wb[i] = f32_to_bf16(W[i]); wide_b[i] = bf16_to_f32(wb[i]); }
+        q8_0_quantize(W.data(), W.size(), wq.data(), wd.data());
+        q8_0_dequantize(wq.data(), wd.data(), W.size(), wide_q.data());
+        for (Accum acc : {Accum::Overwrite, Accum::Add}) {
+            std::vector<float> want = C0, got = C0;
+            gemm_cpu(M, N, K, A.data(), K, false, wide_b.data(), K, true, want.data(), N, acc);
+            gemm_cpu_lowp(M, N, K, A.data(), K, wb.data(), nullptr, nullptr, got.data(), N, acc);
+            INFO("bf16, M " << M << ", N " << N);
+            CHECK(memcmp(want.data(), got.data(), want.size() * 4) == 0);
+            want = C0; got = C0;
+            gemm_cpu(M, N, K, A.data(), K, false, wide_q.data(), K, true, want.data(), N, acc);
+            gemm_cpu_lowp(M, N, K, A.data(), K, nullptr, wq.data(), wd.data(), got.data(), N, acc);
+            INFO("q8_0, M " << M << ", N " << N);
+            CHECK(memcmp(want.data(), got.data(), want.size() * 4) == 0);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------- elementwise layers
 
 TEST_CASE("fast RMSNorm, the fused residual+RMSNorm and its backward match the reference") {

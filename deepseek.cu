@@ -1256,14 +1256,18 @@ void model_load_dir(Model* m, const std::string& dir) {
     for (const ParamView& pv : param_views(cfg)) st.read_f32(pv.name, pv.shape, m->params_memory.data() + pv.offset);
 }
 
+// q8_0 needs every matrix's rows (hidden, heads × head_dim, intermediate) to split into whole blocks of 32
+static void q8_0_require_blocks(const Config& cfg) {
+    for (const ParamView& pv : param_views(cfg))
+        if (pv.shape.size() == 2 && pv.shape[1] % Q8_BLOCK != 0)
+            die("q8_0: '%s' has rows of %lld weights, not a multiple of %d (the block size)", pv.name.c_str(),
+                (long long)pv.shape[1], Q8_BLOCK);
+}
+
 void model_save_dir(const Model& m, const std::string& dir, StoreDtype dtype) {
     Config cfg = m.cfg;
     bool q8 = dtype == StoreDtype::Q8_0;
-    if (q8)   // every matrix's rows (hidden, heads × head_dim, intermediate) must split into whole blocks
-        for (const ParamView& pv : param_views(cfg))
-            if (pv.shape.size() == 2 && pv.shape[1] % Q8_BLOCK != 0)
-                die("q8_0: '%s' has rows of %lld weights, not a multiple of %d (the block size)", pv.name.c_str(),
-                    (long long)pv.shape[1], Q8_BLOCK);
+    if (q8) q8_0_require_blocks(cfg);
     make_dirs(dir);
     cfg.torch_dtype = dtype == StoreDtype::BF16 ? "bfloat16" : "float32";   // (q8_0: the norms stay fp32)
     cfg.quantization = q8 ? "q8_0" : "";
@@ -1501,16 +1505,20 @@ static void gguf_tensor_data(const SafeTensors& st, const ParamView& pv, uint32_
         for (int64_t r = 0; r < rows; r++) memcpy(o + r * cols * 2, t.data + gguf_source_row(r, heads, D) * cols * 2, cols * 2);
         return;
     }
+    int64_t nb = cols / Q8_BLOCK;
+    // one row's Q8_0 blocks, from its int8 weights q and fp16 scales d (bytes: d may be unaligned in the file)
+    auto put_q8_row = [&](int64_t r, const void* q, const void* d) {
+        for (int64_t b = 0; b < nb; b++) {
+            char* blk = o + (r * nb + b) * Q8_0_BLOCK_BYTES;
+            memcpy(blk, (const char*)d + b * 2, 2);
+            memcpy(blk + 2, (const char*)q + b * Q8_BLOCK, Q8_BLOCK);
+        }
+    };
     if (type == GGML_TYPE_Q8_0 && t.dtype == DType::I8) {
         const TensorInfo& sc = st.q8_scale(pv.name);
-        int64_t nb = cols / Q8_BLOCK;
         for (int64_t r = 0; r < rows; r++) {
             int64_t s = gguf_source_row(r, heads, D);
-            for (int64_t b = 0; b < nb; b++) {
-                char* blk = o + (r * nb + b) * Q8_0_BLOCK_BYTES;
-                memcpy(blk, sc.data + (s * nb + b) * 2, 2);
-                memcpy(blk + 2, t.data + s * cols + b * Q8_BLOCK, Q8_BLOCK);
-            }
+            put_q8_row(r, t.data + s * cols, sc.data + s * nb * 2);
         }
         return;
     }
@@ -1525,18 +1533,12 @@ static void gguf_tensor_data(const SafeTensors& st, const ParamView& pv, uint32_
             for (int64_t c = 0; c < cols; c++) { uint16_t h = f32_to_bf16(src[c]); memcpy(o + (r * cols + c) * 2, &h, 2); }
         }
     } else {   // Q8_0: blocks never cross rows (cols % 32 == 0), so a row's blocks move with it
-        int64_t nb = cols / Q8_BLOCK;
         #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
-            const float* src = w.data() + gguf_source_row(r, heads, D) * cols;
             std::vector<int8_t> q(cols);
             std::vector<uint16_t> d(nb);
-            q8_0_quantize(src, cols, q.data(), d.data());
-            for (int64_t b = 0; b < nb; b++) {
-                char* blk = o + (r * nb + b) * Q8_0_BLOCK_BYTES;
-                memcpy(blk, &d[b], 2);
-                memcpy(blk + 2, q.data() + b * Q8_BLOCK, Q8_BLOCK);
-            }
+            q8_0_quantize(w.data() + gguf_source_row(r, heads, D) * cols, cols, q.data(), d.data());
+            put_q8_row(r, q.data(), d.data());
         }
     }
 }
@@ -1549,11 +1551,7 @@ void model_export_gguf(const std::string& dir, const std::string& tokenizer_path
     st.open_dir(dir);
     model_check_tensors(st, cfg, true);
     const std::vector<ParamView> views = param_views(cfg);
-    if (dtype == StoreDtype::Q8_0)   // as model_save_dir: every matrix's rows split into whole blocks
-        for (const ParamView& pv : views)
-            if (pv.shape.size() == 2 && pv.shape[1] % Q8_BLOCK != 0)
-                die("convert: q8_0: '%s' has rows of %lld weights, not a multiple of %d (the block size)", pv.name.c_str(),
-                    (long long)pv.shape[1], Q8_BLOCK);
+    if (dtype == StoreDtype::Q8_0) q8_0_require_blocks(cfg);
     std::unique_ptr<Tokenizer, void (*)(Tokenizer*)> tok(tokenizer_load(tokenizer_path), tokenizer_free);
 
     GgufMeta kv;

@@ -140,11 +140,6 @@ static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, 
 //   row · x = Σ_b dw[b] · dx[b] · Σ_i qw[b,i] · qx[b,i]      (qw, qx int8 in [-127, 127]; the inner sum is exact)
 // It reads one byte per weight (and 2 bytes of scale per 32): a quarter of fp32, about half of bf16.
 struct Q8Act { const int8_t* q; const float* d; };   // one token's x: int8 [in], scales (fp16 values) [in/32]
-static void q8_act_quantize(const float* x, int in, int8_t* q, float* d) {
-    std::vector<uint16_t> h(in / Q8_BLOCK);
-    q8_0_quantize(x, in, q, h.data());
-    for (int b = 0; b < in / Q8_BLOCK; b++) d[b] = f16_to_f32(h[b]);
-}
 // dw[b]·dx[b] for eight blocks of four rows: the products each block's integer sum is scaled by
 static inline void q8_scales8(float sc[4][8], const uint16_t* const s[4], const float* xd, int b0, int kb) {
     for (int r = 0; r < 4; r++)
@@ -295,21 +290,25 @@ static void linear_block(float* out, const float* x, const Q8Act* xq, const Infe
     }
 }
 
-// x [N, in] quantised to q8_0 for the q8_0 matrices among `jobs` (an empty list when there are none); serial:
-// it is a few hundred multiplications per token, less than one synchronisation of the threads
+// x [N, in] quantised to q8_0 for the q8_0 matrices among a linear's jobs (nullptr when there are none), its
+// scales as the floats their fp16 values are. Blocks never cross rows (in % 32 == 0), so all N rows are one call.
+// Serial: a few hundred multiplications per token, less than one synchronisation of the threads. The buffers are
+// kept (thread_local at the callers): nothing is allocated per token.
 struct Q8Input {
     std::vector<int8_t> q;
+    std::vector<uint16_t> h;
     std::vector<float> d;
     std::vector<Q8Act> rows;
     const Q8Act* get(const float* x, int N, int in, bool any_q8) {
         if (!any_q8) return nullptr;
+        size_t nb = (size_t)in / Q8_BLOCK;
         q.resize((size_t)N * in);
-        d.resize((size_t)N * in / Q8_BLOCK);
+        h.resize((size_t)N * nb);
+        d.resize((size_t)N * nb);
         rows.resize(N);
-        for (int n = 0; n < N; n++) {
-            q8_act_quantize(x + (size_t)n * in, in, q.data() + (size_t)n * in, d.data() + (size_t)n * (in / Q8_BLOCK));
-            rows[n] = {q.data() + (size_t)n * in, d.data() + (size_t)n * (in / Q8_BLOCK)};
-        }
+        q8_0_quantize(x, (size_t)N * in, q.data(), h.data());
+        for (size_t b = 0; b < h.size(); b++) d[b] = f16_to_f32(h[b]);
+        for (int n = 0; n < N; n++) rows[n] = {q.data() + (size_t)n * in, d.data() + (size_t)n * nb};
         return rows.data();
     }
 };

@@ -33,13 +33,25 @@ LDLIBS    := -lonig -fopenmp -lpthread
 # meant for the host compiler, which still receives it
 NVCCFLAGS := -std=c++17 $(OPT) $(CUDA_ARCHS) -DDEEPSEEK_CUDA --diag-suppress 177,1675 -Xcompiler "-march=$(ARCH) $(VEC) -fno-math-errno -fopenmp -g $(WARN)"
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lnccl
+# NCCL=0: a CUDA build without NCCL (one GPU; data-parallel GPU ranks say they need NCCL) for a machine without it
+NCCL ?= 1
+ifeq ($(NCCL),0)
+NVCCFLAGS += -DDEEPSEEK_NO_NCCL
+CUDA_LIBS := $(filter-out -lnccl,$(CUDA_LIBS))
+endif
+# WERROR=1 (CI): any compiler warning, g++'s or nvcc's (sm_80 and sm_90 alike), fails the build
+ifeq ($(WERROR),1)
+CXXFLAGS  += -Werror
+NVCCFLAGS += -Werror all-warnings -Xcompiler -Werror
+endif
 
 # MPI (data-parallel ranks): the flags OpenMPI's wrapper would add, taken from `mpicxx --showme` so every variant
 # (g++, nvcc, ASan) compiles train.cu with -DDEEPSEEK_MPI; without an MPI install the build is single-process.
 MPICXX    ?= mpicxx
 MPI_INC   := $(shell $(MPICXX) --showme:incdirs 2>/dev/null)
 MPI_LIBD  := $(shell $(MPICXX) --showme:libdirs 2>/dev/null)
-HAVE_MPI  := $(shell command -v $(MPICXX) 2>/dev/null)
+# MPI=0: a build without MPI (one process), also where mpicxx is installed
+HAVE_MPI  := $(if $(filter 0,$(MPI)),,$(shell command -v $(MPICXX) 2>/dev/null))
 ifneq ($(HAVE_MPI),)
 MPI_FLAGS := -DDEEPSEEK_MPI $(addprefix -I,$(MPI_INC))
 CXXFLAGS  += $(MPI_FLAGS)
@@ -78,9 +90,10 @@ cuda: build/cuda/deepseek
 #   asan  CPU-only, -O1, ASan + UBSan
 # The test binary links deepseek.o with main() weakened (objcopy), so the test runner's main() wins and the
 # largest file is compiled once.
-# $(1) variant, $(2) the .cu compile, $(3) the .cpp compile, $(4) the link, $(5) the link's extra libraries
+# $(1) variant, $(2) the .cu compile, $(3) the .cpp compile, $(4) the link, $(5) the link's extra libraries,
+# $(6) what the .cu objects depend on besides the sources (the CUDA variant: the GPU architectures they were built for)
 define VARIANT_RULES
-build/$(1)/%.o: %.cu $$(HDRS)
+build/$(1)/%.o: %.cu $$(HDRS) $(6)
 	@mkdir -p $$(@D)
 	$(2) -c $$< -o $$@
 build/$(1)/%.o: %.cpp $$(HDRS)
@@ -97,7 +110,13 @@ endef
 ASAN_FLAGS := -std=c++17 -O1 -march=$(ARCH) $(VEC) -fno-math-errno -fopenmp -g $(WARN) -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 ASAN_FLAGS += $(MPI_FLAGS)
 $(eval $(call VARIANT_RULES,cpu,$$(CXX) $$(CXXFLAGS) -x c++,$$(CXX) $$(CXXFLAGS),$$(CXX) $$(CXXFLAGS),$$(LDLIBS)))
-$(eval $(call VARIANT_RULES,cuda,$$(NVCC) $$(NVCCFLAGS),$$(CXX) $$(CXXFLAGS) -DDEEPSEEK_CUDA,$$(CXX) $$(CXXFLAGS),$$(LDLIBS) $$(CUDA_LIBS)))
+$(eval $(call VARIANT_RULES,cuda,$$(NVCC) $$(NVCCFLAGS),$$(CXX) $$(CXXFLAGS) -DDEEPSEEK_CUDA,$$(CXX) $$(CXXFLAGS),$$(LDLIBS) $$(CUDA_LIBS),build/cuda/.archs))
+# build/cuda/.archs holds the CUDA_ARCHS and NCCL setting the CUDA objects were compiled with; rewritten only when they
+# change (make CUDA_ARCHS=... as tests/gpu_check.sh does for one GPU), so a change rebuilds them and nothing else does
+CUDA_STAMP := $(CUDA_ARCHS) NCCL=$(NCCL)
+build/cuda/.archs: FORCE
+	@mkdir -p $(@D)
+	@echo '$(CUDA_STAMP)' | cmp -s - $@ || echo '$(CUDA_STAMP)' > $@
 $(eval $(call VARIANT_RULES,asan,$$(CXX) $$(ASAN_FLAGS) -x c++,$$(CXX) $$(ASAN_FLAGS),$$(CXX) $$(ASAN_FLAGS),$$(LDLIBS)))
 
 # The suite runs from the repository root; CLI tests run the binary named by DEEPSEEK_BIN.

@@ -1662,6 +1662,12 @@ int cuda_device_count() {
     return 0;
 #endif
 }
+static int g_cuda_local_rank = 0;   // cuda_use_local_rank
+void cuda_use_local_rank(int local_rank) { g_cuda_local_rank = local_rank < 0 ? 0 : local_rank; }
+int cuda_device_index() {
+    int n = cuda_device_count();
+    return n > 0 ? g_cuda_local_rank % n : 0;
+}
 std::string cuda_device_name(int i) {
 #ifdef DEEPSEEK_CUDA
     cudaDeviceProp p;
@@ -1690,8 +1696,10 @@ std::string device_describe(Device dev) {
     if (dev == Device::CUDA) {
 #ifdef DEEPSEEK_CUDA
         cudaDeviceProp p;
-        if (cudaGetDeviceProperties(&p, 0) == cudaSuccess) {
-            snprintf(buf, sizeof buf, ", %.1f GiB, sm_%d%d)", p.totalGlobalMem / 1073741824.0, p.major, p.minor);
+        int i = cuda_device_index();
+        if (cudaGetDeviceProperties(&p, i) == cudaSuccess) {
+            snprintf(buf, sizeof buf, ", %.1f GiB, sm_%d%d%s)", p.totalGlobalMem / 1073741824.0, p.major, p.minor,
+                     i ? (", GPU " + std::to_string(i)).c_str() : "");
             return "cuda (" + std::string(p.name) + buf;
         }
 #endif
@@ -1727,37 +1735,59 @@ void backend_zero_grad(Backend* be) {
     if (be->cuda) cuda_model_zero_grad(be->cuda);
     else model_zero_grad(be->host);
 }
-// clip_grad_norm on either backend: returns the norm. The CPU scales its gradients in place; the GPU leaves them and
-// sets *grad_scale to the clip coefficient, which its AdamW multiplies each gradient by as it reads it (same values).
-double backend_clip_grad_norm(Backend* be, float* grad_scale) {
-    *grad_scale = 1.0f;
-    if (!be->cuda) return clip_grad_norm(be->host->grads_memory.data(), be->host->num_parameters, CLIP_GRAD_NORM);
-    double norm = cuda_model_grad_norm(be->cuda);
-    *grad_scale = (float)clip_coefficient(norm, CLIP_GRAD_NORM);   // 1.0f when no clipping is needed
-    return norm;
+// What the one data-parallel path of train.cu (reduce_gradients, clip_gradients, optimizer_update) works on: the
+// gradients and master weights where the backend keeps them, and AdamW's range — all parameters, or the rank's ZeRO-1
+// shard. The collectives themselves (MPI on host memory, NCCL on device memory) are train.cu's.
+float* backend_grads(Backend* be) { return be->cuda ? cuda_model_grads(be->cuda) : be->host->grads_memory.data(); }
+float* backend_weights(Backend* be) { return be->cuda ? cuda_model_master(be->cuda) : be->host->params_memory.data(); }
+size_t backend_opt_begin(const Backend* be) { return be->opt_begin; }
+size_t backend_opt_end(const Backend* be) { return be->opt_end ? be->opt_end : be->host->num_parameters; }
+double backend_grad_sum_squares(Backend* be) {
+    size_t b = backend_opt_begin(be), e = backend_opt_end(be);
+    if (be->cuda) return cuda_model_grad_sum_squares(be->cuda, b, e);
+    return grad_sum_squares(be->host->grads_memory.data() + b, e - b);
 }
-// adamw_update on either backend (the same constants); opt->t counts the updates on both
+void backend_clip(Backend* be, double coef, float* grad_scale) {
+    *grad_scale = 1.0f;
+    if (be->cuda) { *grad_scale = (float)coef; return; }   // 1.0f when no clipping is needed
+    if (coef >= 1.0) return;
+    float c = (float)coef, *g = be->host->grads_memory.data();
+    size_t b = backend_opt_begin(be), e = backend_opt_end(be);
+    #pragma omp parallel for schedule(static)
+    for (size_t i = b; i < e; i++) g[i] *= c;
+}
+// adamw_update on either backend (the same constants), over AdamW's range; opt->t counts the updates on both
 void backend_adamw(Backend* be, AdamW* opt, float lr, float grad_scale) {
-    if (!be->cuda) { adamw_update(be->host, opt, lr); return; }
+    if (!be->cuda) { adamw_update_range(be->host, opt, lr, backend_opt_begin(be), backend_opt_end(be)); return; }
     opt->t++;
     cuda_model_adamw(be->cuda, lr, (float)ADAMW_BETA1, (float)ADAMW_BETA2, (float)ADAMW_EPS, (float)WEIGHT_DECAY, grad_scale,
                      (int)opt->t);
+}
+void backend_weights_changed(Backend* be) {
+    if (be->cuda) cuda_model_refresh_params(be->cuda);
 }
 // before a checkpoint: the device's fp32 master weights and AdamW moments into the host Model and opt (CPU: nothing)
 void backend_to_host(Backend* be, AdamW* opt) {
     if (!be->cuda) return;
     cuda_model_get_params(be->cuda, be->host);
-    opt->m.resize(be->host->num_parameters);
-    opt->v.resize(be->host->num_parameters);
+    size_t n = backend_opt_end(be) - backend_opt_begin(be);
+    opt->m.resize(n);
+    opt->v.resize(n);
     cuda_model_get_adam_state(be->cuda, opt->m.data(), opt->v.data());
 }
 // The model onto the GPU for --device cuda (with AdamW moments when resuming), activations sized for B×T tokens;
 // prints the device and the memory of each kind. Says which backend runs either way.
-void backend_open(Backend* be, Device dev, const AdamW& opt, int B, int T, const char* who) {
+void backend_open(Backend* be, Device dev, const AdamW& opt, int B, int T, bool recompute, const char* who) {
     printf("%s: device %s\n", who, device_describe(dev).c_str());
-    if (dev != Device::CUDA) return;
-    be->cuda = cuda_model_create(*be->host, B, T, false, true);
-    if (opt.m.size() == be->host->num_parameters) cuda_model_set_adam_state(be->cuda, opt.m.data(), opt.v.data());
+    size_t b = backend_opt_begin(be), e = backend_opt_end(be);
+    if (b > e || e > be->host->num_parameters) die("%s: AdamW's range [%zu, %zu) is not within the model's %zu parameters", who, b, e, be->host->num_parameters);
+    if (dev != Device::CUDA) {
+        if (recompute) printf("note: --recompute applies to --device cuda; the CPU backend keeps every activation\n");
+        return;
+    }
+    be->cuda = cuda_model_create(*be->host, B, T, recompute, true);
+    if (b != 0 || e != be->host->num_parameters) cuda_model_shard_optimizer(be->cuda, b, e);
+    if (opt.m.size() == e - b && opt.m.size() > 0) cuda_model_set_adam_state(be->cuda, opt.m.data(), opt.v.data());
 }
 void backend_close(Backend* be) {
     cuda_model_free(be->cuda);
@@ -1783,6 +1813,11 @@ float cuda_model_forward(CudaModel*, const int*, const int*, int, int) { no_cuda
 void cuda_model_backward(CudaModel*, const float*) { no_cuda(); }
 void cuda_model_zero_grad(CudaModel*) { no_cuda(); }
 float cuda_model_grad_norm(CudaModel*) { no_cuda(); }
+double cuda_model_grad_sum_squares(CudaModel*, size_t, size_t) { no_cuda(); }
+void cuda_model_shard_optimizer(CudaModel*, size_t, size_t) { no_cuda(); }
+float* cuda_model_grads(CudaModel*) { no_cuda(); }
+float* cuda_model_master(CudaModel*) { no_cuda(); }
+void cuda_model_refresh_params(CudaModel*) { no_cuda(); }
 void cuda_model_adamw(CudaModel*, float, float, float, float, float, float, int) { no_cuda(); }
 void cuda_model_get_params(CudaModel*, Model*) { no_cuda(); }
 void cuda_model_set_params(CudaModel*, const Model&) { no_cuda(); }
@@ -1861,7 +1896,7 @@ int cmd_info(int argc, char** argv) {
         for (const auto& d : by_dtype) printf("weights_dtype: %s, %zu tensors, %zu bytes\n", d.first.c_str(), d.second.first, d.second.second);
     }
     printf("device: %s", dev == Device::CUDA ? "cuda" : "cpu");
-    if (dev == Device::CUDA) printf(" (%s)", cuda_device_name(0).c_str());
+    if (dev == Device::CUDA) printf(" (%s)", cuda_device_name(cuda_device_index()).c_str());
     else printf(" (%d threads)", num_threads());
     printf("\n");
     return 0;

@@ -470,21 +470,28 @@ enum class Device { CPU, CUDA };
 Device device_select(const std::string& flag);   // "auto" | "cpu" | "cuda"; dies with a clear line if cuda is unavailable
 int cuda_device_count();                          // 0 when built without CUDA or no device
 std::string cuda_device_name(int i);
-std::string device_describe(Device dev);   // "cuda (NVIDIA H200, 139.8 GiB, sm_90)" / "cpu (16 threads)"
+std::string device_describe(Device dev);
+// the GPU this process drives: local_rank % the devices on this machine (data-parallel ranks: one GPU per rank); 0
+// until set. Every CUDA call of the backend, NCCL's included, runs on it.
+void cuda_use_local_rank(int local_rank);
+int cuda_device_index();   // "cuda (NVIDIA H200, 139.8 GiB, sm_90)" / "cpu (16 threads)"
 
 // The model a training loop, an objective or an evaluation runs on: the host Model (the CPU backend) or, when cuda
 // is set, the CUDA backend's copy of it; the host Model then keeps the run's checkpoint copy (backend_to_host fetches
 // the fp32 master weights and AdamW moments before each save, so a checkpoint has one format for both). Each
-// backend_X is model_X (or adamw_update, clip_grad_norm) on the CPU and cuda_model_X on the GPU.
+// backend_X is model_X (or adamw_update_range, the clipping) on the CPU and cuda_model_X on the GPU.
 struct CudaModel;
 struct AdamW;
 struct Backend {
     Model* host = nullptr;
     CudaModel* cuda = nullptr;
     std::vector<float> losses;     // CUDA: the last forward's per-token nll [B·T], copied from the device
+    // AdamW's range of the flat parameters: all of them, or this rank's ZeRO-1 shard (opt.m and opt.v hold that
+    // range only). Set before backend_open; opt_end 0 means "to the end".
+    size_t opt_begin = 0, opt_end = 0;
     explicit Backend(Model* m, CudaModel* gpu = nullptr) : host(m), cuda(gpu) {}
 };
-// the paper's optimizer (AdamW, clipping), which backend_adamw and backend_clip_grad_norm apply on either backend
+// the paper's optimizer (AdamW, clipping), which backend_adamw and backend_clip apply on either backend
 constexpr double ADAMW_BETA1 = 0.9;
 constexpr double ADAMW_BETA2 = 0.95;
 constexpr double ADAMW_EPS = 1e-8;           // not stated in the paper: PyTorch's default
@@ -494,13 +501,26 @@ float backend_forward(Backend* be, const int* inputs, const int* targets, int B,
 const float* backend_losses(const Backend* be);   // the last forward's per-token nll [B·T] (acts.losses on the CPU)
 void backend_backward(Backend* be, const float* dlosses);
 void backend_zero_grad(Backend* be);
-// the global norm, clipped at CLIP_GRAD_NORM: the CPU scales its gradients in place; the GPU sets *grad_scale to
-// the clip coefficient, which its AdamW applies as it reads each gradient
-double backend_clip_grad_norm(Backend* be, float* grad_scale);
+// What data parallelism (train.cu's one data-parallel path) works on, where the backend keeps it: the flat fp32
+// gradients and master weights [num_parameters], in host memory on the CPU and in device memory on the GPU.
+float* backend_grads(Backend* be);
+float* backend_weights(Backend* be);
+size_t backend_opt_begin(const Backend* be);
+size_t backend_opt_end(const Backend* be);
+// Σ g² over AdamW's range, in double and in a fixed order (the same bits at every thread count)
+double backend_grad_sum_squares(Backend* be);
+// the clip coefficient (clip_coefficient) applied to the gradients of AdamW's range: the CPU scales them in place;
+// the GPU sets *grad_scale, which its AdamW multiplies each gradient by as it reads it (the same values)
+void backend_clip(Backend* be, double coef, float* grad_scale);
+// AdamW over AdamW's range (weight decay on matrices only, PyTorch's arithmetic); opt->t counts the updates
 void backend_adamw(Backend* be, AdamW* opt, float lr, float grad_scale);
+// after the master weights were all-gathered (ZeRO-1): the GPU refreshes its bf16 parameters from them
+void backend_weights_changed(Backend* be);
+// before a checkpoint: the device's fp32 master weights and AdamW's range of moments into the host Model and opt
 void backend_to_host(Backend* be, AdamW* opt);
-// the model onto the GPU for Device::CUDA (with AdamW moments when resuming), sized for B×T tokens; prints the device
-void backend_open(Backend* be, Device dev, const AdamW& opt, int B, int T, const char* who);
+// the model onto the GPU for Device::CUDA (with opt's AdamW moments, of AdamW's range, when resuming), sized for B×T
+// tokens; recompute as cuda_model_create's. Prints the device either way.
+void backend_open(Backend* be, Device dev, const AdamW& opt, int B, int T, bool recompute, const char* who);
 void backend_close(Backend* be);
 
 // ----------------------------------------------------------------------------
@@ -519,8 +539,17 @@ float cuda_model_forward(CudaModel* m, const int* inputs, const int* targets, in
 void cuda_model_backward(CudaModel* m, const float* dlosses);                                 // like model_backward
 void cuda_model_zero_grad(CudaModel* m);
 float cuda_model_grad_norm(CudaModel* m);          // global L2 norm of the fp32 gradients
+// Σ g² over [begin, end) of the flat fp32 gradients, in double: a fixed grid of partial sums added in order
+double cuda_model_grad_sum_squares(CudaModel* m, size_t begin, size_t end);
+// ZeRO-1: AdamW's moments for [begin, end) of the parameters only (reallocated, zeroed); cuda_model_adamw then updates
+// that range, and cuda_model_get/set_adam_state move end − begin elements. By default the range is all parameters.
+void cuda_model_shard_optimizer(CudaModel* m, size_t begin, size_t end);
+float* cuda_model_grads(CudaModel* m);             // device pointers, [num_parameters]: the fp32 gradients
+float* cuda_model_master(CudaModel* m);            // and the fp32 master weights
+void cuda_model_refresh_params(CudaModel* m);      // the bf16 parameters rounded from the master weights
 // AdamW (PyTorch's) on the fp32 master weights with gradients × grad_scale; weight decay on matrices only
-// (param_views' is_matrix); refreshes the bf16 parameters. step counts from 1.
+// (param_views' is_matrix); refreshes the bf16 parameters. step counts from 1. Over the optimizer's range
+// (cuda_model_shard_optimizer; all parameters by default).
 void cuda_model_adamw(CudaModel* m, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int step);
 void cuda_model_get_params(CudaModel* m, Model* host);        // fp32 master weights → host
 void cuda_model_set_params(CudaModel* m, const Model& host);  // host → master weights and bf16 parameters
@@ -766,8 +795,12 @@ void loader_next(DataLoader* d, int* inputs, int* targets);   // [B, T] each
 void adamw_step(float* p, const float* g, float* m, float* v, size_t n, float lr, float weight_decay, long t);
 struct AdamW { std::vector<float> m, v; long t = 0; };
 void adamw_update(Model* model, AdamW* opt, float lr);        // weight decay 0.1 on matrices, none on norm weights
+// adamw_update on [begin, end) of the flat parameters only (each tensor's overlap with it, with the tensor's weight
+// decay): every element sees the arithmetic of the whole update. opt->m, opt->v: [end − begin] (zeroed when new).
+void adamw_update_range(Model* model, AdamW* opt, float lr, size_t begin, size_t end);
 double sum_squares(const float* x, size_t n);                 // Σ x², in double, in a fixed order
-double grad_global_norm(const float* g, size_t n);            // deterministic: independent of the thread count
+double grad_sum_squares(const float* g, size_t n);            // Σ g² in fixed 64K chunks: independent of the thread count
+double grad_global_norm(const float* g, size_t n);            // sqrt(grad_sum_squares)
 // torch's clip coefficient max_norm / (norm + 1e-6), at most 1 (a NaN norm gives 1: no scaling); every clip uses it
 double clip_coefficient(double norm, double max_norm);
 double clip_grad_norm(float* g, size_t n, double max_norm);   // torch.nn.utils.clip_grad_norm_; returns the norm
@@ -857,6 +890,7 @@ double dist_clip_grad_norm(const Dist& d, float* g, size_t n, double max_norm, b
 // ZeRO-1 AdamW: adamw_update's arithmetic on this rank's shard of the weights; opt->m and opt->v hold the shard only
 void zero_adamw_update(const Dist& d, Model* model, AdamW* opt, float lr);
 // NCCL on device memory (CUDA builds; dies elsewhere). stream: a cudaStream_t, nullptr = the default stream.
+bool dist_nccl_available();                  // built with NCCL (CUDA builds, unless make NCCL=0)
 void dist_nccl_init(Dist* d);                // device local_rank, unique id from rank 0 broadcast over MPI
 void dist_nccl_allreduce_sum(const Dist& d, float* x, size_t n, void* stream);
 void dist_nccl_reduce_scatter_sum(const Dist& d, float* x, void* stream);

@@ -479,21 +479,25 @@ void adamw_step(float* p, const float* g, float* m, float* v, size_t n, float lr
     }
 }
 
-void adamw_update(Model* model, AdamW* opt, float lr) {
-    if (opt->m.size() != model->num_parameters) {
-        reserve_huge(&opt->m, model->num_parameters);
-        reserve_huge(&opt->v, model->num_parameters);
-        opt->m.assign(model->num_parameters, 0.0f);
-        opt->v.assign(model->num_parameters, 0.0f);
+void adamw_update_range(Model* model, AdamW* opt, float lr, size_t b, size_t e) {
+    if (b > e || e > model->num_parameters) die("adamw: range [%zu, %zu) outside the %zu parameters", b, e, model->num_parameters);
+    if (opt->m.size() != e - b) {
+        reserve_huge(&opt->m, e - b);
+        reserve_huge(&opt->v, e - b);
+        opt->m.assign(e - b, 0.0f);
+        opt->v.assign(e - b, 0.0f);
     }
     opt->t++;
     for (const ParamView& pv : param_views(model->cfg)) {
         size_t n = 1;
         for (int64_t d : pv.shape) n *= (size_t)d;
-        adamw_step(model->params_memory.data() + pv.offset, model->grads_memory.data() + pv.offset, opt->m.data() + pv.offset,
-                   opt->v.data() + pv.offset, n, lr, pv.is_matrix ? (float)WEIGHT_DECAY : 0.0f, opt->t);
+        size_t lo = std::max(b, pv.offset), hi = std::min(e, pv.offset + n);
+        if (lo >= hi) continue;
+        adamw_step(model->params_memory.data() + lo, model->grads_memory.data() + lo, opt->m.data() + (lo - b),
+                   opt->v.data() + (lo - b), hi - lo, lr, pv.is_matrix ? (float)WEIGHT_DECAY : 0.0f, opt->t);
     }
 }
+void adamw_update(Model* model, AdamW* opt, float lr) { adamw_update_range(model, opt, lr, 0, model->num_parameters); }
 
 // ============================================================================
 // gradient clipping at global norm 1.0 (torch.nn.utils.clip_grad_norm_):
@@ -516,7 +520,7 @@ double sum_squares(const float* x, size_t n) {
 
 // Σ x_i² over fixed 64K-element chunks summed in parallel and added in order: the same bits whatever the thread
 // count (a resumed run is bit-exact). The global norm and the data-parallel norm (dist_sum_squares) share it.
-static double chunked_sum_squares(const float* x, size_t n) {
+double grad_sum_squares(const float* x, size_t n) {
     const size_t CHUNK = 65536;
     size_t nchunks = (n + CHUNK - 1) / CHUNK;
     std::vector<double> part(nchunks, 0.0);
@@ -527,7 +531,7 @@ static double chunked_sum_squares(const float* x, size_t n) {
     return s;
 }
 
-double grad_global_norm(const float* g, size_t n) { return sqrt(chunked_sum_squares(g, n)); }
+double grad_global_norm(const float* g, size_t n) { return sqrt(grad_sum_squares(g, n)); }
 
 // torch's clip coefficient: max_norm / (norm + 1e-6), clamped to 1 (in double; a NaN norm gives 1, no scaling, and
 // the loop's non-finite check stops the run). Every clipping site uses it: clip_grad_norm, dist_clip_grad_norm and the
@@ -1087,18 +1091,54 @@ struct Stage {
     std::function<json(double elapsed)> state;                     // trainer_state.json of a checkpoint
 };
 
-// clipping at the global norm; under ZeRO-1 the norm adds the shards' parts over ranks
-static double clip_gradients(Trainer* t) {
-    if (t->be.cuda) return backend_clip_grad_norm(&t->be, &t->grad_scale);
-    if (!t->zero) return clip_grad_norm(t->model.grads_memory.data(), t->model.num_parameters, CLIP_GRAD_NORM);
-    return dist_clip_grad_norm(t->dist, t->model.grads_memory.data(), t->model.num_parameters, CLIP_GRAD_NORM, true);
+// ---------------------------------------------------------------------------- data parallelism: one path, two backends
+// The ranks' gradients are summed (an all-reduce; under ZeRO-1 a reduce-scatter, since a rank needs only its shard of
+// the sum), clipped at the global norm (under ZeRO-1 the shards' Σg² added over ranks), AdamW updates the rank's range
+// of the weights (everything, or its shard), and under ZeRO-1 an all-gather reassembles the weights. The backend says
+// where the gradients and weights are (backend_grads, backend_weights: host memory on the CPU, device memory on the
+// GPU); only the collective differs: MPI on the CPU, NCCL on the GPU. So the CPU's MPI tests run the logic the GPUs run.
+static void dp_allreduce(const Trainer* t, float* x, size_t n) {
+    if (t->dist.world == 1) return;
+    if (t->be.cuda) dist_nccl_allreduce_sum(t->dist, x, n, nullptr);
+    else dist_allreduce_sum(t->dist, x, n);
 }
-// AdamW; under ZeRO-1 each rank updates its shard, then the ranks all-gather the weights
+static void dp_reduce_scatter(const Trainer* t, float* x) {
+    if (t->dist.world == 1) return;
+    if (t->be.cuda) dist_nccl_reduce_scatter_sum(t->dist, x, nullptr);
+    else dist_reduce_scatter_sum(t->dist, x);
+}
+static void dp_allgather(const Trainer* t, float* x) {
+    if (t->dist.world == 1) return;
+    if (t->be.cuda) dist_nccl_allgather(t->dist, x, nullptr);
+    else dist_allgather(t->dist, x);
+}
+// AdamW's range for this rank: its ZeRO-1 shard (dist_shards), or every parameter. Before backend_open.
+static void dp_optimizer_range(Trainer* t) {
+    t->be.opt_begin = t->zero ? t->dist.shard_begin() : 0;
+    t->be.opt_end = t->zero ? t->dist.shard_end() : t->model.num_parameters;
+    if (t->zero && t->dist.shard.size() != (size_t)t->dist.world + 1) die("ZeRO-1: call dist_shards first");
+}
+// The gradient sum over ranks. Each rank's loss weights carry 1/world, so the sum is the gradient of the global
+// batch's mean loss.
+static void reduce_gradients(Trainer* t) {
+    float* g = backend_grads(&t->be);
+    if (t->zero) dp_reduce_scatter(t, g);
+    else dp_allreduce(t, g, t->model.num_parameters);
+}
+// clipping at the global norm: Σg² over the valid range (the shard's parts added over ranks under ZeRO-1); returns the norm
+static double clip_gradients(Trainer* t) {
+    double s = backend_grad_sum_squares(&t->be);
+    if (t->zero) dist_allreduce_sum(t->dist, &s, 1);   // one double, over MPI on either backend
+    double norm = sqrt(s);
+    backend_clip(&t->be, clip_coefficient(norm, CLIP_GRAD_NORM), &t->grad_scale);
+    return norm;
+}
+// AdamW on the rank's range; under ZeRO-1 the ranks then all-gather the weights
 static void optimizer_update(Trainer* t, float lr) {
-    if (t->be.cuda) { backend_adamw(&t->be, &t->opt, lr, t->grad_scale); return; }
-    if (!t->zero) { adamw_update(&t->model, &t->opt, lr); return; }
-    zero_adamw_update(t->dist, &t->model, &t->opt, lr);
-    dist_allgather(t->dist, t->model.params_memory.data());
+    backend_adamw(&t->be, &t->opt, lr, t->grad_scale);
+    if (!t->zero) return;
+    dp_allgather(t, backend_weights(&t->be));
+    backend_weights_changed(&t->be);
 }
 
 static void write_metric(FILE* f, const json& j) {
@@ -1219,13 +1259,6 @@ struct TrainRun : Trainer {
     ~TrainRun() { tokenizer_free(tok); }   // (also when an error unwinds: tests and fuzzers make die() throw)
 };
 
-// The gradient all-reduce point. Each rank's loss weights carry 1/world, so the sum over ranks is the gradient of
-// the global batch's mean loss. ZeRO-1 needs only this rank's shard of that sum: a reduce-scatter.
-static void allreduce_gradients(TrainRun* r) {
-    if (r->be.cuda) return;   // --device cuda runs one rank (cmd_train): nothing to sum
-    if (r->s.zero) dist_reduce_scatter_sum(r->dist, r->model.grads_memory.data());
-    else dist_allreduce_sum(r->dist, r->model.grads_memory.data(), r->model.num_parameters);
-}
 // AdamW state from a checkpoint, for this rank: optimizer.safetensors (replicated; sliced under ZeRO-1) or the
 // ZeRO-1 files of any world size (re-sharded; assembled whole without ZeRO-1)
 static void load_optimizer_state(TrainRun* r, const std::string& ckpt) {
@@ -1306,7 +1339,7 @@ static std::string train_loop(TrainRun* r) {
             for (float& w : dl) w /= (float)(s.accum * s.world);   // the step's loss: the mean over micro-batches and ranks
             backend_backward(&r->be, dl.data());
         }
-        allreduce_gradients(r);
+        reduce_gradients(r);
         r->tokens_seen += step_tokens;   // read: the step's tokens are seen
         return {{"loss", loss}};
     };
@@ -1472,10 +1505,14 @@ static const char* TRAIN_USAGE =
            "                       over (without it, such an --out is refused: continue that run with --resume)\n"
            "  --seed S             initialisation and data order (default 1337)     --threads N   OpenMP threads\n"
            "  --zero 0|1           ZeRO-1: shard AdamW's state over the MPI ranks (default 0)\n"
-           "  --device D           auto (the GPU when there is one) | cpu (fp32, the reference) | cuda (bf16 on one GPU,\n"
-           "                       fp32 master weights and AdamW state); checkpoints resume on either\n"
+           "  --device D           auto (the GPU when there is one) | cpu (fp32, the reference) | cuda (bf16 on one GPU\n"
+           "                       per rank, fp32 master weights and AdamW state); checkpoints resume on either\n"
+           "  --recompute          --device cuda: keep RMSNorm/SwiGLU outputs for one layer and recompute them in\n"
+           "                       backward (less activation memory, same gradients)\n"
            "  data parallel:       mpirun -np N deepseek train ... (or srun): --micro-batch is per rank, --batch-tokens\n"
-           "                       global; rank r reads windows r, r+N, ... of each step's global batch; rank 0 logs\n"
+           "                       global; rank r reads windows r, r+N, ... of each step's global batch; rank 0 logs.\n"
+           "                       The ranks sum gradients over MPI on the CPU and over NCCL on GPUs (one GPU per\n"
+           "                       rank: the rank's index on its machine picks it)\n"
            "  outputs: OUT/metrics.jsonl, OUT/step_NNNNNN/ checkpoints, OUT/final/ (model directory + optimizer and\n"
            "  trainer state), OUT/loss.png. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n"
            "  one run per --out: OUT/.lock (an flock held while training, naming the holder's pid and host; under MPI\n"
@@ -1498,18 +1535,21 @@ int cmd_train(int argc, char** argv) {
            {"preset", "model", "data", "out", "steps", "batch-tokens", "seq-len", "micro-batch", "lr", "lr-schedule",
             "warmup-steps", "compute", "eval-every", "eval-windows", "save-every", "keep", "sample-tokens", "seed", "resume", "zero",
             "threads", "device"},
-           {"overwrite"});
+           {"overwrite", "recompute"});
     std::string device = a.str("device", "auto");
     Device dev = device_select(device);   // dies here if --device cuda cannot run
     TrainRun r;
     TrainSettings& s = r.s;
     dist_init(&r.dist);   // rank and world from mpirun / srun; a lone process is rank 0 of 1
     if (r.dist.rank != 0 && !freopen("/dev/null", "w", stdout)) die("rank %d: cannot silence stdout", r.dist.rank);
-    // the CUDA backend trains on one GPU: its gradients would need the NCCL all-reduce on the device, not wired yet
-    if (dev == Device::CUDA && r.dist.world > 1) {
-        if (device == "cuda") die("train: --device cuda runs one process on one GPU; with %d MPI ranks use --device cpu", r.dist.world);
-        printf("note: --device auto: %d MPI ranks train on the CPU (the CUDA backend runs one rank)\n", r.dist.world);
-        dev = Device::CPU;
+    // GPUs: one per rank, picked by the rank's index on its machine; the ranks' gradients are summed over NCCL
+    if (dev == Device::CUDA) {
+        int ngpu = cuda_device_count();
+        if (r.dist.local_world > ngpu)
+            die("train: %d ranks on this machine share %d GPU(s); the CUDA backend needs one GPU per rank (launch at most "
+                "%d ranks per machine, or use --device cpu)", r.dist.local_world, ngpu, ngpu);
+        cuda_use_local_rank(r.dist.local_rank);
+        if (r.dist.world > 1) dist_nccl_init(&r.dist);
     }
     bool resume = a.has("resume");
     std::string ckpt;
@@ -1745,9 +1785,10 @@ int cmd_train(int argc, char** argv) {
            s.lr, s.schedule == LRSchedule::MULTISTEP ? "multistep" : "cosine", s.warmup, ADAMW_BETA1, ADAMW_BETA2, ADAMW_EPS,
            WEIGHT_DECAY, CLIP_GRAD_NORM, num_threads());
     if (s.world > 1 || s.zero)
-        printf("data parallel: %d rank(s) over MPI (%d on this machine)%s\n", s.world, r.dist.local_world,
-               s.zero ? ", ZeRO-1: each rank keeps 1/world of AdamW's state" : "");
-    backend_open(&r.be, dev, r.opt, s.micro_batch, s.seq_len, "train");
+        printf("data parallel: %d rank(s) (%d on this machine), gradients summed over %s%s\n", s.world, r.dist.local_world,
+               dev == Device::CUDA ? "NCCL" : "MPI", s.zero ? "; ZeRO-1: each rank keeps 1/world of AdamW's state" : "");
+    dp_optimizer_range(&r);
+    backend_open(&r.be, dev, r.opt, s.micro_batch, s.seq_len, a.flag("recompute"), "train");
     fflush(stdout);
 
     std::string final_dir = train_loop(&r);
@@ -2034,6 +2075,7 @@ double dpo_forward_backward(Backend* be, const std::vector<const ChatSeq*>& rows
 
 struct AlignRun : Trainer {
     Device device = Device::CPU;          // --device (not saved with the settings: a run resumes on either backend)
+    bool recompute = false;               // --recompute (CUDA; like --device, not saved)
     Tokenizer* tok = nullptr;             // freed with the run (~AlignRun), also when an error unwinds
     int pad = 0;                          // padding input id (EOS); padded targets are −1
     json settings;                        // the run's flags, kept in trainer_state.json for --resume
@@ -2160,6 +2202,7 @@ static void align_load(const Args& a, AlignRun* r) {
 static void align_config(const Args& a, AlignRun* r, int default_epochs, int default_batch, double default_lr) {
     r->cmd = a.cmd;
     r->device = device_select(a.str("device", "auto"));   // dies here if --device cuda cannot run
+    r->recompute = a.flag("recompute");
     r->out = a.str("out");
     r->epochs = (int)a.integer("epochs", default_epochs, 1, 100000);
     r->B = (int)a.integer("batch", default_batch, 1, 1 << 20);
@@ -2176,7 +2219,8 @@ static void align_device(AlignRun* r, int rows, const std::vector<const std::vec
     int T = 1;
     for (const auto* set : sets)
         for (const ChatSeq& q : *set) T = std::max(T, (int)q.ids.size() - 1);
-    backend_open(&r->be, r->device, AdamW(), rows, T, r->cmd.c_str());
+    dp_optimizer_range(r);
+    backend_open(&r->be, r->device, AdamW(), rows, T, r->recompute, r->cmd.c_str());
 }
 // the schedule and the output directory; with a checkpoint, its weights, AdamW state and step. Returns false (and
 // says so) when the checkpoint is a finished run's final/ with no steps left: nothing to do.
@@ -2238,6 +2282,8 @@ static void align_finish(AlignRun* r, const std::string& final_dir) {
     "  --log-every N       progress line every N steps (default 10)\n" \
     "  --seed S            data order (default 1)      --threads N   OpenMP threads\n" \
     "  --device D          auto (the GPU when there is one) | cpu | cuda; checkpoints resume on either\n" \
+    "  --recompute         --device cuda: keep RMSNorm/SwiGLU outputs for one layer and recompute them in backward\n" \
+    "                      (less activation memory, the same gradients)\n" \
     "  AdamW (β1 0.9, β2 0.95, ε 1e-8, weight decay 0.1 on matrices), gradient clipping at 1.0, as pre-training.\n" \
     "  outputs: OUT/final/ (model directory + tokenizer + optimizer + trainer state), OUT/step_NNNNNN/ checkpoints,\n" \
     "  OUT/metrics.jsonl. SIGINT/SIGTERM finish the step, write a checkpoint and exit.\n"
@@ -2248,7 +2294,7 @@ static std::vector<std::string> align_value_flags(std::vector<std::string> own) 
         own.push_back(f);
     return own;
 }
-static const std::vector<std::string> ALIGN_SWITCHES = {"skip-bad", "overwrite"};
+static const std::vector<std::string> ALIGN_SWITCHES = {"skip-bad", "overwrite", "recompute"};
 
 // ---------------------------------------------------------------------------- deepseek sft
 
@@ -2457,7 +2503,9 @@ int cmd_dpo(int argc, char** argv) {
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>             // MPI_Init_thread, MPI_Allreduce, MPI_Reduce_scatter, MPI_Allgatherv, MPI_Bcast
 #endif
-#ifdef DEEPSEEK_CUDA
+// NCCL comes with the CUDA build unless it is built without (make NCCL=0: one GPU, no data-parallel GPU ranks)
+#if defined(DEEPSEEK_CUDA) && !defined(DEEPSEEK_NO_NCCL)
+#define DEEPSEEK_NCCL 1
 #include <cuda_runtime.h>    // cudaSetDevice, cudaStream_t
 #include <nccl.h>            // ncclCommInitRank, ncclAllReduce, ncclReduceScatter, ncclAllGather
 #endif
@@ -2518,8 +2566,12 @@ void dist_init(Dist* d) {
 }
 
 void dist_finalize(Dist* d) {
-#ifdef DEEPSEEK_CUDA
-    if (d->nccl) { ncclCommDestroy((ncclComm_t)d->nccl); d->nccl = nullptr; }
+#ifdef DEEPSEEK_NCCL
+    if (d->nccl) {
+        ncclResult_t r = ncclCommDestroy((ncclComm_t)d->nccl);
+        d->nccl = nullptr;
+        if (r != ncclSuccess) die("NCCL: ncclCommDestroy failed: %s", ncclGetErrorString(r));
+    }
 #endif
 #ifdef DEEPSEEK_MPI
     int inited = 0, finalized = 0;
@@ -2598,7 +2650,7 @@ void dist_barrier(const Dist& d) {
 double dist_sum_squares(const Dist& d, const float* x, size_t n, bool sharded) {
     size_t b = sharded ? d.shard_begin() : 0, e = sharded ? d.shard_end() : n;
     if (sharded && d.shard.size() != (size_t)d.world + 1) die("sum of squares: call dist_shards first");
-    double s = chunked_sum_squares(x + b, e - b);
+    double s = grad_sum_squares(x + b, e - b);
     if (sharded) dist_allreduce_sum(d, &s, 1);
     return s;
 }
@@ -2624,28 +2676,15 @@ double dist_clip_grad_norm(const Dist& d, float* g, size_t n, double max_norm, b
 // adamw_update restricted to [shard_begin, shard_end): each tensor's overlap with the shard gets adamw_step with the
 // tensor's weight decay, so every element sees exactly the arithmetic of the unsharded update. opt->m, opt->v: [shard].
 void zero_adamw_update(const Dist& d, Model* model, AdamW* opt, float lr) {
-    size_t b = d.shard_begin(), e = d.shard_end();
     if (d.shard.size() != (size_t)d.world + 1 || d.shard[d.world] != model->num_parameters) die("ZeRO-1: call dist_shards first");
-    if (opt->m.size() != e - b) {
-        opt->m.assign(e - b, 0.0f);
-        opt->v.assign(e - b, 0.0f);
-    }
-    opt->t++;
-    for (const ParamView& pv : param_views(model->cfg)) {
-        size_t n = 1;
-        for (int64_t x : pv.shape) n *= (size_t)x;
-        size_t lo = std::max(b, pv.offset), hi = std::min(e, pv.offset + n);
-        if (lo >= hi) continue;
-        adamw_step(model->params_memory.data() + lo, model->grads_memory.data() + lo, opt->m.data() + (lo - b),
-                   opt->v.data() + (lo - b), hi - lo, lr, pv.is_matrix ? (float)WEIGHT_DECAY : 0.0f, opt->t);
-    }
+    adamw_update_range(model, opt, lr, d.shard_begin(), d.shard_end());
 }
 
 // ---------------------------------------------------------------------------- NCCL (GPUs)
 // One communicator over all ranks; rank r drives GPU local_rank. Unequal ZeRO shards (the last one) use grouped
 // reduces/broadcasts, one per owner; equal shards use NCCL's in-place reduce-scatter / all-gather.
 
-#ifdef DEEPSEEK_CUDA
+#ifdef DEEPSEEK_NCCL
 #define ncclCheck(call) nccl_check((call), #call, __FILE__, __LINE__)
 static void nccl_check(ncclResult_t r, const char* what, const char* file, int line) {
     if (r != ncclSuccess) die("NCCL: %s failed at %s:%d: %s", what, file, line, ncclGetErrorString(r));
@@ -2661,14 +2700,23 @@ static bool shards_equal(const Dist& d) {
 }
 #endif
 
+bool dist_nccl_available() {
+#ifdef DEEPSEEK_NCCL
+    return true;
+#else
+    return false;
+#endif
+}
+
 void dist_nccl_init(Dist* d) {
-#ifdef DEEPSEEK_CUDA
+#ifdef DEEPSEEK_NCCL
     if (d->nccl) return;
     int ndev = cuda_device_count();
     if (ndev == 0) die("NCCL: no CUDA device");
     if (d->local_world > ndev)
         fprintf(stderr, "warning: %d ranks on this machine share %d GPUs (NCCL needs one GPU per rank)\n", d->local_world, ndev);
-    if (cudaSetDevice(d->local_rank % ndev) != cudaSuccess) die("NCCL: cudaSetDevice(%d) failed", d->local_rank % ndev);
+    cuda_use_local_rank(d->local_rank);   // the backend's GPU is this rank's too
+    if (cudaSetDevice(cuda_device_index()) != cudaSuccess) die("NCCL: cudaSetDevice(%d) failed", cuda_device_index());
     ncclUniqueId id;
     if (d->rank == 0) ncclCheck(ncclGetUniqueId(&id));
     dist_broadcast(*d, &id, sizeof id, 0);   // rank 0's id reaches every rank over MPI
@@ -2677,22 +2725,22 @@ void dist_nccl_init(Dist* d) {
     d->nccl = comm;
 #else
     (void)d;
-    die("NCCL: this binary was built without CUDA");
+    die("NCCL: this binary was built without NCCL (a CPU-only build, or make NCCL=0)");
 #endif
 }
 
 void dist_nccl_allreduce_sum(const Dist& d, float* x, size_t n, void* stream) {
-#ifdef DEEPSEEK_CUDA
+#ifdef DEEPSEEK_NCCL
     ncclCheck(ncclAllReduce(x, x, n, ncclFloat, ncclSum, nccl_comm(d), (cudaStream_t)stream));
 #else
-    die("NCCL: this binary was built without CUDA");
+    die("NCCL: this binary was built without NCCL (a CPU-only build, or make NCCL=0)");
 #endif
 }
 
 // The two sharded collectives, in place on x[n]: reduce-scatter (each rank's shard receives the sum over ranks) and
 // all-gather (every rank's shard copied to all ranks).
 static void nccl_sharded(const Dist& d, float* x, void* stream, bool reduce, const char* what) {
-#ifdef DEEPSEEK_CUDA
+#ifdef DEEPSEEK_NCCL
     if (d.shard.size() != (size_t)d.world + 1) die("%s: call dist_shards first", what);
     cudaStream_t s = (cudaStream_t)stream;
     ncclComm_t comm = nccl_comm(d);
@@ -2712,7 +2760,7 @@ static void nccl_sharded(const Dist& d, float* x, void* stream, bool reduce, con
     ncclCheck(ncclGroupEnd());
 #else
     (void)d; (void)x; (void)stream; (void)reduce; (void)what;
-    die("NCCL: this binary was built without CUDA");
+    die("NCCL: this binary was built without NCCL (a CPU-only build, or make NCCL=0)");
 #endif
 }
 void dist_nccl_reduce_scatter_sum(const Dist& d, float* x, void* stream) { nccl_sharded(d, x, stream, true, "reduce-scatter"); }
@@ -2722,8 +2770,13 @@ void dist_nccl_allgather(const Dist& d, float* x, void* stream) { nccl_sharded(d
 // reduce-scatter and all-gather of n floats on device memory against the sums computed on the host. Rank r's input
 // is small integers, so every order of summation is exact and the comparison is bit-exact. Returns the number of
 // wrong elements (0 = pass) and describes the run in *report.
+#ifdef DEEPSEEK_NCCL
+static void selftest_cuda(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) die("NCCL self-test: %s failed: %s", what, cudaGetErrorString(e));
+}
+#endif
 size_t dist_nccl_selftest(Dist* d, size_t n, std::string* report) {
-#ifdef DEEPSEEK_CUDA
+#ifdef DEEPSEEK_NCCL
     dist_nccl_init(d);
     Dist s = *d;
     dist_shards(&s, n);
@@ -2738,20 +2791,20 @@ size_t dist_nccl_selftest(Dist* d, size_t n, std::string* report) {
     if (cudaMalloc(&dev, n * sizeof(float)) != cudaSuccess) die("NCCL self-test: cudaMalloc of %zu floats failed", n);
     size_t wrong = 0;
     // all-reduce: every element is the sum
-    cudaMemcpy(dev, host.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+    selftest_cuda(cudaMemcpy(dev, host.data(), n * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
     dist_nccl_allreduce_sum(s, dev, n, nullptr);
-    cudaMemcpy(got.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost);
+    selftest_cuda(cudaMemcpy(got.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
     for (size_t i = 0; i < n; i++) wrong += got[i] != want[i];
     // reduce-scatter: this rank's shard is the sum; then all-gather: every shard is its owner's sum
-    cudaMemcpy(dev, host.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+    selftest_cuda(cudaMemcpy(dev, host.data(), n * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
     dist_nccl_reduce_scatter_sum(s, dev, nullptr);
-    cudaMemcpy(got.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost);
+    selftest_cuda(cudaMemcpy(got.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
     for (size_t i = s.shard_begin(); i < s.shard_end(); i++) wrong += got[i] != want[i];
     dist_nccl_allgather(s, dev, nullptr);
-    cudaMemcpy(got.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost);
+    selftest_cuda(cudaMemcpy(got.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
     for (size_t i = 0; i < n; i++) wrong += got[i] != want[i];
     if (cudaDeviceSynchronize() != cudaSuccess) die("NCCL self-test: CUDA error %s", cudaGetErrorString(cudaGetLastError()));
-    cudaFree(dev);
+    selftest_cuda(cudaFree(dev), "cudaFree");
     char buf[256];
     snprintf(buf, sizeof buf, "NCCL rank %d/%d on GPU %d: %zu floats, %zu wrong", d->rank, d->world,
              d->local_rank % cuda_device_count(), n, wrong);
@@ -2759,7 +2812,7 @@ size_t dist_nccl_selftest(Dist* d, size_t n, std::string* report) {
     return wrong;
 #else
     (void)d; (void)n; (void)report;
-    die("NCCL: this binary was built without CUDA");
+    die("NCCL: this binary was built without NCCL (a CPU-only build, or make NCCL=0)");
 #endif
 }
 

@@ -259,8 +259,10 @@ static void attention_backward_cuda(bf16* dq, bf16* dk, bf16* dv, float* dsum, c
     attention_check_dims(D);
     float scale = 1.0f / sqrtf((float)D);
     attention_dsum_kernel<<<ceil_div((long long)B * T * H, 8), 256>>>(dsum, dy, y, B, T, H, D);
+    cudaCheck(cudaGetLastError());
     attention_backward_dq_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), 32 * ATT_WARPS, attention_dq_smem(D)>>>(
         dq, dy, lse, dsum, q, k, v, T, H, KV, D, scale);
+    cudaCheck(cudaGetLastError());
     attention_backward_dkv_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * KV), 32 * ATT_WARPS, attention_dkv_smem(D)>>>(
         dk, dv, dy, lse, dsum, q, k, v, T, H, KV, D, scale);
     cudaCheck(cudaGetLastError());

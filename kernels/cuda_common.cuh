@@ -86,5 +86,5 @@ static void download_bf16(float* dst, const bf16* src, size_t n) {
 
 static void cuda_select_device() {
     if (cuda_device_count() == 0) die("cuda: no CUDA device is available");
-    cudaCheck(cudaSetDevice(0));
+    cudaCheck(cudaSetDevice(cuda_device_index()));   // the rank's GPU (cuda_use_local_rank), 0 for a lone process
 }

@@ -47,11 +47,8 @@ CudaDecode* cuda_decode_create(CudaModel* m, int Tmax) {
 }
 void cuda_decode_free(CudaDecode* d) {
     if (!d) return;
-    cudaFree(d->kcache);
-    cudaFree(d->x);
-    cudaFree(d->logits32);
-    cudaFree(d->token);
-    cudaFree(d->rope_cos);
+    for (void* ptr : {(void*)d->kcache, (void*)d->x, (void*)d->logits32, (void*)d->token, (void*)d->rope_cos})
+        cudaCheck(cudaFree(ptr));
     delete d;
 }
 // Feeds `token` at position `pos` (positions 0..pos-1 must already be in the cache); returns the next-token
@@ -67,6 +64,7 @@ const float* cuda_decode_step(CudaDecode* d, int token, int pos, bool want_logit
     const CudaParams& p = m->p;
     cudaCheck(cudaMemcpy(d->token, &token, 4, cudaMemcpyHostToDevice));
     embedding_forward_kernel<<<1, 256>>>(d->x, d->token, p.embed_tokens, 1, C);
+    cudaCheck(cudaGetLastError());
     for (int l = 0; l < L; l++) {
         const LayerWeights<bf16> w = layer_weights(p, c, l);
         bf16* kc = d->kcache + (size_t)l * d->Tmax * KVD;
@@ -89,6 +87,7 @@ const float* cuda_decode_step(CudaDecode* d, int token, int pos, bool want_logit
     rmsnorm_forward_cuda(d->ln, nullptr, d->x, p.norm, 1, C, eps);
     matmul_forward_cuda(d->logits, d->ln, p.lm_head, 1, C, V);
     bf16_to_f32_kernel<<<ceil_div(V, 256), 256>>>(d->logits32, d->logits, V);
+    cudaCheck(cudaGetLastError());
     cudaCheck(cudaMemcpy(d->host_logits.data(), d->logits32, (size_t)V * 4, cudaMemcpyDeviceToHost));
     return d->host_logits.data();
 }

@@ -97,8 +97,10 @@ static void rmsnorm_forward_cuda(bf16* out, float* rstd, const bf16* inp, const 
 static void rmsnorm_backward_cuda(float* dres, bf16* dres16, float* dweight, float* partial, const bf16* dout, const bf16* inp,
                                   const bf16* w, const float* rstd, int N, int C) {
     rmsnorm_backward_kernel<<<ceil_div(N, 4), 128>>>(dres, dres16, dout, inp, w, rstd, N, C);
+    cudaCheck(cudaGetLastError());
     int chunks = ceil_div(N, RMS_CHUNK);
     rmsnorm_dweight_partial_kernel<<<dim3(ceil_div(C, 256), chunks), 256>>>(partial, dout, inp, rstd, N, C);
+    cudaCheck(cudaGetLastError());
     column_sum_accumulate_kernel<<<ceil_div(C, 256), 256>>>(dweight, partial, chunks, C);
     cudaCheck(cudaGetLastError());
 }

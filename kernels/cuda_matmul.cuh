@@ -1,4 +1,4 @@
-// defines: gemm_cuda, matmul_forward_cuda, matmul_backward_cuda (internals: GemmPlan, CudaBlas, g_blas, ptr_alignment)
+// defines: gemm_cuda, cuda_blas_release, matmul_forward_cuda, matmul_backward_cuda (internals: GemmPlan, CudaBlas, g_blas, ptr_alignment)
 // The CUDA backend's matrix multiplies, all through cuBLASLt (bf16 in, fp32 accumulation), with the residual add
 // fused into the epilogue. Part of deepseek.cu (#included, CUDA builds, after cuda_common.cuh).
 #pragma once
@@ -65,7 +65,7 @@ static void gemm_cuda(bool ta, bool tb, int m, int n, int k, const bf16* A, int 
         cublasLtMatmulHeuristicResult_t res;
         int found = 0;
         cublasCheck(cublasLtMatmulAlgoGetHeuristic(g_blas.lt, p.op, p.a, p.b, p.d, p.d, pref, 1, &res, &found));
-        cublasLtMatmulPreferenceDestroy(pref);
+        cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
         if (found == 0) die("cuBLASLt: no algorithm for a %dx%dx%d matmul", m, n, k);
         p.algo = res.algo;
         it = g_blas.plans.emplace(key, p).first;
@@ -74,6 +74,21 @@ static void gemm_cuda(bool ta, bool tb, int m, int n, int k, const bf16* A, int 
     float alpha = 1.0f;
     cublasCheck(cublasLtMatmul(g_blas.lt, p.op, &alpha, A, p.a, B, p.b, &beta, C, p.d, D, p.d, &p.algo,
                                g_blas.workspace, g_blas.workspace_size, 0));
+}
+// cuBLASLt's handle, its plans' descriptors and layouts, and the workspace, freed (the next gemm_cuda makes them again)
+static void cuda_blas_release() {
+    for (auto& kv : g_blas.plans) {
+        GemmPlan& p = kv.second;
+        cublasCheck(cublasLtMatrixLayoutDestroy(p.a));
+        cublasCheck(cublasLtMatrixLayoutDestroy(p.b));
+        cublasCheck(cublasLtMatrixLayoutDestroy(p.d));
+        cublasCheck(cublasLtMatmulDescDestroy(p.op));
+    }
+    g_blas.plans.clear();
+    if (g_blas.lt) cublasCheck(cublasLtDestroy(g_blas.lt));
+    g_blas.lt = nullptr;
+    cudaCheck(cudaFree(g_blas.workspace));
+    g_blas.workspace = nullptr;
 }
 // out[N,OUT] = inp[N,IN] · W[OUT,IN]ᵀ (+ residual[N,OUT] when given)
 static void matmul_forward_cuda(bf16* out, const bf16* inp, const bf16* w, int N, int IN, int OUT, const bf16* residual = nullptr) {

@@ -1,5 +1,7 @@
 // defines: CudaParams, CudaActs, CudaModel, CudaLayerActs, cuda_layer_acts, cuda_model_create, cuda_model_free,
-//          cuda_model_forward, cuda_model_backward, cuda_model_zero_grad, cuda_model_grad_norm, cuda_model_adamw,
+//          cuda_model_forward, cuda_model_backward, cuda_model_zero_grad, cuda_model_grad_norm,
+//          cuda_model_grad_sum_squares, cuda_model_grads, cuda_model_master, cuda_model_refresh_params,
+//          cuda_model_shard_optimizer, cuda_model_adamw,
 //          cuda_model_get/set_params, cuda_model_get_grads, cuda_model_get/set_adam_state, cuda_model_get_logits,
 //          cuda_model_get_losses, cuda_model_memory_bytes, cuda_synchronize
 // The model on the GPU: its memory (one allocation per kind), and the forward and backward that chain the
@@ -53,13 +55,15 @@ struct CudaActs {
     int* emb_groups;     // [3N+1] the embedding backward's grouping of positions by token
 };
 
+static int g_cuda_models = 0;   // CudaModels alive: the last one freed releases cuBLASLt's state (cuda_blas_release)
 struct CudaModel {
     Config cfg;
     int Bmax = 0, Tmax = 0, B = 0, T = 0;
     bool recompute = false, have_forward = false;
     size_t num_parameters = 0, sizes[NUM_PARAM_TENSORS];
     bf16* params_mem = nullptr;
-    float *master = nullptr, *grads_mem = nullptr, *adam_mem = nullptr;   // adam_mem: m then v
+    float *master = nullptr, *grads_mem = nullptr, *adam_mem = nullptr;   // adam_mem: m then v, of AdamW's range
+    size_t opt_begin = 0, opt_end = 0;   // AdamW's range: all parameters, or a ZeRO-1 shard (cuda_model_shard_optimizer)
     void* acts_mem = nullptr;
     size_t acts_bytes = 0;
     CudaParams p;
@@ -99,6 +103,7 @@ CudaModel* cuda_model_create(const Model& host, int Bmax, int Tmax, bool recompu
     if (Tmax > c.max_position_embeddings) die("cuda: sequence length %d exceeds the model's context %d", Tmax, c.max_position_embeddings);
     if (c.head_dim > ATT_MAXD) die("cuda: head_dim %d exceeds the attention kernels' maximum %d", c.head_dim, ATT_MAXD);
     CudaModel* m = new CudaModel;
+    g_cuda_models++;
     m->cfg = c;
     m->Bmax = Bmax;
     m->Tmax = Tmax;
@@ -111,6 +116,7 @@ CudaModel* cuda_model_create(const Model& host, int Bmax, int Tmax, bool recompu
     cudaCheck(cudaMalloc(&m->master, P * sizeof(float)));
     cudaCheck(cudaMalloc(&m->grads_mem, P * sizeof(float)));
     cudaCheck(cudaMalloc(&m->adam_mem, 2 * P * sizeof(float)));
+    m->opt_end = P;
     cudaCheck(cudaMemcpy(m->master, host.params_memory.data(), P * sizeof(float), cudaMemcpyHostToDevice));
     upload_bf16(m->params_mem, host.params_memory.data(), P);
     cudaCheck(cudaMemset(m->grads_mem, 0, P * sizeof(float)));
@@ -168,7 +174,7 @@ CudaModel* cuda_model_create(const Model& host, int Bmax, int Tmax, bool recompu
         double GiB = 1073741824.0;
         printf("cuda: %s, %zu parameters; memory: params bf16 %.2f GiB, master fp32 %.2f GiB, grads fp32 %.2f GiB, "
                "AdamW m+v %.2f GiB, activations %.2f GiB (B=%d T=%d%s) — total %.2f GiB\n",
-               cuda_device_name(0).c_str(), P, P * 2 / GiB, P * 4 / GiB, P * 4 / GiB, P * 8 / GiB, total / GiB, Bmax, Tmax,
+               cuda_device_name(cuda_device_index()).c_str(), P, P * 2 / GiB, P * 4 / GiB, P * 4 / GiB, P * 8 / GiB, total / GiB, Bmax, Tmax,
                recompute ? ", recompute" : "", (P * 18 + total) / GiB);
     }
     return m;
@@ -176,14 +182,11 @@ CudaModel* cuda_model_create(const Model& host, int Bmax, int Tmax, bool recompu
 
 void cuda_model_free(CudaModel* m) {
     if (!m) return;
-    cudaFree(m->params_mem);
-    cudaFree(m->master);
-    cudaFree(m->grads_mem);
-    cudaFree(m->adam_mem);
-    cudaFree(m->acts_mem);
-    cudaFree(m->rope_cos);
-    cudaFree(m->rope_sin);
+    for (void* ptr : {(void*)m->params_mem, (void*)m->master, (void*)m->grads_mem, (void*)m->adam_mem, m->acts_mem,
+                      (void*)m->rope_cos, (void*)m->rope_sin})
+        cudaCheck(cudaFree(ptr));
     delete m;
+    if (--g_cuda_models == 0) cuda_blas_release();   // the last model: cuBLASLt's handle, plans and workspace too
 }
 
 // Forward over tokens [B,T], like model_forward: returns the mean loss over unmasked targets (0 if none / null).
@@ -310,18 +313,43 @@ void cuda_model_backward(CudaModel* m, const float* dlosses) {
 
 void cuda_model_zero_grad(CudaModel* m) { cudaCheck(cudaMemset(m->grads_mem, 0, m->num_parameters * sizeof(float))); }
 
-float cuda_model_grad_norm(CudaModel* m) { return grad_norm_cuda(m->grads_mem, m->num_parameters, m->a.partial); }
+float cuda_model_grad_norm(CudaModel* m) { return (float)sqrt(cuda_model_grad_sum_squares(m, 0, m->num_parameters)); }
+double cuda_model_grad_sum_squares(CudaModel* m, size_t begin, size_t end) {
+    if (begin > end || end > m->num_parameters) die("cuda: gradient range [%zu, %zu) outside %zu parameters", begin, end, m->num_parameters);
+    return grad_sumsq_cuda(m->grads_mem + begin, end - begin, m->a.partial);
+}
+float* cuda_model_grads(CudaModel* m) { return m->grads_mem; }
+float* cuda_model_master(CudaModel* m) { return m->master; }
+void cuda_model_refresh_params(CudaModel* m) {
+    size_t P = m->num_parameters;
+    f32_to_bf16_kernel<<<ceil_div((long long)P, 256), 256>>>(m->params_mem, m->master, P);
+    cudaCheck(cudaGetLastError());
+}
+void cuda_model_shard_optimizer(CudaModel* m, size_t begin, size_t end) {
+    if (begin > end || end > m->num_parameters) die("cuda: AdamW range [%zu, %zu) outside %zu parameters", begin, end, m->num_parameters);
+    cudaCheck(cudaFree(m->adam_mem));
+    m->adam_mem = nullptr;
+    size_t n = end - begin;
+    cudaCheck(cudaMalloc(&m->adam_mem, std::max<size_t>(2 * n, 1) * sizeof(float)));
+    cudaCheck(cudaMemset(m->adam_mem, 0, std::max<size_t>(2 * n, 1) * sizeof(float)));
+    m->opt_begin = begin;
+    m->opt_end = end;
+    printf("cuda: ZeRO-1: AdamW m+v for parameters [%zu, %zu): %.2f GiB on this GPU\n", begin, end, 2.0 * n * 4 / 1073741824.0);
+}
 
+// AdamW over the optimizer's range [opt_begin, opt_end): each weight-decay range's overlap with it; m and v are
+// indexed from opt_begin
 void cuda_model_adamw(CudaModel* m, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int step) {
     if (step < 1) die("adamw: step must be ≥ 1, got %d", step);
-    float* mm = m->adam_mem;
-    float* vv = m->adam_mem + m->num_parameters;
-    for (auto& r : m->decay)
-        adamw_cuda(m->master + r.first, m->params_mem + r.first, mm + r.first, vv + r.first, m->grads_mem + r.first, r.second,
-                   lr, beta1, beta2, eps, weight_decay, grad_scale, step);
-    for (auto& r : m->no_decay)
-        adamw_cuda(m->master + r.first, m->params_mem + r.first, mm + r.first, vv + r.first, m->grads_mem + r.first, r.second,
-                   lr, beta1, beta2, eps, 0.0f, grad_scale, step);
+    size_t b = m->opt_begin, e = m->opt_end, n = e - b;
+    float *mm = m->adam_mem, *vv = m->adam_mem + n;   // the moments of parameter i ∈ [b, e) at mm[i − b], vv[i − b]
+    for (int k = 0; k < 2; k++)
+        for (auto& r : k == 0 ? m->decay : m->no_decay) {
+            size_t lo = std::max(b, r.first), hi = std::min(e, r.first + r.second);
+            if (lo >= hi) continue;
+            adamw_cuda(m->master + lo, m->params_mem + lo, mm + (lo - b), vv + (lo - b), m->grads_mem + lo, hi - lo, lr, beta1, beta2, eps,
+                       k == 0 ? weight_decay : 0.0f, grad_scale, step);
+        }
 }
 
 void cuda_model_get_params(CudaModel* m, Model* host) {
@@ -336,13 +364,16 @@ void cuda_model_set_params(CudaModel* m, const Model& host) {
 void cuda_model_get_grads(CudaModel* m, float* host_grads) {
     cudaCheck(cudaMemcpy(host_grads, m->grads_mem, m->num_parameters * 4, cudaMemcpyDeviceToHost));
 }
+// AdamW's moments of the optimizer's range: opt_end − opt_begin elements each
 void cuda_model_get_adam_state(CudaModel* m, float* host_m, float* host_v) {
-    cudaCheck(cudaMemcpy(host_m, m->adam_mem, m->num_parameters * 4, cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(host_v, m->adam_mem + m->num_parameters, m->num_parameters * 4, cudaMemcpyDeviceToHost));
+    size_t n = m->opt_end - m->opt_begin;
+    cudaCheck(cudaMemcpy(host_m, m->adam_mem, n * 4, cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(host_v, m->adam_mem + n, n * 4, cudaMemcpyDeviceToHost));
 }
 void cuda_model_set_adam_state(CudaModel* m, const float* host_m, const float* host_v) {
-    cudaCheck(cudaMemcpy(m->adam_mem, host_m, m->num_parameters * 4, cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(m->adam_mem + m->num_parameters, host_v, m->num_parameters * 4, cudaMemcpyHostToDevice));
+    size_t n = m->opt_end - m->opt_begin;
+    cudaCheck(cudaMemcpy(m->adam_mem, host_m, n * 4, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(m->adam_mem + n, host_v, n * 4, cudaMemcpyHostToDevice));
 }
 // the last forward's logits [B,T,V] as fp32 (before backward, which overwrites them)
 void cuda_model_get_logits(CudaModel* m, float* host_logits) {
@@ -352,5 +383,7 @@ void cuda_model_get_logits(CudaModel* m, float* host_logits) {
 void cuda_model_get_losses(CudaModel* m, float* host_losses) {
     cudaCheck(cudaMemcpy(host_losses, m->a.losses, (size_t)m->B * m->T * 4, cudaMemcpyDeviceToHost));
 }
-size_t cuda_model_memory_bytes(const CudaModel* m) { return m->num_parameters * 18 + m->acts_bytes; }
+size_t cuda_model_memory_bytes(const CudaModel* m) {
+    return m->num_parameters * 10 + (m->opt_end - m->opt_begin) * 8 + m->acts_bytes;
+}
 void cuda_synchronize() { cudaCheck(cudaDeviceSynchronize()); }

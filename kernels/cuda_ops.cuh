@@ -11,7 +11,11 @@
 struct DevBuf {   // a device buffer freed at scope exit
     void* p = nullptr;
     explicit DevBuf(size_t bytes) { cudaCheck(cudaMalloc(&p, bytes ? bytes : 1)); }
-    ~DevBuf() { cudaFree(p); }
+    // (a destructor must not throw, and die() throws in the tests: a failed free is reported, not fatal)
+    ~DevBuf() {
+        cudaError_t e = cudaFree(p);
+        if (e != cudaSuccess) fprintf(stderr, "warning: cudaFree failed: %s\n", cudaGetErrorString(e));
+    }
     DevBuf(const DevBuf&) = delete;
     DevBuf& operator=(const DevBuf&) = delete;
     bf16* b() const { return (bf16*)p; }
@@ -27,6 +31,7 @@ void cuda_op_embedding(float* out, float* dwte, const int* tokens, const float* 
     cudaCheck(cudaMemcpy(t.p, tokens, N * 4, cudaMemcpyHostToDevice));
     upload_bf16(w.b(), wte, (size_t)V * C);
     embedding_forward_kernel<<<N, 256>>>(o.b(), t.i(), w.b(), N, C);
+    cudaCheck(cudaGetLastError());
     download_bf16(out, o.b(), (size_t)N * C);
     up_f32(dw.f(), dwte, (size_t)V * C);
     up_f32(dr.f(), dres, (size_t)N * C);
@@ -55,6 +60,7 @@ void cuda_op_matmul(float* out, float* dinp, float* dweight, const float* inp, c
     download_bf16(out, o.b(), (size_t)N * out_dim);
     download_bf16(dinp, dx.b(), (size_t)N * in);
     down_f32(dweight, dw.f(), (size_t)out_dim * in);
+    if (g_cuda_models == 0) cuda_blas_release();
 }
 // twin: rmsnorm_forward_ref / rmsnorm_backward_ref. dinp (fp32) and dweight accumulate.
 void cuda_op_rmsnorm(float* out, float* rstd, float* dinp, float* dweight, const float* inp, const float* weight,
@@ -136,6 +142,7 @@ void cuda_op_crossentropy(float* losses, float* dlogits, const float* logits, co
     cudaCheck(cudaMemcpy(t.p, targets, N * 4, cudaMemcpyHostToDevice));
     up_f32(dl.f(), dlosses, N);
     crossentropy_forward_kernel<<<N, 512>>>(l.f(), lse.f(), z.b(), t.i(), V);
+    cudaCheck(cudaGetLastError());
     crossentropy_backward_inplace_kernel<<<N, 512>>>(z.b(), lse.f(), t.i(), dl.f(), V);
     cudaCheck(cudaGetLastError());
     down_f32(losses, l.f(), N);

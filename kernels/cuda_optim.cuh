@@ -1,4 +1,4 @@
-// defines: adamw_cuda, grad_norm_cuda (NORM_BLOCKS) and their kernels
+// defines: adamw_cuda, grad_sumsq_cuda, grad_norm_cuda (NORM_BLOCKS) and their kernels
 // The CUDA backend's optimizer step: AdamW on the fp32 master weights, and the global gradient norm, both
 // deterministic. Part of deepseek.cu (#included, CUDA builds).
 #pragma once
@@ -40,12 +40,14 @@ __global__ void sumsq_partial_kernel(float* partial, const float* g, size_t n) {
     acc = block_sum(acc, red);
     if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
-static float grad_norm_cuda(const float* g, size_t n, float* partial_dev) {
+static double grad_sumsq_cuda(const float* g, size_t n, float* partial_dev) {
+    if (n == 0) return 0.0;
     sumsq_partial_kernel<<<NORM_BLOCKS, 512>>>(partial_dev, g, n);
     cudaCheck(cudaGetLastError());
     float h[NORM_BLOCKS];
     cudaCheck(cudaMemcpy(h, partial_dev, sizeof h, cudaMemcpyDeviceToHost));
     double s = 0.0;
     for (int i = 0; i < NORM_BLOCKS; i++) s += h[i];
-    return (float)sqrt(s);
+    return s;
 }
+static float grad_norm_cuda(const float* g, size_t n, float* partial_dev) { return (float)sqrt(grad_sumsq_cuda(g, n, partial_dev)); }

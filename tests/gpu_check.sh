@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
-# gpu_check.sh — the whole GPU validation and benchmark in one script (make gpu-check), ≤ 8 minutes on one H200:
-#   0. the third-party packages: tests/gpu_deps.sh unpack (the .debs carried in .gpu-debs/, NCCL from the image)
+# gpu_check.sh — the whole GPU validation and benchmark in one script (make gpu-check), ≤ 8 minutes on one H100/H200:
+#   0. preflight: the third-party packages (tests/gpu_deps.sh unpack: the .debs carried in .gpu-debs/, NCCL from the
+#      image), then each header and library the build needs, probed with the compiler; fallbacks: without NCCL a
+#      one-GPU build (make NCCL=0), without a working MPI a build without it (MPI=0), without doctest no test binary
 #   1. builds ./deepseek, the test binary and build/bench/bench_gpu for sm_90 (GPU_ARCH=sm_80 etc. to change), make -j<cores>
-#   2. runs the CUDA tests: every kernel and the model against the CPU backend, and the subcommands (train with a
-#      checkpoint resumed on the CPU, generate, sft, dpo) with --device cuda against --device cpu; when that process
-#      crashes or hangs, each test case again in its own process, so one crash does not hide the others
-#   3. compute-sanitizer memcheck + racecheck on a short training step and a few decode steps (when installed)
-#   4. benchmarks (tests/bench/bench_gpu.cpp): training tokens/s and MFU for ~124M and ~350M shapes, batch-1 decode tokens/s for a ~1.1B shape
-#      beside its memory-bandwidth bound; PyTorch on the same shapes when it is installed with CUDA
+#   2. the CUDA tests in two processes: the kernels and the model against their CPU twins, then the subcommands
+#      (train, generate, sft, dpo with --device cuda against --device cpu); every case of a process that failed,
+#      crashed or hung and did not pass runs again alone with CUDA_LAUNCH_BLOCKING=1, so one crash hides no other
+#      and an asynchronous error is reported at the launch that caused it
+#   3. compute-sanitizer (looked for on PATH, in CUDA_HOME and /usr/local/cuda*/, /opt/nvidia): memcheck on a short
+#      training step and a few decode steps, memcheck and racecheck on the attention and decode tests
+#   4. benchmarks (tests/bench/bench_gpu.cpp): training tokens/s, achieved TFLOP/s and MFU for ~124M and ~350M shapes,
+#      batch-1 decode tokens/s for a ~1.1B shape beside its memory-bandwidth bound; PyTorch on the same shapes when it
+#      is installed with CUDA
 #   5. the summary, $OUT/gpu_check_summary.txt, beside the whole log, $OUT/gpu_check.log (build/gpu_check/ when
-#      OUT is unset); the summary is rewritten after every step, so a crash or a kill still leaves one
+#      OUT is unset); written from the start, rewritten after every step and completed by the EXIT trap, so a crash
+#      or a kill still leaves one
 # Without a GPU it prints "no CUDA device" and exits 0.
 #
-# Time: every step runs under `timeout`, its limit cut to what is left of GPU_CHECK_BUDGET (450 s: the whole run
-# ends within 8 minutes); a step with under 20 s left is skipped and says so in the summary. Every step runs
-# line-buffered (stdbuf -oL -eL), so the lines before a hang or a segfault are in the log.
+#   bash tests/gpu_check.sh --dry-run   on any machine: everything that needs no device — the preflight with its
+#                                       fallbacks, the build (the Makefile's sm_80 + sm_90 unless GPU_ARCH is set; the
+#                                       binary must hold sm_90 code), the test binary's CUDA case lists, the summary —
+#                                       and each device step recorded as skipped. CI runs it.
+#
+# Time: one overall deadline, GPU_CHECK_BUDGET (450 s: the whole run ends within 8 minutes); every step runs under
+# `timeout`, its limit cut to what is left; a step with under 20 s left is skipped and says so in the summary. Every
+# step runs line-buffered (stdbuf -oL -eL) with doctest's per-case durations, so the lines before a hang or a
+# segfault are in the log.
 #
 # MFU = tokens/s × (6·N_matmul + 12·L·H·D·T) / 989 TFLOP/s (H100/H200 SXM dense bf16; PEAK_TFLOPS to change);
 # N_matmul = parameters in matmuls (all but the embedding table). Decode bound = HBM_TBS (4.8 TB/s, H200) divided
@@ -27,7 +39,14 @@ for d in /usr/local/cuda/bin /usr/bin; do
     case ":$PATH:" in *":$d:"*) ;; *) [ -d "$d" ] && PATH="$PATH:$d" ;; esac
 done
 export PATH
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q "GPU"; then
+DRY=0
+case "${1:-}" in
+    --dry-run) DRY=1 ;;
+    "") ;;
+    -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "usage: bash tests/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
+esac
+if [ "$DRY" = 0 ] && { ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q "GPU"; }; then
     echo "no CUDA device"
     exit 0
 fi
@@ -37,6 +56,7 @@ mkdir -p "$OUTDIR" build
 LOG="$OUTDIR/gpu_check.log"
 SUMMARY="$OUTDIR/gpu_check_summary.txt"
 ARCH="${GPU_ARCH:-sm_90}"
+[ "$DRY" = 1 ] && [ -z "${GPU_ARCH:-}" ] && ARCH=""   # the dry run builds the Makefile's own architectures
 PEAK="${PEAK_TFLOPS:-989}"
 HBM="${HBM_TBS:-4.8}"
 BUDGET="${GPU_CHECK_BUDGET:-450}"
@@ -55,13 +75,14 @@ export PYTHONUNBUFFERED=1
 
 write_summary() {
     {
-        echo "gpu-check summary ($(date -u +%Y-%m-%dT%H:%MZ), $(elapsed) s of a ${BUDGET} s budget${1:+, $1})"
-        echo "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
+        echo "gpu-check$([ "$DRY" = 1 ] && echo " --dry-run") summary ($(date -u +%Y-%m-%dT%H:%MZ), $(elapsed) s of a ${BUDGET} s budget${1:+, $1})"
+        if [ "$DRY" = 1 ]; then echo "device: none needed (dry run: every step that needs a GPU is recorded as skipped)"
+        else echo "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"; fi
         echo "nvcc: $(nvcc --version 2>/dev/null | tail -1)"
         for r in ${results[@]+"${results[@]}"}; do echo "$r"; done
         [ -n "$current" ] && echo "RUN   $current (started at $current_t0 s; unfinished when this was written)"
         echo "MFU = tokens/s × (6·N_matmul + 12·L·H·D·T) / ${PEAK} TFLOP/s; decode bound = ${HBM} TB/s / bytes per token"
-        grep -aE "^(train|decode|torch |\[doctest\] test cases|[0-9]+ passed|[0-9]+\.[0-9]+ s: )|error:|ERROR:|Segmentation|Aborted|ERROR SUMMARY" "$LOG" | head -200 || true
+        grep -aE "^(train|decode|torch |preflight|\[doctest\] test cases|[0-9]+ passed|[0-9]+\.[0-9]+ s: )|error:|ERROR:|Segmentation|Aborted|ERROR SUMMARY" "$LOG" | head -200 || true
     } > "$SUMMARY.tmp" 2>/dev/null && mv -f "$SUMMARY.tmp" "$SUMMARY"
 }
 # the log stays under 16 MiB: its first 5 and last 9 MiB when it grows past 15
@@ -100,6 +121,10 @@ trap 'finish' EXIT
 step() {
     local name="$1" limit="$2"; shift 2
     local left=$((BUDGET - $(elapsed)))
+    if [ "$DRY" = 1 ] && [ "${NEEDS_GPU:-1}" = 1 ]; then
+        say "==== $name: skipped (dry run): $*"
+        results+=("SKIP  $name (dry run: needs a GPU)"); write_summary; return 0
+    fi
     if [ "$left" -lt 20 ]; then
         say ""; say "==== $name: skipped, $(elapsed) s of the ${BUDGET} s budget used"
         results+=("SKIP  $name (time budget)"); write_summary; return 125
@@ -133,14 +158,17 @@ step() {
 }
 skip() { say "$1: skipped ($2)"; results+=("SKIP  $1 ($2)"); write_summary; }
 
-say "gpu-check: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
+if [ "$DRY" = 1 ]; then say "gpu-check --dry-run: the preflight, the build and the summary; no GPU is used"
+else say "gpu-check: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"; fi
 say "host: $(uname -m), $JOBS cores, $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
-for t in nvcc g++ make objcopy compute-sanitizer stdbuf mpicxx python3; do
+for t in nvcc g++ make objcopy cuobjdump compute-sanitizer stdbuf mpicxx mpirun python3; do
     say "  $t: $(command -v "$t" || echo "not found")"
 done
 write_summary
+NEEDS_GPU=0   # the steps until the tests need no device (the dry run runs them too)
 
-# 0. the packages the build needs (nlohmann-json, doctest, Oniguruma, NCCL's link name), and the CUDA libraries
+# 0. preflight: the packages the build needs (nlohmann-json, doctest, Oniguruma, NCCL's link name), and the CUDA
+#    libraries; then each probed with the compiler, with a fallback where there is one
 if command -v nvcc >/dev/null 2>&1; then
     : "${CUDA_HOME:=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")}"
     export CUDA_HOME
@@ -150,71 +178,173 @@ if step "packages (tests/gpu_deps.sh unpack)" 60 bash tests/gpu_deps.sh unpack b
     . build/gpu-deps/env.sh
 fi
 [ -n "${CUDA_HOME:-}" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$CUDA_HOME/lib64"
+CXX_PROBE="${CXX:-g++}"
+probe_header() {   # probe_header HEADER [flags...]: the preprocessor finds it (CPATH from env.sh included)
+    local h="$1"; shift
+    printf '#include <%s>\nint main() { return 0; }\n' "$h" | "$CXX_PROBE" -std=c++17 -E -x c++ - "$@" -o /dev/null 2>/dev/null
+}
+probe_lib() {      # probe_lib NAME [flags...]: the linker finds -lNAME (LIBRARY_PATH from env.sh included)
+    local l="$1"; shift
+    printf 'int main() { return 0; }\n' | "$CXX_PROBE" -x c++ - "$@" -l"$l" -o "$STEPDIR/probe" 2>/dev/null
+}
+preflight() { say "preflight: $1"; results+=("$2  preflight: $1"); write_summary; }
+MAKEVARS=()
+HAVE_TESTS=1
+CUDA_INC=(); [ -n "${CUDA_HOME:-}" ] && CUDA_INC=(-I"$CUDA_HOME/include")
+CUDA_LIB=(); [ -n "${CUDA_HOME:-}" ] && CUDA_LIB=(-L"$CUDA_HOME/lib64")
+deps_ok=1
+for h in nlohmann/json.hpp oniguruma.h; do
+    if probe_header "$h"; then preflight "<$h> found" "OK  "; else preflight "<$h> missing: nothing can be built" "FAIL"; deps_ok=0; status=1; fi
+done
+if probe_lib onig; then preflight "-lonig found" "OK  "; else preflight "-lonig missing: nothing can be linked" "FAIL"; deps_ok=0; status=1; fi
+if probe_header doctest/doctest.h; then preflight "<doctest/doctest.h> found" "OK  "
+else preflight "<doctest/doctest.h> missing: fallback: no test binary (the tests are skipped; the benchmarks run)" "WARN"; HAVE_TESTS=0; fi
+for l in cudart cublas cublasLt; do
+    probe_lib "$l" "${CUDA_LIB[@]}" || { preflight "-l$l missing (CUDA_HOME=${CUDA_HOME:-unset}): the CUDA link will fail" "FAIL"; deps_ok=0; status=1; }
+done
+if probe_header nccl.h "${CUDA_INC[@]}" && probe_lib nccl "${CUDA_LIB[@]}"; then preflight "NCCL (nccl.h, -lnccl) found" "OK  "
+else preflight "NCCL missing: fallback: a one-GPU build without it (make NCCL=0)" "WARN"; MAKEVARS+=(NCCL=0); fi
+MPI_SHOW="$(mpicxx --showme:incdirs 2>/dev/null || true)"
+if ! command -v mpicxx >/dev/null 2>&1; then preflight "no mpicxx: a build without MPI (one process per run)" "WARN"
+elif probe_header mpi.h $(for d in $MPI_SHOW; do echo "-I$d"; done); then preflight "MPI (mpicxx, mpi.h) found" "OK  "
+else preflight "mpicxx without a usable mpi.h: fallback: a build without MPI (MPI=0)" "WARN"; MAKEVARS+=(MPI=0); fi
 
-# 1. build for this GPU: only the three binaries; -B when build/cuda was last built for another arch (or never)
-ARCHS="-gencode arch=compute_${ARCH#sm_},code=$ARCH"
-if ! command -v nvcc >/dev/null 2>&1; then
-    say "error: a CUDA device is present but nvcc is neither on PATH nor in /usr/local/cuda/bin"
-    results+=("FAIL  build (no nvcc)"); status=1
-else
-    B=(-B)
-    [ -f build/cuda/.archs ] && [ "$(cat build/cuda/.archs)" = "$ARCHS" ] && B=()
-    if step "build (nvcc, $ARCH, make -j$JOBS)" 240 make ${B[@]+"${B[@]}"} -j"$JOBS" CUDA_ARCHS="$ARCHS" \
-        build/cuda/deepseek build/cuda/test_deepseek build/bench/bench_gpu; then
-        echo "$ARCHS" > build/cuda/.archs
-        cp build/cuda/deepseek deepseek.tmp && mv -f deepseek.tmp ./deepseek && built=1
-    else
-        rm -f build/cuda/.archs
-        say "build failed; every later step is skipped"
+# the sm_NN architectures of the cubins in a binary, space-separated ("" when they cannot be listed)
+fatbin_archs() {
+    if command -v cuobjdump >/dev/null 2>&1; then
+        cuobjdump --list-elf "$1" 2>/dev/null | grep -o 'sm_[0-9]*' | sort -u | tr '\n' ' '; return
     fi
+    command -v objcopy >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1 || return 0
+    objcopy -O binary --only-section=.nv_fatbin "$1" "$STEPDIR/fatbin" 2>/dev/null || return 0
+    python3 - "$STEPDIR/fatbin" <<'EOF'
+import struct, sys
+b = open(sys.argv[1], "rb").read()
+pos, archs = 0, set()
+while pos + 16 <= len(b):   # fatbin headers: magic 0xBA55ED50, version, header size, size; then entries
+    magic, _, hsz, fsz = struct.unpack_from("<IHHQ", b, pos)
+    if magic != 0xBA55ED50:
+        pos += 8
+        continue
+    e, end = pos + hsz, pos + hsz + fsz
+    while e + 32 <= end:    # entry: kind (1 PTX, 2 cubin), _, header size, payload size, ..., arch at +28
+        kind, _, ehs, size = struct.unpack_from("<HHIQ", b, e)
+        if kind == 2:
+            archs.add(struct.unpack_from("<I", b, e + 28)[0])
+        e += ehs + size
+    pos = end
+print(" ".join("sm_%d" % a for a in sorted(archs)))
+EOF
+}
+
+# 1. build for this GPU: only the three binaries (the objects rebuild when CUDA_ARCHS changes: build/cuda/.archs)
+TARGETS=(build/cuda/deepseek build/bench/bench_gpu)
+[ "$HAVE_TESTS" = 1 ] && TARGETS+=(build/cuda/test_deepseek)
+ARCHVAR=()
+DEFAULT_ARCHS="sm_80 + sm_90, the Makefile default"
+[ -n "$ARCH" ] && ARCHVAR=(CUDA_ARCHS="-gencode arch=compute_${ARCH#sm_},code=$ARCH")
+if ! command -v nvcc >/dev/null 2>&1; then
+    say "error: nvcc is neither on PATH nor in /usr/local/cuda/bin"
+    results+=("FAIL  build (no nvcc)"); status=1
+elif [ "$deps_ok" != 1 ]; then
+    results+=("FAIL  build (the preflight found a dependency missing, above)"); status=1
+elif step "build (nvcc, ${ARCH:-$DEFAULT_ARCHS}, make -j$JOBS${MAKEVARS[*]:+ ${MAKEVARS[*]}})" 240 \
+        make -j"$JOBS" ${ARCHVAR[@]+"${ARCHVAR[@]}"} ${MAKEVARS[@]+"${MAKEVARS[@]}"} "${TARGETS[@]}"; then
+    cp build/cuda/deepseek deepseek.tmp && mv -f deepseek.tmp ./deepseek && built=1
+    # the binary holds code for the GPU it is meant for (sm_90 by default): the architectures of the cubins in its
+    # .nv_fatbin section (cuobjdump --list-elf where the image has it; else the fatbin's own headers, read by python3)
+    want="${ARCH:-sm_90}"
+    have="$(fatbin_archs build/cuda/deepseek)"
+    if [ -z "$have" ]; then
+        results+=("SKIP  $want code check (neither cuobjdump nor objcopy + python3 could list the cubins)")
+    elif grep -qw "$want" <<< "$have"; then
+        say "build: build/cuda/deepseek holds code for: $have"
+        results+=("PASS  build/cuda/deepseek holds $want code ($have)")
+    else
+        say "error: build/cuda/deepseek holds no $want code (only: $have)"
+        results+=("FAIL  build/cuda/deepseek holds no $want code (only: $have)"); status=1; built=0
+    fi
+    write_summary
+else
+    say "build failed; every later step is skipped"
 fi
 if [ "$built" != 1 ]; then
     for s in "CUDA tests" "compute-sanitizer" "benchmarks" "pytorch peer"; do results+=("SKIP  $s (no build)"); done
     exit 1   # the EXIT trap writes the summary
 fi
 
-# 2. the GPU tests (kernels vs CPU twins, model vs CPU, trajectory, decode, determinism, and the subcommands on
-#    --device cuda vs cpu); the rest of the suite needs no GPU and is CI's job (FULL_SUITE=1 to run it here too)
+# 2. the GPU tests, in two processes: kernels and model (vs their CPU twins, trajectory, decode, determinism), then the
+#    subcommands on --device cuda vs cpu. The rest of the suite needs no GPU and is CI's job (FULL_SUITE=1 to run it too).
 TEST=(env DEEPSEEK_BIN=./deepseek OMP_NUM_THREADS="$JOBS" ./build/cuda/test_deepseek)
-# --duration=true: doctest names each test case as it starts ("TEST CASE:  ...") and as it ends ("0.12 s: ..."),
-# so the log shows the case that was running at a crash or a hang
-log_at=$(stat -c %s "$LOG")
-step "CUDA tests" 150 "${TEST[@]}" -tc="CUDA*" --duration=true
-rc=$?
-if [ "$rc" -eq 124 ] || [ "$rc" -gt 128 ]; then
-    # a crash or a hang: each test case that did not finish, again in its own process, so one crash hides no other
-    # (doctest filters: '\,' is a literal comma)
-    finished_cases="$(tail -c +$((log_at + 1)) "$LOG" | sed -n 's/^[0-9][0-9]*\.[0-9]* s: //p')"
-    mapfile -t cases < <(timeout 30 "${TEST[@]}" -tc="CUDA*" -ltc 2>/dev/null | grep -v '^\[doctest\]' | grep -v '^=*$' | sed '/^$/d')
-    say "CUDA tests: the process ended abnormally (status $rc); of ${#cases[@]} test cases, each that did not finish again alone"
-    i=0
-    for c in ${cases[@]+"${cases[@]}"}; do
+CLI_CASES="CUDA train*,CUDA generate*,CUDA sft*,CUDA data-parallel*"
+# list_cases FILTER...: the test binary's case names for doctest filters (no device needed)
+list_cases() { timeout 30 "${TEST[@]}" "$@" -ltc 2>/dev/null | grep -v '^\[doctest\]' | grep -v '^=*$' | sed '/^$/d'; }
+# cases_failed LOG_OFFSET: the cases whose doctest header is followed by an ERROR before the next case's header
+cases_failed() {
+    tail -c +$(($1 + 1)) "$LOG" | awk '/^TEST CASE:  /{c=substr($0, 13)} /(ERROR|FATAL ERROR): /{if (c != "" && !(c in seen)) {seen[c]=1; print c}}'
+}
+# test_group NAME LIMIT FILTER...: one process; when it fails, crashes or hangs, each case that did not pass again alone
+test_group() {
+    local name="$1" limit="$2"; shift 2
+    local at; at=$(stat -c %s "$LOG")
+    mapfile -t cases < <(list_cases "$@")
+    say "$name: ${#cases[@]} test cases"
+    if [ "${#cases[@]}" -eq 0 ]; then say "error: no test case matches $*"; results+=("FAIL  $name (no test case matches)"); status=1; return; fi
+    [ "$DRY" = 1 ] && { results+=("PASS  $name: ${#cases[@]} cases listed"); }
+    step "$name" "$limit" "${TEST[@]}" "$@" --duration=true
+    local rc=$?
+    [ "$rc" -eq 0 ] || [ "$DRY" = 1 ] && return
+    # passed = finished ("N s: name" from --duration) and not failed
+    local finished failed
+    finished="$(tail -c +$((at + 1)) "$LOG" | sed -n 's/^[0-9][0-9]*\.[0-9]* s: //p')"
+    failed="$(cases_failed "$at")"
+    say "$name: the process ended with status $rc; each case that did not pass again alone, with CUDA_LAUNCH_BLOCKING=1"
+    local i=0 c
+    for c in "${cases[@]}"; do
         i=$((i + 1))
-        grep -Fxq -- "$c" <<< "$finished_cases" && continue
-        step "CUDA test $i/${#cases[@]}: ${c:0:70}" 60 "${TEST[@]}" --duration=true \
+        grep -Fxq -- "$c" <<< "$finished" && ! grep -Fxq -- "$c" <<< "$failed" && continue
+        step "$name $i/${#cases[@]} alone: ${c:0:60}" 45 env CUDA_LAUNCH_BLOCKING=1 "${TEST[@]}" --duration=true \
             -tc="$(printf '%s' "$c" | sed 's/\\/\\\\/g; s/,/\\,/g')"
     done
+}
+if [ "$HAVE_TESTS" = 1 ]; then
+    NEEDS_GPU=1
+    test_group "CUDA kernel and model tests" 120 -tc="CUDA*" -tce="$CLI_CASES"
+    test_group "CUDA command-line tests" 120 -tc="$CLI_CASES"
+else
+    results+=("SKIP  CUDA tests (no doctest: no test binary)")
 fi
+NEEDS_GPU=1
 # NCCL across every GPU of the machine, one rank per GPU (with one GPU the run above was already a 1-rank NCCL run)
-NGPU=$(nvidia-smi -L | grep -c "GPU")
-if [ "$NGPU" -gt 1 ] && command -v mpirun >/dev/null 2>&1; then
+NGPU=$( [ "$DRY" = 1 ] && echo 0 || nvidia-smi -L | grep -c "GPU")
+if [ "$NGPU" -gt 1 ] && [ "$HAVE_TESTS" = 1 ] && command -v mpirun >/dev/null 2>&1; then
     step "NCCL across $NGPU GPUs" 90 env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
         mpirun --oversubscribe --bind-to none -np "$NGPU" ./build/cuda/test_deepseek -tc="CUDA NCCL*"
 fi
-if [ "${FULL_SUITE:-0}" = 1 ]; then
+if [ "${FULL_SUITE:-0}" = 1 ] && [ "$HAVE_TESTS" = 1 ]; then
     step "whole suite" 240 "${TEST[@]}"
 fi
 
-# 3. compute-sanitizer on a short step (tiny shape) and a few decode steps
+# 3. compute-sanitizer: wherever the image keeps it
 SAN="$(command -v compute-sanitizer || true)"
-[ -z "$SAN" ] && [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/compute-sanitizer" ] && SAN="$CUDA_HOME/bin/compute-sanitizer"
-if [ -n "$SAN" ]; then
-    for tool in memcheck racecheck; do
-        step "compute-sanitizer $tool" 60 "$SAN" --tool "$tool" --error-exitcode 1 \
-            ./build/bench/bench_gpu --shape tiny --batch 2 --seq 40 --steps 1 --warmup 0 --decode 3
+if [ -z "$SAN" ]; then
+    for f in "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" /usr/local/cuda*/bin/compute-sanitizer \
+             /usr/local/cuda*/compute-sanitizer/compute-sanitizer /opt/nvidia/*/compute-sanitizer/compute-sanitizer \
+             /opt/nvidia/*/bin/compute-sanitizer; do
+        [ -x "$f" ] && { SAN="$f"; break; }
     done
+fi
+if [ -n "$SAN" ]; then
+    say "compute-sanitizer: $SAN"
+    step "compute-sanitizer memcheck: a training step and decode" 60 "$SAN" --tool memcheck --error-exitcode 1 \
+        ./build/bench/bench_gpu --shape tiny --batch 2 --seq 40 --steps 1 --warmup 0 --decode 3
+    if [ "$HAVE_TESTS" = 1 ]; then
+        for tool in memcheck racecheck; do
+            step "compute-sanitizer $tool: attention and decode tests" 60 "$SAN" --tool "$tool" --error-exitcode 1 \
+                "${TEST[@]}" -tc="CUDA flash attention*,CUDA decode attention*,CUDA batch-1 decoding*"
+        done
+    fi
 else
-    skip "compute-sanitizer" "not installed"
+    skip "compute-sanitizer" "not found on PATH, in CUDA_HOME, /usr/local/cuda* or /opt/nvidia"
 fi
 
 # 4. benchmarks
@@ -224,12 +354,16 @@ step "train 350m recompute" 60 ./build/bench/bench_gpu --shape 350m --batch 8 --
 step "decode 1b" 60 ./build/bench/bench_gpu --shape 1b --steps 0 --decode 256 --hbm-tbs "$HBM"
 # the peer last, and only while the budget allows it ~90 s
 PY=""
-for p in /opt/torch/.venv/bin/python3 python3; do
-    if command -v "$p" >/dev/null 2>&1 && "$p" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-        PY="$p"; break
-    fi
-done
-if [ -z "$PY" ]; then
+if [ "$DRY" = 0 ]; then
+    for p in /opt/torch/.venv/bin/python3 python3; do
+        if command -v "$p" >/dev/null 2>&1 && "$p" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+            PY="$p"; break
+        fi
+    done
+fi
+if [ "$DRY" = 1 ]; then
+    step "pytorch peer" 120 python3 tests/bench/gpu_torch.py --peak-tflops "$PEAK"
+elif [ -z "$PY" ]; then
     skip "pytorch peer" "no torch with CUDA"
 elif [ $((BUDGET - $(elapsed))) -lt 90 ]; then
     skip "pytorch peer" "time budget"

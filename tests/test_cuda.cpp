@@ -434,6 +434,72 @@ TEST_CASE("CUDA 20-step AdamW loss trajectory follows the CPU backend's") {
 #endif
 }
 
+// ZeRO-1 on the GPU (train.cu's data-parallel path): each rank's AdamW updates its shard of the master weights with
+// its shard of the moments, the shards' Σg² add up to the whole norm, and an all-gather (simulated here by assembling
+// the shards on the host and setting them on every model) reassembles the weights. AdamW is element-wise and the
+// forward/backward bit-for-bit deterministic, so 3 shards must give the whole-buffer AdamW's weights exactly.
+TEST_CASE("CUDA ZeRO-1: AdamW on 3 shards reassembles the whole-buffer AdamW's weights bit for bit; shard norms add up") {
+    if (skip_without_gpu("ZeRO-1 AdamW")) return;
+#ifdef DEEPSEEK_CUDA
+    Fixture f;
+    load_gqa_fixture(&f);
+    round_params_bf16(&f.m);
+    std::vector<float> w;
+    model_mean_loss_weights(f.targets.data(), (int)f.targets.size(), &w);
+    size_t P = f.m.num_parameters;
+    Dist d;
+    d.world = 3;
+    dist_shards(&d, P);
+    CudaModel* whole = cuda_model_create(f.m, f.B, f.T, false, false);
+    std::vector<CudaModel*> part(3);
+    for (int r = 0; r < 3; r++) {
+        part[r] = cuda_model_create(f.m, f.B, f.T, false, false);
+        cuda_model_shard_optimizer(part[r], d.shard[r], d.shard[r + 1]);
+    }
+    Model assembled = f.m, shard_w = f.m;
+    double worst_ss = 0;
+    for (int step = 1; step <= 3; step++) {
+        for (CudaModel* g : {whole, part[0], part[1], part[2]}) {
+            cuda_model_forward(g, f.inputs.data(), f.targets.data(), f.B, f.T);
+            cuda_model_zero_grad(g);
+            cuda_model_backward(g, w.data());
+        }
+        double ss = cuda_model_grad_sum_squares(whole, 0, P), sum = 0;
+        for (int r = 0; r < 3; r++) sum += cuda_model_grad_sum_squares(part[r], d.shard[r], d.shard[r + 1]);
+        worst_ss = std::max(worst_ss, fabs(sum - ss) / ss);
+        cuda_model_adamw(whole, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, step);
+        for (int r = 0; r < 3; r++) {
+            cuda_model_adamw(part[r], 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, step);
+            cuda_model_get_params(part[r], &shard_w);
+            std::copy(shard_w.params_memory.begin() + d.shard[r], shard_w.params_memory.begin() + d.shard[r + 1],
+                      assembled.params_memory.begin() + d.shard[r]);
+        }
+        for (int r = 0; r < 3; r++) cuda_model_set_params(part[r], assembled);   // the all-gather
+    }
+    Model want = f.m;
+    cuda_model_get_params(whole, &want);
+    size_t differ = 0;
+    for (size_t i = 0; i < P; i++) differ += memcmp(&want.params_memory[i], &assembled.params_memory[i], 4) != 0;
+    // the moments: each shard's equal the whole run's slice
+    std::vector<float> mw(P), vw(P);
+    cuda_model_get_adam_state(whole, mw.data(), vw.data());
+    size_t moments_differ = 0;
+    for (int r = 0; r < 3; r++) {
+        size_t n = d.shard[r + 1] - d.shard[r];
+        std::vector<float> ms(n), vs(n);
+        cuda_model_get_adam_state(part[r], ms.data(), vs.data());
+        moments_differ += memcmp(ms.data(), mw.data() + d.shard[r], n * 4) != 0;
+        moments_differ += memcmp(vs.data(), vw.data() + d.shard[r], n * 4) != 0;
+    }
+    MESSAGE("3 steps, 3 shards: " << differ << " of " << P << " weights differ; shard Σg² vs whole: rel " << worst_ss);
+    CHECK(differ == 0);
+    CHECK(moments_differ == 0);
+    CHECK(worst_ss < 1e-6);   // the same squares added in another order (fp32 partials, double total)
+    cuda_model_free(whole);
+    for (CudaModel* g : part) cuda_model_free(g);
+#endif
+}
+
 TEST_CASE("CUDA batch-1 decoding with the KV cache reproduces the CPU forward's logits at every position") {
     if (skip_without_gpu("decode")) return;
 #ifdef DEEPSEEK_CUDA
@@ -580,7 +646,7 @@ TEST_CASE("CUDA generate: --device cuda --temperature 0 gives the CPU's first 8 
     }
 }
 
-TEST_CASE("CUDA sft and dpo: --device cuda, the first step's loss matches the CPU's; dpo starts at ln 2") {
+TEST_CASE("CUDA sft and dpo: --device cuda, the first step's loss matches the CPU's; dpo starts at ln 2; --recompute agrees") {
     if (skip_without_gpu("sft/dpo --device cuda")) return;
     std::string d = cli_tmp("align"), model = "tests/fixtures/infer/gen_gqa";
     std::string sft, dpo;
@@ -594,18 +660,24 @@ TEST_CASE("CUDA sft and dpo: --device cuda, the first step's loss matches the CP
     write_file_atomic(d + "/dpo.jsonl", dpo);
     for (const char* stage : {"sft", "dpo"}) {
         std::map<std::string, std::map<long, double>> loss;
-        for (const char* dev : {"cuda", "cpu"}) {
+        for (std::string dev : {"cuda", "cpu", "recompute"}) {
             std::string out = d + "/" + stage + "_" + dev;
+            std::string flag = dev == "recompute" ? "cuda --recompute" : dev;
             auto r = run_cmd(deepseek_bin() + " " + stage + " --model " + model + " --data " + d + "/" + stage + ".jsonl --out " +
-                             out + " --batch 2 --epochs 1 --lr 1e-3 --threads 4 --device " + dev);
+                             out + " --batch 2 --epochs 1 --lr 1e-3 --threads 4 --overwrite --device " + flag);
             REQUIRE_MESSAGE(r.rc == 0, r.out);
-            CHECK(r.out.find(std::string(stage) + ": device " + dev) != std::string::npos);
+            CHECK(r.out.find(std::string(stage) + ": device " + (dev == "cpu" ? "cpu" : "cuda")) != std::string::npos);
             CHECK(file_exists(out + "/final/optimizer.safetensors"));
             loss[dev] = metric(out + "/metrics.jsonl", "loss");
         }
         REQUIRE(loss["cpu"].size() == 2);
-        MESSAGE(stage << " step-1 loss CPU " << loss["cpu"][1] << ", CUDA " << loss["cuda"][1]);
+        MESSAGE(stage << " step-1 loss CPU " << loss["cpu"][1] << ", CUDA " << loss["cuda"][1] << "; step 2 CUDA "
+                      << loss["cuda"][2] << ", with --recompute " << loss["recompute"][2]);
         CHECK(fabs(loss["cuda"][1] - loss["cpu"][1]) / loss["cpu"][1] < 2e-2);   // one forward: bf16 within 1%
+        // --recompute changes only what backward keeps: the first forward is the same, the first update nearly so
+        // (cuBLASLt may pick another algorithm for the recomputed shapes: gradients within 1e-3, the model test)
+        CHECK(loss["recompute"][1] == loss["cuda"][1]);
+        CHECK(fabs(loss["recompute"][2] - loss["cuda"][2]) / loss["cuda"][2] < 1e-2);
         // before the first update policy and reference are the same weights on the same backend: z = 0 but for the
         // rounding of a differently padded batch (bf16 logits: ~1e-2 per sequence's log-prob, times β = 0.1)
         if (std::string(stage) == "dpo") CHECK(fabs(loss["cuda"][1] - log(2.0)) < 1e-2);
@@ -628,6 +700,10 @@ TEST_CASE("--device cuda without a usable GPU is one clear error line for every 
     auto g = run_cmd("(" + generate + "--device auto 2>&1 >/dev/null)");   // stderr only
     REQUIRE_MESSAGE(g.rc == 0, g.out);
     CHECK(g.out.find(std::string("[device: ") + picked) != std::string::npos);
+    // --recompute is the CUDA backend's: on the CPU a note, and the run goes on
+    auto rc = run_cmd(train + "--device cpu --recompute --overwrite");
+    REQUIRE_MESSAGE(rc.rc == 0, rc.out);
+    CHECK(rc.out.find("note: --recompute applies to --device cuda") != std::string::npos);
     if (cuda_device_count() > 0) return;
     for (const std::string& cmd : {train, generate, deepseek_bin() + " chat --model " + gen + " --prompt hi ",
                                    deepseek_bin() + " sft --model " + gen + " --data x.jsonl --out " + d + "/sft ",

@@ -91,8 +91,9 @@ int main(int argc, char** argv) {
         cuda_synchronize();
         double dt = now_seconds() - t0, tps = (double)steps * N / dt;
         printf("train: shape %s B=%d T=%d%s steps %d: %.0f tok/s, %.1f ms/step, loss %.3f, model FLOPs/token %.4g "
-               "(6·%zu + 12·L·H·D·T), MFU %.1f%% of %.0f TFLOP/s\n", shape.c_str(), B, T, a.flag("recompute") ? " recompute" : "",
-               steps, tps, 1e3 * dt / steps, loss, flops_tok, Pm, 100.0 * tps * flops_tok / peak, peak / 1e12);
+               "(6·%zu + 12·L·H·D·T), %.1f TFLOP/s achieved = MFU %.1f%% of %.0f TFLOP/s\n", shape.c_str(), B, T,
+               a.flag("recompute") ? " recompute" : "", steps, tps, 1e3 * dt / steps, loss, flops_tok, Pm, tps * flops_tok / 1e12,
+               100.0 * tps * flops_tok / peak, peak / 1e12);
         cuda_model_free(m);
     }
     if (ndecode > 0) {

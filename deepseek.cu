@@ -1808,6 +1808,11 @@ void backend_close(Backend* be) {
 
 [[noreturn]] static void no_cuda() { die("this binary was built without CUDA (run `make` with nvcc on PATH)"); }
 CudaModel* cuda_model_create(const Model&, int, int, bool, bool) { no_cuda(); }
+CudaModel* cuda_model_create_inference(const InferModel&, bool) { no_cuda(); }
+const float* cuda_decode_prefill(CudaDecode*, const int*, int, int, bool) { no_cuda(); }
+int cuda_decode_chunk(const CudaDecode*) { no_cuda(); }
+size_t cuda_decode_memory_bytes(const CudaDecode*, size_t*) { no_cuda(); }
+size_t cuda_memory_in_use() { no_cuda(); }
 void cuda_model_free(CudaModel*) {}
 float cuda_model_forward(CudaModel*, const int*, const int*, int, int) { no_cuda(); }
 void cuda_model_backward(CudaModel*, const float*) { no_cuda(); }

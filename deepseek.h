@@ -534,6 +534,11 @@ struct CudaDecode;
 // recompute: keep RMSNorm/SwiGLU outputs for one layer only and recompute them in backward.
 // verbose prints the device and the memory of each kind.
 CudaModel* cuda_model_create(const Model& host, int B, int T, bool recompute, bool verbose = true);
+// The inference-only model (generate, chat on --device cuda): the bf16 parameters and nothing else (2 bytes per
+// parameter instead of 18, no activations), filled straight from the stored weights (memory-mapped fp32, bf16 or
+// q8_0), one tensor at a time, with no fp32 copy of the model. Decoding only: the training calls die on it.
+struct InferModel;
+CudaModel* cuda_model_create_inference(const InferModel& im, bool verbose = true);
 void cuda_model_free(CudaModel* m);
 float cuda_model_forward(CudaModel* m, const int* inputs, const int* targets, int B, int T);  // mean loss, like model_forward
 void cuda_model_backward(CudaModel* m, const float* dlosses);                                 // like model_backward
@@ -564,6 +569,14 @@ size_t cuda_model_memory_bytes(const CudaModel* m);
 CudaDecode* cuda_decode_create(CudaModel* m, int Tmax);
 void cuda_decode_free(CudaDecode* d);
 const float* cuda_decode_step(CudaDecode* d, int token, int pos, bool want_logits = true);
+// Prefill: n tokens at positions pos0 … pos0+n−1 at once through the training kernels (matmuls over n rows, RoPE with
+// the position offset, K and V written into the cache), in chunks of up to cuda_decode_chunk(d) tokens; returns the
+// last token's logits like cuda_decode_step (null if !want_logits). Positions before pos0 must be in the cache.
+const float* cuda_decode_prefill(CudaDecode* d, const int* tokens, int n, int pos0, bool want_logits = true);
+int cuda_decode_chunk(const CudaDecode* d);
+// device memory the decoder holds: the KV cache and its activations (one token's and one prefill chunk's)
+size_t cuda_decode_memory_bytes(const CudaDecode* d, size_t* kv_cache_bytes);
+size_t cuda_memory_in_use();   // device memory in use on this process's GPU (cudaMemGetInfo: total − free)
 void cuda_synchronize();   // waits for the device to finish its queued work (dies on a CUDA error): for timing
 // Single kernels on host arrays (inputs rounded to bf16 where the kernel reads bf16), for tests/test_cuda.cpp,
 // which compares them with their _ref twins (the layers section above). Defined only in the CUDA build.

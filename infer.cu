@@ -697,7 +697,14 @@ const float* infer_forward(InferModel* im, const int* tokens, int n, bool all_lo
         if (tokens[i] < 0 || tokens[i] >= c.vocab_size) die("token id %d out of range [0, %d)", tokens[i], c.vocab_size);
     size_t V = c.vocab_size;
     im->logits.resize(all_logits ? (size_t)n * V : V);
-    if (im->cuda) {   // --device cuda: token by token through the GPU's KV cache, logits only where they are wanted
+    if (im->cuda && !all_logits) {   // --device cuda: the tokens at once (cuda_decode_prefill), the last one's logits
+        const float* z = cuda_decode_prefill(im->cuda, tokens, n, im->pos, true);
+        memcpy(im->logits.data(), z, V * sizeof(float));
+        im->pos += n;
+        im->cached.insert(im->cached.end(), tokens, tokens + n);
+        return im->logits.data();
+    }
+    if (im->cuda) {   // every token's logits: token by token through the GPU's KV cache
         for (int i = 0; i < n; i++) {
             bool want = all_logits || i == n - 1;
             const float* z = cuda_decode_step(im->cuda, tokens[i], im->pos, want);
@@ -1079,18 +1086,13 @@ static void session_open(Session* s, const Args& a, bool chat, bool need_tokeniz
     const Config& c = s->im.cfg;
     std::string device = device_describe(dev);
     if (dev == Device::CUDA) {
-        // the CUDA backend takes fp32 weights from a host Model (then dropped): bf16 copies and the KV cache on the GPU
-        double need = (double)config_num_parameters(c) * sizeof(float);
-        double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGE_SIZE);
-        if (have > 0 && need > have)
-            die("%s: --device cuda loads the weights through an fp32 copy in host memory (%.1f GiB), more than this "
-                "machine has (%.1f GiB)", a.cmd.c_str(), need / 1073741824.0, have / 1073741824.0);
-        Model host;
-        model_load_dir(&host, dir);
-        s->gpu = cuda_model_create(host, 1, 1, false, false);
+        // the inference-only model: bf16 weights read from the memory-mapped files (no fp32 copy), the KV cache
+        s->gpu = cuda_model_create_inference(s->im, false);
         infer_attach_cuda(&s->im, s->gpu);
-        char mem[64];
-        snprintf(mem, sizeof mem, "; %.2f GiB of weights and state", cuda_model_memory_bytes(s->gpu) / 1073741824.0);
+        size_t kv = 0, dec = cuda_decode_memory_bytes(s->im.cuda, &kv);
+        char mem[160];
+        snprintf(mem, sizeof mem, "; GPU memory: weights bf16 %.2f GiB, KV cache %.2f GiB (%d positions), activations %.2f GiB",
+                 cuda_model_memory_bytes(s->gpu) / 1073741824.0, kv / 1073741824.0, s->im.ctx, (dec - kv) / 1073741824.0);
         device += mem;
     }
     s->eos_ids = g.eos;

@@ -16,7 +16,14 @@ struct CudaDecode {
     int* token;
     float *rope_cos, *rope_sin;         // [Tmax, D/2]
     std::vector<float> host_logits;
+    // prefill: one chunk of up to Nmax tokens through the training kernels
+    int Nmax = 0;
+    bf16 *px, *pmid, *pln, *pq, *patty, *pgate, *pup, *pact;   // [Nmax, C | QD | F]
+    float* plse;                        // [H, Nmax] the flash attention's log-sum-exp (unused afterwards)
+    int* ptokens;                       // [Nmax]
+    size_t bytes = 0, kv_bytes = 0;     // device memory held: all of it, and the KV cache's part
 };
+#define DECODE_PREFILL_CHUNK 1024       // tokens per prefill chunk (fewer when the context is shorter)
 
 CudaDecode* cuda_decode_create(CudaModel* m, int Tmax) {
     const Config& c = m->cfg;
@@ -36,6 +43,19 @@ CudaDecode* cuda_decode_create(CudaModel* m, int Tmax) {
     d->gate = take(F); d->up = take(F); d->act = take(F); d->logits = take(V);
     cudaCheck(cudaMalloc(&d->logits32, V * 4));
     cudaCheck(cudaMalloc(&d->token, 4));
+    d->Nmax = std::min(Tmax, DECODE_PREFILL_CHUNK);
+    size_t N = d->Nmax, H = c.num_attention_heads, pn = N * (3 * C + 2 * QD + 3 * F);
+    bf16* pb;
+    cudaCheck(cudaMalloc(&pb, (pn + 64 * 8) * sizeof(bf16)));
+    d->px = pb;
+    auto ptake = [&](size_t count) { bf16* r = pb; pb += (count + 63) / 64 * 64; return r; };
+    ptake(N * C); d->pmid = ptake(N * C); d->pln = ptake(N * C); d->pq = ptake(N * QD); d->patty = ptake(N * QD);
+    d->pgate = ptake(N * F); d->pup = ptake(N * F); d->pact = ptake(N * F);
+    cudaCheck(cudaMalloc(&d->plse, H * N * 4));
+    cudaCheck(cudaMalloc(&d->ptokens, N * 4));
+    d->kv_bytes = 2 * L * Tmax * KVD * sizeof(bf16);
+    d->bytes = d->kv_bytes + (n + 64 * 10) * sizeof(bf16) + V * 4 + 4 + (pn + 64 * 8) * sizeof(bf16) + H * N * 4 + N * 4 +
+               (size_t)Tmax * (c.head_dim / 2) * 8;
     std::vector<float> cs((size_t)Tmax * (c.head_dim / 2)), sn(cs.size());
     rope_table(cs.data(), sn.data(), Tmax, c.head_dim, (float)c.rope_theta);
     cudaCheck(cudaMalloc(&d->rope_cos, cs.size() * 8));
@@ -47,7 +67,8 @@ CudaDecode* cuda_decode_create(CudaModel* m, int Tmax) {
 }
 void cuda_decode_free(CudaDecode* d) {
     if (!d) return;
-    for (void* ptr : {(void*)d->kcache, (void*)d->x, (void*)d->logits32, (void*)d->token, (void*)d->rope_cos})
+    for (void* ptr : {(void*)d->kcache, (void*)d->x, (void*)d->logits32, (void*)d->token, (void*)d->rope_cos, (void*)d->px,
+                      (void*)d->plse, (void*)d->ptokens})
         cudaCheck(cudaFree(ptr));
     delete d;
 }
@@ -90,4 +111,69 @@ const float* cuda_decode_step(CudaDecode* d, int token, int pos, bool want_logit
     cudaCheck(cudaGetLastError());
     cudaCheck(cudaMemcpy(d->host_logits.data(), d->logits32, (size_t)V * 4, cudaMemcpyDeviceToHost));
     return d->host_logits.data();
+}
+
+// One chunk of N ≤ Nmax tokens at positions pos0 … pos0+N−1: the decode step's kernels over N rows. Attention: the
+// training flash kernel when the chunk starts the cache (pos0 = 0: causal attention within the chunk is all there
+// is, and the cache rows [0, N) are its K and V), else decode attention row by row over the cache (each query sees
+// the earlier chunks and its own chunk up to itself).
+static const float* decode_prefill_chunk(CudaDecode* d, const int* tokens, int N, int pos0, bool want_logits) {
+    CudaModel* m = d->m;
+    const Config& c = m->cfg;
+    int C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim, F = c.intermediate_size;
+    int QD = H * D, KVD = KV * D, V = c.vocab_size, L = c.num_hidden_layers;
+    float eps = (float)c.rms_norm_eps;
+    const CudaParams& p = m->p;
+    cudaCheck(cudaMemcpy(d->ptokens, tokens, (size_t)N * 4, cudaMemcpyHostToDevice));
+    embedding_forward_kernel<<<N, 256>>>(d->px, d->ptokens, p.embed_tokens, N, C);
+    cudaCheck(cudaGetLastError());
+    for (int l = 0; l < L; l++) {
+        const LayerWeights<bf16> w = layer_weights(p, c, l);
+        bf16* kc = d->kcache + (size_t)l * d->Tmax * KVD;
+        bf16* vc = d->vcache + (size_t)l * d->Tmax * KVD;
+        bf16 *kn = kc + (size_t)pos0 * KVD, *vn = vc + (size_t)pos0 * KVD;   // this chunk's cache rows
+        rmsnorm_forward_cuda(d->pln, nullptr, d->px, w.input_layernorm, N, C, eps);
+        matmul_forward_cuda(d->pq, d->pln, w.q_proj, N, C, QD);
+        matmul_forward_cuda(kn, d->pln, w.k_proj, N, C, KVD);
+        matmul_forward_cuda(vn, d->pln, w.v_proj, N, C, KVD);
+        rope_apply_cuda(d->pq, d->rope_cos, d->rope_sin, N, H, D, N, pos0, 1.0f);   // row n at position pos0 + n
+        rope_apply_cuda(kn, d->rope_cos, d->rope_sin, N, KV, D, N, pos0, 1.0f);
+        if (pos0 == 0) attention_forward_cuda(d->patty, d->plse, d->pq, kc, vc, 1, N, H, KV, D);
+        else
+            for (int n = 0; n < N; n++)
+                decode_attention_cuda(d->patty + (size_t)n * QD, d->pq + (size_t)n * QD, kc, vc, pos0 + n, H, KV, D);
+        matmul_forward_cuda(d->pmid, d->patty, w.o_proj, N, QD, C, d->px);
+        rmsnorm_forward_cuda(d->pln, nullptr, d->pmid, w.post_attention_layernorm, N, C, eps);
+        matmul_forward_cuda(d->pgate, d->pln, w.gate_proj, N, C, F);
+        matmul_forward_cuda(d->pup, d->pln, w.up_proj, N, C, F);
+        swiglu_forward_cuda(d->pact, d->pgate, d->pup, (size_t)N * F);
+        matmul_forward_cuda(d->px, d->pact, w.down_proj, N, F, C, d->pmid);   // x ← mid + mlp
+    }
+    if (!want_logits) return nullptr;
+    rmsnorm_forward_cuda(d->ln, nullptr, d->px + (size_t)(N - 1) * C, p.norm, 1, C, eps);   // the last token only
+    matmul_forward_cuda(d->logits, d->ln, p.lm_head, 1, C, V);
+    bf16_to_f32_kernel<<<ceil_div(V, 256), 256>>>(d->logits32, d->logits, V);
+    cudaCheck(cudaGetLastError());
+    cudaCheck(cudaMemcpy(d->host_logits.data(), d->logits32, (size_t)V * 4, cudaMemcpyDeviceToHost));
+    return d->host_logits.data();
+}
+const float* cuda_decode_prefill(CudaDecode* d, const int* tokens, int n, int pos0, bool want_logits) {
+    const Config& c = d->m->cfg;
+    if (n < 1) die("cuda prefill: no tokens");
+    if (pos0 < 0 || (long long)pos0 + n > d->Tmax)
+        die("cuda prefill: positions %d … %lld outside the cache [0, %d)", pos0, (long long)pos0 + n - 1, d->Tmax);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c.vocab_size) die("cuda prefill: token id %d out of range [0, %d)", tokens[i], c.vocab_size);
+    if (n == 1) return cuda_decode_step(d, tokens[0], pos0, want_logits);
+    const float* z = nullptr;
+    for (int i = 0; i < n; i += d->Nmax) {
+        int N = std::min(d->Nmax, n - i);
+        z = decode_prefill_chunk(d, tokens + i, N, pos0 + i, want_logits && i + N == n);
+    }
+    return z;
+}
+int cuda_decode_chunk(const CudaDecode* d) { return d->Nmax; }
+size_t cuda_decode_memory_bytes(const CudaDecode* d, size_t* kv_cache_bytes) {
+    if (kv_cache_bytes) *kv_cache_bytes = d->kv_bytes;
+    return d->bytes;
 }

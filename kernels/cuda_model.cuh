@@ -60,6 +60,7 @@ struct CudaModel {
     Config cfg;
     int Bmax = 0, Tmax = 0, B = 0, T = 0;
     bool recompute = false, have_forward = false;
+    bool inference = false;              // cuda_model_create_inference: parameters only (no training state)
     size_t num_parameters = 0, sizes[NUM_PARAM_TENSORS];
     bf16* params_mem = nullptr;
     float *master = nullptr, *grads_mem = nullptr, *adam_mem = nullptr;   // adam_mem: m then v, of AdamW's range
@@ -180,6 +181,89 @@ CudaModel* cuda_model_create(const Model& host, int Bmax, int Tmax, bool recompu
     return m;
 }
 
+// ----------------------------------------------------------------------------
+// the inference-only model: parameters only, uploaded one tensor slice at a time from the stored weights
+
+// one stored matrix [rows, cols] (fp32, bf16 or q8_0) into bf16 on the device, through a host staging buffer
+static void upload_weight_bf16(bf16* dst, const InferWeight& w, size_t rows, size_t cols, std::vector<uint16_t>* stage) {
+    size_t n = rows * cols;
+    stage->resize(n);
+    uint16_t* s = stage->data();
+    if (w.bf16) {
+        memcpy(s, w.bf16, n * 2);
+    } else if (w.f32) {
+        #pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) s[i] = f32_to_bf16(w.f32[i]);
+    } else if (w.q8) {
+        if (cols % Q8_BLOCK) die("cuda: a q8_0 matrix with %zu columns (not whole blocks of %d)", cols, Q8_BLOCK);
+        #pragma omp parallel
+        {
+            std::vector<float> row(cols);
+            #pragma omp for schedule(static)
+            for (size_t r = 0; r < rows; r++) {
+                q8_0_dequantize(w.q8 + r * cols, w.q8_scale + r * (cols / Q8_BLOCK), cols, row.data());
+                for (size_t i = 0; i < cols; i++) s[r * cols + i] = f32_to_bf16(row[i]);
+            }
+        }
+    } else {
+        die("cuda: a weight matrix is missing");
+    }
+    cudaCheck(cudaMemcpy(dst, s, n * 2, cudaMemcpyHostToDevice));
+}
+static void upload_vector_bf16(bf16* dst, const float* src, size_t n, std::vector<uint16_t>* stage) {
+    stage->resize(n);
+    for (size_t i = 0; i < n; i++) (*stage)[i] = f32_to_bf16(src[i]);
+    cudaCheck(cudaMemcpy(dst, stage->data(), n * 2, cudaMemcpyHostToDevice));
+}
+CudaModel* cuda_model_create_inference(const InferModel& im, bool verbose) {
+    cuda_select_device();
+    const Config& c = im.cfg;
+    if (c.head_dim > ATT_MAXD) die("cuda: head_dim %d exceeds the attention kernels' maximum %d", c.head_dim, ATT_MAXD);
+    if ((int)im.layers.size() != c.num_hidden_layers) die("cuda: the model holds %zu layers, its config %d", im.layers.size(), c.num_hidden_layers);
+    CudaModel* m = new CudaModel;
+    g_cuda_models++;
+    m->cfg = c;
+    m->inference = true;
+    param_sizes(c, m->sizes);
+    m->num_parameters = config_num_parameters(c);
+    size_t P = m->num_parameters, C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+    size_t QD = (size_t)c.num_attention_heads * c.head_dim, KVD = (size_t)c.num_key_value_heads * c.head_dim;
+    cudaError_t e = cudaMalloc(&m->params_mem, P * sizeof(bf16));
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        delete m;
+        g_cuda_models--;
+        die("cuda: cannot allocate %.2f GiB for the bf16 weights (%s)", P * 2 / 1073741824.0, cudaGetErrorString(e));
+    }
+    cuda_params_point(&m->p, m->params_mem, m->sizes);
+    std::vector<uint16_t> stage;
+    upload_weight_bf16(m->p.embed_tokens, im.embed_tokens, V, C, &stage);
+    upload_weight_bf16(m->p.lm_head, im.lm_head, V, C, &stage);
+    upload_vector_bf16(m->p.norm, im.norm, C, &stage);
+    for (int l = 0; l < c.num_hidden_layers; l++) {
+        const LayerWeights<bf16> w = layer_weights(m->p, c, l);
+        const InferLayer& L = im.layers[l];
+        upload_vector_bf16(w.input_layernorm, L.input_layernorm, C, &stage);
+        upload_vector_bf16(w.post_attention_layernorm, L.post_attention_layernorm, C, &stage);
+        upload_weight_bf16(w.q_proj, L.q_proj, QD, C, &stage);
+        upload_weight_bf16(w.k_proj, L.k_proj, KVD, C, &stage);
+        upload_weight_bf16(w.v_proj, L.v_proj, KVD, C, &stage);
+        upload_weight_bf16(w.o_proj, L.o_proj, C, QD, &stage);
+        upload_weight_bf16(w.gate_proj, L.gate_proj, F, C, &stage);
+        upload_weight_bf16(w.up_proj, L.up_proj, F, C, &stage);
+        upload_weight_bf16(w.down_proj, L.down_proj, C, F, &stage);
+    }
+    if (verbose)
+        printf("cuda: %s, inference only: %zu parameters as bf16 weights, %.2f GiB (from %s); no master weights, "
+               "gradients, optimizer state or training activations\n", cuda_device_name(cuda_device_index()).c_str(), P,
+               P * 2 / 1073741824.0, im.weights_dtype);
+    return m;
+}
+// the training calls on an inference-only model: one clear line instead of a null pointer on the device
+static void require_training_state(const CudaModel* m, const char* what) {
+    if (m->inference) die("cuda: %s needs the training state, and this model was created for inference only", what);
+}
+
 void cuda_model_free(CudaModel* m) {
     if (!m) return;
     for (void* ptr : {(void*)m->params_mem, (void*)m->master, (void*)m->grads_mem, (void*)m->adam_mem, m->acts_mem,
@@ -191,6 +275,7 @@ void cuda_model_free(CudaModel* m) {
 
 // Forward over tokens [B,T], like model_forward: returns the mean loss over unmasked targets (0 if none / null).
 float cuda_model_forward(CudaModel* m, const int* inputs, const int* targets, int B, int T) {
+    require_training_state(m, "forward");
     const Config& c = m->cfg;
     if (B < 1 || T < 1) die("forward: empty batch (B=%d, T=%d)", B, T);
     if ((size_t)B * T > (size_t)m->Bmax * m->Tmax || T > m->Tmax)
@@ -252,6 +337,7 @@ float cuda_model_forward(CudaModel* m, const int* inputs, const int* targets, in
 // Backward of Σ_t dlosses[t]·nll_t, accumulating (+=) into the fp32 gradients, like model_backward.
 // Once per forward: it consumes the logits (in place) and gate/up.
 void cuda_model_backward(CudaModel* m, const float* dlosses) {
+    require_training_state(m, "backward");
     if (!m->have_forward) die("backward: call forward first (once per forward on the CUDA backend)");
     m->have_forward = false;
     const Config& c = m->cfg;
@@ -311,21 +397,26 @@ void cuda_model_backward(CudaModel* m, const float* dlosses) {
     cudaCheck(cudaGetLastError());
 }
 
-void cuda_model_zero_grad(CudaModel* m) { cudaCheck(cudaMemset(m->grads_mem, 0, m->num_parameters * sizeof(float))); }
+void cuda_model_zero_grad(CudaModel* m) {
+    require_training_state(m, "zero_grad");
+    cudaCheck(cudaMemset(m->grads_mem, 0, m->num_parameters * sizeof(float))); }
 
 float cuda_model_grad_norm(CudaModel* m) { return (float)sqrt(cuda_model_grad_sum_squares(m, 0, m->num_parameters)); }
 double cuda_model_grad_sum_squares(CudaModel* m, size_t begin, size_t end) {
+    require_training_state(m, "the gradient norm");
     if (begin > end || end > m->num_parameters) die("cuda: gradient range [%zu, %zu) outside %zu parameters", begin, end, m->num_parameters);
     return grad_sumsq_cuda(m->grads_mem + begin, end - begin, m->a.partial);
 }
 float* cuda_model_grads(CudaModel* m) { return m->grads_mem; }
 float* cuda_model_master(CudaModel* m) { return m->master; }
 void cuda_model_refresh_params(CudaModel* m) {
+    require_training_state(m, "refreshing the parameters");
     size_t P = m->num_parameters;
     f32_to_bf16_kernel<<<ceil_div((long long)P, 256), 256>>>(m->params_mem, m->master, P);
     cudaCheck(cudaGetLastError());
 }
 void cuda_model_shard_optimizer(CudaModel* m, size_t begin, size_t end) {
+    require_training_state(m, "ZeRO-1");
     if (begin > end || end > m->num_parameters) die("cuda: AdamW range [%zu, %zu) outside %zu parameters", begin, end, m->num_parameters);
     cudaCheck(cudaFree(m->adam_mem));
     m->adam_mem = nullptr;
@@ -340,6 +431,7 @@ void cuda_model_shard_optimizer(CudaModel* m, size_t begin, size_t end) {
 // AdamW over the optimizer's range [opt_begin, opt_end): each weight-decay range's overlap with it; m and v are
 // indexed from opt_begin
 void cuda_model_adamw(CudaModel* m, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int step) {
+    require_training_state(m, "AdamW");
     if (step < 1) die("adamw: step must be ≥ 1, got %d", step);
     size_t b = m->opt_begin, e = m->opt_end, n = e - b;
     float *mm = m->adam_mem, *vv = m->adam_mem + n;   // the moments of parameter i ∈ [b, e) at mm[i − b], vv[i − b]
@@ -353,24 +445,29 @@ void cuda_model_adamw(CudaModel* m, float lr, float beta1, float beta2, float ep
 }
 
 void cuda_model_get_params(CudaModel* m, Model* host) {
+    require_training_state(m, "reading the master weights");
     if (host->num_parameters != m->num_parameters) model_build(host, m->cfg);
     cudaCheck(cudaMemcpy(host->params_memory.data(), m->master, m->num_parameters * 4, cudaMemcpyDeviceToHost));
 }
 void cuda_model_set_params(CudaModel* m, const Model& host) {
+    require_training_state(m, "setting the master weights");
     if (host.num_parameters != m->num_parameters) die("cuda: set_params with a model of a different size");
     cudaCheck(cudaMemcpy(m->master, host.params_memory.data(), m->num_parameters * 4, cudaMemcpyHostToDevice));
     upload_bf16(m->params_mem, host.params_memory.data(), m->num_parameters);
 }
 void cuda_model_get_grads(CudaModel* m, float* host_grads) {
+    require_training_state(m, "reading the gradients");
     cudaCheck(cudaMemcpy(host_grads, m->grads_mem, m->num_parameters * 4, cudaMemcpyDeviceToHost));
 }
 // AdamW's moments of the optimizer's range: opt_end − opt_begin elements each
 void cuda_model_get_adam_state(CudaModel* m, float* host_m, float* host_v) {
+    require_training_state(m, "reading AdamW state");
     size_t n = m->opt_end - m->opt_begin;
     cudaCheck(cudaMemcpy(host_m, m->adam_mem, n * 4, cudaMemcpyDeviceToHost));
     cudaCheck(cudaMemcpy(host_v, m->adam_mem + n, n * 4, cudaMemcpyDeviceToHost));
 }
 void cuda_model_set_adam_state(CudaModel* m, const float* host_m, const float* host_v) {
+    require_training_state(m, "setting AdamW state");
     size_t n = m->opt_end - m->opt_begin;
     cudaCheck(cudaMemcpy(m->adam_mem, host_m, n * 4, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(m->adam_mem + n, host_v, n * 4, cudaMemcpyHostToDevice));
@@ -384,6 +481,12 @@ void cuda_model_get_losses(CudaModel* m, float* host_losses) {
     cudaCheck(cudaMemcpy(host_losses, m->a.losses, (size_t)m->B * m->T * 4, cudaMemcpyDeviceToHost));
 }
 size_t cuda_model_memory_bytes(const CudaModel* m) {
+    if (m->inference) return m->num_parameters * 2;
     return m->num_parameters * 10 + (m->opt_end - m->opt_begin) * 8 + m->acts_bytes;
 }
 void cuda_synchronize() { cudaCheck(cudaDeviceSynchronize()); }
+size_t cuda_memory_in_use() {
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    return total_b - free_b;
+}

@@ -522,6 +522,97 @@ TEST_CASE("CUDA batch-1 decoding with the KV cache reproduces the CPU forward's 
 #endif
 }
 
+// The inference-only model (generate and chat on the GPU) holds the bf16 weights read from the stored files, fp32, bf16
+// or q8_0, and nothing else. Each is rounded to bf16 exactly as the training model rounds the same values (q8_0
+// dequantised first), so their decoders give the same logits bit for bit; the training calls say they cannot run.
+TEST_CASE("CUDA inference-only model from fp32, bf16 and q8_0 files decodes exactly like the training model; its training calls are errors") {
+    if (skip_without_gpu("inference-only model")) return;
+#ifdef DEEPSEEK_CUDA
+    Config c;   // q8_0 needs rows of whole 32-blocks: every width a multiple of 32
+    c.vocab_size = 384; c.hidden_size = 64; c.num_hidden_layers = 2; c.num_attention_heads = 4; c.num_key_value_heads = 2;
+    c.head_dim = 16; c.intermediate_size = 160; c.max_position_embeddings = 64; c.bos_token_id = 0; c.eos_token_id = 1;
+    Model src;
+    model_build(&src, c);
+    model_init_random(&src, 5, 0.05f);
+    std::string d = tmp_dir("cuda_infer_model");
+    for (StoreDtype dt : {StoreDtype::F32, StoreDtype::BF16, StoreDtype::Q8_0}) {
+        std::string dir = d + "/m" + std::to_string((int)dt);
+        model_save_dir(src, dir, dt);
+        InferModel im;
+        infer_load(&im, dir, 16);
+        Model host;   // the same file through the training path: dequantised to fp32, then rounded to bf16 on upload
+        model_load_dir(&host, dir);
+        CudaModel* inf = cuda_model_create_inference(im, false);
+        CudaModel* trn = cuda_model_create(host, 1, 1, false, false);
+        CHECK(cuda_model_memory_bytes(inf) == host.num_parameters * 2);
+        CudaDecode* a = cuda_decode_create(inf, 16);
+        CudaDecode* b = cuda_decode_create(trn, 16);
+        int V = src.cfg.vocab_size, toks[6] = {0, 17, 42, 99, 5, 230};
+        size_t differ = 0;
+        for (int t = 0; t < 6; t++) {
+            const float* pa = cuda_decode_step(a, toks[t], t, true);
+            std::vector<float> va(pa, pa + V);
+            const float* pb = cuda_decode_step(b, toks[t], t, true);
+            differ += memcmp(va.data(), pb, (size_t)V * 4) != 0;
+        }
+        MESSAGE(im.weights_dtype << " weights: " << differ << " of 6 positions' logits differ from the training model's decoder");
+        CHECK(differ == 0);
+        CHECK_THROWS(cuda_model_forward(inf, toks, nullptr, 1, 6));
+        CHECK_THROWS(cuda_model_zero_grad(inf));
+        cuda_decode_free(a);
+        cuda_decode_free(b);
+        cuda_model_free(inf);
+        cuda_model_free(trn);
+    }
+#endif
+}
+
+// Prefill runs a prompt's tokens at once: matmuls over n rows, RoPE from the position offset, the flash kernel for a
+// chunk that starts the cache and decode attention for one that continues it. Against token-by-token decoding (the
+// test above holds it to the CPU forward): the same arithmetic but for cuBLASLt's algorithm for n rows and the
+// attention kernel's summation order, so the logits agree to bf16 rounding (rel L2 1e-2), and so does every cached
+// K and V (the next token's logits, which read the whole cache).
+TEST_CASE("CUDA batched prefill (one chunk, and continued from a cached prefix) gives token-by-token decoding's logits") {
+    if (skip_without_gpu("prefill")) return;
+#ifdef DEEPSEEK_CUDA
+    Fixture f;
+    load_gqa_fixture(&f);
+    int T = f.T, V = f.m.cfg.vocab_size;
+    REQUIRE(T >= 8);
+    CudaModel* g = cuda_model_create(f.m, 1, 1, false, false);
+    CudaDecode* step = cuda_decode_create(g, T + 1);
+    CudaDecode* pre = cuda_decode_create(g, T + 1);
+    CudaDecode* two = cuda_decode_create(g, T + 1);
+    std::vector<float> want;
+    for (int t = 0; t < T; t++) {
+        const float* z = cuda_decode_step(step, f.inputs[t], t, true);
+        if (t == T - 1) want.assign(z, z + V);
+    }
+    const float* z1 = cuda_decode_prefill(pre, f.inputs.data(), T, 0, true);
+    double e_one = rel_l2(z1, want.data(), V);
+    int k = T / 3;   // a prefix, then the rest at position k (the decode-attention path)
+    cuda_decode_prefill(two, f.inputs.data(), k, 0, false);
+    const float* z2 = cuda_decode_prefill(two, f.inputs.data() + k, T - k, k, true);
+    double e_two = rel_l2(z2, want.data(), V);
+    MESSAGE("prefill of " << T << " tokens vs token by token: logits rel L2 " << e_one << "; as " << k << " + " << T - k
+            << " tokens: " << e_two);
+    CHECK(e_one < 1e-2);
+    CHECK(e_two < 1e-2);
+    // the caches: one more token after each reads every cached K and V
+    const float* s_next = cuda_decode_step(step, 7, T, true);
+    std::vector<float> s_copy(s_next, s_next + V);
+    const float* p_next = cuda_decode_step(pre, 7, T, true);
+    double e_cache = rel_l2(p_next, s_copy.data(), V);
+    MESSAGE("the next token after the prefill vs after token-by-token decoding: logits rel L2 " << e_cache);
+    CHECK(e_cache < 1e-2);
+    CHECK_THROWS(cuda_decode_prefill(pre, f.inputs.data(), 2, T, true));   // past the cache
+    cuda_decode_free(step);
+    cuda_decode_free(pre);
+    cuda_decode_free(two);
+    cuda_model_free(g);
+#endif
+}
+
 // ---------------------------------------------------------------------------- the subcommands on the CUDA backend
 //
 // The same runs with --device cuda and --device cpu. Tolerance for losses: the model test above bounds one

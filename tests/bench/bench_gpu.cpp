@@ -97,8 +97,30 @@ int main(int argc, char** argv) {
         cuda_model_free(m);
     }
     if (ndecode > 0) {
-        CudaModel* m = cuda_model_create(host, 1, 1, false, false);
-        CudaDecode* d = cuda_decode_create(m, ndecode + 1);
+        // the inference-only model generation uses: bf16 weights and the KV cache, nothing of training
+        size_t before = cuda_memory_in_use();
+        int ctx = std::max(ndecode + 1, std::min(c.max_position_embeddings, 4096));
+        InferModel im;
+        infer_from_model(&im, host, ctx);
+        CudaModel* m = cuda_model_create_inference(im, false);
+        CudaDecode* d = cuda_decode_create(m, ctx);
+        size_t kv = 0, dec = cuda_decode_memory_bytes(d, &kv);
+        double GiB = 1073741824.0;
+        printf("decode: shape %s inference memory: weights bf16 %.2f GiB + KV cache %.2f GiB (%d positions) + activations "
+               "%.2f GiB = %.2f GiB; device memory in use grew by %.2f GiB\n", shape.c_str(), cuda_model_memory_bytes(m) / GiB,
+               kv / GiB, ctx, (dec - kv) / GiB, (cuda_model_memory_bytes(m) + dec) / GiB, (cuda_memory_in_use() - before) / GiB);
+        // batched prefill of a prompt (the first chunk: the flash kernel; a second: decode attention over the cache)
+        int np = std::min(ctx - 1, 2 * cuda_decode_chunk(d));
+        std::vector<int> prompt(np);
+        for (int i = 0; i < np; i++) prompt[i] = (int)((i * 7919u + 13u) % (unsigned)c.vocab_size);
+        cuda_decode_prefill(d, prompt.data(), np, 0, true);   // warm-up
+        cuda_synchronize();
+        double tp = now_seconds();
+        cuda_decode_prefill(d, prompt.data(), np, 0, true);
+        cuda_synchronize();
+        tp = now_seconds() - tp;
+        printf("prefill: shape %s batch 1, %d tokens in chunks of %d: %.0f tok/s (%.1f ms)\n", shape.c_str(), np,
+               cuda_decode_chunk(d), np / tp, 1e3 * tp);
         int tok = 1;
         for (int pos = 0; pos < 8 && pos < ndecode; pos++) cuda_decode_step(d, tok, pos, true);   // warm-up (plans, clocks)
         cuda_synchronize();

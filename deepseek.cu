@@ -1836,6 +1836,8 @@ CudaDecode* cuda_decode_create(CudaModel*, int) { no_cuda(); }
 void cuda_decode_free(CudaDecode*) {}
 const float* cuda_decode_step(CudaDecode*, int, int, bool) { no_cuda(); }
 void cuda_synchronize() { no_cuda(); }
+void cuda_set_attention(const std::string&) { no_cuda(); }
+const char* cuda_attention_path(int) { no_cuda(); }
 
 #endif  // DEEPSEEK_CUDA
 

@@ -578,6 +578,10 @@ int cuda_decode_chunk(const CudaDecode* d);
 size_t cuda_decode_memory_bytes(const CudaDecode* d, size_t* kv_cache_bytes);
 size_t cuda_memory_in_use();   // device memory in use on this process's GPU (cudaMemGetInfo: total − free)
 void cuda_synchronize();   // waits for the device to finish its queued work (dies on a CUDA error): for timing
+// Attention's kernels: "auto" (= "tensor": bf16 tensor cores for head_dim 32, 64 and 128, the CUDA-core kernels for
+// other sizes) or "scalar" (the CUDA-core kernels for all); also the environment's DEEPSEEK_ATTENTION. For tests.
+void cuda_set_attention(const std::string& impl);
+const char* cuda_attention_path(int head_dim);   // which kernels attention takes for this head size
 // Single kernels on host arrays (inputs rounded to bf16 where the kernel reads bf16), for tests/test_cuda.cpp,
 // which compares them with their _ref twins (the layers section above). Defined only in the CUDA build.
 void cuda_op_embedding(float* out, float* dwte, const int* tokens, const float* wte, const float* dres, int N, int V, int C);

@@ -1,5 +1,6 @@
 // defines: attention_forward_cuda, attention_backward_cuda, decode_attention_cuda, attention_check_dims (ATT_WARPS,
-//          ATT_TILE, ATT_MAXD) and their kernels
+//          ATT_TILE, ATT_MAXD) and their kernels; the tensor-core kernels (attention_*_tc_kernel, TC_ROWS, TC_KEYS),
+//          cuda_set_attention, cuda_attention_path
 // The CUDA backend's causal grouped-query attention, fused flash-attention style (tiles in shared memory, an online
 // softmax, no T×T matrix), and batch-1 decode attention over the KV cache. Part of deepseek.cu (#included, CUDA builds).
 #pragma once
@@ -238,6 +239,365 @@ __global__ void attention_backward_dkv_kernel(bf16* dk, bf16* dv, const bf16* dy
         if (d < D) { dk[krow + d] = f2bf(dka[i]); dv[krow + d] = f2bf(dva[i]); }
     }
 }
+// ----------------------------------------------------------------------------
+// The same attention on tensor cores (bf16 WMMA 16×16×16 with fp32 accumulation), for head_dim 32, 64 or 128 — the
+// released models' 128 among them; other head sizes, and DEEPSEEK_ATTENTION=scalar, take the kernels above. Our own
+// kernels rather than cuDNN's fused attention: cuDNN is not among the dependencies (DESIGN.md), and the same tiling as
+// above stays readable beside its scalar twin. FlashAttention-2's schedule, without its atomics:
+//   forward  a block = 64 query rows of one head (4 warps × 16), key tiles of 64: S = Q·Kᵀ (tensor cores) into shared
+//            memory, the online softmax row by row (two lanes a row), O = O·α + P·V (tensor cores, P rounded to bf16;
+//            l sums the same rounded P), O kept in shared memory (fp32) because each row is rescaled;
+//   backward P = exp(S/√D − lse) recomputed; dS = P ⊙ (dP − Dq), dP = dY·Vᵀ;
+//            dq kernel:  a block = 64 query rows, dQ += dS·K over the key tiles, dQ in registers (fragments);
+//            dkv kernel: a block = 64 keys of one kv head, over the group's query heads and the query tiles t ≥ s:
+//                        dV += Pᵀ·dY, dK += dSᵀ·Q, both in registers. Each kernel owns its outputs: no atomics,
+//                        so a run reproduces bit for bit like the scalar kernels.
+// Shared-memory rows are padded (bf16 by 8, fp32 by 4) so that the fragments' rows start in different banks and every
+// fragment pointer stays 32-byte aligned, as WMMA requires.
+#include <mma.h>   // nvcuda::wmma
+#define TC_ROWS 64    // query rows (or keys) per block: 4 warps × 16
+#define TC_KEYS 64    // keys (or queries) per tile
+#define TC_THREADS 128
+namespace wmma = nvcuda::wmma;
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> FragA;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FragBt;   // B given as rows of Bᵀ
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FragB;
+typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
+
+static bool attention_tc_fits(int D) { return D == 32 || D == 64 || D == 128; }
+template <int D> __host__ __device__ constexpr int tc_ld() { return D + 8; }          // bf16 tile rows
+constexpr int TC_LDS = TC_KEYS + 4;                                // fp32 score rows
+constexpr int TC_LDP = TC_KEYS + 8;                                // bf16 probability rows
+template <int D> __host__ __device__ constexpr int tc_ldo() { return D + 4; }         // fp32 output rows
+template <int D> constexpr size_t tc_fwd_smem() {
+    return (size_t)3 * TC_ROWS * tc_ld<D>() * 2 + (size_t)4 * 16 * TC_LDS * 4 + (size_t)4 * 16 * TC_LDP * 2 + (size_t)4 * 16 * tc_ldo<D>() * 4;
+}
+template <int D> constexpr size_t tc_dq_smem() {
+    return (size_t)4 * TC_ROWS * tc_ld<D>() * 2 + (size_t)4 * 16 * TC_LDS * 4 + (size_t)4 * 16 * TC_LDP * 2 + (size_t)4 * 16 * tc_ldo<D>() * 4;
+}
+template <int D> constexpr size_t tc_dkv_smem() {
+    return (size_t)4 * TC_ROWS * tc_ld<D>() * 2 + (size_t)4 * 16 * TC_LDS * 4 + (size_t)2 * 4 * 16 * TC_LDP * 2 + (size_t)2 * TC_KEYS * 4;
+}
+
+// rows [r0, r0 + 64) of a [B·T, heads, D] tensor's head `head` into a [64][ld] tile, zeros past T (16-byte copies)
+template <int D> __device__ void tc_load_tile(bf16* tile, const bf16* x, int b, int r0, int T, int heads, int head) {
+    constexpr int ld = tc_ld<D>(), V8 = D / 8;
+    for (int i = threadIdx.x; i < TC_ROWS * V8; i += blockDim.x) {
+        int j = i / V8, c = (i % V8) * 8, r = r0 + j;
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (r < T) val = *(const uint4*)(x + (((size_t)b * T + r) * heads + head) * D + c);
+        *(uint4*)(tile + j * ld + c) = val;
+    }
+}
+
+template <int D>
+__global__ void __launch_bounds__(TC_THREADS) attention_forward_tc_kernel(bf16* y, float* lse, const bf16* q, const bf16* k,
+                                                                           const bf16* v, int T, int H, int KV, float scale) {
+    extern __shared__ __align__(128) unsigned char smem_tc[];
+    constexpr int ld = tc_ld<D>(), ldo = tc_ldo<D>();
+    bf16* Qs = (bf16*)smem_tc;                       // [64][ld]
+    bf16* Ks = Qs + TC_ROWS * ld;                    // [64][ld]
+    bf16* Vs = Ks + TC_KEYS * ld;                    // [64][ld]
+    float* Ss = (float*)(Vs + TC_KEYS * ld);         // [4 warps][16][TC_LDS]
+    bf16* Ps = (bf16*)(Ss + 4 * 16 * TC_LDS);        // [4][16][TC_LDP]
+    float* Os = (float*)(Ps + 4 * 16 * TC_LDP);      // [4][16][ldo]
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int b = blockIdx.y / H, h = blockIdx.y % H, kh = h / (H / KV);
+    int t0 = blockIdx.x * TC_ROWS, w0 = t0 + warp * 16;   // the block's and the warp's first query row
+    float* Sw = Ss + warp * 16 * TC_LDS;
+    bf16* Pw = Ps + warp * 16 * TC_LDP;
+    float* Ow = Os + warp * 16 * ldo;
+    tc_load_tile<D>(Qs, q, b, t0, T, H, h);
+    for (int i = lane; i < 16 * D; i += 32) Ow[(i / D) * ldo + i % D] = 0.0f;
+    int r = lane / 2, half = lane % 2, t = w0 + r;   // the row this lane keeps the softmax state of (with lane ^ 1)
+    float m = -INFINITY, l = 0.0f;
+    int t_last = min(t0 + TC_ROWS, T) - 1;           // block-uniform: every thread runs every iteration's barriers
+    for (int s0 = 0; s0 <= t_last; s0 += TC_KEYS) {
+        __syncthreads();   // the previous tile is consumed
+        tc_load_tile<D>(Ks, k, b, s0, T, KV, kh);
+        tc_load_tile<D>(Vs, v, b, s0, T, KV, kh);
+        __syncthreads();
+        if (w0 >= T || s0 > w0 + 15) continue;       // warp-uniform: no key of this tile is visible to the warp's rows
+        for (int j = 0; j < TC_KEYS / 16; j++) {      // S = Q_w · Kᵀ  [16 × 64]
+            FragC acc;
+            wmma::fill_fragment(acc, 0.0f);
+            #pragma unroll
+            for (int kk = 0; kk < D; kk += 16) {
+                FragA a;
+                FragBt bk;
+                wmma::load_matrix_sync(a, Qs + warp * 16 * ld + kk, ld);
+                wmma::load_matrix_sync(bk, Ks + j * 16 * ld + kk, ld);
+                wmma::mma_sync(acc, a, bk, acc);
+            }
+            wmma::store_matrix_sync(Sw + j * 16, acc, TC_LDS, wmma::mem_row_major);
+        }
+        __syncwarp();
+        float mx = -INFINITY;                         // the online softmax over this lane's 32 keys of row r
+        for (int c = half * 32; c < half * 32 + 32; c++) {
+            int s = s0 + c;
+            float x = (t < T && s <= t) ? Sw[r * TC_LDS + c] * scale : -INFINITY;
+            Sw[r * TC_LDS + c] = x;
+            mx = fmaxf(mx, x);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        float m_new = fmaxf(m, mx);
+        bool none = m_new == -INFINITY;               // no visible key yet (or a row past T): nothing to add
+        float alpha = none ? 1.0f : expf(m - m_new);  // 0 on the row's first visible tile (m = −∞)
+        float sum = 0.0f;
+        for (int c = half * 32; c < half * 32 + 32; c++) {
+            bf16 p = f2bf(none ? 0.0f : expf(Sw[r * TC_LDS + c] - m_new));
+            Pw[r * TC_LDP + c] = p;
+            sum += bf2f(p);                           // l sums the rounded P that multiplies V
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        l = l * alpha + sum;
+        m = m_new;
+        for (int d = half; d < D; d += 2) Ow[r * ldo + d] *= alpha;
+        __syncwarp();
+        #pragma unroll
+        for (int n = 0; n < D; n += 16) {             // O_w += P_w · V  [16 × D]
+            FragC acc;
+            wmma::load_matrix_sync(acc, Ow + n, ldo, wmma::mem_row_major);
+            #pragma unroll
+            for (int kk = 0; kk < TC_KEYS; kk += 16) {
+                FragA a;
+                FragB bv;
+                wmma::load_matrix_sync(a, Pw + kk, TC_LDP);
+                wmma::load_matrix_sync(bv, Vs + kk * ld + n, ld);
+                wmma::mma_sync(acc, a, bv, acc);
+            }
+            wmma::store_matrix_sync(Ow + n, acc, ldo, wmma::mem_row_major);
+        }
+        __syncwarp();
+    }
+    __syncwarp();
+    if (t < T) {
+        float inv = 1.0f / l;
+        for (int d = half; d < D; d += 2) y[(((size_t)b * T + t) * H + h) * D + d] = f2bf(Ow[r * ldo + d] * inv);
+        if (half == 0) lse[((size_t)b * H + h) * T + t] = m + logf(l);
+    }
+}
+
+// dQ = scale · Σ_key-tiles dS·K for 64 query rows of one head; dsum (Dq) from attention_dsum_kernel
+template <int D>
+__global__ void __launch_bounds__(TC_THREADS) attention_backward_dq_tc_kernel(bf16* dq, const bf16* dy, const float* lse,
+                                                                              const float* dsum, const bf16* q, const bf16* k,
+                                                                              const bf16* v, int T, int H, int KV, float scale) {
+    extern __shared__ __align__(128) unsigned char smem_tc[];
+    constexpr int ld = tc_ld<D>(), ldo = tc_ldo<D>();
+    bf16* Qs = (bf16*)smem_tc;                       // [64][ld]
+    bf16* Gs = Qs + TC_ROWS * ld;                    // dY [64][ld]
+    bf16* Ks = Gs + TC_ROWS * ld;
+    bf16* Vs = Ks + TC_KEYS * ld;
+    float* Ss = (float*)(Vs + TC_KEYS * ld);         // [4][16][TC_LDS]: S, then dP
+    bf16* Ds = (bf16*)(Ss + 4 * 16 * TC_LDS);        // [4][16][TC_LDP]: dS
+    float* Os = (float*)(Ds + 4 * 16 * TC_LDP);      // [4][16][ldo]: dQ on its way out
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int b = blockIdx.y / H, h = blockIdx.y % H, kh = h / (H / KV);
+    int t0 = blockIdx.x * TC_ROWS, w0 = t0 + warp * 16;
+    float* Sw = Ss + warp * 16 * TC_LDS;
+    bf16* Dw = Ds + warp * 16 * TC_LDP;
+    tc_load_tile<D>(Qs, q, b, t0, T, H, h);
+    tc_load_tile<D>(Gs, dy, b, t0, T, H, h);
+    int r = lane / 2, half = lane % 2, t = w0 + r;
+    float L = t < T ? lse[((size_t)b * H + h) * T + t] : 0.0f, Dq = t < T ? dsum[((size_t)b * H + h) * T + t] : 0.0f;
+    FragC acc[D / 16];
+    #pragma unroll
+    for (int n = 0; n < D / 16; n++) wmma::fill_fragment(acc[n], 0.0f);
+    int t_last = min(t0 + TC_ROWS, T) - 1;
+    for (int s0 = 0; s0 <= t_last; s0 += TC_KEYS) {
+        __syncthreads();
+        tc_load_tile<D>(Ks, k, b, s0, T, KV, kh);
+        tc_load_tile<D>(Vs, v, b, s0, T, KV, kh);
+        __syncthreads();
+        if (w0 >= T || s0 > w0 + 15) continue;
+        float p[32];
+        for (int pass = 0; pass < 2; pass++) {        // pass 0: S = Q·Kᵀ → P;  pass 1: dP = dY·Vᵀ → dS
+            for (int j = 0; j < TC_KEYS / 16; j++) {
+                FragC c;
+                wmma::fill_fragment(c, 0.0f);
+                #pragma unroll
+                for (int kk = 0; kk < D; kk += 16) {
+                    FragA a;
+                    FragBt bt;
+                    wmma::load_matrix_sync(a, (pass ? Gs : Qs) + warp * 16 * ld + kk, ld);
+                    wmma::load_matrix_sync(bt, (pass ? Vs : Ks) + j * 16 * ld + kk, ld);
+                    wmma::mma_sync(c, a, bt, c);
+                }
+                wmma::store_matrix_sync(Sw + j * 16, c, TC_LDS, wmma::mem_row_major);
+            }
+            __syncwarp();
+            #pragma unroll
+            for (int i = 0; i < 32; i++) {
+                int cc = half * 32 + i, s = s0 + cc;
+                float x = Sw[r * TC_LDS + cc];
+                if (pass == 0) p[i] = (t < T && s <= t) ? expf(x * scale - L) : 0.0f;
+                else Dw[r * TC_LDP + cc] = f2bf(p[i] * (x - Dq));
+            }
+            __syncwarp();
+        }
+        #pragma unroll
+        for (int n = 0; n < D / 16; n++)              // dQ_w += dS_w · K  [16 × D]
+            #pragma unroll
+            for (int kk = 0; kk < TC_KEYS; kk += 16) {
+                FragA a;
+                FragB bk;
+                wmma::load_matrix_sync(a, Dw + kk, TC_LDP);
+                wmma::load_matrix_sync(bk, Ks + kk * ld + n * 16, ld);
+                wmma::mma_sync(acc[n], a, bk, acc[n]);
+            }
+    }
+    float* Ow = Os + warp * 16 * ldo;
+    #pragma unroll
+    for (int n = 0; n < D / 16; n++) wmma::store_matrix_sync(Ow + n * 16, acc[n], ldo, wmma::mem_row_major);
+    __syncwarp();
+    if (t < T)
+        for (int d = half; d < D; d += 2) dq[(((size_t)b * T + t) * H + h) * D + d] = f2bf(Ow[r * ldo + d] * scale);
+}
+
+// dK, dV for 64 keys of one kv head: over the group's query heads and the query tiles that see them (t ≥ s)
+template <int D>
+__global__ void __launch_bounds__(TC_THREADS) attention_backward_dkv_tc_kernel(bf16* dk, bf16* dv, const bf16* dy, const float* lse,
+                                                                               const float* dsum, const bf16* q, const bf16* k,
+                                                                               const bf16* v, int T, int H, int KV, float scale) {
+    extern __shared__ __align__(128) unsigned char smem_tc[];
+    constexpr int ld = tc_ld<D>(), ldo = tc_ldo<D>();
+    bf16* Ks = (bf16*)smem_tc;                       // the block's keys [64][ld]
+    bf16* Vs = Ks + TC_ROWS * ld;
+    bf16* Qs = Vs + TC_ROWS * ld;                    // a query tile [64][ld]
+    bf16* Gs = Qs + TC_KEYS * ld;                    // its dY
+    float* Ss = (float*)(Gs + TC_KEYS * ld);         // [4][16][TC_LDS]: Sᵀ, then dPᵀ
+    bf16* Ps = (bf16*)(Ss + 4 * 16 * TC_LDS);        // [4][16][TC_LDP]: Pᵀ
+    bf16* Ds = Ps + 4 * 16 * TC_LDP;                 // [4][16][TC_LDP]: dSᵀ
+    float* Ls = (float*)(Ds + 4 * 16 * TC_LDP);      // [64] the tile's lse
+    float* Qd = Ls + TC_KEYS;                        // [64] its Dq
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int b = blockIdx.y / KV, kh = blockIdx.y % KV, group = H / KV;
+    int s_first = blockIdx.x * TC_ROWS, w0 = s_first + warp * 16;   // the block's and the warp's first key
+    float* Sw = Ss + warp * 16 * TC_LDS;
+    bf16* Pw = Ps + warp * 16 * TC_LDP;
+    bf16* Dw = Ds + warp * 16 * TC_LDP;
+    tc_load_tile<D>(Ks, k, b, s_first, T, KV, kh);
+    tc_load_tile<D>(Vs, v, b, s_first, T, KV, kh);
+    int r = lane / 2, half = lane % 2, s = w0 + r;   // the key row this lane works on (with lane ^ 1)
+    FragC dka[D / 16], dva[D / 16];
+    #pragma unroll
+    for (int n = 0; n < D / 16; n++) { wmma::fill_fragment(dka[n], 0.0f); wmma::fill_fragment(dva[n], 0.0f); }
+    for (int h = kh * group; h < (kh + 1) * group; h++)
+        for (int t0 = s_first; t0 < T; t0 += TC_KEYS) {
+            __syncthreads();
+            tc_load_tile<D>(Qs, q, b, t0, T, H, h);
+            tc_load_tile<D>(Gs, dy, b, t0, T, H, h);
+            for (int j = threadIdx.x; j < TC_KEYS; j += blockDim.x) {
+                int t = t0 + j;
+                Ls[j] = t < T ? lse[((size_t)b * H + h) * T + t] : 0.0f;
+                Qd[j] = t < T ? dsum[((size_t)b * H + h) * T + t] : 0.0f;
+            }
+            __syncthreads();
+            if (w0 >= T) continue;                    // warp-uniform (t0 + 63 ≥ w0 always: t0 ≥ s_first, tiles of 64)
+            float p[32];
+            for (int pass = 0; pass < 2; pass++) {    // pass 0: Sᵀ = K·Qᵀ → Pᵀ;  pass 1: dPᵀ = V·dYᵀ → dSᵀ
+                for (int j = 0; j < TC_KEYS / 16; j++) {
+                    FragC c;
+                    wmma::fill_fragment(c, 0.0f);
+                    #pragma unroll
+                    for (int kk = 0; kk < D; kk += 16) {
+                        FragA a;
+                        FragBt bt;
+                        wmma::load_matrix_sync(a, (pass ? Vs : Ks) + warp * 16 * ld + kk, ld);
+                        wmma::load_matrix_sync(bt, (pass ? Gs : Qs) + j * 16 * ld + kk, ld);
+                        wmma::mma_sync(c, a, bt, c);
+                    }
+                    wmma::store_matrix_sync(Sw + j * 16, c, TC_LDS, wmma::mem_row_major);
+                }
+                __syncwarp();
+                #pragma unroll
+                for (int i = 0; i < 32; i++) {
+                    int cc = half * 32 + i, t = t0 + cc;
+                    float x = Sw[r * TC_LDS + cc];
+                    if (pass == 0) {
+                        p[i] = (s < T && t < T && t >= s) ? expf(x * scale - Ls[cc]) : 0.0f;
+                        Pw[r * TC_LDP + cc] = f2bf(p[i]);
+                    } else {
+                        Dw[r * TC_LDP + cc] = f2bf(p[i] * (x - Qd[cc]));
+                    }
+                }
+                __syncwarp();
+            }
+            #pragma unroll
+            for (int n = 0; n < D / 16; n++)          // dV_w += Pᵀ_w · dY,  dK_w += dSᵀ_w · Q   [16 × D]
+                #pragma unroll
+                for (int kk = 0; kk < TC_KEYS; kk += 16) {
+                    FragA a;
+                    FragB bb;
+                    wmma::load_matrix_sync(a, Pw + kk, TC_LDP);
+                    wmma::load_matrix_sync(bb, Gs + kk * ld + n * 16, ld);
+                    wmma::mma_sync(dva[n], a, bb, dva[n]);
+                    wmma::load_matrix_sync(a, Dw + kk, TC_LDP);
+                    wmma::load_matrix_sync(bb, Qs + kk * ld + n * 16, ld);
+                    wmma::mma_sync(dka[n], a, bb, dka[n]);
+                }
+        }
+    __syncthreads();   // the query tiles are consumed: their space stages the outputs, [4][16][ldo] fp32 (≤ 2·64·ld bf16)
+    float* Ow = (float*)Qs + warp * 16 * ldo;
+    size_t krow = (((size_t)b * T + s) * KV + kh) * D;
+    for (int out = 0; out < 2; out++) {
+        #pragma unroll
+        for (int n = 0; n < D / 16; n++) wmma::store_matrix_sync(Ow + n * 16, out ? dva[n] : dka[n], ldo, wmma::mem_row_major);
+        __syncwarp();
+        if (s < T)
+            for (int d = half; d < D; d += 2) {
+                if (out) dv[krow + d] = f2bf(Ow[r * ldo + d]);
+                else dk[krow + d] = f2bf(Ow[r * ldo + d] * scale);
+            }
+        __syncwarp();
+    }
+}
+
+// DEEPSEEK_ATTENTION=scalar (or cuda_set_attention("scalar")) keeps every head size on the kernels above
+static int g_attention_scalar = -1;   // -1: not read yet
+static bool attention_use_tc(int D) {
+    if (g_attention_scalar < 0) {
+        const char* e = getenv("DEEPSEEK_ATTENTION");
+        std::string s = e ? e : "";
+        if (s != "" && s != "auto" && s != "tensor" && s != "scalar")
+            die("DEEPSEEK_ATTENTION must be auto, tensor or scalar, got '%s'", s.c_str());
+        g_attention_scalar = s == "scalar";
+    }
+    return !g_attention_scalar && attention_tc_fits(D);
+}
+void cuda_set_attention(const std::string& impl) {
+    if (impl != "auto" && impl != "tensor" && impl != "scalar") die("attention: auto, tensor or scalar, got '%s'", impl.c_str());
+    g_attention_scalar = impl == "scalar";
+}
+const char* cuda_attention_path(int D) { return attention_use_tc(D) ? "tensor cores (bf16 WMMA)" : "CUDA cores (fp32)"; }
+
+template <int D> static void attention_tc_configure() {
+    static bool done = false;   // opt in to their shared memory (over 48 KiB) once per head size
+    if (done) return;
+    cudaCheck(cudaFuncSetAttribute(attention_forward_tc_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)tc_fwd_smem<D>()));
+    cudaCheck(cudaFuncSetAttribute(attention_backward_dq_tc_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)tc_dq_smem<D>()));
+    cudaCheck(cudaFuncSetAttribute(attention_backward_dkv_tc_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)tc_dkv_smem<D>()));
+    done = true;
+}
+template <int D> static void attention_forward_tc(bf16* y, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int KV) {
+    attention_tc_configure<D>();
+    attention_forward_tc_kernel<D><<<dim3(ceil_div(T, TC_ROWS), B * H), TC_THREADS, tc_fwd_smem<D>()>>>(y, lse, q, k, v, T, H, KV,
+                                                                                                       1.0f / sqrtf((float)D));
+    cudaCheck(cudaGetLastError());
+}
+template <int D> static void attention_backward_tc(bf16* dq, bf16* dk, bf16* dv, const float* dsum, const bf16* dy, const float* lse,
+                                                   const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int KV) {
+    attention_tc_configure<D>();
+    float scale = 1.0f / sqrtf((float)D);
+    attention_backward_dq_tc_kernel<D><<<dim3(ceil_div(T, TC_ROWS), B * H), TC_THREADS, tc_dq_smem<D>()>>>(dq, dy, lse, dsum, q, k, v,
+                                                                                                          T, H, KV, scale);
+    cudaCheck(cudaGetLastError());
+    attention_backward_dkv_tc_kernel<D><<<dim3(ceil_div(T, TC_ROWS), B * KV), TC_THREADS, tc_dkv_smem<D>()>>>(dk, dv, dy, lse, dsum, q,
+                                                                                                             k, v, T, H, KV, scale);
+    cudaCheck(cudaGetLastError());
+}
+
 static void attention_check_dims(int D) {
     if (D > ATT_MAXD) die("cuda: head_dim %d exceeds the attention kernels' maximum %d", D, ATT_MAXD);
     static int configured_for = 0;   // opt in to > 48 KiB of shared memory once per head size
@@ -248,6 +608,12 @@ static void attention_check_dims(int D) {
     configured_for = D;
 }
 static void attention_forward_cuda(bf16* y, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int KV, int D) {
+    if (attention_use_tc(D)) {
+        if (D == 32) attention_forward_tc<32>(y, lse, q, k, v, B, T, H, KV);
+        else if (D == 64) attention_forward_tc<64>(y, lse, q, k, v, B, T, H, KV);
+        else attention_forward_tc<128>(y, lse, q, k, v, B, T, H, KV);
+        return;
+    }
     attention_check_dims(D);
     dim3 grid(ceil_div(T, ATT_WARPS), B * H);
     attention_forward_kernel<<<grid, 32 * ATT_WARPS, attention_forward_smem(D)>>>(y, lse, q, k, v, T, H, KV, D, 1.0f / sqrtf((float)D));
@@ -256,10 +622,16 @@ static void attention_forward_cuda(bf16* y, float* lse, const bf16* q, const bf1
 // dsum: scratch [B,H,T]
 static void attention_backward_cuda(bf16* dq, bf16* dk, bf16* dv, float* dsum, const bf16* dy, const bf16* y, const float* lse,
                                     const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int KV, int D) {
-    attention_check_dims(D);
-    float scale = 1.0f / sqrtf((float)D);
     attention_dsum_kernel<<<ceil_div((long long)B * T * H, 8), 256>>>(dsum, dy, y, B, T, H, D);
     cudaCheck(cudaGetLastError());
+    if (attention_use_tc(D)) {
+        if (D == 32) attention_backward_tc<32>(dq, dk, dv, dsum, dy, lse, q, k, v, B, T, H, KV);
+        else if (D == 64) attention_backward_tc<64>(dq, dk, dv, dsum, dy, lse, q, k, v, B, T, H, KV);
+        else attention_backward_tc<128>(dq, dk, dv, dsum, dy, lse, q, k, v, B, T, H, KV);
+        return;
+    }
+    attention_check_dims(D);
+    float scale = 1.0f / sqrtf((float)D);
     attention_backward_dq_kernel<<<dim3(ceil_div(T, ATT_WARPS), B * H), 32 * ATT_WARPS, attention_dq_smem(D)>>>(
         dq, dy, lse, dsum, q, k, v, T, H, KV, D, scale);
     cudaCheck(cudaGetLastError());

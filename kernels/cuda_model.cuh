@@ -177,6 +177,7 @@ CudaModel* cuda_model_create(const Model& host, int Bmax, int Tmax, bool recompu
                "AdamW m+v %.2f GiB, activations %.2f GiB (B=%d T=%d%s) — total %.2f GiB\n",
                cuda_device_name(cuda_device_index()).c_str(), P, P * 2 / GiB, P * 4 / GiB, P * 4 / GiB, P * 8 / GiB, total / GiB, Bmax, Tmax,
                recompute ? ", recompute" : "", (P * 18 + total) / GiB);
+        printf("cuda: attention on %s (head_dim %d)\n", cuda_attention_path(c.head_dim), c.head_dim);
     }
     return m;
 }

@@ -194,6 +194,9 @@ TEST_CASE("CUDA RoPE forward and backward rotate like the CPU (Hugging Face rota
 
 #ifdef DEEPSEEK_CUDA
 static void check_attention(int B, int T, int H, int KV, int D, uint64_t seed) {
+    for (const char* impl : {"scalar", "tensor"}) {
+    cuda_set_attention(impl);
+    MESSAGE("attention kernels asked: " << impl << ", run: " << cuda_attention_path(D));
     Rng r(seed);
     size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * KV * D;
     std::vector<float> q = rand_bf16(r, nq, 1.0f), k = rand_bf16(r, nk, 1.0f), v = rand_bf16(r, nk, 1.0f), dy = rand_bf16(r, nq, 1.0f);
@@ -217,12 +220,18 @@ static void check_attention(int B, int T, int H, int KV, int D, uint64_t seed) {
     CHECK(m_dq < 5e-2);
     CHECK(m_dk < 5e-2);
     CHECK(m_dv < 5e-2);
+    }
+    cuda_set_attention("auto");
 }
 #endif
 
+// each shape on both sets of kernels: the CUDA-core ones, and the tensor-core ones where the head size has them (32,
+// 64, 128; the others say which kernels ran)
 TEST_CASE("CUDA flash attention forward and backward match the CPU reference (GQA, T not a multiple of the tiles)") {
     if (skip_without_gpu("attention")) return;
 #ifdef DEEPSEEK_CUDA
+    check_attention(2, 130, 6, 2, 64, 9);   // tensor cores: three query and key tiles of 64, the last partial, GQA
+    check_attention(1, 33, 4, 1, 32, 10);   // tensor cores: one partial tile, all heads on one kv head
     check_attention(2, 45, 6, 2, 40, 5);    // GQA groups of 3, two key tiles, D with a partial second lane pass
     check_attention(1, 70, 4, 4, 128, 6);   // MHA, D = 128 as in the released models
     check_attention(3, 7, 6, 2, 8, 7);      // the fixture's shape: D = 8 < 32 lanes

@@ -107,6 +107,11 @@ build/$(1)/test_deepseek: build/$(1)/deepseek_nomain.o build/$(1)/train.o build/
 	$(4) $$^ -o $$@ $(5)
 endef
 
+# tests/test_cuda_emu.cpp compiles the CUDA kernels' source with g++ (an emulation): their `#pragma unroll` is nvcc's
+build/cpu/tests/test_cuda_emu.o build/cuda/tests/test_cuda_emu.o: CXXFLAGS += -Wno-unknown-pragmas
+build/cpu/tests/test_cuda_emu.o build/cuda/tests/test_cuda_emu.o build/asan/tests/test_cuda_emu.o: tests/cuda_emu.h
+$(foreach v,cpu cuda asan,$(TEST_SRCS:%.cpp=build/$(v)/%.o)): tests/test_util.h
+build/asan/tests/test_cuda_emu.o: ASAN_FLAGS += -Wno-unknown-pragmas
 ASAN_FLAGS := -std=c++17 -O1 -march=$(ARCH) $(VEC) -fno-math-errno -fopenmp -g $(WARN) -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 ASAN_FLAGS += $(MPI_FLAGS)
 $(eval $(call VARIANT_RULES,cpu,$$(CXX) $$(CXXFLAGS) -x c++,$$(CXX) $$(CXXFLAGS),$$(CXX) $$(CXXFLAGS),$$(LDLIBS)))

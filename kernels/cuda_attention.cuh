@@ -254,7 +254,9 @@ __global__ void attention_backward_dkv_kernel(bf16* dk, bf16* dv, const bf16* dy
 //                        so a run reproduces bit for bit like the scalar kernels.
 // Shared-memory rows are padded (bf16 by 8, fp32 by 4) so that the fragments' rows start in different banks and every
 // fragment pointer stays 32-byte aligned, as WMMA requires.
+#ifndef DEEPSEEK_CUDA_EMU   // (tests/test_cuda_emu.cpp runs these kernels on the CPU: it brings its own wmma)
 #include <mma.h>   // nvcuda::wmma
+#endif
 #define TC_ROWS 64    // query rows (or keys) per block: 4 warps × 16
 #define TC_KEYS 64    // keys (or queries) per tile
 #define TC_THREADS 128
@@ -572,6 +574,8 @@ void cuda_set_attention(const std::string& impl) {
 }
 const char* cuda_attention_path(int D) { return attention_use_tc(D) ? "tensor cores (bf16 WMMA)" : "CUDA cores (fp32)"; }
 
+// The host side, launches (<<<…>>>) and all: not in the CPU emulation, which launches the kernels itself
+#ifndef DEEPSEEK_CUDA_EMU
 template <int D> static void attention_tc_configure() {
     static bool done = false;   // opt in to their shared memory (over 48 KiB) once per head size
     if (done) return;
@@ -640,6 +644,8 @@ static void attention_backward_cuda(bf16* dq, bf16* dk, bf16* dv, float* dsum, c
     cudaCheck(cudaGetLastError());
 }
 
+#endif  // DEEPSEEK_CUDA_EMU
+
 // Batch-1 decode attention over the KV cache: the query at position pos attends to cache rows 0..pos.
 // q [H,D], cache [Tmax,KV,D] (one layer). One block per query head: scores in shared memory (one warp per key,
 // lanes over D), a block softmax, then thread d sums P·v[:,d] (coalesced over d).
@@ -668,6 +674,7 @@ __global__ void decode_attention_kernel(bf16* y, const bf16* q, const bf16* kc, 
         y[(size_t)h * D + d] = f2bf(acc / sum);
     }
 }
+#ifndef DEEPSEEK_CUDA_EMU
 static void decode_attention_cuda(bf16* y, const bf16* q, const bf16* kc, const bf16* vc, int pos, int H, int KV, int D) {
     size_t smem = (size_t)(pos + 1) * sizeof(float);
     if (smem > 48 * 1024) {
@@ -680,3 +687,4 @@ static void decode_attention_cuda(bf16* y, const bf16* q, const bf16* kc, const 
     decode_attention_kernel<<<H, 128, smem>>>(y, q, kc, vc, pos, H, KV, D, 1.0f / sqrtf((float)D));
     cudaCheck(cudaGetLastError());
 }
+#endif  // DEEPSEEK_CUDA_EMU

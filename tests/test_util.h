@@ -53,6 +53,73 @@ inline double max_rel_err(const float* a, const float* b, size_t n, double floor
     }
     return worst;
 }
+// max_i |a_i − b_i| / bound_i: ≤ 1 when every element is within its bound (NaN fails)
+inline double max_bound_ratio(const float* a, const float* b, const std::vector<double>& bound) {
+    double worst = 0;
+    for (size_t i = 0; i < bound.size(); i++) {
+        double d = std::fabs((double)a[i] - b[i]) / bound[i];
+        if (!(d <= worst)) worst = d;
+    }
+    return worst;
+}
+// Per-element error bounds for a bf16 attention kernel (the CUDA ones, on the GPU or emulated) against the fp32
+// reference (attention_forward_ref's y and att = P [B,H,T,T], attention_backward_ref's dq, dk, dv), from bf16's unit
+// roundoff u = 2⁻⁹ on bf16 inputs, with every rounding such a kernel may do, each counted twice (fp32's own
+// summation and expf differences are far below):
+//   y   = Σ_s P·v / l, P rounded before it multiplies V (tensor cores), l from the rounded P, y rounded:
+//         |Δy| ≤ 2u·(Σ_s P|v| + |y|)
+//   Dq  = dy·y with the kernel's y:   |ΔDq_t| ≤ Σ_d |dy|·bound(y)
+//   dS  = P ⊙ (dP − Dq), rounded (tensor cores), P possibly rounded:   |ΔdS| ≤ P·|ΔDq| + 2u·|dS| + 2u·P·(|dP| + |Dq|)
+//   dq  = scale·Σ_s dS·k, rounded:   |Δdq| ≤ scale·Σ_s |ΔdS|·|k| + 2u·|dq|;   dk likewise with q over t (and heads)
+//   dv  = Σ_t P·dy, P possibly rounded, dv rounded:   |Δdv| ≤ 2u·(Σ_t P|dy| + |dv|)
+// plus 1e-6 of each tensor's largest magnitude for fp32 accumulation.
+struct AttentionBounds { std::vector<double> y, dq, dk, dv; };
+inline AttentionBounds attention_bf16_bounds(const float* q, const float* k, const float* v, const float* dy, const float* att,
+                                             const float* y, const float* dq, const float* dk, const float* dv, int B, int T,
+                                             int H, int KV, int D) {
+    const double u = 1.0 / 512, scale = 1.0 / std::sqrt((double)D);
+    size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * KV * D;
+    AttentionBounds r;
+    r.y.assign(nq, 0.0); r.dq.assign(nq, 0.0); r.dk.assign(nk, 0.0); r.dv.assign(nk, 0.0);
+    auto qi = [&](int b, int t, int h) { return (((size_t)b * T + t) * H + h) * D; };
+    auto ki = [&](int b, int s, int kh) { return (((size_t)b * T + s) * KV + kh) * D; };
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int kh = h / (H / KV);
+            for (int t = 0; t < T; t++) {
+                const float* P = att + (((size_t)b * H + h) * T + t) * T;
+                double Dq = 0, eDq = 0;
+                for (int d = 0; d < D; d++) {
+                    double spv = 0;
+                    for (int s = 0; s <= t; s++) spv += P[s] * std::fabs(v[ki(b, s, kh) + d]);
+                    r.y[qi(b, t, h) + d] = 2 * u * (spv + std::fabs(y[qi(b, t, h) + d]));
+                    Dq += (double)dy[qi(b, t, h) + d] * y[qi(b, t, h) + d];
+                    eDq += std::fabs(dy[qi(b, t, h) + d]) * r.y[qi(b, t, h) + d];
+                }
+                for (int s = 0; s <= t; s++) {
+                    double dP = 0;
+                    for (int d = 0; d < D; d++) dP += (double)dy[qi(b, t, h) + d] * v[ki(b, s, kh) + d];
+                    double dS = P[s] * (dP - Dq);
+                    double eS = P[s] * eDq + 2 * u * std::fabs(dS) + 2 * u * P[s] * (std::fabs(dP) + std::fabs(Dq));
+                    for (int d = 0; d < D; d++) {
+                        r.dq[qi(b, t, h) + d] += scale * eS * std::fabs(k[ki(b, s, kh) + d]);
+                        r.dk[ki(b, s, kh) + d] += scale * eS * std::fabs(q[qi(b, t, h) + d]);
+                        r.dv[ki(b, s, kh) + d] += 2 * u * P[s] * std::fabs(dy[qi(b, t, h) + d]);
+                    }
+                }
+            }
+        }
+    auto finish = [](std::vector<double>& bd, const float* x, size_t n, bool add_rounding) {
+        double mx = 0;
+        for (size_t i = 0; i < n; i++) mx = std::fmax(mx, std::fabs(x[i]));
+        for (size_t i = 0; i < n; i++) bd[i] += (add_rounding ? 2.0 / 512 * std::fabs(x[i]) : 0.0) + 1e-6 * mx + 1e-30;
+    };
+    finish(r.y, y, nq, false);
+    finish(r.dq, dq, nq, true);
+    finish(r.dk, dk, nk, true);
+    finish(r.dv, dv, nk, true);
+    return r;
+}
 // A fresh scratch directory build/test_tmp/NAME (emptied first); returns its path.
 inline std::string tmp_dir(const std::string& name) {
     std::string d = "build/test_tmp/" + name;

@@ -1823,6 +1823,7 @@ void cuda_model_shard_optimizer(CudaModel*, size_t, size_t) { no_cuda(); }
 float* cuda_model_grads(CudaModel*) { no_cuda(); }
 float* cuda_model_master(CudaModel*) { no_cuda(); }
 void cuda_model_refresh_params(CudaModel*) { no_cuda(); }
+void cuda_model_on_layer_grads(CudaModel*, std::function<void(int)>) { no_cuda(); }
 void cuda_model_adamw(CudaModel*, float, float, float, float, float, float, int) { no_cuda(); }
 void cuda_model_get_params(CudaModel*, Model*) { no_cuda(); }
 void cuda_model_set_params(CudaModel*, const Model&) { no_cuda(); }

@@ -542,6 +542,10 @@ CudaModel* cuda_model_create_inference(const InferModel& im, bool verbose = true
 void cuda_model_free(CudaModel* m);
 float cuda_model_forward(CudaModel* m, const int* inputs, const int* targets, int B, int T);  // mean loss, like model_forward
 void cuda_model_backward(CudaModel* m, const float* dlosses);                                 // like model_backward
+// Called by cuda_model_backward once layer l's gradient kernels are queued (layers L−1 … 0; none for the embedding,
+// the final norm and lm_head), for overlapping the data-parallel all-reduce with the rest of the backward; an empty
+// function (the default) for none.
+void cuda_model_on_layer_grads(CudaModel* m, std::function<void(int layer)> fn);
 void cuda_model_zero_grad(CudaModel* m);
 float cuda_model_grad_norm(CudaModel* m);          // global L2 norm of the fp32 gradients
 // Σ g² over [begin, end) of the flat fp32 gradients, in double: a fixed grid of partial sums added in order
@@ -912,6 +916,8 @@ void dist_nccl_init(Dist* d);                // device local_rank, unique id fro
 void dist_nccl_allreduce_sum(const Dist& d, float* x, size_t n, void* stream);
 void dist_nccl_reduce_scatter_sum(const Dist& d, float* x, void* stream);
 void dist_nccl_allgather(const Dist& d, float* x, void* stream);
+// one grouped all-reduce (ncclGroupStart … End) of several (offset, count) slices of x, each summed in place
+void dist_nccl_allreduce_slices(const Dist& d, float* x, const std::vector<std::pair<size_t, size_t>>& slices, void* stream);
 // tests/gpu_check.sh: NCCL collectives on device memory vs host sums, bit-exact; returns the wrong elements
 size_t dist_nccl_selftest(Dist* d, size_t n, std::string* report);
 // ZeRO-1 optimizer state, one file per rank: DIR/optimizer-rank<r>-of-<N>.safetensors holds this rank's slice of

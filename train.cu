@@ -1067,6 +1067,7 @@ struct Trainer {
     int keep = 3;                   // step_NNNNNN checkpoints kept
     double elapsed_before = 0;      // seconds spent by earlier processes of this run (resume)
     FILE* metrics = nullptr;        // OUT/metrics.jsonl on rank 0 (open_run); the loop closes it
+    void* overlap = nullptr;        // GPUs: the all-reduce overlapped with the backward (GradOverlap, dp_backward_begin)
 };
 
 // An update just taken, for the stage's fields of its metrics record and its progress line.
@@ -1118,9 +1119,99 @@ static void dp_optimizer_range(Trainer* t) {
     t->be.opt_end = t->zero ? t->dist.shard_end() : t->model.num_parameters;
     if (t->zero && t->dist.shard.size() != (size_t)t->dist.world + 1) die("ZeRO-1: call dist_shards first");
 }
+// GPUs without ZeRO-1: the all-reduce overlapped with the last micro-batch's backward. The backward runs from the last
+// layer to the first, so layer l's gradient slices are final while layers l−1 … 0 are still computed: each layer's 9
+// slices go to NCCL at once, one grouped all-reduce on a communication stream that waits for the layer's kernels (an
+// event); reduce_gradients adds the embedding, the final norm and lm_head, then the compute stream waits for the
+// communication stream. The same sums as one all-reduce of the whole buffer. DEEPSEEK_GRAD_OVERLAP=0 turns it off.
+// (Under ZeRO-1 the reduce-scatter's shards do not follow the layers: one collective after the backward.)
+#ifdef DEEPSEEK_NCCL
+struct GradOverlap {
+    cudaStream_t comm = nullptr;
+    std::vector<cudaEvent_t> layer_done;                          // one per layer
+    cudaEvent_t comm_done = nullptr;
+    std::vector<std::vector<std::pair<size_t, size_t>>> slices;   // per layer: (offset, count) of its tensors
+    std::vector<std::pair<size_t, size_t>> rest;                  // the embedding, the final norm, lm_head
+    bool active = false;                                          // this step's backward handed its layers over
+};
+static void cuda_ok(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) die("CUDA: %s failed: %s", what, cudaGetErrorString(e));
+}
+static GradOverlap* overlap_state(Trainer* t) {
+    if (t->overlap) return (GradOverlap*)t->overlap;
+    GradOverlap* o = new GradOverlap;
+    const Config& c = t->model.cfg;
+    cuda_ok(cudaStreamCreateWithFlags(&o->comm, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    o->layer_done.resize(c.num_hidden_layers);
+    for (cudaEvent_t& e : o->layer_done) cuda_ok(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+    cuda_ok(cudaEventCreateWithFlags(&o->comm_done, cudaEventDisableTiming), "cudaEventCreate");
+    o->slices.resize(c.num_hidden_layers);
+    for (const ParamView& pv : param_views(c)) {
+        size_t n = 1;
+        for (int64_t d : pv.shape) n *= (size_t)d;
+        int l = -1;
+        if (sscanf(pv.name.c_str(), "model.layers.%d.", &l) == 1) o->slices[l].push_back({pv.offset, n});
+        else o->rest.push_back({pv.offset, n});
+    }
+    t->overlap = o;
+    return o;
+}
+#endif
+static bool dp_overlaps(const Trainer* t) {
+    if (!t->be.cuda || t->dist.world == 1 || t->zero || !dist_nccl_available()) return false;
+    const char* e = getenv("DEEPSEEK_GRAD_OVERLAP");
+    return !(e && std::string(e) == "0");
+}
+// before the step's last backward: from here each finished layer's gradients are summed over the ranks
+static void dp_backward_begin(Trainer* t) {
+#ifdef DEEPSEEK_NCCL
+    if (!dp_overlaps(t)) return;
+    GradOverlap* o = overlap_state(t);
+    o->active = true;
+    float* g = backend_grads(&t->be);
+    cuda_model_on_layer_grads(t->be.cuda, [t, o, g](int l) {
+        cuda_ok(cudaEventRecord(o->layer_done[l], 0), "cudaEventRecord");   // after layer l's kernels (default stream)
+        cuda_ok(cudaStreamWaitEvent(o->comm, o->layer_done[l], 0), "cudaStreamWaitEvent");
+        dist_nccl_allreduce_slices(t->dist, g, o->slices[l], o->comm);
+    });
+#else
+    (void)t;
+#endif
+}
+// the overlapped all-reduce's rest, and the compute stream made to wait for it; false if this step had none
+static bool dp_overlap_finish(Trainer* t) {
+#ifdef DEEPSEEK_NCCL
+    GradOverlap* o = (GradOverlap*)t->overlap;
+    if (!o || !o->active) return false;
+    o->active = false;
+    cuda_model_on_layer_grads(t->be.cuda, nullptr);
+    cuda_ok(cudaEventRecord(o->layer_done[0], 0), "cudaEventRecord");   // the whole backward, embedding included
+    cuda_ok(cudaStreamWaitEvent(o->comm, o->layer_done[0], 0), "cudaStreamWaitEvent");
+    dist_nccl_allreduce_slices(t->dist, backend_grads(&t->be), o->rest, o->comm);
+    cuda_ok(cudaEventRecord(o->comm_done, o->comm), "cudaEventRecord");
+    cuda_ok(cudaStreamWaitEvent(0, o->comm_done, 0), "cudaStreamWaitEvent");   // clipping and AdamW follow the sums
+    return true;
+#else
+    (void)t;
+    return false;
+#endif
+}
+static void dp_overlap_free(Trainer* t) {
+#ifdef DEEPSEEK_NCCL
+    GradOverlap* o = (GradOverlap*)t->overlap;
+    if (!o) return;
+    cuda_ok(cudaStreamSynchronize(o->comm), "cudaStreamSynchronize");
+    for (cudaEvent_t e : o->layer_done) cuda_ok(cudaEventDestroy(e), "cudaEventDestroy");
+    cuda_ok(cudaEventDestroy(o->comm_done), "cudaEventDestroy");
+    cuda_ok(cudaStreamDestroy(o->comm), "cudaStreamDestroy");
+    delete o;
+#endif
+    t->overlap = nullptr;
+}
 // The gradient sum over ranks. Each rank's loss weights carry 1/world, so the sum is the gradient of the global
 // batch's mean loss.
 static void reduce_gradients(Trainer* t) {
+    if (dp_overlap_finish(t)) return;
     float* g = backend_grads(&t->be);
     if (t->zero) dp_reduce_scatter(t, g);
     else dp_allreduce(t, g, t->model.num_parameters);
@@ -1337,6 +1428,7 @@ static std::string train_loop(TrainRun* r) {
             loader_next(&r->train, in.data(), tg.data());
             loss += pretrain_objective(&r->be, in.data(), tg.data(), B, T, &dl) / s.accum;
             for (float& w : dl) w /= (float)(s.accum * s.world);   // the step's loss: the mean over micro-batches and ranks
+            if (k == s.accum - 1) dp_backward_begin(r);   // GPUs: each finished layer's gradients summed at once
             backend_backward(&r->be, dl.data());
         }
         reduce_gradients(r);
@@ -1785,13 +1877,16 @@ int cmd_train(int argc, char** argv) {
            s.lr, s.schedule == LRSchedule::MULTISTEP ? "multistep" : "cosine", s.warmup, ADAMW_BETA1, ADAMW_BETA2, ADAMW_EPS,
            WEIGHT_DECAY, CLIP_GRAD_NORM, num_threads());
     if (s.world > 1 || s.zero)
-        printf("data parallel: %d rank(s) (%d on this machine), gradients summed over %s%s\n", s.world, r.dist.local_world,
-               dev == Device::CUDA ? "NCCL" : "MPI", s.zero ? "; ZeRO-1: each rank keeps 1/world of AdamW's state" : "");
+        printf("data parallel: %d rank(s) (%d on this machine), gradients summed over %s%s%s\n", s.world, r.dist.local_world,
+               dev == Device::CUDA ? "NCCL" : "MPI",
+               dev == Device::CUDA && s.world > 1 && !s.zero && dist_nccl_available() ? " (each layer's as its backward ends)" : "",
+               s.zero ? "; ZeRO-1: each rank keeps 1/world of AdamW's state" : "");
     dp_optimizer_range(&r);
     backend_open(&r.be, dev, r.opt, s.micro_batch, s.seq_len, a.flag("recompute"), "train");
     fflush(stdout);
 
     std::string final_dir = train_loop(&r);
+    dp_overlap_free(&r);
     backend_close(&r.be);
     if (r.step == s.steps && s.rank == 0) {
         std::string png = plot_loss_curve(s.out);
@@ -2764,6 +2859,18 @@ static void nccl_sharded(const Dist& d, float* x, void* stream, bool reduce, con
 #endif
 }
 void dist_nccl_reduce_scatter_sum(const Dist& d, float* x, void* stream) { nccl_sharded(d, x, stream, true, "reduce-scatter"); }
+void dist_nccl_allreduce_slices(const Dist& d, float* x, const std::vector<std::pair<size_t, size_t>>& slices, void* stream) {
+#ifdef DEEPSEEK_NCCL
+    ncclComm_t comm = nccl_comm(d);
+    ncclCheck(ncclGroupStart());
+    for (const auto& sl : slices)
+        ncclCheck(ncclAllReduce(x + sl.first, x + sl.first, sl.second, ncclFloat, ncclSum, comm, (cudaStream_t)stream));
+    ncclCheck(ncclGroupEnd());
+#else
+    (void)d; (void)x; (void)slices; (void)stream;
+    die("NCCL: this binary was built without NCCL (a CPU-only build, or make NCCL=0)");
+#endif
+}
 void dist_nccl_allgather(const Dist& d, float* x, void* stream) { nccl_sharded(d, x, stream, false, "all-gather"); }
 
 // The GPU check's probe of the NCCL path (tests/gpu_check.sh runs it under mpirun on every GPU): all-reduce,

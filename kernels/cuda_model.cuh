@@ -61,6 +61,7 @@ struct CudaModel {
     int Bmax = 0, Tmax = 0, B = 0, T = 0;
     bool recompute = false, have_forward = false;
     bool inference = false;              // cuda_model_create_inference: parameters only (no training state)
+    std::function<void(int)> on_layer_grads;   // cuda_model_on_layer_grads
     size_t num_parameters = 0, sizes[NUM_PARAM_TENSORS];
     bf16* params_mem = nullptr;
     float *master = nullptr, *grads_mem = nullptr, *adam_mem = nullptr;   // adam_mem: m then v, of AdamW's range
@@ -384,6 +385,7 @@ void cuda_model_backward(CudaModel* m, const float* dlosses) {
         matmul_backward_cuda(a.dln, gw.k_proj, a.dk, la.ln1, w.k_proj, N, C, KVD, Accum::Add);
         matmul_backward_cuda(a.dln, gw.v_proj, a.dv, la.ln1, w.v_proj, N, C, KVD, Accum::Add);
         rmsnorm_backward_cuda(a.dres, a.dres16, gw.input_layernorm, a.partial, a.dln, la.x, w.input_layernorm, la.ln1_rstd, N, C);
+        if (m->on_layer_grads) m->on_layer_grads(l);   // layer l's gradients are final once these kernels ran
     }
     // embedding: one block per distinct token, positions in a fixed order
     std::vector<int> uniq, starts, order;
@@ -398,6 +400,7 @@ void cuda_model_backward(CudaModel* m, const float* dlosses) {
     cudaCheck(cudaGetLastError());
 }
 
+void cuda_model_on_layer_grads(CudaModel* m, std::function<void(int)> fn) { m->on_layer_grads = std::move(fn); }
 void cuda_model_zero_grad(CudaModel* m) {
     require_training_state(m, "zero_grad");
     cudaCheck(cudaMemset(m->grads_mem, 0, m->num_parameters * sizeof(float))); }

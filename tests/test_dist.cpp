@@ -451,7 +451,7 @@ TEST_CASE("a 2-rank ZeRO-1 checkpoint resumes on 1 rank by re-sharding; an impos
 // against two is the bf16 CLI tolerance of tests/test_cuda.cpp (5% a step: bf16 parameters and activations on weights
 // that drift apart through AdamW); ZeRO-1 on and off differ only in the order the norm's Σg² is added (double), which
 // can move the clip coefficient by its last float bit and round a few bf16 weights the other way: 1e-4.
-TEST_CASE("CUDA data-parallel training over NCCL: 2 GPUs follow 1, ZeRO-1 on and off agree, 2 GPUs' checkpoint resumes on 1") {
+TEST_CASE("CUDA data-parallel training over NCCL: 2 GPUs follow 1, overlapped all-reduce, ZeRO-1 on and off agree, 2 GPUs' checkpoint resumes on 1") {
     int ngpu = dist_nccl_available() ? cuda_device_count() : 0;
     if (ngpu < 2) {
         g_tests_skipped++;
@@ -470,6 +470,13 @@ TEST_CASE("CUDA data-parallel training over NCCL: 2 GPUs follow 1, ZeRO-1 on and
     REQUIRE(b.rc == 0);
     REQUIRE(c.rc == 0);
     CHECK(b.out.find("gradients summed over NCCL") != std::string::npos);
+    // the all-reduce overlapped with the backward (the default) sums what one all-reduce after it sums: 2 ranks add
+    // a + b either way, so the losses are identical
+    std::string after = "build/test_tmp/nccl_two_after";
+    run_cmd("rm -rf " + after);
+    auto n = run_cmd(mpirun(2) + "-x DEEPSEEK_GRAD_OVERLAP=0 " + deepseek_bin() + dp_flags(after) + " --micro-batch 2 --save-every 0 --device cuda");
+    REQUIRE_MESSAGE(n.rc == 0, n.out);
+    CHECK(dp_losses(after) == dp_losses(two));
     auto la = dp_losses(one), lb = dp_losses(two), lc = dp_losses(twoz);
     REQUIRE(la.size() == 20);
     double e_ranks = losses_rel_err(lb, la), e_zero = losses_rel_err(lc, lb);

@@ -292,6 +292,39 @@ template <int D> __device__ void tc_load_tile(bf16* tile, const bf16* x, int b, 
     }
 }
 
+// A warp's 16×64 product through tensor cores into Sw [16][TC_LDS]: rows a [16][ld] times the transpose of a tile
+// b [64][ld] (scores q·kᵀ, and dy·vᵀ in the backward)
+template <int D> __device__ void tc_rows_times_tile_t(float* Sw, const bf16* a, const bf16* b) {
+    constexpr int ld = tc_ld<D>();
+    for (int j = 0; j < TC_KEYS / 16; j++) {
+        FragC acc;
+        wmma::fill_fragment(acc, 0.0f);
+        #pragma unroll
+        for (int kk = 0; kk < D; kk += 16) {
+            FragA fa;
+            FragBt fb;
+            wmma::load_matrix_sync(fa, a + kk, ld);
+            wmma::load_matrix_sync(fb, b + j * 16 * ld + kk, ld);
+            wmma::mma_sync(acc, fa, fb, acc);
+        }
+        wmma::store_matrix_sync(Sw + j * 16, acc, TC_LDS, wmma::mem_row_major);
+    }
+}
+// acc [16 × D] (D/16 fragments) += a [16][TC_LDP] (bf16 weights over the 64 tile rows) · the tile b [64][ld]
+template <int D> __device__ void tc_accumulate(FragC (&acc)[D / 16], const bf16* a, const bf16* b) {
+    constexpr int ld = tc_ld<D>();
+    #pragma unroll
+    for (int n = 0; n < D / 16; n++)
+        #pragma unroll
+        for (int kk = 0; kk < TC_KEYS; kk += 16) {
+            FragA fa;
+            FragB fb;
+            wmma::load_matrix_sync(fa, a + kk, TC_LDP);
+            wmma::load_matrix_sync(fb, b + kk * ld + n * 16, ld);
+            wmma::mma_sync(acc[n], fa, fb, acc[n]);
+        }
+}
+
 template <int D>
 __global__ void __launch_bounds__(TC_THREADS) attention_forward_tc_kernel(bf16* y, float* lse, const bf16* q, const bf16* k,
                                                                            const bf16* v, int T, int H, int KV, float scale) {
@@ -320,19 +353,7 @@ __global__ void __launch_bounds__(TC_THREADS) attention_forward_tc_kernel(bf16* 
         tc_load_tile<D>(Vs, v, b, s0, T, KV, kh);
         __syncthreads();
         if (w0 >= T || s0 > w0 + 15) continue;       // warp-uniform: no key of this tile is visible to the warp's rows
-        for (int j = 0; j < TC_KEYS / 16; j++) {      // S = Q_w · Kᵀ  [16 × 64]
-            FragC acc;
-            wmma::fill_fragment(acc, 0.0f);
-            #pragma unroll
-            for (int kk = 0; kk < D; kk += 16) {
-                FragA a;
-                FragBt bk;
-                wmma::load_matrix_sync(a, Qs + warp * 16 * ld + kk, ld);
-                wmma::load_matrix_sync(bk, Ks + j * 16 * ld + kk, ld);
-                wmma::mma_sync(acc, a, bk, acc);
-            }
-            wmma::store_matrix_sync(Sw + j * 16, acc, TC_LDS, wmma::mem_row_major);
-        }
+        tc_rows_times_tile_t<D>(Sw, Qs + warp * 16 * ld, Ks);   // S = Q_w · Kᵀ  [16 × 64]
         __syncwarp();
         float mx = -INFINITY;                         // the online softmax over this lane's 32 keys of row r
         for (int c = half * 32; c < half * 32 + 32; c++) {
@@ -415,19 +436,7 @@ __global__ void __launch_bounds__(TC_THREADS) attention_backward_dq_tc_kernel(bf
         if (w0 >= T || s0 > w0 + 15) continue;
         float p[32];
         for (int pass = 0; pass < 2; pass++) {        // pass 0: S = Q·Kᵀ → P;  pass 1: dP = dY·Vᵀ → dS
-            for (int j = 0; j < TC_KEYS / 16; j++) {
-                FragC c;
-                wmma::fill_fragment(c, 0.0f);
-                #pragma unroll
-                for (int kk = 0; kk < D; kk += 16) {
-                    FragA a;
-                    FragBt bt;
-                    wmma::load_matrix_sync(a, (pass ? Gs : Qs) + warp * 16 * ld + kk, ld);
-                    wmma::load_matrix_sync(bt, (pass ? Vs : Ks) + j * 16 * ld + kk, ld);
-                    wmma::mma_sync(c, a, bt, c);
-                }
-                wmma::store_matrix_sync(Sw + j * 16, c, TC_LDS, wmma::mem_row_major);
-            }
+            tc_rows_times_tile_t<D>(Sw, (pass ? Gs : Qs) + warp * 16 * ld, pass ? Vs : Ks);
             __syncwarp();
             #pragma unroll
             for (int i = 0; i < 32; i++) {
@@ -438,16 +447,7 @@ __global__ void __launch_bounds__(TC_THREADS) attention_backward_dq_tc_kernel(bf
             }
             __syncwarp();
         }
-        #pragma unroll
-        for (int n = 0; n < D / 16; n++)              // dQ_w += dS_w · K  [16 × D]
-            #pragma unroll
-            for (int kk = 0; kk < TC_KEYS; kk += 16) {
-                FragA a;
-                FragB bk;
-                wmma::load_matrix_sync(a, Dw + kk, TC_LDP);
-                wmma::load_matrix_sync(bk, Ks + kk * ld + n * 16, ld);
-                wmma::mma_sync(acc[n], a, bk, acc[n]);
-            }
+        tc_accumulate<D>(acc, Dw, Ks);                // dQ_w += dS_w · K  [16 × D]
     }
     float* Ow = Os + warp * 16 * ldo;
     #pragma unroll
@@ -499,19 +499,7 @@ __global__ void __launch_bounds__(TC_THREADS) attention_backward_dkv_tc_kernel(b
             if (w0 >= T) continue;                    // warp-uniform (t0 + 63 ≥ w0 always: t0 ≥ s_first, tiles of 64)
             float p[32];
             for (int pass = 0; pass < 2; pass++) {    // pass 0: Sᵀ = K·Qᵀ → Pᵀ;  pass 1: dPᵀ = V·dYᵀ → dSᵀ
-                for (int j = 0; j < TC_KEYS / 16; j++) {
-                    FragC c;
-                    wmma::fill_fragment(c, 0.0f);
-                    #pragma unroll
-                    for (int kk = 0; kk < D; kk += 16) {
-                        FragA a;
-                        FragBt bt;
-                        wmma::load_matrix_sync(a, (pass ? Vs : Ks) + warp * 16 * ld + kk, ld);
-                        wmma::load_matrix_sync(bt, (pass ? Gs : Qs) + j * 16 * ld + kk, ld);
-                        wmma::mma_sync(c, a, bt, c);
-                    }
-                    wmma::store_matrix_sync(Sw + j * 16, c, TC_LDS, wmma::mem_row_major);
-                }
+                tc_rows_times_tile_t<D>(Sw, (pass ? Vs : Ks) + warp * 16 * ld, pass ? Gs : Qs);
                 __syncwarp();
                 #pragma unroll
                 for (int i = 0; i < 32; i++) {
@@ -526,19 +514,8 @@ __global__ void __launch_bounds__(TC_THREADS) attention_backward_dkv_tc_kernel(b
                 }
                 __syncwarp();
             }
-            #pragma unroll
-            for (int n = 0; n < D / 16; n++)          // dV_w += Pᵀ_w · dY,  dK_w += dSᵀ_w · Q   [16 × D]
-                #pragma unroll
-                for (int kk = 0; kk < TC_KEYS; kk += 16) {
-                    FragA a;
-                    FragB bb;
-                    wmma::load_matrix_sync(a, Pw + kk, TC_LDP);
-                    wmma::load_matrix_sync(bb, Gs + kk * ld + n * 16, ld);
-                    wmma::mma_sync(dva[n], a, bb, dva[n]);
-                    wmma::load_matrix_sync(a, Dw + kk, TC_LDP);
-                    wmma::load_matrix_sync(bb, Qs + kk * ld + n * 16, ld);
-                    wmma::mma_sync(dka[n], a, bb, dka[n]);
-                }
+            tc_accumulate<D>(dva, Pw, Gs);            // dV_w += Pᵀ_w · dY   [16 × D]
+            tc_accumulate<D>(dka, Dw, Qs);            // dK_w += dSᵀ_w · Q
         }
     __syncthreads();   // the query tiles are consumed: their space stages the outputs, [4][16][ldo] fp32 (≤ 2·64·ld bf16)
     float* Ow = (float*)Qs + warp * 16 * ldo;

@@ -11,8 +11,8 @@
 #   3. compute-sanitizer (looked for on PATH, in CUDA_HOME and /usr/local/cuda*/, /opt/nvidia): memcheck on a short
 #      training step and a few decode steps, memcheck and racecheck on the attention and decode tests
 #   4. benchmarks (tests/bench/bench_gpu.cpp): training tokens/s, achieved TFLOP/s and MFU for ~124M and ~350M shapes,
-#      batch-1 decode tokens/s for a ~1.1B shape beside its memory-bandwidth bound; PyTorch on the same shapes when it
-#      is installed with CUDA
+#      batch-1 decode tokens/s for a ~1.1B shape beside its memory-bandwidth bound, the memory of the 7B shape's
+#      inference model (weights, KV cache, activations); PyTorch on the same shapes when it is installed with CUDA
 #   5. the summary, $OUT/gpu_check_summary.txt, beside the whole log, $OUT/gpu_check.log (build/gpu_check/ when
 #      OUT is unset); written from the start, rewritten after every step and completed by the EXIT trap, so a crash
 #      or a kill still leaves one
@@ -82,7 +82,7 @@ write_summary() {
         for r in ${results[@]+"${results[@]}"}; do echo "$r"; done
         [ -n "$current" ] && echo "RUN   $current (started at $current_t0 s; unfinished when this was written)"
         echo "MFU = tokens/s × (6·N_matmul + 12·L·H·D·T) / ${PEAK} TFLOP/s; decode bound = ${HBM} TB/s / bytes per token"
-        grep -aE "^(train|decode|torch |preflight|\[doctest\] test cases|[0-9]+ passed|[0-9]+\.[0-9]+ s: )|error:|ERROR:|Segmentation|Aborted|ERROR SUMMARY" "$LOG" | head -200 || true
+        grep -aE "^(train|decode|prefill|torch |preflight|\[doctest\] test cases|[0-9]+ passed|[0-9]+\.[0-9]+ s: )|error:|ERROR:|Segmentation|Aborted|ERROR SUMMARY" "$LOG" | head -200 || true
     } > "$SUMMARY.tmp" 2>/dev/null && mv -f "$SUMMARY.tmp" "$SUMMARY"
 }
 # the log stays under 16 MiB: its first 5 and last 9 MiB when it grows past 15
@@ -352,6 +352,8 @@ step "train 124m" 60 ./build/bench/bench_gpu --shape 124m --batch 16 --seq 1024 
 step "train 350m" 60 ./build/bench/bench_gpu --shape 350m --batch 8 --seq 1024 --steps 10 --peak-tflops "$PEAK"
 step "train 350m recompute" 60 ./build/bench/bench_gpu --shape 350m --batch 8 --seq 1024 --steps 10 --recompute --peak-tflops "$PEAK"
 step "decode 1b" 60 ./build/bench/bench_gpu --shape 1b --steps 0 --decode 256 --hbm-tbs "$HBM"
+# the released 7B's shape: the inference-only model's memory (bf16 weights, a 4096-position KV cache) and its decode
+step "inference 7b" 90 ./build/bench/bench_gpu --shape deepseek-llm-7b --steps 0 --decode 64 --hbm-tbs "$HBM"
 # the peer last, and only while the budget allows it ~90 s
 PY=""
 if [ "$DRY" = 0 ]; then

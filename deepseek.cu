@@ -793,14 +793,47 @@ uint16_t f32_to_f16(float f) {
 // llama.cpp's reference quantiser uses, so a GGUF written from these blocks is what llama.cpp itself would make:
 //   d = max|x| / 127,  q_i = round(x_i / d) (half away from zero, through 1/d in fp32),  stored d = fp16(d)
 // A weight comes back as q_i · fp16(d): within d/2 (plus fp16's rounding of d) of the original.
+// Generation quantises every activation vector this way (once per linear input and token), so the block is done
+// in AVX2 registers where the CPU has them: the same operations, the same results (the maximum does not depend on
+// its order; round half away from zero is trunc(v) + 1·sign(v) when |v − trunc(v)| ≥ 0.5, v − trunc(v) exact).
+// libm's roundf, called per element, made this ~4 µs per 768 values: as long as a 768×768 q8_0 product per thread.
 void q8_0_quantize(const float* x, size_t n, int8_t* q, uint16_t* d) {
     for (size_t b = 0; b < n / Q8_BLOCK; b++) {
         const float* xb = x + b * Q8_BLOCK;
+        int8_t* qb = q + b * Q8_BLOCK;
+#if defined(__AVX2__)
+        const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(xb + 8 * k);
+            m = _mm256_max_ps(m, _mm256_and_ps(v[k], abs_mask));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        float s = amax / 127.0f, inv = s != 0.0f ? 1.0f / s : 0.0f;
+        d[b] = f32_to_f16(s);
+        const __m256 vinv = _mm256_set1_ps(inv), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+        const __m256 sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
+        __m256i r[4];
+        for (int k = 0; k < 4; k++) {
+            __m256 y = _mm256_mul_ps(v[k], vinv);
+            __m256 t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(_mm256_sub_ps(y, t), abs_mask), half, _CMP_GE_OQ), one);
+            r[k] = _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_or_ps(up, _mm256_and_ps(y, sign_mask))));
+        }
+        // int32 → int16 → int8 (|values| ≤ 127: no saturation); the packs interleave 128-bit lanes, the permute
+        // puts the 32 bytes back in order
+        __m256i w = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+        w = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i*)qb, w);
+#else
         float amax = 0.0f;
         for (int i = 0; i < Q8_BLOCK; i++) amax = std::max(amax, fabsf(xb[i]));
         float s = amax / 127.0f, inv = s != 0.0f ? 1.0f / s : 0.0f;
         d[b] = f32_to_f16(s);
-        for (int i = 0; i < Q8_BLOCK; i++) q[b * Q8_BLOCK + i] = (int8_t)roundf(xb[i] * inv);
+        for (int i = 0; i < Q8_BLOCK; i++) qb[i] = (int8_t)roundf(xb[i] * inv);
+#endif
     }
 }
 void q8_0_dequantize(const int8_t* q, const uint16_t* d, size_t n, float* out) {

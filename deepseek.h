@@ -906,10 +906,6 @@ void dist_barrier(const Dist& d);
 // Σ x² over a gradient: over the whole of x[n] (replicated gradients), or, when sharded, over this rank's
 // shard summed over ranks, so the global norm is right under ZeRO-1. In double.
 double dist_sum_squares(const Dist& d, const float* x, size_t n, bool sharded);
-// clip_grad_norm over ranks: with sharded, the norm of the whole gradient from this rank's valid shard; returns it
-double dist_clip_grad_norm(const Dist& d, float* g, size_t n, double max_norm, bool sharded);
-// ZeRO-1 AdamW: adamw_update's arithmetic on this rank's shard of the weights; opt->m and opt->v hold the shard only
-void zero_adamw_update(const Dist& d, Model* model, AdamW* opt, float lr);
 // NCCL on device memory (CUDA builds; dies elsewhere). stream: a cudaStream_t, nullptr = the default stream.
 bool dist_nccl_available();                  // built with NCCL (CUDA builds, unless make NCCL=0)
 void dist_nccl_init(Dist* d);                // device local_rank, unique id from rank 0 broadcast over MPI

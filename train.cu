@@ -534,8 +534,9 @@ double grad_sum_squares(const float* x, size_t n) {
 double grad_global_norm(const float* g, size_t n) { return sqrt(grad_sum_squares(g, n)); }
 
 // torch's clip coefficient: max_norm / (norm + 1e-6), clamped to 1 (in double; a NaN norm gives 1, no scaling, and
-// the loop's non-finite check stops the run). Every clipping site uses it: clip_grad_norm, dist_clip_grad_norm and the
-// CUDA backend's grad_scale (backend_clip_grad_norm), each applying it to the gradients as a float.
+// the loop's non-finite check stops the run). Every clipping site uses it: clip_grad_norm and the training loop's
+// backend_clip (the CPU scales its range of the gradients in place; the CUDA backend hands it to AdamW as grad_scale),
+// each applying it to the gradients as a float.
 double clip_coefficient(double norm, double max_norm) {
     double coef = max_norm / (norm + 1e-6);
     return coef < 1.0 ? coef : 1.0;
@@ -1056,7 +1057,7 @@ struct Trainer {
     Model model;
     AdamW opt;
     Backend be{&model};             // --device cuda: be.cuda holds the model on the GPU (backend_open)
-    float grad_scale = 1.0f;        // CUDA: the clip coefficient AdamW applies (backend_clip_grad_norm)
+    float grad_scale = 1.0f;        // CUDA: the clip coefficient AdamW applies (backend_clip)
     long step = 0, steps = 0;       // updates done; the run's last step
     double lr = 0;                  // the peak learning rate of the schedule
     LRSchedule schedule = LRSchedule::MULTISTEP;
@@ -2748,31 +2749,6 @@ double dist_sum_squares(const Dist& d, const float* x, size_t n, bool sharded) {
     double s = grad_sum_squares(x + b, e - b);
     if (sharded) dist_allreduce_sum(d, &s, 1);
     return s;
-}
-
-// ---------------------------------------------------------------------------- ZeRO-1: clipping and AdamW on a shard
-// After the reduce-scatter only this rank's shard of the gradient is valid. The global norm adds the shards' Σg²
-// over ranks, so every rank gets the same clip coefficient as an unsharded run; AdamW then updates the shard of the
-// weights with the shard of m and v (1/world of the optimizer memory), and an all-gather reassembles the weights.
-
-// torch.nn.utils.clip_grad_norm_ on the valid part of g: norm = sqrt(Σ g²), g ← g · clip_coefficient(norm, max_norm)
-double dist_clip_grad_norm(const Dist& d, float* g, size_t n, double max_norm, bool sharded) {
-    double norm = sqrt(dist_sum_squares(d, g, n, sharded));
-    double coef = clip_coefficient(norm, max_norm);
-    if (coef < 1.0) {
-        float c = (float)coef;
-        size_t b = sharded ? d.shard_begin() : 0, e = sharded ? d.shard_end() : n;
-#pragma omp parallel for schedule(static)
-        for (size_t i = b; i < e; i++) g[i] *= c;
-    }
-    return norm;
-}
-
-// adamw_update restricted to [shard_begin, shard_end): each tensor's overlap with the shard gets adamw_step with the
-// tensor's weight decay, so every element sees exactly the arithmetic of the unsharded update. opt->m, opt->v: [shard].
-void zero_adamw_update(const Dist& d, Model* model, AdamW* opt, float lr) {
-    if (d.shard.size() != (size_t)d.world + 1 || d.shard[d.world] != model->num_parameters) die("ZeRO-1: call dist_shards first");
-    adamw_update_range(model, opt, lr, d.shard_begin(), d.shard_end());
 }
 
 // ---------------------------------------------------------------------------- NCCL (GPUs)

@@ -254,8 +254,14 @@ TEST_CASE("ZeRO-1 AdamW over 3 shards equals AdamW over the whole buffer, bit fo
     for (int r = 0; r < 3; r++) { ranks[r].world = 3; ranks[r].rank = r; dist_shards(&ranks[r], whole.num_parameters); }
     for (int step = 0; step < 3; step++) {
         adamw_update(&whole, &opt_whole, 1e-2f);
-        // each "rank" updates its shard of the same weights (the all-gather is the identity here: one buffer)
-        for (int r = 0; r < 3; r++) zero_adamw_update(ranks[r], &sharded, &opt_shard[r], 1e-2f);
+        // each "rank" updates its shard of the same weights through the training loop's call (backend_adamw over
+        // the Backend's ZeRO-1 range; the all-gather is the identity here: one buffer)
+        for (int r = 0; r < 3; r++) {
+            Backend be(&sharded);
+            be.opt_begin = ranks[r].shard_begin();
+            be.opt_end = ranks[r].shard_end();
+            backend_adamw(&be, &opt_shard[r], 1e-2f, 1.0f);
+        }
     }
     CHECK(sharded.params_memory == whole.params_memory);
     for (int r = 0; r < 3; r++) {
@@ -266,18 +272,32 @@ TEST_CASE("ZeRO-1 AdamW over 3 shards equals AdamW over the whole buffer, bit fo
     }
 }
 
-TEST_CASE("clipping one shard with the norm summed over shards equals clip_grad_norm of the whole gradient") {
+TEST_CASE("clipping shards with the norm summed over shards equals clip_grad_norm of the whole gradient") {
+    // the training loop's clipping (clip_gradients: backend_grad_sum_squares on each rank's ZeRO-1 range, the sums
+    // added over ranks, backend_clip with the coefficient of their root), three "ranks" in one process
     Model m;
     random_model(&m, 9);
     std::vector<float> whole = m.grads_memory;
     double want = clip_grad_norm(whole.data(), whole.size(), 1.0);
     REQUIRE(want > 1.0);   // the clipping branch is taken
-    Dist d;
-    dist_shards(&d, m.num_parameters);   // a world of one: the shard is everything, the sum is local
-    std::vector<float> g = m.grads_memory;
-    double got = dist_clip_grad_norm(d, g.data(), g.size(), 1.0, true);
+    std::vector<Dist> ranks(3);
+    std::vector<Backend> be(3, Backend(&m));
+    double s = 0;
+    for (int r = 0; r < 3; r++) {
+        ranks[r].world = 3; ranks[r].rank = r;
+        dist_shards(&ranks[r], m.num_parameters);
+        be[r].opt_begin = ranks[r].shard_begin();
+        be[r].opt_end = ranks[r].shard_end();
+        s += backend_grad_sum_squares(&be[r]);
+    }
+    double got = sqrt(s);
     CHECK(fabs(got - want) <= 1e-12 * want);
-    CHECK(max_rel_err(g.data(), whole.data(), g.size(), 1e-30) <= 1e-7);
+    for (int r = 0; r < 3; r++) {
+        float grad_scale = 0.0f;
+        backend_clip(&be[r], clip_coefficient(got, 1.0), &grad_scale);
+        CHECK(grad_scale == 1.0f);   // the CPU scales the gradients in place
+    }
+    CHECK(max_rel_err(m.grads_memory.data(), whole.data(), whole.size(), 1e-30) <= 1e-7);
 }
 
 // ---------------------------------------------------------------------------- data-parallel training (CLI)

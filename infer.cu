@@ -168,7 +168,16 @@ static inline void dot4_q8(float out[4], const Q8Act& x, const int8_t* const w[4
             __m256 xd = _mm256_loadu_ps(x.d + b0);
             for (int r = 0; r < 4; r++)
                 _mm256_store_ps(sc[r], _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(s[r] + b0))), xd));
-        } else q8_scales8(sc, s, x.d, b0, kb);
+        } else {   // a row's last kb < 8 blocks (in = 288: 9 blocks): the same, from zero-padded copies
+            alignas(16) uint16_t h[8] = {0};
+            alignas(32) float d[8] = {0};
+            memcpy(d, x.d + b0, (size_t)kb * sizeof(float));
+            __m256 xd = _mm256_load_ps(d);
+            for (int r = 0; r < 4; r++) {
+                memcpy(h, s[r] + b0, (size_t)kb * sizeof(uint16_t));
+                _mm256_store_ps(sc[r], _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128((const __m128i*)h)), xd));
+            }
+        }
         for (int k = 0; k < kb; k++) {
             size_t o = (size_t)(b0 + k) * Q8_BLOCK;
             // the next block's four rows, 128 bytes ahead per step of 4 × 32
@@ -307,7 +316,14 @@ struct Q8Input {
         d.resize((size_t)N * nb);
         rows.resize(N);
         q8_0_quantize(x, (size_t)N * in, q.data(), h.data());
+#if defined(__F16C__)
+        size_t b = 0;
+        for (; b + 8 <= h.size(); b += 8)
+            _mm256_storeu_ps(d.data() + b, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h.data() + b))));
+        for (; b < h.size(); b++) d[b] = _cvtsh_ss(h[b]);
+#else
         for (size_t b = 0; b < h.size(); b++) d[b] = f16_to_f32(h[b]);
+#endif
         for (int n = 0; n < N; n++) rows[n] = {q.data() + (size_t)n * in, d.data() + (size_t)n * nb};
         return rows.data();
     }
@@ -752,10 +768,12 @@ int sampler_sample(Sampler* s, float* z, int V, const std::vector<int>& seen) {
                 z[id] = z[id] > 0 ? z[id] / p.repetition_penalty : z[id] * p.repetition_penalty;
             }
     }
-    if (p.temperature <= 0.0f) {  // greedy: the first maximum, as torch.argmax
+    if (p.temperature <= 0.0f) {  // greedy: the first maximum, as torch.argmax (the maximum in one vectorised
+        float m = z[0];           // pass, then the first element equal to it; the logits are finite: check_logits)
+        #pragma omp simd reduction(max : m)
+        for (int i = 1; i < V; i++) m = std::max(m, z[i]);
         int best = 0;
-        for (int i = 1; i < V; i++)
-            if (z[i] > z[best]) best = i;
+        while (best + 1 < V && !(z[best] == m)) best++;
         return best;
     }
     auto& w = s->work;
@@ -801,6 +819,11 @@ int sampler_sample(Sampler* s, float* z, int V, const std::vector<int>& seen) {
 
 // Logits with a NaN or ±Inf (finite weights whose activations overflow) would be sampled as garbage: an error.
 static void check_logits(const float* z, int V, int pos) {
+    // z·0 is 0 for a finite z and NaN otherwise: one vectorised pass, the element search only when one is not
+    float probe = 0.0f;
+    #pragma omp simd reduction(+ : probe)
+    for (int i = 0; i < V; i++) probe += z[i] * 0.0f;
+    if (probe == 0.0f) return;
     for (int i = 0; i < V; i++)
         if (!std::isfinite(z[i]))
             die("generate: the logits at position %d are not finite (token %d: %s): the model's activations overflow",

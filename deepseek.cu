@@ -836,10 +836,18 @@ void q8_0_quantize(const float* x, size_t n, int8_t* q, uint16_t* d) {
 #endif
     }
 }
+// (prefill widens q8_0 weights with it as the GEMM packs them: F16C for the scale where the CPU has it)
 void q8_0_dequantize(const int8_t* q, const uint16_t* d, size_t n, float* out) {
     for (size_t b = 0; b < n / Q8_BLOCK; b++) {
+#if defined(__F16C__) && defined(__AVX2__)
+        float s = _cvtsh_ss(d[b]);
+#else
         float s = f16_to_f32(d[b]);
-        for (int i = 0; i < Q8_BLOCK; i++) out[b * Q8_BLOCK + i] = (float)q[b * Q8_BLOCK + i] * s;
+#endif
+        const int8_t* qb = q + b * Q8_BLOCK;
+        float* ob = out + b * Q8_BLOCK;
+        #pragma omp simd
+        for (int i = 0; i < Q8_BLOCK; i++) ob[i] = (float)qb[i] * s;
     }
 }
 

@@ -168,15 +168,9 @@ static inline void dot4_q8(float out[4], const Q8Act& x, const int8_t* const w[4
             __m256 xd = _mm256_loadu_ps(x.d + b0);
             for (int r = 0; r < 4; r++)
                 _mm256_store_ps(sc[r], _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(s[r] + b0))), xd));
-        } else {   // a row's last kb < 8 blocks (in = 288: 9 blocks): the same, from zero-padded copies
-            alignas(16) uint16_t h[8] = {0};
-            alignas(32) float d[8] = {0};
-            memcpy(d, x.d + b0, (size_t)kb * sizeof(float));
-            __m256 xd = _mm256_load_ps(d);
-            for (int r = 0; r < 4; r++) {
-                memcpy(h, s[r] + b0, (size_t)kb * sizeof(uint16_t));
-                _mm256_store_ps(sc[r], _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128((const __m128i*)h)), xd));
-            }
+        } else {   // a row's last kb < 8 blocks (in = 288: 9 blocks): one scale at a time (F16C)
+            for (int r = 0; r < 4; r++)
+                for (int k = 0; k < 8; k++) sc[r][k] = k < kb ? _cvtsh_ss(s[r][b0 + k]) * x.d[b0 + k] : 0.0f;
         }
         for (int k = 0; k < kb; k++) {
             size_t o = (size_t)(b0 + k) * Q8_BLOCK;
@@ -316,7 +310,7 @@ struct Q8Input {
         d.resize((size_t)N * nb);
         rows.resize(N);
         q8_0_quantize(x, (size_t)N * in, q.data(), h.data());
-#if defined(__F16C__)
+#if defined(__F16C__) && defined(__AVX2__)
         size_t b = 0;
         for (; b + 8 <= h.size(); b += 8)
             _mm256_storeu_ps(d.data() + b, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h.data() + b))));
@@ -414,13 +408,23 @@ static void rmsnorm_rows(float* out, const float* inp, const float* weight, int 
 
 // RoPE (Hugging Face rotate-half layout, as rope_forward_ref in deepseek.cu), serially, for N rows of `heads` heads.
 //   (x_i, x_{i+D/2}) → (x_i·cos − x_{i+D/2}·sin, x_{i+D/2}·cos + x_i·sin),  angle = pos · inv_freq[i]
-// x may have a row stride (the cache rows). inv_freq [D/2] is computed once per model, in fp32 as transformers.
-static void rope_rows(float* x, size_t stride, const int* pos, int N, int heads, int D, const float* inv_freq) {
+// x may have a row stride (the cache rows). cs [N, D/2, 2]: each row's cos and sin (rope_table), computed once per
+// chunk of tokens and shared by q and k of every layer; angle in double from inv_freq [D/2], fp32 as transformers'.
+static void rope_table(std::vector<float>* cs, const int* pos, int N, int D, const float* inv_freq) {
     int half = D / 2;
+    cs->resize((size_t)N * half * 2);
     for (int n = 0; n < N; n++)
         for (int i = 0; i < half; i++) {
             double angle = (double)pos[n] * (double)inv_freq[i];
-            float c = (float)cos(angle), s = (float)sin(angle);
+            (*cs)[((size_t)n * half + i) * 2] = (float)cos(angle);
+            (*cs)[((size_t)n * half + i) * 2 + 1] = (float)sin(angle);
+        }
+}
+static void rope_rows(float* x, size_t stride, const float* cs, int N, int heads, int D) {
+    int half = D / 2;
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < half; i++) {
+            float c = cs[((size_t)n * half + i) * 2], s = cs[((size_t)n * half + i) * 2 + 1];
             for (int h = 0; h < heads; h++) {
                 float* v = x + (size_t)n * stride + (size_t)h * D;
                 float x1 = v[i], x2 = v[i + half];
@@ -439,67 +443,109 @@ static const int PREFETCH_ROWS = 8;
 static inline void prefetch_row(const float* p, int D) {
     for (int i = 0; i < D; i += 16) __builtin_prefetch(p + i);
 }
+// The sums, one head at a time: four keys a step (each element of q loaded once for four products)
+static inline void att_dot4(float d[4], const float* qh, const float* k0, const float* k1, const float* k2,
+                            const float* k3, int D) {
+    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+    #pragma omp simd reduction(+ : d0, d1, d2, d3)
+    for (int i = 0; i < D; i++) {
+        float qi = qh[i];
+        d0 = fmaf(qi, k0[i], d0); d1 = fmaf(qi, k1[i], d1); d2 = fmaf(qi, k2[i], d2); d3 = fmaf(qi, k3[i], d3);
+    }
+    d[0] = d0; d[1] = d1; d[2] = d2; d[3] = d3;
+}
+static inline float att_dot1(const float* qh, const float* ks, int D) {
+    float dot = 0.0f;
+    #pragma omp simd reduction(+ : dot)
+    for (int i = 0; i < D; i++) dot = fmaf(qh[i], ks[i], dot);
+    return dot;
+}
+// yh += a0·v0 + a1·v1 + a2·v2 + a3·v3, added in order of s (the same sums as one row at a time): yh is loaded and
+// stored once per four rows
+static inline void att_axpy4(float* yh, const float a[4], const float* v0, const float* v1, const float* v2,
+                             const float* v3, int D) {
+    float a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+    #pragma omp simd
+    for (int i = 0; i < D; i++) yh[i] = fmaf(a3, v3[i], fmaf(a2, v2[i], fmaf(a1, v1[i], fmaf(a0, v0[i], yh[i]))));
+}
+static inline void att_axpy1(float* yh, float a, const float* vs, int D) {
+    #pragma omp simd
+    for (int i = 0; i < D; i++) yh[i] = fmaf(a, vs[i], yh[i]);
+}
+
+// Each thread takes a contiguous range of heads and walks the cache position by position, all its heads at each:
+// the part of a cache row it reads (its heads' KV heads) is one run of memory, read once per position, where one
+// head at a time read D floats every KV·D. Each head's sums are the same as one head at a time, in the same order.
 static void attention_cached(float* y, const float* q, const float* kc, const float* vc, int N, int pos0,
                              int H, int KV, int D) {
-    int group = H / KV, KVD = KV * D;
+    int group = H / KV, KVD = KV * D, Tcap = pos0 + N;
     float scale = 1.0f / sqrtf((float)D);
     #pragma omp parallel
     {
-        std::vector<float> att(pos0 + N);
-        #pragma omp for collapse(2) schedule(static)
-        for (int n = 0; n < N; n++)
-            for (int h = 0; h < H; h++) {
-                int kh = h / group, T = pos0 + n + 1;
-                const float* qh = q + ((size_t)n * H + h) * D;
-                float maxv = -INFINITY;
+        int t = 0, nt = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        int h0 = (int)((long long)H * t / nt), h1 = (int)((long long)H * (t + 1) / nt), nh = h1 - h0;
+        int seg = nh > 0 ? ((h1 - 1) / group - h0 / group + 1) * D : 0;   // floats of a cache row these heads read
+        size_t first = (size_t)(h0 / group) * D;
+        thread_local std::vector<float> att_buf;   // [nh, Tcap] scores; kept across calls (no allocation per token)
+        if (att_buf.size() < (size_t)nh * Tcap) att_buf.resize((size_t)nh * Tcap);
+        float* att = att_buf.data();
+        float maxv[64], inv[64];   // per head of this thread (more heads than that: in passes of 64)
+        for (int hb = h0; hb < h1; hb += 64) {
+            int he = std::min(h1, hb + 64);
+            for (int n = 0; n < N; n++) {
+                int T = pos0 + n + 1;
+                const float* qn = q + (size_t)n * H * D;
+                for (int h = hb; h < he; h++) maxv[h - hb] = -INFINITY;
                 int s = 0;
-                // four keys a step: each element of q is loaded once for four products (four vector sums)
                 for (; s + 4 <= T; s += 4) {
-                    const float* k0 = kc + (size_t)s * KVD + (size_t)kh * D;
-                    const float *k1 = k0 + KVD, *k2 = k1 + KVD, *k3 = k2 + KVD;
                     for (int j = 0; j < 4; j++)
-                        if (s + j + PREFETCH_ROWS < T) prefetch_row(k0 + (size_t)(j + PREFETCH_ROWS) * KVD, D);
-                    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
-                    #pragma omp simd reduction(+ : d0, d1, d2, d3)
-                    for (int i = 0; i < D; i++) {
-                        float qi = qh[i];
-                        d0 = fmaf(qi, k0[i], d0); d1 = fmaf(qi, k1[i], d1); d2 = fmaf(qi, k2[i], d2); d3 = fmaf(qi, k3[i], d3);
+                        if (s + j + PREFETCH_ROWS < T) prefetch_row(kc + (size_t)(s + j + PREFETCH_ROWS) * KVD + first, seg);
+                    const float* k0 = kc + (size_t)s * KVD;
+                    for (int h = hb; h < he; h++) {
+                        const float* kh = k0 + (size_t)(h / group) * D;
+                        float d[4];
+                        att_dot4(d, qn + (size_t)h * D, kh, kh + KVD, kh + 2 * KVD, kh + 3 * KVD, D);
+                        float* a = att + (size_t)(h - h0) * Tcap + s;
+                        a[0] = d[0] * scale; a[1] = d[1] * scale; a[2] = d[2] * scale; a[3] = d[3] * scale;
+                        float& m = maxv[h - hb];
+                        m = std::max(std::max(m, std::max(a[0], a[1])), std::max(a[2], a[3]));
                     }
-                    att[s] = d0 * scale; att[s + 1] = d1 * scale; att[s + 2] = d2 * scale; att[s + 3] = d3 * scale;
-                    maxv = std::max(std::max(maxv, std::max(att[s], att[s + 1])), std::max(att[s + 2], att[s + 3]));
                 }
-                for (; s < T; s++) {
-                    const float* ks = kc + (size_t)s * KVD + (size_t)kh * D;
-                    float dot = 0.0f;
-                    #pragma omp simd reduction(+ : dot)
-                    for (int i = 0; i < D; i++) dot = fmaf(qh[i], ks[i], dot);
-                    att[s] = dot * scale;
-                    maxv = std::max(maxv, att[s]);
+                for (; s < T; s++)
+                    for (int h = hb; h < he; h++) {
+                        float* a = att + (size_t)(h - h0) * Tcap + s;
+                        *a = att_dot1(qn + (size_t)h * D, kc + (size_t)s * KVD + (size_t)(h / group) * D, D) * scale;
+                        maxv[h - hb] = std::max(maxv[h - hb], *a);
+                    }
+                for (int h = hb; h < he; h++) {
+                    float* a = att + (size_t)(h - h0) * Tcap, m = maxv[h - hb], sum = 0.0f;
+                    #pragma omp simd reduction(+ : sum)
+                    for (int s2 = 0; s2 < T; s2++) { a[s2] = exp_poly(a[s2] - m); sum += a[s2]; }
+                    inv[h - hb] = 1.0f / sum;
+                    float* yh = y + ((size_t)n * H + h) * D;
+                    for (int i = 0; i < D; i++) yh[i] = 0.0f;
                 }
-                float sum = 0.0f;
-                #pragma omp simd reduction(+ : sum)
-                for (int s = 0; s < T; s++) { att[s] = exp_poly(att[s] - maxv); sum += att[s]; }
-                float inv = 1.0f / sum;
-                float* yh = y + ((size_t)n * H + h) * D;
-                for (int i = 0; i < D; i++) yh[i] = 0.0f;
-                // four values a step, added in order of s (the same sums as one at a time): yh is loaded and stored
-                // once per four rows
                 for (s = 0; s + 4 <= T; s += 4) {
-                    const float* v0 = vc + (size_t)s * KVD + (size_t)kh * D;
-                    const float *v1 = v0 + KVD, *v2 = v1 + KVD, *v3 = v2 + KVD;
                     for (int j = 0; j < 4; j++)
-                        if (s + j + PREFETCH_ROWS < T) prefetch_row(v0 + (size_t)(j + PREFETCH_ROWS) * KVD, D);
-                    float a0 = att[s] * inv, a1 = att[s + 1] * inv, a2 = att[s + 2] * inv, a3 = att[s + 3] * inv;
-                    #pragma omp simd
-                    for (int i = 0; i < D; i++) yh[i] = fmaf(a3, v3[i], fmaf(a2, v2[i], fmaf(a1, v1[i], fmaf(a0, v0[i], yh[i]))));
+                        if (s + j + PREFETCH_ROWS < T) prefetch_row(vc + (size_t)(s + j + PREFETCH_ROWS) * KVD + first, seg);
+                    const float* v0 = vc + (size_t)s * KVD;
+                    for (int h = hb; h < he; h++) {
+                        const float* vh = v0 + (size_t)(h / group) * D;
+                        const float* a = att + (size_t)(h - h0) * Tcap + s;
+                        float w = inv[h - hb], p[4] = {a[0] * w, a[1] * w, a[2] * w, a[3] * w};
+                        att_axpy4(y + ((size_t)n * H + h) * D, p, vh, vh + KVD, vh + 2 * KVD, vh + 3 * KVD, D);
+                    }
                 }
-                for (; s < T; s++) {
-                    const float* vs = vc + (size_t)s * KVD + (size_t)kh * D;
-                    float a = att[s] * inv;
-                    #pragma omp simd
-                    for (int i = 0; i < D; i++) yh[i] = fmaf(a, vs[i], yh[i]);
-                }
+                for (; s < T; s++)
+                    for (int h = hb; h < he; h++)
+                        att_axpy1(y + ((size_t)n * H + h) * D, att[(size_t)(h - h0) * Tcap + s] * inv[h - hb],
+                                  vc + (size_t)s * KVD + (size_t)(h / group) * D, D);
             }
+        }
     }
 }
 
@@ -672,6 +718,8 @@ static void infer_chunk(InferModel* im, const int* tokens, int N, float* logits_
     int half = D / 2;
     std::vector<float> inv_freq(half);
     for (int i = 0; i < half; i++) inv_freq[i] = 1.0f / powf((float)c.rope_theta, (float)(2 * i) / (float)D);
+    thread_local std::vector<float> rope_cs;   // the chunk's cos/sin, for every layer
+    rope_table(&rope_cs, pos.data(), N, D, inv_freq.data());
     for (int l = 0; l < c.num_hidden_layers; l++) {
         const InferLayer& ly = im->layers[l];
         float* kc = im->key_cache + (size_t)l * im->ctx * KVD;
@@ -681,8 +729,8 @@ static void infer_chunk(InferModel* im, const int* tokens, int N, float* logits_
         // attention block: x += o_proj(attention(rope(q_proj(xn)), rope(k_proj(xn)), v_proj(xn)))
         rmsnorm_rows(xn, x, ly.input_layernorm, N, C, eps);
         linear_forward(xn, N, C, {{q, &ly.q_proj, QD, false}, {knew, &ly.k_proj, KVD, false}, {vnew, &ly.v_proj, KVD, false}});
-        rope_rows(q, QD, pos.data(), N, H, D, inv_freq.data());
-        rope_rows(knew, KVD, pos.data(), N, KV, D, inv_freq.data());
+        rope_rows(q, QD, rope_cs.data(), N, H, D);
+        rope_rows(knew, KVD, rope_cs.data(), N, KV, D);
         if (N >= GEMM_MIN_TOKENS)   // a prefill chunk: the fast CPU path's blockwise attention, four query rows at a time
             attention_forward_offset_cpu(y, nullptr, q, kc, vc, 1, N, pos0 + N, pos0, H, KV, D);
         else

@@ -1611,13 +1611,19 @@ static const char* TRAIN_USAGE =
            "  one run per --out: OUT/.lock (an flock held while training, naming the holder's pid and host; under MPI\n"
            "  rank 0 holds it for the ranks) makes a second run on the same OUT an error.\n";
 
-// data.json's entry for a split ("" when it has none): {"file": NAME, ...}, NAME relative to the data directory
+// A file name data.json gives (a shard, the tokenizer): a plain name inside the data directory, as `data prepare`
+// writes them. A path ("../x", "/etc/x", "sub/x") would make training read whatever the file points at.
+static std::string data_name(const std::string& f, const std::string& where, const char* field) {
+    if (f.empty() || f == "." || f == ".." || f.find('/') != std::string::npos || f.find('\0') != std::string::npos)
+        die("%s: field '%s' must be a file name in the data directory, got \"%s\"", where.c_str(), field, f.c_str());
+    return f;
+}
+// data.json's entry for a split ("" when it has none): {"file": NAME, ...}, NAME in the data directory
 static std::string data_file(const std::string& data, const json& dj, const std::string& where, const char* split) {
     const json* sp = json_object(dj, split, where, false);
     if (!sp) return "";
-    std::string f = json_str(*sp, "file", where + ": " + split, std::string(split) + ".bin");
-    if (f.empty()) die("%s: %s: field 'file' must be a file name, got \"\"", where.c_str(), split);
-    return data + "/" + f;
+    std::string at = where + ": " + split;
+    return data + "/" + data_name(json_str(*sp, "file", at, std::string(split) + ".bin"), at, "file");
 }
 // the flags a resumed run takes; the others are the run's own settings, kept from its checkpoint
 static const char* const RESUME_KEEPS[] = {"batch-tokens", "seq-len", "micro-batch", "lr", "lr-schedule", "warmup-steps",
@@ -1737,7 +1743,7 @@ int cmd_train(int argc, char** argv) {
     int data_vocab = (int)json_int(dj, "vocab_size", dj_path, 0, 1, 1 << 30, true);
     int data_bos = (int)json_int(dj, "bos_token_id", dj_path, -1, -1, data_vocab - 1);
     int data_eos = (int)json_int(dj, "eos_token_id", dj_path, -1, -1, data_vocab - 1);
-    std::string data_tokenizer = json_str(dj, "tokenizer", dj_path, "tokenizer.json");
+    std::string data_tokenizer = data_name(json_str(dj, "tokenizer", dj_path, "tokenizer.json"), dj_path, "tokenizer");
     const json* dj_val = json_object(dj, "val", dj_path, false);
     double val_unigram_bpb = dj_val ? json_num(*dj_val, "unigram_bits_per_byte", dj_path + ": val", 0.0, 0, 1e6) : 0.0;
     double val_bytes_per_token = dj_val ? json_num(*dj_val, "bytes_per_token", dj_path + ": val", 0.0, 0, 1e9) : 0.0;

@@ -783,6 +783,21 @@ TEST_CASE("bad input, data and training runs: each is one clear error line") {
              return train_args(data, d + "/o");
          },
          "data.json: train: field 'file' must be a string"},
+        {"data.json: train.file a path out of the data directory",
+         [](const std::string& d) {
+             std::string data = copy_of(train_base() + "/data", d, "data");
+             run_cmd("cp " + data + "/train.bin " + d + "/outside.bin");   // a real shard: only the name is wrong
+             edit_json(data + "/data.json", [](json& j) { j["train"]["file"] = "../outside.bin"; });
+             return train_args(data, d + "/o");
+         },
+         "data.json: train: field 'file' must be a file name in the data directory, got \"../outside.bin\""},
+        {"data.json: the tokenizer an absolute path",
+         [](const std::string& d) {
+             std::string data = copy_of(train_base() + "/data", d, "data");
+             edit_json(data + "/data.json", [](json& j) { j["tokenizer"] = "/etc/passwd"; });
+             return train_args(data, d + "/o");
+         },
+         "field 'tokenizer' must be a file name in the data directory, got \"/etc/passwd\""},
         {"data.json: val.bytes_per_token negative",
          [](const std::string& d) {
              std::string data = copy_of(train_base() + "/data", d, "data");

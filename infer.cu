@@ -1297,7 +1297,7 @@ static const char* CHAT_USAGE =
     "  talks with a chat model using DeepSeek LLM's template:\n"
     "    <bos>[system\\n\\n]User: …\\n\\nAssistant: …<eos>User: …\\n\\nAssistant:\n"
     "  interactive on a terminal: type a message; /reset clears the history, /exit (or EOF) quits.\n"
-    "  with --prompt: one reply, then exit. With stdin not a terminal: one user message per line.\n"
+    "  with --prompt: one reply, then exit. With stdin not a terminal: one user message per line (16 MiB at most).\n"
     "  the history is kept within the context; the oldest turns are dropped (with a notice) when full.\n"
     "  -n, --max-new-tokens N   new tokens per reply at most (generation_config.json's max_new_tokens, else 512)\n"
     "  --temperature T, --top-k K, --top-p P, --repetition-penalty R, --seed S, --stop STRING\n"
@@ -1357,17 +1357,22 @@ int cmd_chat(int argc, char** argv) {
     bool tty = isatty(0);
     if (tty) fprintf(stderr, "chat with %s — /reset clears the history, /exit quits\n", a.str("model").c_str());
     std::string line;
-    char buf[4096];
+    const size_t CHAT_MAX_LINE = (size_t)16 << 20;
     int failed = 0;
     for (;;) {
         if (tty) { fprintf(stderr, "\n> "); fflush(stderr); }
         line.clear();
         bool got = false;
-        while (fgets(buf, sizeof buf, stdin)) {
+        // byte by byte (fgets would end the text at a NUL byte), up to the newline; far past any context (~4 bytes a
+        // token) is an error: a stream without newlines must not grow the line without bound
+        for (int ch; (ch = getc(stdin)) != EOF;) {
             got = true;
-            line += buf;
-            if (!line.empty() && line.back() == '\n') break;
+            line += (char)ch;
+            if (ch == '\n') break;
+            if (line.size() > CHAT_MAX_LINE)
+                die("chat: a message on stdin is longer than %zu MiB (one message per line)", CHAT_MAX_LINE >> 20);
         }
+        if (ferror(stdin)) die("chat: error reading stdin");
         if (!got) break;
         while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
         if (line.empty()) continue;

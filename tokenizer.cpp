@@ -1482,17 +1482,22 @@ void tokenizer_train_files(const std::vector<std::string>& files, int vocab_size
 // ----------------------------------------------------------------------------
 // the command line: deepseek tokenizer train|encode|decode|import-gguf|info|bench
 
+static const size_t INPUT_MAX_BYTES = 0x7FFFFFFFu;   // encode's limit (token offsets are int32)
 static std::string read_all_stdin() {
     std::string s;
     char buf[1 << 16];
     size_t n;
-    while ((n = fread(buf, 1, sizeof buf, stdin)) > 0) s.append(buf, n);
+    while ((n = fread(buf, 1, sizeof buf, stdin)) > 0) {
+        s.append(buf, n);
+        if (s.size() > INPUT_MAX_BYTES) die("tokenizer: stdin holds more than the %zu bytes it may", INPUT_MAX_BYTES);
+    }
+    if (ferror(stdin)) die("tokenizer: error reading stdin");
     return s;
 }
 
 // --input FILE for encode/decode: a regular file, or a stream (a pipe, /dev/stdin, /dev/null) read to its end,
 // as stdin is; a directory is refused by name, and a stream that never ends (/dev/zero) stops at encode's 2 GiB limit.
-static std::string read_input(const std::string& path) { return read_text_input(path, 0x7FFFFFFFu); }
+static std::string read_input(const std::string& path) { return read_text_input(path, INPUT_MAX_BYTES); }
 
 static void write_stdout(const std::string& s) {
     if (!s.empty() && fwrite(s.data(), 1, s.size(), stdout) != s.size()) die("tokenizer: cannot write to stdout");

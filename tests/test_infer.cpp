@@ -597,6 +597,8 @@ TEST_CASE("generate and chat report bad input in one clear line with exit 1") {
     expect_error(deepseek_bin() + " chat --model " + FX + "gen_gqa --quiet --context 8 --prompt '" + longp.substr(0, 200) + "'",
                  "too long");
     expect_error(deepseek_bin() + " generate --model build/test_tmp/no_such_model --prompt hi", "does not exist");
+    // a stdin line without end (17 MiB without a newline): one error, not unbounded memory
+    expect_error("head -c 17825792 /dev/zero | tr '\\0' a | " + deepseek_bin() + " chat --model " + FX + "gen_gqa --quiet", "longer than 16 MiB");
     // without a tokenizer, raw ids still work
     auto raw = run_stdout(deepseek_bin() + " generate --model " + nt + " --prompt-ids '0 5 6' -n 3 --temperature 0 --ids");
     CHECK(raw.rc == 0);

@@ -42,6 +42,7 @@
 #include <cmath>     // NAN
 #include <cstddef>   // size_t
 #include <cstdint>   // int32_t, uint16_t, uint64_t
+#include <cstdio>    // FILE (read_stream)
 #include <cstring>   // memcpy (bf16_to_f32)
 #include <string>    // std::string
 #include <vector>    // std::vector
@@ -95,6 +96,8 @@ std::string read_file(const std::string& path, size_t max_bytes = (size_t)1 << 3
 // A user's text (--input, --text): a regular file, or a pipe or character device (/dev/stdin, <(cmd), /dev/null),
 // read to its end up to max_bytes.
 std::string read_text_input(const std::string& path, size_t max_bytes = (size_t)1 << 32);
+// appends f's bytes up to its end (or a read error: ferror) to *s; false as soon as *s holds more than max_bytes
+bool read_stream(FILE* f, size_t max_bytes, std::string* s);
 void write_file_atomic(const std::string& path, const std::string& content);  // PATH.tmp then rename
 void make_dirs(const std::string& path);
 

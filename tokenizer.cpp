@@ -1485,12 +1485,7 @@ void tokenizer_train_files(const std::vector<std::string>& files, int vocab_size
 static const size_t INPUT_MAX_BYTES = 0x7FFFFFFFu;   // encode's limit (token offsets are int32)
 static std::string read_all_stdin() {
     std::string s;
-    char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, stdin)) > 0) {
-        s.append(buf, n);
-        if (s.size() > INPUT_MAX_BYTES) die("tokenizer: stdin holds more than the %zu bytes it may", INPUT_MAX_BYTES);
-    }
+    if (!read_stream(stdin, INPUT_MAX_BYTES, &s)) die("tokenizer: stdin holds more than the %zu bytes it may", INPUT_MAX_BYTES);
     if (ferror(stdin)) die("tokenizer: error reading stdin");
     return s;
 }

@@ -103,6 +103,15 @@ static FILE* open_for_read(const std::string& path, bool streams_ok, size_t* siz
     if (!f) { close(fd); die("cannot read %s: %s", path.c_str(), strerror(errno)); }
     return f;
 }
+bool read_stream(FILE* f, size_t max_bytes, std::string* s) {
+    char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
+        s->append(buf, n);
+        if (s->size() > max_bytes) return false;
+    }
+    return true;
+}
 static std::string read_whole(const std::string& path, size_t max_bytes, bool streams_ok) {
     size_t size = 0;
     FILE* f = open_for_read(path, streams_ok, &size);
@@ -112,12 +121,7 @@ static std::string read_whole(const std::string& path, size_t max_bytes, bool st
     }
     std::string s;
     s.reserve(size);
-    char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
-        s.append(buf, n);
-        if (s.size() > max_bytes) { fclose(f); die("%s holds more than the %zu bytes it may", path.c_str(), max_bytes); }
-    }
+    if (!read_stream(f, max_bytes, &s)) { fclose(f); die("%s holds more than the %zu bytes it may", path.c_str(), max_bytes); }
     bool bad = ferror(f);
     fclose(f);
     if (bad) die("error reading %s", path.c_str());

@@ -72,7 +72,7 @@ endif
 PYTHON ?= python3
 VENV   := .venv
 
-.PHONY: all cpu cuda test test-asan demo sweep fixtures bench deps gpu-check clean print-variant FORCE
+.PHONY: check-isa all cpu cuda test test-asan demo sweep fixtures bench deps gpu-check clean print-variant FORCE
 all: deepseek
 
 # ./deepseek is a copy of the variant's binary; `make cpu` forces the CPU-only one.
@@ -136,6 +136,15 @@ test-asan:
 	@$(MAKE) --no-print-directory build/asan/deepseek build/asan/test_deepseek
 	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 DEEPSEEK_BIN=./build/asan/deepseek \
 	  OMP_NUM_THREADS=2 DEEPSEEK_ASAN=1 ./build/asan/test_deepseek $(TEST_ARGS)
+
+# Every ISA branch of the CPU kernels compiles, whatever this host's CPU: plain x86-64, AVX2 (x86-64-v3), AVX-512
+# (Skylake), AVX-512 VNNI (Ice Lake), AVX-512 BF16 (Sapphire Rapids). -march=native builds only this host's branch,
+# so a mistake in another CPU's branch would otherwise first show on a stranger's machine. Syntax only: nothing runs.
+ISA_ARCHES := x86-64 x86-64-v3 skylake-avx512 icelake-server sapphirerapids
+ISA_SRCS   := deepseek.cu infer.cu tests/bench/bench_cpu.cpp   # the files with ISA branches (kernels/* included)
+check-isa:
+	@for a in $(ISA_ARCHES); do echo "== -march=$$a"; for f in $(ISA_SRCS); do \
+	  $(CXX) $(subst -march=$(ARCH),-march=$$a,$(CXXFLAGS)) -Werror -Wno-unknown-pragmas -fsyntax-only -x c++ $$f || exit 1; done; done
 
 deps:
 	@bash tests/install_deps.sh

@@ -38,6 +38,13 @@ using json = nlohmann::json;
 // next block of the same thread under schedule(static)); they are prefetched while this one is summed, one
 // prefetch per 64-byte line: AMD's cores have no adjacent-line prefetcher to fetch the other half of a pair.
 // The SIMD width is chosen at build time (-march=native): AVX-512, AVX2 + FMA, or portable loops for other CPUs.
+#if defined(__AVX2__)
+static inline float hsum(__m256 v) {   // the sum of 8 lanes (AVX2 dot products; q8_0's on AVX-512 hosts too)
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+#endif
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 // (GCC 12's _mm512_reduce_add_ps and the unmasked widening intrinsics trip -Wmaybe-uninitialized inside its own
 // headers; the masked forms with a full mask and a plain store compile to the same instructions without it.)
@@ -83,11 +90,6 @@ static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, 
     out[0] = hsum(s0); out[1] = hsum(s1); out[2] = hsum(s2); out[3] = hsum(s3);
 }
 #elif defined(__AVX2__) && defined(__FMA__)
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
 static inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
 static inline __m256 load8(const uint16_t* w) {   // 8 bf16 → 8 fp32
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)w)), 16));

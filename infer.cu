@@ -34,10 +34,13 @@ using json = nlohmann::json;
 
 // Four dot products of x[in] with four weight rows at once: four independent FMA chains hide the latency, and x is
 // loaded once for all four. Decode is bound by memory bandwidth: each weight is read once per token, so what
-// matters is keeping enough cache-line requests in flight. `next` is the start of the next block's four rows (the
-// next block of the same thread under schedule(static)); they are prefetched while this one is summed, one
-// prefetch per 64-byte line: AMD's cores have no adjacent-line prefetcher to fetch the other half of a pair.
+// matters is keeping enough cache-line requests in flight. The four rows come from four lanes far apart (see
+// Lanes below), and each row's stream is prefetched PREFETCH_AHEAD bytes on, one prefetch per 64-byte line: AMD's
+// cores have no adjacent-line prefetcher to fetch the other half of a pair. 512 bytes in each of four streams is
+// ~2 KB in flight per core, about one core's bandwidth (~12 GB/s) times DRAM latency (~150 ns).
 // The SIMD width is chosen at build time (-march=native): AVX-512, AVX2 + FMA, or portable loops for other CPUs.
+static const int PREFETCH_AHEAD = 512;   // bytes ahead in each weight row's stream
+static inline void prefetch_ahead(const void* p) { __builtin_prefetch((const char*)p + PREFETCH_AHEAD); }
 #if defined(__AVX2__)
 static inline float hsum(__m256 v) {   // the sum of 8 lanes (AVX2 dot products; q8_0's on AVX-512 hosts too)
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -65,14 +68,13 @@ static inline __m512 load16(const uint16_t* w) { return bf16x16(_mm256_loadu_si2
 static inline __m512 load16(const float* w, __mmask16 m) { return _mm512_maskz_loadu_ps(m, w); }
 static inline __m512 load16(const uint16_t* w, __mmask16 m) { return bf16x16(_mm256_maskz_loadu_epi16(m, w)); }
 template <typename W>   // float or uint16_t (bf16) rows
-static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, const W* w2, const W* w3, int in,
-                        const void* next) {
+static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, const W* w2, const W* w3, int in) {
     __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     int i = 0;
     for (; i + 16 <= in; i += 16) {
-        // the next four rows' 16 elements each, 64·sizeof(W) bytes ahead per step
-        for (size_t o = 0; o < 64 * sizeof(W); o += 64)
-            _mm_prefetch((const char*)next + (size_t)i * 4 * sizeof(W) + o, _MM_HINT_T0);
+        if (sizeof(W) == 4 || i % 32 == 0) {   // one prefetch per 64 bytes of each row's stream
+            prefetch_ahead(w0 + i); prefetch_ahead(w1 + i); prefetch_ahead(w2 + i); prefetch_ahead(w3 + i);
+        }
         __m512 xv = _mm512_loadu_ps(x + i);
         s0 = _mm512_fmadd_ps(xv, load16(w0 + i), s0);
         s1 = _mm512_fmadd_ps(xv, load16(w1 + i), s1);
@@ -97,14 +99,14 @@ static inline __m256 load8(const uint16_t* w) {   // 8 bf16 → 8 fp32
 static inline float widen(float w) { return w; }
 static inline float widen(uint16_t w) { return bf16_to_f32(w); }
 template <typename W>   // float or uint16_t (bf16) rows
-static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, const W* w2, const W* w3, int in,
-                        const void* next) {
+static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, const W* w2, const W* w3, int in) {
     // two accumulators per row (eight chains): AVX2 has half AVX-512's width, so twice the steps in flight
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     int i = 0;
     for (; i + 16 <= in; i += 16) {
-        for (size_t o = 0; o < 64 * sizeof(W); o += 64)
-            _mm_prefetch((const char*)next + (size_t)i * 4 * sizeof(W) + o, _MM_HINT_T0);
+        if (sizeof(W) == 4 || i % 32 == 0) {   // one prefetch per 64 bytes of each row's stream
+            prefetch_ahead(w0 + i); prefetch_ahead(w1 + i); prefetch_ahead(w2 + i); prefetch_ahead(w3 + i);
+        }
         __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
         a0 = _mm256_fmadd_ps(x0, load8(w0 + i), a0); b0 = _mm256_fmadd_ps(x1, load8(w0 + i + 8), b0);
         a1 = _mm256_fmadd_ps(x0, load8(w1 + i), a1); b1 = _mm256_fmadd_ps(x1, load8(w1 + i + 8), b1);
@@ -123,8 +125,7 @@ static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, 
 static inline float widen(float w) { return w; }
 static inline float widen(uint16_t w) { return bf16_to_f32(w); }
 template <typename W>   // float or uint16_t (bf16) rows
-static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, const W* w2, const W* w3, int in,
-                        const void* next) {
+static inline void dot4(float out[4], const float* x, const W* w0, const W* w1, const W* w2, const W* w3, int in) {
     float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     #pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int i = 0; i < in; i++) {   // fmaf: FMAs under ISO C++'s fp-contract=off
@@ -160,9 +161,9 @@ static inline __m256i dot_i8x32(__m256i ax, __m256i xv, const int8_t* w) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), _mm256_set1_epi16(1));
 #endif
 }
-static inline void dot4_q8(float out[4], const Q8Act& x, const int8_t* const w[4], const uint16_t* const s[4], int nb,
-                           const int8_t* next) {
+static inline void dot4_q8(float out[4], const Q8Act& x, const int8_t* const w[4], const uint16_t* const s[4], int nb) {
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int r = 0; r < 4; r++) __builtin_prefetch(s[r] + 2 * nb);   // the scales two rows on in each lane
     for (int b0 = 0; b0 < nb; b0 += 8) {
         int kb = std::min(8, nb - b0);
         alignas(32) float sc[4][8];
@@ -176,9 +177,8 @@ static inline void dot4_q8(float out[4], const Q8Act& x, const int8_t* const w[4
         }
         for (int k = 0; k < kb; k++) {
             size_t o = (size_t)(b0 + k) * Q8_BLOCK;
-            // the next block's four rows, 128 bytes ahead per step of 4 × 32
-            _mm_prefetch((const char*)next + o * 4, _MM_HINT_T0);
-            _mm_prefetch((const char*)next + o * 4 + 64, _MM_HINT_T0);
+            if (k % 2 == 0)   // one prefetch per 64 bytes of each row's stream
+                for (int r = 0; r < 4; r++) prefetch_ahead(w[r] + o);
             __m256i xv = _mm256_loadu_si256((const __m256i*)(x.q + o));
             __m256i ax = _mm256_sign_epi8(xv, xv);
             for (int r = 0; r < 4; r++)
@@ -188,8 +188,7 @@ static inline void dot4_q8(float out[4], const Q8Act& x, const int8_t* const w[4
     for (int r = 0; r < 4; r++) out[r] = hsum(acc[r]);
 }
 #else
-static inline void dot4_q8(float out[4], const Q8Act& x, const int8_t* const w[4], const uint16_t* const s[4], int nb,
-                           const int8_t* next) {
+static inline void dot4_q8(float out[4], const Q8Act& x, const int8_t* const w[4], const uint16_t* const s[4], int nb) {
     float acc[4] = {0, 0, 0, 0};
     for (int b0 = 0; b0 < nb; b0 += 8) {
         int kb = std::min(8, nb - b0);
@@ -235,16 +234,13 @@ static void rows_to_f32(const InferWeight& W, size_t r0, size_t rows, int in, fl
 }
 
 // linear: out[n,o] = Σ_i x[n,i] · W[o,i]   (W [out, in], fp32, bf16 or q8_0; with `accumulate`, out += instead)
-// Work is split into blocks of four output rows. Decode (N = 1) streams each weight row once: it is bound by
+// Work is split into blocks of four output rows r[0..3], the first `rows` of them real (Lanes, below, picks
+// them; a short block repeats a row, computed and not stored). Decode (N = 1) streams each weight row once: it is bound by
 // memory bandwidth, so bf16 and q8_0 weights are read as stored. q8_0 rows take x quantised (xq, one per token)
 // for every N. Prefill (N > 1) upcasts a bf16 block once into `buf` [4, in] and reuses it for all N tokens, two
 // at a time.
 static void linear_block(float* out, const float* x, const Q8Act* xq, const InferWeight& W, int N, int in,
-                         int out_dim, int b, bool accumulate, std::vector<float>& buf) {
-    int o0 = b * 4, rows = std::min(4, out_dim - o0);
-    int r[4];  // row indices; a short last block repeats its last row (computed, not stored)
-    for (int j = 0; j < 4; j++) r[j] = o0 + std::min(j, rows - 1);
-    bool more = o0 + 4 < out_dim;  // the next block, to prefetch (this block again at the end of the matrix)
+                         int out_dim, const int r[4], int rows, bool accumulate, std::vector<float>& buf) {
     if (W.q8) {
         int nb = in / Q8_BLOCK;
         const int8_t* w[4];
@@ -252,18 +248,17 @@ static void linear_block(float* out, const float* x, const Q8Act* xq, const Infe
         for (int j = 0; j < 4; j++) { w[j] = W.q8 + (size_t)r[j] * in; s[j] = W.q8_scale + (size_t)r[j] * nb; }
         for (int n = 0; n < N; n++) {
             float d[4];
-            dot4_q8(d, xq[n], w, s, nb, more ? w[0] + (size_t)4 * in : w[0]);
-            float* p = out + (size_t)n * out_dim + o0;
-            for (int j = 0; j < rows; j++) p[j] = accumulate ? p[j] + d[j] : d[j];
+            dot4_q8(d, xq[n], w, s, nb);
+            float* p = out + (size_t)n * out_dim;
+            for (int j = 0; j < rows; j++) p[r[j]] = accumulate ? p[r[j]] + d[j] : d[j];
         }
         return;
     }
     if (W.bf16 && N == 1) {
         float s[4];
         const uint16_t* w0 = W.bf16 + (size_t)r[0] * in;
-        dot4(s, x, w0, W.bf16 + (size_t)r[1] * in, W.bf16 + (size_t)r[2] * in, W.bf16 + (size_t)r[3] * in, in,
-                  more ? w0 + (size_t)4 * in : w0);
-        for (int j = 0; j < rows; j++) out[o0 + j] = accumulate ? out[o0 + j] + s[j] : s[j];
+        dot4(s, x, w0, W.bf16 + (size_t)r[1] * in, W.bf16 + (size_t)r[2] * in, W.bf16 + (size_t)r[3] * in, in);
+        for (int j = 0; j < rows; j++) out[r[j]] = accumulate ? out[r[j]] + s[j] : s[j];
         return;
     }
     const float* w[4];
@@ -280,18 +275,18 @@ static void linear_block(float* out, const float* x, const Q8Act* xq, const Infe
     for (; n + 1 < N; n += 2) {  // pairs of tokens
         float s[8];
         dot4x2_f32(s, x + (size_t)n * in, x + (size_t)(n + 1) * in, w[0], w[1], w[2], w[3], in);
-        float* p0 = out + (size_t)n * out_dim + o0;
+        float* p0 = out + (size_t)n * out_dim;
         float* p1 = p0 + out_dim;
         for (int j = 0; j < rows; j++) {
-            p0[j] = accumulate ? p0[j] + s[j] : s[j];
-            p1[j] = accumulate ? p1[j] + s[4 + j] : s[4 + j];
+            p0[r[j]] = accumulate ? p0[r[j]] + s[j] : s[j];
+            p1[r[j]] = accumulate ? p1[r[j]] + s[4 + j] : s[4 + j];
         }
     }
     for (; n < N; n++) {
         float s[4];
-        dot4(s, x + (size_t)n * in, w[0], w[1], w[2], w[3], in, W.f32 && more ? w[0] + (size_t)4 * in : w[0]);
-        float* p = out + (size_t)n * out_dim + o0;
-        for (int j = 0; j < rows; j++) p[j] = accumulate ? p[j] + s[j] : s[j];
+        dot4(s, x + (size_t)n * in, w[0], w[1], w[2], w[3], in);
+        float* p = out + (size_t)n * out_dim;
+        for (int j = 0; j < rows; j++) p[r[j]] = accumulate ? p[r[j]] + s[j] : s[j];
     }
 }
 
@@ -339,25 +334,58 @@ static void linear_gemm(const float* x, int N, int in, const LinearJob& j) {
     else gemm_cpu_lowp(N, j.out_dim, in, x, in, j.W->bf16, j.W->q8, j.W->q8_scale, j.out, j.out_dim, acc);
 }
 
+// A thread's share of a matrix's rows, as four lanes read side by side. [lo, hi) is the thread's contiguous
+// share (static: rows · t / T); lane j is its j-th quarter, and step k takes row k of each lane. Each lane is a
+// sequential stream of whole rows, so a step reads four streams far apart in memory instead of four adjacent
+// rows: one core keeps more cache-line requests in flight that way (2 threads on AMD Zen 3: ~27 GB/s from four
+// streams per core against ~19 from one). The lanes that have run out (only the last steps of the last lanes)
+// repeat the step's first row, computed and not stored: valid lanes are always a prefix.
+struct Lanes {
+    int lo = 0, len = 0, n = 0;
+    Lanes(int rows, int t, int T) {
+        lo = (int)((long long)rows * t / T);
+        n = (int)((long long)rows * (t + 1) / T) - lo;
+        len = (n + 3) / 4;
+    }
+    int step(int k, int r[4]) const {   // the rows of step k; returns how many are real
+        int valid = 0;
+        for (int j = 0; j < 4; j++) {
+            int i = j * len + k;
+            r[j] = i < n ? lo + i : lo + k;   // (k < n: row k of lane 0 is always real)
+            valid += i < n;
+        }
+        return valid;
+    }
+};
+static inline void thread_share(int* t, int* T) {
+#ifdef _OPENMP
+    *t = omp_get_thread_num(); *T = omp_get_num_threads();
+#else
+    *t = 0; *T = 1;
+#endif
+}
+
 static void linear_forward(const float* x, int N, int in, std::initializer_list<LinearJob> jobs) {
     if (N >= GEMM_MIN_TOKENS) {
         for (const LinearJob& j : jobs) linear_gemm(x, N, in, j);
         return;
     }
-    std::vector<LinearJob> J(jobs);
-    std::vector<int> first(J.size() + 1, 0);   // the first block of each job
     bool any_q8 = false;
-    for (size_t j = 0; j < J.size(); j++) { first[j + 1] = first[j] + (J[j].out_dim + 3) / 4; any_q8 |= J[j].W->q8 != nullptr; }
+    for (const LinearJob& j : jobs) any_q8 |= j.W->q8 != nullptr;
     thread_local Q8Input xin;
     const Q8Act* xq = xin.get(x, N, in, any_q8);
     #pragma omp parallel
     {
         std::vector<float> buf;
-        #pragma omp for schedule(static)
-        for (int b = 0; b < first.back(); b++) {
-            size_t j = 0;
-            while (b >= first[j + 1]) j++;
-            linear_block(J[j].out, x, xq, *J[j].W, N, in, J[j].out_dim, b - first[j], J[j].accumulate, buf);
+        int t, T;
+        thread_share(&t, &T);
+        for (const LinearJob& j : jobs) {   // each thread its share of every job: no barrier between jobs
+            Lanes ln(j.out_dim, t, T);
+            for (int k = 0; k < ln.len; k++) {
+                int r[4];
+                int rows = ln.step(k, r);
+                linear_block(j.out, x, xq, *j.W, N, in, j.out_dim, r, rows, j.accumulate, buf);
+            }
         }
     }
 }
@@ -381,14 +409,17 @@ static void swiglu_linear_forward(float* act, float* up_tmp, const float* x, con
     #pragma omp parallel
     {
         std::vector<float> buf;
-        #pragma omp for schedule(static)
-        for (int b = 0; b < (F + 3) / 4; b++) {
-            linear_block(act, x, xq, gate, N, in, F, b, false, buf);
-            linear_block(up_tmp, x, xq, up, N, in, F, b, false, buf);
-            int o0 = b * 4, rows = std::min(4, F - o0);
+        int t, T;
+        thread_share(&t, &T);
+        Lanes ln(F, t, T);
+        for (int k = 0; k < ln.len; k++) {
+            int r[4];
+            int rows = ln.step(k, r);
+            linear_block(act, x, xq, gate, N, in, F, r, rows, false, buf);
+            linear_block(up_tmp, x, xq, up, N, in, F, r, rows, false, buf);
             for (int n = 0; n < N; n++)
                 for (int j = 0; j < rows; j++) {
-                    size_t i = (size_t)n * F + o0 + j;
+                    size_t i = (size_t)n * F + r[j];
                     act[i] = silu(act[i]) * up_tmp[i];
                 }
         }

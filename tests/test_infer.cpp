@@ -5,6 +5,9 @@
 #include <cstring>            // memcpy
 #include <map>                // std::map
 #include <random>             // std::mt19937 (random splits of test strings)
+#ifdef _OPENMP
+#include <omp.h>              // omp_set_num_threads: decode's row split at several thread counts
+#endif
 #include <nlohmann/json.hpp>  // nlohmann::json: the fixtures
 #include "../deepseek.h"      // InferModel, generate_*, chat_*, sampler_*, text_stream_*
 #include "test_util.h"        // run_cmd, deepseek_bin
@@ -232,6 +235,56 @@ TEST_CASE("q8_0 linear: decode equals the exact int8 sums of the quantised opera
             CHECK(worst < 1e-6);   // fp32 products and sums of ≤ 800 terms: a few units of 2^-24 times the sum of |terms|
         }
     }
+}
+
+// Decode's fp32 and bf16 products (N < 8) split each thread's rows into four lanes read side by side; whatever
+// the row count and the thread count, every output row must be written once, with its own row's dot product. y
+// starts as NaN, so a row left unwritten fails; a row written with another row's product fails the bound.
+TEST_CASE("fp32 and bf16 linear: decode gives every output row its own dot product, for any row and thread count") {
+    std::mt19937 g(11);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    int threads0 = num_threads();
+    for (int threads : {1, 2, 3, 5}) {
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
+        for (auto shape : {std::pair<int, int>{1, 64}, {3, 40}, {5, 288}, {13, 96}, {37, 300}, {64, 17}}) {
+            int out = shape.first, in = shape.second;
+            std::vector<float> wf((size_t)out * in);
+            for (int o = 0; o < out; o++)   // rows of very different sizes: a row's product mistaken for another's shows
+                for (int i = 0; i < in; i++) wf[(size_t)o * in + i] = nd(g) * powf(2.0f, (float)(o % 7));
+            std::vector<uint16_t> wb(wf.size());
+            for (size_t i = 0; i < wf.size(); i++) wb[i] = f32_to_bf16(wf[i]);
+            for (int N : {1, 3}) {
+                std::vector<float> x((size_t)N * in);
+                for (auto& v : x) v = nd(g);
+                for (int bf : {0, 1}) {
+                    InferWeight W;
+                    if (bf) W.bf16 = wb.data(); else W.f32 = wf.data();
+                    std::vector<float> y((size_t)N * out, NAN);
+                    infer_linear(y.data(), x.data(), N, in, W, out);
+                    double worst = 0;
+                    for (int n = 0; n < N; n++)
+                        for (int o = 0; o < out; o++) {
+                            double exact = 0, mag = 0;
+                            for (int i = 0; i < in; i++) {
+                                double w = bf ? bf16_to_f32(wb[(size_t)o * in + i]) : wf[(size_t)o * in + i];
+                                exact += w * x[(size_t)n * in + i];
+                                mag += fabs(w * x[(size_t)n * in + i]);
+                            }
+                            double e = fabs((double)y[(size_t)n * out + o] - exact) / mag;
+                            worst = std::isnan(e) ? INFINITY : std::max(worst, e);
+                        }
+                    INFO(threads << " threads, out " << out << ", in " << in << ", N " << N << (bf ? ", bf16" : ", fp32")
+                         << ": max error relative to sum of |terms| " << worst);
+                    CHECK(worst < 1e-6);
+                }
+            }
+        }
+    }
+#ifdef _OPENMP
+    omp_set_num_threads(threads0);
+#endif
 }
 
 // The acceptance bar for q8_0: a trained model's perplexity within 1% of the same model in bf16. The model is

@@ -21,6 +21,7 @@
 #include <cstdio>        // printf, fprintf, FILE
 #include <cstdlib>       // exit, malloc
 #include <cstring>       // memcpy, memset, strcmp, strerror
+#include <csignal>       // sigaction: SIGBUS from a mapped file truncated in use
 #include <cstdint>       // int32_t, uintptr_t
 #include <memory>        // std::unique_ptr (the tokenizer in model_export_gguf)
 #include <set>           // std::set (safetensors names)
@@ -2022,7 +2023,23 @@ static void usage() {
 static int run_command(int argc, char** argv);
 // No exception escapes main: every input is validated where it is read, and anything that still throws (a
 // library's exception on input nobody foresaw) ends as one error line, not an abort.
+// Model weights and token shards are memory-mapped: if such a file is truncated while this process uses it (another
+// program rewrites it in place), touching a page past its new end raises SIGBUS. That is bad input too, and ends in
+// one error line and exit 1 instead of a crash. (Only async-signal-safe calls here: write and _exit.)
+static void on_sigbus(int) {
+    static const char msg[] = "error: a memory-mapped file (model weights or token shard) was truncated or changed on "
+                              "disk while in use (SIGBUS)\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+    _exit(1);
+}
+
 int main(int argc, char** argv) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigbus;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, nullptr);
     try {
         return run_command(argc, argv);
     } catch (const DeepseekError& e) {

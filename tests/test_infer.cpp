@@ -652,6 +652,17 @@ TEST_CASE("generate and chat report bad input in one clear line with exit 1") {
     expect_error(deepseek_bin() + " generate --model build/test_tmp/no_such_model --prompt hi", "does not exist");
     // a stdin line without end (17 MiB without a newline): one error, not unbounded memory
     expect_error("head -c 17825792 /dev/zero | tr '\\0' a | " + deepseek_bin() + " chat --model " + FX + "gen_gqa --quiet", "longer than 16 MiB");
+    // the weights file truncated while chat holds it mapped (after loading, before the first reply): the next read
+    // of a page past the new end is SIGBUS, which must end in one error line, not a crash. The script waits for
+    // chat's "[device:" line (printed once the model is loaded), truncates, then sends a message.
+    std::string tr = tmp_dir("infer_truncated");
+    run_cmd("cp " + FX + "gen_gqa/* " + tr + "/");
+    expect_error("T=" + tr + "; mkfifo $T/in && { " + deepseek_bin() + " chat --model $T --temperature 0 -n 4 --threads 2 "
+                     "--device cpu < $T/in > $T/out 2> $T/err & } && exec 3> $T/in && "
+                     "for i in $(seq 600); do grep -q '^\\[device:' $T/err && break; sleep 0.05; done && "
+                     "truncate -s 4096 $T/model.safetensors && echo hello >&3 && exec 3>&- && wait $!; rc=$?; "
+                     "grep -v '^\\[' $T/err; exit $rc",
+                 "truncated or changed on disk");
     // without a tokenizer, raw ids still work
     auto raw = run_stdout(deepseek_bin() + " generate --model " + nt + " --prompt-ids '0 5 6' -n 3 --temperature 0 --ids");
     CHECK(raw.rc == 0);

@@ -2021,8 +2021,6 @@ static void usage() {
 }
 
 static int run_command(int argc, char** argv);
-// No exception escapes main: every input is validated where it is read, and anything that still throws (a
-// library's exception on input nobody foresaw) ends as one error line, not an abort.
 // Model weights and token shards are memory-mapped: if such a file is truncated while this process uses it (another
 // program rewrites it in place), touching a page past its new end raises SIGBUS. That is bad input too, and ends in
 // one error line and exit 1 instead of a crash. (Only async-signal-safe calls here: write and _exit.)
@@ -2034,6 +2032,8 @@ static void on_sigbus(int) {
     _exit(1);
 }
 
+// No exception escapes main: every input is validated where it is read, and anything that still throws (a
+// library's exception on input nobody foresaw) ends as one error line, not an abort.
 int main(int argc, char** argv) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

@@ -334,15 +334,20 @@ static void linear_gemm(const float* x, int N, int in, const LinearJob& j) {
     else gemm_cpu_lowp(N, j.out_dim, in, x, in, j.W->bf16, j.W->q8, j.W->q8_scale, j.out, j.out_dim, acc);
 }
 
-// A thread's share of a matrix's rows, as four lanes read side by side. [lo, hi) is the thread's contiguous
-// share (static: rows · t / T); lane j is its j-th quarter, and step k takes row k of each lane. Each lane is a
+// The calling thread's share of a matrix's rows, as four lanes read side by side. [lo, lo + n) is the thread's
+// contiguous share (static: rows · t / T of the OpenMP team); lane j is its j-th quarter, and step k takes row k of each lane. Each lane is a
 // sequential stream of whole rows, so a step reads four streams far apart in memory instead of four adjacent
 // rows: one core keeps more cache-line requests in flight that way (2 threads on AMD Zen 3: ~27 GB/s from four
 // streams per core against ~19 from one). The lanes that have run out (only the last steps of the last lanes)
 // repeat the step's first row, computed and not stored: valid lanes are always a prefix.
 struct Lanes {
     int lo = 0, len = 0, n = 0;
-    Lanes(int rows, int t, int T) {
+    explicit Lanes(int rows) {
+        int t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
         lo = (int)((long long)rows * t / T);
         n = (int)((long long)rows * (t + 1) / T) - lo;
         len = (n + 3) / 4;
@@ -357,13 +362,6 @@ struct Lanes {
         return valid;
     }
 };
-static inline void thread_share(int* t, int* T) {
-#ifdef _OPENMP
-    *t = omp_get_thread_num(); *T = omp_get_num_threads();
-#else
-    *t = 0; *T = 1;
-#endif
-}
 
 static void linear_forward(const float* x, int N, int in, std::initializer_list<LinearJob> jobs) {
     if (N >= GEMM_MIN_TOKENS) {
@@ -377,10 +375,8 @@ static void linear_forward(const float* x, int N, int in, std::initializer_list<
     #pragma omp parallel
     {
         std::vector<float> buf;
-        int t, T;
-        thread_share(&t, &T);
         for (const LinearJob& j : jobs) {   // each thread its share of every job: no barrier between jobs
-            Lanes ln(j.out_dim, t, T);
+            Lanes ln(j.out_dim);
             for (int k = 0; k < ln.len; k++) {
                 int r[4];
                 int rows = ln.step(k, r);
@@ -409,9 +405,7 @@ static void swiglu_linear_forward(float* act, float* up_tmp, const float* x, con
     #pragma omp parallel
     {
         std::vector<float> buf;
-        int t, T;
-        thread_share(&t, &T);
-        Lanes ln(F, t, T);
+        Lanes ln(F);
         for (int k = 0; k < ln.len; k++) {
             int r[4];
             int rows = ln.step(k, r);

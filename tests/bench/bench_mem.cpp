@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
         #pragma omp parallel reduction(+ : total)
         {
             int t = omp_get_thread_num(), T = omp_get_num_threads();
-            size_t lo = n * t / T, len = (n * (t + 1) / T - lo) / 4 / 16 * 16;   // each quarter: whole 64-byte steps
+            size_t lo = n * t / T, hi = n * (t + 1) / T, len = (hi - lo) / 4 / 16 * 16;   // quarters of whole 64-byte steps
             const float* q[4] = {&a[lo], &a[lo + len], &a[lo + 2 * len], &a[lo + 3 * len]};
             v8 s0 = {}, s1 = {};   // in registers (GCC vector types; a float[] here went through the stack)
             for (size_t i = 0; i < len; i += 16)
@@ -70,11 +70,7 @@ int main(int argc, char** argv) {
                     s1 += v;
                 }
             for (int k = 0; k < 8; k++) total += s0[k] + s1[k];
-            #pragma omp for schedule(static)   // the part's tail beyond four whole quarters
-            for (int u = 0; u < T; u++) {
-                size_t ulo = n * u / T, uhi = n * (u + 1) / T, ulen = (uhi - ulo) / 4 / 16 * 16;
-                for (size_t i = ulo + 4 * ulen; i < uhi; i++) total += a[i];
-            }
+            for (size_t i = lo + 4 * len; i < hi; i++) total += a[i];   // the part's tail beyond the four quarters
         }
         double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         sink += total;

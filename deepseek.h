@@ -667,8 +667,11 @@ struct InferModel {
     int ctx = 0;                       // cache capacity in tokens (≤ max_position_embeddings)
     int pos = 0;                       // tokens in the cache
     std::vector<int> cached;           // the token ids in the cache, [pos]
-    float* key_cache = nullptr;        // [L, ctx, KV*D]   (calloc: pages are touched only as the cache fills)
-    float* value_cache = nullptr;      // [L, ctx, KV*D]
+    // [L, ctx, KV*D] each (calloc: pages are touched only as the cache fills): fp32 by default, fp16 (IEEE half,
+    // as uint16_t) after infer_kv_cache_f16 — half the bytes each decoded token reads per cached position
+    bool kv_f16 = false;
+    void* key_cache = nullptr;
+    void* value_cache = nullptr;
     std::vector<float> scratch;        // activations for one chunk of tokens
     std::vector<float> logits;         // [V] for the last token (or [n, V] with all_logits)
     CudaDecode* cuda = nullptr;        // --device cuda: infer_forward runs on the GPU (infer_attach_cuda; its caller frees it)
@@ -682,6 +685,9 @@ struct InferModel {
 void infer_load(InferModel* im, const std::string& dir, int ctx, bool huge_pages = false);
 // Views a Model's fp32 parameters (the Model must outlive im).
 void infer_from_model(InferModel* im, const Model& m, int ctx);
+// The KV cache in fp16 (true) or fp32 (false, the default): keys and values are rounded to fp16 (to nearest even)
+// as they are stored, and attention reads them back widened. Empties the cache. CPU only (the GPU keeps its own).
+void infer_kv_cache_f16(InferModel* im, bool f16);
 // Appends tokens [n] at positions pos..pos+n-1 (prefill in chunks; decode is n = 1). Returns the logits of the
 // last token [V], or with all_logits those of all n tokens [n, V]. Dies if the cache would overflow.
 const float* infer_forward(InferModel* im, const int* tokens, int n, bool all_logits = false);

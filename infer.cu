@@ -466,60 +466,99 @@ static void rope_rows(float* x, size_t stride, const float* cs, int N, int heads
 // q [N, H*D], kc/vc [ctx, KV*D] (this layer's cache), y [N, H*D]. att: per-thread scores of length pos0+N.
 // The cache rows of one head are D floats at a stride of KV·D: strided reads that the hardware prefetcher follows
 // poorly, so each loop asks for the row PREFETCH_ROWS positions ahead (one request per 64-byte line).
+// The cache's elements are fp32 or fp16 (KV = float or Half, the bits of an IEEE half), widened to fp32 as read.
+struct Half { uint16_t bits; };
+static inline float kv_widen(float v) { return v; }
+static inline float kv_widen(Half h) {
+#ifdef __F16C__
+    return _cvtsh_ss(h.bits);
+#else
+    return f16_to_f32(h.bits);
+#endif
+}
 static const int PREFETCH_ROWS = 8;
-static inline void prefetch_row(const float* p, int D) {
-    for (int i = 0; i < D; i += 16) __builtin_prefetch(p + i);
+template <typename KV>
+static inline void prefetch_row(const KV* p, int D) {   // one request per 64-byte line of a row of D elements
+    for (int i = 0; i < D; i += 64 / (int)sizeof(KV)) __builtin_prefetch(p + i);
 }
 // The sums, one head at a time: four keys a step (each element of q loaded once for four products)
-static inline void att_dot4(float d[4], const float* qh, const float* k0, const float* k1, const float* k2,
-                            const float* k3, int D) {
+template <typename KV>
+static inline void att_dot4(float d[4], const float* qh, const KV* k0, const KV* k1, const KV* k2, const KV* k3, int D) {
     float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
     #pragma omp simd reduction(+ : d0, d1, d2, d3)
     for (int i = 0; i < D; i++) {
         float qi = qh[i];
-        d0 = fmaf(qi, k0[i], d0); d1 = fmaf(qi, k1[i], d1); d2 = fmaf(qi, k2[i], d2); d3 = fmaf(qi, k3[i], d3);
+        d0 = fmaf(qi, kv_widen(k0[i]), d0); d1 = fmaf(qi, kv_widen(k1[i]), d1);
+        d2 = fmaf(qi, kv_widen(k2[i]), d2); d3 = fmaf(qi, kv_widen(k3[i]), d3);
     }
     d[0] = d0; d[1] = d1; d[2] = d2; d[3] = d3;
 }
 #if defined(__AVX2__) && defined(__FMA__)
+static inline __m256 kv_load8(const float* p) { return _mm256_loadu_ps(p); }
+static inline __m256 kv_load8(const Half* p) {
+#ifdef __F16C__
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
+#else
+    alignas(32) float f[8];
+    for (int j = 0; j < 8; j++) f[j] = kv_widen(p[j]);
+    return _mm256_load_ps(f);
+#endif
+}
 // Eight keys a step (D % 8 == 0), one accumulator each (eight independent FMA chains), and the eight sums reduced
 // together by a tree of horizontal adds: a vector of the eight dot products, in key order. The compiler's reduction
 // of four `omp simd` sums went through the stack, as many instructions as the products themselves at D = 48.
-static inline __m256 att_dot8(const float* qh, const float* k, size_t stride, int D) {
+template <typename KV>
+static inline __m256 att_dot8(const float* qh, const KV* k, size_t stride, int D) {
     __m256 a[8];
     for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
     for (int i = 0; i < D; i += 8) {
         __m256 qv = _mm256_loadu_ps(qh + i);
-        for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + j * stride + i), a[j]);
+        for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(qv, kv_load8(k + j * stride + i), a[j]);
     }
     __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));   // keys 0-3, per half
     __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));   // keys 4-7
     return _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
 }
 #endif
-static inline float att_dot1(const float* qh, const float* ks, int D) {
+template <typename KV>
+static inline float att_dot1(const float* qh, const KV* ks, int D) {
     float dot = 0.0f;
     #pragma omp simd reduction(+ : dot)
-    for (int i = 0; i < D; i++) dot = fmaf(qh[i], ks[i], dot);
+    for (int i = 0; i < D; i++) dot = fmaf(qh[i], kv_widen(ks[i]), dot);
     return dot;
 }
 // yh += a0·v0 + a1·v1 + a2·v2 + a3·v3, added in order of s (the same sums as one row at a time): yh is loaded and
 // stored once per four rows
-static inline void att_axpy4(float* yh, const float a[4], const float* v0, const float* v1, const float* v2,
-                             const float* v3, int D) {
+template <typename KV>
+static inline void att_axpy4(float* yh, const float a[4], const KV* v0, const KV* v1, const KV* v2, const KV* v3, int D) {
     float a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+#if defined(__AVX2__) && defined(__FMA__)
+    if (D % 8 == 0) {   // (fp16 rows widened eight at a time; the compiler does not vectorise the scalar widening)
+        __m256 b0 = _mm256_set1_ps(a0), b1 = _mm256_set1_ps(a1), b2 = _mm256_set1_ps(a2), b3 = _mm256_set1_ps(a3);
+        for (int i = 0; i < D; i += 8) {
+            __m256 y = _mm256_fmadd_ps(b0, kv_load8(v0 + i), _mm256_loadu_ps(yh + i));
+            y = _mm256_fmadd_ps(b1, kv_load8(v1 + i), y);
+            y = _mm256_fmadd_ps(b2, kv_load8(v2 + i), y);
+            _mm256_storeu_ps(yh + i, _mm256_fmadd_ps(b3, kv_load8(v3 + i), y));
+        }
+        return;
+    }
+#endif
     #pragma omp simd
-    for (int i = 0; i < D; i++) yh[i] = fmaf(a3, v3[i], fmaf(a2, v2[i], fmaf(a1, v1[i], fmaf(a0, v0[i], yh[i]))));
+    for (int i = 0; i < D; i++)
+        yh[i] = fmaf(a3, kv_widen(v3[i]), fmaf(a2, kv_widen(v2[i]), fmaf(a1, kv_widen(v1[i]), fmaf(a0, kv_widen(v0[i]), yh[i]))));
 }
-static inline void att_axpy1(float* yh, float a, const float* vs, int D) {
+template <typename KV>
+static inline void att_axpy1(float* yh, float a, const KV* vs, int D) {
     #pragma omp simd
-    for (int i = 0; i < D; i++) yh[i] = fmaf(a, vs[i], yh[i]);
+    for (int i = 0; i < D; i++) yh[i] = fmaf(a, kv_widen(vs[i]), yh[i]);
 }
 
 // One (token, head) pair at a time: its keys' scores, the softmax, then the values. (Walking the cache position by
 // position with all of a thread's heads at each, so that each thread reads contiguous runs of a cache row, was
 // measured slower: attention 14% → 19% of a 110M q8_0 decode on AMD Zen 3.)
-static void attention_cached(float* y, const float* q, const float* kc, const float* vc, int N, int pos0,
+template <typename KVT>
+static void attention_cached(float* y, const float* q, const KVT* kc, const KVT* vc, int N, int pos0,
                              int H, int KV, int D) {
     int group = H / KV, KVD = KV * D;
     float scale = 1.0f / sqrtf((float)D);
@@ -533,8 +572,8 @@ static void attention_cached(float* y, const float* q, const float* kc, const fl
             for (int h = 0; h < H; h++) {
                 int kh = h / group, T = pos0 + n + 1;
                 const float* qh = q + ((size_t)n * H + h) * D;
-                const float* kb = kc + (size_t)kh * D;   // this head's key at position s: kb + s·KVD
-                const float* vb = vc + (size_t)kh * D;
+                const KVT* kb = kc + (size_t)kh * D;   // this head's key at position s: kb + s·KVD
+                const KVT* vb = vc + (size_t)kh * D;
                 float maxv = -INFINITY;
                 int s = 0;
 #if defined(__AVX2__) && defined(__FMA__)
@@ -550,7 +589,7 @@ static void attention_cached(float* y, const float* q, const float* kc, const fl
                     }
 #endif
                 for (; s + 4 <= T; s += 4) {
-                    const float* k0 = kb + (size_t)s * KVD;
+                    const KVT* k0 = kb + (size_t)s * KVD;
                     for (int j = 0; j < 4; j++)
                         if (s + j + PREFETCH_ROWS < T) prefetch_row(k0 + (size_t)(j + PREFETCH_ROWS) * KVD, D);
                     float d[4];
@@ -569,7 +608,7 @@ static void attention_cached(float* y, const float* q, const float* kc, const fl
                 float* yh = y + ((size_t)n * H + h) * D;
                 for (int i = 0; i < D; i++) yh[i] = 0.0f;
                 for (s = 0; s + 4 <= T; s += 4) {
-                    const float* v0 = vb + (size_t)s * KVD;
+                    const KVT* v0 = vb + (size_t)s * KVD;
                     for (int j = 0; j < 4; j++)
                         if (s + j + PREFETCH_ROWS < T) prefetch_row(v0 + (size_t)(j + PREFETCH_ROWS) * KVD, D);
                     float p[4] = {att[s] * inv, att[s + 1] * inv, att[s + 2] * inv, att[s + 3] * inv};
@@ -578,6 +617,25 @@ static void attention_cached(float* y, const float* q, const float* kc, const fl
                 for (; s < T; s++) att_axpy1(yh, att[s] * inv, vb + (size_t)s * KVD, D);
             }
     }
+}
+
+// An fp16 cache's rows: fp32 → fp16 rounded to nearest even (F16C's vcvtps2ph, or f32_to_f16: the same rule), and
+// back. (Serial: a token's keys and values are a few thousand numbers; a prefill chunk's widening is small beside
+// its attention.)
+static void kv_round_f16(uint16_t* dst, const float* x, size_t n) {
+    size_t i = 0;
+#if defined(__F16C__) && defined(__AVX2__)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i*)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; i < n; i++) dst[i] = f32_to_f16(x[i]);
+}
+static void kv_widen_f16(float* dst, const uint16_t* h, size_t n) {
+    size_t i = 0;
+#if defined(__F16C__) && defined(__AVX2__)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))));
+#endif
+    for (; i < n; i++) dst[i] = f16_to_f32(h[i]);
 }
 
 // ============================================================================
@@ -594,12 +652,13 @@ static void infer_alloc_cache(InferModel* im, int ctx) {
     const Config& c = im->cfg;
     im->ctx = ctx <= 0 ? c.max_position_embeddings : std::min(ctx, c.max_position_embeddings);
     size_t n = (size_t)c.num_hidden_layers * im->ctx * c.num_key_value_heads * c.head_dim;
+    size_t elem = im->kv_f16 ? sizeof(uint16_t) : sizeof(float);
     free(im->key_cache);
     free(im->value_cache);
     // calloc of a large block maps fresh zero pages: memory is only committed as positions are written
-    im->key_cache = (float*)calloc(n, sizeof(float));
-    im->value_cache = (float*)calloc(n, sizeof(float));
-    if (!im->key_cache || !im->value_cache) die("cannot allocate the KV cache (%zu MiB)", 2 * n * 4 >> 20);
+    im->key_cache = calloc(n, elem);
+    im->value_cache = calloc(n, elem);
+    if (!im->key_cache || !im->value_cache) die("cannot allocate the KV cache (%zu MiB)", 2 * n * elem >> 20);
     im->pos = 0;
     im->cached.clear();
 }
@@ -707,6 +766,12 @@ void infer_from_model(InferModel* im, const Model& m, int ctx) {
     infer_alloc_cache(im, ctx);
 }
 
+void infer_kv_cache_f16(InferModel* im, bool f16) {
+    if (im->cuda) die("infer: the KV cache's number format is the CPU decoder's (the GPU keeps its own cache)");
+    im->kv_f16 = f16;
+    infer_alloc_cache(im, im->ctx);
+}
+
 void infer_rewind(InferModel* im, int keep) {
     if (keep < 0 || keep > im->pos) die("infer: cannot rewind to %d (cache holds %d tokens)", keep, im->pos);
     im->pos = keep;
@@ -728,8 +793,8 @@ static void infer_chunk(InferModel* im, const int* tokens, int N, float* logits_
     const Config& c = im->cfg;
     int C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
     int F = c.intermediate_size, V = c.vocab_size, QD = H * D, KVD = KV * D, pos0 = im->pos;
-    // scratch: x, xn [N,C]; q, y [N,QD]; gate, up [N,F]
-    size_t need = (size_t)N * (2 * C + 2 * QD + 2 * F);
+    // scratch: x, xn [N,C]; q, y [N,QD]; gate, up [N,F]; with an fp16 cache the chunk's fp32 keys, values [N,KVD]
+    size_t need = (size_t)N * (2 * C + 2 * QD + 2 * F + (im->kv_f16 ? 2 * KVD : 0));
     if (im->scratch.size() < need) im->scratch.resize(need);
     float* x = im->scratch.data();
     float* xn = x + (size_t)N * C;
@@ -737,6 +802,8 @@ static void infer_chunk(InferModel* im, const int* tokens, int N, float* logits_
     float* y = q + (size_t)N * QD;
     float* gate = y + (size_t)N * QD;
     float* up = gate + (size_t)N * F;
+    float* k16 = up + (size_t)N * F;     // (fp16 cache only)
+    float* v16 = k16 + (size_t)N * KVD;
     std::vector<int> pos(N);
     for (int n = 0; n < N; n++) pos[n] = pos0 + n;
 
@@ -753,19 +820,39 @@ static void infer_chunk(InferModel* im, const int* tokens, int N, float* logits_
     rope_table(&rope_cs, pos.data(), N, D, inv_freq.data());
     for (int l = 0; l < c.num_hidden_layers; l++) {
         const InferLayer& ly = im->layers[l];
-        float* kc = im->key_cache + (size_t)l * im->ctx * KVD;
-        float* vc = im->value_cache + (size_t)l * im->ctx * KVD;
-        float* knew = kc + (size_t)pos0 * KVD;   // this chunk's keys/values go straight into the cache
-        float* vnew = vc + (size_t)pos0 * KVD;
+        size_t layer_off = (size_t)l * im->ctx * KVD;
+        float* kc = im->kv_f16 ? nullptr : (float*)im->key_cache + layer_off;
+        float* vc = im->kv_f16 ? nullptr : (float*)im->value_cache + layer_off;
+        uint16_t* kh = im->kv_f16 ? (uint16_t*)im->key_cache + layer_off : nullptr;
+        uint16_t* vh = im->kv_f16 ? (uint16_t*)im->value_cache + layer_off : nullptr;
+        // this chunk's keys/values go straight into an fp32 cache; for an fp16 one they are rounded into it
+        float* knew = im->kv_f16 ? k16 : kc + (size_t)pos0 * KVD;
+        float* vnew = im->kv_f16 ? v16 : vc + (size_t)pos0 * KVD;
         // attention block: x += o_proj(attention(rope(q_proj(xn)), rope(k_proj(xn)), v_proj(xn)))
         rmsnorm_rows(xn, x, ly.input_layernorm, N, C, eps);
         linear_forward(xn, N, C, {{q, &ly.q_proj, QD, false}, {knew, &ly.k_proj, KVD, false}, {vnew, &ly.v_proj, KVD, false}});
         rope_rows(q, QD, rope_cs.data(), N, H, D);
         rope_rows(knew, KVD, rope_cs.data(), N, KV, D);
-        if (N >= GEMM_MIN_TOKENS)   // a prefill chunk: the fast CPU path's blockwise attention, four query rows at a time
+        if (im->kv_f16) {
+            kv_round_f16(kh + (size_t)pos0 * KVD, knew, (size_t)N * KVD);
+            kv_round_f16(vh + (size_t)pos0 * KVD, vnew, (size_t)N * KVD);
+        }
+        if (N >= GEMM_MIN_TOKENS) {   // a prefill chunk: the fast CPU path's blockwise attention, four query rows at a time
+            if (im->kv_f16) {   // over the cache's fp16 values, widened (the same numbers decode reads)
+                thread_local std::vector<float> wide;
+                size_t n = (size_t)(pos0 + N) * KVD;
+                if (wide.size() < 2 * n) wide.resize(2 * n);
+                kc = wide.data();
+                vc = kc + n;
+                kv_widen_f16(kc, kh, n);
+                kv_widen_f16(vc, vh, n);
+            }
             attention_forward_offset_cpu(y, nullptr, q, kc, vc, 1, N, pos0 + N, pos0, H, KV, D);
-        else
-            attention_cached(y, q, kc, vc, N, pos0, H, KV, D);
+        } else if (im->kv_f16) {
+            attention_cached(y, q, (const Half*)kh, (const Half*)vh, N, pos0, H, KV, D);
+        } else {
+            attention_cached(y, q, (const float*)kc, (const float*)vc, N, pos0, H, KV, D);
+        }
         linear_forward(y, N, QD, {{x, &ly.o_proj, C, true}});
         // MLP block: x += down_proj(silu(gate_proj(xn)) ⊙ up_proj(xn))
         rmsnorm_rows(xn, x, ly.post_attention_layernorm, N, C, eps);
@@ -1140,7 +1227,7 @@ struct Session {
 };
 
 static const std::vector<std::string> GEN_VALUE_FLAGS = {"model", "prompt", "prompt-ids", "n", "max-new-tokens",
-    "temperature", "top-k", "top-p", "repetition-penalty", "seed", "stop", "threads", "device", "context", "system"};
+    "temperature", "top-k", "top-p", "repetition-penalty", "seed", "stop", "threads", "device", "context", "system", "kv-cache"};
 
 static void session_open(Session* s, const Args& a, bool chat, bool need_tokenizer) {
     // validate every flag before the (possibly slow) load
@@ -1151,6 +1238,8 @@ static void session_open(Session* s, const Args& a, bool chat, bool need_tokeniz
     // -n 0 or --context 0 would mean nothing the help describes: refused
     s->max_new = (int)a.integer(a.has("n") ? "n" : "max-new-tokens", chat ? 512 : 256, 1, 10000000);
     int ctx = (int)a.integer("context", 0, 1, 10000000);
+    std::string kv = a.str("kv-cache", "f32");
+    if (kv != "f32" && kv != "f16") die("%s: --kv-cache must be f32 or f16, got '%s'", a.cmd.c_str(), kv.c_str());
     float temperature = (float)a.real("temperature", -1, 0, 100);
     int top_k = (int)a.integer("top-k", -1, 0, 100000000);
     float top_p = (float)a.real("top-p", -1, -1e300, 1e300);
@@ -1187,6 +1276,12 @@ static void session_open(Session* s, const Args& a, bool chat, bool need_tokeniz
     infer_load(&s->im, dir, ctx, a.flag("huge-pages") && dev != Device::CUDA);
     const Config& c = s->im.cfg;
     std::string device = device_describe(dev);
+    if (dev != Device::CUDA) {
+        if (kv == "f16") infer_kv_cache_f16(&s->im, true);
+        device += kv == "f16" ? "; KV cache fp16" : "; KV cache fp32";
+    } else if (a.has("kv-cache")) {
+        device += "; --kv-cache is for the CPU decoder, the GPU keeps its own cache";
+    }
     if (dev == Device::CUDA) {
         // the inference-only model: bf16 weights read from the memory-mapped files (no fp32 copy), the KV cache
         s->gpu = cuda_model_create_inference(s->im, false);
@@ -1275,6 +1370,9 @@ static const char* GENERATE_USAGE =
     "  --context N              KV cache size in tokens (default: the model's max_position_embeddings)\n"
     "  --huge-pages             read the weights into huge pages instead of mapping them, if they take under\n"
     "                           half of the available memory: ~10% faster decoding, for a slower start\n"
+    "  --kv-cache f32|f16       the CPU's KV cache (default f32: transformers' numbers). f16 halves the bytes\n"
+    "                           each new token reads per cached position (llama.cpp's default); keys and\n"
+    "                           values are rounded to fp16, so logits move by ~1e-3 of their scale\n"
     "  --threads N, --device auto|cpu|cuda   (auto: the GPU when there is one; the choice is printed)\n";
 
 int cmd_generate(int argc, char** argv) {
@@ -1331,7 +1429,7 @@ static const char* CHAT_USAGE =
     "                           as for generate; defaults from generation_config.json, else temperature 0.7,\n"
     "                           top_p 0.95 (the paper's chat defaults)\n"
     "  --system TEXT            a system prompt (the release recommends none)\n"
-    "  --context N, --huge-pages, --threads N, --device auto|cpu|cuda\n";
+    "  --context N, --huge-pages, --kv-cache f32|f16, --threads N, --device auto|cpu|cuda   as for generate\n";
 
 // One chat turn: render the history + the new user message (dropping the oldest turns until the prompt and a
 // reply of max_new tokens fit the context), stream the reply, append it to the history.

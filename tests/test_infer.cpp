@@ -89,6 +89,118 @@ TEST_CASE("logits with the KV cache equal full recomputation at every position w
     check_cache_vs_recompute(m, 90, 1);
 }
 
+// ---------------------------------------------------------------------------- an fp16 KV cache (--kv-cache f16)
+
+// The oracle for an fp16 cache: model_forward_ref's steps on deepseek.cu's reference layers, where attention reads
+// the keys and values the cache under test holds (im's, widened) instead of the reference's own. Two checks in one:
+// each cached value must be the reference's key or value rounded to fp16 to nearest (f32_to_f16's rule; the q8_0
+// test checks its scales against the gguf package), and the logits are then a function of those values alone.
+// The rounding is checked as *excess*: how far beyond half an fp16 step the cached value lies from the
+// reference's, relative to the largest of its row (one position's keys or values). Exact rounding of the same number gives 0; the fp32 sums of the decoder and the
+// reference differ in order (~1e-7 relative), which can move a value sitting on a rounding boundary by one step:
+// excess ~1e-7. A wrong rounding rule (truncation) or a value in the wrong place gives 1e-4 and more.
+static std::vector<float> reference_logits_kv16(const Model& m, const std::vector<int>& toks, const InferModel& im,
+                                                double* excess) {
+    const Config& c = m.cfg;
+    int T = (int)toks.size(), C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads;
+    int D = c.head_dim, F = c.intermediate_size, V = c.vocab_size, QD = H * D, KVD = KV * D;
+    float eps = (float)c.rms_norm_eps;
+    std::vector<float> x((size_t)T * C), ln((size_t)T * C), tmp((size_t)T * C), rstd(T), q((size_t)T * QD),
+        y((size_t)T * QD), k((size_t)T * KVD), v((size_t)T * KVD), att((size_t)H * T * T), gate((size_t)T * F),
+        up((size_t)T * F), act((size_t)T * F), logits((size_t)T * V);
+    std::vector<int> pos(T);
+    for (int t = 0; t < T; t++) {
+        pos[t] = t;
+        memcpy(&x[(size_t)t * C], m.params.embed_tokens + (size_t)toks[t] * C, C * sizeof(float));
+    }
+    *excess = 0;
+    // the cached fp16 value replaces the reference's r, after measuring how far it lies beyond r's half step
+    auto take_cached = [&](float* r, const uint16_t* cache) {
+        for (int t = 0; t < T; t++) {
+            float* row = r + (size_t)t * KVD;
+            double scale = 1e-30;   // the sums' rounding is relative to the row's scale, not to one (small) element
+            for (int j = 0; j < KVD; j++) scale = std::max(scale, (double)fabs(row[j]));
+            for (int j = 0; j < KVD; j++) {
+                float cv = f16_to_f32(cache[(size_t)t * KVD + j]);
+                int e;
+                frexpf(row[j], &e);   // |r| in [2^(e-1), 2^e): fp16 steps of 2^(e-11), 2^-24 among the subnormals
+                double half_step = 0.5 * ldexp(1.0, std::max(e - 11, -24));
+                *excess = std::max(*excess, std::max(0.0, fabs((double)cv - row[j]) - half_step) / scale);
+                row[j] = cv;
+            }
+        }
+    };
+    for (int l = 0; l < c.num_hidden_layers; l++) {
+        auto w = layer_weights(m.params, c, l);
+        rmsnorm_forward_ref(ln.data(), rstd.data(), x.data(), w.input_layernorm, T, C, eps);
+        matmul_forward_ref(q.data(), ln.data(), w.q_proj, T, C, QD);
+        matmul_forward_ref(k.data(), ln.data(), w.k_proj, T, C, KVD);
+        matmul_forward_ref(v.data(), ln.data(), w.v_proj, T, C, KVD);
+        rope_forward_ref(q.data(), pos.data(), T, H, D, (float)c.rope_theta);
+        rope_forward_ref(k.data(), pos.data(), T, KV, D, (float)c.rope_theta);
+        size_t layer = (size_t)l * im.ctx * KVD;   // the cache: [L, ctx, KVD]
+        take_cached(k.data(), (const uint16_t*)im.key_cache + layer);
+        take_cached(v.data(), (const uint16_t*)im.value_cache + layer);
+        attention_forward_ref(y.data(), att.data(), q.data(), k.data(), v.data(), 1, T, H, KV, D);
+        matmul_forward_ref(tmp.data(), y.data(), w.o_proj, T, QD, C);
+        for (size_t i = 0; i < x.size(); i++) x[i] += tmp[i];
+        rmsnorm_forward_ref(ln.data(), rstd.data(), x.data(), w.post_attention_layernorm, T, C, eps);
+        matmul_forward_ref(gate.data(), ln.data(), w.gate_proj, T, C, F);
+        matmul_forward_ref(up.data(), ln.data(), w.up_proj, T, C, F);
+        swiglu_forward_ref(act.data(), gate.data(), up.data(), (size_t)T * F);
+        matmul_forward_ref(tmp.data(), act.data(), w.down_proj, T, F, C);
+        for (size_t i = 0; i < x.size(); i++) x[i] += tmp[i];
+    }
+    rmsnorm_forward_ref(ln.data(), rstd.data(), x.data(), m.params.norm, T, C, eps);
+    matmul_forward_ref(logits.data(), ln.data(), m.params.lm_head, T, C, V);
+    return logits;
+}
+
+// Prefill (chunks of 32: the GEMM path over the widened cache) then decode one token at a time (the fp16 rows
+// widened in registers), against the oracle above.
+static void check_kv16(const Model& m, int T, int prefill) {
+    std::vector<int> toks(T);
+    for (int t = 0; t < T; t++) toks[t] = (t * 53 + 7) % m.cfg.vocab_size;
+    InferModel im;
+    infer_from_model(&im, m, T);
+    infer_kv_cache_f16(&im, true);
+    size_t V = m.cfg.vocab_size;
+    std::vector<float> z((size_t)T * V);
+    int chunk = g_prefill_chunk;
+    g_prefill_chunk = 32;
+    memcpy(z.data(), infer_forward(&im, toks.data(), prefill, true), (size_t)prefill * V * sizeof(float));
+    g_prefill_chunk = chunk;
+    for (int t = prefill; t < T; t++) memcpy(&z[(size_t)t * V], infer_forward(&im, &toks[t], 1), V * sizeof(float));
+    double excess;
+    std::vector<float> ref = reference_logits_kv16(m, toks, im, &excess);
+    double worst = rel_to_scale(z.data(), ref.data(), (size_t)T * V);
+    // and the rounding matters at all: the fp32 cache's logits are measurably elsewhere
+    InferModel f32;
+    infer_from_model(&f32, m, T);
+    double moved = rel_to_scale(infer_forward(&f32, toks.data(), T, true), ref.data(), (size_t)T * V);
+    MESSAGE("fp16 KV cache over " << T << " positions (prefill " << prefill << "): rounding excess " << excess
+            << ", logits vs the reference on the cached values: max rel err " << worst << "; the fp32 cache's: " << moved);
+    CHECK(excess < 1e-5);
+    CHECK(worst < 1e-5);
+    CHECK(moved > 10 * worst);
+}
+
+TEST_CASE("an fp16 KV cache equals the reference on fp16-rounded keys and values within 1e-5 (GQA fixture model)") {
+    Model m;
+    model_load_dir(&m, FX + "gen_gqa");
+    check_kv16(m, 100, 70);
+}
+
+TEST_CASE("an fp16 KV cache equals the reference on fp16-rounded keys and values within 1e-5 (MHA, head_dim 12)") {
+    Config c;   // head_dim 12: not a multiple of 8, the widening's scalar tails
+    c.vocab_size = 97; c.hidden_size = 48; c.num_attention_heads = 4; c.num_key_value_heads = 4; c.head_dim = 12;
+    c.num_hidden_layers = 2; c.intermediate_size = 70; c.max_position_embeddings = 90; c.rope_theta = 500000.0;
+    Model m;
+    model_build(&m, c);
+    model_init_random(&m, 5, 0.3f);
+    check_kv16(m, 90, 9);
+}
+
 TEST_CASE("bf16 weights: the cached path equals the reference on the same bf16-rounded weights within 1e-5") {
     InferModel bf;
     infer_load(&bf, FX + "gen_bf16", 0);
@@ -408,6 +520,11 @@ TEST_CASE("generate --prompt --ids on the CLI prints transformers' greedy ids, a
         REQUIRE(huge.rc == 0);
         CHECK(huge.out == ids.out);
         CHECK(run_stderr(base5 + " --ids --huge-pages").out.find("weights in memory") != std::string::npos);
+        // --kv-cache: the header names the cache's format; f16 runs (its numbers: the fp16 KV cache cases above)
+        CHECK(err.out.find("KV cache fp32") != std::string::npos);
+        auto kv16 = run_stderr(base5 + " --ids --kv-cache f16");
+        CHECK(kv16.rc == 0);
+        CHECK(kv16.out.find("KV cache fp16") != std::string::npos);
     }
 }
 
@@ -633,6 +750,7 @@ TEST_CASE("generate and chat report bad input in one clear line with exit 1") {
     expect_error(g + "--prompt hi --seed x", "--seed");
     expect_error(g + "--prompt-ids '1 two'", "token ids");
     expect_error(g + "--prompt hi --bogus 1", "unknown flag");
+    expect_error(g + "--prompt hi --kv-cache q4", "--kv-cache");
     expect_error(deepseek_bin() + " generate --prompt hi", "--model");
     expect_error(g, "--prompt");
     // an unsupported model type, a missing tokenizer.json, a missing directory
@@ -692,5 +810,6 @@ TEST_CASE("generate --help and chat --help describe the flags") {
         CHECK(r.rc == 0);
         CHECK(r.out.find("--temperature") != std::string::npos);
         CHECK(r.out.find("--top-p") != std::string::npos);
+        CHECK(r.out.find("--kv-cache f32|f16") != std::string::npos);
     }
 }

@@ -13,7 +13,9 @@ the share of its bound, bandwidth / bytes read per token (tests/bench/bench_mach
 KV cache at the mean decode position). A model that fits the last-level cache can pass that bound.
 
   --threads N (2)  --prompt N (128)  --new N (128)  --models 15m,15m-bf16,15m-q8,110m,110m-bf16,110m-q8  --repeat R (2: best of R)
-  --engines deepseek,deepseek-huge,llama.cpp,transformers   (deepseek-huge: ours with --huge-pages)
+  --engines deepseek,deepseek-huge,deepseek-kv16,llama.cpp,transformers
+      (deepseek-huge: ours with --huge-pages; deepseek-kv16: ours with --kv-cache f16, the KV cache's format in
+      llama.cpp's default, where ours by default keeps transformers' fp32)
 """
 
 import argparse
@@ -126,6 +128,11 @@ def our_q8_model(name, base):
 
 # ------------------------------------------------------------------------------------------------ engines
 
+def kv_bytes(engine):
+    """Bytes per element of the engine's KV cache: llama.cpp's default and ours with --kv-cache f16 keep fp16."""
+    return 2 if engine in ("deepseek-kv16", "llama.cpp") else 4
+
+
 def run_ours(path, prompt, n_new, threads, extra=()):
     ids = " ".join(map(str, prompt))
     cmd = [BIN, "generate", "--model", path, "--prompt-ids", ids, "-n", str(n_new), "--temperature", "0", "--ids",
@@ -196,7 +203,7 @@ def main():
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--models", default="15m,15m-bf16,15m-q8,110m,110m-bf16,110m-q8")
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--engines", default="deepseek,deepseek-huge,llama.cpp,transformers")
+    ap.add_argument("--engines", default="deepseek,deepseek-huge,deepseek-kv16,llama.cpp,transformers")
     a = ap.parse_args()
     os.makedirs(WORK, exist_ok=True)
     engines = a.engines.split(",")
@@ -242,6 +249,8 @@ def main():
                     r = run_ours(path, prompt, a.new, a.threads)
                 elif e == "deepseek-huge":   # ours with --huge-pages (weights read into huge pages, not mapped)
                     r = run_ours(path, prompt, a.new, a.threads, ["--huge-pages"])
+                elif e == "deepseek-kv16":   # ours with an fp16 KV cache (llama.cpp's default format)
+                    r = run_ours(path, prompt, a.new, a.threads, ["--kv-cache", "f16"])
                 elif e == "llama.cpp":
                     r = run_llama_cpp(gg, prompt, a.new, a.threads)
                 else:
@@ -252,29 +261,32 @@ def main():
                 print(f"  {name:10s} {e:13s} prefill {r[0]:8.1f} tok/s   decode {r[1]:7.1f} tok/s", flush=True)
         agree = {e: next((i for i, (x, y) in enumerate(zip(outs[e], outs["deepseek"])) if x != y), len(outs[e]))
                  for e in outs if not e.startswith("deepseek")} if "deepseek" in outs else {}
-        rows.append((name, res, agree, bench_machine.decode_bytes(path, a.prompt + a.new // 2)))
+        pos = a.prompt + a.new // 2
+        nbytes = {e: bench_machine.decode_bytes(path, pos, kv_bytes(e)) for e in res}
+        rows.append((name, res, agree, nbytes))
 
-    # ours/peer for our default (weights memory-mapped, as llama.cpp's default) and, after the bar, --huge-pages
+    # ours/peer for our default (weights memory-mapped, fp32 KV cache), then each variant of ours that ran, after a bar
     print("\n| model | engine | prefill tok/s | decode tok/s | decode / bound | ours/peer prefill | ours/peer decode | same greedy tokens |")
     print("|---|---|---|---|---|---|---|---|")
+    variants = [e for e in ("deepseek", "deepseek-huge", "deepseek-kv16") if any(e in r[1] for r in rows)]
     for name, res, agree, nbytes in rows:
-        bound = bw * 1e9 / nbytes if bw else None
-        ours, huge = res.get("deepseek"), res.get("deepseek-huge")
+        ours = [res[v] for v in variants if v in res]
         for e, (pf, dc) in res.items():
-            if e.startswith("deepseek") or not ours:
+            if e.startswith("deepseek") or "deepseek" not in res:
                 ratio = "— | —"
             else:
-                ratio = f"{ours[0] / pf:.2f}× | {ours[1] / dc:.2f}×"
-                if huge:
-                    ratio = f"{ours[0] / pf:.2f}× / {huge[0] / pf:.2f}× | {ours[1] / dc:.2f}× / {huge[1] / dc:.2f}×"
+                ratio = " / ".join(f"{o[0] / pf:.2f}×" for o in ours) + " | " + " / ".join(f"{o[1] / dc:.2f}×" for o in ours)
             same = f"first {agree[e]}" if e in agree else "—"
+            bound = bw * 1e9 / nbytes[e] if bw else None
             of_bound = f"{dc / bound:.0%} of {bound:.0f}" if bound else "—"
             print(f"| {name} | {e} | {pf:.1f} | {dc:.1f} | {of_bound} | {ratio} | {same} |")
     for name, _, _, nbytes in rows:
-        print(f"({name}: {nbytes / 1e6:.1f} MB read per decoded token" + (f", bound {bw * 1e9 / nbytes:.0f} tokens/s at "
-              f"{bw:.1f} GB/s)" if bw else ")"))
-    if any(r[1].get("deepseek-huge") for r in rows):
-        print("(ratios: ours default / ours --huge-pages)")
+        for kv, nb in sorted({kv_bytes(e): nbytes[e] for e in nbytes}.items(), reverse=True):
+            print(f"({name}, KV cache fp{8 * kv}: {nb / 1e6:.1f} MB read per decoded token" +
+                  (f", bound {bw * 1e9 / nb:.0f} tokens/s at {bw:.1f} GB/s)" if bw else ")"))
+    if len(variants) > 1:
+        print("(ratios: " + " / ".join({"deepseek": "ours default", "deepseek-huge": "ours --huge-pages",
+                                         "deepseek-kv16": "ours --kv-cache f16"}[v] for v in variants) + ")")
     return 0
 
 

@@ -54,10 +54,10 @@ def read_bandwidth(threads):
     return float(m.group(1)) if m else None
 
 
-def decode_bytes(model_dir, position):
+def decode_bytes(model_dir, position, kv_bytes=4):
     """Bytes read to decode one token at `position`: every matrix of every layer and the lm_head as stored (fp32 4,
     bf16 2, q8_0 34/32 bytes per weight — int8 and an fp16 scale per 32), one embedding row, the norms (fp32),
-    and the KV cache so far (fp32: 2 · layers · position · kv_heads · head_dim · 4)."""
+    and the KV cache so far (2 · layers · position · kv_heads · head_dim · kv_bytes: 4 for fp32, 2 for fp16)."""
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
     C, L, F, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"]
     H = cfg["num_attention_heads"]
@@ -68,4 +68,4 @@ def decode_bytes(model_dir, position):
     else:
         per_weight = 2 if cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16" else 4
     matrices = L * (C * H * D + 2 * C * KV * D + H * D * C + 3 * C * F) + V * C
-    return matrices * per_weight + C * per_weight + (2 * L + 1) * C * 4 + 2 * L * position * KV * D * 4
+    return matrices * per_weight + C * per_weight + (2 * L + 1) * C * 4 + 2 * L * position * KV * D * kv_bytes

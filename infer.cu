@@ -290,6 +290,15 @@ static void linear_block(float* out, const float* x, const Q8Act* xq, const Infe
     }
 }
 
+// n fp16 values (q8_0 scales, an fp16 KV cache) → fp32, eight at a time with F16C
+static void f16_to_f32_n(float* dst, const uint16_t* h, size_t n) {
+    size_t i = 0;
+#if defined(__F16C__) && defined(__AVX2__)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))));
+#endif
+    for (; i < n; i++) dst[i] = f16_to_f32(h[i]);
+}
+
 // x [N, in] quantised to q8_0 for the q8_0 matrices among a linear's jobs (nullptr when there are none), its
 // scales as the floats their fp16 values are. Blocks never cross rows (in % 32 == 0), so all N rows are one call.
 // Serial: a few hundred multiplications per token, less than one synchronisation of the threads. The buffers are
@@ -307,14 +316,7 @@ struct Q8Input {
         d.resize((size_t)N * nb);
         rows.resize(N);
         q8_0_quantize(x, (size_t)N * in, q.data(), h.data());
-#if defined(__F16C__) && defined(__AVX2__)
-        size_t b = 0;
-        for (; b + 8 <= h.size(); b += 8)
-            _mm256_storeu_ps(d.data() + b, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h.data() + b))));
-        for (; b < h.size(); b++) d[b] = _cvtsh_ss(h[b]);
-#else
-        for (size_t b = 0; b < h.size(); b++) d[b] = f16_to_f32(h[b]);
-#endif
+        f16_to_f32_n(d.data(), h.data(), h.size());
         for (int n = 0; n < N; n++) rows[n] = {q.data() + (size_t)n * in, d.data() + (size_t)n * nb};
         return rows.data();
     }
@@ -619,9 +621,9 @@ static void attention_cached(float* y, const float* q, const KVT* kc, const KVT*
     }
 }
 
-// An fp16 cache's rows: fp32 → fp16 rounded to nearest even (F16C's vcvtps2ph, or f32_to_f16: the same rule), and
-// back. (Serial: a token's keys and values are a few thousand numbers; a prefill chunk's widening is small beside
-// its attention.)
+// An fp16 cache's rows: fp32 → fp16 rounded to nearest even (F16C's vcvtps2ph, or f32_to_f16: the same rule); back
+// with f16_to_f32_n. (Serial: a token's keys and values are a few thousand numbers; a prefill chunk's widening is
+// small beside its attention.)
 static void kv_round_f16(uint16_t* dst, const float* x, size_t n) {
     size_t i = 0;
 #if defined(__F16C__) && defined(__AVX2__)
@@ -629,13 +631,6 @@ static void kv_round_f16(uint16_t* dst, const float* x, size_t n) {
         _mm_storeu_si128((__m128i*)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
 #endif
     for (; i < n; i++) dst[i] = f32_to_f16(x[i]);
-}
-static void kv_widen_f16(float* dst, const uint16_t* h, size_t n) {
-    size_t i = 0;
-#if defined(__F16C__) && defined(__AVX2__)
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))));
-#endif
-    for (; i < n; i++) dst[i] = f16_to_f32(h[i]);
 }
 
 // ============================================================================
@@ -844,8 +839,8 @@ static void infer_chunk(InferModel* im, const int* tokens, int N, float* logits_
                 if (wide.size() < 2 * n) wide.resize(2 * n);
                 kc = wide.data();
                 vc = kc + n;
-                kv_widen_f16(kc, kh, n);
-                kv_widen_f16(vc, vh, n);
+                f16_to_f32_n(kc, kh, n);
+                f16_to_f32_n(vc, vh, n);
             }
             attention_forward_offset_cpu(y, nullptr, q, kc, vc, 1, N, pos0 + N, pos0, H, KV, D);
         } else if (im->kv_f16) {

@@ -311,6 +311,9 @@ void attention_forward_cpu(float* y, float* lse, const float* q, const float* k,
 // queries at positions q0 … q0+Tq−1 over Tk = q0+Tq keys (prefill over a KV cache); lse may be nullptr
 void attention_forward_offset_cpu(float* y, float* lse, const float* q, const float* k, const float* v,
                                   int B, int Tq, int Tk, int q0, int H, int KV, int D);
+// the same over keys/values at strides in floats: key s of kv head kh in batch b at k + b·bs + s·ps + kh·hs
+void attention_forward_strided_cpu(float* y, float* lse, const float* q, const float* k, const float* v,
+                                   int B, int Tq, int Tk, int q0, int H, int KV, int D, size_t bs, size_t ps, size_t hs);
 void attention_backward_cpu(float* dq, float* dk, float* dv, const float* dy, const float* y, const float* lse,
                             const float* q, const float* k, const float* v, int B, int T, int H, int KV, int D);
 // (end of the layers)
@@ -667,8 +670,10 @@ struct InferModel {
     int ctx = 0;                       // cache capacity in tokens (≤ max_position_embeddings)
     int pos = 0;                       // tokens in the cache
     std::vector<int> cached;           // the token ids in the cache, [pos]
-    // [L, ctx, KV*D] each (calloc: pages are touched only as the cache fills): fp32 by default, fp16 (IEEE half,
-    // as uint16_t) after infer_kv_cache_f16 — half the bytes each decoded token reads per cached position
+    // [L, KV, ctx, D] each, head-major: one head's keys are a contiguous run of positions, which a decoded
+    // token's attention reads as one stream (infer_kv_offset). calloc: pages are touched only as the cache
+    // fills. fp32 by default, fp16 (IEEE half, as uint16_t) after infer_kv_cache_f16 — half the bytes each
+    // decoded token reads per cached position
     bool kv_f16 = false;
     void* key_cache = nullptr;
     void* value_cache = nullptr;
@@ -688,6 +693,11 @@ void infer_from_model(InferModel* im, const Model& m, int ctx);
 // The KV cache in fp16 (true) or fp32 (false, the default): keys and values are rounded to fp16 (to nearest even)
 // as they are stored, and attention reads them back widened. Empties the cache. CPU only (the GPU keeps its own).
 void infer_kv_cache_f16(InferModel* im, bool f16);
+// Where the key (or value) of kv head `head` at position `pos` of `layer` begins in the cache, in elements
+// (fp32 or fp16): its D elements follow, then those of position pos + 1.
+inline size_t infer_kv_offset(const InferModel& im, int layer, int head, int pos) {
+    return (((size_t)layer * im.cfg.num_key_value_heads + head) * im.ctx + pos) * im.cfg.head_dim;
+}
 // Appends tokens [n] at positions pos..pos+n-1 (prefill in chunks; decode is n = 1). Returns the logits of the
 // last token [V], or with all_logits those of all n tokens [n, V]. Dies if the cache would overflow.
 const float* infer_forward(InferModel* im, const int* tokens, int n, bool all_logits = false);

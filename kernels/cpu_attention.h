@@ -1,4 +1,4 @@
-// defines: attention_forward_cpu, attention_forward_offset_cpu, attention_backward_cpu
+// defines: attention_forward_cpu, attention_forward_offset_cpu, attention_forward_strided_cpu, attention_backward_cpu
 //          (internals: ATT_BQ/BK/R, att_mask, att_scores4, att_rows4, att_outer4, exp16, att_softmax_row)
 // The fast CPU path's causal grouped-query attention: blockwise, with an online softmax (the FlashAttention
 // recurrence) and no T×T matrix. Part of deepseek.cu (#included, after cpu_layers.h, whose hmax16/hsum16 it uses).
@@ -206,6 +206,13 @@ void attention_forward_cpu(float* y, float* lse, const float* q, const float* k,
 // lse [B,H,Tq] or nullptr.
 void attention_forward_offset_cpu(float* y, float* lse, const float* q, const float* k, const float* v,
                                   int B, int Tq, int Tk, int q0, int H, int KV, int D) {
+    attention_forward_strided_cpu(y, lse, q, k, v, B, Tq, Tk, q0, H, KV, D, (size_t)Tk * KV * D, (size_t)KV * D, D);
+}
+
+// The same over keys and values at any strides (in floats): key s of kv head kh in batch b at k + b·bs + s·ps + kh·hs
+// (v alike). [B,Tk,KV,D] is (Tk·KV·D, KV·D, D); generation's cache, [KV, ctx, D] per layer, is (·, D, ctx·D).
+void attention_forward_strided_cpu(float* y, float* lse, const float* q, const float* k, const float* v,
+                                   int B, int Tq, int Tk, int q0, int H, int KV, int D, size_t bs, size_t ps, size_t hs) {
     int T = Tq;   // query rows (the loops below index q, y and lse by row t; its position is q0 + t)
     int group = H / KV, nqb = (T + ATT_BQ - 1) / ATT_BQ, nkb = (Tk + ATT_BK - 1) / ATT_BK;
     float scale = 1.0f / sqrtf((float)D);
@@ -221,7 +228,7 @@ void attention_forward_offset_cpu(float* y, float* lse, const float* q, const fl
                 float* kt = kpack + (((size_t)b * KV + kh) * nkb + kb) * D * ATT_BK;
                 int s0 = kb * ATT_BK, nk = std::min(ATT_BK, Tk - s0);
                 for (int j = 0; j < ATT_BK; j++) {
-                    const float* ks = k + (((size_t)b * Tk + s0 + (j < nk ? j : 0)) * KV + kh) * D;
+                    const float* ks = k + (size_t)b * bs + (size_t)(s0 + (j < nk ? j : 0)) * ps + (size_t)kh * hs;
                     for (int d = 0; d < D; d++) kt[(size_t)d * ATT_BK + j] = j < nk ? ks[d] : 0.0f;
                 }
             }
@@ -266,7 +273,7 @@ void attention_forward_offset_cpu(float* y, float* lse, const float* q, const fl
                                     #pragma omp simd
                                     for (int d = 0; d < D; d++) ar[d] *= corr;
                                 }
-                                att_rows4(orow, s.data(), v + (((size_t)b * Tk + s0) * KV + kh) * D, (size_t)KV * D, nvmax, D);
+                                att_rows4(orow, s.data(), v + (size_t)b * bs + (size_t)s0 * ps + (size_t)kh * hs, ps, nvmax, D);
                             }
                     }
                     for (int h = kh * group; h < (kh + 1) * group; h++)

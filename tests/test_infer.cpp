@@ -115,13 +115,13 @@ static std::vector<float> reference_logits_kv16(const Model& m, const std::vecto
     }
     *excess = 0;
     // the cached fp16 value replaces the reference's r, after measuring how far it lies beyond r's half step
-    auto take_cached = [&](float* r, const uint16_t* cache) {
+    auto take_cached = [&](float* r, const uint16_t* cache, int layer) {   // cache: im's key or value cache
         for (int t = 0; t < T; t++) {
             float* row = r + (size_t)t * KVD;
             double scale = 1e-30;   // the sums' rounding is relative to the row's scale, not to one (small) element
             for (int j = 0; j < KVD; j++) scale = std::max(scale, (double)fabs(row[j]));
             for (int j = 0; j < KVD; j++) {
-                float cv = f16_to_f32(cache[(size_t)t * KVD + j]);
+                float cv = f16_to_f32(cache[infer_kv_offset(im, layer, j / D, t) + j % D]);
                 int e;
                 frexpf(row[j], &e);   // |r| in [2^(e-1), 2^e): fp16 steps of 2^(e-11), 2^-24 among the subnormals
                 double half_step = 0.5 * ldexp(1.0, std::max(e - 11, -24));
@@ -138,9 +138,8 @@ static std::vector<float> reference_logits_kv16(const Model& m, const std::vecto
         matmul_forward_ref(v.data(), ln.data(), w.v_proj, T, C, KVD);
         rope_forward_ref(q.data(), pos.data(), T, H, D, (float)c.rope_theta);
         rope_forward_ref(k.data(), pos.data(), T, KV, D, (float)c.rope_theta);
-        size_t layer = (size_t)l * im.ctx * KVD;   // the cache: [L, ctx, KVD]
-        take_cached(k.data(), (const uint16_t*)im.key_cache + layer);
-        take_cached(v.data(), (const uint16_t*)im.value_cache + layer);
+        take_cached(k.data(), (const uint16_t*)im.key_cache, l);
+        take_cached(v.data(), (const uint16_t*)im.value_cache, l);
         attention_forward_ref(y.data(), att.data(), q.data(), k.data(), v.data(), 1, T, H, KV, D);
         matmul_forward_ref(tmp.data(), y.data(), w.o_proj, T, QD, C);
         for (size_t i = 0; i < x.size(); i++) x[i] += tmp[i];

@@ -463,6 +463,15 @@ static void rope_rows(float* x, size_t stride, const float* cs, int N, int heads
         }
 }
 
+// The number of threads a parallel region will have (1 without OpenMP)
+static int team_size() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
 // Attention of N new tokens (positions pos0..pos0+N-1) over the cache, which already holds their keys/values.
 //   y[n,h] = Σ_{s ≤ pos0+n} softmax_s(q[n,h]·k[s,h/(H/KV)] / sqrt(D)) · v[s,h/(H/KV)]
 // q [N, H*D], kc/vc this layer's cache [KV, ctx, D] (kv head h at kc + h·hs), y [N, H*D]. att: per-thread scores
@@ -558,68 +567,91 @@ static inline void att_axpy1(float* yh, float a, const KV* vs, int D) {
     for (int i = 0; i < D; i++) yh[i] = fmaf(a, kv_widen(vs[i]), yh[i]);
 }
 
-// One (token, head) pair at a time: its keys' scores, the softmax, then the values. (Walking the cache position by
-// position with all of a thread's heads at each, so that each thread reads contiguous runs of a cache row, was
-// measured slower: attention 14% → 19% of a 110M q8_0 decode on AMD Zen 3.)
+// A task is one token and one kv head's query heads (or a part of them, when there are fewer tokens × kv heads
+// than threads): the keys' scores, the softmax, then the values, for each query head. With grouped-query
+// attention the group's heads take each key and value row in turn, so a row is read from memory once per group
+// instead of once per query head (DeepSeek LLM 67B: 64 heads over 8 kv heads); each head's sums keep their order
+// of positions, the same as one head at a time. (Walking the cache position by position with all of a thread's
+// kv heads at each, when the cache was position-major, was measured slower: attention 14% → 19% of a 110M q8_0
+// decode on AMD Zen 3.)
 template <typename KVT>
 static void attention_cached(float* y, const float* q, const KVT* kc, const KVT* vc, int N, int pos0,
                              int H, int KV, int D, size_t hs) {
     int group = H / KV;
+    int parts = std::min(group, std::max(1, (team_size() + N * KV - 1) / (N * KV)));   // of each group
     float scale = 1.0f / sqrtf((float)D);
     #pragma omp parallel
     {
-        thread_local std::vector<float> att_buf;   // the scores; kept across calls (no allocation per token)
-        if (att_buf.size() < (size_t)(pos0 + N)) att_buf.resize(pos0 + N);
-        float* att = att_buf.data();
-        #pragma omp for collapse(2) schedule(static)
+        // the scores [heads of the task, positions] and each head's running max and 1/sum; kept across calls
+        thread_local std::vector<float> att_buf, maxv, inv;
+        int hmax = (group + parts - 1) / parts;
+        if (att_buf.size() < (size_t)hmax * (pos0 + N)) att_buf.resize((size_t)hmax * (pos0 + N));
+        if (maxv.size() < (size_t)hmax) { maxv.resize(hmax); inv.resize(hmax); }
+        #pragma omp for collapse(3) schedule(static)
         for (int n = 0; n < N; n++)
-            for (int h = 0; h < H; h++) {
-                int kh = h / group, T = pos0 + n + 1;
-                const float* qh = q + ((size_t)n * H + h) * D;
-                const KVT* kb = kc + (size_t)kh * hs;   // this head's key at position s: kb + s·D
-                const KVT* vb = vc + (size_t)kh * hs;
-                float maxv = -INFINITY;
-                int s = 0;
+            for (int kh = 0; kh < KV; kh++)
+                for (int part = 0; part < parts; part++) {
+                    int h0 = kh * group + part * group / parts, hn = kh * group + (part + 1) * group / parts - h0;
+                    int T = pos0 + n + 1;
+                    const float* q0 = q + ((size_t)n * H + h0) * D;   // query head h0 + g at q0 + g·D
+                    float* att = att_buf.data();                       // head g's scores at att + g·T
+                    const KVT* kb = kc + (size_t)kh * hs;   // the key at position s: kb + s·D
+                    const KVT* vb = vc + (size_t)kh * hs;
+                    for (int g = 0; g < hn; g++) maxv[g] = -INFINITY;
+                    int s = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-                if (D % 8 == 0)
-                    for (; s + 8 <= T; s += 8) {
-                        for (int j = 0; j < 8; j++)
-                            if (s + j + PREFETCH_ROWS < T) prefetch_row(kb + (size_t)(s + j + PREFETCH_ROWS) * D, D);
-                        __m256 d = _mm256_mul_ps(att_dot8(qh, kb + (size_t)s * D, D, D), _mm256_set1_ps(scale));
-                        _mm256_storeu_ps(att + s, d);
-                        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(d), _mm256_extractf128_ps(d, 1));
-                        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-                        maxv = std::max(maxv, _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4))));
-                    }
+                    if (D % 8 == 0)
+                        for (; s + 8 <= T; s += 8) {
+                            for (int j = 0; j < 8; j++)
+                                if (s + j + PREFETCH_ROWS < T) prefetch_row(kb + (size_t)(s + j + PREFETCH_ROWS) * D, D);
+                            for (int g = 0; g < hn; g++) {
+                                __m256 d = _mm256_mul_ps(att_dot8(q0 + (size_t)g * D, kb + (size_t)s * D, D, D), _mm256_set1_ps(scale));
+                                _mm256_storeu_ps(att + (size_t)g * T + s, d);
+                                __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(d), _mm256_extractf128_ps(d, 1));
+                                m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+                                maxv[g] = std::max(maxv[g], _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4))));
+                            }
+                        }
 #endif
-                for (; s + 4 <= T; s += 4) {
-                    const KVT* k0 = kb + (size_t)s * D;
-                    for (int j = 0; j < 4; j++)
-                        if (s + j + PREFETCH_ROWS < T) prefetch_row(k0 + (size_t)(j + PREFETCH_ROWS) * D, D);
-                    float d[4];
-                    att_dot4(d, qh, k0, k0 + D, k0 + 2 * D, k0 + 3 * D, D);
-                    for (int j = 0; j < 4; j++) att[s + j] = d[j] * scale;
-                    maxv = std::max(std::max(maxv, std::max(att[s], att[s + 1])), std::max(att[s + 2], att[s + 3]));
+                    for (; s + 4 <= T; s += 4) {
+                        const KVT* k0 = kb + (size_t)s * D;
+                        for (int j = 0; j < 4; j++)
+                            if (s + j + PREFETCH_ROWS < T) prefetch_row(k0 + (size_t)(j + PREFETCH_ROWS) * D, D);
+                        for (int g = 0; g < hn; g++) {
+                            float d[4], *a = att + (size_t)g * T + s;
+                            att_dot4(d, q0 + (size_t)g * D, k0, k0 + D, k0 + 2 * D, k0 + 3 * D, D);
+                            for (int j = 0; j < 4; j++) a[j] = d[j] * scale;
+                            maxv[g] = std::max(std::max(maxv[g], std::max(a[0], a[1])), std::max(a[2], a[3]));
+                        }
+                    }
+                    for (; s < T; s++)
+                        for (int g = 0; g < hn; g++) {
+                            float* a = att + (size_t)g * T + s;
+                            *a = att_dot1(q0 + (size_t)g * D, kb + (size_t)s * D, D) * scale;
+                            maxv[g] = std::max(maxv[g], *a);
+                        }
+                    for (int g = 0; g < hn; g++) {
+                        float* a = att + (size_t)g * T, m = maxv[g], sum = 0.0f;
+                        #pragma omp simd reduction(+ : sum)
+                        for (int s2 = 0; s2 < T; s2++) { a[s2] = exp_poly(a[s2] - m); sum += a[s2]; }
+                        inv[g] = 1.0f / sum;
+                        float* yh = y + ((size_t)n * H + h0 + g) * D;
+                        for (int i = 0; i < D; i++) yh[i] = 0.0f;
+                    }
+                    for (s = 0; s + 4 <= T; s += 4) {
+                        const KVT* v0 = vb + (size_t)s * D;
+                        for (int j = 0; j < 4; j++)
+                            if (s + j + PREFETCH_ROWS < T) prefetch_row(v0 + (size_t)(j + PREFETCH_ROWS) * D, D);
+                        for (int g = 0; g < hn; g++) {
+                            const float* a = att + (size_t)g * T + s;
+                            float p[4] = {a[0] * inv[g], a[1] * inv[g], a[2] * inv[g], a[3] * inv[g]};
+                            att_axpy4(y + ((size_t)n * H + h0 + g) * D, p, v0, v0 + D, v0 + 2 * D, v0 + 3 * D, D);
+                        }
+                    }
+                    for (; s < T; s++)
+                        for (int g = 0; g < hn; g++)
+                            att_axpy1(y + ((size_t)n * H + h0 + g) * D, att[(size_t)g * T + s] * inv[g], vb + (size_t)s * D, D);
                 }
-                for (; s < T; s++) {
-                    att[s] = att_dot1(qh, kb + (size_t)s * D, D) * scale;
-                    maxv = std::max(maxv, att[s]);
-                }
-                float sum = 0.0f;
-                #pragma omp simd reduction(+ : sum)
-                for (int s2 = 0; s2 < T; s2++) { att[s2] = exp_poly(att[s2] - maxv); sum += att[s2]; }
-                float inv = 1.0f / sum;
-                float* yh = y + ((size_t)n * H + h) * D;
-                for (int i = 0; i < D; i++) yh[i] = 0.0f;
-                for (s = 0; s + 4 <= T; s += 4) {
-                    const KVT* v0 = vb + (size_t)s * D;
-                    for (int j = 0; j < 4; j++)
-                        if (s + j + PREFETCH_ROWS < T) prefetch_row(v0 + (size_t)(j + PREFETCH_ROWS) * D, D);
-                    float p[4] = {att[s] * inv, att[s + 1] * inv, att[s + 2] * inv, att[s + 3] * inv};
-                    att_axpy4(yh, p, v0, v0 + D, v0 + 2 * D, v0 + 3 * D, D);
-                }
-                for (; s < T; s++) att_axpy1(yh, att[s] * inv, vb + (size_t)s * D, D);
-            }
     }
 }
 

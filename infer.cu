@@ -463,15 +463,6 @@ static void rope_rows(float* x, size_t stride, const float* cs, int N, int heads
         }
 }
 
-// The number of threads a parallel region will have (1 without OpenMP)
-static int team_size() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 // Attention of N new tokens (positions pos0..pos0+N-1) over the cache, which already holds their keys/values.
 //   y[n,h] = Σ_{s ≤ pos0+n} softmax_s(q[n,h]·k[s,h/(H/KV)] / sqrt(D)) · v[s,h/(H/KV)]
 // q [N, H*D], kc/vc this layer's cache [KV, ctx, D] (kv head h at kc + h·hs), y [N, H*D]. att: per-thread scores
@@ -578,7 +569,7 @@ template <typename KVT>
 static void attention_cached(float* y, const float* q, const KVT* kc, const KVT* vc, int N, int pos0,
                              int H, int KV, int D, size_t hs) {
     int group = H / KV;
-    int parts = std::min(group, std::max(1, (team_size() + N * KV - 1) / (N * KV)));   // of each group
+    int parts = std::min(group, std::max(1, (num_threads() + N * KV - 1) / (N * KV)));   // of each group
     float scale = 1.0f / sqrtf((float)D);
     #pragma omp parallel
     {
@@ -667,12 +658,12 @@ static void kv_round_f16(uint16_t* dst, const float* x, size_t n) {
     for (; i < n; i++) dst[i] = f32_to_f16(x[i]);
 }
 // N new tokens' keys and values [N, KV·D] (fp32, after RoPE) into one layer's cache at positions pos0.., head by
-// head ([KV, ctx, D] from element layer_off): copied, or rounded to fp16.
-static void kv_store(InferModel* im, size_t layer_off, int pos0, int N, const float* k, const float* v) {
+// head (infer_kv_offset): copied, or rounded to fp16.
+static void kv_store(InferModel* im, int layer, int pos0, int N, const float* k, const float* v) {
     int KV = im->cfg.num_key_value_heads, D = im->cfg.head_dim;
     for (int h = 0; h < KV; h++)
         for (int n = 0; n < N; n++) {
-            size_t src = ((size_t)n * KV + h) * D, dst = layer_off + ((size_t)h * im->ctx + pos0 + n) * D;
+            size_t src = ((size_t)n * KV + h) * D, dst = infer_kv_offset(*im, layer, h, pos0 + n);
             if (im->kv_f16) {
                 kv_round_f16((uint16_t*)im->key_cache + dst, k + src, D);
                 kv_round_f16((uint16_t*)im->value_cache + dst, v + src, D);
@@ -872,25 +863,27 @@ static void infer_chunk(InferModel* im, const int* tokens, int N, float* logits_
         linear_forward(xn, N, C, {{q, &ly.q_proj, QD, false}, {knew, &ly.k_proj, KVD, false}, {vnew, &ly.v_proj, KVD, false}});
         rope_rows(q, QD, rope_cs.data(), N, H, D);
         rope_rows(knew, KVD, rope_cs.data(), N, KV, D);
-        kv_store(im, layer_off, pos0, N, knew, vnew);
+        kv_store(im, l, pos0, N, knew, vnew);
         if (N >= GEMM_MIN_TOKENS) {   // a prefill chunk: the fast CPU path's blockwise attention, four query rows at a time
             int Tk = pos0 + N;
-            if (im->kv_f16) {   // over the cache's fp16 values, widened (the same numbers decode reads)
+            const float* kf = (const float*)im->key_cache + layer_off;
+            const float* vf = (const float*)im->value_cache + layer_off;
+            size_t fhs = hs;   // the head stride of what attention reads
+            if (im->kv_f16) {   // the cache's fp16 values widened, [KV, Tk, D] (the same numbers decode reads)
                 thread_local std::vector<float> wide;
                 size_t n = (size_t)Tk * KVD;
                 if (wide.size() < 2 * n) wide.resize(2 * n);
                 const uint16_t* kh = (const uint16_t*)im->key_cache + layer_off;
                 const uint16_t* vh = (const uint16_t*)im->value_cache + layer_off;
-                for (int h = 0; h < KV; h++) {   // each head's positions [0, Tk): [KV, Tk, D]
-                    f16_to_f32_n(wide.data() + (size_t)h * Tk * D, kh + h * hs, (size_t)Tk * D);
-                    f16_to_f32_n(wide.data() + n + (size_t)h * Tk * D, vh + h * hs, (size_t)Tk * D);
+                fhs = (size_t)Tk * D;
+                for (int h = 0; h < KV; h++) {
+                    f16_to_f32_n(wide.data() + h * fhs, kh + h * hs, fhs);
+                    f16_to_f32_n(wide.data() + n + h * fhs, vh + h * hs, fhs);
                 }
-                attention_forward_strided_cpu(y, nullptr, q, wide.data(), wide.data() + n, 1, N, Tk, pos0, H, KV, D, 0, D,
-                                              (size_t)Tk * D);
-            } else {
-                attention_forward_strided_cpu(y, nullptr, q, (const float*)im->key_cache + layer_off,
-                                              (const float*)im->value_cache + layer_off, 1, N, Tk, pos0, H, KV, D, 0, D, hs);
+                kf = wide.data();
+                vf = kf + n;
             }
+            attention_forward_strided_cpu(y, nullptr, q, kf, vf, 1, N, Tk, pos0, H, KV, D, 0, D, fhs);
         } else if (im->kv_f16) {
             attention_cached(y, q, (const Half*)im->key_cache + layer_off, (const Half*)im->value_cache + layer_off, N,
                              pos0, H, KV, D, hs);
